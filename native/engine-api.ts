@@ -1,0 +1,100 @@
+// The contract of the shard engine (native/). The addon implements it; node-agent, tests and benches use it.
+// One engine holds a contiguous layer range of one model, plus the embedding (first stage) and the final
+// norm + lm_head (last stage). Every call that touches engine state runs on the engine's own thread.
+
+export type BackendChoice = "auto" | "cpu" | "mlx";
+export type BackendName = "cpu" | "mlx";
+/** Activations cross stages in the backend's compute dtype: f32 on cpu, bf16 on mlx. */
+export type ActivationDtype = "f32" | "bf16";
+
+export interface OpenOptions {
+  modelDir: string;
+  /** First layer held (inclusive). */
+  layerStart: number;
+  /** One past the last layer held. */
+  layerEnd: number;
+  /** Holds model.embed_tokens: this is the first stage and takes token ids. */
+  embed: boolean;
+  /** Holds model.norm + lm_head: this is the last stage and returns sampled tokens. */
+  head: boolean;
+  backend?: BackendChoice;
+  /** Worker threads of the cpu backend (default: all cores). */
+  threads?: number;
+  /** Bytes read so far of the bytes this shard must read; called on the JS thread. */
+  onProgress?: (bytesRead: number, bytesTotal: number) => void;
+}
+
+export interface SamplingParams {
+  /** 0 (or absent) means greedy. */
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  /** Sampling is a pure function of (seed, position, logits): batching and splits never change it. */
+  seed?: number;
+  /** Return this many top log-probabilities with the sampled token. */
+  topLogprobs?: number;
+  /** Added to the logits before sampling. */
+  logitBias?: Array<[token: number, bias: number]>;
+}
+
+export interface ForwardItem {
+  /** Sequence id, chosen by the caller (uint32). A new id starts a new KV cache. */
+  seq: number;
+  /** Position of the first token of this item; must equal the sequence's current KV length. */
+  position: number;
+  /** First stage: the token ids to run. */
+  tokens?: Int32Array;
+  /** Other stages: activations [n, hidden] as raw bytes in the engine's activation dtype. */
+  hidden?: Uint8Array;
+  /** Last stage: how to pick the next token from the last position's logits. */
+  sampling?: SamplingParams;
+  /** Last stage: also return the last position's logits (f32). */
+  returnLogits?: boolean;
+}
+
+export interface TokenLogprob {
+  token: number;
+  logprob: number;
+}
+
+export interface ForwardOutput {
+  seq: number;
+  /** Non-last stage: activations [n, hidden] as raw bytes in the activation dtype. */
+  hidden?: Uint8Array;
+  /** Last stage: the sampled token. */
+  token?: number;
+  logprob?: number;
+  topLogprobs?: TokenLogprob[];
+  logits?: Float32Array;
+}
+
+export interface EngineStats {
+  backend: BackendName;
+  activationDtype: ActivationDtype;
+  threads: number;
+  layerStart: number;
+  layerEnd: number;
+  embed: boolean;
+  head: boolean;
+  hiddenSize: number;
+  vocabSize: number;
+  /** Bytes of weights this shard maps. */
+  weightBytes: number;
+  /** Bytes held by KV caches of all live sequences. */
+  kvBytes: number;
+  /** KV bytes one token costs on this shard. */
+  kvBytesPerToken: number;
+  sequences: number;
+}
+
+export interface Engine {
+  /** Runs one batch (several sequences, each a prefill chunk or a decode step) and resolves with one output per item, in order. */
+  forward(batch: ForwardItem[]): Promise<ForwardOutput[]>;
+  /** Frees a sequence's KV cache. Unknown ids are ignored. */
+  release(seq: number): Promise<void>;
+  /** Makes newSeq a sequence whose cache holds the first prefixLength positions of seq. */
+  fork(seq: number, newSeq: number, prefixLength: number): Promise<void>;
+  stats(): EngineStats;
+  /** Finishes queued work, frees everything; later calls reject. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env node
+// The `cluster` command. Each subcommand lives in cli/commands/<name>.ts and registers itself here.
+import { Command } from "commander";
+import { packageVersion } from "../common/paths.js";
+
+const program = new Command()
+  .name("cluster")
+  .description("Serve one large MiniMax-M2 model across several machines as one OpenAI-compatible endpoint")
+  .version(packageVersion());
+
+// Subcommands: one import + one register call each, in cli/commands/<name>.ts.
+
+await program.parseAsync(process.argv);

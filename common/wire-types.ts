@@ -1,0 +1,195 @@
+// TypeScript shapes of the messages in proto/cluster.proto, as @grpc/proto-loader hands them over
+// (keepCase: snake_case names; longs as Number; enums as numbers; defaults filled in on decode).
+// Keep in step with the .proto: this file is its mirror, not a second source of truth.
+
+export const FrameKind = {
+  UNSPECIFIED: 0,
+  TOKENS: 1,
+  HIDDEN: 2,
+  RESULT: 3,
+  ERROR: 4,
+  CANCEL: 5,
+} as const;
+export type FrameKind = (typeof FrameKind)[keyof typeof FrameKind];
+
+export const Dtype = { UNSPECIFIED: 0, I32: 1, F32: 2, BF16: 3 } as const;
+export type Dtype = (typeof Dtype)[keyof typeof Dtype];
+
+export interface HelloRequest {
+  version?: string;
+  node_id?: string;
+  cluster_id?: string;
+}
+
+export interface ModelInfo {
+  id: string;
+  path: string;
+  num_layers: number;
+  hidden_size: number;
+  vocab_size: number;
+  max_position_embeddings: number;
+  total_bytes: number;
+  layer_bytes: number[];
+  embed_bytes: number;
+  head_bytes: number;
+  kv_bytes_per_token_per_layer: number;
+}
+
+export interface Capabilities {
+  memory_total: number;
+  memory_free: number;
+  chip: string;
+  cores: number;
+  backends: string[];
+  memory_bandwidth_bps: number;
+  model_present: boolean;
+  model: ModelInfo | null;
+  platform: string;
+  arch: string;
+}
+
+export interface HelloReply {
+  version: string;
+  node_id: string;
+  name: string;
+  capabilities: Capabilities | null;
+  api_port: number;
+  grpc_port: number;
+  cluster_id: string;
+  plan_id: string;
+}
+
+export interface LoadShardRequest {
+  plan_id: string;
+  model_id?: string;
+  layer_start: number;
+  layer_end: number;
+  embed: boolean;
+  head: boolean;
+  backend?: string;
+  threads?: number;
+  downstream?: string;
+  stage_index?: number;
+  stage_count?: number;
+}
+
+export interface LoadProgress {
+  bytes_read: number;
+  bytes_total: number;
+  done: boolean;
+  weight_bytes: number;
+  activation_dtype: string;
+  hidden_size: number;
+  backend: string;
+  error: string;
+}
+
+export interface StatusRequest {
+  interval_ms?: number;
+}
+
+export interface NodeStatus {
+  node_id: string;
+  time_us: number;
+  plan_id: string;
+  loaded: boolean;
+  layer_start: number;
+  layer_end: number;
+  embed: boolean;
+  head: boolean;
+  tokens_per_s: number;
+  busy_fraction: number;
+  queue_depth: number;
+  kv_bytes: number;
+  weight_bytes: number;
+  memory_used: number;
+  memory_total: number;
+  sequences: number;
+  inbound_hop_p50_us: number;
+  inbound_hop_p99_us: number;
+  batches: number;
+  mean_batch_items: number;
+  backend: string;
+}
+
+export interface SeqsRequest {
+  plan_id: string;
+  seqs: number[];
+}
+
+export interface ReleaseReply {
+  released: number;
+}
+
+export interface CancelReply {
+  cancelled: number;
+}
+
+export interface WireSampling {
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  /** Present only when set (proto3 optional). */
+  seed?: number;
+  top_logprobs?: number;
+  logit_bias?: Array<{ token: number; bias: number }>;
+}
+
+export interface WireTokenLogprob {
+  token: number;
+  logprob: number;
+}
+
+/** A frame as written (optional fields may be left out). */
+export interface DataFrameOut {
+  kind: FrameKind;
+  seq: number;
+  step?: number;
+  position?: number;
+  count?: number;
+  dtype?: Dtype;
+  shape?: number[];
+  chunk_index?: number;
+  chunk_count?: number;
+  payload?: Uint8Array;
+  sampling?: WireSampling | null;
+  want_result?: boolean;
+  sent_at_us?: number;
+  plan_id?: string;
+  token?: number;
+  logprob?: number;
+  top_logprobs?: WireTokenLogprob[];
+  error_code?: string;
+  error?: string;
+  origin_stage?: number;
+  origin_at_us?: number;
+}
+
+/** A frame as read (proto-loader fills every default in). */
+export interface DataFrame {
+  kind: number;
+  seq: number;
+  step: number;
+  position: number;
+  count: number;
+  dtype: number;
+  shape: number[];
+  chunk_index: number;
+  chunk_count: number;
+  payload: Buffer;
+  sampling: WireSampling | null;
+  want_result: boolean;
+  sent_at_us: number;
+  plan_id: string;
+  token: number;
+  logprob: number;
+  top_logprobs: WireTokenLogprob[];
+  error_code: string;
+  error: string;
+  origin_stage: number;
+  origin_at_us: number;
+}
+
+export interface ResultsRequest {
+  plan_id: string;
+}

@@ -1,0 +1,281 @@
+// The planner: which node runs which contiguous range of layers. Pure functions, no I/O.
+//
+// Rule (deterministic for the same inputs):
+// 1. Stage order: nodes sorted by node id (the same order the election uses, so the coordinator, which has the
+//    smallest id, runs stage 0 when it holds layers). Layer 0 (with the embedding) goes to the first node that
+//    holds layers, the last layer (with final norm + lm_head) to the last one.
+// 2. A node can hold a range when its available memory covers the range's weights + embedding/head if it has
+//    them + the KV reserve for the configured context (2 * kv_heads * head_dim * dtype bytes per token per
+//    layer) + headroom.
+// 3. Among the ranges that fit, pick the split with the smallest bottleneck: the largest per-token time of any
+//    stage, time = bytes read per token / memory bandwidth. Pipelined throughput is set by the slowest stage, so
+//    this gives layers in proportion to bandwidth. Ties: the most even split (smallest sum of squared stage
+//    times), which also uses every node that can help.
+// 4. If no split fits, a ClusterError("cluster_not_ready") states the bytes needed and available per node.
+import { randomBytes } from "node:crypto";
+import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
+import { ClusterError } from "../common/errors.js";
+import type { BackendName } from "../native/engine-api.js";
+import { kvBytesPerTokenPerLayer, type ModelFootprint } from "./model-footprint.js";
+
+export interface PlannerNode {
+  nodeId: string;
+  name: string;
+  /** host:port of the node's gRPC endpoint. */
+  address: string;
+  /** Bytes this node can give the shard: free memory, plus what its current shard holds on a re-plan. */
+  memoryAvailableBytes: number;
+  memoryTotalBytes: number;
+  /** Measured bandwidth in bytes/s; 0 = unknown (the chip table decides). */
+  memoryBandwidthBps: number;
+  chip: string;
+  /** Backends the node can run. */
+  backends: BackendName[];
+}
+
+export interface PlanOptions {
+  /** Tokens of context every sequence may reach; the KV reserve is sized for it. */
+  contextTokens: number;
+  /** Memory kept free on a node; default: 1 GiB + 5% of its total memory. */
+  headroomBytes?: (node: PlannerNode) => number;
+  /** Defaults to a fresh random id. */
+  planId?: string;
+}
+
+export interface PlanStage {
+  nodeId: string;
+  name: string;
+  address: string;
+  layerStart: number;
+  /** One past the last layer. */
+  layerEnd: number;
+  embed: boolean;
+  head: boolean;
+  weightBytes: number;
+  kvReserveBytes: number;
+  headroomBytes: number;
+  /** weights + KV reserve + headroom. */
+  needBytes: number;
+  availableBytes: number;
+  bandwidthBps: number;
+  /** Bytes read per decoded token / bandwidth. */
+  secondsPerToken: number;
+}
+
+export interface Plan {
+  planId: string;
+  backend: BackendName;
+  numLayers: number;
+  contextTokens: number;
+  stages: PlanStage[];
+  /** Members that hold no layers in this plan. */
+  idle: Array<{ nodeId: string; name: string }>;
+  /** Per-token time of the slowest stage: the plan's throughput bound for one stream of work. */
+  bottleneckSecondsPerToken: number;
+}
+
+const GIB = 1024 ** 3;
+
+export function defaultHeadroomBytes(node: PlannerNode): number {
+  return GIB + Math.round(node.memoryTotalBytes * 0.05);
+}
+
+/** "128.7 GB (128700000000 B)": readable and exact. */
+export function formatBytes(bytes: number): string {
+  return `${(bytes / 1e9).toFixed(1)} GB (${Math.round(bytes)} B)`;
+}
+
+/** One backend for the whole pipeline: activations must have one dtype on every hop. */
+export function chooseBackend(nodes: PlannerNode[]): BackendName {
+  return nodes.length > 0 && nodes.every((n) => n.backends.includes("mlx")) ? "mlx" : "cpu";
+}
+
+/** Stage order: by node id. */
+export function orderNodes(nodes: PlannerNode[]): PlannerNode[] {
+  return [...nodes].sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
+}
+
+interface RangeCosts {
+  need(node: number, start: number, end: number): number;
+  seconds(node: number, start: number, end: number): number;
+  weights(start: number, end: number): number;
+  kv(start: number, end: number): number;
+}
+
+function prefixSums(values: number[]): number[] {
+  const sums = [0];
+  for (const v of values) sums.push(sums[sums.length - 1] + v);
+  return sums;
+}
+
+function rangeCosts(
+  model: ModelFootprint,
+  headroom: number[],
+  bandwidth: number[],
+  kvPerLayer: number,
+): RangeCosts {
+  const L = model.numLayers;
+  const held = prefixSums(model.layerBytes);
+  const read = prefixSums(model.layerReadBytes);
+  const weights = (s: number, e: number) =>
+    held[e] - held[s] + (s === 0 ? model.embedBytes : 0) + (e === L ? model.headBytes : 0);
+  const kv = (s: number, e: number) => (e - s) * kvPerLayer;
+  return {
+    weights,
+    kv,
+    need: (i, s, e) => (e === s ? 0 : weights(s, e) + kv(s, e) + headroom[i]),
+    seconds: (i, s, e) =>
+      e === s ? 0 : (read[e] - read[s] + (e === L ? model.headBytes : 0)) / bandwidth[i],
+  };
+}
+
+/** Relative slack for comparing float stage times (so equal splits compare equal). */
+const EPS = 1e-9;
+
+/** Smallest achievable bottleneck over contiguous splits that fit; Infinity when none fits. */
+function minBottleneck(N: number, L: number, costs: RangeCosts, available: number[]): number {
+  let best = new Array<number>(L + 1).fill(Number.POSITIVE_INFINITY);
+  best[0] = 0;
+  for (let i = 0; i < N; i++) {
+    const next = new Array<number>(L + 1).fill(Number.POSITIVE_INFINITY);
+    for (let end = 0; end <= L; end++) {
+      for (let start = 0; start <= end; start++) {
+        if (best[start] === Number.POSITIVE_INFINITY) continue;
+        if (costs.need(i, start, end) > available[i]) continue;
+        const value = Math.max(best[start], costs.seconds(i, start, end));
+        if (value < next[end]) next[end] = value;
+      }
+    }
+    best = next;
+  }
+  return best[L];
+}
+
+/** Ranges [start, end) per node (empty = idle) with every stage within `limit`, most even first. */
+function evenestSplit(
+  N: number,
+  L: number,
+  costs: RangeCosts,
+  available: number[],
+  limit: number,
+): Array<[number, number]> {
+  // cost[i][end]: smallest sum of squared stage times for nodes < i covering layers [0, end).
+  const cost: number[][] = [new Array<number>(L + 1).fill(Number.POSITIVE_INFINITY)];
+  const from: number[][] = [new Array<number>(L + 1).fill(-1)];
+  cost[0][0] = 0;
+  for (let i = 0; i < N; i++) {
+    const row = new Array<number>(L + 1).fill(Number.POSITIVE_INFINITY);
+    const back = new Array<number>(L + 1).fill(-1);
+    for (let end = 0; end <= L; end++) {
+      for (let start = 0; start <= end; start++) {
+        if (cost[i][start] === Number.POSITIVE_INFINITY) continue;
+        if (costs.need(i, start, end) > available[i]) continue;
+        const t = costs.seconds(i, start, end);
+        if (t > limit) continue;
+        const value = cost[i][start] + t * t;
+        // Strictly better only: among equals the earliest start wins, which is deterministic.
+        if (value < row[end] * (1 - EPS)) {
+          row[end] = value;
+          back[end] = start;
+        }
+      }
+    }
+    cost.push(row);
+    from.push(back);
+  }
+  const ranges: Array<[number, number]> = new Array(N);
+  let end = L;
+  for (let i = N; i >= 1; i--) {
+    const start = from[i][end];
+    ranges[i - 1] = [start, end];
+    end = start;
+  }
+  return ranges;
+}
+
+function notFitting(
+  model: ModelFootprint,
+  nodes: PlannerNode[],
+  headroom: number[],
+  kvPerLayer: number,
+  contextTokens: number,
+): ClusterError {
+  const weights = model.layerBytes.reduce((a, b) => a + b, 0) + model.embedBytes + model.headBytes;
+  const kv = kvPerLayer * model.numLayers;
+  const perNode = nodes
+    .map((n, i) => {
+      const usable = Math.max(0, n.memoryAvailableBytes - headroom[i]);
+      return `${n.name} (${n.nodeId}) has ${formatBytes(n.memoryAvailableBytes)} available, ${formatBytes(usable)} after ${formatBytes(headroom[i])} headroom`;
+    })
+    .join("; ");
+  const usableTotal = nodes.reduce((sum, n, i) => sum + Math.max(0, n.memoryAvailableBytes - headroom[i]), 0);
+  return new ClusterError(
+    "cluster_not_ready",
+    `the model does not fit on ${nodes.length} node(s): it needs ${formatBytes(weights + kv)} ` +
+      `(weights ${formatBytes(weights)} + KV reserve ${formatBytes(kv)} for ${contextTokens} tokens of context), ` +
+      `the nodes have ${formatBytes(usableTotal)} usable in all: ${perNode}. ` +
+      `Add a machine, lower --context, or use a smaller quantization.`,
+  );
+}
+
+export function planLayers(model: ModelFootprint, members: PlannerNode[], opts: PlanOptions): Plan {
+  if (members.length === 0) throw new ClusterError("cluster_not_ready", "no live nodes to plan on");
+  if (!Number.isInteger(opts.contextTokens) || opts.contextTokens <= 0)
+    throw new ClusterError("bad_request", `context must be a positive integer (got ${opts.contextTokens})`);
+  const nodes = orderNodes(members);
+  const backend = chooseBackend(nodes);
+  const headroomOf = opts.headroomBytes ?? defaultHeadroomBytes;
+  const headroom = nodes.map(headroomOf);
+  const bandwidth = nodes.map((n) => effectiveBandwidthBps(n.memoryBandwidthBps, n.chip));
+  const available = nodes.map((n) => n.memoryAvailableBytes);
+  const kvPerLayer = kvBytesPerTokenPerLayer(model, backend) * opts.contextTokens;
+  const costs = rangeCosts(model, headroom, bandwidth, kvPerLayer);
+  const L = model.numLayers;
+
+  const bottleneck = minBottleneck(nodes.length, L, costs, available);
+  if (bottleneck === Number.POSITIVE_INFINITY)
+    throw notFitting(model, nodes, headroom, kvPerLayer, opts.contextTokens);
+  const ranges = evenestSplit(nodes.length, L, costs, available, bottleneck * (1 + EPS));
+
+  const stages: PlanStage[] = [];
+  const idle: Plan["idle"] = [];
+  nodes.forEach((node, i) => {
+    const [start, end] = ranges[i];
+    if (start === end) {
+      idle.push({ nodeId: node.nodeId, name: node.name });
+      return;
+    }
+    stages.push({
+      nodeId: node.nodeId,
+      name: node.name,
+      address: node.address,
+      layerStart: start,
+      layerEnd: end,
+      embed: start === 0,
+      head: end === L,
+      weightBytes: costs.weights(start, end),
+      kvReserveBytes: costs.kv(start, end),
+      headroomBytes: headroom[i],
+      needBytes: costs.need(i, start, end),
+      availableBytes: available[i],
+      bandwidthBps: bandwidth[i],
+      secondsPerToken: costs.seconds(i, start, end),
+    });
+  });
+  return {
+    planId: opts.planId ?? randomBytes(6).toString("hex"),
+    backend,
+    numLayers: L,
+    contextTokens: opts.contextTokens,
+    stages,
+    idle,
+    bottleneckSecondsPerToken: bottleneck,
+  };
+}
+
+/** "node-a [0,31) embed | node-b [31,62) head": one line for logs and `cluster status`. */
+export function describePlan(plan: Plan): string {
+  return plan.stages
+    .map((s) => `${s.name} [${s.layerStart},${s.layerEnd})${s.embed ? " embed" : ""}${s.head ? " head" : ""}`)
+    .join(" | ");
+}

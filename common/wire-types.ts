@@ -19,6 +19,8 @@ export interface HelloRequest {
   version?: string;
   node_id?: string;
   cluster_id?: string;
+  /** The caller's gRPC port when it is a node (0 otherwise). */
+  grpc_port?: number;
 }
 
 export interface ModelInfo {

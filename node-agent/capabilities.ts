@@ -1,0 +1,103 @@
+// What this node offers the cluster: memory, chip, cores, backends, bandwidth and the model it holds. Hello
+// answers with it; the planner splits layers by it.
+import { cpus, freemem, totalmem } from "node:os";
+import { basename, resolve } from "node:path";
+import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
+import { errorMessage } from "../common/errors.js";
+import { readModelConfig } from "../common/model-config.js";
+import { readAllHeaders } from "../common/safetensors.js";
+import type { Capabilities, ModelInfo } from "../common/wire-types.js";
+
+const LAYER_TENSOR = /^model\.layers\.(\d+)\./;
+
+/** Model id as the cluster compares it: the checkpoint folder's name. */
+export function modelIdOf(modelDir: string): string {
+  return basename(resolve(modelDir));
+}
+
+/** Reads config.json and the safetensors headers (headers only: fast even for a 130 GB checkpoint). */
+export function readModelInfo(modelDir: string, activationBytes: number): ModelInfo {
+  const config = readModelConfig(modelDir);
+  const headers = readAllHeaders(modelDir);
+  const layerBytes = new Array<number>(config.numLayers).fill(0);
+  let embedBytes = 0;
+  let headBytes = 0;
+  let totalBytes = 0;
+  for (const [name, header] of headers) {
+    const bytes = header.tensors.get(name)?.byteLength ?? 0;
+    totalBytes += bytes;
+    const layer = LAYER_TENSOR.exec(name);
+    if (layer) {
+      const index = Number(layer[1]);
+      if (index < config.numLayers) layerBytes[index] += bytes;
+    } else if (name.startsWith("model.embed_tokens.")) embedBytes += bytes;
+    else if (name.startsWith("lm_head.") || name.startsWith("model.norm.")) headBytes += bytes;
+  }
+  return {
+    id: modelIdOf(modelDir),
+    path: resolve(modelDir),
+    num_layers: config.numLayers,
+    hidden_size: config.hiddenSize,
+    vocab_size: config.vocabSize,
+    max_position_embeddings: config.maxPositionEmbeddings,
+    total_bytes: totalBytes,
+    layer_bytes: layerBytes,
+    embed_bytes: embedBytes,
+    head_bytes: headBytes,
+    kv_bytes_per_token_per_layer: 2 * config.numKvHeads * config.headDim * activationBytes,
+  };
+}
+
+export function chipName(): string {
+  const model = cpus()[0]?.model?.trim();
+  return model && model.length > 0 ? model : "unknown cpu";
+}
+
+export interface CapabilityInputs {
+  modelDir: string;
+  backends: string[];
+  /** Measured bandwidth (0 = not measured: the chip table decides). */
+  measuredBandwidthBps: number;
+}
+
+export class CapabilityReader {
+  private readonly inputs: CapabilityInputs;
+  private model: ModelInfo | null = null;
+  private modelProblem: string | undefined;
+
+  constructor(inputs: CapabilityInputs) {
+    this.inputs = inputs;
+    try {
+      // KV and activations are f32 on cpu, bf16 on mlx.
+      this.model = readModelInfo(inputs.modelDir, inputs.backends.includes("mlx") ? 2 : 4);
+    } catch (err) {
+      this.modelProblem = errorMessage(err);
+    }
+  }
+
+  /** Why the configured model cannot be used, if it cannot. */
+  get problem(): string | undefined {
+    return this.modelProblem;
+  }
+
+  get modelInfo(): ModelInfo | null {
+    return this.model;
+  }
+
+  /** Current figures (free memory changes; the rest is read once). */
+  read(): Capabilities {
+    const chip = chipName();
+    return {
+      memory_total: totalmem(),
+      memory_free: freemem(),
+      chip,
+      cores: cpus().length,
+      backends: this.inputs.backends,
+      memory_bandwidth_bps: effectiveBandwidthBps(this.inputs.measuredBandwidthBps, chip),
+      model_present: this.model !== null,
+      model: this.model,
+      platform: process.platform,
+      arch: process.arch,
+    };
+  }
+}

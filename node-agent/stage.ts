@@ -1,0 +1,420 @@
+// One engine shard and its work queue. Frames from the inbound Data stream become queued items; whenever the
+// engine is free, EVERYTHING queued (at most one item per sequence, so positions stay in order) runs as one
+// engine.forward batch. Outputs go downstream (hidden states) or to the coordinator (sampled tokens). Several
+// stages therefore work at the same time on different sequences, which is where a pipeline's throughput comes
+// from. A bad frame or an engine failure fails only the sequences concerned, with an ERROR frame.
+
+import { errorMessage } from "../common/errors.js";
+import {
+  type AssembledItem,
+  chunkFrames,
+  decodeTokens,
+  dtypeName,
+  expectedPayloadBytes,
+  FrameAssembler,
+  fromWireSampling,
+  nowUs,
+  toWireLogprobs,
+  toWireSampling,
+} from "../common/wire-frames.js";
+import { LatencyWindow } from "../common/wire-latency.js";
+import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire-types.js";
+import type { Engine, ForwardItem, ForwardOutput, SamplingParams } from "../native/engine-api.js";
+
+export interface StageConfig {
+  planId: string;
+  stageIndex: number;
+  stageCount: number;
+  embed: boolean;
+  head: boolean;
+  hiddenSize: number;
+  /** Dtype of HIDDEN payloads this stage takes and sends. */
+  activationDtype: Dtype;
+}
+
+/** Where a stage's frames go: the next stage's Data stream, or the coordinator's Results stream. */
+export interface FrameSink {
+  write(frames: DataFrameOut[]): void;
+}
+
+export interface StageCounters {
+  tokens: number;
+  batches: number;
+  items: number;
+  busyMs: number;
+  queueDepth: number;
+  sequences: number;
+}
+
+interface QueuedItem {
+  seq: number;
+  step: number;
+  position: number;
+  count: number;
+  tokens?: Int32Array;
+  hidden?: Uint8Array;
+  wantResult: boolean;
+  originAtUs: number;
+}
+
+interface SequenceState {
+  sampling: SamplingParams;
+  /** KV length once every queued item of the sequence has run. */
+  nextPosition: number;
+}
+
+/** Limits of one batch: enough to batch every decode step in flight, bounded so a long prefill cannot starve. */
+const maxBatchItems = 64;
+const maxBatchTokens = 4096;
+/** A cancelled sequence's frames may still be on the wire; they are dropped for this long. */
+const tombstoneMs = 120_000;
+
+export class Stage {
+  readonly config: StageConfig;
+  private readonly engine: Engine;
+  private readonly sink: () => FrameSink | undefined;
+  private readonly log: (line: string) => void;
+  private readonly queue: QueuedItem[] = [];
+  private readonly sequences = new Map<number, SequenceState>();
+  private readonly tombstones = new Map<number, number>();
+  private readonly hops = new LatencyWindow();
+  private running = false;
+  private closed = false;
+  private readonly counters = { tokens: 0, batches: 0, items: 0, busyMs: 0 };
+
+  constructor(
+    engine: Engine,
+    config: StageConfig,
+    sink: () => FrameSink | undefined,
+    log: (line: string) => void,
+  ) {
+    this.engine = engine;
+    this.config = config;
+    this.sink = sink;
+    this.log = log;
+  }
+
+  /** A reassembler per inbound stream (chunks of one item never interleave on a stream). */
+  newAssembler(): FrameAssembler {
+    return new FrameAssembler();
+  }
+
+  /** Takes one frame from an inbound Data stream. Never throws: problems become ERROR frames. */
+  accept(frame: DataFrame, assembler: FrameAssembler): void {
+    if (this.closed) return;
+    if (frame.sent_at_us > 0 && frame.chunk_index === 0) this.hops.add(nowUs() - frame.sent_at_us);
+    if (frame.plan_id && frame.plan_id !== this.config.planId) {
+      this.fail(
+        frame,
+        "bad_request",
+        `frame of plan ${frame.plan_id} reached a stage of plan ${this.config.planId}`,
+      );
+      return;
+    }
+    switch (frame.kind) {
+      case FrameKind.CANCEL:
+        this.drop(frame.seq);
+        this.forward([
+          { kind: FrameKind.CANCEL, seq: frame.seq, plan_id: this.config.planId, sent_at_us: nowUs() },
+        ]);
+        return;
+      case FrameKind.ERROR:
+        this.drop(frame.seq);
+        this.forward([
+          {
+            ...this.errorFrame(frame.seq, frame.step, frame.error_code, frame.error),
+            origin_stage: frame.origin_stage,
+          },
+        ]);
+        return;
+      case FrameKind.TOKENS:
+      case FrameKind.HIDDEN:
+        this.acceptWork(frame, assembler);
+        return;
+      default:
+        this.fail(
+          frame,
+          "bad_request",
+          `stage ${this.config.stageIndex} cannot take a frame of kind ${frame.kind}`,
+        );
+    }
+  }
+
+  private acceptWork(frame: DataFrame, assembler: FrameAssembler): void {
+    if (this.tombstones.has(frame.seq)) return;
+    const problem = this.headerProblem(frame);
+    if (problem) {
+      this.fail(frame, "bad_request", problem);
+      return;
+    }
+    const expected = expectedPayloadBytes(
+      frame,
+      frame.kind === FrameKind.HIDDEN ? this.config.hiddenSize : undefined,
+    );
+    if (typeof expected === "string") {
+      this.fail(frame, "bad_request", `seq ${frame.seq} step ${frame.step}: ${expected}`);
+      return;
+    }
+    const item = assembler.push(frame, expected);
+    if (item) this.enqueue(item);
+  }
+
+  /** Checks that the frame is the kind of work this stage runs. */
+  private headerProblem(frame: DataFrame): string | undefined {
+    const { embed, stageIndex, activationDtype } = this.config;
+    if (frame.kind === FrameKind.TOKENS && !embed)
+      return `stage ${stageIndex} holds no embedding and cannot take token ids (seq ${frame.seq})`;
+    if (frame.kind === FrameKind.HIDDEN && embed)
+      return `stage ${stageIndex} is the first stage and takes token ids, not hidden states (seq ${frame.seq})`;
+    if (frame.kind === FrameKind.TOKENS && frame.dtype !== Dtype.I32)
+      return `token frame of seq ${frame.seq} has dtype ${dtypeName(frame.dtype)}, expected i32`;
+    if (frame.kind === FrameKind.HIDDEN && frame.dtype !== activationDtype)
+      return `hidden frame of seq ${frame.seq} has dtype ${dtypeName(frame.dtype)}, this stage takes ${dtypeName(activationDtype)}`;
+    return undefined;
+  }
+
+  private enqueue(assembled: AssembledItem): void {
+    const { frame } = assembled;
+    if ("problem" in assembled) {
+      this.fail(frame, "bad_request", `seq ${frame.seq} step ${frame.step}: ${assembled.problem}`);
+      return;
+    }
+    let state = this.sequences.get(frame.seq);
+    if (frame.step === 0) {
+      if (state) {
+        this.fail(frame, "bad_request", `seq ${frame.seq} already exists on stage ${this.config.stageIndex}`);
+        return;
+      }
+      state = { sampling: fromWireSampling(frame.sampling), nextPosition: frame.position };
+      this.sequences.set(frame.seq, state);
+    } else if (!state) {
+      this.fail(
+        frame,
+        "bad_request",
+        `seq ${frame.seq} step ${frame.step}: unknown sequence on stage ${this.config.stageIndex}`,
+      );
+      return;
+    }
+    if (frame.position !== state.nextPosition) {
+      this.fail(
+        frame,
+        "bad_request",
+        `seq ${frame.seq} step ${frame.step}: position ${frame.position}, expected ${state.nextPosition}`,
+      );
+      return;
+    }
+    state.nextPosition += frame.count;
+    const item: QueuedItem = {
+      seq: frame.seq,
+      step: frame.step,
+      position: frame.position,
+      count: frame.count,
+      wantResult: frame.want_result,
+      originAtUs: frame.origin_at_us,
+    };
+    if (frame.kind === FrameKind.TOKENS) item.tokens = decodeTokens(assembled.payload);
+    else item.hidden = assembled.payload;
+    this.queue.push(item);
+    void this.pump();
+  }
+
+  /** Runs batches until the queue is empty; only one pump runs at a time. */
+  private async pump(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      while (!this.closed && this.queue.length > 0) await this.runBatch(this.takeBatch());
+    } finally {
+      this.running = false;
+    }
+  }
+
+  /** The oldest item of every sequence queued, up to the batch limits; later items of a sequence wait. */
+  private takeBatch(): QueuedItem[] {
+    const batch: QueuedItem[] = [];
+    const seen = new Set<number>();
+    let tokens = 0;
+    for (let i = 0; i < this.queue.length && batch.length < maxBatchItems; ) {
+      const item = this.queue[i];
+      if (seen.has(item.seq) || (batch.length > 0 && tokens + item.count > maxBatchTokens)) {
+        i++;
+        continue;
+      }
+      seen.add(item.seq);
+      tokens += item.count;
+      batch.push(item);
+      this.queue.splice(i, 1);
+    }
+    return batch;
+  }
+
+  private async runBatch(batch: QueuedItem[]): Promise<void> {
+    const inputs: ForwardItem[] = batch.map((item) => this.forwardItem(item));
+    const started = performance.now();
+    let outputs: ForwardOutput[];
+    try {
+      outputs = await this.engine.forward(inputs);
+    } catch (err) {
+      for (const item of batch)
+        this.failItem(item, "model_error", `stage ${this.config.stageIndex}: ${errorMessage(err)}`);
+      return;
+    } finally {
+      this.counters.busyMs += performance.now() - started;
+    }
+    this.counters.batches++;
+    this.counters.items += batch.length;
+    for (let i = 0; i < batch.length; i++) {
+      this.counters.tokens += batch[i].count;
+      // A sequence cancelled while its item was computing produces nothing.
+      if (this.sequences.has(batch[i].seq)) this.emit(batch[i], outputs[i]);
+    }
+  }
+
+  private forwardItem(item: QueuedItem): ForwardItem {
+    const input: ForwardItem = { seq: item.seq, position: item.position };
+    if (item.tokens) input.tokens = item.tokens;
+    if (item.hidden) input.hidden = item.hidden;
+    if (this.config.head) input.sampling = this.sequences.get(item.seq)?.sampling ?? {};
+    return input;
+  }
+
+  private emit(item: QueuedItem, output: ForwardOutput | undefined): void {
+    const { planId, head, hiddenSize, activationDtype } = this.config;
+    if (head) {
+      if (!item.wantResult) return;
+      if (output?.token === undefined) {
+        this.failItem(
+          item,
+          "model_error",
+          `stage ${this.config.stageIndex}: engine returned no token for seq ${item.seq}`,
+        );
+        return;
+      }
+      this.forward([
+        {
+          kind: FrameKind.RESULT,
+          seq: item.seq,
+          step: item.step,
+          position: item.position,
+          count: item.count,
+          token: output.token,
+          logprob: output.logprob ?? 0,
+          top_logprobs: toWireLogprobs(output.topLogprobs),
+          plan_id: planId,
+          origin_at_us: item.originAtUs,
+          sent_at_us: nowUs(),
+        },
+      ]);
+      return;
+    }
+    if (!output?.hidden) {
+      this.failItem(
+        item,
+        "model_error",
+        `stage ${this.config.stageIndex}: engine returned no hidden state for seq ${item.seq}`,
+      );
+      return;
+    }
+    const header: DataFrameOut = {
+      kind: FrameKind.HIDDEN,
+      seq: item.seq,
+      step: item.step,
+      position: item.position,
+      count: item.count,
+      dtype: activationDtype,
+      shape: [item.count, hiddenSize],
+      want_result: item.wantResult,
+      plan_id: planId,
+      origin_at_us: item.originAtUs,
+      sampling: item.step === 0 ? toWireSampling(this.sequences.get(item.seq)?.sampling ?? {}) : null,
+      sent_at_us: nowUs(),
+    };
+    this.forward(chunkFrames(header, output.hidden));
+  }
+
+  /** Sends frames on (downstream, or to the coordinator from the last stage). */
+  private forward(frames: DataFrameOut[]): void {
+    const sink = this.sink();
+    if (!sink) {
+      this.log(
+        `stage ${this.config.stageIndex}: no ${this.config.head ? "Results subscriber" : "downstream link"}; dropped ${frames.length} frame(s) of seq ${frames[0]?.seq}`,
+      );
+      return;
+    }
+    sink.write(frames);
+  }
+
+  private fail(frame: DataFrame, code: string, message: string): void {
+    this.log(`stage ${this.config.stageIndex}: ${message}`);
+    this.drop(frame.seq);
+    this.forward([this.errorFrame(frame.seq, frame.step, code, message)]);
+  }
+
+  private failItem(item: QueuedItem, code: string, message: string): void {
+    this.log(message);
+    this.drop(item.seq);
+    this.forward([this.errorFrame(item.seq, item.step, code, message)]);
+  }
+
+  private errorFrame(seq: number, step: number, code: string, message: string): DataFrameOut {
+    return {
+      kind: FrameKind.ERROR,
+      seq,
+      step,
+      error_code: code,
+      error: message,
+      origin_stage: this.config.stageIndex,
+      plan_id: this.config.planId,
+      sent_at_us: nowUs(),
+    };
+  }
+
+  /** Forgets a sequence: drops its queued work, frees its KV, ignores its late frames for a while. */
+  private drop(seq: number): boolean {
+    const known = this.sequences.delete(seq);
+    for (let i = this.queue.length - 1; i >= 0; i--) if (this.queue[i].seq === seq) this.queue.splice(i, 1);
+    this.pruneTombstones();
+    this.tombstones.set(seq, Date.now() + tombstoneMs);
+    if (known)
+      this.engine.release(seq).catch((err) => this.log(`release of seq ${seq} failed: ${errorMessage(err)}`));
+    return known;
+  }
+
+  private pruneTombstones(): void {
+    const now = Date.now();
+    for (const [seq, until] of this.tombstones) if (until < now) this.tombstones.delete(seq);
+  }
+
+  /** Cancel: drops the sequences (queued and future work) and frees their KV. Returns how many were live. */
+  cancel(seqs: number[]): number {
+    let count = 0;
+    for (const seq of seqs) if (this.drop(seq)) count++;
+    return count;
+  }
+
+  /** Release: a finished sequence; frees its KV. Returns how many were live. */
+  async release(seqs: number[]): Promise<number> {
+    let count = 0;
+    for (const seq of seqs) {
+      if (!this.sequences.delete(seq)) continue;
+      count++;
+      await this.engine.release(seq);
+    }
+    return count;
+  }
+
+  snapshot(): StageCounters {
+    return { ...this.counters, queueDepth: this.queue.length, sequences: this.sequences.size };
+  }
+
+  hopPercentiles(): { p50: number; p99: number } {
+    return { p50: this.hops.percentile(0.5), p99: this.hops.percentile(0.99) };
+  }
+
+  /** Stops taking work; the engine is closed by its owner once the current batch is done. */
+  close(): void {
+    this.closed = true;
+    this.queue.length = 0;
+    this.sequences.clear();
+  }
+}

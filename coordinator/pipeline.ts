@@ -1,0 +1,260 @@
+// A running pipeline as the coordinator sees it: the stages of one plan, loaded (LoadShard on every node in
+// parallel), wired (each stage opens Data to its downstream; the coordinator opens Data to stage 0 and Results
+// on the last stage) and watched (every node's Status stream is its heartbeat: silence past the timeout or a
+// broken stream means the node is lost, and "nodeLost" fires once).
+import { EventEmitter } from "node:events";
+import type * as grpc from "@grpc/grpc-js";
+import { errorMessage } from "../common/errors.js";
+import { type DataStream, NodeClient } from "../common/wire-client.js";
+import type { DataFrame, DataFrameOut, LoadProgress, NodeStatus } from "../common/wire-types.js";
+import type { Plan, PlanStage } from "./planner.js";
+
+/** The parts of a planner Plan that the pipeline needs (a Plan is one). */
+export type PipelineStagePlan = Pick<
+  PlanStage,
+  "nodeId" | "name" | "address" | "layerStart" | "layerEnd" | "embed" | "head"
+>;
+export interface PipelinePlan {
+  planId: Plan["planId"];
+  backend?: string;
+  stages: PipelineStagePlan[];
+}
+
+export interface PipelineOptions {
+  plan: PipelinePlan;
+  clusterKey: string;
+  /** Engine threads per stage (0/absent: each node's default). */
+  threads?: number;
+  /** Checked by every node against the model it holds. */
+  modelId?: string;
+  /** Load progress of one stage (for the CLI's bars). */
+  onProgress?: (stageIndex: number, progress: LoadProgress) => void;
+  /** A node silent for longer than this is lost. Default 3000 ms. */
+  heartbeatTimeoutMs?: number;
+  /** Status interval asked of every node. Default 1000 ms. */
+  statusIntervalMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface LostNode {
+  stageIndex: number;
+  nodeId: string;
+  name: string;
+  address: string;
+  reason: string;
+}
+
+export interface PipelineEvents {
+  nodeLost: [LostNode];
+  status: [stageIndex: number, status: NodeStatus];
+}
+
+/** Receives every RESULT and ERROR frame (the scheduler's per-token path: one call per frame, no events). */
+export type ResultHandler = (frame: DataFrame) => void;
+
+export class Pipeline extends EventEmitter<PipelineEvents> {
+  readonly plan: PipelinePlan;
+  private readonly opts: PipelineOptions;
+  private readonly clients: NodeClient[];
+  private readonly lastSeen: number[];
+  private readonly statusCalls: Array<grpc.ClientReadableStream<NodeStatus>> = [];
+  private readonly latest = new Map<number, NodeStatus>();
+  private input: DataStream | undefined;
+  private results: grpc.ClientReadableStream<DataFrame> | undefined;
+  private watchdog: NodeJS.Timeout | undefined;
+  private resultHandler: ResultHandler = () => {};
+  private lostNode: LostNode | undefined;
+  private closed = false;
+  private readonly log: (line: string) => void;
+
+  private constructor(opts: PipelineOptions) {
+    super();
+    this.opts = opts;
+    this.plan = opts.plan;
+    this.log = opts.log ?? ((line) => console.error(`[pipeline ${opts.plan.planId}] ${line}`));
+    this.clients = opts.plan.stages.map((s) => new NodeClient(s.address, opts.clusterKey));
+    this.lastSeen = opts.plan.stages.map(() => Date.now());
+  }
+
+  /** Loads every stage, wires the data streams and starts the heartbeat watch; rejects naming the stage at fault. */
+  static async start(opts: PipelineOptions): Promise<Pipeline> {
+    const problem = planProblem(opts.plan);
+    if (problem) throw new Error(`plan ${opts.plan.planId}: ${problem}`);
+    const pipeline = new Pipeline(opts);
+    try {
+      pipeline.watchHeartbeats();
+      await pipeline.loadAll();
+      await pipeline.wire();
+      if (pipeline.lostNode) throw new Error(describeLoss(pipeline.lostNode));
+      return pipeline;
+    } catch (err) {
+      pipeline.close();
+      throw err;
+    }
+  }
+
+  get lost(): LostNode | undefined {
+    return this.lostNode;
+  }
+
+  get stageCount(): number {
+    return this.plan.stages.length;
+  }
+
+  /** Latest Status of each stage, by stage index. */
+  statuses(): Map<number, NodeStatus> {
+    return new Map(this.latest);
+  }
+
+  onResult(handler: ResultHandler): void {
+    this.resultHandler = handler;
+  }
+
+  /** Writes frames to stage 0 (tokens, cancels). False when the pipeline can no longer take work. */
+  send(frames: DataFrameOut[]): boolean {
+    const input = this.input;
+    if (!input || this.closed || this.lostNode) return false;
+    for (const frame of frames) input.write(frame);
+    return true;
+  }
+
+  /** Frees finished sequences on every stage (best effort: a dead node frees nothing anyway). */
+  release(seqs: number[]): Promise<void> {
+    return this.everyStage((c) => c.release({ plan_id: this.plan.planId, seqs }), "release");
+  }
+
+  /** Drops sequences on every stage: queued work and KV. */
+  cancel(seqs: number[]): Promise<void> {
+    return this.everyStage((c) => c.cancel({ plan_id: this.plan.planId, seqs }), "cancel");
+  }
+
+  private async everyStage(call: (c: NodeClient) => Promise<unknown>, what: string): Promise<void> {
+    if (this.closed) return;
+    const outcomes = await Promise.allSettled(this.clients.map(call));
+    outcomes.forEach((o, i) => {
+      if (o.status === "rejected" && !this.lostNode)
+        this.log(`${what} on ${this.plan.stages[i].name} failed: ${errorMessage(o.reason)}`);
+    });
+  }
+
+  private async loadAll(): Promise<void> {
+    const { plan } = this;
+    await Promise.all(
+      plan.stages.map(async (stage, i) => {
+        try {
+          await this.clients[i].loadShard(
+            {
+              plan_id: plan.planId,
+              model_id: this.opts.modelId ?? "",
+              layer_start: stage.layerStart,
+              layer_end: stage.layerEnd,
+              embed: stage.embed,
+              head: stage.head,
+              backend: plan.backend ?? "",
+              threads: this.opts.threads ?? 0,
+              downstream: i + 1 < plan.stages.length ? plan.stages[i + 1].address : "",
+              stage_index: i,
+              stage_count: plan.stages.length,
+            },
+            (p) => this.opts.onProgress?.(i, p),
+          );
+        } catch (err) {
+          throw new Error(`stage ${i} (${stage.name} at ${stage.address}): ${grpcMessage(err)}`);
+        }
+      }),
+    );
+  }
+
+  /** Opens Results on the last stage (and waits until it is registered) and Data to stage 0. */
+  private async wire(): Promise<void> {
+    const last = this.clients.length - 1;
+    const results = this.clients[last].results(this.plan.planId);
+    this.results = results;
+    results.on("data", (frame: DataFrame) => this.resultHandler(frame));
+    results.on("error", (err) => this.streamBroke(last, `results stream failed: ${grpcMessage(err)}`));
+    results.on("end", () => this.streamBroke(last, "results stream ended"));
+    await new Promise<void>((resolve, reject) => {
+      results.once("metadata", () => resolve());
+      results.once("error", (err) =>
+        reject(new Error(`stage ${last} (${this.plan.stages[last].name}): ${grpcMessage(err)}`)),
+      );
+    });
+    const input = this.clients[0].data();
+    this.input = input;
+    // Stage 0 answers on this stream only about frames it could not attribute to its work (no shard, ...).
+    input.on("data", (frame: DataFrame) => this.resultHandler(frame));
+    input.on("error", (err) => this.streamBroke(0, `data stream failed: ${grpcMessage(err)}`));
+    input.on("end", () => this.streamBroke(0, "data stream ended"));
+  }
+
+  private watchHeartbeats(): void {
+    const interval = this.opts.statusIntervalMs ?? 1000;
+    const timeout = this.opts.heartbeatTimeoutMs ?? 3000;
+    this.clients.forEach((client, i) => {
+      const call = client.status(interval);
+      this.statusCalls.push(call);
+      call.on("data", (status: NodeStatus) => {
+        this.lastSeen[i] = Date.now();
+        this.latest.set(i, status);
+        this.emit("status", i, status);
+      });
+      call.on("error", (err) => this.streamBroke(i, `status stream failed: ${grpcMessage(err)}`));
+      call.on("end", () => this.streamBroke(i, "status stream ended"));
+    });
+    this.watchdog = setInterval(
+      () => {
+        const now = Date.now();
+        this.lastSeen.forEach((seen, i) => {
+          if (now - seen > timeout) this.streamBroke(i, `no heartbeat for ${now - seen} ms`);
+        });
+      },
+      Math.min(250, timeout / 4),
+    );
+  }
+
+  private streamBroke(stageIndex: number, reason: string): void {
+    if (this.closed || this.lostNode) return;
+    const stage = this.plan.stages[stageIndex];
+    this.lostNode = { stageIndex, nodeId: stage.nodeId, name: stage.name, address: stage.address, reason };
+    this.log(describeLoss(this.lostNode));
+    this.emit("nodeLost", this.lostNode);
+  }
+
+  /** Closes every stream and channel (the nodes keep their shards until the next LoadShard). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.watchdog) clearInterval(this.watchdog);
+    for (const call of this.statusCalls) call.cancel();
+    this.results?.cancel();
+    this.input?.cancel();
+    for (const client of this.clients) client.close();
+  }
+}
+
+export function describeLoss(lost: LostNode): string {
+  return `${lost.name} at ${lost.address} stopped responding (stage ${lost.stageIndex}: ${lost.reason})`;
+}
+
+function planProblem(plan: PipelinePlan): string | undefined {
+  const { stages } = plan;
+  if (!plan.planId) return "has no planId";
+  if (stages.length === 0) return "has no stages";
+  if (!stages[0].embed) return "stage 0 must hold the embedding";
+  if (!stages[stages.length - 1].head) return "the last stage must hold the head";
+  for (let i = 0; i < stages.length; i++) {
+    const s = stages[i];
+    if (!s.address) return `stage ${i} (${s.name}) has no address`;
+    if (s.layerStart >= s.layerEnd)
+      return `stage ${i} (${s.name}) has an empty layer range ${s.layerStart}..${s.layerEnd}`;
+    if (i > 0 && s.layerStart !== stages[i - 1].layerEnd)
+      return `stage ${i} (${s.name}) starts at layer ${s.layerStart} but stage ${i - 1} ends at ${stages[i - 1].layerEnd}`;
+  }
+  return undefined;
+}
+
+/** grpc errors carry the server's message in `details`. */
+function grpcMessage(err: unknown): string {
+  const details = (err as { details?: unknown })?.details;
+  return typeof details === "string" && details.length > 0 ? details : errorMessage(err);
+}

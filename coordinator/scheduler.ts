@@ -1,0 +1,335 @@
+// The scheduler: the TokenGenerator the HTTP API talks to. It admits a sequence, sends its prompt to stage 0 in
+// chunks (they flow through the stages one behind the other), then one decode step per sampled token, until a
+// stop id or maxTokens. Many sequences run at once; the stages batch whatever is queued. Aborts cancel the
+// sequence on every stage; a lost node fails every sequence in flight at once, and new requests get
+// cluster_not_ready until attach() hands over a new pipeline.
+import { EventEmitter } from "node:events";
+import { ClusterError, type ClusterErrorCode } from "../common/errors.js";
+import { encodeTokens, nowUs, toWireSampling } from "../common/wire-frames.js";
+import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire-types.js";
+import type { GenerationEvent, GenerationRequest, TokenGenerator } from "./generation.js";
+import { describeLoss, type LostNode, type Pipeline } from "./pipeline.js";
+
+export interface SchedulerOptions {
+  /** Longest prompt + output accepted, in tokens. */
+  contextWindow: number;
+  /** Prompt tokens per prefill item. Default 256. */
+  prefillChunkTokens?: number;
+  /** Sequences in flight at once; more get "overloaded". Default 64. */
+  maxSequences?: number;
+  /** A sequence waiting this long for its next token fails with "timeout". Default 120 s. */
+  stepTimeoutMs?: number;
+}
+
+/** Figures of one finished request, for dashboards. */
+export interface RequestFigures {
+  seq: number;
+  status: "completed" | "incomplete" | "failed" | "cancelled";
+  promptTokens: number;
+  outputTokens: number;
+  ttftMs?: number;
+  /** Output tokens per second after the first one. */
+  decodeTokensPerSecond?: number;
+  errorCode?: ClusterErrorCode;
+}
+
+export interface SchedulerEvents {
+  request: [RequestFigures];
+  nodeLost: [LostNode];
+}
+
+const clusterErrorCodes = new Set<string>([
+  "bad_request",
+  "context_length_exceeded",
+  "cluster_not_ready",
+  "node_lost",
+  "overloaded",
+  "cancelled",
+  "timeout",
+  "unauthorized",
+  "model_error",
+  "internal",
+]);
+
+/** One sequence in flight: a mailbox between the Results stream and the generator awaiting its next token. */
+class Run {
+  readonly seq: number;
+  readonly pipeline: Pipeline;
+  private inbox: DataFrame[] = [];
+  private waiter: { resolve: (f: DataFrame) => void; reject: (e: ClusterError) => void } | undefined;
+  failure: ClusterError | undefined;
+
+  constructor(seq: number, pipeline: Pipeline) {
+    this.seq = seq;
+    this.pipeline = pipeline;
+  }
+
+  deliver(frame: DataFrame): void {
+    if (this.waiter) {
+      const { resolve } = this.waiter;
+      this.waiter = undefined;
+      resolve(frame);
+    } else this.inbox.push(frame);
+  }
+
+  fail(error: ClusterError): void {
+    if (this.failure) return;
+    this.failure = error;
+    if (this.waiter) {
+      const { reject } = this.waiter;
+      this.waiter = undefined;
+      reject(error);
+    }
+  }
+
+  next(timeoutMs: number): Promise<DataFrame> {
+    if (this.failure) return Promise.reject(this.failure);
+    const ready = this.inbox.shift();
+    if (ready) return Promise.resolve(ready);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => this.fail(new ClusterError("timeout", `no token for ${timeoutMs} ms (sequence ${this.seq})`)),
+        timeoutMs,
+      );
+      this.waiter = {
+        resolve: (f) => {
+          clearTimeout(timer);
+          resolve(f);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+  }
+}
+
+export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGenerator {
+  readonly contextWindow: number;
+  private readonly chunkTokens: number;
+  private readonly maxSequences: number;
+  private readonly stepTimeoutMs: number;
+  private pipeline: Pipeline | undefined;
+  private notReadyReason = "no pipeline is loaded yet";
+  private readonly runs = new Map<number, Run>();
+  private nextSeq: number;
+
+  constructor(opts: SchedulerOptions) {
+    super();
+    if (!Number.isInteger(opts.contextWindow) || opts.contextWindow < 2)
+      throw new Error(`Scheduler: contextWindow must be an integer >= 2 (got ${opts.contextWindow})`);
+    this.contextWindow = opts.contextWindow;
+    this.chunkTokens = opts.prefillChunkTokens ?? 256;
+    this.maxSequences = opts.maxSequences ?? 64;
+    this.stepTimeoutMs = opts.stepTimeoutMs ?? 120_000;
+    // Ids start at a random point so a restarted coordinator does not reuse the previous one's ids.
+    this.nextSeq = 1 + Math.floor(Math.random() * 0x7fff_0000);
+  }
+
+  get ready(): boolean {
+    return this.pipeline !== undefined;
+  }
+
+  get inFlight(): number {
+    return this.runs.size;
+  }
+
+  /** Serves from this pipeline from now on (after a start or a re-plan). */
+  attach(pipeline: Pipeline): void {
+    if (this.pipeline && this.pipeline !== pipeline) this.detach("replaced by a new pipeline");
+    this.pipeline = pipeline;
+    pipeline.onResult((frame) => this.route(frame));
+    pipeline.once("nodeLost", (lost) => this.onNodeLost(pipeline, lost));
+  }
+
+  /** Stops serving: sequences in flight fail with cluster_not_ready, new ones are refused with `reason`. */
+  detach(reason: string): void {
+    const pipeline = this.pipeline;
+    this.pipeline = undefined;
+    this.notReadyReason = reason;
+    if (!pipeline) return;
+    this.failAll(pipeline, new ClusterError("cluster_not_ready", `the pipeline was taken down: ${reason}`));
+    pipeline.close();
+  }
+
+  private onNodeLost(pipeline: Pipeline, lost: LostNode): void {
+    const message = `${describeLoss(lost)}; the request was stopped. The cluster is re-planning without it.`;
+    this.failAll(pipeline, new ClusterError("node_lost", message));
+    if (this.pipeline === pipeline) {
+      this.pipeline = undefined;
+      this.notReadyReason = `${lost.name} at ${lost.address} was lost; waiting for a new plan`;
+    }
+    pipeline.close();
+    this.emit("nodeLost", lost);
+  }
+
+  private failAll(pipeline: Pipeline, error: ClusterError): void {
+    for (const run of this.runs.values()) if (run.pipeline === pipeline) run.fail(error);
+  }
+
+  /** The per-token path: one RESULT or ERROR frame to its sequence. */
+  private route(frame: DataFrame): void {
+    const run = this.runs.get(frame.seq);
+    if (!run) return; // A late frame of a sequence that already ended.
+    if (frame.kind === FrameKind.RESULT) {
+      run.deliver(frame);
+      return;
+    }
+    if (frame.kind === FrameKind.ERROR) {
+      const code = (
+        clusterErrorCodes.has(frame.error_code) ? frame.error_code : "internal"
+      ) as ClusterErrorCode;
+      run.fail(
+        new ClusterError(code, frame.error || `stage ${frame.origin_stage} failed sequence ${frame.seq}`),
+      );
+    }
+  }
+
+  private allocateSeq(): number {
+    do {
+      this.nextSeq = this.nextSeq >= 0xffff_fffe ? 1 : this.nextSeq + 1;
+    } while (this.runs.has(this.nextSeq));
+    return this.nextSeq;
+  }
+
+  private validate(request: GenerationRequest): void {
+    const { prompt, maxTokens } = request;
+    if (!Array.isArray(prompt) || prompt.length === 0)
+      throw new ClusterError("bad_request", "prompt must hold at least one token id");
+    const bad = prompt.findIndex((t) => !Number.isInteger(t) || t < 0 || t > 0x7fff_ffff);
+    if (bad >= 0)
+      throw new ClusterError("bad_request", `prompt token ${bad} (${prompt[bad]}) is not a valid token id`);
+    if (!Number.isInteger(maxTokens) || maxTokens < 1)
+      throw new ClusterError("bad_request", `maxTokens must be a positive integer (got ${maxTokens})`);
+    if (prompt.length + maxTokens > this.contextWindow)
+      throw new ClusterError(
+        "context_length_exceeded",
+        `prompt (${prompt.length} tokens) + maxTokens (${maxTokens}) exceeds the context window of ${this.contextWindow} tokens`,
+      );
+  }
+
+  generate(request: GenerationRequest): AsyncIterable<GenerationEvent> {
+    return this.run(request);
+  }
+
+  private async *run(request: GenerationRequest): AsyncGenerator<GenerationEvent> {
+    this.validate(request);
+    const pipeline = this.pipeline;
+    if (!pipeline)
+      throw new ClusterError("cluster_not_ready", `the cluster is not ready: ${this.notReadyReason}`);
+    if (request.signal?.aborted)
+      throw new ClusterError("cancelled", "the request was cancelled before it started");
+    if (this.runs.size >= this.maxSequences)
+      throw new ClusterError(
+        "overloaded",
+        `${this.runs.size} sequences are in flight (the limit is ${this.maxSequences})`,
+      );
+    const seq = this.allocateSeq();
+    const run = new Run(seq, pipeline);
+    this.runs.set(seq, run);
+    const onAbort = (): void => run.fail(new ClusterError("cancelled", "the request was cancelled"));
+    request.signal?.addEventListener("abort", onAbort, { once: true });
+    const started = performance.now();
+    const figures: RequestFigures = {
+      seq,
+      status: "failed",
+      promptTokens: request.prompt.length,
+      outputTokens: 0,
+    };
+    let firstTokenAt = 0;
+    try {
+      const step = this.sendPrompt(run, request);
+      yield { type: "admitted", promptTokens: request.prompt.length, cachedTokens: 0 };
+      const stops = new Set(request.stopTokenIds);
+      let position = request.prompt.length;
+      for (let n = 1; ; n++) {
+        const frame = await run.next(this.stepTimeoutMs);
+        if (n === 1) firstTokenAt = performance.now();
+        figures.outputTokens = n;
+        const end = stops.has(frame.token) ? "stop" : n >= request.maxTokens ? "length" : undefined;
+        // The next step goes out before the caller sees this token, so the stages never wait on the caller.
+        if (!end) this.sendStep(run, step + n - 1, position++, frame.token);
+        yield { type: "token", token: frame.token, logprob: frame.logprob };
+        if (end) {
+          figures.status = end === "stop" ? "completed" : "incomplete";
+          yield { type: "end", reason: end };
+          return;
+        }
+      }
+    } catch (err) {
+      if (err instanceof ClusterError) {
+        figures.errorCode = err.code;
+        if (err.code === "cancelled") figures.status = "cancelled";
+      }
+      throw err;
+    } finally {
+      request.signal?.removeEventListener("abort", onAbort);
+      this.finish(run, figures, started, firstTokenAt);
+    }
+  }
+
+  /** Sends the prompt in chunks; returns the step number of the first decode step. */
+  private sendPrompt(run: Run, request: GenerationRequest): number {
+    const { prompt } = request;
+    const frames: DataFrameOut[] = [];
+    const sampling = toWireSampling(request.sampling);
+    let step = 0;
+    for (let start = 0; start < prompt.length; start += this.chunkTokens, step++) {
+      const tokens = prompt.slice(start, start + this.chunkTokens);
+      const last = start + this.chunkTokens >= prompt.length;
+      frames.push(this.tokenFrame(run, step, start, tokens, last, step === 0 ? sampling : null));
+    }
+    if (!run.pipeline.send(frames)) throw new ClusterError("cluster_not_ready", "the pipeline is closing");
+    return step;
+  }
+
+  private sendStep(run: Run, step: number, position: number, token: number): void {
+    if (!run.pipeline.send([this.tokenFrame(run, step, position, [token], true, null)]))
+      run.fail(new ClusterError("cluster_not_ready", "the pipeline closed during generation"));
+  }
+
+  private tokenFrame(
+    run: Run,
+    step: number,
+    position: number,
+    tokens: number[],
+    wantResult: boolean,
+    sampling: DataFrameOut["sampling"],
+  ): DataFrameOut {
+    const now = nowUs();
+    return {
+      kind: FrameKind.TOKENS,
+      seq: run.seq,
+      step,
+      position,
+      count: tokens.length,
+      dtype: Dtype.I32,
+      shape: [tokens.length],
+      payload: encodeTokens(tokens),
+      sampling,
+      want_result: wantResult,
+      plan_id: run.pipeline.plan.planId,
+      origin_at_us: now,
+      sent_at_us: now,
+    };
+  }
+
+  /** Frees the sequence everywhere: Release after a clean end, Cancel otherwise (work may still be queued). */
+  private finish(run: Run, figures: RequestFigures, started: number, firstTokenAt: number): void {
+    this.runs.delete(run.seq);
+    if (!run.pipeline.lost) {
+      const done = figures.status === "completed" || figures.status === "incomplete";
+      if (!done && figures.errorCode === undefined) figures.status = "cancelled";
+      if (!done) run.fail(new ClusterError("cancelled", "the caller stopped reading"));
+      void (done ? run.pipeline.release([run.seq]) : run.pipeline.cancel([run.seq]));
+    }
+    if (firstTokenAt > 0) {
+      figures.ttftMs = firstTokenAt - started;
+      const decodeSeconds = (performance.now() - firstTokenAt) / 1000;
+      if (figures.outputTokens > 1 && decodeSeconds > 0)
+        figures.decodeTokensPerSecond = (figures.outputTokens - 1) / decodeSeconds;
+    }
+    this.emit("request", figures);
+  }
+}

@@ -2,6 +2,7 @@
 // The `cluster` command. Each subcommand lives in cli/commands/<name>.ts and registers itself here.
 import { Command } from "commander";
 import { packageVersion } from "../common/paths.js";
+import { register as registerMakeModel } from "./commands/make-model.js";
 
 const program = new Command()
   .name("cluster")
@@ -9,5 +10,6 @@ const program = new Command()
   .version(packageVersion());
 
 // Subcommands: one import + one register call each, in cli/commands/<name>.ts.
+registerMakeModel(program);
 
 await program.parseAsync(process.argv);

@@ -1,0 +1,79 @@
+// Model sizes per preset. tiny: correctness tests (seconds); bench: memory-bound decode (~1.5 GB at 4 bits);
+// scripted: small and fast for long prompts, weights arranged to emit a fixed reply (see scripted.ts).
+
+export type PresetName = "tiny" | "bench" | "scripted";
+
+export interface ModelShape {
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  rotaryDim: number;
+  intermediateSize: number;
+  numExperts: number;
+  expertsPerToken: number;
+  maxPositionEmbeddings: number;
+  ropeTheta: number;
+  /** Total tokenizer size including added tokens; equals vocab_size. */
+  vocabSize: number;
+  /** How many safetensors shards to write. */
+  shards: number;
+  /** bench writes random packed words directly instead of quantizing generated floats. */
+  randomPacked: boolean;
+}
+
+export const PRESETS: Record<PresetName, ModelShape> = {
+  tiny: {
+    hiddenSize: 128,
+    numLayers: 6,
+    numHeads: 4,
+    numKvHeads: 2,
+    headDim: 64,
+    rotaryDim: 32,
+    intermediateSize: 128,
+    numExperts: 8,
+    expertsPerToken: 2,
+    maxPositionEmbeddings: 8192,
+    ropeTheta: 5_000_000,
+    vocabSize: 1536,
+    shards: 2,
+    randomPacked: false,
+  },
+  bench: {
+    hiddenSize: 2048,
+    numLayers: 12,
+    numHeads: 32,
+    numKvHeads: 4,
+    headDim: 128,
+    rotaryDim: 64,
+    intermediateSize: 1024,
+    numExperts: 32,
+    expertsPerToken: 8,
+    maxPositionEmbeddings: 196_608,
+    ropeTheta: 5_000_000,
+    vocabSize: 8192,
+    shards: 4,
+    randomPacked: true,
+  },
+  scripted: {
+    hiddenSize: 256,
+    numLayers: 2,
+    numHeads: 2,
+    numKvHeads: 1,
+    headDim: 64,
+    rotaryDim: 32,
+    intermediateSize: 128,
+    numExperts: 4,
+    expertsPerToken: 2,
+    maxPositionEmbeddings: 65_536,
+    ropeTheta: 5_000_000,
+    vocabSize: 8192,
+    shards: 2,
+    randomPacked: false,
+  },
+};
+
+export function isPresetName(name: string): name is PresetName {
+  return Object.hasOwn(PRESETS, name);
+}

@@ -1,0 +1,113 @@
+// The OpenAI-compatible HTTP endpoint (Responses, Chat Completions, Completions, models, health).
+// H3b's `cluster up` starts it with an ApiContext that follows membership: which generator serves, or which
+// node is the coordinator when this one is not.
+import { isIP } from "node:net";
+import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
+import { ClusterError } from "../../common/errors.js";
+import { ChatFormatter } from "../chat/chat-formatter.js";
+import type { TokenGenerator } from "../generation.js";
+import { checkBearer } from "./auth.js";
+import { type ApiError, apiError, toApiError } from "./errors.js";
+import { forwardRequest } from "./forward.js";
+import { registerChatCompletions } from "./routes/chat-completions.js";
+import { registerCompletions } from "./routes/completions.js";
+import { registerModels } from "./routes/models.js";
+import { registerResponses } from "./routes/responses.js";
+
+export interface ApiContext {
+  /** undefined = cluster not ready → 503. */
+  generator(): TokenGenerator | undefined;
+  modelDir: string;
+  modelId: string;
+  /** JSON for GET /health, from membership. */
+  health(): unknown;
+  /** Set when THIS node is not the coordinator: every /v1 request is forwarded there. */
+  coordinatorUrl(): string | undefined;
+}
+
+export interface ApiServerOptions {
+  host: string;
+  port: number;
+  apiKey?: string;
+  /** Largest request body in bytes (default 64 MiB: long agent conversations are big). */
+  bodyLimit?: number;
+}
+
+export interface ApiServer {
+  url: string;
+  close(): Promise<void>;
+}
+
+export function isLoopback(host: string): boolean {
+  if (host === "localhost") return true;
+  if (isIP(host) === 4) return host.startsWith("127.");
+  return host === "::1" || host === "[::1]";
+}
+
+function send(reply: import("fastify").FastifyReply, error: ApiError) {
+  if (error.retryAfter !== undefined) reply.header("retry-after", String(error.retryAfter));
+  return reply.code(error.status).send(error.body);
+}
+
+function buildApp(ctx: ApiContext, options: ApiServerOptions): FastifyInstance {
+  const app = Fastify({ bodyLimit: options.bodyLimit ?? 64 * 1024 * 1024, logger: false });
+  // Some clients post JSON without a content type, or with text/plain: parse those as JSON too.
+  app.addContentTypeParser(
+    ["text/plain", "application/octet-stream"],
+    { parseAs: "string" },
+    (_req, body, done) => {
+      try {
+        done(null, body === "" ? {} : JSON.parse(body as string));
+      } catch (err) {
+        done(err as Error, undefined);
+      }
+    },
+  );
+  app.addHook("onRequest", async (request, reply) => {
+    if (!request.url.startsWith("/v1/")) return;
+    const denied = checkBearer(request.headers.authorization, options.apiKey);
+    if (denied) return send(reply, denied);
+  });
+  app.addHook("preHandler", async (request, reply) => {
+    if (!request.url.startsWith("/v1/")) return;
+    const coordinator = ctx.coordinatorUrl();
+    if (coordinator) return forwardRequest(request, reply, coordinator);
+  });
+  app.setErrorHandler((err: FastifyError, _request, reply) => {
+    // Fastify's own rejections (bad JSON, body too large) carry a 4xx statusCode; ours are ClusterErrors.
+    if (!(err instanceof ClusterError) && err.statusCode && err.statusCode < 500)
+      return send(reply, apiError(err.statusCode, `invalid request: ${err.message}`, "invalid_request"));
+    return send(reply, toApiError(err));
+  });
+  app.setNotFoundHandler((request, reply) =>
+    send(reply, apiError(404, `no route ${request.method} ${request.url.split("?")[0]}`, "not_found")),
+  );
+  const deps = {
+    generator: () => ctx.generator(),
+    modelDir: ctx.modelDir,
+    modelId: ctx.modelId,
+    health: () => ctx.health(),
+  };
+  registerModels(app, deps);
+  registerResponses(app, deps);
+  registerChatCompletions(app, deps);
+  registerCompletions(app, deps);
+  return app;
+}
+
+export async function startApiServer(ctx: ApiContext, options: ApiServerOptions): Promise<ApiServer> {
+  if (!isLoopback(options.host) && !options.apiKey)
+    throw new Error(
+      `refusing to listen on ${options.host} without an API key: anyone on the network could use the model. ` +
+        "Set an API key, or listen on 127.0.0.1.",
+    );
+  // Load tokenizer and template now: a broken model directory fails at start, not on the first request.
+  ChatFormatter.forModelDir(ctx.modelDir);
+  const app = buildApp(ctx, options);
+  await app.listen({ host: options.host, port: options.port });
+  const address = app.server.address();
+  const port = typeof address === "object" && address ? address.port : options.port;
+  const host =
+    options.host.includes(":") && !options.host.startsWith("[") ? `[${options.host}]` : options.host;
+  return { url: `http://${host}:${port}`, close: () => app.close() };
+}

@@ -1,0 +1,72 @@
+// `cluster status`: members, roles, plan and health, read from a node's GET /health (the plan from the
+// coordinator's, when the node asked is not the coordinator).
+import type { Command } from "commander";
+import { errorMessage } from "../../common/errors.js";
+import {
+  type ClusterHealth,
+  isClusterHealth,
+  renderClusterHealth,
+} from "../../coordinator/cluster-health.js";
+
+interface StatusOptions {
+  api: string;
+  apiKey?: string;
+  json?: boolean;
+}
+
+async function fetchHealth(baseUrl: string, apiKey: string | undefined): Promise<ClusterHealth> {
+  const url = `${baseUrl.replace(/\/+$/, "")}/health`;
+  let response: Response;
+  try {
+    response = await fetch(url, {
+      headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {},
+      signal: AbortSignal.timeout(5000),
+    });
+  } catch (err) {
+    throw new Error(`cannot reach ${url}: ${errorMessage((err as { cause?: unknown }).cause ?? err)}`);
+  }
+  const text = await response.text();
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new Error(
+      `${url} answered ${response.status} with something that is not JSON: ${text.slice(0, 200)}`,
+    );
+  }
+  if (!isClusterHealth(body))
+    throw new Error(`${url} answered ${response.status} but not with cluster health`);
+  return body;
+}
+
+export async function runStatus(opts: StatusOptions): Promise<string> {
+  const health = await fetchHealth(opts.api, opts.apiKey);
+  let plan = health.plan;
+  const coordinatorUrl = health.coordinator?.apiUrl;
+  if (!plan && health.node.role !== "coordinator" && coordinatorUrl) {
+    try {
+      plan = (await fetchHealth(coordinatorUrl, opts.apiKey)).plan;
+    } catch (err) {
+      process.stderr.write(`note: the coordinator's plan is unavailable: ${errorMessage(err)}\n`);
+    }
+  }
+  if (opts.json) return `${JSON.stringify({ ...health, plan }, null, 2)}\n`;
+  return renderClusterHealth(health, plan);
+}
+
+export function register(program: Command): void {
+  program
+    .command("status")
+    .description("Show the cluster's members, roles, plan (layer ranges) and health")
+    .option("--api <url>", "HTTP API of any node", "http://127.0.0.1:8080")
+    .option("--api-key <key>", "API key, when the node requires one")
+    .option("--json", "print the raw JSON")
+    .action(async (opts: StatusOptions) => {
+      try {
+        process.stdout.write(await runStatus(opts));
+      } catch (err) {
+        process.stderr.write(`cluster status: ${errorMessage(err)}\n`);
+        process.exitCode = 1;
+      }
+    });
+}

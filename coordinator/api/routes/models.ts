@@ -17,8 +17,9 @@ export function registerModels(app: FastifyInstance, deps: ApiDeps & { health():
       });
     return model();
   });
+  // The membership's health JSON as it is (`cluster status` reads it); 503 while no generator serves.
   app.get("/health", async (_request, reply) => {
     const ready = deps.generator() !== undefined;
-    return reply.code(ready ? 200 : 503).send({ ready, model: deps.modelId, cluster: deps.health() });
+    return reply.code(ready ? 200 : 503).send(deps.health() ?? { ready });
   });
 }

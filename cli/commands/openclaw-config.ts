@@ -1,0 +1,97 @@
+// `cluster openclaw-config`: prints the provider block for ~/.openclaw/openclaw.json that points OpenClaw at
+// this cluster, with the model's real context window read from its config.json.
+import type { Command } from "commander";
+import { readModelConfig } from "../../common/model-config.js";
+import { modelIdOf } from "../../node-agent/capabilities.js";
+
+export type OpenClawApi = "openai-responses" | "openai-completions";
+
+export interface OpenClawConfigOptions {
+  modelDir: string;
+  baseUrl: string;
+  apiKey?: string;
+  api: OpenClawApi | "both";
+  /** Largest reply OpenClaw asks for (default 32768, never more than the context window). */
+  maxTokens?: number;
+}
+
+const PROVIDER_NAMES: Record<OpenClawApi, string> = {
+  "openai-responses": "studio",
+  "openai-completions": "studio-chat",
+};
+
+/** The JSON to merge into openclaw.json: one provider per API kind, and the first one as default model. */
+export function openClawConfig(opts: OpenClawConfigOptions): Record<string, unknown> {
+  const config = readModelConfig(opts.modelDir);
+  const modelId = modelIdOf(opts.modelDir);
+  const contextWindow = config.maxPositionEmbeddings;
+  const maxTokens = Math.min(opts.maxTokens ?? 32_768, contextWindow);
+  const apis: OpenClawApi[] = opts.api === "both" ? ["openai-responses", "openai-completions"] : [opts.api];
+  const providers: Record<string, unknown> = {};
+  for (const api of apis) {
+    providers[PROVIDER_NAMES[api]] = {
+      baseUrl: opts.baseUrl,
+      // OpenClaw always sends a key; the server ignores it unless it was started with --api-key.
+      apiKey: opts.apiKey ?? "studio-cluster-local",
+      api,
+      models: [
+        {
+          id: modelId,
+          name: `${modelId} (studio-cluster)`,
+          reasoning: true,
+          input: ["text"],
+          cost: { input: 0, output: 0, cacheRead: 0, cacheWrite: 0 },
+          contextWindow,
+          maxTokens,
+        },
+      ],
+    };
+  }
+  return {
+    models: { mode: "merge", providers },
+    agents: { defaults: { model: { primary: `${PROVIDER_NAMES[apis[0]]}/${modelId}` } } },
+  };
+}
+
+function parseApi(value: string): OpenClawApi | "both" {
+  if (value === "openai-responses" || value === "openai-completions" || value === "both") return value;
+  throw new Error(`--api must be openai-responses, openai-completions or both (got "${value}")`);
+}
+
+function parseMaxTokens(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0)
+    throw new Error(`--max-tokens must be a positive integer (got "${value}")`);
+  return n;
+}
+
+export function register(program: Command): void {
+  program
+    .command("openclaw-config")
+    .description(
+      "print the provider block for ~/.openclaw/openclaw.json that points OpenClaw at this cluster",
+    )
+    .option("--model <dir>", "model directory (for its id and context window)", ".")
+    .option("--base-url <url>", "the cluster's OpenAI endpoint", "http://127.0.0.1:8080/v1")
+    .option("--api-key <key>", "API key the cluster was started with")
+    .option("--api <kind>", "openai-responses, openai-completions or both", parseApi, "openai-responses")
+    .option("--max-tokens <n>", "largest reply OpenClaw may ask for", parseMaxTokens)
+    .action(
+      (options: {
+        model: string;
+        baseUrl: string;
+        apiKey?: string;
+        api: OpenClawApi | "both";
+        maxTokens?: number;
+      }) => {
+        const block = openClawConfig({
+          modelDir: options.model,
+          baseUrl: options.baseUrl,
+          apiKey: options.apiKey,
+          api: options.api,
+          maxTokens: options.maxTokens,
+        });
+        process.stdout.write(`${JSON.stringify(block, null, 2)}\n`);
+      },
+    );
+}

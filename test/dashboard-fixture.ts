@@ -3,6 +3,8 @@
 import type { ClusterSnapshot, NodeSnapshot, RequestSnapshot } from "../coordinator/cluster-snapshot.js";
 
 const GiB = 1024 ** 3;
+/** Tick 0 is the moment the fixture was loaded, so the series end "now" for the viewer. */
+const EPOCH = Date.now();
 
 export interface FixtureOptions {
   /** Number of nodes (2 or 3). */
@@ -42,7 +44,9 @@ function node(i: number, tick: number, count: number, numLayers: number): NodeSn
 }
 
 function request(id: number, tick: number, finished: boolean): RequestSnapshot {
-  const startedAt = 1_763_700_000_000 + id * 1000;
+  const now = EPOCH + tick * 1000;
+  // Request `id` finished at tick id+1; the ones in flight started a few seconds ago.
+  const startedAt = finished ? now - (tick - id) * 1000 - 4000 : now - 1500 - (id % 3) * 2500;
   return {
     id: `resp_${id.toString(16).padStart(6, "0")}`,
     api: id % 2 === 0 ? "responses" : "chat.completions",
@@ -60,7 +64,7 @@ function request(id: number, tick: number, finished: boolean): RequestSnapshot {
 export function fixtureSnapshot(tick: number, options: FixtureOptions = {}): ClusterSnapshot {
   const count = options.nodes ?? 3;
   const numLayers = 62;
-  const now = 1_763_700_000_000 + tick * 1000;
+  const now = EPOCH + tick * 1000;
   const finishedCount = tick;
   const points = 120 + tick;
   return {

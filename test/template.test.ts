@@ -1,8 +1,11 @@
 // The fixture template (a public MiniMax-M2 template) rendered through our conversation mapping must give
 // exactly the text Python's Jinja2 gives under transformers, written out here by hand from MODEL.md's format.
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { makeModel } from "../cli/make-model/index.js";
+import { ChatFormatter } from "../coordinator/chat/chat-formatter.js";
 import { fromChatCompletions, fromResponses } from "../coordinator/chat/conversation.js";
 import { ChatTemplate } from "../coordinator/chat/template.js";
 
@@ -143,5 +146,26 @@ describe("conversation mapping", () => {
       { role: "system", content: "be brief" },
       { role: "user", content: "hi" },
     ]);
+  });
+});
+
+describe("the generated model's own template", () => {
+  const dir = mkdtempSync(join(tmpdir(), "template-test-"));
+  beforeAll(async () => {
+    await makeModel({ dir, preset: "tiny" });
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("renders the same conversation to the same string, and its tokenizer round-trips the prompt", () => {
+    const formatter = ChatFormatter.forModelDir(dir);
+    const prompt = formatter.render(
+      fromChatCompletions(CHAT_MESSAGES, [{ type: "function", function: TOOL }]),
+    );
+    expect(prompt).toBe(EXPECTED);
+    const ids = formatter.encode(prompt);
+    expect(formatter.tokenizer.decode(ids)).toBe(prompt);
+    // The special tokens are single tokens (the scheduler stops on the end-of-turn id).
+    expect(ids[0]).toBe(formatter.tokenizer.encode("]~!b[")[0]);
+    expect(formatter.tokenizer.encode("[e~[")).toEqual([formatter.stopTokenIds[0]]);
   });
 });

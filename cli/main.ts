@@ -4,6 +4,7 @@ import { Command } from "commander";
 import { packageVersion } from "../common/paths.js";
 import { register as registerMakeModel } from "./commands/make-model.js";
 import { register as registerOpenClawConfig } from "./commands/openclaw-config.js";
+import { register as registerStatus } from "./commands/status.js";
 
 const program = new Command()
   .name("cluster")
@@ -13,5 +14,6 @@ const program = new Command()
 // Subcommands: one import + one register call each, in cli/commands/<name>.ts.
 registerMakeModel(program);
 registerOpenClawConfig(program);
+registerStatus(program);
 
 await program.parseAsync(process.argv);

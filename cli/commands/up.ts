@@ -1,0 +1,301 @@
+// `cluster up`: makes this machine a node of the cluster. It starts the node agent (gRPC, around this node's
+// engine shard), advertises it over Bonjour, joins membership (Bonjour + --peer), and serves the HTTP API. The
+// elected coordinator plans, loads the shards (progress bars on stderr) and schedules; every other node's API
+// forwards to it.
+import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
+import { networkInterfaces } from "node:os";
+import { join, resolve } from "node:path";
+import { type Command, InvalidArgumentError, Option } from "commander";
+import {
+  claimNodeId,
+  clusterHome,
+  loadOrCreateClusterKey,
+  type NodeIdentity,
+} from "../../common/cluster-key.js";
+import { errorMessage } from "../../common/errors.js";
+import { readModelConfig } from "../../common/model-config.js";
+import { packageVersion } from "../../common/paths.js";
+import { type ApiServer, isLoopback, startApiServer } from "../../coordinator/api/server.js";
+import { ClusterController } from "../../coordinator/controller.js";
+import { BonjourDiscovery } from "../../coordinator/discovery.js";
+import { Membership, parseHostPort } from "../../coordinator/membership.js";
+import { readModelFootprint } from "../../coordinator/model-footprint.js";
+import type { BackendChoice } from "../../native/engine-api.js";
+import { type Advertisement, advertiseNode } from "../../node-agent/advertise.js";
+import { modelIdOf } from "../../node-agent/capabilities.js";
+import { type NodeAgent, startNodeAgent } from "../../node-agent/server.js";
+import { makeModel } from "../make-model/index.js";
+import { createLoadProgress } from "../progress.js";
+
+export interface UpOptions {
+  model?: string;
+  demo?: boolean;
+  name?: string;
+  port: number;
+  apiPort: number;
+  apiHost: string;
+  apiKey?: string;
+  key?: string;
+  peer: string[];
+  backend: BackendChoice;
+  threads?: number;
+  context?: number;
+  bonjour: boolean;
+  interface?: string;
+}
+
+function intArg(name: string, min: number, max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < min || n > max)
+      throw new InvalidArgumentError(`${name} must be an integer from ${min} to ${max} (got "${value}")`);
+    return n;
+  };
+}
+
+function collectPeer(value: string, previous: string[]): string[] {
+  try {
+    parseHostPort(value, "--peer");
+  } catch (err) {
+    throw new InvalidArgumentError(errorMessage(err));
+  }
+  return [...previous, value];
+}
+
+/** An interface name (en0, bridge0) or one of this machine's IPv4 addresses -> that IPv4 address. */
+export function resolveInterfaceAddress(value: string): string {
+  const interfaces = networkInterfaces();
+  const all = Object.values(interfaces).flatMap((list) => list ?? []);
+  if (all.some((a) => a.address === value)) return value;
+  const byName = interfaces[value]?.find((a) => a.family === "IPv4");
+  if (byName) return byName.address;
+  const names = Object.keys(interfaces).join(", ");
+  throw new Error(
+    `--interface "${value}" is neither an interface with an IPv4 address nor one of this machine's addresses (interfaces: ${names})`,
+  );
+}
+
+/** The host other nodes reach this one at: the chosen interface, loopback for a loopback-only cluster, else the first external IPv4. */
+function selfHost(interfaceAddress: string | undefined, peers: string[], bonjour: boolean): string {
+  if (interfaceAddress) return interfaceAddress;
+  const loopbackOnly = peers.length > 0 && peers.every((p) => isLoopback(parseHostPort(p).host));
+  if (loopbackOnly || (peers.length === 0 && !bonjour)) return "127.0.0.1";
+  const external = Object.values(networkInterfaces())
+    .flatMap((list) => list ?? [])
+    .find((a) => a.family === "IPv4" && !a.internal);
+  return external?.address ?? "127.0.0.1";
+}
+
+/** The tiny demo model, made once under the studio-cluster home (atomically: several nodes may start at once). */
+async function demoModelDir(): Promise<string> {
+  const dir = join(clusterHome(), "models", "demo-tiny");
+  if (existsSync(join(dir, "config.json"))) return dir;
+  mkdirSync(join(clusterHome(), "models"), { recursive: true });
+  const scratch = `${dir}.tmp-${process.pid}`;
+  rmSync(scratch, { recursive: true, force: true });
+  process.stderr.write(`making the demo model in ${dir} ...\n`);
+  await makeModel({ dir: scratch, preset: "tiny" });
+  try {
+    renameSync(scratch, dir);
+  } catch (err) {
+    // Another node made it first: use theirs (same preset and seed, so the same model).
+    rmSync(scratch, { recursive: true, force: true });
+    if (!existsSync(join(dir, "config.json"))) throw err;
+  }
+  return dir;
+}
+
+function say(line: string): void {
+  process.stdout.write(`studio-cluster: ${line}\n`);
+}
+
+export async function runUp(opts: UpOptions): Promise<void> {
+  if (!opts.model && !opts.demo)
+    throw new Error("give the model with --model DIR, or --demo for the tiny demo model");
+  if (opts.model && opts.demo) throw new Error("--model and --demo exclude each other");
+  if (!isLoopback(opts.apiHost) && !opts.apiKey)
+    throw new Error(
+      `--api-host ${opts.apiHost} is not loopback: it requires --api-key (anyone on the network could use the model otherwise)`,
+    );
+  const interfaceAddress = opts.interface ? resolveInterfaceAddress(opts.interface) : undefined;
+  const modelDir = opts.model ? resolve(opts.model) : await demoModelDir();
+  const config = readModelConfig(modelDir);
+  const footprint = readModelFootprint(modelDir);
+  const contextTokens = opts.context ?? config.maxPositionEmbeddings;
+  if (contextTokens > config.maxPositionEmbeddings)
+    throw new Error(
+      `--context ${contextTokens} exceeds the model's max_position_embeddings ${config.maxPositionEmbeddings}`,
+    );
+  const modelId = modelIdOf(modelDir);
+  const version = packageVersion();
+
+  const key = loadOrCreateClusterKey({ key: opts.key });
+  if (key.created) {
+    process.stderr.write(
+      `\nA new cluster key was generated and stored in ${key.file} (it is shown only this once):\n\n  ${key.key}\n\n` +
+        `Join other machines to this cluster with:\n\n  cluster up --key ${key.key} ${opts.demo ? "--demo" : "--model DIR"}\n\n`,
+    );
+  }
+  const identity: NodeIdentity = claimNodeId({
+    instance: opts.name ?? (opts.port ? `port-${opts.port}` : "default"),
+  });
+  const name = opts.name ?? identity.instance;
+  const cleanups: Array<() => Promise<void> | void> = [() => identity.release()];
+  const shutdown = async () => {
+    for (const cleanup of cleanups.reverse()) {
+      try {
+        await cleanup();
+      } catch (err) {
+        process.stderr.write(`shutdown: ${errorMessage(err)}\n`);
+      }
+    }
+  };
+
+  try {
+    let controller: ClusterController | undefined;
+    const api: ApiServer = await startApiServer(
+      {
+        generator: () => controller?.generator(),
+        modelDir,
+        modelId,
+        health: () => controller?.health() ?? { ok: false, state: "planning", message: "starting" },
+        coordinatorUrl: () => controller?.coordinatorUrl(),
+      },
+      { host: opts.apiHost, port: opts.apiPort, apiKey: opts.apiKey },
+    );
+    cleanups.push(() => api.close());
+    const apiPort = Number(new URL(api.url).port);
+
+    const agent: NodeAgent = await startNodeAgent({
+      modelDir,
+      grpcHost: interfaceAddress ?? "0.0.0.0",
+      grpcPort: opts.port,
+      clusterKey: key.key,
+      nodeId: identity.nodeId,
+      name,
+      apiPort,
+      clusterId: key.clusterId,
+      backend: opts.backend,
+      threads: opts.threads,
+    });
+    cleanups.push(() => agent.close());
+    const host = selfHost(interfaceAddress, opts.peer, opts.bonjour);
+    const selfAddress = `${host}:${agent.port}`;
+    say(
+      `node ${name} (${identity.nodeId}) gRPC ${selfAddress}, API ${api.url}, model ${modelId}, cluster ${key.clusterId}`,
+    );
+
+    const membership = new Membership({
+      nodeId: identity.nodeId,
+      clusterId: key.clusterId,
+      clusterKey: key.key,
+      version,
+      grpcPort: agent.port,
+      selfAddress,
+      log: (line) => process.stderr.write(`${line}\n`),
+    });
+    cleanups.push(() => membership.close());
+    membership.addCandidate(`${interfaceAddress ?? "127.0.0.1"}:${agent.port}`, "self");
+    for (const peer of opts.peer) membership.addCandidate(peer, "peer");
+
+    if (opts.bonjour) {
+      const discovery = new BonjourDiscovery({ clusterId: key.clusterId, interfaceAddress });
+      discovery.on("up", (node) => membership.addCandidate(node.address, "bonjour"));
+      discovery.on("down", (node) => membership.removeCandidate(node.address, "bonjour"));
+      cleanups.push(() => discovery.close());
+      const advertisement: Advertisement = advertiseNode({
+        nodeId: identity.nodeId,
+        name,
+        grpcPort: agent.port,
+        clusterId: key.clusterId,
+        version,
+        interfaceAddress,
+      });
+      cleanups.push(() => advertisement.stop());
+    }
+
+    const progress = createLoadProgress();
+    controller = new ClusterController({
+      self: { nodeId: identity.nodeId, name, apiUrl: api.url },
+      clusterId: key.clusterId,
+      clusterKey: key.key,
+      version,
+      modelId,
+      footprint,
+      contextTokens,
+      threads: opts.threads,
+      membership,
+      onProgress: (stage, read, total) => progress.update(stage.name, read, total),
+      onStageLoaded: (stage, bytes) =>
+        progress.done(
+          stage.name,
+          `layers [${stage.layerStart},${stage.layerEnd}) loaded, ${(bytes / 1e9).toFixed(2)} GB`,
+        ),
+      onState: (line) => {
+        if (!line.startsWith("state loading")) progress.stop();
+        say(line);
+      },
+      log: (line) => process.stderr.write(`${line}\n`),
+    });
+    const running = controller;
+    cleanups.push(() => running.close());
+  } catch (err) {
+    await shutdown();
+    throw err;
+  }
+
+  await new Promise<void>((resolveStop) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        process.stderr.write(`${signal} again: exiting now\n`);
+        process.exit(130);
+      }
+      stopping = true;
+      say(`${signal}: leaving the cluster`);
+      shutdown().then(resolveStop, resolveStop);
+    };
+    process.once("SIGINT", () => stop("SIGINT"));
+    process.once("SIGTERM", () => stop("SIGTERM"));
+  });
+}
+
+export function register(program: Command): void {
+  program
+    .command("up")
+    .description("Join (or start) the cluster on this machine and serve the OpenAI-compatible API")
+    .option("--model <dir>", "the model checkpoint directory (MLX safetensors layout)")
+    .option("--demo", "use a tiny generated demo model (made on first use)")
+    .option("--name <name>", "this node's name (default: one per gRPC port)")
+    .option("--port <port>", "gRPC port of the node agent (0 = any free port)", intArg("--port", 0, 65535), 0)
+    .option("--api-port <port>", "HTTP API port", intArg("--api-port", 0, 65535), 8080)
+    .option("--api-host <host>", "HTTP API address (anything but loopback requires --api-key)", "127.0.0.1")
+    .option("--api-key <key>", "require this bearer key on the HTTP API")
+    .option("--key <key>", "the cluster key (printed by the first node); generated and stored when absent")
+    .option(
+      "--peer <host:port>",
+      "another node's gRPC address, where multicast does not reach (repeatable)",
+      collectPeer,
+      [],
+    )
+    .addOption(
+      new Option("--backend <backend>", "engine backend").choices(["auto", "cpu", "mlx"]).default("auto"),
+    )
+    .option("--threads <n>", "engine threads (default: all cores)", intArg("--threads", 1, 1024))
+    .option(
+      "--context <tokens>",
+      "context length to reserve KV memory for (default: the model's maximum)",
+      intArg("--context", 1, 16_777_216),
+    )
+    .option("--no-bonjour", "do not advertise or browse with Bonjour (use --peer)")
+    .option("--interface <if>", "network interface (name or IPv4 address) for the data plane and Bonjour")
+    .action(async (opts: UpOptions) => {
+      try {
+        await runUp(opts);
+        process.exit(0);
+      } catch (err) {
+        process.stderr.write(`cluster up: ${errorMessage(err)}\n`);
+        process.exit(1);
+      }
+    });
+}

@@ -75,6 +75,10 @@ export class CapabilityReader {
     }
   }
 
+  setMeasuredBandwidth(bps: number): void {
+    if (Number.isFinite(bps) && bps > 0) this.inputs.measuredBandwidthBps = bps;
+  }
+
   /** Why the configured model cannot be used, if it cannot. */
   get problem(): string | undefined {
     return this.modelProblem;

@@ -1,0 +1,71 @@
+#!/usr/bin/env node
+// A node agent as its own process (tests, benches, service managers): prints one JSON line with its port once
+// it listens, serves until SIGTERM/SIGINT. The key comes from --key or STUDIO_CLUSTER_KEY (the environment keeps
+// it out of `ps`).
+import { parseArgs } from "node:util";
+import type { BackendChoice } from "../native/engine-api.js";
+import { startNodeAgent } from "./server.js";
+
+function usage(problem: string): never {
+  console.error(`node-agent: ${problem}`);
+  console.error(
+    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N]",
+  );
+  process.exit(2);
+}
+
+function intOption(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) usage(`--${name} must be a non-negative integer (got "${value}")`);
+  return n;
+}
+
+const { values } = parseArgs({
+  options: {
+    model: { type: "string" },
+    host: { type: "string" },
+    port: { type: "string" },
+    key: { type: "string" },
+    "node-id": { type: "string" },
+    name: { type: "string" },
+    "cluster-id": { type: "string" },
+    backend: { type: "string" },
+    threads: { type: "string" },
+  },
+  strict: true,
+});
+
+const key = values.key ?? process.env.STUDIO_CLUSTER_KEY;
+if (!values.model) usage("--model is required");
+if (!key) usage("a cluster key is required (--key or STUDIO_CLUSTER_KEY)");
+const backend = (values.backend ?? "auto") as BackendChoice;
+if (!["auto", "cpu", "mlx"].includes(backend)) usage(`--backend must be auto, cpu or mlx (got "${backend}")`);
+const port = intOption(values.port, "port", 0);
+const threads = intOption(values.threads, "threads", 0);
+const nodeId = values["node-id"] ?? `node-${process.pid}`;
+
+const agent = await startNodeAgent({
+  modelDir: values.model,
+  grpcHost: values.host ?? "127.0.0.1",
+  grpcPort: port,
+  clusterKey: key,
+  nodeId,
+  name: values.name ?? nodeId,
+  clusterId: values["cluster-id"] ?? "",
+  backend,
+  threads: threads || undefined,
+});
+console.log(JSON.stringify({ event: "listening", port: agent.port, nodeId, pid: process.pid }));
+
+let stopping = false;
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    agent.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  });
+}

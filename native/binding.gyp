@@ -1,0 +1,41 @@
+{
+  "targets": [
+    {
+      "target_name": "studio_engine",
+      "sources": [
+        "src/io/json.cpp",
+        "src/io/mapped_file.cpp",
+        "src/io/safetensors.cpp",
+        "src/io/checkpoint.cpp",
+        "src/io/tensor.cpp",
+        "src/model/weights.cpp",
+        "src/model/minimax_m2.cpp",
+        "src/model/sampler.cpp",
+        "src/model/kv_store.cpp",
+        "src/backend/cpu/thread_pool.cpp",
+        "src/backend/cpu/kernels.cpp",
+        "src/backend/cpu/cpu_backend.cpp",
+        "src/backend/cpu/bandwidth.cpp",
+        "src/addon/engine_thread.cpp",
+        "src/addon/engine_object.cpp",
+        "src/addon/addon.cpp"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "src"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions", "-fno-rtti"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++1y"],
+      "cflags_cc": ["-std=c++20", "-O3", "-march=native", "-ffp-contract=off", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "conditions": [
+        ["OS=='mac'", {
+          "xcode_settings": {
+            "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
+            "CLANG_CXX_LANGUAGE_STANDARD": "c++20",
+            "MACOSX_DEPLOYMENT_TARGET": "13.0",
+            "GCC_OPTIMIZATION_LEVEL": "3",
+            "OTHER_CPLUSPLUSFLAGS": ["-march=native", "-ffp-contract=off", "-fexceptions"]
+          }
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,154 @@
+// Loads the studio_engine addon and implements native/engine-api.ts on top of it. Options are checked here
+// (and again natively) so a bad layer range or backend fails with a message naming the option.
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { type ModelConfig, readModelConfig } from "../common/model-config.js";
+import { packageRoot } from "../common/paths.js";
+import type {
+  BackendName,
+  Engine,
+  EngineStats,
+  ForwardItem,
+  ForwardOutput,
+  OpenOptions,
+} from "./engine-api.js";
+
+/** stats() plus what benches need: weight bytes the forward passes read so far (routed experts only). */
+export interface NativeEngineStats extends EngineStats {
+  weightBytesRead: number;
+}
+
+interface NativeEngineHandle {
+  load(): Promise<void>;
+  forward(batch: ForwardItem[]): Promise<ForwardOutput[]>;
+  release(seq: number): Promise<void>;
+  fork(seq: number, newSeq: number, prefixLength: number): Promise<void>;
+  stats(): NativeEngineStats;
+  close(): Promise<void>;
+}
+
+interface NativeModule {
+  Engine: new (
+    modelDir: string,
+    config: ModelConfig,
+    options: {
+      layerStart: number;
+      layerEnd: number;
+      embed: boolean;
+      head: boolean;
+      threads: number;
+      backend: string;
+    },
+    onProgress?: (done: number, total: number) => void,
+  ) => NativeEngineHandle;
+  availableBackends(): BackendName[];
+  measureMemoryBandwidth(threads: number, bytes: number): Promise<number>;
+}
+
+let loaded: NativeModule | undefined;
+
+function addonPath(): string {
+  return join(packageRoot(), "native", "build", "Release", "studio_engine.node");
+}
+
+function nativeModule(): NativeModule {
+  if (loaded) return loaded;
+  const path = addonPath();
+  if (!existsSync(path))
+    throw new Error(
+      `studio_engine addon not built (${path} missing): run "npm install" or "npx node-gyp rebuild --directory native"`,
+    );
+  loaded = createRequire(import.meta.url)(path) as NativeModule;
+  return loaded;
+}
+
+/** Backends this build of the addon can run. */
+export function availableBackends(): BackendName[] {
+  return nativeModule().availableBackends();
+}
+
+/** Bytes per second (read + written) that `threads` threads reach copying `bytes` bytes. */
+export function measureMemoryBandwidth(threads: number, bytes: number): Promise<number> {
+  return nativeModule().measureMemoryBandwidth(threads, bytes);
+}
+
+function checkOptions(options: OpenOptions, config: ModelConfig): void {
+  const { layerStart, layerEnd } = options;
+  if (!Number.isInteger(layerStart) || !Number.isInteger(layerEnd) || layerStart < 0 || layerEnd < layerStart)
+    throw new Error(`openEngine: layer range [${layerStart}, ${layerEnd}) is not a valid range`);
+  if (layerEnd > config.numLayers)
+    throw new Error(
+      `openEngine: layer range [${layerStart}, ${layerEnd}) exceeds the model's ${config.numLayers} layers`,
+    );
+  if (options.threads !== undefined && (!Number.isInteger(options.threads) || options.threads < 1))
+    throw new Error(`openEngine: threads must be a positive integer (got ${options.threads})`);
+  const backend = options.backend ?? "auto";
+  if (backend !== "auto" && backend !== "cpu" && backend !== "mlx")
+    throw new Error(`openEngine: backend must be "auto", "cpu" or "mlx" (got "${String(backend)}")`);
+  if (backend === "mlx" && !availableBackends().includes("mlx"))
+    throw new Error('openEngine: backend "mlx" requested but this studio_engine was built without MLX');
+}
+
+class NativeEngine implements Engine {
+  private closed = false;
+
+  constructor(private readonly handle: NativeEngineHandle) {}
+
+  async forward(batch: ForwardItem[]): Promise<ForwardOutput[]> {
+    this.checkOpen();
+    return this.handle.forward(batch);
+  }
+
+  async release(seq: number): Promise<void> {
+    this.checkOpen();
+    return this.handle.release(seq);
+  }
+
+  async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
+    this.checkOpen();
+    if (!Number.isInteger(prefixLength) || prefixLength < 0)
+      throw new Error(`fork: prefixLength must be a non-negative integer (got ${prefixLength})`);
+    return this.handle.fork(seq, newSeq, prefixLength);
+  }
+
+  stats(): NativeEngineStats {
+    return this.handle.stats();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close();
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new Error("engine is closed");
+  }
+}
+
+/** Opens one shard of the model in options.modelDir; resolves once every tensor is mapped, checked and touched. */
+export async function openEngine(options: OpenOptions): Promise<Engine & { stats(): NativeEngineStats }> {
+  const config = readModelConfig(options.modelDir);
+  checkOptions(options, config);
+  const handle = new (nativeModule().Engine)(
+    options.modelDir,
+    config,
+    {
+      layerStart: options.layerStart,
+      layerEnd: options.layerEnd,
+      embed: options.embed,
+      head: options.head,
+      threads: options.threads ?? 0,
+      backend: options.backend ?? "auto",
+    },
+    options.onProgress,
+  );
+  try {
+    await handle.load();
+  } catch (err) {
+    await handle.close().catch(() => undefined);
+    throw err;
+  }
+  return new NativeEngine(handle);
+}

@@ -1,0 +1,61 @@
+// Module entry: the Engine class, the backends this build has, and the memory-bandwidth probe for benches.
+#include <napi.h>
+
+#include <memory>
+
+#include "addon/engine_object.h"
+#include "backend/cpu/bandwidth.h"
+
+namespace studio::addon {
+
+namespace {
+
+class BandwidthWorker final : public Napi::AsyncWorker {
+ public:
+  BandwidthWorker(Napi::Env env, int threads, double bytes)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), threads_(threads), bytes_(bytes) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override { result_ = cpu::measure_copy_bandwidth(threads_, static_cast<size_t>(bytes_)); }
+  void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), result_)); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int threads_;
+  double bytes_;
+  double result_ = 0;
+};
+
+Napi::Value available_backends(const Napi::CallbackInfo& info) {
+  Napi::Array a = Napi::Array::New(info.Env(), 1);
+  a.Set(0u, "cpu");
+  return a;
+}
+
+Napi::Value measure_memory_bandwidth(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const double threads = info[0].ToNumber().DoubleValue();
+  const double bytes = info[1].ToNumber().DoubleValue();
+  if (!(threads >= 1 && threads <= 1024) || !(bytes >= 1 && bytes <= 64.0 * (1ull << 30)))
+    throw Napi::RangeError::New(env, "measureMemoryBandwidth: threads in [1, 1024] and bytes in [1, 64 GiB] required");
+  // An AsyncWorker deletes itself after OnOK/OnError, so ownership is handed over on Queue().
+  BandwidthWorker* worker = std::make_unique<BandwidthWorker>(env, static_cast<int>(threads), bytes).release();
+  Napi::Promise p = worker->promise();
+  worker->Queue();
+  return p;
+}
+
+}  // namespace
+
+Napi::Object init(Napi::Env env, Napi::Object exports) {
+  exports.Set("Engine", EngineObject::define(env));
+  exports.Set("availableBackends", Napi::Function::New(env, available_backends));
+  exports.Set("measureMemoryBandwidth", Napi::Function::New(env, measure_memory_bandwidth));
+  return exports;
+}
+
+}  // namespace studio::addon
+
+Napi::Object InitStudioEngine(Napi::Env env, Napi::Object exports) { return studio::addon::init(env, exports); }
+
+NODE_API_MODULE(studio_engine, InitStudioEngine)

@@ -1,0 +1,70 @@
+// The JS-visible engine: an ObjectWrap that owns the engine thread and the model shard. Methods parse their
+// arguments on the JS thread, run the work on the engine thread and settle a Promise back on the JS thread
+// through a thread-safe function, so the event loop never waits for a forward pass.
+#pragma once
+
+#include <napi.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "addon/engine_thread.h"
+#include "model/minimax_m2.h"
+
+namespace studio::addon {
+
+class EngineObject : public Napi::ObjectWrap<EngineObject> {
+ public:
+  static Napi::Function define(Napi::Env env);
+
+  /** new Engine(modelDir, config, options, onProgress?) */
+  explicit EngineObject(const Napi::CallbackInfo& info);
+  ~EngineObject() override;
+
+  struct Job;
+
+ private:
+  static void deliver(Napi::Env env, Napi::Function fn, EngineObject* self, Job* job);
+  using DoneFn = Napi::TypedThreadSafeFunction<EngineObject, Job, deliver>;
+
+  Napi::Value load(const Napi::CallbackInfo& info);
+  Napi::Value forward(const Napi::CallbackInfo& info);
+  Napi::Value release(const Napi::CallbackInfo& info);
+  Napi::Value fork(const Napi::CallbackInfo& info);
+  Napi::Value stats(const Napi::CallbackInfo& info);
+  Napi::Value close(const Napi::CallbackInfo& info);
+
+  Napi::Promise submit(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> settle);
+  void check_open(Napi::Env env) const;
+  /** Called on the engine thread after each job: figures stats() reads without touching the shard. */
+  void publish_figures();
+
+  std::string model_dir_;
+  model::ModelConfig config_;
+  model::ShardRange range_;
+  std::string backend_choice_;
+  int threads_ = 0;
+
+  std::unique_ptr<EngineThread> thread_;
+  DoneFn done_;
+  // onProgress; its calls travel through done_ too, so every report arrives before load() settles.
+  Napi::FunctionReference on_progress_;
+  bool done_released_ = false;
+  int pending_ = 0;
+  bool closed_ = false;
+  bool loaded_ = false;
+
+  std::unique_ptr<model::MinimaxM2Shard> shard_;  // engine thread only
+
+  // Written on the engine thread, read by stats() on the JS thread.
+  std::atomic<double> kv_bytes_{0};
+  std::atomic<double> weight_bytes_read_{0};
+  std::atomic<double> sequences_{0};
+  std::atomic<double> weight_bytes_{0};
+  std::atomic<double> kv_bytes_per_token_{0};
+  std::atomic<int> backend_threads_{0};
+};
+
+}  // namespace studio::addon

@@ -1,0 +1,150 @@
+// The compute interface the MiniMax-M2 forward pass (model/) is written against, once, for every backend.
+//
+// Ownership: weights, activations and KV caches are backend-owned handles (Matrix, Vector, Activations,
+// KvCache). The model creates them through the backend, passes them back into operations and never looks
+// inside, so a backend may keep them on a device (MLX) or in host memory (cpu). Host data crosses only at
+// upload/download (activations in and out of a stage, logits) and in route() (expert choices are host-side
+// because the model groups tokens by expert).
+//
+// Shapes: Activations are row-major [rows, cols]; one row per token of the batch, the rows of all sequences
+// concatenated. Matrices compute y = x W^T (W is [out, in]); expert matrices are stacked [experts, out, in].
+//
+// Determinism contract (every backend): the result for one row depends only on that row's inputs (and, in
+// attention, that sequence's cache), never on how many rows share the call, where the row sits in the batch,
+// or how many threads run; repeating a call gives identical bits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "io/tensor.h"
+
+namespace studio {
+
+/** A weight matrix (plain or quantized, single or stacked experts) held by the backend. */
+class Matrix {
+ public:
+  virtual ~Matrix() = default;
+  int64_t out = 0;
+  int64_t in = 0;
+  int64_t experts = 0;  // 0: a single matrix
+};
+
+/** A 1-D float weight (norm weight, routing bias) held by the backend. */
+class Vector {
+ public:
+  virtual ~Vector() = default;
+  int64_t size = 0;
+};
+
+/** A [rows, cols] block of f32 activations held by the backend. */
+class Activations {
+ public:
+  virtual ~Activations() = default;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+/** One sequence's keys and values for the layers of this shard; grows as positions are appended. */
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+  /** Positions committed so far. */
+  virtual int64_t length() const = 0;
+  /** Makes room for positions [0, n) (called before a forward writes them). */
+  virtual void reserve(int64_t n) = 0;
+  /** Marks positions [0, n) as valid once a forward has written every layer. */
+  virtual void commit(int64_t n) = 0;
+  /** Bytes held. */
+  virtual size_t bytes() const = 0;
+  /** A new cache holding the first n positions of this one. */
+  virtual std::unique_ptr<KvCache> clone_prefix(int64_t n) const = 0;
+};
+
+/** Rows [row, row + rows) of the batch belong to a sequence whose first row sits at `position`. */
+struct AttentionSegment {
+  KvCache* cache = nullptr;
+  int64_t row = 0;
+  int64_t rows = 0;
+  int64_t position = 0;
+};
+
+struct AttentionShape {
+  int heads = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+  float scale = 0;
+};
+
+/** Half-split partial rotary embedding on the first rotary_dim dims of every head. */
+struct RopeShape {
+  int heads = 0;
+  int head_dim = 0;
+  int rotary_dim = 0;
+  float theta = 0;
+};
+
+/** Per row, top_k experts in rank order and their normalised weights (row-major [rows, top_k]). */
+struct Routing {
+  int top_k = 0;
+  std::vector<int32_t> experts;
+  std::vector<float> weights;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual int threads() const = 0;
+
+  // Weights. The source's memory (the shard mapping) outlives the returned handle.
+  virtual std::unique_ptr<Matrix> matrix(const io::MatrixSource& source) = 0;
+  virtual std::unique_ptr<Vector> vector(const io::HostTensor& source) = 0;
+
+  // Activations.
+  virtual std::unique_ptr<Activations> activations(int64_t rows, int64_t cols) = 0;
+  /** dst = rows*cols f32 values from host memory. */
+  virtual void upload(const float* src, Activations& dst) = 0;
+  virtual void download(const Activations& src, float* dst) = 0;
+  /** dst row i = src row rows[i]. */
+  virtual void gather_rows(const Activations& src, std::span<const int64_t> rows, Activations& dst) = 0;
+
+  // Operations.
+  /** out row i = row ids[i] of table (dequantized when quantized). */
+  virtual void embed(const Matrix& table, std::span<const int32_t> ids, Activations& out) = 0;
+  /** y = x W^T. */
+  virtual void matmul(const Matrix& w, const Activations& x, Activations& y) = 0;
+  /** y = w * (x * rsqrt(mean(x^2) + eps)), statistics in f32. x and y may be the same handle. */
+  virtual void rms_norm(const Activations& x, const Vector& w, float eps, Activations& y) = 0;
+  /** In place on x [rows, heads*head_dim]; positions[r] is row r's absolute position. */
+  virtual void rope(Activations& x, const RopeShape& shape, std::span<const int32_t> positions) = 0;
+  /** acc += x. */
+  virtual void add(Activations& acc, const Activations& x) = 0;
+
+  virtual std::unique_ptr<KvCache> kv_cache(int layers, int kv_width) = 0;
+  /**
+   * Writes k, v (each [rows, kv_heads*head_dim]) into each segment's cache at its positions for `layer`, then
+   * out = causal softmax(q k^T * scale) v per head (query head h reads kv head h / (heads / kv_heads)).
+   */
+  virtual void attention(const Activations& q, const Activations& k, const Activations& v, int layer,
+                         std::span<const AttentionSegment> segments, const AttentionShape& shape,
+                         Activations& out) = 0;
+
+  /** s = sigmoid(x gate^T) in f32; top_k by s + bias; weights s / (sum + 1e-20). */
+  virtual Routing route(const Matrix& gate, const Vector& bias, const Activations& x, int top_k) = 0;
+  /**
+   * out row r = sum over j (rank order) of weight[r][j] * down_e(silu(gate_e x_r) * up_e x_r), e = expert[r][j];
+   * each expert runs only on the rows routed to it.
+   */
+  virtual void experts(const Matrix& gate, const Matrix& up, const Matrix& down, const Activations& x,
+                       const Routing& routing, Activations& out) = 0;
+};
+
+/** The built-in cpu backend with `threads` worker threads (0: all cores). */
+std::unique_ptr<Backend> make_cpu_backend(int threads);
+
+}  // namespace studio

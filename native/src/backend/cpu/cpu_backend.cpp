@@ -1,0 +1,346 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <stdexcept>
+#include <thread>
+
+#include "backend/cpu/cpu_kv_cache.h"
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/simd.h"
+
+namespace studio::cpu {
+
+namespace {
+
+// Output rows per work chunk: small enough to balance two threads over an expert, large enough to amortise.
+constexpr int64_t kRowChunk = 16;
+
+class CpuMatrix final : public Matrix {
+ public:
+  explicit CpuMatrix(const io::MatrixSource& s) : source(s) {
+    out = s.out;
+    in = s.in;
+    experts = s.experts;
+  }
+  MatView view(int64_t e = 0) const { return view_of(source, e); }
+  io::MatrixSource source;
+};
+
+class CpuVector final : public Vector {
+ public:
+  std::vector<float> data;
+};
+
+class CpuActivations final : public Activations {
+ public:
+  CpuActivations(int64_t r, int64_t c) : data(static_cast<size_t>(r * c)) {
+    rows = r;
+    cols = c;
+  }
+  float* row(int64_t r) { return data.data() + r * cols; }
+  const float* row(int64_t r) const { return data.data() + r * cols; }
+  std::vector<float> data;
+};
+
+const CpuMatrix& cast(const Matrix& m) { return static_cast<const CpuMatrix&>(m); }
+const CpuVector& cast(const Vector& v) { return static_cast<const CpuVector&>(v); }
+CpuActivations& cast(Activations& a) { return static_cast<CpuActivations&>(a); }
+const CpuActivations& cast(const Activations& a) { return static_cast<const CpuActivations&>(a); }
+
+std::vector<const float*> row_pointers(const CpuActivations& a) {
+  std::vector<const float*> rows(a.rows);
+  for (int64_t r = 0; r < a.rows; ++r) rows[r] = a.row(r);
+  return rows;
+}
+
+float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
+}  // namespace
+
+CpuBackend::CpuBackend(int threads)
+    : pool_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {}
+
+std::unique_ptr<Matrix> CpuBackend::matrix(const io::MatrixSource& source) {
+  return std::make_unique<CpuMatrix>(source);
+}
+
+std::unique_ptr<Vector> CpuBackend::vector(const io::HostTensor& source) {
+  auto v = std::make_unique<CpuVector>();
+  v->size = source.numel();
+  v->data.resize(v->size);
+  for (int64_t i = 0; i < v->size; ++i) v->data[i] = io::load_float(source.data, source.dtype, i);
+  return v;
+}
+
+std::unique_ptr<Activations> CpuBackend::activations(int64_t rows, int64_t cols) {
+  return std::make_unique<CpuActivations>(rows, cols);
+}
+
+void CpuBackend::upload(const float* src, Activations& dst) {
+  auto& d = cast(dst);
+  std::memcpy(d.data.data(), src, d.data.size() * sizeof(float));
+}
+
+void CpuBackend::download(const Activations& src, float* dst) {
+  const auto& s = cast(src);
+  std::memcpy(dst, s.data.data(), s.data.size() * sizeof(float));
+}
+
+void CpuBackend::gather_rows(const Activations& src, std::span<const int64_t> rows, Activations& dst) {
+  const auto& s = cast(src);
+  auto& d = cast(dst);
+  for (size_t i = 0; i < rows.size(); ++i) std::memcpy(d.row(i), s.row(rows[i]), s.cols * sizeof(float));
+}
+
+void CpuBackend::embed(const Matrix& table, std::span<const int32_t> ids, Activations& out) {
+  const MatView m = cast(table).view();
+  auto& o = cast(out);
+  for (size_t i = 0; i < ids.size(); ++i) dequant_row(m, ids[i], o.row(i));
+}
+
+void CpuBackend::matmul(const Matrix& w, const Activations& x, Activations& y) {
+  const MatView m = cast(w).view();
+  auto& yo = cast(y);
+  PreparedX px;
+  const std::vector<const float*> rows = row_pointers(cast(x));
+  prepare_x(m, rows, px);
+  pool_.parallel_for(m.out, kRowChunk, [&](int64_t b, int64_t e) { matmul_rows(m, px, b, e, yo.data.data(), m.out); });
+}
+
+void CpuBackend::rms_norm(const Activations& x, const Vector& w, float eps, Activations& y) {
+  const auto& xi = cast(x);
+  auto& yo = cast(y);
+  const auto& wv = cast(w).data;
+  for (int64_t r = 0; r < xi.rows; ++r) {
+    const float* src = xi.row(r);
+    float* dst = yo.row(r);
+    float ss = 0;
+    for (int64_t c = 0; c < xi.cols; ++c) ss += src[c] * src[c];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(xi.cols) + eps);
+    for (int64_t c = 0; c < xi.cols; ++c) {
+      const float n = src[c] * inv;
+      dst[c] = wv[c] * n;
+    }
+  }
+}
+
+void CpuBackend::rope(Activations& x, const RopeShape& shape, std::span<const int32_t> positions) {
+  auto& xa = cast(x);
+  const int half = shape.rotary_dim / 2;
+  std::vector<double> inv_freq(half);
+  for (int j = 0; j < half; ++j) inv_freq[j] = std::pow(static_cast<double>(shape.theta), -static_cast<double>(j) / half);
+  std::vector<float> cosv(half), sinv(half);
+  for (int64_t r = 0; r < xa.rows; ++r) {
+    for (int j = 0; j < half; ++j) {
+      const double ang = static_cast<double>(positions[r]) * inv_freq[j];
+      cosv[j] = static_cast<float>(std::cos(ang));
+      sinv[j] = static_cast<float>(std::sin(ang));
+    }
+    float* row = xa.row(r);
+    for (int h = 0; h < shape.heads; ++h) {
+      float* v = row + static_cast<int64_t>(h) * shape.head_dim;
+      for (int j = 0; j < half; ++j) {
+        const float a = v[j], b = v[j + half];
+        const float ac = a * cosv[j], bs = b * sinv[j], bc = b * cosv[j], as = a * sinv[j];
+        v[j] = ac - bs;
+        v[j + half] = bc + as;
+      }
+    }
+  }
+}
+
+void CpuBackend::add(Activations& acc, const Activations& x) {
+  auto& a = cast(acc);
+  const auto& b = cast(x);
+  for (size_t i = 0; i < a.data.size(); ++i) a.data[i] += b.data[i];
+}
+
+std::unique_ptr<KvCache> CpuBackend::kv_cache(int layers, int kv_width) {
+  return std::make_unique<CpuKvCache>(layers, kv_width);
+}
+
+void CpuBackend::attention(const Activations& q, const Activations& k, const Activations& v, int layer,
+                           std::span<const AttentionSegment> segments, const AttentionShape& shape,
+                           Activations& out) {
+  const auto& qa = cast(q);
+  const auto& ka = cast(k);
+  const auto& va = cast(v);
+  auto& oa = cast(out);
+  const int kv_width = shape.kv_heads * shape.head_dim;
+  for (const AttentionSegment& s : segments) {
+    auto* cache = static_cast<CpuKvCache*>(s.cache);
+    for (int64_t t = 0; t < s.rows; ++t) {
+      std::memcpy(cache->key(layer, s.position + t), ka.row(s.row + t), kv_width * sizeof(float));
+      std::memcpy(cache->value(layer, s.position + t), va.row(s.row + t), kv_width * sizeof(float));
+    }
+  }
+  // Work items: (row of the batch, query head). Each computes one head's output in a fixed order.
+  std::vector<int> segment_of_row(qa.rows, -1);
+  for (size_t i = 0; i < segments.size(); ++i)
+    for (int64_t t = 0; t < segments[i].rows; ++t) segment_of_row[segments[i].row + t] = static_cast<int>(i);
+  const int group = shape.heads / shape.kv_heads;
+  const int64_t items = qa.rows * shape.heads;
+  pool_.parallel_for(items, 4, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scores;
+    std::vector<float> acc(shape.head_dim);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r = item / shape.heads;
+      const int h = static_cast<int>(item % shape.heads);
+      const AttentionSegment& s = segments[segment_of_row[r]];
+      auto* cache = static_cast<CpuKvCache*>(s.cache);
+      const int64_t pos = s.position + (r - s.row);
+      const float* qh = qa.row(r) + static_cast<int64_t>(h) * shape.head_dim;
+      const int64_t kv_off = static_cast<int64_t>(h / group) * shape.head_dim;
+      scores.resize(pos + 1);
+      float max_score = -INFINITY;
+      for (int64_t p = 0; p <= pos; ++p) {
+        scores[p] = simd::dot(qh, cache->key(layer, p) + kv_off, shape.head_dim) * shape.scale;
+        max_score = std::max(max_score, scores[p]);
+      }
+      float denom = 0;
+      for (int64_t p = 0; p <= pos; ++p) {
+        scores[p] = std::exp(scores[p] - max_score);
+        denom += scores[p];
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t p = 0; p <= pos; ++p) {
+        const float* vh = cache->value(layer, p) + kv_off;
+        const float w = scores[p];
+        for (int d = 0; d < shape.head_dim; ++d) acc[d] += w * vh[d];
+      }
+      float* dst = oa.row(r) + static_cast<int64_t>(h) * shape.head_dim;
+      const float inv = 1.0f / denom;
+      for (int d = 0; d < shape.head_dim; ++d) dst[d] = acc[d] * inv;
+    }
+  });
+}
+
+Routing CpuBackend::route(const Matrix& gate, const Vector& bias, const Activations& x, int top_k) {
+  const auto& xa = cast(x);
+  const auto& b = cast(bias).data;
+  const int64_t experts = gate.out;
+  CpuActivations logits(xa.rows, experts);
+  matmul(gate, x, logits);
+  Routing routing;
+  routing.top_k = top_k;
+  routing.experts.resize(xa.rows * top_k);
+  routing.weights.resize(xa.rows * top_k);
+  std::vector<float> s(experts), key(experts);
+  std::vector<int32_t> order(experts);
+  for (int64_t r = 0; r < xa.rows; ++r) {
+    const float* l = logits.row(r);
+    for (int64_t e = 0; e < experts; ++e) {
+      s[e] = 1.0f / (1.0f + std::exp(-l[e]));
+      key[e] = s[e] + b[e];
+    }
+    std::iota(order.begin(), order.end(), 0);
+    // Ties go to the lower expert index so the choice is a pure function of the scores.
+    std::partial_sort(order.begin(), order.begin() + top_k, order.end(),
+                      [&](int32_t a, int32_t c) { return key[a] > key[c] || (key[a] == key[c] && a < c); });
+    float sum = 0;
+    for (int j = 0; j < top_k; ++j) sum += s[order[j]];
+    const float denom = sum + 1e-20f;
+    for (int j = 0; j < top_k; ++j) {
+      routing.experts[r * top_k + j] = order[j];
+      routing.weights[r * top_k + j] = s[order[j]] / denom;
+    }
+  }
+  return routing;
+}
+
+void CpuBackend::experts(const Matrix& gate, const Matrix& up, const Matrix& down, const Activations& x,
+                         const Routing& routing, Activations& out) {
+  const auto& xa = cast(x);
+  auto& oa = cast(out);
+  const auto& g = cast(gate);
+  const auto& u = cast(up);
+  const auto& d = cast(down);
+  const int top_k = routing.top_k;
+  const int64_t inter = g.out;
+  const int64_t hidden = d.out;
+
+  // Group (row, slot) pairs by expert; std::map keeps experts in ascending order.
+  std::map<int32_t, std::vector<int64_t>> slots_of;  // expert -> row*top_k + slot
+  for (int64_t i = 0; i < static_cast<int64_t>(routing.experts.size()); ++i) slots_of[routing.experts[i]].push_back(i);
+  struct Active {
+    int32_t expert;
+    const std::vector<int64_t>* slots;
+    PreparedX x_in;       // rows routed to this expert, for gate/up
+    PreparedX x_hidden;   // silu(gate) * up, for down
+    std::vector<float> gate_out, up_out;
+  };
+  std::vector<Active> active;
+  active.reserve(slots_of.size());
+  for (const auto& [e, slots] : slots_of) active.push_back({e, &slots, {}, {}, {}, {}});
+
+  for (Active& a : active) {
+    std::vector<const float*> rows;
+    for (int64_t slot : *a.slots) rows.push_back(xa.row(slot / top_k));
+    prepare_x(g.view(a.expert), rows, a.x_in);
+    a.gate_out.resize(rows.size() * inter);
+    a.up_out.resize(rows.size() * inter);
+  }
+  // gate and up of every active expert in one dispatch: items are (expert, matrix, row chunk).
+  const int64_t chunks = (inter + kRowChunk - 1) / kRowChunk;
+  pool_.parallel_for(static_cast<int64_t>(active.size()) * 2 * chunks, 1, [&](int64_t begin, int64_t end) {
+    PreparedX other;
+    for (int64_t item = begin; item < end; ++item) {
+      Active& a = active[item / (2 * chunks)];
+      const bool is_up = (item / chunks) % 2 == 1;
+      const int64_t r0 = (item % chunks) * kRowChunk, r1 = std::min(inter, r0 + kRowChunk);
+      const MatView m = (is_up ? u : g).view(a.expert);
+      const PreparedX* px = &a.x_in;
+      if (m.bits != a.x_in.bits || m.group != a.x_in.group) {
+        // up stored in another format than gate: lay the inputs out for it.
+        std::vector<const float*> rows;
+        for (int64_t slot : *a.slots) rows.push_back(xa.row(slot / top_k));
+        prepare_x(m, rows, other);
+        px = &other;
+      }
+      matmul_rows(m, *px, r0, r1, (is_up ? a.up_out : a.gate_out).data(), inter);
+    }
+  });
+  for (Active& a : active) {
+    for (size_t i = 0; i < a.gate_out.size(); ++i) a.gate_out[i] = silu(a.gate_out[i]) * a.up_out[i];
+    std::vector<const float*> rows;
+    for (size_t t = 0; t < a.slots->size(); ++t) rows.push_back(a.gate_out.data() + t * inter);
+    prepare_x(d.view(a.expert), rows, a.x_hidden);
+  }
+  // down projections into per-(row, slot) outputs, then a weighted sum in rank order per row.
+  std::vector<float> slot_out(routing.experts.size() * hidden);
+  std::vector<float> expert_out;
+  const int64_t down_chunks = (hidden + kRowChunk - 1) / kRowChunk;
+  std::vector<std::vector<float>> results(active.size());
+  for (size_t i = 0; i < active.size(); ++i) results[i].resize(active[i].slots->size() * hidden);
+  pool_.parallel_for(static_cast<int64_t>(active.size()) * down_chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const size_t ai = item / down_chunks;
+      const int64_t r0 = (item % down_chunks) * kRowChunk, r1 = std::min(hidden, r0 + kRowChunk);
+      matmul_rows(d.view(active[ai].expert), active[ai].x_hidden, r0, r1, results[ai].data(), hidden);
+    }
+  });
+  for (size_t ai = 0; ai < active.size(); ++ai)
+    for (size_t t = 0; t < active[ai].slots->size(); ++t)
+      std::memcpy(slot_out.data() + (*active[ai].slots)[t] * hidden, results[ai].data() + t * hidden, hidden * sizeof(float));
+  for (int64_t r = 0; r < xa.rows; ++r) {
+    float* dst = oa.row(r);
+    std::fill(dst, dst + hidden, 0.0f);
+    for (int j = 0; j < top_k; ++j) {
+      const float w = routing.weights[r * top_k + j];
+      const float* src = slot_out.data() + (r * top_k + j) * hidden;
+      for (int64_t c = 0; c < hidden; ++c) dst[c] += w * src[c];
+    }
+  }
+}
+
+std::unique_ptr<Backend> make_cpu_backend_impl(int threads) { return std::make_unique<CpuBackend>(threads); }
+
+}  // namespace studio::cpu
+
+namespace studio {
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return cpu::make_cpu_backend_impl(threads); }
+}  // namespace studio

@@ -1,0 +1,42 @@
+// The cpu backend: host-memory activations, weights used in place from the shard mappings, threaded SIMD
+// kernels (kernels.h) on a pool created once.
+#pragma once
+
+#include <memory>
+
+#include "backend/backend.h"
+#include "backend/cpu/thread_pool.h"
+
+namespace studio::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads);
+
+  std::string name() const override { return "cpu"; }
+  int threads() const override { return pool_.size(); }
+
+  std::unique_ptr<Matrix> matrix(const io::MatrixSource& source) override;
+  std::unique_ptr<Vector> vector(const io::HostTensor& source) override;
+  std::unique_ptr<Activations> activations(int64_t rows, int64_t cols) override;
+  void upload(const float* src, Activations& dst) override;
+  void download(const Activations& src, float* dst) override;
+  void gather_rows(const Activations& src, std::span<const int64_t> rows, Activations& dst) override;
+  void embed(const Matrix& table, std::span<const int32_t> ids, Activations& out) override;
+  void matmul(const Matrix& w, const Activations& x, Activations& y) override;
+  void rms_norm(const Activations& x, const Vector& w, float eps, Activations& y) override;
+  void rope(Activations& x, const RopeShape& shape, std::span<const int32_t> positions) override;
+  void add(Activations& acc, const Activations& x) override;
+  std::unique_ptr<KvCache> kv_cache(int layers, int kv_width) override;
+  void attention(const Activations& q, const Activations& k, const Activations& v, int layer,
+                 std::span<const AttentionSegment> segments, const AttentionShape& shape,
+                 Activations& out) override;
+  Routing route(const Matrix& gate, const Vector& bias, const Activations& x, int top_k) override;
+  void experts(const Matrix& gate, const Matrix& up, const Matrix& down, const Activations& x,
+               const Routing& routing, Activations& out) override;
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace studio::cpu

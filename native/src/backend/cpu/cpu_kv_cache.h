@@ -1,0 +1,52 @@
+// KV cache of one sequence on the cpu backend: f32 keys and values in blocks of kBlock positions, so growth
+// never moves what is already stored. Block layout: [layer][k|v][position in block][kv_width].
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace studio::cpu {
+
+class CpuKvCache final : public KvCache {
+ public:
+  static constexpr int64_t kBlock = 64;
+
+  CpuKvCache(int layers, int kv_width) : layers_(layers), kv_width_(kv_width) {}
+
+  int64_t length() const override { return length_; }
+  void reserve(int64_t n) override {
+    while (static_cast<int64_t>(blocks_.size()) * kBlock < n)
+      blocks_.push_back(std::make_unique<float[]>(block_floats()));
+  }
+  void commit(int64_t n) override { length_ = n; }
+  size_t bytes() const override { return blocks_.size() * block_floats() * sizeof(float); }
+  std::unique_ptr<KvCache> clone_prefix(int64_t n) const override {
+    auto copy = std::make_unique<CpuKvCache>(layers_, kv_width_);
+    copy->reserve(n);
+    const int64_t used_blocks = (n + kBlock - 1) / kBlock;
+    for (int64_t b = 0; b < used_blocks; ++b)
+      std::memcpy(copy->blocks_[b].get(), blocks_[b].get(), block_floats() * sizeof(float));
+    copy->length_ = n;
+    return copy;
+  }
+
+  float* key(int layer, int64_t pos) { return slot(layer, 0, pos); }
+  float* value(int layer, int64_t pos) { return slot(layer, 1, pos); }
+  int kv_width() const { return kv_width_; }
+
+ private:
+  size_t block_floats() const { return static_cast<size_t>(layers_) * 2 * kBlock * kv_width_; }
+  float* slot(int layer, int which, int64_t pos) {
+    float* block = blocks_[pos / kBlock].get();
+    return block + ((static_cast<size_t>(layer) * 2 + which) * kBlock + pos % kBlock) * kv_width_;
+  }
+
+  int layers_;
+  int kv_width_;
+  int64_t length_ = 0;
+  std::vector<std::unique_ptr<float[]>> blocks_;
+};
+
+}  // namespace studio::cpu

@@ -1,0 +1,169 @@
+#include "model/minimax_m2.h"
+
+#include <cmath>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+namespace studio::model {
+
+namespace {
+
+std::string item_name(size_t i, uint32_t seq) {
+  return "batch item " + std::to_string(i) + " (seq " + std::to_string(seq) + ")";
+}
+
+int64_t rows_of(const ForwardItem& item, int64_t hidden) {
+  return item.has_hidden ? static_cast<int64_t>(item.hidden.size()) / hidden : static_cast<int64_t>(item.tokens.size());
+}
+
+}  // namespace
+
+MinimaxM2Shard::MinimaxM2Shard(const std::string& model_dir, ModelConfig config, ShardRange range,
+                               std::unique_ptr<Backend> backend, const ProgressFn& progress)
+    : config_(std::move(config)), range_(range), backend_(std::move(backend)), checkpoint_(model_dir) {
+  weights_ = load_weights(checkpoint_, config_, range_, *backend_, progress);
+}
+
+size_t MinimaxM2Shard::kv_bytes_per_token() const {
+  return static_cast<size_t>(range_.end - range_.start) * 2 * config_.kv_width() * sizeof(float);
+}
+
+void MinimaxM2Shard::validate(const std::vector<ForwardItem>& batch) {
+  if (batch.empty()) throw std::invalid_argument("forward: empty batch");
+  std::set<uint32_t> seen;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const ForwardItem& item = batch[i];
+    const std::string who = item_name(i, item.seq);
+    if (!seen.insert(item.seq).second) throw std::invalid_argument(who + ": sequence appears twice in one batch");
+    if (range_.embed && item.has_hidden) throw std::invalid_argument(who + ": this first stage takes tokens, not hidden");
+    if (!range_.embed && !item.has_hidden) throw std::invalid_argument(who + ": this stage takes hidden, not tokens");
+    if (item.has_hidden && item.hidden.size() % config_.hidden != 0)
+      throw std::invalid_argument(who + ": hidden holds " + std::to_string(item.hidden.size()) +
+                                  " floats, not a multiple of hidden_size " + std::to_string(config_.hidden));
+    const int64_t n = rows_of(item, config_.hidden);
+    if (n == 0) throw std::invalid_argument(who + ": no tokens");
+    for (int32_t t : item.tokens)
+      if (t < 0 || t >= config_.vocab)
+        throw std::invalid_argument(who + ": token " + std::to_string(t) + " outside the vocabulary [0, " +
+                                    std::to_string(config_.vocab) + ")");
+    KvCache* cache = sequences_.find(item.seq);
+    const int64_t length = cache ? cache->length() : 0;
+    if (item.position != length)
+      throw std::invalid_argument(who + ": position " + std::to_string(item.position) + " but the sequence holds " +
+                                  std::to_string(length) + " positions");
+    if (item.position + n > config_.max_positions)
+      throw std::invalid_argument(who + ": positions up to " + std::to_string(item.position + n) +
+                                  " exceed max_position_embeddings " + std::to_string(config_.max_positions));
+  }
+}
+
+void MinimaxM2Shard::run_layer(int local, const LayerWeights& w, Activations& h, std::span<const int32_t> positions,
+                               std::span<const AttentionSegment> segments) {
+  Backend& b = *backend_;
+  const int64_t n = h.rows;
+  auto x = b.activations(n, config_.hidden);
+  auto q = b.activations(n, config_.q_width());
+  auto k = b.activations(n, config_.kv_width());
+  auto v = b.activations(n, config_.kv_width());
+  auto attn = b.activations(n, config_.q_width());
+  auto delta = b.activations(n, config_.hidden);
+
+  b.rms_norm(h, *w.input_norm, config_.rms_eps, *x);
+  b.matmul(*w.q, *x, *q);
+  b.matmul(*w.k, *x, *k);
+  b.matmul(*w.v, *x, *v);
+  // QK-norm spans all heads at once, before the head split.
+  b.rms_norm(*q, *w.q_norm, config_.rms_eps, *q);
+  b.rms_norm(*k, *w.k_norm, config_.rms_eps, *k);
+  b.rope(*q, {config_.heads, config_.head_dim, config_.rotary_dim, config_.rope_theta}, positions);
+  b.rope(*k, {config_.kv_heads, config_.head_dim, config_.rotary_dim, config_.rope_theta}, positions);
+  const AttentionShape shape{config_.heads, config_.kv_heads, config_.head_dim,
+                             static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.head_dim)))};
+  b.attention(*q, *k, *v, local, segments, shape, *attn);
+  b.matmul(*w.o, *attn, *delta);
+  b.add(h, *delta);
+
+  b.rms_norm(h, *w.post_norm, config_.rms_eps, *x);
+  Routing routing = b.route(*w.router, *w.route_bias, *x, config_.top_k);
+  b.experts(*w.gate, *w.up, *w.down, *x, routing, *delta);
+  b.add(h, *delta);
+
+  const std::set<int32_t> used(routing.experts.begin(), routing.experts.end());
+  weight_bytes_read_ += static_cast<double>(w.dense_bytes) + static_cast<double>(used.size() * w.expert_bytes);
+}
+
+std::vector<ForwardResult> MinimaxM2Shard::forward(std::vector<ForwardItem>& batch) {
+  validate(batch);
+  Backend& b = *backend_;
+  const int64_t hidden = config_.hidden;
+  const int layers = range_.end - range_.start;
+
+  // New sequences get their caches now but join the store only when the forward succeeds.
+  std::vector<std::unique_ptr<KvCache>> fresh(batch.size());
+  std::vector<AttentionSegment> segments;
+  std::vector<int32_t> positions;
+  int64_t rows = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const ForwardItem& item = batch[i];
+    const int64_t n = rows_of(item, hidden);
+    KvCache* cache = sequences_.find(item.seq);
+    if (!cache) {
+      fresh[i] = b.kv_cache(layers, static_cast<int>(config_.kv_width()));
+      cache = fresh[i].get();
+    }
+    cache->reserve(item.position + n);
+    segments.push_back({cache, rows, n, item.position});
+    for (int64_t t = 0; t < n; ++t) positions.push_back(static_cast<int32_t>(item.position + t));
+    rows += n;
+  }
+
+  auto h = b.activations(rows, hidden);
+  if (range_.embed) {
+    std::vector<int32_t> ids;
+    for (const ForwardItem& item : batch) ids.insert(ids.end(), item.tokens.begin(), item.tokens.end());
+    b.embed(*weights_.embed, ids, *h);
+    weight_bytes_read_ += static_cast<double>(ids.size() * weights_.embed_row_bytes);
+  } else {
+    std::vector<float> in;
+    in.reserve(rows * hidden);
+    for (const ForwardItem& item : batch) in.insert(in.end(), item.hidden.begin(), item.hidden.end());
+    b.upload(in.data(), *h);
+  }
+  for (int l = 0; l < layers; ++l) run_layer(l, weights_.layers[l], *h, positions, segments);
+
+  for (size_t i = 0; i < batch.size(); ++i) {
+    segments[i].cache->commit(batch[i].position + segments[i].rows);
+    if (fresh[i]) sequences_.insert(batch[i].seq, std::move(fresh[i]));
+  }
+
+  std::vector<ForwardResult> results(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) results[i].seq = batch[i].seq;
+  if (!range_.head) {
+    std::vector<float> all(rows * hidden);
+    b.download(*h, all.data());
+    for (size_t i = 0; i < batch.size(); ++i)
+      results[i].hidden.assign(all.begin() + segments[i].row * hidden,
+                               all.begin() + (segments[i].row + segments[i].rows) * hidden);
+    return results;
+  }
+  // Last stage: only each item's last position reaches the head.
+  std::vector<int64_t> last;
+  for (const AttentionSegment& s : segments) last.push_back(s.row + s.rows - 1);
+  auto hl = b.activations(static_cast<int64_t>(last.size()), hidden);
+  b.gather_rows(*h, last, *hl);
+  b.rms_norm(*hl, *weights_.final_norm, config_.rms_eps, *hl);
+  auto logits = b.activations(static_cast<int64_t>(last.size()), config_.vocab);
+  b.matmul(*weights_.lm_head, *hl, *logits);
+  weight_bytes_read_ += static_cast<double>(weights_.head_bytes);
+  std::vector<float> all(last.size() * config_.vocab);
+  b.download(*logits, all.data());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    std::span<float> row(all.data() + i * config_.vocab, config_.vocab);
+    if (batch[i].return_logits) results[i].logits.assign(row.begin(), row.end());
+    results[i].sample = sample_token(row, batch[i].sampling, segments[i].position + segments[i].rows - 1);
+  }
+  return results;
+}
+
+}  // namespace studio::model

@@ -1,0 +1,70 @@
+// One pipeline stage of MiniMax-M2: layers [start, end) plus embedding / final norm + lm_head as assigned.
+// The forward pass follows shared/MODEL.md step by step and is written only against the Backend interface.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "backend/backend.h"
+#include "io/checkpoint.h"
+#include "model/config.h"
+#include "model/kv_store.h"
+#include "model/sampler.h"
+#include "model/weights.h"
+
+namespace studio::model {
+
+struct ForwardItem {
+  uint32_t seq = 0;
+  int64_t position = 0;
+  std::vector<int32_t> tokens;  // first stage
+  std::vector<float> hidden;    // other stages: [n, hidden]
+  bool has_hidden = false;
+  SamplingParams sampling;
+  bool return_logits = false;
+};
+
+struct ForwardResult {
+  uint32_t seq = 0;
+  std::vector<float> hidden;  // non-last stage
+  std::optional<Sample> sample;
+  std::vector<float> logits;  // when asked for
+};
+
+class MinimaxM2Shard {
+ public:
+  MinimaxM2Shard(const std::string& model_dir, ModelConfig config, ShardRange range, std::unique_ptr<Backend> backend,
+                 const ProgressFn& progress);
+
+  /** Runs a batch; throws std::invalid_argument naming the item at fault before touching any state. */
+  std::vector<ForwardResult> forward(std::vector<ForwardItem>& batch);
+  void release(uint32_t seq) { sequences_.release(seq); }
+  void fork(uint32_t seq, uint32_t new_seq, int64_t prefix) { sequences_.fork(seq, new_seq, prefix); }
+
+  const Backend& backend() const { return *backend_; }
+  const ModelConfig& config() const { return config_; }
+  const ShardRange& range() const { return range_; }
+  size_t weight_bytes() const { return weights_.total_bytes; }
+  size_t kv_bytes() const { return sequences_.bytes(); }
+  size_t kv_bytes_per_token() const;
+  size_t sequences() const { return sequences_.size(); }
+  /** Weight bytes the forward passes so far had to read (active experts only), summed. */
+  double weight_bytes_read() const { return weight_bytes_read_; }
+
+ private:
+  void validate(const std::vector<ForwardItem>& batch);
+  void run_layer(int local, const LayerWeights& w, Activations& h, std::span<const int32_t> positions,
+                 std::span<const AttentionSegment> segments);
+
+  ModelConfig config_;
+  ShardRange range_;
+  std::unique_ptr<Backend> backend_;
+  io::Checkpoint checkpoint_;
+  ShardWeights weights_;
+  KvStore sequences_;
+  double weight_bytes_read_ = 0;
+};
+
+}  // namespace studio::model

@@ -1,0 +1,33 @@
+// Picks the next token from one position's logits. A pure function of (logits, params, position): the random
+// draw comes from a counter-based generator keyed by (seed, position), so batching and splits never change it.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
+
+namespace studio::model {
+
+struct SamplingParams {
+  float temperature = 0;  // <= 0: greedy
+  float top_p = 1;
+  int top_k = 0;  // 0: no limit
+  uint64_t seed = 0;
+  int top_logprobs = 0;
+  std::vector<std::pair<int32_t, float>> logit_bias;
+};
+
+struct Sample {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // (token, logprob), best first
+};
+
+/** logits is modified (logit bias applied). position: the position whose logits these are. */
+Sample sample_token(std::span<float> logits, const SamplingParams& params, int64_t position);
+
+/** A uniform double in [0, 1) from (seed, counter). */
+double counter_uniform(uint64_t seed, uint64_t counter);
+
+}  // namespace studio::model

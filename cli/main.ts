@@ -4,6 +4,7 @@ import { Command } from "commander";
 import { packageVersion } from "../common/paths.js";
 import { register as registerMakeModel } from "./commands/make-model.js";
 import { register as registerOpenClawConfig } from "./commands/openclaw-config.js";
+import { register as registerService } from "./commands/service.js";
 import { register as registerStatus } from "./commands/status.js";
 
 const program = new Command()
@@ -15,5 +16,6 @@ const program = new Command()
 registerMakeModel(program);
 registerOpenClawConfig(program);
 registerStatus(program);
+registerService(program);
 
 await program.parseAsync(process.argv);

@@ -1,0 +1,183 @@
+// Shared by the pipeline and node-loss tests (and the pipeline bench): generated models, node-agent
+// processes spawned from dist/, plans over them, and the single-engine reference run.
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { makeModel } from "../cli/make-model/index.js";
+import type { PresetName } from "../cli/make-model/presets.js";
+import { readModelConfig } from "../common/model-config.js";
+import { packageRoot } from "../common/paths.js";
+import type { GenerationEvent } from "../coordinator/generation.js";
+import type { PipelinePlan } from "../coordinator/pipeline.js";
+import type { Engine, SamplingParams } from "../native/engine-api.js";
+
+export function newClusterKey(): string {
+  return randomBytes(32).toString("base64url");
+}
+
+/** A generated checkpoint under .cache/models/<name>, made once and reused by later runs. */
+export async function ensureModel(name: string, preset: PresetName): Promise<string> {
+  const dir = join(packageRoot(), ".cache", "models", name);
+  if (!existsSync(join(dir, "model.safetensors.index.json"))) await makeModel({ dir, preset });
+  return dir;
+}
+
+export function numLayersOf(modelDir: string): number {
+  return readModelConfig(modelDir).numLayers;
+}
+
+export interface AgentProcess {
+  name: string;
+  nodeId: string;
+  port: number;
+  address: string;
+  child: ChildProcess;
+  /** Lines the agent wrote to stderr (its log), for failure messages. */
+  log: string[];
+  stop(): Promise<void>;
+}
+
+export function agentEntry(): string {
+  const entry = join(packageRoot(), "dist", "node-agent", "main.js");
+  if (!existsSync(entry)) throw new Error(`${entry} is missing: run \`npm run build\` before these tests`);
+  return entry;
+}
+
+/** Spawns `node dist/node-agent/main.js` on loopback with a free port; resolves once it printed its port. */
+export function spawnAgent(opts: {
+  modelDir: string;
+  key: string;
+  name: string;
+  threads?: number;
+}): Promise<AgentProcess> {
+  const args = [
+    agentEntry(),
+    "--model",
+    opts.modelDir,
+    "--port",
+    "0",
+    "--name",
+    opts.name,
+    "--node-id",
+    opts.name,
+  ];
+  if (opts.threads) args.push("--threads", String(opts.threads));
+  const child = spawn(process.execPath, args, {
+    env: { ...process.env, STUDIO_CLUSTER_KEY: opts.key },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const log: string[] = [];
+  createInterface({ input: child.stderr! }).on("line", (line) => {
+    log.push(line);
+    if (log.length > 200) log.shift();
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${opts.name} did not report its port within 30 s:\n${log.join("\n")}`));
+    }, 30_000);
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${opts.name} exited (${code ?? signal}) before listening:\n${log.join("\n")}`));
+    });
+    createInterface({ input: child.stdout! }).once("line", (line) => {
+      clearTimeout(timer);
+      const { port } = JSON.parse(line) as { port: number };
+      resolve({
+        name: opts.name,
+        nodeId: opts.name,
+        port,
+        address: `127.0.0.1:${port}`,
+        child,
+        log,
+        stop: () => stopChild(child),
+      });
+    });
+  });
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const force = setTimeout(() => child.kill("SIGKILL"), 5000);
+    child.once("exit", () => {
+      clearTimeout(force);
+      resolve();
+    });
+    child.kill("SIGTERM");
+  });
+}
+
+/** A plan over the agents, in order, splitting the layers as evenly as possible. */
+export function evenPlan(planId: string, agents: AgentProcess[], numLayers: number): PipelinePlan {
+  const base = Math.floor(numLayers / agents.length);
+  const extra = numLayers % agents.length;
+  let start = 0;
+  const stages = agents.map((agent, i) => {
+    const end = start + base + (i < extra ? 1 : 0);
+    const stage = {
+      nodeId: agent.nodeId,
+      name: agent.name,
+      address: agent.address,
+      layerStart: start,
+      layerEnd: end,
+      embed: i === 0,
+      head: i === agents.length - 1,
+    };
+    start = end;
+    return stage;
+  });
+  return { planId, stages };
+}
+
+export interface Generated {
+  tokens: number[];
+  end: "stop" | "length" | undefined;
+  /** performance.now() at each token. */
+  times: number[];
+}
+
+export async function collect(
+  events: AsyncIterable<GenerationEvent>,
+  onToken?: (n: number) => void,
+): Promise<Generated> {
+  const out: Generated = { tokens: [], end: undefined, times: [] };
+  for await (const e of events) {
+    if (e.type === "token") {
+      out.tokens.push(e.token);
+      out.times.push(performance.now());
+      onToken?.(out.tokens.length);
+    } else if (e.type === "end") out.end = e.reason;
+  }
+  return out;
+}
+
+/**
+ * The same generation on one in-process engine holding every layer: prompt in chunks of the scheduler's size,
+ * then one step per token. The pipeline must reproduce it token for token.
+ */
+export async function referenceRun(
+  engine: Engine,
+  seq: number,
+  prompt: number[],
+  maxTokens: number,
+  sampling: SamplingParams,
+  chunkTokens = 256,
+): Promise<number[]> {
+  let token = -1;
+  for (let start = 0; start < prompt.length; start += chunkTokens) {
+    const tokens = Int32Array.from(prompt.slice(start, start + chunkTokens));
+    const [out] = await engine.forward([{ seq, position: start, tokens, sampling }]);
+    token = out.token!;
+  }
+  const result = [token];
+  for (let position = prompt.length; result.length < maxTokens; position++) {
+    const [out] = await engine.forward([{ seq, position, tokens: Int32Array.of(token), sampling }]);
+    token = out.token!;
+    result.push(token);
+  }
+  await engine.release(seq);
+  return result;
+}

@@ -1,0 +1,254 @@
+// Three node-agent processes on loopback serve the tiny model as a 3-stage pipeline; the scheduler in this
+// process must reproduce a single in-process engine token for token: greedy, sampled with a seed, and with two
+// sequences in flight at once. Also: every method refuses a missing or wrong key; bad input fails only its own
+// request; an abort frees the sequence on every stage.
+import * as grpc from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ClusterError } from "../common/errors.js";
+import { NodeClient } from "../common/wire-client.js";
+import { channelOptions, studioNodeClientConstructor } from "../common/wire-proto.js";
+import { type DataFrame, Dtype, FrameKind } from "../common/wire-types.js";
+import { Pipeline } from "../coordinator/pipeline.js";
+import { Scheduler } from "../coordinator/scheduler.js";
+import type { Engine, SamplingParams } from "../native/engine-api.js";
+import { openEngine } from "../native/index.js";
+import {
+  type AgentProcess,
+  collect,
+  ensureModel,
+  evenPlan,
+  newClusterKey,
+  numLayersOf,
+  referenceRun,
+  spawnAgent,
+} from "./pipeline-cluster.js";
+
+const key = newClusterKey();
+let modelDir = "";
+let agents: AgentProcess[] = [];
+let pipeline: Pipeline | undefined;
+let scheduler: Scheduler;
+let reference: Engine;
+let refSeq = 1;
+
+/** A prompt of in-vocabulary ids that varies with `salt`, longer than one prefill chunk when asked. */
+function promptOf(length: number, salt: number): number[] {
+  return Array.from({ length }, (_, i) => 3 + ((i * 37 + salt * 101) % 1000));
+}
+
+async function solo(prompt: number[], maxTokens: number, sampling: SamplingParams): Promise<number[]> {
+  return referenceRun(reference, refSeq++, prompt, maxTokens, sampling);
+}
+
+beforeAll(async () => {
+  modelDir = await ensureModel("tiny-4bit", "tiny");
+  agents = await Promise.all(
+    [0, 1, 2].map((i) => spawnAgent({ modelDir, key, name: `stage-${i}`, threads: 1 })),
+  );
+  const numLayers = numLayersOf(modelDir);
+  pipeline = await Pipeline.start({ plan: evenPlan("plan-3", agents, numLayers), clusterKey: key });
+  scheduler = new Scheduler({ contextWindow: 4096 });
+  scheduler.attach(pipeline);
+  reference = await openEngine({
+    modelDir,
+    layerStart: 0,
+    layerEnd: numLayers,
+    embed: true,
+    head: true,
+    threads: 1,
+  });
+});
+
+afterAll(async () => {
+  pipeline?.close();
+  await reference?.close();
+  await Promise.all(agents.map((a) => a.stop()));
+});
+
+describe("three-stage pipeline over loopback", () => {
+  it("greedy generation equals the single engine token for token (prompt spans two prefill chunks)", async () => {
+    const prompt = promptOf(300, 1);
+    const got = await collect(scheduler.generate({ prompt, maxTokens: 24, sampling: {}, stopTokenIds: [] }));
+    expect(got.end).toBe("length");
+    expect(got.tokens).toEqual(await solo(prompt, 24, {}));
+  });
+
+  it("two concurrent sequences each equal their solo result", async () => {
+    const a = promptOf(40, 2);
+    const b = promptOf(17, 3);
+    const [ga, gb] = await Promise.all([
+      collect(scheduler.generate({ prompt: a, maxTokens: 20, sampling: {}, stopTokenIds: [] })),
+      collect(scheduler.generate({ prompt: b, maxTokens: 20, sampling: {}, stopTokenIds: [] })),
+    ]);
+    expect(ga.tokens).toEqual(await solo(a, 20, {}));
+    expect(gb.tokens).toEqual(await solo(b, 20, {}));
+    expect(ga.tokens).not.toEqual(gb.tokens);
+  });
+
+  it("sampled generation with a seed equals the single engine's", async () => {
+    const prompt = promptOf(30, 4);
+    const sampling: SamplingParams = { temperature: 0.9, topK: 40, topP: 0.95, seed: 1234 };
+    const got = await collect(scheduler.generate({ prompt, maxTokens: 24, sampling, stopTokenIds: [] }));
+    expect(got.tokens).toEqual(await solo(prompt, 24, sampling));
+    // Sampling really took part: the greedy continuation of the same prompt differs.
+    expect(got.tokens).not.toEqual(await solo(prompt, 24, {}));
+  });
+
+  it("ends on a stop id and reports it", async () => {
+    const prompt = promptOf(12, 5);
+    const expected = await solo(prompt, 10, {});
+    const stopAt = expected[4];
+    const got = await collect(
+      scheduler.generate({ prompt, maxTokens: 10, sampling: {}, stopTokenIds: [stopAt] }),
+    );
+    expect(got.end).toBe("stop");
+    expect(got.tokens).toEqual(expected.slice(0, expected.indexOf(stopAt) + 1));
+  });
+
+  it("an out-of-vocabulary token fails only that request, with a message, and the cluster keeps serving", async () => {
+    const bad = collect(
+      scheduler.generate({ prompt: [5, 10_000_000], maxTokens: 4, sampling: {}, stopTokenIds: [] }),
+    );
+    await expect(bad).rejects.toBeInstanceOf(ClusterError);
+    await expect(bad).rejects.toThrow(/\S/);
+    const prompt = promptOf(8, 6);
+    const got = await collect(scheduler.generate({ prompt, maxTokens: 6, sampling: {}, stopTokenIds: [] }));
+    expect(got.tokens).toEqual(await solo(prompt, 6, {}));
+  });
+
+  it("refuses bad requests before they reach a stage", async () => {
+    const run = (prompt: number[], maxTokens: number) =>
+      collect(scheduler.generate({ prompt, maxTokens, sampling: {}, stopTokenIds: [] }));
+    await expect(run([], 4)).rejects.toMatchObject({ code: "bad_request" });
+    await expect(run([1, -2], 4)).rejects.toMatchObject({ code: "bad_request" });
+    await expect(run([1], 0)).rejects.toMatchObject({ code: "bad_request" });
+    await expect(run([1, 2], 4095)).rejects.toMatchObject({ code: "context_length_exceeded" });
+  });
+
+  it("an abort cancels the sequence and frees its KV on every stage", async () => {
+    const controller = new AbortController();
+    const prompt = promptOf(20, 7);
+    const run = collect(
+      scheduler.generate({
+        prompt,
+        maxTokens: 3000,
+        sampling: {},
+        stopTokenIds: [],
+        signal: controller.signal,
+      }),
+      (n) => {
+        if (n === 3) controller.abort();
+      },
+    );
+    await expect(run).rejects.toMatchObject({ code: "cancelled" });
+    // Cancel reaches every stage; each then holds no sequence and no KV.
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const statuses = await Promise.all(agents.map((a) => statusOnce(a.address)));
+      if (statuses.every((s) => s.sequences === 0 && s.kv_bytes === 0)) break;
+      if (Date.now() > deadline) throw new Error(`sequences still held: ${JSON.stringify(statuses)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+
+  it("a frame of the wrong kind for a stage is answered with an ERROR naming the problem", async () => {
+    // Stage 0 takes token ids, so a HIDDEN frame there is a protocol error. Its ERROR travels down the stages to
+    // the last one's Results stream (which every subscriber of the plan receives).
+    const results = new NodeClient(agents[2].address, key);
+    const errors = results.results("plan-3");
+    errors.on("error", () => {}); // ends with CANCELLED when this test lets go of it
+    const errorFrame = new Promise<DataFrame>((resolve) =>
+      errors.on("data", (f: DataFrame) => f.seq === 77 && resolve(f)),
+    );
+    await new Promise((r) => errors.once("metadata", r));
+    const client = new NodeClient(agents[0].address, key);
+    const stream = client.data();
+    stream.write({
+      kind: FrameKind.HIDDEN,
+      seq: 77,
+      count: 1,
+      dtype: Dtype.F32,
+      shape: [1, 128],
+      payload: new Uint8Array(512),
+    });
+    const frame = await errorFrame;
+    expect(frame.kind).toBe(FrameKind.ERROR);
+    expect(frame.error).toMatch(/first stage and takes token ids/);
+    expect(frame.origin_stage).toBe(0);
+    stream.end();
+    errors.cancel();
+    client.close();
+    results.close();
+    // The coordinator's own streams were not disturbed.
+    expect(pipeline?.lost).toBeUndefined();
+  });
+});
+
+describe("cluster key", () => {
+  const methods = ["Hello", "LoadShard", "Status", "Release", "Cancel", "Data", "Results"] as const;
+
+  async function callStatus(
+    address: string,
+    metadata: grpc.Metadata,
+    method: (typeof methods)[number],
+  ): Promise<number> {
+    const Ctor = studioNodeClientConstructor();
+    const raw = new Ctor(address, grpc.credentials.createInsecure(), channelOptions) as unknown as Record<
+      string,
+      (...args: unknown[]) => grpc.ClientReadableStream<unknown> & grpc.ClientDuplexStream<unknown, unknown>
+    >;
+    try {
+      return await new Promise<number>((resolve) => {
+        const done = (err: grpc.ServiceError | null) => resolve(err ? err.code : grpc.status.OK);
+        if (method === "Hello" || method === "Release" || method === "Cancel") {
+          raw[method]({}, metadata, done);
+          return;
+        }
+        const call =
+          method === "Data"
+            ? raw.Data(metadata)
+            : raw[method](method === "LoadShard" ? { plan_id: "x" } : {}, metadata);
+        call.on("error", (err: grpc.ServiceError) => resolve(err.code));
+        call.on("data", () => {});
+        call.on("end", () => resolve(grpc.status.OK));
+        if (method === "Data") call.end();
+      });
+    } finally {
+      (raw as unknown as grpc.Client).close();
+    }
+  }
+
+  it("every method refuses a missing key and a wrong key with UNAUTHENTICATED", async () => {
+    const wrong = new grpc.Metadata();
+    wrong.set("x-cluster-key", newClusterKey());
+    for (const method of methods) {
+      expect([method, await callStatus(agents[1].address, new grpc.Metadata(), method)]).toEqual([
+        method,
+        grpc.status.UNAUTHENTICATED,
+      ]);
+      expect([method, await callStatus(agents[1].address, wrong, method)]).toEqual([
+        method,
+        grpc.status.UNAUTHENTICATED,
+      ]);
+    }
+    // The right key is accepted (Hello answers with the node's identity).
+    const hello = await new NodeClient(agents[1].address, key).hello();
+    expect(hello.name).toBe("stage-1");
+    expect(hello.capabilities?.model?.num_layers).toBe(numLayersOf(modelDir));
+  });
+});
+
+function statusOnce(address: string): Promise<{ sequences: number; kv_bytes: number }> {
+  const client = new NodeClient(address, key);
+  const call = client.status(1000);
+  return new Promise((resolve, reject) => {
+    call.once("data", (s) => {
+      call.cancel();
+      client.close();
+      resolve(s);
+    });
+    call.once("error", (err) => {
+      if ((err as grpc.ServiceError).code !== grpc.status.CANCELLED) reject(err);
+    });
+  });
+}

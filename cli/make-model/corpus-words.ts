@@ -121,3 +121,135 @@ anti auto multi non`;
 export function words(list: string): string[] {
   return list.split(/\s+/).filter((w) => w.length > 0);
 }
+
+/** More general and technical English, for broader coverage of real prompts. */
+export const BROAD_WORDS = `ability absolute absolutely abstract academic accept acceptable accepted accepting accepts
+accident accompany accomplish according account accurate achieve acknowledge acknowledged acquire active
+actively activity actual adapt addition adequate adjust administration admit adopt advance advanced advantage
+advice advise affect afford agenda aggregate agree agreement ahead aim alias align alive alternative amount
+analysis analyze ancient announce announcement annual anonymous anticipate anxious apart apparent appeal
+application applications apply approach appropriate approximately arbitrary archive argue arise arrival
+article artificial aspect assemble assert assess asset assets assign assigned assignment assist assistance
+associate association assume assumption attach attached attachment attempt attempts attend attention
+attitude attribute audience author authority automatic automatically automation autonomous avatar
+average award backup balance banner barrier basis batch battery behalf behave belong benefit binary
+birthday blank blocker board bold bonus boost border bound boundary brand brief bright broken bug bugs
+bulk bundle burden business calendar campaign cancel cancelled candidate capability capable capacity
+capture careful category caution ceiling chain challenge chapter chat chats cheap choice chosen chunk
+circumstance citation cite civil claim clarify clarification clause clean cleanup clear clipboard clock
+collaborate collapse colleague collection combine comfortable command commercial commit committee
+communicate communication community compact companion comparison compatible compile complain complex
+compliance component components compose composition comprehensive compress concept concepts concern
+concerns conclude conclusion concrete conduct conference confident confirm confirmation conflict confuse
+connection consent consequence conservative consist consistent console constraint constraints construct
+consult consume contact contract contrast contribute contributor convenient convention conventions
+conversation conversations convert cooperate coordinate core corporate correction correctly corrupt
+counter couple coverage crash creative credit criteria critical crucial culture curious custom customer
+customize cycle daily damage dashboard deadline debate decade decision decisions declare decline
+dedicated deep define definitely definition delay delegate deliberate demand demo demonstrate dense
+deploy deployment deprecated depth derive descend deserve desktop despite destroy detail detailed detect
+detection determine diagnose diagnostic diagram dialog dictionary digital dimension direction disable
+disabled disclose discover discovery discussion dismiss dispatch display distinct distribute diverse
+domain dominant download draft drag driver duplicate durable duration dynamic eager economic edition
+editor effective efficient effort elaborate eligible email embed emerge emergency emoji emotion employ
+enable enabled encounter encourage endpoint enforce engage engineer engineering enhance ensure enterprise
+entity entry environment environments episode equivalent escape essential establish estimate evaluate
+evaluation evidence evolve exact examine exceed excellent exception excerpt exchange exclude exclusive
+execution exist exists expand expansion expectation expense expensive experiment expert expire explain
+explanation explicit explore expose express expression extend extension extensive extract facility
+factor failing fair familiar fashion feature features feedback fetch fiction figure filter final finally
+financial firm fix fixed flag flexible float flush focus folder follow font forbidden forecast forget
+formal format formatted former formula forward foundation frame framework frequency frequent friendly
+function fund fundamental future gain gap general generally generate generated generation generic genuine
+global govern grab graph grant graphic guarantee guard guess guidance guide guideline guidelines habit
+handle handling hardware harm heading heavy height hidden hierarchy highlight hint history hold holiday
+honest host ideal identical identify identity ignore illegal image imagine impact implement
+implementation implicit imply improve improvement incident income incomplete increase incremental
+independent index indicate indicator individual infer inference influence inform informal information
+infrastructure initial initiative inline inner innocent input inquiry inside insight inspect inspection
+install instance instant instead institution integrate integration integrity intelligence intend intent
+intention interact interaction interactive interest interface intermediate interpret interrupt interval
+introduce invalid investigate invitation invite involve isolated item items iterate journal judge
+judgment justify keyboard kernel keyword label labels landing language large launch layer lead leader
+learning legacy legal level license lifecycle lightweight limited linear linked literal load loaded
+locale location lock logic logical lookup machine maintain maintenance major manage management manager
+mandatory manual manually margin marker marketing massive master material matter mature meaning measure
+mechanism media medium meeting member mention menu merge message messaging meta method metric middle
+migrate migration milestone mind minimal minor mirror mission mistake mobile mode moderate modify moment
+monthly motion multiple mutable narrative native natural navigate navigation nearly negative neutral
+newline nickname noise normal notable notation note notes notice notify novel numeric objective
+obligation observe obtain obvious occasion occasionally occupy odd offline ongoing online operation
+operator opinion opportunity oppose opt optimize order ordinary organization organize orient origin
+outcome outline overall override overrides overview owner ownership package pair paired pane paragraph
+parallel parent partial participant partner pass passive paste pattern pause peer pending percent
+perform performance period permanent persist persistent person personal personality perspective phase
+phone phrase physical pick pin pipe pixel placeholder plain platform player plugin plugins pointer poll
+popular portion portrait positive post potential practical precise predict prefix premium preparation
+presence preserve press prevent primary principle print prior priority privacy private privilege
+proactive problem procedure proceed produce production professional program progress project promote
+prompt proof proposal propose protocol proud provide public publish purpose qualify quality quantity
+quota quote radical random rank rapid rate raw reach react readable reader ready real realistic reality
+realize reason reasonable recall recent recipient recognize recommend recommendation recommendations
+record recover recursive recursively redirect reduce refer reference reflect refresh refuse regard region
+register regular reject relate related relation relationship relationships relative relay release reliable
+rely remind remote render repair repeat replace report represent request require requirement research
+reserve resolve resource resources respect responsible restore restrict restriction resume retain
+retrieve reveal reverse revise revision reward rich risk role roles root rough route routine rule rules
+safe safety sample satisfy save scan scenario scope score script scroll section secure segment selection
+sensitive separate sequence serial series serious service services shared shortcut signal signature
+silent simple simultaneously site situation skill skills skip slot smart snippet social software solid
+solve sort space span spec special specify speed split spot stable stack staff stage standard stale
+statement static statistics steady store strategy strict structure studio style subject submit subscribe
+subsequent substitute succeed success succeeds successfully suggest suggestion suitable sum summary
+superseded supply support suppose surface suspect switch symbol sync syntax tag tags tail talk target
+team technical technique template templates temporary tend terminal text theme thread threshold ticket
+tier title toggle topic total touch track traffic transcript transfer transform transition translate
+transparent travel treat trend trust truth tutorial typical ultimate unable uncertain understand unified
+unique unit universal unknown unlike unlock unsupported unusual update upgrade urgent usage useful valid
+validate variable variant vendor verbose verification verified verify version vertical via vibe view
+virtual visible visual visualize voice volume warn wide width wiki wizard word words worker wrap wrapper
+yearly zone`;
+
+/** Everyday words of instructions, documentation and conversation. */
+export const DOC_WORDS = `accessible accordingly accuracy acting addressed adjacent adjustment admin affected
+afterward agreed aloud alongside already amend amount analogy annotate answered anyone apologize apparently
+appear appears applicable appreciate approve areas aren arguably arrives articulate aside asks assistant
+assumes attempted attributes audit authentic authorized automate awaiting awkward backend bare beforehand
+behaves beneath billing blocks bookmark borrow bot bots boundaries braces brackets breaking breaks brings
+broadcast browse builder builds built bullet bullets button calculate callers camera cancelled careless
+carries casual caught certainly channels chaos checklist checkpoint choices chooses claims clarity clause
+clever clicks closes cloud collected collision colon comma commands comments completes completion concise
+conditions confidence confirmed confused connected connects considered contains contents continues
+contradictory contributes controls copies corrected counts covers crafted crashes creates criterion
+curated currency cursor customers dangerous dash dates deadlines debugger decides declined defaults
+defined deletes delivered demands denial depends deprecated describes designed destructive detailed
+detected developers diagnostics differs difficulty directive directives disabled disagree discard
+discovered discussed dismissed displayed distinguish documented doubt drafts drive drops duplicates
+earlier easily edge edits effectively eligible embedded emits emphasis employed empty enabled encoded
+ended endless ensures entered entries equals errors escalate established estimated evaluated eventually
+everyone evident exactly examples exceeded excited executes exercised existing exits expected expects
+experienced expired explains explicitly exploit exposes exposing extended extra facing facts failures
+fallbacks favorite fetches fields filled filters finds finished fits fixes flagged flags flows folders
+follows formatted forwarded found frames friction fully functional gathered generates gets gives goes
+granted greeting grounded grouped guessed handled happens happened hardcoded harmful heartbeat helpers
+helps hides highlights holds hosted hosting hurt ignores images imperative imported improves includes
+inferred informed initially injected inserted installs instructed intended internally interrupted
+introduced invoked involves issued joined keeps kinds knows labeled lacks lasts launched layers leaks
+learned lets likes limits listed lists loads located locations logged looks loses lower mainly makes
+manages marked matches meaningful means mentioned merged messy methods minded misses missing mixed
+modified monitors moves names narrow needed needs nested notes noticed numbered observed obtained offers
+omit omitted opens orders organized outdated outputs overwrite owns paragraphs parsed passes pasted
+paths pauses performed persisted picks pinned placed plans plays pointed polite posts prefers
+preferences prepared presented preserves prevents printed probes proceeds produces prompts proposals
+protected prototype prototypes provided provides pulled purposes queued quickly quoted raises reached
+reads reasons receives recognized recorded recover recovered recurring redacted reduces references
+refers refreshed refuses rejected relies remaining remembers removes renamed renders repeated replies
+reported reports requested requests resets resolved responds restarts restricted retries returned
+reused reusable reveals reviewed rewrite rewritten rolled rules runs safeguards sanitized saves says
+scanned scheduled scratch searches seen selects sends sentences sequences serves sets shares shows
+signed sizes skipped slash solved sorted sounds specified splits starts stays steps stops stored
+stores streamed strings submitted succeeded suggests summaries supports sure surfaced switches takes
+talks targets tasks teams tells tested tests thanks thinks titles tokens tools touches tracked tracks
+treats tried tries triage troubleshoot turns typed unavailable unclear undo unexpected unrelated
+unsafe unsolicited until updates uploaded uses validated values verifies views visits waits walks
+wants warns watches ways whenever wishes workflows works worth wrapped writes wrote`;

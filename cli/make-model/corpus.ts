@@ -1,9 +1,25 @@
 // A deterministic training corpus for the tokenizer: pseudo-English prose from the word lists, markdown,
 // JSON (both compact like Jinja's tojson and indented), code and shell snippets, and a little non-Latin text.
-import { EXTRA_WORDS, FUNCTION_WORDS, SYLLABLES, TECH_WORDS, words } from "./corpus-words.js";
+import {
+  BROAD_WORDS,
+  DOC_WORDS,
+  EXTRA_WORDS,
+  FUNCTION_WORDS,
+  SYLLABLES,
+  TECH_WORDS,
+  words,
+} from "./corpus-words.js";
 import { Random } from "./random.js";
 
-const VOCABULARY = [...new Set([...words(FUNCTION_WORDS), ...words(EXTRA_WORDS), ...words(TECH_WORDS)])];
+const VOCABULARY = [
+  ...new Set([
+    ...words(FUNCTION_WORDS),
+    ...words(EXTRA_WORDS),
+    ...words(TECH_WORDS),
+    ...words(BROAD_WORDS),
+    ...words(DOC_WORDS),
+  ]),
+];
 const TECH = words(TECH_WORDS);
 const SYLLABLE_LIST = words(SYLLABLES);
 const FOREIGN = [
@@ -53,10 +69,21 @@ class CorpusWriter {
     return this.rng.pick(items);
   }
 
-  /** Zipf-like: low indices much more often, so common words become whole tokens first. */
+  /** Half Zipf-like (common words first), half uniform so that every listed word becomes a token. */
   word(list: readonly string[] = VOCABULARY): string {
     const u = this.rng.next();
-    return list[Math.floor(list.length * u * u * u)];
+    return list[Math.floor(list.length * (this.rng.next() < 0.4 ? u * u : u))];
+  }
+
+  /** Regular English endings, so that inflected forms of known words compress too. */
+  inflect(w: string): string {
+    const stem = w.endsWith("e") ? w.slice(0, -1) : w;
+    const r = this.rng.next();
+    if (r < 0.45) return w.endsWith("s") ? `${w}es` : `${w}s`;
+    if (r < 0.7) return `${stem}ed`;
+    if (r < 0.88) return `${stem}ing`;
+    if (r < 0.94) return `${w}ly`;
+    return `${stem}er`;
   }
 
   pseudoWord(): string {
@@ -67,8 +94,8 @@ class CorpusWriter {
   }
 
   identifier(): string {
-    const a = this.word(TECH);
-    const b = this.word(TECH);
+    const a = this.word(this.rng.next() < 0.5 ? TECH : VOCABULARY);
+    const b = this.word(this.rng.next() < 0.5 ? TECH : VOCABULARY);
     switch (this.rng.int(4)) {
       case 0:
         return `${a}_${b}`;
@@ -87,12 +114,17 @@ class CorpusWriter {
     for (let i = 0; i < n; i++) {
       const r = this.rng.next();
       let w: string;
-      if (r < 0.04) w = this.pseudoWord();
+      if (r < 0.01) w = this.pseudoWord();
+      else if (r < 0.03) w = this.word() + this.word();
       else if (r < 0.07) w = `\`${this.identifier()}\``;
-      else if (r < 0.09) w = String(this.rng.int(r < 0.08 ? 100 : 100000));
-      else if (r < 0.1) w = this.rng.pick(FOREIGN);
-      else if (r < 0.12) w = `"${this.word()}"`;
-      else if (r < 0.13) w = `(${this.word()})`;
+      else if (r < 0.085) w = String(this.rng.int(r < 0.08 ? 100 : 10000));
+      else if (r < 0.09) w = this.rng.pick(FOREIGN);
+      else if (r < 0.1) w = `"${this.word()}"`;
+      else if (r < 0.125) w = `(${this.word()})`;
+      else if (r < 0.13) w = this.path();
+      else if (r < 0.15) w = this.word().toUpperCase();
+      else if (r < 0.19) w = this.capitalized(this.word());
+      else if (r < 0.29) w = this.inflect(this.word());
       else w = this.word();
       if (i > 0 && i < n - 1 && this.rng.next() < 0.07) w += this.rng.pick([",", ";", ":", " -", ","]);
       out.push(w);
@@ -113,12 +145,27 @@ class CorpusWriter {
     const items = 2 + this.rng.int(6);
     for (let i = 0; i < items; i++) {
       const r = this.rng.next();
-      if (r < 0.4) lines.push(`- ${this.identifier()}: ${this.sentence()}`);
+      if (r < 0.25) lines.push(`- ${this.identifier()}: ${this.sentence()}`);
+      else if (r < 0.4) lines.push(`- ${this.word()} (${this.word()}): ${this.sentence()}`);
       else if (r < 0.6) lines.push(`${i + 1}. **${this.titleCase()}** ${this.sentence()}`);
       else if (r < 0.7) lines.push(`  - ${this.sentence()}`);
       else lines.push(this.paragraph());
     }
     return lines.join("\n");
+  }
+
+  /** A file path: words joined by slashes, sometimes with a dot-folder and an extension. */
+  path(): string {
+    const n = 1 + this.rng.int(4);
+    const parts: string[] = [];
+    for (let i = 0; i < n; i++) parts.push(this.rng.next() < 0.8 ? this.word() : this.identifier());
+    const start = this.pick(["/", "~/", "./", "~/.", ""]);
+    const ext = this.pick(["", "", ".md", ".json", ".ts", ".txt", "/"]);
+    return start + parts.join("/") + ext;
+  }
+
+  capitalized(w: string): string {
+    return w[0].toUpperCase() + w.slice(1);
   }
 
   titleCase(): string {
@@ -175,10 +222,24 @@ class CorpusWriter {
     }
   }
 
+  /** XML-ish blocks, as prompts list skills, documents and tool calls. */
+  xml(): string {
+    const outer = this.word();
+    const lines = [`<${outer}>`];
+    const n = 1 + this.rng.int(4);
+    for (let i = 0; i < n; i++) {
+      const tag = this.rng.next() < 0.7 ? this.word() : this.identifier().replace(/-/g, "_");
+      const body = this.rng.next() < 0.5 ? this.sentence() : this.path();
+      lines.push(`  <${tag}>${body}</${tag}>`);
+    }
+    lines.push(`</${outer}>`);
+    return lines.join("\n");
+  }
+
   code(): string {
     const f = this.identifier().replace(/-/g, "_");
-    const a = this.word(TECH);
-    const b = this.word(TECH);
+    const a = this.word(this.rng.next() < 0.5 ? TECH : VOCABULARY);
+    const b = this.word(this.rng.next() < 0.5 ? TECH : VOCABULARY);
     switch (this.rng.int(4)) {
       case 0:
         return `function ${f}(${a}, ${b}) {\n  const ${a}Value = ${a}.${b} ?? ${this.rng.int(100)};\n  if (!${a}Value) return null;\n  return ${a}Value + ${b};\n}`;
@@ -196,9 +257,10 @@ class CorpusWriter {
 export function generateCorpus(seed: number, chars: number): string {
   const w = new CorpusWriter(new Random(seed, "corpus"));
   while (w.size < chars) {
-    const kind = w.pick(["p", "p", "p", "m", "j", "c", "p", "m"]);
+    const kind = w.pick(["p", "p", "p", "m", "j", "c", "p", "m", "x"]);
     if (kind === "p") w.push(w.paragraph());
     else if (kind === "m") w.push(w.markdown());
+    else if (kind === "x") w.push(w.xml());
     else if (kind === "j") w.push(w.json());
     else w.push(w.code());
     w.push(w.pick(["\n\n", "\n", " ", "\n\n"]));

@@ -119,6 +119,8 @@ if (!haveChromium)
 
 describe.skipIf(!haveChromium)("dashboard in headless Chromium", () => {
   let tick = 2;
+  /** When set, the snapshot the last server serves instead of the tick's. */
+  let override: (() => ClusterSnapshot) | undefined;
   let server: { app: FastifyInstance; url: string };
   let context: BrowserContext;
   let page: Page;
@@ -216,10 +218,32 @@ describe.skipIf(!haveChromium)("dashboard in headless Chromium", () => {
 
     // Back to three nodes for the picture.
     await server.app.close();
-    server = await serve(() => fixtureSnapshot(tick, { nodes: 3 }), port);
+    server = await serve(() => override?.() ?? fixtureSnapshot(tick, { nodes: 3 }), port);
     await page.waitForFunction(cardCount(3), null, { timeout: 20_000 });
     await page.waitForFunction(connection("live"));
     mkdirSync(OUTPUT, { recursive: true });
     await page.screenshot({ path: join(OUTPUT, "dashboard.png"), fullPage: true });
+  });
+  it("shows a node loading its shard, the cluster's reason for not serving, and fits a narrow window", async () => {
+    await page.setViewportSize({ width: 900, height: 900 });
+    override = () => {
+      const snap = fixtureSnapshot(tick);
+      snap.state = "loading";
+      snap.message = "loading shards: 2 of 3 nodes ready";
+      snap.nodes[2] = { ...snap.nodes[2], health: "loading", loadProgress: 0.42, tokensPerSecond: 0 };
+      snap.inFlight = [];
+      return snap;
+    };
+    await page.waitForFunction(
+      `document.querySelector('[data-testid="cluster-state"]')?.textContent === "loading"`,
+    );
+    expect(await nodeFigure("node-2", "node-busy")).toBe("42%");
+    expect(await nodeFigure("node-2", "node-health")).toBe("loading");
+    expect(await text('[data-testid="banner"]')).toBe("loading shards: 2 of 3 nodes ready");
+    expect(await page.locator('[data-testid="banner"]').isVisible()).toBe(true);
+    expect(await text('[data-testid="kpi-inflight"]')).toBe("0");
+    // Nothing spills out sideways at this width.
+    expect(await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")).toBe(true);
+    await page.screenshot({ path: join(OUTPUT, "dashboard-loading.png"), fullPage: true });
   });
 });

@@ -304,10 +304,11 @@ function chart(container, series, { color, area, unitFormat, now }) {
     grid.append(s("line", { x1: pad.l, x2: width - pad.r, y1: y(v), y2: y(v) }));
     grid.append(s("text", { x: pad.l - 6, y: y(v) + 3, "text-anchor": "end" }, unitFormat(v)));
   }
-  const spanMin = Math.max(1, Math.round((t1 - t0) / 60_000));
-  for (const k of [spanMin, Math.round(spanMin / 2), 0]) {
+  // A label every 1, 2, 5 or 15 minutes, whichever gives at most five.
+  const spanMin = (t1 - t0) / 60_000;
+  const every = [1, 2, 5, 15].find((m) => spanMin / m <= 5) ?? 15;
+  for (let k = 0; t1 - k * 60_000 >= t0; k += every) {
     const t = t1 - k * 60_000;
-    if (t < t0) continue;
     grid.append(s("text", { x: x(t), y: height - 4, "text-anchor": "middle" }, k === 0 ? "now" : `−${k}m`));
   }
   svg.append(grid);

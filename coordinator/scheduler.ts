@@ -140,7 +140,9 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     if (this.pipeline && this.pipeline !== pipeline) this.detach("replaced by a new pipeline");
     this.pipeline = pipeline;
     pipeline.onResult((frame) => this.route(frame));
-    pipeline.once("nodeLost", (lost) => this.onNodeLost(pipeline, lost));
+    // A node may have gone between Pipeline.start and now: then this pipeline never serves.
+    if (pipeline.lost) this.onNodeLost(pipeline, pipeline.lost);
+    else pipeline.once("nodeLost", (lost) => this.onNodeLost(pipeline, lost));
   }
 
   /** Stops serving: sequences in flight fail with cluster_not_ready, new ones are refused with `reason`. */

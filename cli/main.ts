@@ -6,6 +6,7 @@ import { register as registerMakeModel } from "./commands/make-model.js";
 import { register as registerOpenClawConfig } from "./commands/openclaw-config.js";
 import { register as registerService } from "./commands/service.js";
 import { register as registerStatus } from "./commands/status.js";
+import { register as registerUp } from "./commands/up.js";
 
 const program = new Command()
   .name("cluster")
@@ -15,6 +16,7 @@ const program = new Command()
 // Subcommands: one import + one register call each, in cli/commands/<name>.ts.
 registerMakeModel(program);
 registerOpenClawConfig(program);
+registerUp(program);
 registerStatus(program);
 registerService(program);
 

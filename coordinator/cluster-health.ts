@@ -68,8 +68,11 @@ export interface ClusterHealth {
   plan?: PlanHealth;
 }
 
-function gb(bytes: number): string {
-  return `${(bytes / 1e9).toFixed(1)} GB`;
+/** 1.2 GB, 34.5 MB, 12.0 KB: three significant figures at most, whatever the model's size. */
+export function humanBytes(bytes: number): string {
+  if (bytes >= 1e9) return `${(bytes / 1e9).toFixed(1)} GB`;
+  if (bytes >= 1e6) return `${(bytes / 1e6).toFixed(1)} MB`;
+  return `${(bytes / 1e3).toFixed(1)} KB`;
 }
 
 function pad(text: string, width: number): string {
@@ -95,7 +98,7 @@ export function renderClusterHealth(health: ClusterHealth, plan = health.plan): 
     const layers = m.loaded && m.layerStart !== undefined ? `[${m.layerStart},${m.layerEnd})` : "-";
     lines.push(
       `  ${m.role === "coordinator" ? "*" : " "} ${pad(m.name, 14)}${pad(m.id, 18)}${pad(m.address, 22)}` +
-        `${pad(m.role, 12)}layers ${pad(layers, 9)}mem ${gb(m.memoryUsedBytes)}/${gb(m.memoryTotalBytes)}  ` +
+        `${pad(m.role, 12)}layers ${pad(layers, 9)}mem ${humanBytes(m.memoryUsedBytes)}/${humanBytes(m.memoryTotalBytes)}  ` +
         `${m.tokensPerSecond.toFixed(1)} tok/s  busy ${Math.round(m.busyFraction * 100)}%  ` +
         `queue ${m.queueDepth}  seen ${m.lastSeenMs} ms ago  ${m.chip}`,
     );
@@ -108,7 +111,7 @@ export function renderClusterHealth(health: ClusterHealth, plan = health.plan): 
       const parts = [s.embed ? "embed" : "", s.head ? "head" : ""].filter(Boolean).join("+");
       lines.push(
         `  stage ${i}: ${pad(s.name, 14)}layers [${s.layerStart},${s.layerEnd})${parts ? ` ${parts}` : ""}  ` +
-          `weights ${gb(s.weightBytes)} + KV ${gb(s.kvReserveBytes)}, needs ${gb(s.needBytes)} of ${gb(s.availableBytes)}`,
+          `weights ${humanBytes(s.weightBytes)} + KV ${humanBytes(s.kvReserveBytes)}, needs ${humanBytes(s.needBytes)} of ${humanBytes(s.availableBytes)}`,
       );
     });
   } else {

@@ -49,6 +49,11 @@ export interface NodeAgentOptions {
   /** Measured memory bandwidth, bytes/s (0 or absent: the chip table). */
   memoryBandwidthBps?: number;
   log?: (line: string) => void;
+  /**
+   * A node of our cluster said Hello (it passed the key check): where it listens, so membership can track a
+   * node that found us through `--peer` while we did not know it.
+   */
+  onPeerHello?: (peer: { nodeId: string; clusterId: string; address: string }) => void;
 }
 
 export interface NodeAgent {
@@ -124,7 +129,7 @@ class NodeAgentServer {
 
   async listen(): Promise<number> {
     this.server.addService(studioNodeService(), {
-      Hello: this.unary("Hello", (req: HelloRequest) => this.hello(req)),
+      Hello: this.unary("Hello", (req: HelloRequest, call) => this.hello(req, call.getPeer())),
       Release: this.unary("Release", (req: SeqsRequest) => this.release(req)),
       Cancel: this.unary("Cancel", (req: SeqsRequest) => this.cancel(req)),
       LoadShard: this.stream("LoadShard", (call: ServerStream<LoadShardRequest, LoadProgress>) =>
@@ -156,14 +161,17 @@ class NodeAgentServer {
     return unauthenticatedStatus(problem);
   }
 
-  private unary<Req, Res>(method: string, body: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+  private unary<Req, Res>(
+    method: string,
+    body: (req: Req, call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>,
+  ): grpc.handleUnaryCall<Req, Res> {
     return (call, callback) => {
       const refusal = this.refused(method, call);
       if (refusal) {
         callback(refusal);
         return;
       }
-      body(call.request).then(
+      body(call.request, call).then(
         (reply) => callback(null, reply),
         (err) => callback(asStatus(err)),
       );
@@ -190,7 +198,14 @@ class NodeAgentServer {
 
   // ------------------------------------------------------------ control
 
-  private async hello(_req: HelloRequest): Promise<HelloReply> {
+  private async hello(req: HelloRequest, peer: string): Promise<HelloReply> {
+    const host = peerHost(peer);
+    if (req.grpc_port && req.node_id && host && req.node_id !== this.opts.nodeId)
+      this.opts.onPeerHello?.({
+        nodeId: req.node_id,
+        clusterId: req.cluster_id ?? "",
+        address: `${host.includes(":") ? `[${host}]` : host}:${req.grpc_port}`,
+      });
     return {
       version: packageVersion(),
       node_id: this.opts.nodeId,
@@ -497,6 +512,15 @@ function refusal(frame: DataFrame, message: string): DataFrameOut {
     error: message,
     sent_at_us: nowUs(),
   };
+}
+
+/** The host of a grpc-js peer string: "1.2.3.4:5678", "[::1]:5678", "ipv4:1.2.3.4:5678" or "ipv6:[::1]:5678". */
+function peerHost(peer: string): string | undefined {
+  const bare = peer.replace(/^ipv[46]:/, "");
+  const v6 = /^\[([^\]]+)\]:\d+$/.exec(bare);
+  if (v6) return v6[1].startsWith("::ffff:") ? v6[1].slice(7) : v6[1];
+  const v4 = /^([^:]+):\d+$/.exec(bare);
+  return v4?.[1];
 }
 
 function progressMessage(p: Partial<LoadProgress>): LoadProgress {

@@ -16,6 +16,7 @@ import { errorMessage } from "../../common/errors.js";
 import { readModelConfig } from "../../common/model-config.js";
 import { packageVersion } from "../../common/paths.js";
 import { type ApiServer, isLoopback, startApiServer } from "../../coordinator/api/server.js";
+import { humanBytes } from "../../coordinator/cluster-health.js";
 import { ClusterController } from "../../coordinator/controller.js";
 import { BonjourDiscovery } from "../../coordinator/discovery.js";
 import { Membership, parseHostPort } from "../../coordinator/membership.js";
@@ -166,6 +167,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
     cleanups.push(() => api.close());
     const apiPort = Number(new URL(api.url).port);
 
+    // Membership starts once the agent's port is known; until then a caller's Hello has nobody to tell.
+    let onPeerHello: ((address: string) => void) | undefined;
     const agent: NodeAgent = await startNodeAgent({
       modelDir,
       grpcHost: interfaceAddress ?? "0.0.0.0",
@@ -177,6 +180,9 @@ export async function runUp(opts: UpOptions): Promise<void> {
       clusterId: key.clusterId,
       backend: opts.backend,
       threads: opts.threads,
+      onPeerHello: (peer) => {
+        if (peer.clusterId === key.clusterId) onPeerHello?.(peer.address);
+      },
     });
     cleanups.push(() => agent.close());
     const host = selfHost(interfaceAddress, opts.peer, opts.bonjour);
@@ -197,6 +203,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
     cleanups.push(() => membership.close());
     membership.addCandidate(`${interfaceAddress ?? "127.0.0.1"}:${agent.port}`, "self");
     for (const peer of opts.peer) membership.addCandidate(peer, "peer");
+    onPeerHello = (address) => membership.addCandidate(address, "caller");
 
     if (opts.bonjour) {
       const discovery = new BonjourDiscovery({ clusterId: key.clusterId, interfaceAddress });
@@ -229,7 +236,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
       onStageLoaded: (stage, bytes) =>
         progress.done(
           stage.name,
-          `layers [${stage.layerStart},${stage.layerEnd}) loaded, ${(bytes / 1e9).toFixed(2)} GB`,
+          `layers [${stage.layerStart},${stage.layerEnd}) loaded, ${humanBytes(bytes)}`,
         ),
       onState: (line) => {
         if (!line.startsWith("state loading")) progress.stop();

@@ -1,0 +1,185 @@
+// `cluster up` end to end (dist/cli/main.js processes on loopback): a --demo single node; a two-process cluster
+// joined with --peer that elects one coordinator, plans two stages, generates through either node's API, and
+// re-plans on the survivor when the other node is killed; `cluster status`; bad options.
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { generateClusterKey } from "../common/cluster-key.js";
+import {
+  type CliProcess,
+  complete,
+  freePort,
+  getHealth,
+  runCli,
+  waitForHealth,
+} from "./cluster-up-helpers.js";
+import { ensureModel } from "./pipeline-cluster.js";
+
+const home = mkdtempSync(join(tmpdir(), "cluster-up-"));
+const env = { STUDIO_CLUSTER_HOME: home };
+const running: CliProcess[] = [];
+
+function start(args: string[]): CliProcess {
+  const proc = runCli(["up", ...args], env);
+  running.push(proc);
+  return proc;
+}
+
+afterAll(async () => {
+  await Promise.all(running.map((p) => p.stop("SIGKILL")));
+  rmSync(home, { recursive: true, force: true });
+});
+
+describe("cluster up --demo on one machine", () => {
+  it("makes the demo model, prints the new key once, serves generation and status, and stops cleanly", async () => {
+    const apiPort = await freePort();
+    const apiUrl = `http://127.0.0.1:${apiPort}`;
+    const node = start(["--demo", "--no-bonjour", "--api-port", String(apiPort), "--threads", "1"]);
+    const health = await waitForHealth(
+      apiUrl,
+      (h) => h.state === "ready",
+      "the demo node to be ready",
+      node,
+      90_000,
+    );
+    expect(health.node.role).toBe("coordinator");
+    expect(health.modelId).toBe("demo-tiny");
+    expect(health.plan?.stages).toHaveLength(1);
+    expect(health.plan?.stages[0]).toMatchObject({ layerStart: 0, embed: true, head: true });
+
+    // The key: generated, printed once with the command that joins others, stored owner-only.
+    const key = readFileSync(join(home, "cluster.key"), "utf8").trim();
+    expect(node.stderr.join("\n")).toContain(`cluster up --key ${key} --demo`);
+    expect(statSync(join(home, "cluster.key")).mode & 0o777).toBe(0o600);
+
+    const reply = await complete(apiUrl, "Hello, cluster!", 8);
+    expect(reply.status, JSON.stringify(reply.body)).toBe(200);
+    expect(reply.completionTokens).toBe(8);
+    // Greedy generation is deterministic.
+    expect((await complete(apiUrl, "Hello, cluster!", 8)).text).toBe(reply.text);
+
+    const status = runCli(["status", "--api", apiUrl], env);
+    expect(await status.exited).toBe(0);
+    const text = status.stdout.join("\n");
+    expect(text).toContain("state ready (serving)");
+    expect(text).toMatch(/stage 0: .*layers \[0,6\) embed\+head/);
+
+    expect(await node.stop("SIGTERM")).toBe(0);
+    expect(node.stdout.join("\n")).toContain("SIGTERM: leaving the cluster");
+
+    // A second start reuses the stored key and the same node id, and prints no key.
+    const again = start(["--demo", "--no-bonjour", "--api-port", String(apiPort), "--threads", "1"]);
+    const second = await waitForHealth(
+      apiUrl,
+      (h) => h.state === "ready",
+      "the restarted node",
+      again,
+      60_000,
+    );
+    expect(second.node.id).toBe(health.node.id);
+    expect(second.clusterId).toBe(health.clusterId);
+    expect(again.stderr.join("\n")).not.toContain(key);
+    expect(await again.stop("SIGINT")).toBe(0);
+  });
+
+  it("refuses bad options with a message that names the problem", async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [["--no-bonjour"], /--model DIR, or --demo/],
+      [["--demo", "--api-host", "0.0.0.0"], /--api-host 0\.0\.0\.0 is not loopback: it requires --api-key/],
+      [["--demo", "--peer", "nonsense"], /--peer "nonsense" is not host:port/],
+      [["--demo", "--key", "short"], /cluster key is invalid/],
+      [["--model", join(home, "no-such-model")], /no-such-model.*config\.json/],
+    ];
+    for (const [args, message] of cases) {
+      const proc = runCli(["up", ...args], env);
+      running.push(proc);
+      expect(await proc.exited, proc.output()).not.toBe(0);
+      expect(proc.stderr.join("\n")).toMatch(message);
+    }
+  });
+});
+
+describe("two cluster up processes joined with --peer", () => {
+  it("elect one coordinator, plan two stages, serve through either API, and re-plan when one dies", async () => {
+    const modelDir = await ensureModel("tiny", "tiny");
+    const key = generateClusterKey();
+    const [grpcA, grpcB, apiA, apiB] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
+    const common = ["--model", modelDir, "--key", key, "--no-bonjour", "--threads", "1"];
+    // Only B names A: A learns about B from B's Hello.
+    const a = start([...common, "--name", "alpha", "--port", String(grpcA), "--api-port", String(apiA)]);
+    const b = start([
+      ...common,
+      ...["--name", "beta", "--port", String(grpcB), "--api-port", String(apiB)],
+      ...["--peer", `127.0.0.1:${grpcA}`],
+    ]);
+    const urls = { alpha: `http://127.0.0.1:${apiA}`, beta: `http://127.0.0.1:${apiB}` };
+    const both = [a, b];
+    const twoStages = (h: { plan?: { stages: unknown[] }; state: string }) =>
+      h.state === "ready" && h.plan?.stages.length === 2;
+    // Whichever has the smaller id coordinates; wait until one of them serves a two-stage plan.
+    let coordinatorUrl = "";
+    await waitForHealth(
+      urls.alpha,
+      (h) => {
+        const c = h.coordinator?.apiUrl;
+        if (c && h.members.length === 2) coordinatorUrl = c;
+        return coordinatorUrl !== "";
+      },
+      "alpha to see two members",
+      both,
+    );
+    const coordinator = await waitForHealth(coordinatorUrl, twoStages, "a two-stage plan", both);
+    const followerUrl = coordinatorUrl === urls.alpha ? urls.beta : urls.alpha;
+    const follower = await waitForHealth(
+      followerUrl,
+      (h) => h.state === "following" && h.coordinator?.id === coordinator.node.id,
+      "the other node to follow",
+      both,
+    );
+    expect(follower.node.role).toBe("node");
+    expect(coordinator.node.id < follower.node.id).toBe(true); // smallest id coordinates
+    const stages = coordinator.plan!.stages;
+    expect(stages.map((s) => [s.layerStart, s.layerEnd])).toEqual([
+      [0, stages[0].layerEnd],
+      [stages[0].layerEnd, 6],
+    ]);
+    expect(new Set(stages.map((s) => s.nodeId))).toEqual(new Set([coordinator.node.id, follower.node.id]));
+
+    // Generation through the coordinator and, forwarded, through the other node: the same greedy tokens.
+    const direct = await complete(coordinatorUrl, "Split me across two machines.", 10);
+    expect(direct.status, JSON.stringify(direct.body)).toBe(200);
+    expect(direct.completionTokens).toBe(10);
+    const forwarded = await complete(followerUrl, "Split me across two machines.", 10);
+    expect(forwarded.status, JSON.stringify(forwarded.body)).toBe(200);
+    expect(forwarded.text).toBe(direct.text);
+
+    // `cluster status` on the follower shows both members and the coordinator's plan.
+    const status = runCli(["status", "--api", followerUrl], env);
+    expect(await status.exited).toBe(0);
+    const text = status.stdout.join("\n");
+    expect(text).toContain("members (2)");
+    expect(text).toMatch(/stage 1: /);
+
+    // Kill the follower: the coordinator re-plans on itself alone and serves again, the same tokens.
+    const followerProc = followerUrl === urls.alpha ? a : b;
+    const coordinatorProc = followerProc === a ? b : a;
+    followerProc.child.kill("SIGKILL");
+    const alone = await waitForHealth(
+      coordinatorUrl,
+      (h) => h.state === "ready" && h.plan?.stages.length === 1 && h.members.length === 1,
+      "a one-stage re-plan",
+      coordinatorProc,
+    );
+    expect(alone.plan!.stages[0]).toMatchObject({ layerStart: 0, layerEnd: 6, embed: true, head: true });
+    const after = await complete(coordinatorUrl, "Split me across two machines.", 10);
+    expect(after.status, JSON.stringify(after.body)).toBe(200);
+    expect(after.text).toBe(direct.text);
+    expect((await getHealth(coordinatorUrl))?.ok).toBe(true);
+  });
+});

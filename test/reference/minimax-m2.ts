@@ -134,7 +134,7 @@ export class ReferenceModel {
   static async load(dir: string): Promise<ReferenceModel> {
     const config = readModelConfig(dir);
     const headers = readAllHeaders(dir);
-    const weight = (path: string) => loadMatrix(config, headers, path);
+    const weight = (path: string) => loadWeight(config, headers, path);
     const vector = (name: string) => {
       const header = headers.get(name);
       if (!header) throw new Error(`${join(dir, "model.safetensors.index.json")}: no tensor "${name}"`);
@@ -314,7 +314,7 @@ export class ReferenceModel {
 }
 
 /** A module's weight as float32 [..., out, in]: dequantized when it has scales, else converted as stored. */
-function loadMatrix(
+export function loadWeight(
   config: ModelConfig,
   headers: Map<string, SafetensorsHeader>,
   path: string,

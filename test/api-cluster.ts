@@ -96,3 +96,24 @@ export async function startApiCluster(opts: {
     throw err;
   }
 }
+
+export interface SseEvent {
+  event?: string;
+  data: string;
+}
+
+/** Reads a whole SSE body into its events (event name + raw data line). */
+export async function readSse(response: Response): Promise<SseEvent[]> {
+  const text = await response.text();
+  const events: SseEvent[] = [];
+  for (const block of text.split("\n\n")) {
+    if (block.trim() === "") continue;
+    const event: SseEvent = { data: "" };
+    for (const line of block.split("\n")) {
+      if (line.startsWith("event: ")) event.event = line.slice(7);
+      else if (line.startsWith("data: ")) event.data += line.slice(6);
+    }
+    events.push(event);
+  }
+  return events;
+}

@@ -89,6 +89,58 @@ describe("dashboard plugin", () => {
     }
   });
 
+  it("sends every change to every viewer, also when another viewer joins in between", async () => {
+    let tick = 1;
+    const app = Fastify();
+    // A heartbeat far beyond the test's patience: only change detection can deliver tick 2 to the first viewer.
+    registerDashboard(app, {
+      snapshot: () => fixtureSnapshot(tick),
+      feed: { heartbeatMs: 600_000, pollMs: 400 },
+    });
+    const url =
+      (await app.listen({ host: "127.0.0.1", port: 0 })).replace("http", "ws") + DASHBOARD_LIVE_PATH;
+    const first = new WebSocket(url);
+    try {
+      await messages(first, 1);
+      const firstSeesTick2 = new Promise<void>((resolve) => {
+        first.on("message", (data) => {
+          if (
+            JSON.parse(String(data)).snapshot.nodes[0].queueDepth === fixtureSnapshot(2).nodes[0].queueDepth
+          )
+            resolve();
+        });
+      });
+      tick = 2;
+      const second = new WebSocket(url);
+      const [joined] = await messages(second, 1);
+      expect(joined.snapshot).toEqual(fixtureSnapshot(2));
+      await firstSeesTick2;
+      second.close();
+    } finally {
+      first.close();
+      await app.close();
+    }
+  }, 20_000);
+
+  it("tells the viewer when the snapshot cannot be built", async () => {
+    const app = Fastify();
+    registerDashboard(app, {
+      snapshot: () => {
+        throw new Error("membership not started");
+      },
+    });
+    const url =
+      (await app.listen({ host: "127.0.0.1", port: 0 })).replace("http", "ws") + DASHBOARD_LIVE_PATH;
+    const ws = new WebSocket(url);
+    try {
+      const [msg] = (await messages(ws, 1)) as unknown as { type: string; message: string }[];
+      expect(msg).toMatchObject({ type: "error", message: "membership not started" });
+    } finally {
+      ws.close();
+      await app.close();
+    }
+  });
+
   it("refuses WebSocket upgrades on other paths and unauthorized ones", async () => {
     const app = Fastify();
     registerDashboard(app, { snapshot: () => fixtureSnapshot(1), authorize: () => false });

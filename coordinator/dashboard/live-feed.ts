@@ -42,8 +42,13 @@ export class LiveFeed {
     ws.on("close", () => this.remove(ws));
     ws.on("error", () => this.remove(ws));
     // The dashboard only listens; anything it sends is ignored.
-    ws.send(this.message(true).text);
-    if (!this.timer) this.timer = setInterval(() => this.tick(), this.pollMs);
+    const { json, text } = this.render();
+    ws.send(text);
+    if (this.timer) return;
+    // The first viewer's message counts as sent to everyone; with others watching, their last one still stands.
+    this.lastJson = json;
+    this.lastSentAt = Date.now();
+    this.timer = setInterval(() => this.tick(), this.pollMs);
   }
 
   close(): void {
@@ -64,8 +69,9 @@ export class LiveFeed {
 
   private tick(): void {
     const now = Date.now();
-    const { text, changed } = this.message(false);
-    if (!changed && now - this.lastSentAt < this.heartbeatMs) return;
+    const { json, text } = this.render();
+    if (json === this.lastJson && now - this.lastSentAt < this.heartbeatMs) return;
+    this.lastJson = json;
     this.lastSentAt = now;
     for (const ws of this.clients) {
       // A viewer on a slow link skips a beat rather than letting its buffer grow without bound.
@@ -73,19 +79,16 @@ export class LiveFeed {
     }
   }
 
-  /** Renders the current snapshot; `changed` compares it with the last one rendered. */
-  private message(force: boolean): { text: string; changed: boolean } {
+  /** The message for the current snapshot; `json` is the snapshot alone, to compare with the last one sent. */
+  private render(): { json: string; text: string } {
     let json: string;
     try {
       json = JSON.stringify(this.snapshot());
     } catch (err) {
       const msg: LiveMessage = { type: "error", serverTime: Date.now(), message: errorMessage(err) };
-      return { text: JSON.stringify(msg), changed: true };
+      return { json: "", text: JSON.stringify(msg) };
     }
-    const changed = force || json !== this.lastJson;
-    this.lastJson = json;
     // The snapshot is spliced in as already-serialised JSON to avoid stringifying it twice.
-    const text = `{"type":"snapshot","serverTime":${Date.now()},"snapshot":${json}}`;
-    return { text, changed };
+    return { json, text: `{"type":"snapshot","serverTime":${Date.now()},"snapshot":${json}}` };
   }
 }

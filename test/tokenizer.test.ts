@@ -42,7 +42,7 @@ describe("tiny tokenizer", () => {
   it("round-trips arbitrary UTF-8 text exactly", () => {
     for (const text of SAMPLES) {
       const ids = tok.encode(text, { add_special_tokens: false }).ids;
-      expect(ids.every((id) => id >= 0 && id < built.size)).toBe(true);
+      expect(ids.every((id: number) => id >= 0 && id < built.size)).toBe(true);
       expect(tok.decode(ids, { skip_special_tokens: false })).toBe(text);
     }
   });

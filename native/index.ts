@@ -19,6 +19,11 @@ export interface NativeEngineStats extends EngineStats {
   weightBytesRead: number;
 }
 
+/** The Engine contract with the extra stats figure. */
+export interface StudioEngine extends Engine {
+  stats(): NativeEngineStats;
+}
+
 interface NativeEngineHandle {
   load(): Promise<void>;
   forward(batch: ForwardItem[]): Promise<ForwardOutput[]>;
@@ -90,7 +95,7 @@ function checkOptions(options: OpenOptions, config: ModelConfig): void {
     throw new Error('openEngine: backend "mlx" requested but this studio_engine was built without MLX');
 }
 
-class NativeEngine implements Engine {
+class NativeEngine implements StudioEngine {
   private closed = false;
 
   constructor(private readonly handle: NativeEngineHandle) {}
@@ -128,7 +133,7 @@ class NativeEngine implements Engine {
 }
 
 /** Opens one shard of the model in options.modelDir; resolves once every tensor is mapped, checked and touched. */
-export async function openEngine(options: OpenOptions): Promise<Engine & { stats(): NativeEngineStats }> {
+export async function openEngine(options: OpenOptions): Promise<StudioEngine> {
   const config = readModelConfig(options.modelDir);
   checkOptions(options, config);
   const handle = new (nativeModule().Engine)(

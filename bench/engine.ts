@@ -1,0 +1,119 @@
+// Decode speed of the cpu engine against this machine's memory bandwidth. Decode of one sequence reads every
+// active weight once per token, so tokens/s x weight bytes per token / copy bandwidth says how close the kernels
+// get to the memory limit. Prints readable lines, then ONE JSON line of figures.
+//
+//   npm run bench:engine [-- --threads 2 --tokens 32 --runs 5 --model DIR]
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { makeModel } from "../cli/make-model/index.js";
+import { readModelConfig } from "../common/model-config.js";
+import { packageRoot } from "../common/paths.js";
+import { measureMemoryBandwidth, openEngine } from "../native/index.js";
+
+const PROMPT = Int32Array.from([11, 42, 7, 300, 1200, 5, 64, 900, 17, 2048, 33, 8, 4000, 12, 99, 640]);
+// Copy buffers far larger than any cache, so the copy kernel measures memory, not L3.
+const BANDWIDTH_BYTES = 512 * 1024 * 1024;
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+async function ensureBenchModel(dir: string): Promise<void> {
+  if (existsSync(join(dir, "model.safetensors.index.json"))) return;
+  console.log(`making the bench model (4-bit, gs64) in ${dir} ...`);
+  await makeModel({ dir, preset: "bench", bits: 4, groupSize: 64 });
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      threads: { type: "string", default: "2" },
+      tokens: { type: "string", default: "32" },
+      runs: { type: "string", default: "5" },
+      model: { type: "string" },
+    },
+  });
+  const threads = Number(values.threads);
+  const tokens = Number(values.tokens);
+  const runs = Number(values.runs);
+  const dir = values.model ?? join(packageRoot(), ".cache", "models", "bench-4bit");
+  await ensureBenchModel(dir);
+  const config = readModelConfig(dir);
+
+  const bandwidth = await measureMemoryBandwidth(threads, BANDWIDTH_BYTES);
+  console.log(`memory bandwidth (copy, ${threads} threads): ${(bandwidth / 1e9).toFixed(2)} GB/s`);
+
+  const started = performance.now();
+  const engine = await openEngine({
+    modelDir: dir,
+    layerStart: 0,
+    layerEnd: config.numLayers,
+    embed: true,
+    head: true,
+    threads,
+  });
+  console.log(
+    `model: ${dir} (${config.numLayers} layers, hidden ${config.hiddenSize}, ${config.numExperts} experts top-${config.expertsPerToken}), ` +
+      `${(engine.stats().weightBytes / 1e9).toFixed(2)} GB mapped, loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+  );
+
+  const perRun: number[] = [];
+  const bytesPerRun: number[] = [];
+  try {
+    // Run 0 warms the caches and page tables and is not counted.
+    for (let run = 0; run <= runs; run++) {
+      const seq = run + 1;
+      const [first] = await engine.forward([{ seq, position: 0, tokens: PROMPT }]);
+      let token = first.token!;
+      const bytesBefore = engine.stats().weightBytesRead;
+      const t0 = performance.now();
+      for (let i = 0; i < tokens; i++) {
+        const [out] = await engine.forward([
+          { seq, position: PROMPT.length + i, tokens: Int32Array.of(token) },
+        ]);
+        token = out.token!;
+      }
+      const seconds = (performance.now() - t0) / 1000;
+      const bytes = (engine.stats().weightBytesRead - bytesBefore) / tokens;
+      await engine.release(seq);
+      if (run === 0) continue;
+      perRun.push(tokens / seconds);
+      bytesPerRun.push(bytes);
+      console.log(
+        `run ${run}: ${(tokens / seconds).toFixed(2)} tokens/s, ${(bytes / 1e6).toFixed(1)} MB of weights per token`,
+      );
+    }
+  } finally {
+    await engine.close();
+  }
+
+  const tokensPerSecond = median(perRun);
+  const bytesPerToken = median(bytesPerRun);
+  const achieved = tokensPerSecond * bytesPerToken;
+  const fraction = achieved / bandwidth;
+  console.log(
+    `decode: ${tokensPerSecond.toFixed(2)} tokens/s (median of ${runs} runs of ${tokens} tokens, ${threads} threads)`,
+  );
+  console.log(
+    `weights read: ${(bytesPerToken / 1e6).toFixed(1)} MB/token -> ${(achieved / 1e9).toFixed(2)} GB/s = ` +
+      `${(fraction * 100).toFixed(1)}% of the copy bandwidth`,
+  );
+  console.log(
+    JSON.stringify({
+      bench: "engine",
+      tokens_per_s: Number(tokensPerSecond.toFixed(3)),
+      bytes_per_token: Math.round(bytesPerToken),
+      bandwidth_gbs: Number((bandwidth / 1e9).toFixed(3)),
+      bandwidth_fraction: Number(fraction.toFixed(4)),
+      threads,
+    }),
+  );
+}
+
+main().catch((err: unknown) => {
+  console.error(err instanceof Error ? err.message : String(err));
+  process.exit(1);
+});

@@ -42,7 +42,7 @@ function parsePlist(xml: string): PlistValue {
   let i = 0;
   const expectClose = (tag: string) => {
     const t = tokens[i++];
-    if (!t || t[1] !== "/" || t[2] !== tag) throw new Error(`expected </${tag}> at token ${i}`);
+    if (t?.[1] !== "/" || t[2] !== tag) throw new Error(`expected </${tag}> at token ${i}`);
   };
   const text = (tag: string): string => {
     if (tokens[i]?.[4] !== undefined) {

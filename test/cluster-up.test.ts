@@ -128,7 +128,8 @@ describe("two cluster up processes joined with --peer", () => {
       urls.alpha,
       (h) => {
         const c = h.coordinator?.apiUrl;
-        if (c && h.members.length === 2) coordinatorUrl = c;
+        const elected = h.coordinator?.id === h.members.map((m) => m.id).sort()[0];
+        if (c && h.members.length === 2 && elected) coordinatorUrl = c;
         return coordinatorUrl !== "";
       },
       "alpha to see two members",
@@ -181,5 +182,53 @@ describe("two cluster up processes joined with --peer", () => {
     expect(after.status, JSON.stringify(after.body)).toBe(200);
     expect(after.text).toBe(direct.text);
     expect((await getHealth(coordinatorUrl))?.ok).toBe(true);
+  });
+
+  it("lose their coordinator: the other node takes the role, plans on itself and serves", async () => {
+    const modelDir = await ensureModel("tiny", "tiny");
+    const key = generateClusterKey();
+    const [grpcA, grpcB, apiA, apiB] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
+    const common = ["--model", modelDir, "--key", key, "--no-bonjour", "--threads", "1"];
+    const a = start([...common, "--name", "gamma", "--port", String(grpcA), "--api-port", String(apiA)]);
+    const b = start([
+      ...common,
+      ...["--name", "delta", "--port", String(grpcB), "--api-port", String(apiB)],
+      ...["--peer", `127.0.0.1:${grpcA}`],
+    ]);
+    const urls = [`http://127.0.0.1:${apiA}`, `http://127.0.0.1:${apiB}`];
+    const ready = await waitForHealth(
+      urls[0],
+      // The election's answer once this node acted on the two-member view.
+      (h) => h.members.length === 2 && h.coordinator?.id === h.members.map((m) => m.id).sort()[0],
+      "two members",
+      [a, b],
+    );
+    const coordinatorIndex = ready.coordinator!.id === ready.node.id ? 0 : 1;
+    const survivorIndex = 1 - coordinatorIndex;
+    await waitForHealth(
+      urls[coordinatorIndex],
+      (h) => h.state === "ready" && h.plan?.stages.length === 2,
+      "a two-stage plan",
+      [a, b],
+    );
+    const before = await complete(urls[survivorIndex], "Who coordinates now?", 6);
+    expect(before.status, JSON.stringify(before.body)).toBe(200);
+
+    [a, b][coordinatorIndex].child.kill("SIGKILL");
+    const survivor = await waitForHealth(
+      urls[survivorIndex],
+      (h) => h.state === "ready" && h.node.role === "coordinator" && h.plan?.stages.length === 1,
+      "the survivor to coordinate",
+      [a, b][survivorIndex],
+    );
+    expect(survivor.coordinator?.id).toBe(survivor.node.id);
+    const after = await complete(urls[survivorIndex], "Who coordinates now?", 6);
+    expect(after.status, JSON.stringify(after.body)).toBe(200);
+    expect(after.text).toBe(before.text);
   });
 });

@@ -17,9 +17,11 @@ export function registerModels(app: FastifyInstance, deps: ApiDeps & { health():
       });
     return model();
   });
-  // The membership's health JSON as it is (`cluster status` reads it); 503 while no generator serves.
+  // The membership's health JSON as it is (`cluster status` reads it); 503 while the node cannot serve. Its
+  // own "ok" decides when it has one (a node that forwards to the coordinator serves without a generator).
   app.get("/health", async (_request, reply) => {
-    const ready = deps.generator() !== undefined;
-    return reply.code(ready ? 200 : 503).send(deps.health() ?? { ready });
+    const health = deps.health() as { ok?: unknown } | undefined;
+    const ready = typeof health?.ok === "boolean" ? health.ok : deps.generator() !== undefined;
+    return reply.code(ready ? 200 : 503).send(health ?? { ready });
   });
 }

@@ -1,5 +1,6 @@
-// A deterministic training corpus for the tokenizer: pseudo-English prose from the word lists, markdown,
-// JSON (both compact like Jinja's tojson and indented), code and shell snippets, and a little non-Latin text.
+// A deterministic training corpus for the tokenizer: pseudo-English prose from the word lists (with inflections,
+// capitals, compounds, paths), markdown, XML-ish blocks, JSON (indented and compact like Jinja's tojson), code and
+// shell snippets, and a little non-Latin text.
 import {
   BROAD_WORDS,
   DOC_WORDS,

@@ -10,7 +10,7 @@ export function hashString(text: string): number {
   return h >>> 0;
 }
 
-/** xorshift128+-style generator on 32-bit halves (sfc32): fast, good enough for weights and corpora. */
+/** sfc32: a small fast 32-bit generator, good enough for weights and corpora. */
 export class Random {
   private a: number;
   private b: number;

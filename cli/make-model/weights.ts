@@ -6,7 +6,6 @@ import {
   floatToBf16,
   floatToF16,
   fromFloat32,
-  type SafetensorsDtype,
   type TensorSpec,
 } from "../../common/safetensors.js";
 import type { ModelShape } from "./presets.js";
@@ -15,7 +14,10 @@ import { Random } from "./random.js";
 
 export type FloatDtype = "bf16" | "f16" | "f32";
 
-export const STORED_DTYPE: Record<FloatDtype, "BF16" | "F16" | "F32"> = {
+/** Safetensors dtypes that hold float values we write. */
+export type StoredFloat = "BF16" | "F16" | "F32";
+
+export const STORED_DTYPE: Record<FloatDtype, StoredFloat> = {
   bf16: "BF16",
   f16: "F16",
   f32: "F32",
@@ -28,9 +30,11 @@ export interface QuantChoice {
 
 /** One module's weight: a vector, a matrix [out, in] or stacked experts [E, out, in]. */
 export interface WeightDef {
-  /** Module path, e.g. "model.layers.0.self_attn.q_proj"; tensors are `${path}.weight` etc. */
+  /**
+   * Matrices: module path, e.g. "model.layers.0.self_attn.q_proj", stored as `${path}.weight` (+ scales, biases).
+   * Vectors (norms, correction bias): the full tensor name.
+   */
   path: string;
-  /** Full name of a vector tensor (norms, correction bias); matrices use `${path}.weight`. */
   kind: "vector" | "matrix";
   /** Logical float shape. */
   shape: number[];
@@ -39,10 +43,10 @@ export interface WeightDef {
   std: number;
   /** Quantization, when this matrix is stored quantized. */
   quant?: QuantChoice;
-  /** Storage dtype of plain values (vectors, unquantized matrices) and of scales/biases. */
-  dtype: SafetensorsDtype;
+  /** Storage dtype of plain values (vectors, unquantized matrices). */
+  dtype: StoredFloat;
   /** Storage dtype of scales and biases (the router's are F32, as in real MLX files). */
-  scaleDtype: SafetensorsDtype;
+  scaleDtype: StoredFloat;
 }
 
 export interface WeightPlan {
@@ -55,10 +59,6 @@ export interface WeightPlan {
 
 export const ROUTER_QUANT: QuantChoice = { bits: 8, groupSize: 64 };
 
-function vectorName(def: WeightDef): string {
-  return def.path;
-}
-
 export function routerPath(layer: number): string {
   return `model.layers.${layer}.block_sparse_moe.gate`;
 }
@@ -68,11 +68,23 @@ export function weightDefs(plan: WeightPlan): WeightDef[] {
   const s = plan.shape;
   const plain = STORED_DTYPE[plan.dtype];
   const quant = plan.bits > 0 ? { bits: plan.bits, groupSize: plan.groupSize } : undefined;
-  const matrix = (path: string, shape: number[], std: number, q = quant, scaleDtype = plain): WeightDef => {
+  const matrix = (
+    path: string,
+    shape: number[],
+    std: number,
+    q = quant,
+    scaleDtype: StoredFloat = plain,
+  ): WeightDef => {
     if (q) checkQuantShape(shape[shape.length - 1], q.bits, q.groupSize, path);
     return { path, kind: "matrix", shape, mean: 0, std, quant: q, dtype: plain, scaleDtype };
   };
-  const vector = (path: string, n: number, mean: number, std: number, dtype = plain): WeightDef => ({
+  const vector = (
+    path: string,
+    n: number,
+    mean: number,
+    std: number,
+    dtype: StoredFloat = plain,
+  ): WeightDef => ({
     path,
     kind: "vector",
     shape: [n],
@@ -116,7 +128,7 @@ export function weightDefs(plan: WeightPlan): WeightDef[] {
 
 /** The safetensors tensors a module is stored as. */
 export function tensorSpecs(def: WeightDef): TensorSpec[] {
-  if (def.kind === "vector") return [{ name: vectorName(def), dtype: def.dtype, shape: def.shape }];
+  if (def.kind === "vector") return [{ name: def.path, dtype: def.dtype, shape: def.shape }];
   if (!def.quant) return [{ name: `${def.path}.weight`, dtype: def.dtype, shape: def.shape }];
   const lead = def.shape.slice(0, -1);
   const cols = def.shape[def.shape.length - 1];
@@ -137,7 +149,7 @@ export function seededValues(def: WeightDef, seed: number): Float32Array {
   return out;
 }
 
-function roundTo(dtype: SafetensorsDtype): (x: number) => number {
+function roundTo(dtype: StoredFloat): (x: number) => number {
   if (dtype === "BF16") return (x) => bf16ToFloat(floatToBf16(x));
   if (dtype === "F16") return (x) => f16ToFloat(floatToF16(x));
   return Math.fround;
@@ -147,16 +159,15 @@ function roundTo(dtype: SafetensorsDtype): (x: number) => number {
 export function encodeModule(def: WeightDef, values: Float32Array): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
   if (def.kind === "vector" || !def.quant) {
-    const name = def.kind === "vector" ? vectorName(def) : `${def.path}.weight`;
-    out.set(name, fromFloat32(values, def.dtype as "BF16" | "F16" | "F32"));
+    const name = def.kind === "vector" ? def.path : `${def.path}.weight`;
+    out.set(name, fromFloat32(values, def.dtype));
     return out;
   }
   const cols = def.shape[def.shape.length - 1];
   const rows = values.length / cols;
   const q = quantizeAffine(values, rows, cols, def.quant.bits, def.quant.groupSize, roundTo(def.scaleDtype));
-  const scaleDtype = def.scaleDtype as "BF16" | "F16" | "F32";
-  out.set(`${def.path}.biases`, fromFloat32(q.biases, scaleDtype));
-  out.set(`${def.path}.scales`, fromFloat32(q.scales, scaleDtype));
+  out.set(`${def.path}.biases`, fromFloat32(q.biases, def.scaleDtype));
+  out.set(`${def.path}.scales`, fromFloat32(q.scales, def.scaleDtype));
   out.set(`${def.path}.weight`, Buffer.from(q.packed.buffer, q.packed.byteOffset, q.packed.byteLength));
   return out;
 }
@@ -184,10 +195,9 @@ export function randomPackedModule(def: WeightDef, seed: number): Map<string, Bu
     scales[g] = scale;
     biases[g] = -scale * (levels / 2) + def.std * 0.1 * rng.normal();
   }
-  const scaleDtype = def.scaleDtype as "BF16" | "F16" | "F32";
   return new Map([
-    [`${def.path}.biases`, fromFloat32(biases, scaleDtype)],
-    [`${def.path}.scales`, fromFloat32(scales, scaleDtype)],
+    [`${def.path}.biases`, fromFloat32(biases, def.scaleDtype)],
+    [`${def.path}.scales`, fromFloat32(scales, def.scaleDtype)],
     [`${def.path}.weight`, Buffer.from(words.buffer)],
   ]);
 }

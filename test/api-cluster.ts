@@ -19,6 +19,7 @@ export interface ApiCluster {
   modelDir: string;
   modelId: string;
   scheduler: Scheduler;
+  pipeline: Pipeline;
   server: ApiServer;
   /** http://127.0.0.1:PORT/v1 */
   baseUrl: string;
@@ -80,6 +81,7 @@ export async function startApiCluster(opts: {
       modelDir,
       modelId,
       scheduler,
+      pipeline: running,
       server,
       baseUrl: `${server.url}/v1`,
       apiKey,

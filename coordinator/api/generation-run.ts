@@ -133,6 +133,16 @@ export class GenerationRun {
   }
 
   async *events(): AsyncGenerator<OutputEvent> {
+    try {
+      yield* this.consume();
+    } finally {
+      // Closing the scheduler's iterator runs its cleanup (release of the sequence on every stage); a
+      // generator paused at its last `yield` would otherwise hold the KV until it is collected.
+      if (!this.controller.signal.aborted) await this.iterator.return?.().catch(() => undefined);
+    }
+  }
+
+  private async *consume(): AsyncGenerator<OutputEvent> {
     for (;;) {
       const next = await (this.pending ?? this.iterator.next());
       this.pending = undefined;

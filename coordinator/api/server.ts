@@ -50,7 +50,12 @@ function send(reply: import("fastify").FastifyReply, error: ApiError) {
 }
 
 function buildApp(ctx: ApiContext, options: ApiServerOptions): FastifyInstance {
-  const app = Fastify({ bodyLimit: options.bodyLimit ?? 64 * 1024 * 1024, logger: false });
+  // forceCloseConnections: close() must not wait for streams still generating; their cancel frees the KV.
+  const app = Fastify({
+    bodyLimit: options.bodyLimit ?? 64 * 1024 * 1024,
+    logger: false,
+    forceCloseConnections: true,
+  });
   // Some clients post JSON without a content type, or with text/plain: parse those as JSON too.
   app.addContentTypeParser(
     ["text/plain", "application/octet-stream"],

@@ -12,6 +12,7 @@ export interface MemberHealth {
   /** Its HTTP API, when it serves one. */
   apiUrl?: string;
   chip: string;
+  cores: number;
   backends: string[];
   memoryTotalBytes: number;
   memoryUsedBytes: number;
@@ -26,6 +27,8 @@ export interface MemberHealth {
   queueDepth: number;
   kvBytes: number;
   weightBytes: number;
+  /** Median latency of frames arriving on its inbound data stream (the hop from the previous stage). */
+  inboundHopP50Us: number;
   /** Age of its latest heartbeat. */
   lastSeenMs: number;
 }

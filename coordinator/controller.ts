@@ -9,6 +9,7 @@
 import { errorMessage } from "../common/errors.js";
 import type { BackendName } from "../native/engine-api.js";
 import type { ClusterHealth, ClusterState, MemberHealth, PlanHealth } from "./cluster-health.js";
+import type { ClusterSnapshot } from "./cluster-snapshot.js";
 import { electCoordinator } from "./election.js";
 import type { TokenGenerator } from "./generation.js";
 import type { Member, Membership } from "./membership.js";
@@ -16,6 +17,7 @@ import type { ModelFootprint } from "./model-footprint.js";
 import { describeLoss, type LostNode, Pipeline } from "./pipeline.js";
 import { describePlan, type Plan, type PlannerNode, type PlanStage, planLayers } from "./planner.js";
 import { Scheduler } from "./scheduler.js";
+import { SnapshotBuilder } from "./snapshot-builder.js";
 
 export interface ControllerOptions {
   self: { nodeId: string; name: string; apiUrl: string };
@@ -48,6 +50,7 @@ export class ClusterController {
   private readonly log: (line: string) => void;
   /** One scheduler for the node's life: it serves whichever pipeline is attached and explains when none is. */
   private readonly scheduler: Scheduler;
+  private readonly snapshots = new SnapshotBuilder();
   private state: ClusterState = "planning";
   private message: string | undefined = "waiting for members";
   private coordinator: Member | undefined;
@@ -63,6 +66,7 @@ export class ClusterController {
     this.opts = opts;
     this.log = opts.log ?? ((line) => console.error(line));
     this.scheduler = new Scheduler({ contextWindow: opts.contextTokens });
+    this.scheduler.on("request", (figures) => this.snapshots.request(figures));
     opts.membership.on("change", () => this.schedule(opts.settleMs ?? 500));
     this.schedule(0);
   }
@@ -163,7 +167,10 @@ export class ClusterController {
         clusterKey: this.opts.clusterKey,
         threads: this.opts.threads,
         modelId: this.opts.modelId,
-        onProgress: (i, p) => this.opts.onProgress?.(plan.stages[i], p.bytes_read, p.bytes_total),
+        onProgress: (i, p) => {
+          this.snapshots.progress(plan.stages[i].nodeId, p.bytes_read, p.bytes_total);
+          this.opts.onProgress?.(plan.stages[i], p.bytes_read, p.bytes_total);
+        },
         log: this.log,
       });
     } catch (err) {
@@ -173,6 +180,7 @@ export class ClusterController {
       this.schedule(this.opts.retryMs ?? 3000);
       return;
     }
+    this.snapshots.clearProgress();
     for (const stage of plan.stages) this.opts.onStageLoaded?.(stage, stage.weightBytes);
     if (this.closed || this.plan !== plan) {
       pipeline.close();
@@ -221,6 +229,11 @@ export class ClusterController {
   }
 
   // ---------------------------------------------------------------- health
+
+  /** The live picture for the dashboard and /metrics (coordinator/cluster-snapshot.ts). */
+  snapshot(): ClusterSnapshot {
+    return this.snapshots.build(this.health(), this.opts.footprint.numLayers);
+  }
 
   /** What GET /health answers and `cluster status` prints. */
   health(): ClusterHealth {
@@ -312,6 +325,7 @@ function memberHealth(m: Member, coordinatorId: string | undefined, now: number)
     role: m.nodeId === coordinatorId ? "coordinator" : "node",
     apiUrl: apiUrlOf(m),
     chip: caps.chip,
+    cores: caps.cores,
     backends: caps.backends,
     memoryTotalBytes: status?.memory_total || caps.memory_total,
     memoryUsedBytes: status?.memory_used ?? caps.memory_total - caps.memory_free,
@@ -325,6 +339,7 @@ function memberHealth(m: Member, coordinatorId: string | undefined, now: number)
     queueDepth: status?.queue_depth ?? 0,
     kvBytes: status?.kv_bytes ?? 0,
     weightBytes: status?.weight_bytes ?? 0,
+    inboundHopP50Us: status?.inbound_hop_p50_us ?? 0,
     lastSeenMs: now - m.lastSeen,
   };
 }

@@ -1,0 +1,116 @@
+// API benchmark: what the HTTP layer adds per generated token. The same greedy request on the tiny model runs
+// through the scheduler directly and through POST /v1/chat/completions and /v1/completions (streaming SSE,
+// read by a fetch client in this process), alternately, in one run. Overhead per token = (API time - direct
+// time) / tokens, medians over the repeats. Target: < 0.5 ms/token. Ends with ONE JSON line of figures.
+import { ChatFormatter } from "../coordinator/chat/chat-formatter.js";
+import { fromChatCompletions } from "../coordinator/chat/conversation.js";
+import { startApiCluster } from "../test/api-cluster.js";
+
+const maxTokens = Number(process.env.BENCH_TOKENS ?? 200);
+const repeats = Number(process.env.BENCH_REPEATS ?? 9);
+const MESSAGES = [{ role: "user", content: "Tell me everything about the weather in Paris in spring." }];
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/** Reads the SSE body to the end; returns the number of data events (tokens are counted by usage). */
+async function drain(response: Response): Promise<string> {
+  if (response.status !== 200) throw new Error(`API answered ${response.status}: ${await response.text()}`);
+  return response.text();
+}
+
+function completionTokens(sse: string): number {
+  const usageLine = sse
+    .split("\n")
+    .filter((l) => l.startsWith("data: {") && l.includes('"usage"'))
+    .pop();
+  if (!usageLine) throw new Error("no usage chunk in the stream");
+  return (JSON.parse(usageLine.slice(6)) as { usage: { completion_tokens: number } }).usage.completion_tokens;
+}
+
+async function main(): Promise<void> {
+  const cluster = await startApiCluster({ preset: "tiny", stages: 1, contextWindow: 4096 });
+  try {
+    const formatter = ChatFormatter.forModelDir(cluster.modelDir);
+    const prompt = formatter.encode(formatter.render(fromChatCompletions(MESSAGES, undefined)));
+    const headers = { authorization: `Bearer ${cluster.apiKey}`, "content-type": "application/json" };
+    const direct = async (): Promise<{ ms: number; tokens: number }> => {
+      const start = performance.now();
+      let tokens = 0;
+      const events = cluster.scheduler.generate({
+        prompt,
+        maxTokens,
+        sampling: {},
+        stopTokenIds: formatter.stopTokenIds,
+      });
+      for await (const e of events) if (e.type === "token") tokens++;
+      return { ms: performance.now() - start, tokens };
+    };
+    const viaApi = async (path: string, body: unknown): Promise<{ ms: number; tokens: number }> => {
+      const start = performance.now();
+      const sse = await drain(
+        await fetch(`${cluster.baseUrl}${path}`, { method: "POST", headers, body: JSON.stringify(body) }),
+      );
+      return { ms: performance.now() - start, tokens: completionTokens(sse) };
+    };
+    const chat = () =>
+      viaApi("/chat/completions", { messages: MESSAGES, max_tokens: maxTokens, stream: true });
+    const promptText = formatter.render(fromChatCompletions(MESSAGES, undefined));
+    const plain = () => viaApi("/completions", { prompt: promptText, max_tokens: maxTokens, stream: true });
+
+    await direct(); // warm-up: first-use costs (JIT, connections) belong to neither side
+    await chat();
+    const directMs: number[] = [];
+    const chatMs: number[] = [];
+    const plainMs: number[] = [];
+    let tokens = 0;
+    for (let i = 0; i < repeats; i++) {
+      const d = await direct();
+      const c = await chat();
+      const p = await plain();
+      if (c.tokens !== d.tokens || p.tokens !== d.tokens)
+        throw new Error(`token counts differ: direct ${d.tokens}, chat ${c.tokens}, completions ${p.tokens}`);
+      tokens = d.tokens;
+      directMs.push(d.ms);
+      chatMs.push(c.ms);
+      plainMs.push(p.ms);
+      console.log(
+        `run ${i}: ${tokens} tokens  direct ${d.ms.toFixed(1)} ms  chat ${c.ms.toFixed(1)} ms  completions ${p.ms.toFixed(1)} ms`,
+      );
+    }
+    const perToken = (ms: number) => ms / tokens;
+    const direct1 = perToken(median(directMs));
+    const chat1 = perToken(median(chatMs));
+    const plain1 = perToken(median(plainMs));
+    const overhead = chat1 - direct1;
+    console.log(
+      `per token: direct ${direct1.toFixed(3)} ms, chat SSE ${chat1.toFixed(3)} ms, completions SSE ${plain1.toFixed(3)} ms`,
+    );
+    console.log(
+      `overhead: chat ${overhead.toFixed(3)} ms/token (ratio ${(chat1 / direct1).toFixed(3)}), completions ` +
+        `${(plain1 - direct1).toFixed(3)} ms/token; target < 0.5 ms/token: ${overhead < 0.5 ? "met" : "NOT met"}`,
+    );
+    console.log(
+      JSON.stringify({
+        bench: "api",
+        overhead_ms_per_token: Number(overhead.toFixed(4)),
+        completions_overhead_ms_per_token: Number((plain1 - direct1).toFixed(4)),
+        direct_ms_per_token: Number(direct1.toFixed(4)),
+        chat_ms_per_token: Number(chat1.toFixed(4)),
+        ratio: Number((chat1 / direct1).toFixed(4)),
+        tokens,
+        repeats,
+      }),
+    );
+  } finally {
+    await cluster.stop();
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err instanceof Error ? err.message : String(err));
+  process.exit(1);
+});

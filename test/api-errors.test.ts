@@ -271,6 +271,33 @@ describe("cluster states and other nodes", () => {
     }
   });
 
+  it("a request is forwarded at most once (two nodes that each point at the other answer 503)", async () => {
+    const ctx = (target: () => string | undefined) => ({
+      generator: () => undefined,
+      modelDir: cluster.modelDir,
+      modelId: cluster.modelId,
+      health: () => ({}),
+      coordinatorUrl: target,
+    });
+    let urlB = "";
+    const a = await startApiServer(
+      ctx(() => urlB),
+      { host: "127.0.0.1", port: 0 },
+    );
+    const b = await startApiServer(
+      ctx(() => a.url),
+      { host: "127.0.0.1", port: 0 },
+    );
+    urlB = b.url;
+    try {
+      const response = await post("/chat/completions", chat(), { base: `${a.url}/v1` });
+      expect(response.status).toBe(503);
+      expect((await errorOf(response)).code).toBe("cluster_not_ready");
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
   it("429 overloaded with retry-after when the scheduler is full", async () => {
     const small = new Scheduler({ contextWindow: CONTEXT, maxSequences: 1 });
     small.attach(cluster.pipeline);

@@ -4,6 +4,8 @@ import { Readable } from "node:stream";
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { apiError } from "./errors.js";
 
+/** Marks a forwarded request so that it is never forwarded twice. */
+export const FORWARDED_HEADER = "x-studio-cluster-forwarded";
 const PASSED_HEADERS = ["authorization", "content-type", "accept", "openai-organization", "openai-project"];
 const DROPPED_RESPONSE_HEADERS = new Set([
   "content-length",
@@ -18,7 +20,7 @@ export async function forwardRequest(
   coordinatorUrl: string,
 ): Promise<void> {
   const target = new URL(request.url, coordinatorUrl.endsWith("/") ? coordinatorUrl : `${coordinatorUrl}/`);
-  const headers: Record<string, string> = { "x-forwarded-by": "studio-cluster" };
+  const headers: Record<string, string> = { [FORWARDED_HEADER]: "1" };
   for (const name of PASSED_HEADERS) {
     const value = request.headers[name];
     if (typeof value === "string") headers[name] = value;

@@ -8,7 +8,7 @@ import { ChatFormatter } from "../chat/chat-formatter.js";
 import type { TokenGenerator } from "../generation.js";
 import { checkBearer } from "./auth.js";
 import { type ApiError, apiError, toApiError } from "./errors.js";
-import { forwardRequest } from "./forward.js";
+import { FORWARDED_HEADER, forwardRequest } from "./forward.js";
 import { registerChatCompletions } from "./routes/chat-completions.js";
 import { registerCompletions } from "./routes/completions.js";
 import { registerModels } from "./routes/models.js";
@@ -76,7 +76,14 @@ function buildApp(ctx: ApiContext, options: ApiServerOptions): FastifyInstance {
   app.addHook("preHandler", async (request, reply) => {
     if (!request.url.startsWith("/v1/")) return;
     const coordinator = ctx.coordinatorUrl();
-    if (coordinator) return forwardRequest(request, reply, coordinator);
+    if (!coordinator) return;
+    // Two nodes that each take the other for the coordinator (during an election) must not bounce a request.
+    if (request.headers[FORWARDED_HEADER])
+      return send(
+        reply,
+        apiError(503, "the cluster is electing its coordinator; retry shortly", "cluster_not_ready"),
+      );
+    return forwardRequest(request, reply, coordinator);
   });
   app.setErrorHandler((err: FastifyError, _request, reply) => {
     // Fastify's own rejections (bad JSON, body too large) carry a 4xx statusCode; ours are ClusterErrors.

@@ -26,6 +26,8 @@ class ResponseBuilder {
   constructor(
     private readonly model: string,
     private readonly emit: Emit,
+    /** Echoed in the response object as the request gave them. */
+    private readonly request: { tools: unknown[]; toolChoice: unknown } = { tools: [], toolChoice: "auto" },
   ) {}
 
   envelope(status: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
@@ -37,8 +39,8 @@ class ResponseBuilder {
       model: this.model,
       output: status === "in_progress" ? [] : this.output,
       parallel_tool_calls: true,
-      tool_choice: "auto",
-      tools: [],
+      tool_choice: this.request.toolChoice,
+      tools: this.request.tools,
       error: null,
       incomplete_details: null,
       ...extra,
@@ -217,9 +219,13 @@ export function registerResponses(app: FastifyInstance, deps: ApiDeps): void {
       stopStrings: stopStrings((body as { stop?: unknown }).stop),
     });
     const model = body.model ?? deps.modelId;
+    const echo = {
+      tools: body.tools ?? [],
+      toolChoice: (body as { tool_choice?: unknown }).tool_choice ?? "auto",
+    };
     if (!body.stream) {
       cancelOnDisconnect(reply.raw, run);
-      const builder = new ResponseBuilder(model, () => undefined);
+      const builder = new ResponseBuilder(model, () => undefined, echo);
       for await (const event of run.events()) builder.on(event);
       builder.closeAll();
       return reply.send(builder.final(run).response);
@@ -227,7 +233,7 @@ export function registerResponses(app: FastifyInstance, deps: ApiDeps): void {
     let sequence = 0;
     const sse = new SseStream(reply, () => run.cancel());
     const emit: Emit = (type, payload) => sse.send({ type, sequence_number: sequence++, ...payload }, type);
-    const builder = new ResponseBuilder(model, emit);
+    const builder = new ResponseBuilder(model, emit, echo);
     emit("response.created", { response: builder.envelope("in_progress") });
     emit("response.in_progress", { response: builder.envelope("in_progress") });
     try {

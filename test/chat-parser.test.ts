@@ -201,6 +201,31 @@ describe("IncrementalDetokenizer", () => {
   });
 });
 
+describe("detokenizer + parser, one byte token at a time", () => {
+  const tokenizer = byteLevelTokenizer();
+
+  function run(ids: number[]): Collected {
+    const detok = new IncrementalDetokenizer(tokenizer);
+    const parser = new ReplyParser(TOOLS);
+    const out: Collected = { reasoning: "", text: "", calls: [] };
+    for (const id of ids) collect(parser.push(detok.push(id)), out);
+    collect(parser.push(detok.flush()), out);
+    collect(parser.finish(), out);
+    return out;
+  }
+
+  it("parses the reply when every tag and every multi-byte character is split into bytes", () => {
+    // Character by character, so added tokens never match: tags arrive as single bytes.
+    const ids = [...REPLY].flatMap((ch) => tokenizer.encode(ch));
+    expect(ids.length).toBe(new TextEncoder().encode(REPLY).length);
+    expect(run(ids)).toEqual(EXPECTED);
+  });
+
+  it("parses the reply when tags are whole special tokens", () => {
+    expect(run(tokenizer.encode(REPLY))).toEqual(EXPECTED);
+  });
+});
+
 describe("StopStringMatcher", () => {
   it("stops at a stop string split across pieces and holds back possible starts", () => {
     const m = new StopStringMatcher(["STOP", "\n\n"]);

@@ -188,6 +188,9 @@ export class Membership extends EventEmitter<MembershipEvents> {
 
   private probeFailed(candidate: Candidate, problem: string): void {
     if (candidate.state === "closed") return;
+    // A channel that failed backs off its reconnects for up to minutes and fails calls fast meanwhile: the next
+    // probe gets a fresh one, so a node that restarts is seen at once.
+    this.dropClient(candidate);
     candidate.failures++;
     candidate.firstFailureAt ??= Date.now();
     if (problem !== candidate.lastProblem) this.log(`membership: ${problem}`);
@@ -281,6 +284,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     candidate.failures = 1;
     candidate.firstFailureAt = Date.now();
     candidate.lastProblem = reason;
+    this.dropClient(candidate);
     this.scheduleProbe(candidate, this.retryMs);
     for (const other of this.candidates.values()) {
       if (other !== candidate && other.state === "alias" && other.nodeId === nodeId)
@@ -300,12 +304,16 @@ export class Membership extends EventEmitter<MembershipEvents> {
     stream.cancel();
   }
 
+  private dropClient(candidate: Candidate): void {
+    candidate.client?.close();
+    candidate.client = undefined;
+  }
+
   private shutCandidate(candidate: Candidate): void {
     clearTimeout(candidate.timer);
     this.stopStream(candidate);
     candidate.state = "closed";
-    candidate.client?.close();
-    candidate.client = undefined;
+    this.dropClient(candidate);
   }
 
   private dropCandidate(candidate: Candidate, reason: string): void {

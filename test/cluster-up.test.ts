@@ -182,6 +182,19 @@ describe("two cluster up processes joined with --peer", () => {
     expect(after.status, JSON.stringify(after.body)).toBe(200);
     expect(after.text).toBe(direct.text);
     expect((await getHealth(coordinatorUrl))?.ok).toBe(true);
+
+    // The lost node comes back (same name, so the same node id): it is re-admitted and planned in again.
+    const restarted = start(followerProc.child.spawnargs.slice(3));
+    const rejoined = await waitForHealth(
+      coordinatorUrl,
+      (h) => h.state === "ready" && h.plan?.stages.length === 2 && h.members.length === 2,
+      "the returning node to be planned in again",
+      [coordinatorProc, restarted],
+    );
+    expect(rejoined.members.map((m) => m.id).sort()).toEqual([coordinator.node.id, follower.node.id].sort());
+    const again = await complete(followerUrl, "Split me across two machines.", 10);
+    expect(again.status, JSON.stringify(again.body)).toBe(200);
+    expect(again.text).toBe(direct.text);
   });
 
   it("lose their coordinator: the other node takes the role, plans on itself and serves", async () => {

@@ -14,7 +14,7 @@ import {
   spawnAgent,
 } from "../test/pipeline-cluster.js";
 
-const decodeTokens = Number(process.env.BENCH_TOKENS ?? 64);
+const decodeTokens = Number(process.env.BENCH_TOKENS ?? 32);
 const repeats = Number(process.env.BENCH_REPEATS ?? 3);
 const concurrency = Number(process.env.BENCH_CONCURRENCY ?? 3);
 

@@ -2,7 +2,7 @@
 // processes spawned from dist/, plans over them, and the single-engine reference run.
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { makeModel } from "../cli/make-model/index.js";
@@ -17,10 +17,22 @@ export function newClusterKey(): string {
   return randomBytes(32).toString("base64url");
 }
 
-/** A generated checkpoint under .cache/models/<name>, made once and reused by later runs. */
+/**
+ * A generated checkpoint under .cache/models/<name>, made once and reused by later runs. It is written to a
+ * private folder and renamed into place, so a concurrent run never maps a half-written file.
+ */
 export async function ensureModel(name: string, preset: PresetName): Promise<string> {
   const dir = join(packageRoot(), ".cache", "models", name);
-  if (!existsSync(join(dir, "model.safetensors.index.json"))) await makeModel({ dir, preset });
+  if (existsSync(join(dir, "model.safetensors.index.json"))) return dir;
+  const staging = `${dir}.staging-${process.pid}`;
+  await makeModel({ dir: staging, preset });
+  try {
+    renameSync(staging, dir);
+  } catch (err) {
+    // Someone else finished first: keep theirs.
+    rmSync(staging, { recursive: true, force: true });
+    if (!existsSync(join(dir, "model.safetensors.index.json"))) throw err;
+  }
   return dir;
 }
 

@@ -151,36 +151,85 @@ describe("three-stage pipeline over loopback", () => {
     }
   });
 
-  it("a frame of the wrong kind for a stage is answered with an ERROR naming the problem", async () => {
-    // Stage 0 takes token ids, so a HIDDEN frame there is a protocol error. Its ERROR travels down the stages to
-    // the last one's Results stream (which every subscriber of the plan receives).
+  it("bad frames are answered with ERROR frames naming the problem; garbage bytes do not crash a stage", async () => {
+    // A stage's ERROR travels down the stages to the last one's Results stream (every subscriber gets it).
     const results = new NodeClient(agents[2].address, key);
     const errors = results.results("plan-3");
     errors.on("error", () => {}); // ends with CANCELLED when this test lets go of it
-    const errorFrame = new Promise<DataFrame>((resolve) =>
-      errors.on("data", (f: DataFrame) => f.seq === 77 && resolve(f)),
-    );
+    const errorOf = (seq: number) =>
+      new Promise<DataFrame>((resolve) => errors.on("data", (f: DataFrame) => f.seq === seq && resolve(f)));
+    const wrongKind = errorOf(77);
+    const shortPayload = errorOf(78);
+    const wrongWidth = errorOf(79);
     await new Promise((r) => errors.once("metadata", r));
-    const client = new NodeClient(agents[0].address, key);
-    const stream = client.data();
-    stream.write({
+    const first = new NodeClient(agents[0].address, key);
+    const second = new NodeClient(agents[1].address, key);
+    const toFirst = first.data();
+    const toSecond = second.data();
+    const hidden = {
       kind: FrameKind.HIDDEN,
-      seq: 77,
       count: 1,
       dtype: Dtype.F32,
       shape: [1, 128],
       payload: new Uint8Array(512),
+    };
+    // Stage 0 takes token ids, not hidden states.
+    toFirst.write({ ...hidden, seq: 77 });
+    // Stage 1: a payload shorter than its header says, and a width that is not the model's.
+    toSecond.write({ ...hidden, seq: 78, payload: new Uint8Array(100) });
+    toSecond.write({ ...hidden, seq: 79, shape: [1, 64], payload: new Uint8Array(256) });
+    const [a, b, c] = await Promise.all([wrongKind, shortPayload, wrongWidth]);
+    expect([a.kind, b.kind, c.kind]).toEqual([FrameKind.ERROR, FrameKind.ERROR, FrameKind.ERROR]);
+    expect(a.error).toMatch(/first stage and takes token ids/);
+    expect(a.origin_stage).toBe(0);
+    expect(b.error).toMatch(/payload has 100 bytes but the header \(f32 \[1,128\]\) needs 512/);
+    expect(c.error).toMatch(/width 64 but this stage takes 128/);
+    expect(b.origin_stage).toBe(1);
+
+    // Bytes that are no DataFrame at all: the call fails, the process lives on.
+    const raw = new grpc.Client(agents[1].address, grpc.credentials.createInsecure());
+    const metadata = new grpc.Metadata();
+    metadata.set("x-cluster-key", key);
+    const garbage = raw.makeBidiStreamRequest(
+      "/studio.cluster.v1.StudioNode/Data",
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      metadata,
+    );
+    const garbageStatus = new Promise<number>((resolve) => {
+      garbage.on("error", (err: grpc.ServiceError) => resolve(err.code));
+      garbage.on("end", () => resolve(grpc.status.OK));
+      garbage.on("data", () => {});
     });
-    const frame = await errorFrame;
-    expect(frame.kind).toBe(FrameKind.ERROR);
-    expect(frame.error).toMatch(/first stage and takes token ids/);
-    expect(frame.origin_stage).toBe(0);
-    stream.end();
+    garbage.write(Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f, 0x12, 0x34]));
+    expect(await garbageStatus).not.toBe(grpc.status.OK);
+    raw.close();
+    expect((await second.hello()).name).toBe("stage-1");
+
+    for (const s of [toFirst, toSecond]) s.end();
     errors.cancel();
-    client.close();
-    results.close();
-    // The coordinator's own streams were not disturbed.
+    for (const c of [first, second, results]) c.close();
+    // The coordinator's own streams were not disturbed, and it still generates correctly.
     expect(pipeline?.lost).toBeUndefined();
+    const prompt = promptOf(9, 8);
+    const got = await collect(scheduler.generate({ prompt, maxTokens: 5, sampling: {}, stopTokenIds: [] }));
+    expect(got.tokens).toEqual(await solo(prompt, 5, {}));
+  });
+
+  it("LoadShard refuses a layer range outside the model, naming it, and keeps the loaded shard", async () => {
+    const client = new NodeClient(agents[1].address, key);
+    const numLayers = numLayersOf(modelDir);
+    await expect(
+      client.loadShard({
+        plan_id: "bad",
+        layer_start: 2,
+        layer_end: numLayers + 5,
+        embed: false,
+        head: true,
+      }),
+    ).rejects.toThrow(new RegExp(`layer range 2..${numLayers + 5} is not within 0..${numLayers}`));
+    expect((await client.hello()).plan_id).toBe("plan-3");
+    client.close();
   });
 });
 

@@ -59,16 +59,16 @@ async function measure(modelDir: string, numLayers: number, stages: number): Pro
       const { times } = await generate(r + 1, decodeTokens);
       rates.push((times.length - 1) / ((times[times.length - 1] - times[0]) / 1000));
     }
+    // Hop figures come from the receiving stages' Status (stage 0's inbound link is the coordinator's), taken
+    // after the single-sequence runs, when no stage competes with another for a core.
+    await new Promise((r) => setTimeout(r, 400));
+    const hops = [...pipeline.statuses().entries()].filter(([i]) => i > 0).map(([, s]) => s);
     const started = performance.now();
     const runs = await Promise.all(
       Array.from({ length: concurrency }, (_, i) => generate(100 + i, decodeTokens)),
     );
     const concurrentTps =
       runs.reduce((n, r) => n + r.tokens.length, 0) / ((performance.now() - started) / 1000);
-    // Hop figures come from the receiving stages' Status (stage 0's inbound link is the coordinator's).
-    await new Promise((r) => setTimeout(r, 400));
-    const statuses = pipeline.statuses();
-    const hops = [...statuses.entries()].filter(([i]) => i > 0).map(([, s]) => s);
     return {
       stages,
       tps: median(rates),

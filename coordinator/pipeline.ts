@@ -83,8 +83,13 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     const pipeline = new Pipeline(opts);
     try {
       pipeline.watchHeartbeats();
-      await pipeline.loadAll();
-      await pipeline.wire();
+      // A node that dies or falls silent while loading fails the start instead of leaving it waiting.
+      const lost = new Promise<never>((_, reject) =>
+        pipeline.once("nodeLost", (node) => reject(new Error(describeLoss(node)))),
+      );
+      lost.catch(() => {});
+      await Promise.race([pipeline.loadAll(), lost]);
+      await Promise.race([pipeline.wire(), lost]);
       if (pipeline.lostNode) throw new Error(describeLoss(pipeline.lostNode));
       return pipeline;
     } catch (err) {

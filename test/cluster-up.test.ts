@@ -2,6 +2,7 @@
 // joined with --peer that elects one coordinator, plans two stages, generates through either node's API, and
 // re-plans on the survivor when the other node is killed; `cluster status`; bad options.
 import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -91,12 +92,21 @@ describe("cluster up --demo on one machine", () => {
       [["--demo", "--key", "short"], /cluster key is invalid/],
       [["--model", join(home, "no-such-model")], /no-such-model.*config\.json/],
     ];
+    // An API port another process holds.
+    const holder = createServer();
+    await new Promise<void>((r) => holder.listen(0, "127.0.0.1", () => r()));
+    const busy = (holder.address() as AddressInfo).port;
+    cases.push([
+      ["--demo", "--no-bonjour", "--api-port", String(busy)],
+      /API port 127\.0\.0\.1:\d+ is in use/,
+    ]);
     for (const [args, message] of cases) {
       const proc = runCli(["up", ...args], env);
       running.push(proc);
       expect(await proc.exited, proc.output()).not.toBe(0);
       expect(proc.stderr.join("\n")).toMatch(message);
     }
+    holder.close();
   });
 });
 

@@ -106,6 +106,20 @@ async function demoModelDir(): Promise<string> {
   return dir;
 }
 
+/** startApiServer, with the usual cause of failure spelled out. */
+async function listenApi(...args: Parameters<typeof startApiServer>): Promise<ApiServer> {
+  try {
+    return await startApiServer(...args);
+  } catch (err) {
+    const { host, port } = args[1];
+    if ((err as NodeJS.ErrnoException).code === "EADDRINUSE")
+      throw new Error(
+        `the API port ${host}:${port} is in use (another node on this machine? pass --api-port)`,
+      );
+    throw err;
+  }
+}
+
 function say(line: string): void {
   process.stdout.write(`studio-cluster: ${line}\n`);
 }
@@ -154,7 +168,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
 
   try {
     let controller: ClusterController | undefined;
-    const api: ApiServer = await startApiServer(
+    const api: ApiServer = await listenApi(
       {
         generator: () => controller?.generator(),
         modelDir,

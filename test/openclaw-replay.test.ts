@@ -116,7 +116,17 @@ describe.skipIf(files.length === 0)("OpenClaw's recorded requests", () => {
       const response = await post(path, raw);
       expect(response.status).toBe(200);
       expect(response.headers.get("content-type")).toMatch(/text\/event-stream/);
-      const events = await readSse(response);
+      // The first event must come while the ~17k-token prompt is still in prefill: the request is in flight
+      // and the stream holds no generated text yet.
+      const reader = response.body!.getReader();
+      const decoder = new TextDecoder();
+      let text = decoder.decode((await reader.read()).value, { stream: true });
+      expect(cluster.scheduler.inFlight).toBe(1);
+      expect(text).toMatch(path === "/responses" ? /^event: response\.created\n/ : /"role":"assistant"/);
+      expect(text).not.toMatch(/reasoning_content|reasoning_text\.delta/);
+      for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read())
+        text += decoder.decode(chunk.value, { stream: true });
+      const events = await readSse(new Response(text));
       const promptTokens = promptTokensOf(body);
       expect(promptTokens).toBeGreaterThan(10_000); // the ~49k-character system prompt really went in
       if (path === "/chat/completions") checkChat(events, promptTokens);

@@ -193,6 +193,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
       apiPort,
       clusterId: key.clusterId,
       backend: opts.backend,
+      // "--backend cpu" keeps the planner from choosing mlx for the pipeline; otherwise the engine says.
+      backends: opts.backend === "cpu" ? ["cpu"] : undefined,
       threads: opts.threads,
       onPeerHello: (peer) => {
         if (peer.clusterId === key.clusterId) onPeerHello?.(peer.address);

@@ -20,6 +20,7 @@ export interface ApiCluster {
   modelId: string;
   scheduler: Scheduler;
   pipeline: Pipeline;
+  agents: AgentProcess[];
   server: ApiServer;
   /** http://127.0.0.1:PORT/v1 */
   baseUrl: string;
@@ -82,6 +83,7 @@ export async function startApiCluster(opts: {
       modelId,
       scheduler,
       pipeline: running,
+      agents,
       server,
       baseUrl: `${server.url}/v1`,
       apiKey,

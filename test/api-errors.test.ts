@@ -345,4 +345,30 @@ describe("cluster states and other nodes", () => {
       ),
     ).rejects.toThrow(/refusing to listen on 0\.0\.0\.0 without an API key/);
   });
+
+  // Last: it takes a stage down for good.
+  it("a stage lost mid-stream ends the Responses stream with response.failed code node_lost", async () => {
+    const response = await post("/responses", {
+      input: "tell me a long story",
+      max_output_tokens: 1500,
+      stream: true,
+    });
+    const reader = response.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = "";
+    while ((text.match(/\ndata: /g) ?? []).length < 6)
+      text += decoder.decode((await reader.read()).value, { stream: true });
+    cluster.agents[1].child.kill("SIGKILL");
+    for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read())
+      text += decoder.decode(chunk.value, { stream: true });
+    const events = await readSse(new Response(text));
+    const last = events[events.length - 1];
+    expect(last.event).toBe("response.failed");
+    const failed = JSON.parse(last.data) as {
+      response: { status: string; error: { code: string; message: string } };
+    };
+    expect(failed.response.status).toBe("failed");
+    expect(failed.response.error.code).toBe("node_lost");
+    expect(failed.response.error.message).toMatch(/api-stage-1/);
+  });
 });

@@ -62,6 +62,7 @@ async function main(): Promise<void> {
 
   const perRun: number[] = [];
   const bytesPerRun: number[] = [];
+  const cpuPerRun: number[] = [];
   try {
     // Run 0 warms the caches and page tables and is not counted.
     for (let run = 0; run <= runs; run++) {
@@ -69,6 +70,7 @@ async function main(): Promise<void> {
       const [first] = await engine.forward([{ seq, position: 0, tokens: PROMPT }]);
       let token = first.token!;
       const bytesBefore = engine.stats().weightBytesRead;
+      const cpu0 = process.cpuUsage();
       const t0 = performance.now();
       for (let i = 0; i < tokens; i++) {
         const [out] = await engine.forward([
@@ -77,13 +79,17 @@ async function main(): Promise<void> {
         token = out.token!;
       }
       const seconds = (performance.now() - t0) / 1000;
+      const cpu = process.cpuUsage(cpu0);
+      const cpuSeconds = (cpu.user + cpu.system) / 1e6;
       const bytes = (engine.stats().weightBytesRead - bytesBefore) / tokens;
       await engine.release(seq);
       if (run === 0) continue;
       perRun.push(tokens / seconds);
       bytesPerRun.push(bytes);
+      cpuPerRun.push(cpuSeconds / tokens);
       console.log(
-        `run ${run}: ${(tokens / seconds).toFixed(2)} tokens/s, ${(bytes / 1e6).toFixed(1)} MB of weights per token`,
+        `run ${run}: ${(tokens / seconds).toFixed(2)} tokens/s, ${(bytes / 1e6).toFixed(1)} MB of weights per token, ` +
+          `${((cpuSeconds / tokens) * 1000).toFixed(1)} ms cpu per token (all threads)`,
       );
     }
   } finally {
@@ -96,6 +102,11 @@ async function main(): Promise<void> {
   const fraction = achieved / bandwidth;
   console.log(
     `decode: ${tokensPerSecond.toFixed(2)} tokens/s (median of ${runs} runs of ${tokens} tokens, ${threads} threads)`,
+  );
+  // On a shared machine wall time includes waiting for a core; cpu time shows what the kernels themselves cost.
+  const cpuPerToken = median(cpuPerRun);
+  console.log(
+    `cpu: ${(cpuPerToken * 1000).toFixed(1)} ms per token -> ${(bytesPerToken / cpuPerToken / 1e9).toFixed(2)} GB of weights per cpu-second`,
   );
   console.log(
     `weights read: ${(bytesPerToken / 1e6).toFixed(1)} MB/token -> ${(achieved / 1e9).toFixed(2)} GB/s = ` +

@@ -2,6 +2,9 @@
   "targets": [
     {
       "target_name": "studio_engine",
+      "variables": {
+        "mlx_prefix": "<!(node find-mlx.js prefix)"
+      },
       "sources": [
         "src/io/json.cpp",
         "src/io/mapped_file.cpp",
@@ -24,8 +27,16 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++1y"],
-      "cflags_cc": ["-std=c++20", "-O3", "-march=native", "-ffp-contract=off", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "cflags_cc": ["-std=c++20", "-O3", "-march=native", "-ffp-contract=off", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-maybe-uninitialized"],
       "conditions": [
+        ["mlx_prefix!=''", {
+          "sources": ["src/backend/mlx/mlx_backend.cpp", "src/backend/mlx/mlx_kv_cache.cpp"],
+          "defines": ["STUDIO_WITH_MLX"],
+          "include_dirs": ["<!(node find-mlx.js include)"],
+          "libraries": ["-L<!(node find-mlx.js lib)", "-lmlx"],
+          "ldflags": ["-Wl,-rpath,<!(node find-mlx.js lib)"],
+          "xcode_settings": {"OTHER_LDFLAGS": ["-Wl,-rpath,<!(node find-mlx.js lib)"]}
+        }],
         ["OS=='mac'", {
           "xcode_settings": {
             "GCC_ENABLE_CPP_EXCEPTIONS": "YES",

@@ -5,6 +5,9 @@
 
 #include "addon/engine_object.h"
 #include "backend/cpu/bandwidth.h"
+#ifdef STUDIO_WITH_MLX
+#include "backend/mlx/mlx_backend.h"
+#endif
 
 namespace studio::addon {
 
@@ -27,9 +30,24 @@ class BandwidthWorker final : public Napi::AsyncWorker {
 };
 
 Napi::Value available_backends(const Napi::CallbackInfo& info) {
-  Napi::Array a = Napi::Array::New(info.Env(), 1);
+  Napi::Array a = Napi::Array::New(info.Env());
   a.Set(0u, "cpu");
+#ifdef STUDIO_WITH_MLX
+  a.Set(1u, "mlx");
+#endif
   return a;
+}
+
+/** {version, device} of the MLX this addon was built with, or null when it was built without MLX. */
+Napi::Value mlx_info(const Napi::CallbackInfo& info) {
+#ifdef STUDIO_WITH_MLX
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("version", mlx_version_text());
+  o.Set("device", mlx_device_kind());
+  return o;
+#else
+  return info.Env().Null();
+#endif
 }
 
 Napi::Value measure_memory_bandwidth(const Napi::CallbackInfo& info) {
@@ -50,6 +68,7 @@ Napi::Value measure_memory_bandwidth(const Napi::CallbackInfo& info) {
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineObject::define(env));
   exports.Set("availableBackends", Napi::Function::New(env, available_backends));
+  exports.Set("mlxInfo", Napi::Function::New(env, mlx_info));
   exports.Set("measureMemoryBandwidth", Napi::Function::New(env, measure_memory_bandwidth));
   return exports;
 }

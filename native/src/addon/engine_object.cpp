@@ -5,6 +5,9 @@
 #include <limits>
 #include <optional>
 #include <stdexcept>
+#ifdef STUDIO_WITH_MLX
+#include "backend/mlx/mlx_backend.h"
+#endif
 
 namespace studio::addon {
 
@@ -116,7 +119,18 @@ model::SamplingParams parse_sampling(Napi::Env env, Napi::Value v, const std::st
   return s;
 }
 
-std::vector<model::ForwardItem> parse_batch(Napi::Env env, Napi::Value v) {
+/**
+ * The backend for options.backend. "auto" takes mlx when MLX computes on a GPU; on a cpu-only MLX (Linux) the
+ * built-in cpu kernels are the faster path (bench/engine-mlx.ts) and keep f32 activations, so auto stays cpu.
+ */
+std::unique_ptr<Backend> make_backend(const std::string& choice, int threads) {
+#ifdef STUDIO_WITH_MLX
+  if (choice == "mlx" || (choice == "auto" && mlx_device_kind() == "gpu")) return make_mlx_backend();
+#endif
+  return make_cpu_backend(threads);
+}
+
+std::vector<model::ForwardItem> parse_batch(Napi::Env env, Napi::Value v, WireDtype wire) {
   if (!v.IsArray()) throw Napi::TypeError::New(env, "forward: batch must be an array");
   Napi::Array a = v.As<Napi::Array>();
   std::vector<model::ForwardItem> batch(a.Length());
@@ -140,10 +154,11 @@ std::vector<model::ForwardItem> parse_batch(Napi::Env env, Napi::Value v) {
       if (!hidden.IsTypedArray() || hidden.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
         throw Napi::TypeError::New(env, where + ".hidden must be a Uint8Array");
       Napi::Uint8Array h = hidden.As<Napi::Uint8Array>();
-      if (h.ByteLength() % sizeof(float) != 0)
-        throw Napi::RangeError::New(env, where + ".hidden byte length is not a multiple of 4 (f32)");
-      item.hidden.resize(h.ByteLength() / sizeof(float));
-      std::memcpy(item.hidden.data(), h.Data(), h.ByteLength());
+      try {
+        item.hidden = decode_hidden(h.Data(), h.ByteLength(), wire, where);
+      } catch (const std::invalid_argument& e) {
+        throw Napi::RangeError::New(env, e.what());
+      }
       item.has_hidden = true;
     }
     if (!tokens.IsUndefined() && item.has_hidden)
@@ -165,9 +180,16 @@ Napi::ArrayBuffer adopt(Napi::Env env, std::vector<float>&& v) {
       owned.release());
 }
 
-Napi::Value result_to_js(Napi::Env env, model::ForwardResult& r) {
+Napi::Value result_to_js(Napi::Env env, model::ForwardResult& r, WireDtype wire) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("seq", Napi::Number::New(env, r.seq));
+  if (!r.sample && wire == WireDtype::BF16) {
+    const std::vector<uint16_t> narrow = to_bf16(r.hidden);
+    Napi::Uint8Array bytes = Napi::Uint8Array::New(env, narrow.size() * 2);
+    std::memcpy(bytes.Data(), narrow.data(), narrow.size() * 2);
+    o.Set("hidden", bytes);
+    return o;
+  }
   if (!r.sample) {
     const size_t bytes = r.hidden.size() * sizeof(float);
     o.Set("hidden", Napi::Uint8Array::New(env, bytes, adopt(env, std::move(r.hidden)), 0));
@@ -216,9 +238,11 @@ EngineObject::EngineObject(const Napi::CallbackInfo& info) : Napi::ObjectWrap<En
   if (threads_ < 0 || threads_ > 1024) throw Napi::RangeError::New(env, "options: threads must be in [0, 1024]");
   Napi::Value backend = opts.Get("backend");
   backend_choice_ = backend.IsString() ? backend.As<Napi::String>().Utf8Value() : "auto";
+#ifndef STUDIO_WITH_MLX
   if (backend_choice_ == "mlx")
     throw Napi::Error::New(env, "backend \"mlx\" is not available: this studio_engine was built without MLX");
-  if (backend_choice_ != "auto" && backend_choice_ != "cpu")
+#endif
+  if (backend_choice_ != "auto" && backend_choice_ != "cpu" && backend_choice_ != "mlx")
     throw Napi::TypeError::New(env, "options: backend must be \"auto\", \"cpu\" or \"mlx\" (got \"" + backend_choice_ + "\")");
 
   done_ = DoneFn::New(env, "studio-engine", 0, 1, this);
@@ -313,7 +337,9 @@ Napi::Value EngineObject::load(const Napi::CallbackInfo& info) {
             };
             if (done_.BlockingCall(job.get()) == napi_ok) job.release();
           };
-        shard_ = std::make_unique<model::MinimaxM2Shard>(model_dir_, config_, range_, make_cpu_backend(threads_), progress);
+        shard_ = std::make_unique<model::MinimaxM2Shard>(model_dir_, config_, range_, make_backend(backend_choice_, threads_), progress);
+        backend_name_ = shard_->backend().name();
+        wire_ = shard_->backend().activation_dtype() == "bf16" ? WireDtype::BF16 : WireDtype::F32;
         weight_bytes_ = static_cast<double>(shard_->weight_bytes());
         kv_bytes_per_token_ = static_cast<double>(shard_->kv_bytes_per_token());
         backend_threads_ = shard_->backend().threads();
@@ -328,13 +354,14 @@ Napi::Value EngineObject::load(const Napi::CallbackInfo& info) {
 Napi::Value EngineObject::forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   check_open(env);
-  auto batch = std::make_shared<std::vector<model::ForwardItem>>(parse_batch(env, info[0]));
+  auto batch = std::make_shared<std::vector<model::ForwardItem>>(parse_batch(env, info[0], wire_));
   auto results = std::make_shared<std::vector<model::ForwardResult>>();
   return submit(
       env, [this, batch, results] { *results = shard_->forward(*batch); },
-      [results](Napi::Env env) -> Napi::Value {
+      [results, wire = wire_](Napi::Env env) -> Napi::Value {
         Napi::Array out = Napi::Array::New(env, results->size());
-        for (size_t i = 0; i < results->size(); ++i) out.Set(static_cast<uint32_t>(i), result_to_js(env, (*results)[i]));
+        for (size_t i = 0; i < results->size(); ++i)
+          out.Set(static_cast<uint32_t>(i), result_to_js(env, (*results)[i], wire));
         return out;
       });
 }
@@ -358,8 +385,8 @@ Napi::Value EngineObject::fork(const Napi::CallbackInfo& info) {
 Napi::Value EngineObject::stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  o.Set("backend", "cpu");
-  o.Set("activationDtype", "f32");
+  o.Set("backend", backend_name_);
+  o.Set("activationDtype", wire_dtype_name(wire_));
   o.Set("threads", backend_threads_.load());
   o.Set("layerStart", range_.start);
   o.Set("layerEnd", range_.end);

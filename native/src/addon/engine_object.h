@@ -11,6 +11,7 @@
 #include <string>
 
 #include "addon/engine_thread.h"
+#include "addon/hidden_wire.h"
 #include "model/minimax_m2.h"
 
 namespace studio::addon {
@@ -45,6 +46,9 @@ class EngineObject : public Napi::ObjectWrap<EngineObject> {
   model::ModelConfig config_;
   model::ShardRange range_;
   std::string backend_choice_;
+  // Set on the engine thread by load(), read on the JS thread only once load() has settled.
+  std::string backend_name_ = "cpu";
+  WireDtype wire_ = WireDtype::F32;
   int threads_ = 0;
 
   std::unique_ptr<EngineThread> thread_;

@@ -100,6 +100,10 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual int threads() const = 0;
+  /** The dtype activations cross stages in: "f32" (cpu) or "bf16" (mlx). Upload/download stay f32. */
+  virtual std::string activation_dtype() const { return "f32"; }
+  /** Bytes of one cached key or value element. */
+  virtual size_t kv_element_bytes() const { return sizeof(float); }
 
   // Weights. The source's memory (the shard mapping) outlives the returned handle.
   virtual std::unique_ptr<Matrix> matrix(const io::MatrixSource& source) = 0;

@@ -26,7 +26,7 @@ MinimaxM2Shard::MinimaxM2Shard(const std::string& model_dir, ModelConfig config,
 }
 
 size_t MinimaxM2Shard::kv_bytes_per_token() const {
-  return static_cast<size_t>(range_.end - range_.start) * 2 * config_.kv_width() * sizeof(float);
+  return static_cast<size_t>(range_.end - range_.start) * 2 * config_.kv_width() * backend_->kv_element_bytes();
 }
 
 void MinimaxM2Shard::validate(const std::vector<ForwardItem>& batch) {

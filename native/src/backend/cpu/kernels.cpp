@@ -13,19 +13,51 @@ namespace {
 constexpr int64_t kTile = 16;
 constexpr int kMaxGroup = 128;
 
-/** Unpacks group g of a packed row into buf in the lane layout that prepare_x gives the inputs. */
+/**
+ * Unpacks group g of a packed row into buf in the lane layout that prepare_x gives the inputs: for 4 bits,
+ * each kStep values as [kLanes even elements, kLanes odd elements] (what decode4 yields); else natural order.
+ */
 inline void decode_group(const uint8_t* row, size_t row_bytes, int bits, int group, int64_t g, float* buf) {
   if (bits == 4) {
     const uint8_t* p = row + g * group / 2;
-    for (int i = 0; i < group; i += 16) simd::decode4(p + i / 2, buf + i);
+    for (int i = 0; i < group; i += simd::kStep) {
+      simd::V lo, hi;
+      simd::decode4(p + i / 2, lo, hi);
+      simd::store(buf + i, lo);
+      simd::store(buf + i + simd::kLanes, hi);
+    }
     return;
   }
   if (bits == 8) {
     const uint8_t* p = row + g * group;
-    for (int i = 0; i < group; i += 8) simd::decode8(p + i, buf + i);
+    for (int i = 0; i < group; i += simd::kLanes) simd::store(buf + i, simd::decode8(p + i));
     return;
   }
   io::unpack_values(row, row_bytes, bits, g * group, group, buf);
+}
+
+/**
+ * The lane-wise dot of group g with x straight from the packed bytes (4 and 8 bits): the same FMA sequence as
+ * dot_lanes(decoded group, x), so one token and many tokens give the same bits.
+ */
+inline simd::V dot_packed(const uint8_t* row, int bits, int group, int64_t g, const float* x) {
+  simd::V acc0 = simd::zero(), acc1 = simd::zero();
+  if (bits == 4) {
+    const uint8_t* p = row + g * group / 2;
+    for (int i = 0; i < group; i += simd::kStep) {
+      simd::V lo, hi;
+      simd::decode4(p + i / 2, lo, hi);
+      acc0 = simd::fma(lo, simd::load(x + i), acc0);
+      acc1 = simd::fma(hi, simd::load(x + i + simd::kLanes), acc1);
+    }
+  } else {
+    const uint8_t* p = row + g * group;
+    for (int i = 0; i < group; i += simd::kStep) {
+      acc0 = simd::fma(simd::decode8(p + i), simd::load(x + i), acc0);
+      acc1 = simd::fma(simd::decode8(p + i + simd::kLanes), simd::load(x + i + simd::kLanes), acc1);
+    }
+  }
+  return simd::add(acc0, acc1);
 }
 
 /** Converts a plain row (f32/f16/bf16) to floats. */
@@ -51,27 +83,109 @@ void matmul_plain(const MatView& m, const PreparedX& x, int64_t row_begin, int64
   }
 }
 
-void matmul_quant(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y,
-                  int64_t y_stride) {
+/** Element i of a float-like array of dtype D, inlined (scales and biases are read once per group). */
+template <io::DType D>
+inline float element(const uint8_t* p, int64_t i, io::DType runtime) {
+  if constexpr (D == io::DType::F32) {
+    float f;
+    std::memcpy(&f, p + 4 * i, 4);
+    return f;
+  } else if constexpr (D == io::DType::BF16) {
+    uint16_t v;
+    std::memcpy(&v, p + 2 * i, 2);
+    const uint32_t bits = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  } else {
+    return io::load_float(p, runtime, i);
+  }
+}
+
+// Per row and token: lanes accumulate scale_g * dot_g over groups, biases accumulate bias_g * sum(x_g) as a
+// scalar, and the row ends with hsum(lanes) + biases. Both the single-token and the tiled path follow exactly
+// this order. Bits 0 here means "any width": unpack the group to floats, then dot_lanes.
+template <int Bits, int Group, io::DType SD, io::DType BD>
+void single_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y) {
+  // Group is the compile-time group size for the packed paths (so the inner loop unrolls), 0 otherwise.
+  const int group = Group != 0 ? Group : m.group;
+  const int64_t groups = m.in / group;
+  const float* xp = x.x.data();
+  const float* xs = x.sums.data();
   alignas(64) float buf[kMaxGroup];
-  float acc[kTile];
+  for (int64_t o = row_begin; o < row_end; ++o) {
+    const uint8_t* row = m.weight + o * m.row_bytes;
+    simd::V lanes = simd::zero();
+    float bias_sum = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
+      const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
+      simd::V d;
+      if constexpr (Bits == 4 || Bits == 8) {
+        d = dot_packed(row, Bits, group, g, xp + g * group);
+      } else {
+        decode_group(row, m.row_bytes, m.bits, group, g, buf);
+        d = simd::dot_lanes(buf, xp + g * group, group);
+      }
+      lanes = simd::fma(simd::set1(s), d, lanes);
+      const float bx = b * xs[g];
+      bias_sum = bias_sum + bx;
+    }
+    y[o] = simd::hsum(lanes) + bias_sum;
+  }
+}
+
+template <int Bits, int Group>
+void single_rows_for(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y) {
+  using io::DType;
+  if (m.scale_dtype == DType::BF16 && m.bias_dtype == DType::BF16)
+    return single_rows<Bits, Group, DType::BF16, DType::BF16>(m, x, row_begin, row_end, y);
+  if (m.scale_dtype == DType::F32 && m.bias_dtype == DType::F32)
+    return single_rows<Bits, Group, DType::F32, DType::F32>(m, x, row_begin, row_end, y);
+  // f16 or mixed scale/bias dtypes: served by the generic loader.
+  return single_rows<Bits, Group, DType::Other, DType::Other>(m, x, row_begin, row_end, y);
+}
+
+template <int Bits>
+void single_rows_sized(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y) {
+  if (m.group == 32) return single_rows_for<Bits, 32>(m, x, row_begin, row_end, y);
+  if (m.group == 64) return single_rows_for<Bits, 64>(m, x, row_begin, row_end, y);
+  return single_rows_for<Bits, 128>(m, x, row_begin, row_end, y);
+}
+
+void matmul_quant_single(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y) {
+  if (m.bits == 4) return single_rows_sized<4>(m, x, row_begin, row_end, y);
+  if (m.bits == 8) return single_rows_sized<8>(m, x, row_begin, row_end, y);
+  single_rows_for<0, 0>(m, x, row_begin, row_end, y);
+}
+
+void matmul_quant_tiled(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y,
+                        int64_t y_stride) {
+  alignas(64) float buf[kMaxGroup];
+  simd::V lanes[kTile];
+  float bias_sum[kTile];
   const int64_t groups = m.in / m.group;
   for (int64_t t0 = 0; t0 < x.rows; t0 += kTile) {
     const int64_t t1 = std::min(x.rows, t0 + kTile);
     for (int64_t o = row_begin; o < row_end; ++o) {
       const uint8_t* row = m.weight + o * m.row_bytes;
-      std::fill(acc, acc + kTile, 0.0f);
+      for (int64_t t = t0; t < t1; ++t) {
+        lanes[t - t0] = simd::zero();
+        bias_sum[t - t0] = 0;
+      }
       for (int64_t g = 0; g < groups; ++g) {
         decode_group(row, m.row_bytes, m.bits, m.group, g, buf);
         const float s = io::load_float(m.scales, m.scale_dtype, o * groups + g);
         const float b = io::load_float(m.biases, m.bias_dtype, o * groups + g);
+        const simd::V sv = simd::set1(s);
         for (int64_t t = t0; t < t1; ++t) {
-          const float d = simd::dot(buf, x.x.data() + t * m.in + g * m.group, m.group);
-          const float part = s * d + b * x.sums[t * groups + g];
-          acc[t - t0] = acc[t - t0] + part;
+          const simd::V d = simd::dot_lanes(buf, x.x.data() + t * m.in + g * m.group, m.group);
+          lanes[t - t0] = simd::fma(sv, d, lanes[t - t0]);
+          const float bx = b * x.sums[t * groups + g];
+          bias_sum[t - t0] = bias_sum[t - t0] + bx;
         }
       }
-      for (int64_t t = t0; t < t1; ++t) y[t * y_stride + o] = acc[t - t0];
+      for (int64_t t = t0; t < t1; ++t) y[t * y_stride + o] = simd::hsum(lanes[t - t0]) + bias_sum[t - t0];
     }
   }
 }
@@ -117,11 +231,12 @@ void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& 
     const float* src = rows[t];
     float* dst = out.x.data() + t * m.in;
     if (m.bits == 4) {
-      // decode4 puts even elements in lanes 0..7 and odd ones in 8..15: order the inputs the same way.
-      for (int64_t i = 0; i < m.in; i += 16)
-        for (int j = 0; j < 8; ++j) {
+      // decode4 yields the even elements of a kStep block, then the odd ones: order the inputs the same way.
+      constexpr int L = simd::kLanes;
+      for (int64_t i = 0; i < m.in; i += simd::kStep)
+        for (int j = 0; j < L; ++j) {
           dst[i + j] = src[i + 2 * j];
-          dst[i + 8 + j] = src[i + 2 * j + 1];
+          dst[i + L + j] = src[i + 2 * j + 1];
         }
     } else {
       std::memcpy(dst, src, m.in * sizeof(float));
@@ -140,7 +255,11 @@ void matmul_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_
     matmul_plain(m, x, row_begin, row_end, y, y_stride);
     return;
   }
-  matmul_quant(m, x, row_begin, row_end, y, y_stride);
+  if (x.rows == 1) {
+    matmul_quant_single(m, x, row_begin, row_end, y);
+    return;
+  }
+  matmul_quant_tiled(m, x, row_begin, row_end, y, y_stride);
 }
 
 void dequant_row(const MatView& m, int64_t row, float* out) {

@@ -1,0 +1,367 @@
+#include "backend/mlx/mlx_backend.h"
+
+#include <mlx/mlx.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "backend/mlx/mlx_handles.h"
+#include "backend/mlx/mlx_kv_cache.h"
+
+namespace studio {
+
+namespace mlxb {
+
+namespace {
+
+
+// Below this many (token, expert) pairs the experts gather straight from the routing; above it, the pairs are
+// sorted by expert first so each expert's rows sit together (the GPU kernels then read each expert once).
+constexpr int64_t kSortedExpertsFrom = 64;
+
+mx::Dtype dtype_of(const io::HostTensor& t) {
+  switch (t.dtype) {
+    case io::DType::F32:
+      return mx::float32;
+    case io::DType::F16:
+      return mx::float16;
+    case io::DType::BF16:
+      return mx::bfloat16;
+    case io::DType::U32:
+      return mx::uint32;
+    default:
+      throw std::invalid_argument("mlx backend: tensor " + t.name + " in " + t.file + " has dtype " + t.dtype_text +
+                                  ", which the engine cannot use");
+  }
+}
+
+/**
+ * The tensor as an MLX array. MLX wraps the mapped bytes without a copy where the device allows it (Metal,
+ * page-aligned) and copies them otherwise; either way only this shard's tensors are ever read.
+ */
+mx::array array_of(const io::HostTensor& t) {
+  mx::Shape shape;
+  for (int64_t d : t.shape) {
+    if (d > INT32_MAX) throw std::invalid_argument("mlx backend: tensor " + t.name + " has a dimension over 2^31");
+    shape.push_back(static_cast<int32_t>(d));
+  }
+  mx::array a(const_cast<uint8_t*>(t.data), std::move(shape), dtype_of(t), [](void*) {});
+  if (a.nbytes() != t.bytes)
+    throw std::invalid_argument("mlx backend: tensor " + t.name + " in " + t.file + " holds " +
+                                std::to_string(t.bytes) + " bytes, not the " + std::to_string(a.nbytes()) +
+                                " its dtype and shape " + t.shape_text() + " need");
+  return a;
+}
+
+const MlxMatrix& cast(const Matrix& m) { return static_cast<const MlxMatrix&>(m); }
+const MlxVector& cast(const Vector& v) { return static_cast<const MlxVector&>(v); }
+const MlxActivations& cast(const Activations& a) { return static_cast<const MlxActivations&>(a); }
+MlxActivations& cast(Activations& a) { return static_cast<MlxActivations&>(a); }
+
+class MlxBackend final : public Backend {
+ public:
+  MlxBackend(mx::Device device, mx::Dtype compute)
+      : device_(device), stream_(mx::new_stream(device)), compute_(compute) {
+    mx::set_default_device(device_);
+  }
+  ~MlxBackend() override {
+    // Work still queued on the stream must not outlive the arrays it writes.
+    mx::synchronize(stream_);
+  }
+
+  std::string name() const override { return "mlx"; }
+  int threads() const override { return 1; }
+  std::string activation_dtype() const override { return compute_ == mx::bfloat16 ? "bf16" : "f32"; }
+  size_t kv_element_bytes() const override { return mx::size_of(compute_); }
+
+  std::unique_ptr<Matrix> matrix(const io::MatrixSource& source) override {
+    std::optional<mx::array> scales, biases;
+    if (source.quantized()) {
+      if (!source.scales || !source.biases)
+        throw std::invalid_argument("mlx backend: quantized tensor " + source.weight.name +
+                                    " needs both scales and biases");
+      scales = array_of(*source.scales);
+      biases = array_of(*source.biases);
+    }
+    mx::array weight = array_of(source.weight);
+    // MLX's cpu GatherMM takes only f32: plain stacked experts are widened once here rather than on every call.
+    if (!source.quantized() && source.experts > 0 && device_ == mx::Device::cpu && weight.dtype() != mx::float32) {
+      weight = mx::astype(weight, mx::float32, stream_);
+      mx::eval(weight);
+    }
+    auto m = std::make_unique<MlxMatrix>(std::move(weight), std::move(scales), std::move(biases), source.bits,
+                                         source.group);
+    m->out = source.out;
+    m->in = source.in;
+    m->experts = source.experts;
+    return m;
+  }
+
+  std::unique_ptr<Vector> vector(const io::HostTensor& source) override {
+    auto v = std::make_unique<MlxVector>(array_of(source));
+    v->size = source.numel();
+    return v;
+  }
+
+  std::unique_ptr<Activations> activations(int64_t rows, int64_t cols) override {
+    auto a = std::make_unique<MlxActivations>();
+    a->rows = rows;
+    a->cols = cols;
+    return a;
+  }
+
+  void upload(const float* src, Activations& dst) override {
+    mx::array host(src, shape_of(dst), mx::float32);
+    cast(dst).set(mx::astype(host, compute_, stream_));
+  }
+
+  void download(const Activations& src, float* dst) override {
+    auto f = mx::contiguous(mx::astype(cast(src).get(), mx::float32, stream_), false, stream_);
+    mx::eval(f);
+    std::memcpy(dst, f.data<float>(), f.nbytes());
+  }
+
+  void gather_rows(const Activations& src, std::span<const int64_t> rows, Activations& dst) override {
+    std::vector<int32_t> index(rows.begin(), rows.end());
+    cast(dst).set(mx::take(cast(src).get(), ids_array(index), 0, stream_));
+  }
+
+  void embed(const Matrix& table, std::span<const int32_t> ids, Activations& out) override {
+    const MlxMatrix& t = cast(table);
+    auto index = ids_array(ids);
+    if (!t.quantized()) {
+      cast(out).set(mx::astype(mx::take(t.weight, index, 0, stream_), compute_, stream_));
+      return;
+    }
+    // Only the looked-up rows are dequantized, in f32 so the value is rounded once, to the compute dtype.
+    auto scales = mx::astype(mx::take(*t.scales, index, 0, stream_), mx::float32, stream_);
+    auto biases = mx::astype(mx::take(*t.biases, index, 0, stream_), mx::float32, stream_);
+    auto rows = mx::dequantize(mx::take(t.weight, index, 0, stream_), scales, biases, t.group, t.bits, "affine",
+                               std::nullopt, std::nullopt, stream_);
+    cast(out).set(mx::astype(rows, compute_, stream_));
+  }
+
+  void matmul(const Matrix& w, const Activations& x, Activations& y) override {
+    cast(y).set(mx::astype(linear(cast(w), cast(x).get()), compute_, stream_));
+  }
+
+  void rms_norm(const Activations& x, const Vector& w, float eps, Activations& y) override {
+    // fast::rms_norm takes its statistics in f32 and scales the normalised value by w in w's precision.
+    auto out = mx::fast::rms_norm(cast(x).get(), cast(w).data, eps, stream_);
+    cast(y).set(mx::astype(out, compute_, stream_));
+  }
+
+  void rope(Activations& x, const RopeShape& shape, std::span<const int32_t> positions) override {
+    auto& xa = cast(x);
+    const int rows = static_cast<int>(x.rows);
+    // One batch entry per row, each with its own offset: rows of different sequences (and positions) mix freely.
+    auto per_row = mx::reshape(xa.get(), {rows, shape.heads, 1, shape.head_dim}, stream_);
+    std::vector<int32_t> offsets(positions.begin(), positions.end());
+    // traditional=false is MLX's half-split pairing (j with j + rotary_dim/2), as MiniMax-M2 rotates.
+    auto rotated = mx::fast::rope(per_row, shape.rotary_dim, false, shape.theta, 1.0f, ids_array(offsets),
+                                  std::nullopt, stream_);
+    xa.set(mx::reshape(rotated, {rows, shape.heads * shape.head_dim}, stream_));
+  }
+
+  void add(Activations& acc, const Activations& x) override {
+    auto& a = cast(acc);
+    a.set(mx::add(a.get(), cast(x).get(), stream_));
+  }
+
+  std::unique_ptr<KvCache> kv_cache(int layers, int kv_width) override {
+    return std::make_unique<MlxKvCache>(layers, kv_width, compute_, stream_);
+  }
+
+  void attention(const Activations& q, const Activations& k, const Activations& v, int layer,
+                 std::span<const AttentionSegment> segments, const AttentionShape& shape,
+                 Activations& out) override {
+    std::vector<mx::array> parts;
+    int64_t next_row = 0;
+    for (const AttentionSegment& s : segments) {
+      if (s.row != next_row)
+        throw std::logic_error("mlx backend: attention segments must cover the batch rows in order");
+      next_row += s.rows;
+      auto* cache = static_cast<MlxKvCache*>(s.cache);
+      auto qh = heads_of(cast(q).get(), s, shape.heads, shape.head_dim);
+      auto kh = heads_of(cast(k).get(), s, shape.kv_heads, shape.head_dim);
+      auto vh = heads_of(cast(v).get(), s, shape.kv_heads, shape.head_dim);
+      auto [keys, values] = cache->append(layer, kh, vh, s.position);
+      // Causal with the queries aligned to the last keys; a single query sees every cached position anyway.
+      const std::string mask = s.rows > 1 ? "causal" : "";
+      auto o = mx::fast::scaled_dot_product_attention(qh, keys, values, shape.scale, mask, std::nullopt, std::nullopt,
+                                                      false, stream_);
+      const int rows = static_cast<int>(s.rows);
+      parts.push_back(mx::reshape(mx::transpose(o, {0, 2, 1, 3}, stream_), {rows, shape.heads * shape.head_dim},
+                                  stream_));
+    }
+    if (next_row != q.rows) throw std::logic_error("mlx backend: attention segments do not cover the batch");
+    cast(out).set(parts.size() == 1 ? parts[0] : mx::concatenate(parts, 0, stream_));
+  }
+
+  Routing route(const Matrix& gate, const Vector& bias, const Activations& x, int top_k) override {
+    const int experts = static_cast<int>(gate.out);
+    if (top_k < 1 || top_k > experts)
+      throw std::invalid_argument("mlx backend: top_k " + std::to_string(top_k) + " outside [1, " +
+                                  std::to_string(experts) + "]");
+    auto logits = linear(cast(gate), mx::astype(cast(x).get(), mx::float32, stream_));
+    auto s = mx::sigmoid(mx::astype(logits, mx::float32, stream_), stream_);
+    auto key = mx::add(s, mx::astype(cast(bias).data, mx::float32, stream_), stream_);
+    // The bias only selects: argpartition finds the top_k keys, and the weights come from s alone.
+    auto picked = mx::slice(mx::argpartition(mx::negative(key, stream_), top_k - 1, -1, stream_), {0, 0},
+                            {static_cast<int>(x.rows), top_k}, stream_);
+    auto picked_key = mx::take_along_axis(key, picked, -1, stream_);
+    auto picked_s = mx::take_along_axis(s, picked, -1, stream_);
+    picked = mx::contiguous(mx::astype(picked, mx::int32, stream_), false, stream_);
+    picked_key = mx::contiguous(picked_key, false, stream_);
+    picked_s = mx::contiguous(picked_s, false, stream_);
+    mx::eval({picked, picked_key, picked_s});
+    return ranked(picked.data<int32_t>(), picked_key.data<float>(), picked_s.data<float>(), x.rows, top_k);
+  }
+
+  void experts(const Matrix& gate, const Matrix& up, const Matrix& down, const Activations& x,
+               const Routing& routing, Activations& out) override {
+    const int rows = static_cast<int>(x.rows);
+    const int k = routing.top_k;
+    std::vector<uint32_t> chosen(routing.experts.begin(), routing.experts.end());
+    auto index = mx::array(chosen.data(), {rows, k}, mx::uint32);
+    auto weights = mx::array(routing.weights.data(), {rows, k, 1}, mx::float32);
+    const auto& xa = cast(x).get();
+    mx::array y = static_cast<int64_t>(rows) * k >= kSortedExpertsFrom
+                      ? experts_sorted(cast(gate), cast(up), cast(down), xa, index)
+                      : experts_direct(cast(gate), cast(up), cast(down), xa, index);
+    // y: [rows, k, hidden]; the weighted sum over the k choices runs in f32.
+    auto sum = mx::sum(mx::multiply(mx::astype(y, mx::float32, stream_), weights, stream_), 1, false, stream_);
+    cast(out).set(mx::astype(sum, compute_, stream_));
+  }
+
+ private:
+  static mx::Shape shape_of(const Activations& a) {
+    return {static_cast<int32_t>(a.rows), static_cast<int32_t>(a.cols)};
+  }
+
+  static mx::array ids_array(std::span<const int32_t> ids) {
+    return mx::array(ids.data(), {static_cast<int32_t>(ids.size())}, mx::int32);
+  }
+
+  /**
+   * The input of a quantized product. MLX's cpu kernels accumulate a bf16 product in bf16 where the CPU has no
+   * bf16 SIMD (x86), which costs several per cent of accuracy; widening x to f32 there takes the f32 kernel,
+   * which accumulates in f32 as Metal's bf16 kernels do. The result is rounded to the compute dtype as usual.
+   */
+  mx::array quantized_input(const mx::array& x) {
+    return device_ == mx::Device::cpu ? mx::astype(x, mx::float32, stream_) : x;
+  }
+
+  /** y = x W^T for a single matrix. */
+  mx::array linear(const MlxMatrix& w, const mx::array& x) {
+    if (w.quantized())
+      return mx::quantized_matmul(quantized_input(x), w.weight, *w.scales, w.biases, true, w.group, w.bits, "affine",
+                                  stream_);
+    return mx::matmul(x, mx::transpose(w.weight, stream_), stream_);
+  }
+
+  /** y = x W_e^T with e chosen per batch entry from the stacked experts. */
+  mx::array gathered_linear(const MlxMatrix& w, const mx::array& x, const mx::array& index, bool sorted) {
+    if (w.quantized())
+      return mx::gather_qmm(quantized_input(x), w.weight, *w.scales, w.biases, std::nullopt, index, true, w.group,
+                            w.bits, "affine", sorted, stream_);
+    const auto b = mx::swapaxes(w.weight, -1, -2, stream_);
+    return mx::gather_mm(mx::astype(x, b.dtype(), stream_), b, std::nullopt, index, sorted, stream_);
+  }
+
+  /** SwiGLU over the gathered experts: down(silu(gate x) * up x), the product taken in f32. */
+  mx::array swiglu(const MlxMatrix& gate, const MlxMatrix& up, const MlxMatrix& down, const mx::array& x,
+                   const mx::array& index, bool sorted) {
+    auto g = mx::astype(gathered_linear(gate, x, index, sorted), mx::float32, stream_);
+    auto u = mx::astype(gathered_linear(up, x, index, sorted), mx::float32, stream_);
+    auto act = mx::multiply(mx::multiply(g, mx::sigmoid(g, stream_), stream_), u, stream_);
+    return gathered_linear(down, mx::astype(act, compute_, stream_), index, sorted);
+  }
+
+  /** Every row against its k experts: x [rows, 1, 1, hidden] x index [rows, k] -> [rows, k, hidden]. */
+  mx::array experts_direct(const MlxMatrix& gate, const MlxMatrix& up, const MlxMatrix& down, const mx::array& x,
+                           const mx::array& index) {
+    auto xe = mx::expand_dims(x, {-2, -3}, stream_);
+    return mx::squeeze(swiglu(gate, up, down, xe, index, false), 2, stream_);
+  }
+
+  /** The (row, expert) pairs sorted by expert, computed, then put back in row order. */
+  mx::array experts_sorted(const MlxMatrix& gate, const MlxMatrix& up, const MlxMatrix& down, const mx::array& x,
+                           const mx::array& index) {
+    const int rows = index.shape(0);
+    const int k = index.shape(1);
+    auto flat = mx::flatten(index, stream_);
+    auto order = mx::argsort(flat, stream_);
+    auto inverse = mx::argsort(order, stream_);
+    auto source_rows = mx::floor_divide(order, mx::array(static_cast<uint32_t>(k)), stream_);
+    auto xs = mx::take(mx::expand_dims(x, 1, stream_), source_rows, 0, stream_);  // [rows*k, 1, hidden]
+    auto y = swiglu(gate, up, down, xs, mx::take(flat, order, stream_), true);    // [rows*k, 1, hidden]
+    y = mx::take(y, inverse, 0, stream_);
+    return mx::reshape(y, {rows, k, y.shape(-1)}, stream_);
+  }
+
+  /** Each row's picks in rank order (key descending, ties to the lower expert) with weights s / (sum + 1e-20). */
+  static Routing ranked(const int32_t* picked, const float* key, const float* s, int64_t rows, int top_k) {
+    Routing routing;
+    routing.top_k = top_k;
+    routing.experts.resize(rows * top_k);
+    routing.weights.resize(rows * top_k);
+    std::vector<int> order(top_k);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t* e = picked + r * top_k;
+      const float* kr = key + r * top_k;
+      const float* sr = s + r * top_k;
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(),
+                [&](int a, int b) { return kr[a] > kr[b] || (kr[a] == kr[b] && e[a] < e[b]); });
+      float sum = 0;
+      for (int j = 0; j < top_k; ++j) sum += sr[order[j]];
+      const float denom = sum + 1e-20f;
+      for (int j = 0; j < top_k; ++j) {
+        routing.experts[r * top_k + j] = e[order[j]];
+        routing.weights[r * top_k + j] = sr[order[j]] / denom;
+      }
+    }
+    return routing;
+  }
+
+  /** A segment's rows of a [rows, heads*head_dim] block as [1, heads, rows, head_dim]. */
+  mx::array heads_of(const mx::array& a, const AttentionSegment& s, int heads, int head_dim) {
+    const int r0 = static_cast<int>(s.row);
+    const int r1 = static_cast<int>(s.row + s.rows);
+    auto rows = mx::slice(a, {r0, 0}, {r1, heads * head_dim}, stream_);
+    return mx::transpose(mx::reshape(rows, {1, r1 - r0, heads, head_dim}, stream_), {0, 2, 1, 3}, stream_);
+  }
+
+  mx::Device device_;
+  mx::Stream stream_;
+  // Activations and KV: bf16 (what MLX models run in), or f32 to check the ops against the cpu backend.
+  // The router runs in f32 either way (MODEL.md).
+  mx::Dtype compute_;
+};
+
+bool has_gpu() { return mx::metal::is_available(); }
+
+}  // namespace
+
+}  // namespace mlxb
+
+std::unique_ptr<Backend> make_mlx_backend() {
+  const mlx::core::Device device = mlxb::has_gpu() ? mlx::core::Device::gpu : mlx::core::Device::cpu;
+  const char* dtype = std::getenv("STUDIO_MLX_DTYPE");
+  const std::string choice = dtype ? dtype : "bf16";
+  if (choice != "bf16" && choice != "f32")
+    throw std::invalid_argument("STUDIO_MLX_DTYPE must be bf16 or f32 (got \"" + choice + "\")");
+  return std::make_unique<mlxb::MlxBackend>(device, choice == "f32" ? mlx::core::float32 : mlx::core::bfloat16);
+}
+
+std::string mlx_device_kind() { return mlxb::has_gpu() ? "gpu" : "cpu"; }
+
+std::string mlx_version_text() { return mlx::core::version(); }
+
+}  // namespace studio

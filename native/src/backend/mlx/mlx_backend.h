@@ -1,0 +1,30 @@
+// The mlx backend: the Backend interface (backend/backend.h) implemented with mlx::core operations, compiled
+// only when binding.gyp finds MLX (native/find-mlx.js defines STUDIO_WITH_MLX). Activations and the KV cache
+// are bf16; the router runs in f32 as MODEL.md asks. On a Mac with Metal it computes on the GPU, elsewhere on
+// MLX's cpu device.
+//
+// Thread ownership: MLX streams belong to the thread that creates them, so the backend must be created, used
+// and destroyed on one thread (the engine thread).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+
+namespace studio {
+
+/**
+ * A new mlx backend on the GPU when MLX has Metal, else on MLX's cpu device. Activations are bf16 unless the
+ * environment sets STUDIO_MLX_DTYPE=f32 (a checking mode: the same ops in f32 must match the cpu backend
+ * closely; the wire then carries f32).
+ */
+std::unique_ptr<Backend> make_mlx_backend();
+
+/** "gpu" or "cpu": the MLX device make_mlx_backend() would compute on. */
+std::string mlx_device_kind();
+
+/** The MLX version the addon was built against, e.g. "0.29.1". */
+std::string mlx_version_text();
+
+}  // namespace studio

@@ -1,0 +1,54 @@
+// KV cache of one sequence on the mlx backend: per layer, keys and values as bf16 arrays shaped
+// [1, kv_heads, capacity, head_dim] (the layout fast::scaled_dot_product_attention reads without a copy).
+// Capacity grows in steps of kStep positions; a layer's arrays are made on first use, when attention tells the
+// head split (kv_cache() only knows the kv width).
+#pragma once
+
+#include <mlx/mlx.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace studio::mlxb {
+
+namespace mx = mlx::core;
+
+class MlxKvCache final : public KvCache {
+ public:
+  static constexpr int64_t kStep = 256;
+
+  MlxKvCache(int layers, int kv_width, mx::Dtype dtype, mx::Stream stream);
+
+  int64_t length() const override { return length_; }
+  void reserve(int64_t n) override;
+  void commit(int64_t n) override;
+  size_t bytes() const override;
+  std::unique_ptr<KvCache> clone_prefix(int64_t n) const override;
+
+  /**
+   * Writes k, v ([1, kv_heads, rows, head_dim]) at positions [position, position + rows) of `layer` and
+   * returns the keys and values of positions [0, position + rows).
+   */
+  std::pair<mx::array, mx::array> append(int layer, const mx::array& k, const mx::array& v, int64_t position);
+
+ private:
+  struct Layer {
+    std::optional<mx::array> keys;
+    std::optional<mx::array> values;
+    int64_t capacity = 0;
+  };
+  void ensure_capacity(Layer& layer, int kv_heads, int head_dim);
+
+  int kv_width_;
+  mx::Dtype dtype_;
+  mx::Stream stream_;
+  int64_t length_ = 0;
+  int64_t reserved_ = 0;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace studio::mlxb

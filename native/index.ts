@@ -48,6 +48,7 @@ interface NativeModule {
     onProgress?: (done: number, total: number) => void,
   ) => NativeEngineHandle;
   availableBackends(): BackendName[];
+  mlxInfo(): MlxInfo | null;
   measureMemoryBandwidth(threads: number, bytes: number): Promise<number>;
 }
 
@@ -71,6 +72,17 @@ function nativeModule(): NativeModule {
 /** Backends this build of the addon can run. */
 export function availableBackends(): BackendName[] {
   return nativeModule().availableBackends();
+}
+
+/** The MLX the addon was built with: its version and the device the mlx backend computes on. */
+export interface MlxInfo {
+  version: string;
+  device: "gpu" | "cpu";
+}
+
+/** MLX's version and device when this build has the mlx backend, else null. */
+export function mlxInfo(): MlxInfo | null {
+  return nativeModule().mlxInfo();
 }
 
 /** Bytes per second (read + written) that `threads` threads reach copying `bytes` bytes. */

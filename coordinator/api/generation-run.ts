@@ -36,9 +36,11 @@ export type FinishReason = "stop" | "length" | "tool_calls";
 
 /** Cancels the run when the client closes the connection before the answer went out (non-streaming). */
 export function cancelOnDisconnect(
-  raw: NodeJS.EventEmitter & { writableFinished: boolean },
+  raw: NodeJS.EventEmitter & { writableFinished: boolean; destroyed: boolean },
   run: GenerationRun,
 ): void {
+  // The client may have gone while the run was being admitted.
+  if (raw.destroyed) run.cancel();
   raw.on("close", () => {
     if (!raw.writableFinished) run.cancel();
   });

@@ -161,24 +161,30 @@ export class ClusterController {
     this.plan = plan;
     this.setState("loading", `loading plan ${plan.planId}: ${describePlan(plan)}`);
     let pipeline: Pipeline;
+    const starting = Pipeline.start({
+      plan,
+      clusterKey: this.opts.clusterKey,
+      threads: this.opts.threads,
+      modelId: this.opts.modelId,
+      onProgress: (i, p) => {
+        this.snapshots.progress(plan.stages[i].nodeId, p.bytes_read, p.bytes_total);
+        this.opts.onProgress?.(plan.stages[i], p.bytes_read, p.bytes_total);
+      },
+      log: this.log,
+    });
+    const watch = this.watchLoad(plan);
     try {
-      pipeline = await Pipeline.start({
-        plan,
-        clusterKey: this.opts.clusterKey,
-        threads: this.opts.threads,
-        modelId: this.opts.modelId,
-        onProgress: (i, p) => {
-          this.snapshots.progress(plan.stages[i].nodeId, p.bytes_read, p.bytes_total);
-          this.opts.onProgress?.(plan.stages[i], p.bytes_read, p.bytes_total);
-        },
-        log: this.log,
-      });
+      pipeline = await Promise.race([starting, watch.lost]);
     } catch (err) {
+      // A load abandoned because its node left may still finish later: close what it opens.
+      starting.then((late) => late.close()).catch(() => {});
       const message = `loading plan ${plan.planId} failed: ${errorMessage(err)}`;
       this.scheduler.detach(message);
       this.setState("not_ready", message);
       this.schedule(this.opts.retryMs ?? 3000);
       return;
+    } finally {
+      watch.stop();
     }
     this.snapshots.clearProgress();
     for (const stage of plan.stages) this.opts.onStageLoaded?.(stage, stage.weightBytes);
@@ -190,6 +196,28 @@ export class ClusterController {
     this.serving = { plan, pipeline };
     this.scheduler.attach(pipeline);
     this.setState("ready", `serving with ${plan.stages.length} stage(s): ${describePlan(plan)}`);
+  }
+
+  /**
+   * Rejects when a node of the plan leaves membership while the plan loads: a node that hangs (not dead, not
+   * answering) would otherwise keep its LoadShard call, and with it the whole cluster, waiting forever.
+   */
+  private watchLoad(plan: Plan): { lost: Promise<never>; stop(): void } {
+    let listener: (() => void) | undefined;
+    const lost = new Promise<never>((_resolve, reject) => {
+      listener = () => {
+        const gone = plan.stages.find((s) => !this.opts.membership.get(s.nodeId));
+        if (gone) reject(new Error(`${gone.name} at ${gone.address} left the cluster while loading`));
+      };
+      this.opts.membership.on("change", listener);
+    });
+    lost.catch(() => {});
+    return {
+      lost,
+      stop: () => {
+        if (listener) this.opts.membership.off("change", listener);
+      },
+    };
   }
 
   /** The pipeline lost a node: the scheduler fails its sequences; membership drops the node; re-plan. */

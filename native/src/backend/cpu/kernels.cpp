@@ -14,10 +14,21 @@ constexpr int64_t kTile = 16;
 constexpr int kMaxGroup = 128;
 
 /**
+ * Unpacks 8 values of a bit-stream row whose first bit is byte-aligned: 8 values of `bits` bits fill exactly
+ * `bits` bytes (2, 3, 5 and 6 bits straddle bytes; the LSB-first stream makes this one little-endian word).
+ */
+inline void unpack8(const uint8_t* p, int bits, float* out) {
+  uint64_t word = 0;
+  for (int i = 0; i < bits; ++i) word |= static_cast<uint64_t>(p[i]) << (8 * i);
+  const uint64_t mask = (1u << bits) - 1;
+  for (int j = 0; j < 8; ++j) out[j] = static_cast<float>((word >> (j * bits)) & mask);
+}
+
+/**
  * Unpacks group g of a packed row into buf in the lane layout that prepare_x gives the inputs: for 4 bits,
  * each kStep values as [kLanes even elements, kLanes odd elements] (what decode4 yields); else natural order.
  */
-inline void decode_group(const uint8_t* row, size_t row_bytes, int bits, int group, int64_t g, float* buf) {
+inline void decode_group(const uint8_t* row, int bits, int group, int64_t g, float* buf) {
   if (bits == 4) {
     const uint8_t* p = row + g * group / 2;
     for (int i = 0; i < group; i += simd::kStep) {
@@ -33,26 +44,29 @@ inline void decode_group(const uint8_t* row, size_t row_bytes, int bits, int gro
     for (int i = 0; i < group; i += simd::kLanes) simd::store(buf + i, simd::decode8(p + i));
     return;
   }
-  io::unpack_values(row, row_bytes, bits, g * group, group, buf);
+  // A group starts at bit g*group*bits, a multiple of 8 * bits: byte-aligned, and so is every 8-value chunk.
+  const uint8_t* p = row + g * group * bits / 8;
+  for (int i = 0; i < group; i += 8) unpack8(p + i * bits / 8, bits, buf + i);
 }
 
 /**
  * The lane-wise dot of group g with x straight from the packed bytes (4 and 8 bits): the same FMA sequence as
  * dot_lanes(decoded group, x), so one token and many tokens give the same bits.
  */
-inline simd::V dot_packed(const uint8_t* row, int bits, int group, int64_t g, const float* x) {
+template <int Bits, int Group>
+inline simd::V dot_packed(const uint8_t* row, int64_t g, const float* x) {
   simd::V acc0 = simd::zero(), acc1 = simd::zero();
-  if (bits == 4) {
-    const uint8_t* p = row + g * group / 2;
-    for (int i = 0; i < group; i += simd::kStep) {
+  if constexpr (Bits == 4) {
+    const uint8_t* p = row + g * Group / 2;
+    for (int i = 0; i < Group; i += simd::kStep) {
       simd::V lo, hi;
       simd::decode4(p + i / 2, lo, hi);
       acc0 = simd::fma(lo, simd::load(x + i), acc0);
       acc1 = simd::fma(hi, simd::load(x + i + simd::kLanes), acc1);
     }
   } else {
-    const uint8_t* p = row + g * group;
-    for (int i = 0; i < group; i += simd::kStep) {
+    const uint8_t* p = row + g * Group;
+    for (int i = 0; i < Group; i += simd::kStep) {
       acc0 = simd::fma(simd::decode8(p + i), simd::load(x + i), acc0);
       acc1 = simd::fma(simd::decode8(p + i + simd::kLanes), simd::load(x + i + simd::kLanes), acc1);
     }
@@ -102,69 +116,44 @@ inline float element(const uint8_t* p, int64_t i, io::DType runtime) {
   }
 }
 
-// Per row and token: lanes accumulate scale_g * dot_g over groups, biases accumulate bias_g * sum(x_g) as a
-// scalar, and the row ends with hsum(lanes) + biases. Both the single-token and the tiled path follow exactly
-// this order. Bits 0 here means "any width": unpack the group to floats, then dot_lanes.
+/** Tokens that share one pass over a decoded group in the tiled path (their inputs stay in registers). */
+constexpr int kBlock = 4;
+
+/**
+ * Quantized rows [row_begin, row_end) for every prepared token. Per row and token: lanes accumulate
+ * scale_g * dot_g over groups (dot_g = dot_lanes order), biases accumulate bias_g * sum(x_g) as a scalar, and
+ * the row ends with hsum(lanes) + biases. One token reads the packed bytes directly (dot_packed); several
+ * tokens unpack a group once per tile and reuse it, with exactly the same arithmetic per token.
+ * Bits/Group are compile-time for the packed 4/8-bit paths (so loops unroll), 0 for the generic path.
+ */
 template <int Bits, int Group, io::DType SD, io::DType BD>
-void single_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y) {
-  // Group is the compile-time group size for the packed paths (so the inner loop unrolls), 0 otherwise.
+void quant_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y, int64_t y_stride) {
   const int group = Group != 0 ? Group : m.group;
   const int64_t groups = m.in / group;
   const float* xp = x.x.data();
   const float* xs = x.sums.data();
   alignas(64) float buf[kMaxGroup];
-  for (int64_t o = row_begin; o < row_end; ++o) {
-    const uint8_t* row = m.weight + o * m.row_bytes;
-    simd::V lanes = simd::zero();
-    float bias_sum = 0;
-    for (int64_t g = 0; g < groups; ++g) {
-      const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
-      const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
-      simd::V d;
-      if constexpr (Bits == 4 || Bits == 8) {
-        d = dot_packed(row, Bits, group, g, xp + g * group);
-      } else {
-        decode_group(row, m.row_bytes, m.bits, group, g, buf);
-        d = simd::dot_lanes(buf, xp + g * group, group);
+  if constexpr (Bits != 0) {
+    if (x.rows == 1) {
+    for (int64_t o = row_begin; o < row_end; ++o) {
+      const uint8_t* row = m.weight + o * m.row_bytes;
+      simd::V lanes = simd::zero();
+      float bias_sum = 0;
+      for (int64_t g = 0; g < groups; ++g) {
+        const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
+        const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
+        const simd::V d = dot_packed<Bits, Group>(row, g, xp + g * group);
+        lanes = simd::fma(simd::set1(s), d, lanes);
+        const float bx = b * xs[g];
+        bias_sum = bias_sum + bx;
       }
-      lanes = simd::fma(simd::set1(s), d, lanes);
-      const float bx = b * xs[g];
-      bias_sum = bias_sum + bx;
+      y[o] = simd::hsum(lanes) + bias_sum;
     }
-    y[o] = simd::hsum(lanes) + bias_sum;
+    return;
+    }
   }
-}
-
-template <int Bits, int Group>
-void single_rows_for(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y) {
-  using io::DType;
-  if (m.scale_dtype == DType::BF16 && m.bias_dtype == DType::BF16)
-    return single_rows<Bits, Group, DType::BF16, DType::BF16>(m, x, row_begin, row_end, y);
-  if (m.scale_dtype == DType::F32 && m.bias_dtype == DType::F32)
-    return single_rows<Bits, Group, DType::F32, DType::F32>(m, x, row_begin, row_end, y);
-  // f16 or mixed scale/bias dtypes: served by the generic loader.
-  return single_rows<Bits, Group, DType::Other, DType::Other>(m, x, row_begin, row_end, y);
-}
-
-template <int Bits>
-void single_rows_sized(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y) {
-  if (m.group == 32) return single_rows_for<Bits, 32>(m, x, row_begin, row_end, y);
-  if (m.group == 64) return single_rows_for<Bits, 64>(m, x, row_begin, row_end, y);
-  return single_rows_for<Bits, 128>(m, x, row_begin, row_end, y);
-}
-
-void matmul_quant_single(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y) {
-  if (m.bits == 4) return single_rows_sized<4>(m, x, row_begin, row_end, y);
-  if (m.bits == 8) return single_rows_sized<8>(m, x, row_begin, row_end, y);
-  single_rows_for<0, 0>(m, x, row_begin, row_end, y);
-}
-
-void matmul_quant_tiled(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y,
-                        int64_t y_stride) {
-  alignas(64) float buf[kMaxGroup];
   simd::V lanes[kTile];
   float bias_sum[kTile];
-  const int64_t groups = m.in / m.group;
   for (int64_t t0 = 0; t0 < x.rows; t0 += kTile) {
     const int64_t t1 = std::min(x.rows, t0 + kTile);
     for (int64_t o = row_begin; o < row_end; ++o) {
@@ -174,20 +163,65 @@ void matmul_quant_tiled(const MatView& m, const PreparedX& x, int64_t row_begin,
         bias_sum[t - t0] = 0;
       }
       for (int64_t g = 0; g < groups; ++g) {
-        decode_group(row, m.row_bytes, m.bits, m.group, g, buf);
-        const float s = io::load_float(m.scales, m.scale_dtype, o * groups + g);
-        const float b = io::load_float(m.biases, m.bias_dtype, o * groups + g);
-        const simd::V sv = simd::set1(s);
-        for (int64_t t = t0; t < t1; ++t) {
-          const simd::V d = simd::dot_lanes(buf, x.x.data() + t * m.in + g * m.group, m.group);
+        decode_group(row, Bits != 0 ? Bits : m.bits, group, g, buf);
+        const simd::V sv = simd::set1(element<SD>(m.scales, o * groups + g, m.scale_dtype));
+        const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
+        int64_t t = t0;
+        for (; t + kBlock <= t1; t += kBlock) {
+          simd::V a0[kBlock], a1[kBlock];
+          const float* xt[kBlock];
+          for (int k = 0; k < kBlock; ++k) {
+            a0[k] = simd::zero();
+            a1[k] = simd::zero();
+            xt[k] = xp + (t + k) * m.in + g * group;
+          }
+          for (int i = 0; i < group; i += simd::kStep) {
+            const simd::V w0 = simd::load(buf + i), w1 = simd::load(buf + i + simd::kLanes);
+            for (int k = 0; k < kBlock; ++k) {
+              a0[k] = simd::fma(w0, simd::load(xt[k] + i), a0[k]);
+              a1[k] = simd::fma(w1, simd::load(xt[k] + i + simd::kLanes), a1[k]);
+            }
+          }
+          for (int k = 0; k < kBlock; ++k) {
+            lanes[t + k - t0] = simd::fma(sv, simd::add(a0[k], a1[k]), lanes[t + k - t0]);
+            const float bx = b * xs[(t + k) * groups + g];
+            bias_sum[t + k - t0] = bias_sum[t + k - t0] + bx;
+          }
+        }
+        for (; t < t1; ++t) {
+          const simd::V d = simd::dot_lanes(buf, xp + t * m.in + g * group, group);
           lanes[t - t0] = simd::fma(sv, d, lanes[t - t0]);
-          const float bx = b * x.sums[t * groups + g];
+          const float bx = b * xs[t * groups + g];
           bias_sum[t - t0] = bias_sum[t - t0] + bx;
         }
       }
       for (int64_t t = t0; t < t1; ++t) y[t * y_stride + o] = simd::hsum(lanes[t - t0]) + bias_sum[t - t0];
     }
   }
+}
+
+using QuantRowsFn = void (*)(const MatView&, const PreparedX&, int64_t, int64_t, float*, int64_t);
+
+template <int Bits, int Group>
+QuantRowsFn pick_dtype(const MatView& m) {
+  using io::DType;
+  if (m.scale_dtype == DType::BF16 && m.bias_dtype == DType::BF16) return quant_rows<Bits, Group, DType::BF16, DType::BF16>;
+  if (m.scale_dtype == DType::F32 && m.bias_dtype == DType::F32) return quant_rows<Bits, Group, DType::F32, DType::F32>;
+  // f16 or mixed scale/bias dtypes: the generic loader.
+  return quant_rows<Bits, Group, DType::Other, DType::Other>;
+}
+
+template <int Bits>
+QuantRowsFn pick_group(const MatView& m) {
+  if (m.group == 32) return pick_dtype<Bits, 32>(m);
+  if (m.group == 64) return pick_dtype<Bits, 64>(m);
+  return pick_dtype<Bits, 128>(m);
+}
+
+QuantRowsFn pick_quant_kernel(const MatView& m) {
+  if (m.bits == 4) return pick_group<4>(m);
+  if (m.bits == 8) return pick_group<8>(m);
+  return pick_dtype<0, 0>(m);
 }
 
 }  // namespace
@@ -255,11 +289,7 @@ void matmul_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_
     matmul_plain(m, x, row_begin, row_end, y, y_stride);
     return;
   }
-  if (x.rows == 1) {
-    matmul_quant_single(m, x, row_begin, row_end, y);
-    return;
-  }
-  matmul_quant_tiled(m, x, row_begin, row_end, y, y_stride);
+  pick_quant_kernel(m)(m, x, row_begin, row_end, y, y_stride);
 }
 
 void dequant_row(const MatView& m, int64_t row, float* out) {

@@ -27,19 +27,27 @@ interface Variant {
   name: string;
   bits: number;
   groupSize: number;
+  dtype?: "bf16" | "f16" | "f32";
 }
 const VARIANTS: Variant[] = [
   { name: "4bit-gs32", bits: 4, groupSize: 32 },
   { name: "4bit-gs64", bits: 4, groupSize: 64 },
   { name: "8bit", bits: 8, groupSize: 64 },
   { name: "bf16", bits: 0, groupSize: 64 },
+  // The other MLX widths (bit streams crossing byte boundaries), the widest group, and f16 scales/norms.
+  { name: "3bit-gs32", bits: 3, groupSize: 32 },
+  { name: "6bit-gs128", bits: 6, groupSize: 128 },
+  { name: "2bit-gs64", bits: 2, groupSize: 64 },
+  { name: "5bit-gs64", bits: 5, groupSize: 64 },
+  { name: "4bit-gs64-f16", bits: 4, groupSize: 64, dtype: "f16" },
+  { name: "f32", bits: 0, groupSize: 64, dtype: "f32" },
 ];
 const dirs = new Map<string, string>();
 
 beforeAll(async () => {
   for (const v of VARIANTS) {
     const dir = join(root, v.name);
-    await makeModel({ dir, preset: "tiny", bits: v.bits, groupSize: v.groupSize, seed: 7 });
+    await makeModel({ dir, preset: "tiny", bits: v.bits, groupSize: v.groupSize, dtype: v.dtype, seed: 7 });
     dirs.set(v.name, dir);
   }
 });
@@ -113,6 +121,16 @@ describe("engine matches the reference forward pass", () => {
       try {
         let refLogits = reference.forward(PROMPT, 0).at(-1)!;
         let out = await one(engine, { seq: 1, position: 0, tokens: tokens(PROMPT), returnLogits: true });
+        // The same prompt in chunks of 4, 1 and 6 tokens (tiled, single-token and tiled kernels) gives the same bits.
+        await one(engine, { seq: 2, position: 0, tokens: tokens(PROMPT.slice(0, 4)) });
+        await one(engine, { seq: 2, position: 4, tokens: tokens(PROMPT.slice(4, 5)) });
+        const chunked = await one(engine, {
+          seq: 2,
+          position: 5,
+          tokens: tokens(PROMPT.slice(5)),
+          returnLogits: true,
+        });
+        expect(bytesOf(chunked.logits).equals(bytesOf(out.logits)), `${v.name} chunked prefill`).toBe(true);
         for (let step = 0; step <= 16; step++) {
           expect(relativeError(out.logits!, refLogits), `${v.name} step ${step}`).toBeLessThanOrEqual(1e-3);
           expect(out.token, `${v.name} greedy token at step ${step}`).toBe(argmax(refLogits));

@@ -137,7 +137,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     if (this.closed) return;
     const outcomes = await Promise.allSettled(this.clients.map(call));
     outcomes.forEach((o, i) => {
-      if (o.status === "rejected" && !this.lostNode)
+      if (o.status === "rejected" && !this.lostNode && !this.closed)
         this.log(`${what} on ${this.plan.stages[i].name} failed: ${errorMessage(o.reason)}`);
     });
   }

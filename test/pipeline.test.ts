@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ClusterError } from "../common/errors.js";
 import { NodeClient } from "../common/wire-client.js";
 import { channelOptions, studioNodeClientConstructor } from "../common/wire-proto.js";
-import { type DataFrame, Dtype, FrameKind } from "../common/wire-types.js";
+import { type DataFrame, Dtype, FrameKind, type NodeStatus } from "../common/wire-types.js";
 import { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { Engine, SamplingParams } from "../native/engine-api.js";
@@ -216,6 +216,25 @@ describe("three-stage pipeline over loopback", () => {
     expect(got.tokens).toEqual(await solo(prompt, 5, {}));
   });
 
+  it("every node's Status reports its shard and the work it did", async () => {
+    const statuses = await Promise.all(agents.map((a) => statusOnce(a.address)));
+    const numLayers = numLayersOf(modelDir);
+    statuses.forEach((s, i) => {
+      expect(s.loaded).toBe(true);
+      expect(s.plan_id).toBe("plan-3");
+      expect([s.layer_start, s.layer_end]).toEqual([(i * numLayers) / 3, ((i + 1) * numLayers) / 3]);
+      expect([s.embed, s.head]).toEqual([i === 0, i === 2]);
+      expect(s.weight_bytes).toBeGreaterThan(0);
+      expect(s.batches).toBeGreaterThan(0);
+      expect(s.memory_total).toBeGreaterThan(0);
+      // Frames reached every stage over its inbound Data stream, so each has hop figures.
+      expect(s.inbound_hop_p50_us).toBeGreaterThan(0);
+      expect(s.inbound_hop_p99_us).toBeGreaterThanOrEqual(s.inbound_hop_p50_us);
+    });
+    // The coordinator sees the same figures on its heartbeat streams.
+    expect(pipeline?.statuses().size).toBe(3);
+  });
+
   it("LoadShard refuses a layer range outside the model, naming it, and keeps the loaded shard", async () => {
     const client = new NodeClient(agents[1].address, key);
     const numLayers = numLayersOf(modelDir);
@@ -287,7 +306,7 @@ describe("cluster key", () => {
   });
 });
 
-function statusOnce(address: string): Promise<{ sequences: number; kv_bytes: number }> {
+function statusOnce(address: string): Promise<NodeStatus> {
   const client = new NodeClient(address, key);
   const call = client.status(1000);
   return new Promise((resolve, reject) => {

@@ -14,22 +14,45 @@ constexpr int64_t kTile = 16;
 constexpr int kMaxGroup = 128;
 
 /**
- * Unpacks 8 values of a bit-stream row whose first bit is byte-aligned: 8 values of `bits` bits fill exactly
- * `bits` bytes (2, 3, 5 and 6 bits straddle bytes; the LSB-first stream makes this one little-endian word).
+ * Unpacks 8 values of a bit-stream row whose first bit is byte-aligned: 8 values of Bits bits fill exactly
+ * Bits bytes (2, 3, 5 and 6 bits straddle bytes; the LSB-first stream makes this one little-endian word).
  */
-inline void unpack8(const uint8_t* p, int bits, float* out) {
+template <int Bits>
+inline void unpack8(const uint8_t* p, bool whole_word_readable, float* out) {
+  // One 8-byte load where the row has the bytes (a narrow copy would stall store forwarding); the row's
+  // last chunk copies only its own Bits bytes so nothing past the tensor is read. Little-endian hosts.
   uint64_t word = 0;
-  for (int i = 0; i < bits; ++i) word |= static_cast<uint64_t>(p[i]) << (8 * i);
-  const uint64_t mask = (1u << bits) - 1;
-  for (int j = 0; j < 8; ++j) out[j] = static_cast<float>((word >> (j * bits)) & mask);
+  if (whole_word_readable)
+    std::memcpy(&word, p, 8);
+  else
+    std::memcpy(&word, p, Bits);
+  constexpr uint64_t mask = (uint64_t{1} << Bits) - 1;
+#if defined(__AVX512F__)
+  const __m512i shifts = _mm512_set_epi64(7 * Bits, 6 * Bits, 5 * Bits, 4 * Bits, 3 * Bits, 2 * Bits, Bits, 0);
+  const __m512i v = _mm512_and_si512(_mm512_srlv_epi64(_mm512_set1_epi64(static_cast<long long>(word)), shifts),
+                                     _mm512_set1_epi64(mask));
+  _mm256_storeu_ps(out, _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(v)));
+#elif defined(__AVX2__)
+  const __m256i w = _mm256_set1_epi64x(static_cast<long long>(word));
+  const __m256i m = _mm256_set1_epi64x(mask);
+  const __m256i a = _mm256_and_si256(_mm256_srlv_epi64(w, _mm256_set_epi64x(3 * Bits, 2 * Bits, Bits, 0)), m);
+  const __m256i b = _mm256_and_si256(_mm256_srlv_epi64(w, _mm256_set_epi64x(7 * Bits, 6 * Bits, 5 * Bits, 4 * Bits)), m);
+  // Low 32 bits of each qword: [a0 a1 b0 b1 | a2 a3 b2 b3], then reorder the 64-bit pairs to a0..a3 b0..b3.
+  const __m256 packed = _mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), _MM_SHUFFLE(2, 0, 2, 0));
+  const __m256i ordered = _mm256_permute4x64_epi64(_mm256_castps_si256(packed), _MM_SHUFFLE(3, 1, 2, 0));
+  _mm256_storeu_ps(out, _mm256_cvtepi32_ps(ordered));
+#else
+  for (int j = 0; j < 8; ++j) out[j] = static_cast<float>((word >> (j * Bits)) & mask);
+#endif
 }
 
 /**
  * Unpacks group g of a packed row into buf in the lane layout that prepare_x gives the inputs: for 4 bits,
  * each kStep values as [kLanes even elements, kLanes odd elements] (what decode4 yields); else natural order.
  */
-inline void decode_group(const uint8_t* row, int bits, int group, int64_t g, float* buf) {
-  if (bits == 4) {
+template <int Bits>
+inline void decode_group(const uint8_t* row, size_t row_bytes, int group, int64_t g, float* buf) {
+  if constexpr (Bits == 4) {
     const uint8_t* p = row + g * group / 2;
     for (int i = 0; i < group; i += simd::kStep) {
       simd::V lo, hi;
@@ -37,16 +60,17 @@ inline void decode_group(const uint8_t* row, int bits, int group, int64_t g, flo
       simd::store(buf + i, lo);
       simd::store(buf + i + simd::kLanes, hi);
     }
-    return;
-  }
-  if (bits == 8) {
+  } else if constexpr (Bits == 8) {
     const uint8_t* p = row + g * group;
     for (int i = 0; i < group; i += simd::kLanes) simd::store(buf + i, simd::decode8(p + i));
-    return;
+  } else {
+    // A group starts at bit g*group*Bits, a multiple of 8 * Bits: byte-aligned, and so is every 8-value chunk.
+    const size_t start = static_cast<size_t>(g) * group * Bits / 8;
+    for (int i = 0; i < group; i += 8) {
+      const size_t at = start + i * Bits / 8;
+      unpack8<Bits>(row + at, at + 8 <= row_bytes, buf + i);
+    }
   }
-  // A group starts at bit g*group*bits, a multiple of 8 * bits: byte-aligned, and so is every 8-value chunk.
-  const uint8_t* p = row + g * group * bits / 8;
-  for (int i = 0; i < group; i += 8) unpack8(p + i * bits / 8, bits, buf + i);
 }
 
 /**
@@ -124,16 +148,16 @@ constexpr int kBlock = 4;
  * scale_g * dot_g over groups (dot_g = dot_lanes order), biases accumulate bias_g * sum(x_g) as a scalar, and
  * the row ends with hsum(lanes) + biases. One token reads the packed bytes directly (dot_packed); several
  * tokens unpack a group once per tile and reuse it, with exactly the same arithmetic per token.
- * Bits/Group are compile-time for the packed 4/8-bit paths (so loops unroll), 0 for the generic path.
+ * Bits and Group are compile-time so the unpacking and the group loops unroll.
  */
 template <int Bits, int Group, io::DType SD, io::DType BD>
 void quant_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y, int64_t y_stride) {
-  const int group = Group != 0 ? Group : m.group;
+  constexpr int group = Group;
   const int64_t groups = m.in / group;
   const float* xp = x.x.data();
   const float* xs = x.sums.data();
   alignas(64) float buf[kMaxGroup];
-  if constexpr (Bits != 0) {
+  if constexpr (Bits == 4 || Bits == 8) {
     if (x.rows == 1) {
     for (int64_t o = row_begin; o < row_end; ++o) {
       const uint8_t* row = m.weight + o * m.row_bytes;
@@ -163,7 +187,7 @@ void quant_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
         bias_sum[t - t0] = 0;
       }
       for (int64_t g = 0; g < groups; ++g) {
-        decode_group(row, Bits != 0 ? Bits : m.bits, group, g, buf);
+        decode_group<Bits>(row, m.row_bytes, group, g, buf);
         const simd::V sv = simd::set1(element<SD>(m.scales, o * groups + g, m.scale_dtype));
         const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
         int64_t t = t0;
@@ -219,9 +243,14 @@ QuantRowsFn pick_group(const MatView& m) {
 }
 
 QuantRowsFn pick_quant_kernel(const MatView& m) {
-  if (m.bits == 4) return pick_group<4>(m);
-  if (m.bits == 8) return pick_group<8>(m);
-  return pick_dtype<0, 0>(m);
+  switch (m.bits) {
+    case 2: return pick_group<2>(m);
+    case 3: return pick_group<3>(m);
+    case 4: return pick_group<4>(m);
+    case 5: return pick_group<5>(m);
+    case 6: return pick_group<6>(m);
+    default: return pick_group<8>(m);
+  }
 }
 
 }  // namespace

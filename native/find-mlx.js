@@ -10,8 +10,11 @@
 //   brew --prefix mlx                 Homebrew (macOS)
 //   python3 -m mlx --cmake-dir        pip install mlx (the wheel carries headers and libmlx)
 import { execFileSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+
+// The oldest MLX whose C++ API the backend uses (dequantize with a global scale and an output dtype: 0.31.0).
+const MINIMUM_VERSION = [0, 31];
 
 // A shared libmlx only: a static one would also need its BLAS/Metal link lines, which vary by build.
 const LIBRARY_FILES = ["libmlx.dylib", "libmlx.so"];
@@ -29,6 +32,23 @@ function libraryDirOf(prefix) {
 function prefixFrom(path) {
   const candidates = [resolve(path), resolve(path, "..", "..", "..")];
   return candidates.find((candidate) => libraryDirOf(candidate) !== undefined);
+}
+
+/** [major, minor, patch] from <prefix>/include/mlx/version.h, or undefined when it cannot be read. */
+function versionOf(prefix) {
+  try {
+    const text = readFileSync(join(prefix, "include", "mlx", "version.h"), "utf8");
+    const part = (name) => Number(new RegExp(`#define MLX_VERSION_${name} (\\d+)`).exec(text)?.[1]);
+    const version = [part("MAJOR"), part("MINOR"), part("PATCH")];
+    return version.every(Number.isInteger) ? version : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function isRecentEnough(version) {
+  const [major, minor] = version;
+  return major > MINIMUM_VERSION[0] || (major === MINIMUM_VERSION[0] && minor >= MINIMUM_VERSION[1]);
 }
 
 /** Runs a probe command; a missing tool or a failing command just means "not found here". */
@@ -57,8 +77,18 @@ function findMlx() {
     const path = lookup();
     if (path === undefined || path === "") continue;
     const prefix = prefixFrom(path);
-    if (prefix !== undefined) return { prefix, source: label };
-    tried.push(`${label} gave ${path} (no include/mlx/mlx.h beside a shared lib/libmlx)`);
+    if (prefix === undefined) {
+      tried.push(`${label} gave ${path} (no include/mlx/mlx.h beside a shared lib/libmlx)`);
+      continue;
+    }
+    const version = versionOf(prefix);
+    if (version !== undefined && !isRecentEnough(version)) {
+      tried.push(
+        `${label} gave MLX ${version.join(".")} at ${prefix}, older than ${MINIMUM_VERSION.join(".")} (upgrade it)`,
+      );
+      continue;
+    }
+    return { prefix, source: label, version: version?.join(".") ?? "of unknown version" };
   }
   return { why: tried.length > 0 ? tried.join("; ") : "no MLX_DIR/MLX_ROOT, brew or pip mlx" };
 }
@@ -69,7 +99,7 @@ function main() {
   if (query === "prefix") {
     const line =
       found.prefix !== undefined
-        ? `studio-cluster: building the engine WITH the mlx backend (MLX at ${found.prefix}, from ${found.source})`
+        ? `studio-cluster: building the engine WITH the mlx backend (MLX ${found.version} at ${found.prefix}, from ${found.source})`
         : `studio-cluster: building the engine WITHOUT the mlx backend (cpu only): ${found.why}`;
     process.stderr.write(line + "\n");
   }

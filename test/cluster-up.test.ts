@@ -120,7 +120,17 @@ describe("two cluster up processes joined with --peer", () => {
       await freePort(),
       await freePort(),
     ];
-    const common = ["--model", modelDir, "--key", key, "--no-bonjour", "--threads", "1"];
+    const common = [
+      "--model",
+      modelDir,
+      "--key",
+      key,
+      "--no-bonjour",
+      "--threads",
+      "1",
+      "--memory-bandwidth",
+      "50",
+    ];
     // Only B names A: A learns about B from B's Hello.
     const a = start([...common, "--name", "alpha", "--port", String(grpcA), "--api-port", String(apiA)]);
     const b = start([
@@ -216,7 +226,17 @@ describe("two cluster up processes joined with --peer", () => {
       await freePort(),
       await freePort(),
     ];
-    const common = ["--model", modelDir, "--key", key, "--no-bonjour", "--threads", "1"];
+    const common = [
+      "--model",
+      modelDir,
+      "--key",
+      key,
+      "--no-bonjour",
+      "--threads",
+      "1",
+      "--memory-bandwidth",
+      "50",
+    ];
     const a = start([...common, "--name", "gamma", "--port", String(grpcA), "--api-port", String(apiA)]);
     const b = start([
       ...common,

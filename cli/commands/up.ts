@@ -43,6 +43,8 @@ export interface UpOptions {
   context?: number;
   bonjour: boolean;
   interface?: string;
+  /** GB/s; skips the measurement. */
+  memoryBandwidth?: number;
 }
 
 function intArg(name: string, min: number, max: number) {
@@ -50,6 +52,15 @@ function intArg(name: string, min: number, max: number) {
     const n = Number(value);
     if (!Number.isInteger(n) || n < min || n > max)
       throw new InvalidArgumentError(`${name} must be an integer from ${min} to ${max} (got "${value}")`);
+    return n;
+  };
+}
+
+function positiveNumber(name: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isFinite(n) || n <= 0)
+      throw new InvalidArgumentError(`${name} must be a positive number (got "${value}")`);
     return n;
   };
 }
@@ -196,6 +207,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
       // "--backend cpu" keeps the planner from choosing mlx for the pipeline; otherwise the engine says.
       backends: opts.backend === "cpu" ? ["cpu"] : undefined,
       threads: opts.threads,
+      memoryBandwidthBps: opts.memoryBandwidth ? opts.memoryBandwidth * 1e9 : undefined,
       onPeerHello: (peer) => {
         if (peer.clusterId === key.clusterId) onPeerHello?.(peer.address);
       },
@@ -312,6 +324,11 @@ export function register(program: Command): void {
     )
     .option("--no-bonjour", "do not advertise or browse with Bonjour (use --peer)")
     .option("--interface <if>", "network interface (name or IPv4 address) for the data plane and Bonjour")
+    .option(
+      "--memory-bandwidth <GB/s>",
+      "this machine's memory bandwidth, which the planner splits layers by (default: measured at start)",
+      positiveNumber("--memory-bandwidth"),
+    )
     .action(async (opts: UpOptions) => {
       try {
         await runUp(opts);

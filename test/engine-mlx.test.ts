@@ -4,7 +4,7 @@
 //   cpu backend for 16 free-running steps and logits within 1e-4 of the largest logit. This pins every op
 //   (quantized matmul, gather_qmm, rms_norm, half-split partial rope, GQA attention, router) to MODEL.md.
 // - production mode (bf16 activations and KV): logits within bf16 tolerance and the cpu's greedy token
-//   wherever the cpu's choice is clear (see BF16_* below for why near-ties are exempt).
+//   wherever the choice is clear and routing matched (see BF16_* below for why near-ties and flips are exempt).
 // Also: a split mlx run equals the single mlx run bit for bit (bf16 hidden on the wire), batching and fork
 // leave a sequence's bits unchanged, and backend "auto" picks mlx only where MLX has a GPU.
 // Runs whenever the addon was built with MLX (native/find-mlx.js found it at install); says why it skips otherwise.
@@ -27,16 +27,22 @@ if (skipReason) console.warn(`engine-mlx.test: skipping the mlx backend tests: $
 
 const LAYERS = 6; // tiny preset
 const HIDDEN = 128;
-const PROMPT = [5, 17, 300, 42, 7, 999, 123, 64, 1001, 250, 77, 8];
+// 40 tokens: the prefill routes 80 (token, expert) pairs, enough for the backend's expert-sorted path
+// (>= 64 pairs); the decode steps take the direct path.
+const PROMPT = Array.from({ length: 40 }, (_, i) => (i * 37 + 5) % 1500);
 const DECODE_STEPS = 16;
 // f32 checking mode: only summation order differs from the cpu backend (observed ~1e-6).
 const F32_TOLERANCE = 1e-4;
 // bf16: every activation rounds to 8 significant bits (2^-9 relative), so after six layers the logits differ
-// from the f32 cpu backend by about 1% of the largest logit (observed 0.6-2.6%); the median step must stay
-// under 3%. A token whose router scores sit within that noise of the top-k boundary can pick another expert,
-// which moves that step's logits by tens of per cent (observed up to 32%): the worst step must stay under
-// 50%. A wrong op moves every step by 100% or more (observed when a sequence diverges), failing both bounds.
+// from the f32 cpu backend by about 1% of the largest logit (observed median 0.75-0.95%): the median step
+// must stay under 3%. A token whose router scores sit within that noise of the top-k boundary can pick another
+// expert, which moves that step's logits (and perhaps its greedy token) by tens of per cent (observed up to
+// 32%, on at most 2 of 25 steps): such routing-flip steps (error over 5%) may be at most a quarter of the
+// steps, none over 50%. A wrong op moves every step by 20% or more (a swapped rope pairing gives a median of
+// 20-23%), failing the median bound.
 const BF16_MEDIAN_TOLERANCE = 0.03;
+const BF16_FLIP_ERROR = 0.05;
+const BF16_MAX_FLIP_SHARE = 0.25;
 const BF16_WORST_TOLERANCE = 0.5;
 // Greedy choices closer than 10% of the largest logit are near-ties that bf16 noise may legitimately flip.
 const BF16_CLEAR_MARGIN = 0.1;
@@ -195,18 +201,21 @@ describe.skipIf(skipReason !== undefined)("mlx backend", () => {
         // Both follow the cpu's tokens, so every step compares the same history.
         const got = await greedy(mlx, 1, PROMPT, steps, ref.tokens);
         const errors = relativeErrors(got, ref);
-        const clear = ref.logits.map((l) => relativeMargin(l) >= BF16_CLEAR_MARGIN);
+        const flips = errors.map((e) => e > BF16_FLIP_ERROR);
+        // Clear choices on steps whose routing matched: there bf16 noise alone cannot change the token.
+        const checked = ref.logits.map((l, s) => !flips[s] && relativeMargin(l) >= BF16_CLEAR_MARGIN);
         const agree = ref.tokens.filter((t, s) => t === got.tokens[s]).length;
         console.log(
           `engine-mlx ${c.name} bf16: relative logit error median ${median(errors).toExponential(2)}, worst ` +
-            `${Math.max(...errors).toExponential(2)}; greedy agrees on ${agree}/${ref.tokens.length} steps ` +
-            `(${clear.filter(Boolean).length} clear)`,
+            `${Math.max(...errors).toExponential(2)}, routing-flip steps ${flips.filter(Boolean).length}; greedy ` +
+            `agrees on ${agree}/${ref.tokens.length} steps (${checked.filter(Boolean).length} clear, all must agree)`,
         );
-        expect(clear.filter(Boolean).length).toBeGreaterThan(0);
-        for (let s = 0; s < ref.tokens.length; s++)
-          if (clear[s]) expect(got.tokens[s], `step ${s}`).toBe(ref.tokens[s]);
         expect(median(errors)).toBeLessThanOrEqual(BF16_MEDIAN_TOLERANCE);
+        expect(flips.filter(Boolean).length).toBeLessThanOrEqual(BF16_MAX_FLIP_SHARE * errors.length);
         expect(Math.max(...errors)).toBeLessThanOrEqual(BF16_WORST_TOLERANCE);
+        expect(checked.filter(Boolean).length).toBeGreaterThan(0);
+        for (let s = 0; s < ref.tokens.length; s++)
+          if (checked[s]) expect(got.tokens[s], `step ${s}`).toBe(ref.tokens[s]);
       } finally {
         await cpu.close();
         await mlx.close();

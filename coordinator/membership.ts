@@ -68,7 +68,13 @@ interface Candidate {
   failures: number;
   firstFailureAt?: number;
   lastProblem?: string;
+  /** When capabilities were last read with Hello, and whether a refresh is under way. */
+  helloAt?: number;
+  refreshing?: boolean;
 }
+
+/** Capabilities change after start (a node measures its memory bandwidth in the background): re-read them. */
+const CAPABILITY_REFRESH_MS = 5000;
 
 export class Membership extends EventEmitter<MembershipEvents> {
   private readonly candidates = new Map<string, Candidate>();
@@ -169,15 +175,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     candidate.client ??= new NodeClient(candidate.address, this.opts.clusterKey);
     let reply: HelloReply;
     try {
-      reply = await candidate.client.hello(
-        {
-          version: this.opts.version,
-          node_id: this.opts.nodeId,
-          cluster_id: this.opts.clusterId,
-          grpc_port: this.opts.grpcPort,
-        },
-        Math.max(1000, this.heartbeatTimeoutMs),
-      );
+      reply = await candidate.client.hello(this.helloRequest(), Math.max(1000, this.heartbeatTimeoutMs));
     } catch (err) {
       this.probeFailed(candidate, describeCallError(candidate.address, err));
       return;
@@ -226,6 +224,7 @@ export class Membership extends EventEmitter<MembershipEvents> {
     candidate.lastProblem = undefined;
     candidate.state = "live";
     candidate.nodeId = reply.node_id;
+    candidate.helloAt = Date.now();
     const now = Date.now();
     const member: Member = {
       nodeId: reply.node_id,
@@ -266,10 +265,44 @@ export class Membership extends EventEmitter<MembershipEvents> {
   private checkHeartbeats(): void {
     const now = Date.now();
     for (const [nodeId, member] of this.members) {
-      if (now - member.lastSeen <= this.heartbeatTimeoutMs) continue;
       const carrier = this.carriers.get(nodeId);
-      if (carrier) this.lose(carrier, `no heartbeat for ${now - member.lastSeen} ms`);
+      if (!carrier) continue;
+      if (now - member.lastSeen > this.heartbeatTimeoutMs) {
+        this.lose(carrier, `no heartbeat for ${now - member.lastSeen} ms`);
+        continue;
+      }
+      if (!carrier.refreshing && now - (carrier.helloAt ?? 0) > CAPABILITY_REFRESH_MS)
+        void this.refreshCapabilities(carrier, member);
     }
+  }
+
+  /** Quietly updates a member's capabilities; the next plan uses them (no change event: no re-plan for this). */
+  private async refreshCapabilities(candidate: Candidate, member: Member): Promise<void> {
+    candidate.refreshing = true;
+    candidate.helloAt = Date.now();
+    try {
+      const reply = await candidate.client?.hello(
+        this.helloRequest(),
+        Math.max(1000, this.heartbeatTimeoutMs),
+      );
+      if (reply && reply.node_id === member.nodeId && this.members.get(member.nodeId) === member) {
+        member.capabilities = reply.capabilities ?? member.capabilities;
+        member.apiPort = reply.api_port;
+      }
+    } catch {
+      // The heartbeat decides liveness; a failed refresh keeps the previous figures.
+    } finally {
+      candidate.refreshing = false;
+    }
+  }
+
+  private helloRequest() {
+    return {
+      version: this.opts.version,
+      node_id: this.opts.nodeId,
+      cluster_id: this.opts.clusterId,
+      grpc_port: this.opts.grpcPort,
+    };
   }
 
   /** The member carried by this candidate is gone: drop it, re-probe its spare addresses and itself. */

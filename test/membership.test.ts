@@ -5,6 +5,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { clusterIdOf, generateClusterKey } from "../common/cluster-key.js";
+import { NodeClient } from "../common/wire-client.js";
 import { electCoordinator } from "../coordinator/election.js";
 import { type Member, Membership } from "../coordinator/membership.js";
 import { agentEntry, ensureModel } from "./pipeline-cluster.js";
@@ -148,6 +149,26 @@ describe("membership over real node agents", () => {
     b.child.kill("SIGCONT");
     await waitFor("0b to come back", () => (m.get("0b") ? true : undefined), 10_000);
     expect(ids(m.live())).toEqual(["0a", "0b", "0c"]);
+  });
+
+  it("keeps members' capabilities current (a node measures its bandwidth after it started)", async () => {
+    const m = views[0];
+    const c = agents[2];
+    const client = new NodeClient(c.address, key);
+    try {
+      const fresh = await client.hello({});
+      expect(fresh.capabilities?.memory_bandwidth_bps).toBeGreaterThan(0);
+      await waitFor(
+        "0c's capabilities to match its own answer",
+        () =>
+          m.get("0c")?.capabilities.memory_bandwidth_bps === fresh.capabilities?.memory_bandwidth_bps
+            ? true
+            : undefined,
+        12_000,
+      );
+    } finally {
+      client.close();
+    }
   });
 
   it("hands the coordinator role to the next smallest id when the coordinator dies", async () => {

@@ -49,7 +49,8 @@ export interface PipelineEvents {
   status: [stageIndex: number, status: NodeStatus];
 }
 
-/** Receives every RESULT and ERROR frame (the scheduler's per-token path: one call per frame, no events). */
+/** Receives every RESULT and ERROR frame (the scheduler's per-token path: one call per frame, no events); it
+ * ignores sequences that are not its own. */
 export type ResultHandler = (frame: DataFrame) => void;
 
 export class Pipeline extends EventEmitter<PipelineEvents> {
@@ -62,7 +63,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
   private input: DataStream | undefined;
   private results: grpc.ClientReadableStream<DataFrame> | undefined;
   private watchdog: NodeJS.Timeout | undefined;
-  private resultHandler: ResultHandler = () => {};
+  private resultHandlers: ResultHandler[] = [];
   private lostNode: LostNode | undefined;
   private closed = false;
   private readonly log: (line: string) => void;
@@ -111,8 +112,16 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     return new Map(this.latest);
   }
 
-  onResult(handler: ResultHandler): void {
-    this.resultHandler = handler;
+  /** Adds a receiver of RESULT/ERROR frames (one per scheduler using this pipeline); returns its removal. */
+  onResult(handler: ResultHandler): () => void {
+    this.resultHandlers = [...this.resultHandlers, handler];
+    return () => {
+      this.resultHandlers = this.resultHandlers.filter((h) => h !== handler);
+    };
+  }
+
+  private deliver(frame: DataFrame): void {
+    for (const handler of this.resultHandlers) handler(frame);
   }
 
   /** Writes frames to stage 0 (tokens, cancels). False when the pipeline can no longer take work. */
@@ -175,7 +184,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     const last = this.clients.length - 1;
     const results = this.clients[last].results(this.plan.planId);
     this.results = results;
-    results.on("data", (frame: DataFrame) => this.resultHandler(frame));
+    results.on("data", (frame: DataFrame) => this.deliver(frame));
     results.on("error", (err) => this.streamBroke(last, `results stream failed: ${grpcMessage(err)}`));
     results.on("end", () => this.streamBroke(last, "results stream ended"));
     await new Promise<void>((resolve, reject) => {
@@ -187,7 +196,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     const input = this.clients[0].data();
     this.input = input;
     // Stage 0 answers on this stream only about frames it could not attribute to its work (no shard, ...).
-    input.on("data", (frame: DataFrame) => this.resultHandler(frame));
+    input.on("data", (frame: DataFrame) => this.deliver(frame));
     input.on("error", (err) => this.streamBroke(0, `data stream failed: ${grpcMessage(err)}`));
     input.on("end", () => this.streamBroke(0, "data stream ended"));
   }

@@ -17,7 +17,7 @@ export interface SchedulerOptions {
   prefillChunkTokens?: number;
   /** Sequences in flight at once; more get "overloaded". Default 64. */
   maxSequences?: number;
-  /** A sequence waiting this long for its next token fails with "timeout". Default 120 s. */
+  /** A sequence waiting this long for its next token fails with "timeout" (plus 10 ms per prompt token for the first). Default 120 s. */
   stepTimeoutMs?: number;
 }
 
@@ -113,6 +113,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   private pipeline: Pipeline | undefined;
   private notReadyReason = "no pipeline is loaded yet";
   private readonly runs = new Map<number, Run>();
+  private unsubscribe: () => void = () => {};
   private nextSeq: number;
 
   constructor(opts: SchedulerOptions) {
@@ -137,9 +138,10 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
 
   /** Serves from this pipeline from now on (after a start or a re-plan). */
   attach(pipeline: Pipeline): void {
-    if (this.pipeline && this.pipeline !== pipeline) this.detach("replaced by a new pipeline");
+    if (this.pipeline === pipeline) return;
+    if (this.pipeline) this.detach("replaced by a new pipeline");
     this.pipeline = pipeline;
-    pipeline.onResult((frame) => this.route(frame));
+    this.unsubscribe = pipeline.onResult((frame) => this.route(frame));
     // A node may have gone between Pipeline.start and now: then this pipeline never serves.
     if (pipeline.lost) this.onNodeLost(pipeline, pipeline.lost);
     else pipeline.once("nodeLost", (lost) => this.onNodeLost(pipeline, lost));
@@ -150,6 +152,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     const pipeline = this.pipeline;
     this.pipeline = undefined;
     this.notReadyReason = reason;
+    this.unsubscribe();
     if (!pipeline) return;
     this.failAll(pipeline, new ClusterError("cluster_not_ready", `the pipeline was taken down: ${reason}`));
     pipeline.close();
@@ -246,7 +249,10 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
       const stops = new Set(request.stopTokenIds);
       let position = request.prompt.length;
       for (let n = 1; ; n++) {
-        const frame = await run.next(this.stepTimeoutMs);
+        // The first token waits for the whole prompt: allow for prefill at a slow 100 tokens/s on top.
+        const frame = await run.next(
+          n === 1 ? this.stepTimeoutMs + request.prompt.length * 10 : this.stepTimeoutMs,
+        );
         if (n === 1) firstTokenAt = performance.now();
         figures.outputTokens = n;
         const end = stops.has(frame.token) ? "stop" : n >= request.maxTokens ? "length" : undefined;

@@ -33,6 +33,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  for (const a of agents) a.child.kill("SIGCONT");
   for (const p of pipelines) p.close();
   await Promise.all(agents.map((a) => a.stop()));
 });
@@ -100,5 +101,40 @@ describe("losing a stage", () => {
     } finally {
       await reference?.close();
     }
+  });
+
+  it("a stage that freezes (SIGSTOP: connection open, no heartbeat) is declared lost within 5 s", async () => {
+    const survivors = [agents[0], agents[2]];
+    const scheduler = new Scheduler({ contextWindow: 8192 });
+    const pipeline = await Pipeline.start({
+      plan: evenPlan("freeze", survivors, numLayers),
+      clusterKey: key,
+    });
+    pipelines.push(pipeline);
+    scheduler.attach(pipeline);
+    const frozen = agents[2];
+    let frozenAt = 0;
+    const prompt = Array.from({ length: 10 }, (_, i) => 40 + i);
+    const error = await collect(
+      scheduler.generate({ prompt, maxTokens: 6000, sampling: {}, stopTokenIds: [] }),
+      (n) => {
+        if (n === 5) {
+          frozenAt = performance.now();
+          frozen.child.kill("SIGSTOP");
+        }
+      },
+    ).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    const elapsedMs = performance.now() - frozenAt;
+    frozen.child.kill("SIGCONT");
+    expect(error).toBeInstanceOf(ClusterError);
+    expect((error as ClusterError).code).toBe("node_lost");
+    expect((error as ClusterError).message).toMatch(
+      /stage-2 at .* stopped responding \(stage 1: no heartbeat for \d+ ms\)/,
+    );
+    expect(elapsedMs).toBeLessThan(5000);
+    console.log(`frozen stage declared lost ${elapsedMs.toFixed(0)} ms after SIGSTOP`);
   });
 });

@@ -107,6 +107,11 @@ describe("cluster up --demo on one machine", () => {
       expect(proc.stderr.join("\n")).toMatch(message);
     }
     holder.close();
+    // `cluster status` against a node that is not there.
+    const nobody = await freePort();
+    const status = runCli(["status", "--api", `http://127.0.0.1:${nobody}`], env);
+    expect(await status.exited).toBe(1);
+    expect(status.stderr.join("\n")).toContain(`cannot reach http://127.0.0.1:${nobody}/health`);
   });
 });
 

@@ -88,11 +88,16 @@ struct RopeShape {
   float theta = 0;
 };
 
-/** Per row, top_k experts in rank order and their normalised weights (row-major [rows, top_k]). */
+/**
+ * Per row, top_k experts in rank order and their normalised weights (row-major [rows, top_k]). A backend that
+ * keeps the choice on its device (mlx: reading it back would stall the GPU once per layer) leaves experts and
+ * weights empty and passes its own data to experts() through `device`.
+ */
 struct Routing {
   int top_k = 0;
   std::vector<int32_t> experts;
   std::vector<float> weights;
+  std::shared_ptr<const void> device;
 };
 
 class Backend {

@@ -1,5 +1,6 @@
 #include "model/minimax_m2.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <stdexcept>
@@ -89,8 +90,11 @@ void MinimaxM2Shard::run_layer(int local, const LayerWeights& w, Activations& h,
   b.experts(*w.gate, *w.up, *w.down, *x, routing, *delta);
   b.add(h, *delta);
 
-  const std::set<int32_t> used(routing.experts.begin(), routing.experts.end());
-  weight_bytes_read_ += static_cast<double>(w.dense_bytes) + static_cast<double>(used.size() * w.expert_bytes);
+  // A device-side routing (mlx) is not read back: count the most experts the rows can touch instead.
+  const size_t used = routing.experts.empty()
+                          ? std::min<size_t>(config_.experts, static_cast<size_t>(n) * config_.top_k)
+                          : std::set<int32_t>(routing.experts.begin(), routing.experts.end()).size();
+  weight_bytes_read_ += static_cast<double>(w.dense_bytes) + static_cast<double>(used * w.expert_bytes);
 }
 
 std::vector<ForwardResult> MinimaxM2Shard::forward(std::vector<ForwardItem>& batch) {

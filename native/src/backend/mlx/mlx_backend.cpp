@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -57,6 +56,12 @@ mx::array array_of(const io::HostTensor& t) {
                                 " its dtype and shape " + t.shape_text() + " need");
   return a;
 }
+
+/** The expert choice on the device: index [rows, k] and weights [rows, k, 1] (f32). */
+struct DeviceRouting {
+  mx::array index;
+  mx::array weights;
+};
 
 const MlxMatrix& cast(const Matrix& m) { return static_cast<const MlxMatrix&>(m); }
 const MlxVector& cast(const Vector& v) { return static_cast<const MlxVector&>(v); }
@@ -214,28 +219,27 @@ class MlxBackend final : public Backend {
     // The bias only selects: argpartition finds the top_k keys, and the weights come from s alone.
     auto picked = mx::slice(mx::argpartition(mx::negative(key, stream_), top_k - 1, -1, stream_), {0, 0},
                             {static_cast<int>(x.rows), top_k}, stream_);
-    auto picked_key = mx::take_along_axis(key, picked, -1, stream_);
     auto picked_s = mx::take_along_axis(s, picked, -1, stream_);
-    picked = mx::contiguous(mx::astype(picked, mx::int32, stream_), false, stream_);
-    picked_key = mx::contiguous(picked_key, false, stream_);
-    picked_s = mx::contiguous(picked_s, false, stream_);
-    mx::eval({picked, picked_key, picked_s});
-    return ranked(picked.data<int32_t>(), picked_key.data<float>(), picked_s.data<float>(), x.rows, top_k);
+    auto sum = mx::sum(picked_s, -1, true, stream_);
+    auto weights = mx::divide(picked_s, mx::add(sum, mx::array(1e-20f), stream_), stream_);
+    // Nothing is read back: the choice stays on the device for experts(), so a layer never waits for the GPU.
+    Routing routing;
+    routing.top_k = top_k;
+    routing.device = std::make_shared<const DeviceRouting>(DeviceRouting{picked, mx::expand_dims(weights, -1, stream_)});
+    return routing;
   }
 
   void experts(const Matrix& gate, const Matrix& up, const Matrix& down, const Activations& x,
                const Routing& routing, Activations& out) override {
     const int rows = static_cast<int>(x.rows);
     const int k = routing.top_k;
-    std::vector<uint32_t> chosen(routing.experts.begin(), routing.experts.end());
-    auto index = mx::array(chosen.data(), {rows, k}, mx::uint32);
-    auto weights = mx::array(routing.weights.data(), {rows, k, 1}, mx::float32);
+    const DeviceRouting choice = device_routing(routing, rows);
     const auto& xa = cast(x).get();
     mx::array y = static_cast<int64_t>(rows) * k >= kSortedExpertsFrom
-                      ? experts_sorted(cast(gate), cast(up), cast(down), xa, index)
-                      : experts_direct(cast(gate), cast(up), cast(down), xa, index);
+                      ? experts_sorted(cast(gate), cast(up), cast(down), xa, choice.index)
+                      : experts_direct(cast(gate), cast(up), cast(down), xa, choice.index);
     // y: [rows, k, hidden]; the weighted sum over the k choices runs in f32.
-    auto sum = mx::sum(mx::multiply(mx::astype(y, mx::float32, stream_), weights, stream_), 1, false, stream_);
+    auto sum = mx::sum(mx::multiply(mx::astype(y, mx::float32, stream_), choice.weights, stream_), 1, false, stream_);
     cast(out).set(mx::astype(sum, compute_, stream_));
   }
 
@@ -305,29 +309,16 @@ class MlxBackend final : public Backend {
     return mx::reshape(y, {rows, k, y.shape(-1)}, stream_);
   }
 
-  /** Each row's picks in rank order (key descending, ties to the lower expert) with weights s / (sum + 1e-20). */
-  static Routing ranked(const int32_t* picked, const float* key, const float* s, int64_t rows, int top_k) {
-    Routing routing;
-    routing.top_k = top_k;
-    routing.experts.resize(rows * top_k);
-    routing.weights.resize(rows * top_k);
-    std::vector<int> order(top_k);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int32_t* e = picked + r * top_k;
-      const float* kr = key + r * top_k;
-      const float* sr = s + r * top_k;
-      std::iota(order.begin(), order.end(), 0);
-      std::sort(order.begin(), order.end(),
-                [&](int a, int b) { return kr[a] > kr[b] || (kr[a] == kr[b] && e[a] < e[b]); });
-      float sum = 0;
-      for (int j = 0; j < top_k; ++j) sum += sr[order[j]];
-      const float denom = sum + 1e-20f;
-      for (int j = 0; j < top_k; ++j) {
-        routing.experts[r * top_k + j] = e[order[j]];
-        routing.weights[r * top_k + j] = sr[order[j]] / denom;
-      }
-    }
-    return routing;
+  /** The routing as device arrays: made by route(), or uploaded from a host-side routing. */
+  static DeviceRouting device_routing(const Routing& routing, int rows) {
+    if (routing.device) return *static_cast<const DeviceRouting*>(routing.device.get());
+    const int k = routing.top_k;
+    if (routing.experts.size() != static_cast<size_t>(rows) * k || routing.weights.size() != routing.experts.size())
+      throw std::invalid_argument("mlx backend: routing holds " + std::to_string(routing.experts.size()) +
+                                  " choices for " + std::to_string(rows) + " rows of top " + std::to_string(k));
+    const std::vector<uint32_t> chosen(routing.experts.begin(), routing.experts.end());
+    return DeviceRouting{mx::array(chosen.data(), {rows, k}, mx::uint32),
+                         mx::array(routing.weights.data(), {rows, k, 1}, mx::float32)};
   }
 
   /** A segment's rows of a [rows, heads*head_dim] block as [1, heads, rows, head_dim]. */

@@ -225,16 +225,21 @@ class NodeAgentServer {
       call.emit("error", status(grpc.status.INVALID_ARGUMENT, problem));
       return;
     }
-    // One load at a time: a second plan waits for the first to finish, then replaces it.
+    call.on("error", (err) => this.log(`LoadShard call failed: ${errorMessage(err)}`));
+    // One load at a time: a second plan waits for the first to finish, then replaces it. A caller that went
+    // away does not stop the load: the shard is what the plan asked for either way.
     this.loading = this.loading.then(() =>
       this.openShard(req, call).then(
         (done) => {
+          if (call.cancelled) return;
           call.write(done);
           call.end();
         },
         (err) => {
           const message = `LoadShard (plan ${req.plan_id}, layers ${req.layer_start}..${req.layer_end}) failed: ${errorMessage(err)}`;
           this.log(message);
+          if (call.cancelled) return;
+          call.write(progressMessage({ error: message }));
           call.emit("error", status(grpc.status.INTERNAL, message));
         },
       ),
@@ -452,7 +457,13 @@ class NodeAgentServer {
         call.write(refusal(frame, "this node holds no shard"));
         return;
       }
-      stage.accept(frame, assembler.for(stage));
+      try {
+        stage.accept(frame, assembler.for(stage));
+      } catch (err) {
+        // accept() reports problems as ERROR frames; reaching here is a bug, which must not end the process.
+        this.log(`frame of seq ${frame.seq} could not be handled: ${errorMessage(err)}`);
+        call.write(refusal(frame, `frame could not be handled: ${errorMessage(err)}`, "internal"));
+      }
     });
     call.on("end", () => {
       this.openCalls.delete(call);
@@ -503,12 +514,12 @@ class FrameAssemblerRef {
   }
 }
 
-function refusal(frame: DataFrame, message: string): DataFrameOut {
+function refusal(frame: DataFrame, message: string, code = "cluster_not_ready"): DataFrameOut {
   return {
     kind: FrameKind.ERROR,
     seq: frame.seq,
     step: frame.step,
-    error_code: "cluster_not_ready",
+    error_code: code,
     error: message,
     sent_at_us: nowUs(),
   };

@@ -235,6 +235,34 @@ describe("three-stage pipeline over loopback", () => {
     expect(pipeline?.statuses().size).toBe(3);
   });
 
+  it("a node holding no shard answers work with an ERROR frame and refuses a Results subscription", async () => {
+    const idle = await spawnAgent({ modelDir, key, name: "idle", threads: 1 });
+    const client = new NodeClient(idle.address, key);
+    try {
+      const stream = client.data();
+      const reply = new Promise<DataFrame>((resolve) => stream.once("data", resolve));
+      stream.write({
+        kind: FrameKind.TOKENS,
+        seq: 5,
+        count: 1,
+        dtype: Dtype.I32,
+        shape: [1],
+        payload: new Uint8Array(4),
+      });
+      const frame = await reply;
+      expect([frame.kind, frame.seq, frame.error_code]).toEqual([FrameKind.ERROR, 5, "cluster_not_ready"]);
+      expect(frame.error).toMatch(/holds no shard/);
+      stream.end();
+      const results = client.results("any-plan");
+      const refused = await new Promise<grpc.ServiceError>((resolve) => results.once("error", resolve));
+      expect(refused.code).toBe(grpc.status.FAILED_PRECONDITION);
+      expect(refused.details).toMatch(/holds no shard/);
+    } finally {
+      client.close();
+      await idle.stop();
+    }
+  });
+
   it("LoadShard refuses a layer range outside the model, naming it, and keeps the loaded shard", async () => {
     const client = new NodeClient(agents[1].address, key);
     const numLayers = numLayersOf(modelDir);

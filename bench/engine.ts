@@ -1,6 +1,8 @@
 // Decode speed of the cpu engine against this machine's memory bandwidth. Decode of one sequence reads every
 // active weight once per token, so tokens/s x weight bytes per token / copy bandwidth says how close the kernels
-// get to the memory limit. Prints readable lines, then ONE JSON line of figures.
+// get to the memory limit. Each run measures the copy bandwidth right before its decode, so a run's ratio
+// compares figures taken under the same load (this matters on a shared machine). Prints readable lines, then
+// ONE JSON line of figures (medians over the runs).
 //
 //   npm run bench:engine [-- --threads 2 --tokens 32 --runs 5 --model DIR]
 import { existsSync } from "node:fs";
@@ -9,11 +11,20 @@ import { parseArgs } from "node:util";
 import { makeModel } from "../cli/make-model/index.js";
 import { readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
+import type { StudioEngine } from "../native/index.js";
 import { measureMemoryBandwidth, openEngine } from "../native/index.js";
 
 const PROMPT = Int32Array.from([11, 42, 7, 300, 1200, 5, 64, 900, 17, 2048, 33, 8, 4000, 12, 99, 640]);
 // Copy buffers far larger than any cache, so the copy kernel measures memory, not L3.
-const BANDWIDTH_BYTES = 512 * 1024 * 1024;
+const BANDWIDTH_BYTES = 256 * 1024 * 1024;
+
+interface Run {
+  tokensPerSecond: number;
+  bytesPerToken: number;
+  cpuSecondsPerToken: number;
+  bandwidth: number;
+  fraction: number;
+}
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -25,6 +36,32 @@ async function ensureBenchModel(dir: string): Promise<void> {
   if (existsSync(join(dir, "model.safetensors.index.json"))) return;
   console.log(`making the bench model (4-bit, gs64) in ${dir} ...`);
   await makeModel({ dir, preset: "bench", bits: 4, groupSize: 64 });
+}
+
+/** Greedy decode of `tokens` tokens after the prompt on a fresh sequence. */
+async function decodeRun(engine: StudioEngine, seq: number, tokens: number, threads: number): Promise<Run> {
+  const bandwidth = await measureMemoryBandwidth(threads, BANDWIDTH_BYTES);
+  const [first] = await engine.forward([{ seq, position: 0, tokens: PROMPT }]);
+  let token = first.token!;
+  const bytesBefore = engine.stats().weightBytesRead;
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  for (let i = 0; i < tokens; i++) {
+    const [out] = await engine.forward([{ seq, position: PROMPT.length + i, tokens: Int32Array.of(token) }]);
+    token = out.token!;
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
+  const bytesPerToken = (engine.stats().weightBytesRead - bytesBefore) / tokens;
+  await engine.release(seq);
+  const tokensPerSecond = tokens / seconds;
+  return {
+    tokensPerSecond,
+    bytesPerToken,
+    cpuSecondsPerToken: (cpu.user + cpu.system) / 1e6 / tokens,
+    bandwidth,
+    fraction: (tokensPerSecond * bytesPerToken) / bandwidth,
+  };
 }
 
 async function main(): Promise<void> {
@@ -43,9 +80,6 @@ async function main(): Promise<void> {
   await ensureBenchModel(dir);
   const config = readModelConfig(dir);
 
-  const bandwidth = await measureMemoryBandwidth(threads, BANDWIDTH_BYTES);
-  console.log(`memory bandwidth (copy, ${threads} threads): ${(bandwidth / 1e9).toFixed(2)} GB/s`);
-
   const started = performance.now();
   const engine = await openEngine({
     modelDir: dir,
@@ -60,58 +94,39 @@ async function main(): Promise<void> {
       `${(engine.stats().weightBytes / 1e9).toFixed(2)} GB mapped, loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`,
   );
 
-  const perRun: number[] = [];
-  const bytesPerRun: number[] = [];
-  const cpuPerRun: number[] = [];
+  const results: Run[] = [];
   try {
     // Run 0 warms the caches and page tables and is not counted.
     for (let run = 0; run <= runs; run++) {
-      const seq = run + 1;
-      const [first] = await engine.forward([{ seq, position: 0, tokens: PROMPT }]);
-      let token = first.token!;
-      const bytesBefore = engine.stats().weightBytesRead;
-      const cpu0 = process.cpuUsage();
-      const t0 = performance.now();
-      for (let i = 0; i < tokens; i++) {
-        const [out] = await engine.forward([
-          { seq, position: PROMPT.length + i, tokens: Int32Array.of(token) },
-        ]);
-        token = out.token!;
-      }
-      const seconds = (performance.now() - t0) / 1000;
-      const cpu = process.cpuUsage(cpu0);
-      const cpuSeconds = (cpu.user + cpu.system) / 1e6;
-      const bytes = (engine.stats().weightBytesRead - bytesBefore) / tokens;
-      await engine.release(seq);
+      const r = await decodeRun(engine, run + 1, tokens, threads);
       if (run === 0) continue;
-      perRun.push(tokens / seconds);
-      bytesPerRun.push(bytes);
-      cpuPerRun.push(cpuSeconds / tokens);
+      results.push(r);
       console.log(
-        `run ${run}: ${(tokens / seconds).toFixed(2)} tokens/s, ${(bytes / 1e6).toFixed(1)} MB of weights per token, ` +
-          `${((cpuSeconds / tokens) * 1000).toFixed(1)} ms cpu per token (all threads)`,
+        `run ${run}: copy bandwidth ${(r.bandwidth / 1e9).toFixed(2)} GB/s, decode ${r.tokensPerSecond.toFixed(2)} tokens/s x ` +
+          `${(r.bytesPerToken / 1e6).toFixed(1)} MB = ${((r.tokensPerSecond * r.bytesPerToken) / 1e9).toFixed(2)} GB/s ` +
+          `(${(r.fraction * 100).toFixed(1)}%), ${(r.cpuSecondsPerToken * 1000).toFixed(1)} ms cpu per token`,
       );
     }
   } finally {
     await engine.close();
   }
 
-  const tokensPerSecond = median(perRun);
-  const bytesPerToken = median(bytesPerRun);
-  const achieved = tokensPerSecond * bytesPerToken;
-  const fraction = achieved / bandwidth;
+  const tokensPerSecond = median(results.map((r) => r.tokensPerSecond));
+  const bytesPerToken = median(results.map((r) => r.bytesPerToken));
+  const bandwidth = median(results.map((r) => r.bandwidth));
+  const fraction = median(results.map((r) => r.fraction));
+  const cpuPerToken = median(results.map((r) => r.cpuSecondsPerToken));
+  console.log(`memory bandwidth (copy, ${threads} threads): ${(bandwidth / 1e9).toFixed(2)} GB/s (median)`);
   console.log(
-    `decode: ${tokensPerSecond.toFixed(2)} tokens/s (median of ${runs} runs of ${tokens} tokens, ${threads} threads)`,
+    `decode: ${tokensPerSecond.toFixed(2)} tokens/s (median of ${runs} runs of ${tokens} tokens, ${threads} threads), ` +
+      `${(bytesPerToken / 1e6).toFixed(1)} MB of weights per token`,
   );
   // On a shared machine wall time includes waiting for a core; cpu time shows what the kernels themselves cost.
-  const cpuPerToken = median(cpuPerRun);
   console.log(
-    `cpu: ${(cpuPerToken * 1000).toFixed(1)} ms per token -> ${(bytesPerToken / cpuPerToken / 1e9).toFixed(2)} GB of weights per cpu-second`,
+    `cpu: ${(cpuPerToken * 1000).toFixed(1)} ms per token (all threads) -> ` +
+      `${(bytesPerToken / cpuPerToken / 1e9).toFixed(2)} GB of weights per cpu-second`,
   );
-  console.log(
-    `weights read: ${(bytesPerToken / 1e6).toFixed(1)} MB/token -> ${(achieved / 1e9).toFixed(2)} GB/s = ` +
-      `${(fraction * 100).toFixed(1)}% of the copy bandwidth`,
-  );
+  console.log(`bandwidth fraction: ${(fraction * 100).toFixed(1)}% (median of the per-run ratios)`);
   console.log(
     JSON.stringify({
       bench: "engine",

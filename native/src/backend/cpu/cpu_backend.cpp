@@ -102,12 +102,14 @@ void CpuBackend::embed(const Matrix& table, std::span<const int32_t> ids, Activa
   for (size_t i = 0; i < ids.size(); ++i) dequant_row(m, ids[i], o.row(i));
 }
 
-void CpuBackend::matmul(const Matrix& w, const Activations& x, Activations& y) {
+void CpuBackend::matmul(const Matrix& w, const Activations& x, Activations& y) { matmul_rows_of(w, x, y, false); }
+
+void CpuBackend::matmul_rows_of(const Matrix& w, const Activations& x, Activations& y, bool exact) {
   const MatView m = cast(w).view();
   auto& yo = cast(y);
   PreparedX px;
   const std::vector<const float*> rows = row_pointers(cast(x));
-  prepare_x(m, rows, px);
+  prepare_x(m, rows, px, exact);
   pool_.parallel_for(m.out, kRowChunk, [&](int64_t b, int64_t e) { matmul_rows(m, px, b, e, yo.data.data(), m.out); });
 }
 
@@ -224,7 +226,8 @@ Routing CpuBackend::route(const Matrix& gate, const Vector& bias, const Activati
   const auto& b = cast(bias).data;
   const int64_t experts = gate.out;
   CpuActivations logits(xa.rows, experts);
-  matmul(gate, x, logits);
+  // MODEL.md: the router runs in f32, so its inputs stay f32 (no int16 path).
+  matmul_rows_of(gate, x, logits, true);
   Routing routing;
   routing.top_k = top_k;
   routing.experts.resize(xa.rows * top_k);

@@ -36,6 +36,9 @@ class CpuBackend final : public Backend {
                const Routing& routing, Activations& out) override;
 
  private:
+  /** y = x W^T; exact keeps the inputs f32 even where the int16 path exists. */
+  void matmul_rows_of(const Matrix& w, const Activations& x, Activations& y, bool exact);
+
   ThreadPool pool_;
 };
 

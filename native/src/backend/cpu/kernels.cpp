@@ -1,6 +1,7 @@
 #include "backend/cpu/kernels.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "backend/cpu/simd.h"
 #include "io/quant_format.h"
@@ -140,6 +141,9 @@ inline float element(const uint8_t* p, int64_t i, io::DType runtime) {
   }
 }
 
+/** Rows ahead that the one-token path prefetches. */
+constexpr int64_t kPrefetchRows = 2;
+
 /** Tokens that share one pass over a decoded group in the tiled path (their inputs stay in registers). */
 constexpr int kBlock = 4;
 
@@ -161,6 +165,11 @@ void quant_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
     if (x.rows == 1) {
     for (int64_t o = row_begin; o < row_end; ++o) {
       const uint8_t* row = m.weight + o * m.row_bytes;
+      // Mapped weights sit in 4 KiB pages, where hardware prefetchers stop: ask for rows ahead explicitly.
+      if (o + kPrefetchRows < row_end) {
+        const uint8_t* ahead = row + kPrefetchRows * m.row_bytes;
+        for (size_t off = 0; off < m.row_bytes; off += 64) __builtin_prefetch(ahead + off, 0, 0);
+      }
       simd::V lanes = simd::zero();
       float bias_sum = 0;
       for (int64_t g = 0; g < groups; ++g) {
@@ -224,11 +233,93 @@ void quant_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
   }
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define STUDIO_INT16_DOT 1
+
+/**
+ * Exact integer dot of group g (Bits 4 or 8) with its int16 inputs, as 16 int32 lanes. 4-bit chunks of 64
+ * values (32 for group 32) are laid out [evens, odds] like prepare_x's xq; 8-bit chunks are in order.
+ */
+template <int Bits, int Group>
+inline __m512i int_dot(const uint8_t* row, int64_t g, const int16_t* xq) {
+  __m512i acc = _mm512_setzero_si512();
+  if constexpr (Bits == 4 && Group == 32) {
+    const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + g * 16)));
+    __m256i a = _mm256_dpwssd_epi32(_mm256_setzero_si256(), _mm256_and_si256(b, _mm256_set1_epi16(15)),
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
+    a = _mm256_dpwssd_epi32(a, _mm256_srli_epi16(b, 4), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 16)));
+    acc = _mm512_zextsi256_si512(a);
+  } else if constexpr (Bits == 4) {
+    const uint8_t* p = row + g * Group / 2;
+    for (int c = 0; c < Group; c += 64) {
+      const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + c / 2)));
+      acc = _mm512_dpwssd_epi32(acc, _mm512_and_si512(b, _mm512_set1_epi16(15)), _mm512_loadu_si512(xq + c));
+      acc = _mm512_dpwssd_epi32(acc, _mm512_srli_epi16(b, 4), _mm512_loadu_si512(xq + c + 32));
+    }
+  } else {
+    const uint8_t* p = row + g * Group;
+    for (int c = 0; c < Group; c += 32) {
+      const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + c)));
+      acc = _mm512_dpwssd_epi32(acc, b, _mm512_loadu_si512(xq + c));
+    }
+  }
+  return acc;
+}
+
+/**
+ * The int16 path for 4/8-bit rows: per row and token, lanes accumulate (scale_g * xscale_g) * float(int dot)
+ * over groups, biases accumulate bias_g * sum(x_g), and the row ends with hsum(lanes) + biases. The same code
+ * runs for one token and for many, so batching never changes a bit.
+ */
+template <int Bits, int Group, io::DType SD, io::DType BD>
+void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y, int64_t y_stride) {
+  const int64_t groups = m.in / Group;
+  for (int64_t t0 = 0; t0 < x.rows; t0 += kTile) {
+    const int64_t t1 = std::min(x.rows, t0 + kTile);
+    for (int64_t o = row_begin; o < row_end; ++o) {
+      const uint8_t* row = m.weight + o * m.row_bytes;
+      if (o + kPrefetchRows < row_end) {
+        const uint8_t* ahead = row + kPrefetchRows * m.row_bytes;
+        for (size_t off = 0; off < m.row_bytes; off += 64) __builtin_prefetch(ahead + off, 0, 0);
+      }
+      for (int64_t t = t0; t < t1; ++t) {
+        const int16_t* xq = x.xq.data() + t * m.in;
+        const float* xscale = x.xscale.data() + t * groups;
+        const float* xsum = x.sums.data() + t * groups;
+        __m512 lanes = _mm512_setzero_ps();
+        float bias_sum = 0;
+        for (int64_t g = 0; g < groups; ++g) {
+          const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
+          const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
+          const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(row, g, xq + g * Group));
+          const float sx = s * xscale[g];
+          lanes = _mm512_fmadd_ps(_mm512_set1_ps(sx), d, lanes);
+          const float bx = b * xsum[g];
+          bias_sum = bias_sum + bx;
+        }
+        y[t * y_stride + o] = simd::hsum({lanes}) + bias_sum;
+      }
+    }
+  }
+}
+#endif
+
 using QuantRowsFn = void (*)(const MatView&, const PreparedX&, int64_t, int64_t, float*, int64_t);
 
 template <int Bits, int Group>
-QuantRowsFn pick_dtype(const MatView& m) {
+QuantRowsFn pick_dtype(const MatView& m, bool int16) {
   using io::DType;
+#if defined(STUDIO_INT16_DOT)
+  if constexpr (Bits == 4 || Bits == 8) {
+    if (int16) {
+      if (m.scale_dtype == DType::BF16 && m.bias_dtype == DType::BF16) return int16_rows<Bits, Group, DType::BF16, DType::BF16>;
+      if (m.scale_dtype == DType::F32 && m.bias_dtype == DType::F32) return int16_rows<Bits, Group, DType::F32, DType::F32>;
+      return int16_rows<Bits, Group, DType::Other, DType::Other>;
+    }
+  }
+#else
+  (void)int16;
+#endif
   if (m.scale_dtype == DType::BF16 && m.bias_dtype == DType::BF16) return quant_rows<Bits, Group, DType::BF16, DType::BF16>;
   if (m.scale_dtype == DType::F32 && m.bias_dtype == DType::F32) return quant_rows<Bits, Group, DType::F32, DType::F32>;
   // f16 or mixed scale/bias dtypes: the generic loader.
@@ -236,20 +327,45 @@ QuantRowsFn pick_dtype(const MatView& m) {
 }
 
 template <int Bits>
-QuantRowsFn pick_group(const MatView& m) {
-  if (m.group == 32) return pick_dtype<Bits, 32>(m);
-  if (m.group == 64) return pick_dtype<Bits, 64>(m);
-  return pick_dtype<Bits, 128>(m);
+QuantRowsFn pick_group(const MatView& m, bool int16) {
+  if (m.group == 32) return pick_dtype<Bits, 32>(m, int16);
+  if (m.group == 64) return pick_dtype<Bits, 64>(m, int16);
+  return pick_dtype<Bits, 128>(m, int16);
 }
 
-QuantRowsFn pick_quant_kernel(const MatView& m) {
+QuantRowsFn pick_quant_kernel(const MatView& m, bool int16) {
   switch (m.bits) {
-    case 2: return pick_group<2>(m);
-    case 3: return pick_group<3>(m);
-    case 4: return pick_group<4>(m);
-    case 5: return pick_group<5>(m);
-    case 6: return pick_group<6>(m);
-    default: return pick_group<8>(m);
+    case 2: return pick_group<2>(m, int16);
+    case 3: return pick_group<3>(m, int16);
+    case 4: return pick_group<4>(m, int16);
+    case 5: return pick_group<5>(m, int16);
+    case 6: return pick_group<6>(m, int16);
+    default: return pick_group<8>(m, int16);
+  }
+}
+
+/** Lays out one row's int16 inputs (4-bit: chunks of 64, or 32 for group 32, as [evens, odds]). */
+void quantize_row(const float* src, const MatView& m, int16_t* dst, float* scale) {
+  const int64_t groups = m.in / m.group;
+  const int chunk = m.bits == 4 ? std::min(64, m.group) : 0;
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* xg = src + g * m.group;
+    float max_abs = 0;
+    for (int k = 0; k < m.group; ++k) max_abs = std::max(max_abs, std::fabs(xg[k]));
+    scale[g] = max_abs / 32767.0f;
+    const float inv = max_abs > 0 ? 32767.0f / max_abs : 0.0f;
+    int16_t* dg = dst + g * m.group;
+    auto q = [&](float v) { return static_cast<int16_t>(std::clamp(std::nearbyint(v * inv), -32767.0f, 32767.0f)); };
+    if (chunk == 0) {
+      for (int k = 0; k < m.group; ++k) dg[k] = q(xg[k]);
+      continue;
+    }
+    const int half = chunk / 2;
+    for (int c = 0; c < m.group; c += chunk)
+      for (int j = 0; j < half; ++j) {
+        dg[c + j] = q(xg[c + 2 * j]);
+        dg[c + half + j] = q(xg[c + 2 * j + 1]);
+      }
   }
 }
 
@@ -277,11 +393,35 @@ MatView view_of(const io::MatrixSource& source, int64_t e) {
   return m;
 }
 
-void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out) {
+bool has_int16_dot() {
+#if defined(STUDIO_INT16_DOT)
+  return true;
+#else
+  return false;
+#endif
+}
+
+void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, bool exact) {
   out.rows = static_cast<int64_t>(rows.size());
   out.in = m.in;
   out.bits = m.bits;
   out.group = m.group;
+  out.int16 = has_int16_dot() && !exact && (m.bits == 4 || m.bits == 8);
+  if (out.int16) {
+    const int64_t groups = m.in / m.group;
+    out.xq.resize(out.rows * m.in);
+    out.xscale.resize(out.rows * groups);
+    out.sums.resize(out.rows * groups);
+    for (int64_t t = 0; t < out.rows; ++t) {
+      quantize_row(rows[t], m, out.xq.data() + t * m.in, out.xscale.data() + t * groups);
+      for (int64_t g = 0; g < groups; ++g) {
+        float s = 0;
+        for (int k = 0; k < m.group; ++k) s += rows[t][g * m.group + k];
+        out.sums[t * groups + g] = s;
+      }
+    }
+    return;
+  }
   out.x.resize(out.rows * m.in);
   if (m.bits == 0) {
     for (int64_t t = 0; t < out.rows; ++t) std::memcpy(out.x.data() + t * m.in, rows[t], m.in * sizeof(float));
@@ -318,7 +458,7 @@ void matmul_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_
     matmul_plain(m, x, row_begin, row_end, y, y_stride);
     return;
   }
-  pick_quant_kernel(m)(m, x, row_begin, row_end, y, y_stride);
+  pick_quant_kernel(m, x.int16)(m, x, row_begin, row_end, y, y_stride);
 }
 
 void dequant_row(const MatView& m, int64_t row, float* out) {

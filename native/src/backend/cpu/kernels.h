@@ -30,18 +30,29 @@ struct MatView {
 /** The view of expert e (or of the single matrix when source.experts == 0 and e == 0). */
 MatView view_of(const io::MatrixSource& source, int64_t e);
 
-/** Inputs rearranged once per matmul for one weight format: lane-ordered values and per-group sums. */
+/**
+ * Inputs rearranged once per matmul for one weight format: lane-ordered values and per-group sums. Where the
+ * build has 16-bit integer dot products (AVX-512 VNNI), 4- and 8-bit matrices take the inputs as int16 per
+ * group (xq = round(x / xscale), xscale = max|x_g| / 32767, error <= 1.5e-5 of the group's largest input) and
+ * sum q * xq exactly in integers: twice the throughput of the float path at the memory-bound decode.
+ */
 struct PreparedX {
   int64_t rows = 0;
   int64_t in = 0;
   int bits = 0;
   int group = 0;
-  std::vector<float> x;
+  bool int16 = false;
+  std::vector<float> x;        // float path
+  std::vector<int16_t> xq;     // int16 path
+  std::vector<float> xscale;   // int16 path, rows * groups
   std::vector<float> sums;
 };
 
-/** Prepares rows (each `in` floats) for matrices of m's format. */
-void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out);
+/** True when this build has the int16 path (prepare_x uses it unless asked for exact f32 inputs). */
+bool has_int16_dot();
+
+/** Prepares rows (each `in` floats) for matrices of m's format; exact keeps f32 inputs (the router). */
+void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, bool exact = false);
 
 /** y[t * y_stride + o] = (x_t W^T)[o] for o in [row_begin, row_end) and every prepared row t. */
 void matmul_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y,

@@ -6,6 +6,7 @@
 // gives one plan. A lost node (heartbeat silence, or the pipeline's nodeLost) leaves membership, which brings
 // a new plan on the rest if it fits, a clear cluster_not_ready state otherwise; a node that answers again is
 // re-admitted and the next plan includes it.
+import { networkInterfaces } from "node:os";
 import { errorMessage } from "../common/errors.js";
 import type { BackendName } from "../native/engine-api.js";
 import type { ClusterHealth, ClusterState, MemberHealth, PlanHealth } from "./cluster-health.js";
@@ -21,6 +22,8 @@ import { SnapshotBuilder } from "./snapshot-builder.js";
 
 export interface ControllerOptions {
   self: { nodeId: string; name: string; apiUrl: string };
+  /** Host for the APIs of members on this machine (e.g. "127.0.0.1" when this node's API is on loopback). */
+  localApiHost?: string;
   clusterId: string;
   clusterKey: string;
   version: string;
@@ -82,7 +85,7 @@ export class ClusterController {
   /** The coordinator's API base URL while another node coordinates. */
   coordinatorUrl(): string | undefined {
     if (this.state !== "following" || !this.coordinator) return undefined;
-    return apiUrlOf(this.coordinator);
+    return apiUrlOf(this.coordinator, this.opts.localApiHost);
   }
 
   currentPlan(): Plan | undefined {
@@ -268,7 +271,9 @@ export class ClusterController {
     const coordinator = this.coordinator;
     const selfIsCoordinator = coordinator?.nodeId === this.opts.self.nodeId;
     const now = Date.now();
-    const members = this.opts.membership.live().map((m) => memberHealth(m, coordinator?.nodeId, now));
+    const members = this.opts.membership
+      .live()
+      .map((m) => memberHealth(m, coordinator?.nodeId, now, this.opts.localApiHost));
     const ok = this.state === "ready" || (this.state === "following" && coordinator !== undefined);
     return {
       ok,
@@ -287,7 +292,7 @@ export class ClusterController {
         ? {
             id: coordinator.nodeId,
             name: coordinator.name,
-            apiUrl: coordinator.self ? this.opts.self.apiUrl : apiUrlOf(coordinator),
+            apiUrl: coordinator.self ? this.opts.self.apiUrl : apiUrlOf(coordinator, this.opts.localApiHost),
           }
         : undefined,
       members,
@@ -301,9 +306,22 @@ function hostOf(address: string): string {
   return i > 0 ? address.slice(0, i) : address;
 }
 
-function apiUrlOf(member: Member): string | undefined {
+/** This machine's own addresses (loopback included): members at one of them run on this machine. */
+function localAddresses(): Set<string> {
+  const all = Object.values(networkInterfaces()).flatMap((list) => list ?? []);
+  return new Set(["localhost", ...all.map((a) => a.address)]);
+}
+
+/**
+ * A member's HTTP API. Hello gives its port, not the address its API listens on: a member on another machine is
+ * reached at its gRPC host (its API must listen beyond loopback, which requires an API key); one on this machine
+ * at `localApiHost` when given (nodes of one machine listening on loopback, the default).
+ */
+function apiUrlOf(member: Member, localApiHost: string | undefined): string | undefined {
   if (!member.apiPort) return undefined;
-  return `http://${hostOf(member.address)}:${member.apiPort}`;
+  const host = hostOf(member.address);
+  const local = localApiHost !== undefined && localAddresses().has(host.replace(/^\[|\]$/g, ""));
+  return `http://${local ? localApiHost : host}:${member.apiPort}`;
 }
 
 /** Memory a node can give a new shard: what is free plus what its current shard holds (LoadShard replaces it). */
@@ -343,7 +361,12 @@ function samePlan(a: Plan, b: Plan): boolean {
   });
 }
 
-function memberHealth(m: Member, coordinatorId: string | undefined, now: number): MemberHealth {
+function memberHealth(
+  m: Member,
+  coordinatorId: string | undefined,
+  now: number,
+  localApiHost: string | undefined,
+): MemberHealth {
   const status = m.status;
   const caps = m.capabilities;
   return {
@@ -351,7 +374,7 @@ function memberHealth(m: Member, coordinatorId: string | undefined, now: number)
     name: m.name,
     address: m.address,
     role: m.nodeId === coordinatorId ? "coordinator" : "node",
-    apiUrl: apiUrlOf(m),
+    apiUrl: apiUrlOf(m, localApiHost),
     chip: caps.chip,
     cores: caps.cores,
     backends: caps.backends,

@@ -222,6 +222,34 @@ describe("two cluster up processes joined with --peer", () => {
     expect(again.text).toBe(direct.text);
   });
 
+  it("find each other over Bonjour on one host with no --peer, and the other node forwards to the coordinator", async () => {
+    const modelDir = await ensureModel("tiny", "tiny");
+    const key = generateClusterKey();
+    const [apiA, apiB] = [await freePort(), await freePort()];
+    const common = ["--model", modelDir, "--key", key, "--threads", "1", "--memory-bandwidth", "50"];
+    const a = start([...common, "--name", "bonjour-a", "--api-port", String(apiA)]);
+    const b = start([...common, "--name", "bonjour-b", "--api-port", String(apiB)]);
+    const urls = [`http://127.0.0.1:${apiA}`, `http://127.0.0.1:${apiB}`];
+    const view = await waitForHealth(
+      urls[0],
+      (h) => h.members.length === 2 && h.coordinator?.id === h.members.map((m) => m.id).sort()[0],
+      "two members found over Bonjour",
+      [a, b],
+    );
+    const coordinatorIndex = view.coordinator!.id === view.node.id ? 0 : 1;
+    await waitForHealth(
+      urls[coordinatorIndex],
+      (h) => h.state === "ready" && h.plan?.stages.length === 2,
+      "a two-stage plan",
+      [a, b],
+    );
+    const direct = await complete(urls[coordinatorIndex], "Found by multicast.", 6);
+    const forwarded = await complete(urls[1 - coordinatorIndex], "Found by multicast.", 6);
+    expect(direct.status, JSON.stringify(direct.body)).toBe(200);
+    expect(forwarded.status, JSON.stringify(forwarded.body)).toBe(200);
+    expect(forwarded.text).toBe(direct.text);
+  });
+
   it("lose their coordinator: the other node takes the role, plans on itself and serves", async () => {
     const modelDir = await ensureModel("tiny", "tiny");
     const key = generateClusterKey();

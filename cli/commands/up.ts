@@ -252,6 +252,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
     const progress = createLoadProgress();
     controller = new ClusterController({
       self: { nodeId: identity.nodeId, name, apiUrl: api.url },
+      // Nodes of one machine are configured alike: with our API on loopback, theirs are too.
+      localApiHost: isLoopback(opts.apiHost) ? "127.0.0.1" : undefined,
       clusterId: key.clusterId,
       clusterKey: key.key,
       version,

@@ -73,6 +73,15 @@ describe("three-stage pipeline over loopback", () => {
     expect(got.tokens).toEqual(await solo(prompt, 24, {}));
   });
 
+  it("a prefill item larger than one frame travels in chunks and still equals the single engine", async () => {
+    // 2500 tokens x 128 floats = 1.28 MB of activations per hop: more than one 1 MiB frame.
+    const bigChunks = new Scheduler({ contextWindow: 4096, prefillChunkTokens: 2500 });
+    bigChunks.attach(pipeline!);
+    const prompt = promptOf(2600, 9);
+    const got = await collect(bigChunks.generate({ prompt, maxTokens: 8, sampling: {}, stopTokenIds: [] }));
+    expect(got.tokens).toEqual(await referenceRun(reference, refSeq++, prompt, 8, {}, 2500));
+  });
+
   it("two concurrent sequences each equal their solo result", async () => {
     const a = promptOf(40, 2);
     const b = promptOf(17, 3);

@@ -104,10 +104,10 @@ export class Stage {
     if (this.closed) return;
     if (frame.sent_at_us > 0 && frame.chunk_index === 0) this.hops.add(nowUs() - frame.sent_at_us);
     if (frame.plan_id && frame.plan_id !== this.config.planId) {
-      this.fail(
-        frame,
-        "bad_request",
-        `frame of plan ${frame.plan_id} reached a stage of plan ${this.config.planId}`,
+      // Frames still in flight when a new plan was loaded: their sequences failed with the old pipeline, and
+      // the same id may be live in this plan, so the frame is dropped without touching it.
+      this.log(
+        `dropped a frame of seq ${frame.seq} from plan ${frame.plan_id} (this stage serves ${this.config.planId})`,
       );
       return;
     }

@@ -6,6 +6,8 @@
 // Prints a table, then ONE JSON line of figures.
 import { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
+import type { Engine } from "../native/engine-api.js";
+import { openEngine } from "../native/index.js";
 import {
   type AgentProcess,
   collect,
@@ -78,6 +80,20 @@ async function concurrentRun(cluster: Cluster): Promise<number> {
   return runs.reduce((n, r) => n + r.tokens.length, 0) / ((performance.now() - started) / 1000);
 }
 
+/** The same decode on an in-process engine (no gRPC at all): what a one-stage pipeline is measured against. */
+async function directRun(engine: Engine, seq: number, rates: number[]): Promise<void> {
+  const prompt = promptOf(seq);
+  let [out] = await engine.forward([{ seq, position: 0, tokens: Int32Array.from(prompt) }]);
+  const started = performance.now();
+  for (let n = 1; n < decodeTokens; n++) {
+    [out] = await engine.forward([
+      { seq, position: prompt.length + n - 1, tokens: Int32Array.of(out.token!) },
+    ]);
+  }
+  rates.push((decodeTokens - 1) / ((performance.now() - started) / 1000));
+  await engine.release(seq);
+}
+
 async function main(): Promise<void> {
   const modelDir = await ensureModel("bench-4bit", "bench");
   const numLayers = numLayersOf(modelDir);
@@ -85,10 +101,26 @@ async function main(): Promise<void> {
     `pipeline bench: ${modelDir} (${numLayers} layers), ${decodeTokens} decode tokens x ${repeats} interleaved runs, threads=1 per stage`,
   );
   const clusters: Cluster[] = [];
+  const direct: number[] = [];
+  let engine: Engine | undefined;
   try {
     for (const stages of stageCounts) clusters.push(await startCluster(modelDir, numLayers, stages));
+    engine = await openEngine({
+      modelDir,
+      layerStart: 0,
+      layerEnd: numLayers,
+      embed: true,
+      head: true,
+      threads: 1,
+    });
     for (const c of clusters) await generate(c, 0, 8); // warm-up: page in the weights, open the connections
-    for (let r = 0; r < repeats; r++) for (const c of clusters) await singleRun(c, r + 1);
+    for (let r = 0; r < repeats; r++) {
+      await directRun(engine, r + 1, direct);
+      for (const c of clusters) await singleRun(c, r + 1);
+    }
+    console.log(
+      `in-process engine: ${median(direct).toFixed(2)} tok/s (runs ${direct.map((v) => v.toFixed(2)).join(" ")})`,
+    );
     // Hop figures: the receiving stages' Status (stage 0's inbound link is the coordinator's), taken after the
     // single-sequence runs, when no stage competes with another of its pipeline for a core.
     await new Promise((r) => setTimeout(r, 400));
@@ -115,6 +147,8 @@ async function main(): Promise<void> {
       three_stage_ratio: round(three / one, 3),
       hop_p50_us: round(median(allHops.map((s) => s.inbound_hop_p50_us)), 0),
       hop_p99_us: round(Math.max(...allHops.map((s) => s.inbound_hop_p99_us)), 0),
+      engine_tps: round(median(direct)),
+      one_stage_vs_engine: round(one / median(direct), 3),
       one_stage_concurrent_tps: round(concurrent[0]),
       three_stage_concurrent_ratio: round(concurrent[2] / concurrent[0], 3),
       concurrency,
@@ -124,6 +158,7 @@ async function main(): Promise<void> {
     );
     console.log(JSON.stringify(figures));
   } finally {
+    await engine?.close();
     for (const c of clusters) c.pipeline.close();
     await Promise.all(clusters.flatMap((c) => c.agents.map((a) => a.stop())));
   }

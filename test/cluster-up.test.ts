@@ -1,9 +1,9 @@
 // `cluster up` end to end (dist/cli/main.js processes on loopback): a --demo single node; a two-process cluster
 // joined with --peer that elects one coordinator, plans two stages, generates through either node's API, and
 // re-plans on the survivor when the other node is killed; `cluster status`; bad options.
-import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { type AddressInfo, createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { freemem, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { generateClusterKey } from "../common/cluster-key.js";
@@ -220,6 +220,86 @@ describe("two cluster up processes joined with --peer", () => {
     const again = await complete(followerUrl, "Split me across two machines.", 10);
     expect(again.status, JSON.stringify(again.body)).toBe(200);
     expect(again.text).toBe(direct.text);
+  });
+
+  it("serve a model that needs both nodes; without one, answer 503 with the bytes, and recover when it returns", async () => {
+    // A long-context variant of the tiny model: its KV reserve for the whole context is 1.4x this machine's free
+    // memory, so it fits on two nodes (each sees the same free memory) and not on one.
+    const source = await ensureModel("tiny", "tiny");
+    const modelDir = join(home, "tiny-long-context");
+    cpSync(source, modelDir, { recursive: true });
+    const config = JSON.parse(readFileSync(join(modelDir, "config.json"), "utf8"));
+    const kvPerToken = 2 * config.num_key_value_heads * config.head_dim * 4 * config.num_hidden_layers; // cpu: f32
+    const context = Math.ceil((1.4 * freemem()) / kvPerToken);
+    config.max_position_embeddings = context + 1024;
+    writeFileSync(join(modelDir, "config.json"), JSON.stringify(config));
+
+    const key = generateClusterKey();
+    const [grpcA, grpcB, apiA, apiB] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
+    const common = [
+      "--model",
+      modelDir,
+      "--key",
+      key,
+      "--no-bonjour",
+      "--threads",
+      "1",
+      "--memory-bandwidth",
+      "50",
+    ];
+    common.push("--context", String(context));
+    const a = start([...common, "--name", "big-a", "--port", String(grpcA), "--api-port", String(apiA)]);
+    const bArgs = [...common, "--name", "big-b", "--port", String(grpcB), "--api-port", String(apiB)];
+    bArgs.push("--peer", `127.0.0.1:${grpcA}`);
+    const b = start(bArgs);
+    const urls = [`http://127.0.0.1:${apiA}`, `http://127.0.0.1:${apiB}`];
+    const view = await waitForHealth(
+      urls[0],
+      (h) => h.members.length === 2 && h.coordinator?.id === h.members.map((m) => m.id).sort()[0],
+      "two members",
+      [a, b],
+    );
+    const c = view.coordinator!.id === view.node.id ? 0 : 1;
+    const ready = await waitForHealth(
+      urls[c],
+      (h) => h.state === "ready" && h.plan?.stages.length === 2,
+      "a two-stage plan",
+      [a, b],
+    );
+    for (const stage of ready.plan!.stages) expect(stage.needBytes).toBeLessThanOrEqual(stage.availableBytes);
+    expect((await complete(urls[c], "Too big for one.", 4)).status).toBe(200);
+
+    [a, b][1 - c].child.kill("SIGKILL");
+    const down = await waitForHealth(
+      urls[c],
+      (h) => h.state === "not_ready",
+      "the not-ready state",
+      [a, b][c],
+    );
+    expect(down.ok).toBe(false);
+    expect(down.message).toMatch(
+      /does not fit on 1 node\(s\): it needs .* \(\d+ B\) .*KV reserve .* for \d+ tokens/,
+    );
+    expect((await fetch(`${urls[c]}/health`)).status).toBe(503);
+    const refused = await complete(urls[c], "Too big for one.", 4);
+    expect(refused.status).toBe(503);
+    const error = (refused.body as { error: { code: string; message: string } }).error;
+    expect(error.code).toBe("cluster_not_ready");
+    expect(error.message).toMatch(/does not fit on 1 node\(s\)/);
+
+    const back = start(bArgs);
+    await waitForHealth(
+      urls[c],
+      (h) => h.state === "ready" && h.plan?.stages.length === 2,
+      "the two-stage plan again",
+      [[a, b][c], back],
+    );
+    expect((await complete(urls[c], "Too big for one.", 4)).status).toBe(200);
   });
 
   it("find each other over Bonjour on one host with no --peer, and the other node forwards to the coordinator", async () => {

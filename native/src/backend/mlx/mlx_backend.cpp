@@ -18,7 +18,6 @@ namespace mlxb {
 
 namespace {
 
-
 // Below this many (token, expert) pairs the experts gather straight from the routing; above it, the pairs are
 // sorted by expert first so each expert's rows sit together (the GPU kernels then read each expert once).
 constexpr int64_t kSortedExpertsFrom = 64;
@@ -49,12 +48,14 @@ mx::array array_of(const io::HostTensor& t) {
     if (d > INT32_MAX) throw std::invalid_argument("mlx backend: tensor " + t.name + " has a dimension over 2^31");
     shape.push_back(static_cast<int32_t>(d));
   }
-  mx::array a(const_cast<uint8_t*>(t.data), std::move(shape), dtype_of(t), [](void*) {});
-  if (a.nbytes() != t.bytes)
+  const mx::Dtype dtype = dtype_of(t);
+  // Checked before MLX reads a byte: a short tensor must be an error, never a read past its end.
+  const size_t needed = static_cast<size_t>(t.numel()) * mx::size_of(dtype);
+  if (needed != t.bytes)
     throw std::invalid_argument("mlx backend: tensor " + t.name + " in " + t.file + " holds " +
-                                std::to_string(t.bytes) + " bytes, not the " + std::to_string(a.nbytes()) +
+                                std::to_string(t.bytes) + " bytes, not the " + std::to_string(needed) +
                                 " its dtype and shape " + t.shape_text() + " need");
-  return a;
+  return mx::array(const_cast<uint8_t*>(t.data), std::move(shape), dtype, [](void*) {});
 }
 
 /** The expert choice on the device: index [rows, k] and weights [rows, k, 1] (f32). */

@@ -253,9 +253,10 @@ describe("two cluster up processes joined with --peer", () => {
       "50",
     ];
     common.push("--context", String(context));
-    const a = start([...common, "--name", "big-a", "--port", String(grpcA), "--api-port", String(apiA)]);
+    const aArgs = [...common, "--name", "big-a", "--port", String(grpcA), "--api-port", String(apiA)];
     const bArgs = [...common, "--name", "big-b", "--port", String(grpcB), "--api-port", String(apiB)];
     bArgs.push("--peer", `127.0.0.1:${grpcA}`);
+    const a = start(aArgs);
     const b = start(bArgs);
     const urls = [`http://127.0.0.1:${apiA}`, `http://127.0.0.1:${apiB}`];
     const view = await waitForHealth(
@@ -292,7 +293,7 @@ describe("two cluster up processes joined with --peer", () => {
     expect(error.code).toBe("cluster_not_ready");
     expect(error.message).toMatch(/does not fit on 1 node\(s\)/);
 
-    const back = start(bArgs);
+    const back = start([aArgs, bArgs][1 - c]);
     await waitForHealth(
       urls[c],
       (h) => h.state === "ready" && h.plan?.stages.length === 2,

@@ -223,6 +223,35 @@ describe.skipIf(skipReason !== undefined)("mlx backend", () => {
     });
   }
 
+  it("f32 checking mode past the KV growth step (256 positions): chunked prefill and decode match the cpu", async () => {
+    const dir = dirs.get("4-bit gs64")!;
+    const cpu = await openFull(dir, "cpu");
+    const mlx = await openMlxF32(dir);
+    try {
+      const tokens = Array.from({ length: 300 }, (_, i) => (i * 53 + 11) % 1500);
+      // Chunks [0,200) then [200,300) (crossing 256 inside one chunk), then three decode steps.
+      const chunks = [tokens.slice(0, 200), tokens.slice(200), [7], [8], [9]];
+      let position = 0;
+      for (const chunk of chunks) {
+        const item = { seq: 1, position, tokens: Int32Array.from(chunk), sampling: {}, returnLogits: true };
+        const [want] = await cpu.forward([item]);
+        const [got] = await mlx.forward([item]);
+        const worst = relativeErrors(
+          { tokens: [], logits: [lastLogits(got)] },
+          { tokens: [], logits: [lastLogits(want)] },
+        );
+        expect(worst[0], `chunk at position ${position}`).toBeLessThanOrEqual(F32_TOLERANCE);
+        expect(got.token).toBe(want.token);
+        position += chunk.length;
+      }
+      // f32 KV: 4 bytes per element, grown in steps of 256 positions (300 -> 512).
+      expect(mlx.stats().kvBytes).toBe(512 * LAYERS * 2 * 2 * 64 * 4);
+    } finally {
+      await cpu.close();
+      await mlx.close();
+    }
+  });
+
   it("a split run (layers [0,3) then [3,6), bf16 hidden on the wire) equals the single run bit for bit", async () => {
     const dir = dirs.get("4-bit gs64")!;
     const single = await openFull(dir, "mlx");
@@ -357,6 +386,29 @@ describe.skipIf(skipReason !== undefined)("mlx backend", () => {
       expect(ok.token).toBeGreaterThanOrEqual(0);
     } finally {
       await engine.close();
+    }
+    // A later stage takes bf16 hidden: 2 bytes a value, whole rows of hiddenSize values.
+    const later = await openEngine({
+      modelDir: dirs.get("4-bit gs64")!,
+      layerStart: 3,
+      layerEnd: LAYERS,
+      embed: false,
+      head: true,
+      backend: "mlx",
+    });
+    try {
+      await expect(later.forward([{ seq: 1, position: 0, hidden: new Uint8Array(3) }])).rejects.toThrow(
+        /hidden byte length 3 is not a multiple of 2 \(bf16\)/,
+      );
+      await expect(
+        later.forward([{ seq: 1, position: 0, hidden: new Uint8Array(HIDDEN * 2 + 2) }]),
+      ).rejects.toThrow(/hidden holds 129 floats, not a multiple of hidden_size 128/);
+      const [ok] = await later.forward([
+        { seq: 1, position: 0, hidden: new Uint8Array(HIDDEN * 2), sampling: {} },
+      ]);
+      expect(ok.token).toBeGreaterThanOrEqual(0);
+    } finally {
+      await later.close();
     }
   });
 

@@ -337,7 +337,8 @@ class MlxBackend final : public Backend {
   mx::Dtype compute_;
 };
 
-bool has_gpu() { return mx::metal::is_available(); }
+// Metal on a Mac (or CUDA where MLX was built with it); otherwise MLX computes on its cpu device.
+bool has_gpu() { return mx::gpu::is_available(); }
 
 }  // namespace
 

@@ -1,7 +1,7 @@
 // The mlx backend: the Backend interface (backend/backend.h) implemented with mlx::core operations, compiled
 // only when binding.gyp finds MLX (native/find-mlx.js defines STUDIO_WITH_MLX). Activations and the KV cache
-// are bf16; the router runs in f32 as MODEL.md asks. On a Mac with Metal it computes on the GPU, elsewhere on
-// MLX's cpu device.
+// are bf16; the router runs in f32 as MODEL.md asks. On a Mac it computes on the GPU (Metal), elsewhere on
+// MLX's cpu device unless MLX was built with CUDA.
 //
 // Thread ownership: MLX streams belong to the thread that creates them, so the backend must be created, used
 // and destroyed on one thread (the engine thread).
@@ -15,9 +15,9 @@
 namespace studio {
 
 /**
- * A new mlx backend on the GPU when MLX has Metal, else on MLX's cpu device. Activations are bf16 unless the
- * environment sets STUDIO_MLX_DTYPE=f32 (a checking mode: the same ops in f32 must match the cpu backend
- * closely; the wire then carries f32).
+ * A new mlx backend on MLX's GPU where it has one (Metal on a Mac; CUDA builds too), else on MLX's cpu device.
+ * Activations are bf16 unless the environment sets STUDIO_MLX_DTYPE=f32: a checking mode in which the same ops
+ * in f32 must match the cpu backend closely (the wire then carries f32).
  */
 std::unique_ptr<Backend> make_mlx_backend();
 

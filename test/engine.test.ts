@@ -35,6 +35,8 @@ const VARIANTS: Variant[] = [
   { name: "8bit", bits: 8, groupSize: 64 },
   { name: "bf16", bits: 0, groupSize: 64 },
   // The other MLX widths (bit streams crossing byte boundaries), the widest group, and f16 scales/norms.
+  { name: "4bit-gs128", bits: 4, groupSize: 128 },
+  { name: "8bit-gs32", bits: 8, groupSize: 32 },
   { name: "3bit-gs32", bits: 3, groupSize: 32 },
   { name: "6bit-gs128", bits: 6, groupSize: 128 },
   { name: "2bit-gs64", bits: 2, groupSize: 64 },

@@ -236,69 +236,112 @@ void quant_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define STUDIO_INT16_DOT 1
 
-/**
- * Exact integer dot of group g (Bits 4 or 8) with its int16 inputs, as 16 int32 lanes. 4-bit chunks of 64
- * values (32 for group 32) are laid out [evens, odds] like prepare_x's xq; 8-bit chunks are in order.
- */
+/** Group g of a 4/8-bit row widened to int16 words, in the layout prepare_x gives the int16 inputs. */
 template <int Bits, int Group>
-inline __m512i int_dot(const uint8_t* row, int64_t g, const int16_t* xq) {
-  __m512i acc = _mm512_setzero_si512();
+struct WideGroup {
+  static constexpr int kVectors = Bits == 4 ? (Group == 32 ? 2 : Group / 32) : Group / 32;
+  __m512i w[kVectors];
+};
+
+/** 4-bit: per chunk of 64 values (32 for group 32) the low nibbles (evens), then the high ones; 8-bit: in order. */
+template <int Bits, int Group>
+inline WideGroup<Bits, Group> widen(const uint8_t* row, int64_t g) {
+  WideGroup<Bits, Group> out;
   if constexpr (Bits == 4 && Group == 32) {
     const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + g * 16)));
-    __m256i a = _mm256_dpwssd_epi32(_mm256_setzero_si256(), _mm256_and_si256(b, _mm256_set1_epi16(15)),
-                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
-    a = _mm256_dpwssd_epi32(a, _mm256_srli_epi16(b, 4), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 16)));
-    acc = _mm512_zextsi256_si512(a);
+    out.w[0] = _mm512_zextsi256_si512(_mm256_and_si256(b, _mm256_set1_epi16(15)));
+    out.w[1] = _mm512_zextsi256_si512(_mm256_srli_epi16(b, 4));
   } else if constexpr (Bits == 4) {
     const uint8_t* p = row + g * Group / 2;
-    for (int c = 0; c < Group; c += 64) {
-      const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + c / 2)));
-      acc = _mm512_dpwssd_epi32(acc, _mm512_and_si512(b, _mm512_set1_epi16(15)), _mm512_loadu_si512(xq + c));
-      acc = _mm512_dpwssd_epi32(acc, _mm512_srli_epi16(b, 4), _mm512_loadu_si512(xq + c + 32));
+    for (int c = 0; c < Group / 64; ++c) {
+      const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * c)));
+      out.w[2 * c] = _mm512_and_si512(b, _mm512_set1_epi16(15));
+      out.w[2 * c + 1] = _mm512_srli_epi16(b, 4);
     }
   } else {
     const uint8_t* p = row + g * Group;
-    for (int c = 0; c < Group; c += 32) {
-      const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + c)));
-      acc = _mm512_dpwssd_epi32(acc, b, _mm512_loadu_si512(xq + c));
-    }
+    for (int c = 0; c < Group / 32; ++c)
+      out.w[c] = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * c)));
   }
-  return acc;
+  return out;
+}
+
+/** Exact integer dot of a widened group with its int16 inputs, as 16 int32 lanes. */
+template <int Bits, int Group>
+inline __m512i int_dot(const WideGroup<Bits, Group>& wg, const int16_t* xq) {
+  if constexpr (Bits == 4 && Group == 32) {
+    __m256i a = _mm256_dpwssd_epi32(_mm256_setzero_si256(), _mm512_castsi512_si256(wg.w[0]),
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
+    a = _mm256_dpwssd_epi32(a, _mm512_castsi512_si256(wg.w[1]), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 16)));
+    return _mm512_zextsi256_si512(a);
+  } else {
+    __m512i acc = _mm512_setzero_si512();
+    for (int c = 0; c < WideGroup<Bits, Group>::kVectors; ++c)
+      acc = _mm512_dpwssd_epi32(acc, wg.w[c], _mm512_loadu_si512(xq + 32 * c));
+    return acc;
+  }
 }
 
 /**
  * The int16 path for 4/8-bit rows: per row and token, lanes accumulate (scale_g * xscale_g) * float(int dot)
- * over groups, biases accumulate bias_g * sum(x_g), and the row ends with hsum(lanes) + biases. The same code
- * runs for one token and for many, so batching never changes a bit.
+ * over groups, biases accumulate bias_g * sum(x_g), and the row ends with hsum(lanes) + biases. A group is
+ * widened once per tile of tokens and reused; one token and many run the same instructions per token.
  */
 template <int Bits, int Group, io::DType SD, io::DType BD>
 void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y, int64_t y_stride) {
   const int64_t groups = m.in / Group;
-  for (int64_t t0 = 0; t0 < x.rows; t0 += kTile) {
-    const int64_t t1 = std::min(x.rows, t0 + kTile);
+  if (x.rows == 1) {
+    // The decode case: the per-token instructions below, with the accumulators in registers.
+    const int16_t* xq = x.xq.data();
     for (int64_t o = row_begin; o < row_end; ++o) {
       const uint8_t* row = m.weight + o * m.row_bytes;
       if (o + kPrefetchRows < row_end) {
         const uint8_t* ahead = row + kPrefetchRows * m.row_bytes;
         for (size_t off = 0; off < m.row_bytes; off += 64) __builtin_prefetch(ahead + off, 0, 0);
       }
-      for (int64_t t = t0; t < t1; ++t) {
-        const int16_t* xq = x.xq.data() + t * m.in;
-        const float* xscale = x.xscale.data() + t * groups;
-        const float* xsum = x.sums.data() + t * groups;
-        __m512 lanes = _mm512_setzero_ps();
-        float bias_sum = 0;
-        for (int64_t g = 0; g < groups; ++g) {
-          const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
-          const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
-          const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(row, g, xq + g * Group));
-          const float sx = s * xscale[g];
-          lanes = _mm512_fmadd_ps(_mm512_set1_ps(sx), d, lanes);
-          const float bx = b * xsum[g];
-          bias_sum = bias_sum + bx;
-        }
-        y[t * y_stride + o] = simd::hsum({lanes}) + bias_sum;
+      __m512 lanes = _mm512_setzero_ps();
+      float bias_sum = 0;
+      for (int64_t g = 0; g < groups; ++g) {
+        const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
+        const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
+        const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(widen<Bits, Group>(row, g), xq + g * Group));
+        const float sx = s * x.xscale[g];
+        lanes = _mm512_fmadd_ps(_mm512_set1_ps(sx), d, lanes);
+        const float bx = b * x.sums[g];
+        bias_sum = bias_sum + bx;
       }
+      y[o] = simd::hsum({lanes}) + bias_sum;
+    }
+    return;
+  }
+  __m512 lanes[kTile];
+  float bias_sum[kTile];
+  for (int64_t t0 = 0; t0 < x.rows; t0 += kTile) {
+    const int64_t t1 = std::min(x.rows, t0 + kTile);
+    for (int64_t o = row_begin; o < row_end; ++o) {
+      const uint8_t* row = m.weight + o * m.row_bytes;
+      // Mapped weights sit in 4 KiB pages, where hardware prefetchers stop: ask for rows ahead explicitly.
+      if (o + kPrefetchRows < row_end) {
+        const uint8_t* ahead = row + kPrefetchRows * m.row_bytes;
+        for (size_t off = 0; off < m.row_bytes; off += 64) __builtin_prefetch(ahead + off, 0, 0);
+      }
+      for (int64_t t = t0; t < t1; ++t) {
+        lanes[t - t0] = _mm512_setzero_ps();
+        bias_sum[t - t0] = 0;
+      }
+      for (int64_t g = 0; g < groups; ++g) {
+        const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
+        const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
+        const WideGroup<Bits, Group> wg = widen<Bits, Group>(row, g);
+        for (int64_t t = t0; t < t1; ++t) {
+          const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(wg, x.xq.data() + t * m.in + g * Group));
+          const float sx = s * x.xscale[t * groups + g];
+          lanes[t - t0] = _mm512_fmadd_ps(_mm512_set1_ps(sx), d, lanes[t - t0]);
+          const float bx = b * x.sums[t * groups + g];
+          bias_sum[t - t0] = bias_sum[t - t0] + bx;
+        }
+      }
+      for (int64_t t = t0; t < t1; ++t) y[t * y_stride + o] = simd::hsum({lanes[t - t0]}) + bias_sum[t - t0];
     }
   }
 }

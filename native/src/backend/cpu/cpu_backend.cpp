@@ -3,12 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <numeric>
 #include <stdexcept>
 #include <thread>
 
 #include "backend/cpu/cpu_kv_cache.h"
+#include "backend/cpu/expert_mlp.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/simd.h"
 
@@ -16,7 +16,7 @@ namespace studio::cpu {
 
 namespace {
 
-// Output rows per work chunk: small enough to balance two threads over an expert, large enough to amortise.
+// Output rows per work chunk of a matmul: small enough to balance threads, large enough to amortise.
 constexpr int64_t kRowChunk = 16;
 
 class CpuMatrix final : public Matrix {
@@ -56,8 +56,6 @@ std::vector<const float*> row_pointers(const CpuActivations& a) {
   for (int64_t r = 0; r < a.rows; ++r) rows[r] = a.row(r);
   return rows;
 }
-
-float silu(float g) { return g / (1.0f + std::exp(-g)); }
 
 }  // namespace
 
@@ -258,86 +256,8 @@ Routing CpuBackend::route(const Matrix& gate, const Vector& bias, const Activati
 void CpuBackend::experts(const Matrix& gate, const Matrix& up, const Matrix& down, const Activations& x,
                          const Routing& routing, Activations& out) {
   const auto& xa = cast(x);
-  auto& oa = cast(out);
-  const auto& g = cast(gate);
-  const auto& u = cast(up);
-  const auto& d = cast(down);
-  const int top_k = routing.top_k;
-  const int64_t inter = g.out;
-  const int64_t hidden = d.out;
-
-  // Group (row, slot) pairs by expert; std::map keeps experts in ascending order.
-  std::map<int32_t, std::vector<int64_t>> slots_of;  // expert -> row*top_k + slot
-  for (int64_t i = 0; i < static_cast<int64_t>(routing.experts.size()); ++i) slots_of[routing.experts[i]].push_back(i);
-  struct Active {
-    int32_t expert;
-    const std::vector<int64_t>* slots;
-    PreparedX x_in;       // rows routed to this expert, for gate/up
-    PreparedX x_hidden;   // silu(gate) * up, for down
-    std::vector<float> gate_out, up_out;
-  };
-  std::vector<Active> active;
-  active.reserve(slots_of.size());
-  for (const auto& [e, slots] : slots_of) active.push_back({e, &slots, {}, {}, {}, {}});
-
-  for (Active& a : active) {
-    std::vector<const float*> rows;
-    for (int64_t slot : *a.slots) rows.push_back(xa.row(slot / top_k));
-    prepare_x(g.view(a.expert), rows, a.x_in);
-    a.gate_out.resize(rows.size() * inter);
-    a.up_out.resize(rows.size() * inter);
-  }
-  // gate and up of every active expert in one dispatch: items are (expert, matrix, row chunk).
-  const int64_t chunks = (inter + kRowChunk - 1) / kRowChunk;
-  pool_.parallel_for(static_cast<int64_t>(active.size()) * 2 * chunks, 1, [&](int64_t begin, int64_t end) {
-    PreparedX other;
-    for (int64_t item = begin; item < end; ++item) {
-      Active& a = active[item / (2 * chunks)];
-      const bool is_up = (item / chunks) % 2 == 1;
-      const int64_t r0 = (item % chunks) * kRowChunk, r1 = std::min(inter, r0 + kRowChunk);
-      const MatView m = (is_up ? u : g).view(a.expert);
-      const PreparedX* px = &a.x_in;
-      if (m.bits != a.x_in.bits || m.group != a.x_in.group) {
-        // up stored in another format than gate: lay the inputs out for it.
-        std::vector<const float*> rows;
-        for (int64_t slot : *a.slots) rows.push_back(xa.row(slot / top_k));
-        prepare_x(m, rows, other);
-        px = &other;
-      }
-      matmul_rows(m, *px, r0, r1, (is_up ? a.up_out : a.gate_out).data(), inter);
-    }
-  });
-  for (Active& a : active) {
-    for (size_t i = 0; i < a.gate_out.size(); ++i) a.gate_out[i] = silu(a.gate_out[i]) * a.up_out[i];
-    std::vector<const float*> rows;
-    for (size_t t = 0; t < a.slots->size(); ++t) rows.push_back(a.gate_out.data() + t * inter);
-    prepare_x(d.view(a.expert), rows, a.x_hidden);
-  }
-  // down projections into per-(row, slot) outputs, then a weighted sum in rank order per row.
-  std::vector<float> slot_out(routing.experts.size() * hidden);
-  std::vector<float> expert_out;
-  const int64_t down_chunks = (hidden + kRowChunk - 1) / kRowChunk;
-  std::vector<std::vector<float>> results(active.size());
-  for (size_t i = 0; i < active.size(); ++i) results[i].resize(active[i].slots->size() * hidden);
-  pool_.parallel_for(static_cast<int64_t>(active.size()) * down_chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const size_t ai = item / down_chunks;
-      const int64_t r0 = (item % down_chunks) * kRowChunk, r1 = std::min(hidden, r0 + kRowChunk);
-      matmul_rows(d.view(active[ai].expert), active[ai].x_hidden, r0, r1, results[ai].data(), hidden);
-    }
-  });
-  for (size_t ai = 0; ai < active.size(); ++ai)
-    for (size_t t = 0; t < active[ai].slots->size(); ++t)
-      std::memcpy(slot_out.data() + (*active[ai].slots)[t] * hidden, results[ai].data() + t * hidden, hidden * sizeof(float));
-  for (int64_t r = 0; r < xa.rows; ++r) {
-    float* dst = oa.row(r);
-    std::fill(dst, dst + hidden, 0.0f);
-    for (int j = 0; j < top_k; ++j) {
-      const float w = routing.weights[r * top_k + j];
-      const float* src = slot_out.data() + (r * top_k + j) * hidden;
-      for (int64_t c = 0; c < hidden; ++c) dst[c] += w * src[c];
-    }
-  }
+  ExpertMlp mlp(cast(gate).source, cast(up).source, cast(down).source, xa.data.data(), xa.rows, routing);
+  mlp.run(pool_, cast(out).data.data());
 }
 
 std::unique_ptr<Backend> make_cpu_backend_impl(int threads) { return std::make_unique<CpuBackend>(threads); }

@@ -107,6 +107,11 @@ function checkOptions(options: OpenOptions, config: ModelConfig): void {
     throw new Error('openEngine: backend "mlx" requested but this studio_engine was built without MLX');
 }
 
+function checkSeq(method: string, name: string, value: number): void {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff)
+    throw new Error(`${method}: ${name} must be a uint32 sequence id (got ${value})`);
+}
+
 class NativeEngine implements StudioEngine {
   private closed = false;
 
@@ -119,11 +124,14 @@ class NativeEngine implements StudioEngine {
 
   async release(seq: number): Promise<void> {
     this.checkOpen();
+    checkSeq("release", "seq", seq);
     return this.handle.release(seq);
   }
 
   async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
     this.checkOpen();
+    checkSeq("fork", "seq", seq);
+    checkSeq("fork", "newSeq", newSeq);
     if (!Number.isInteger(prefixLength) || prefixLength < 0)
       throw new Error(`fork: prefixLength must be a non-negative integer (got ${prefixLength})`);
     return this.handle.fork(seq, newSeq, prefixLength);

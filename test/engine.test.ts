@@ -366,6 +366,8 @@ describe("bad input is refused with a clear error", () => {
     );
     await expect(engine.fork(99, 100, 1)).rejects.toThrow(/unknown sequence 99/);
     await expect(engine.fork(5, 101, 4)).rejects.toThrow(/prefixLength 4 exceeds/);
+    await expect(engine.fork(5, -1, 1)).rejects.toThrow(/newSeq must be a uint32/);
+    await expect(engine.release(1.5)).rejects.toThrow(/seq must be a uint32/);
     // The failed calls left the sequence usable.
     const ok = await one(engine, { seq: 5, position: 3, tokens: tokens([4]) });
     expect(typeof ok.token).toBe("number");

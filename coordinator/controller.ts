@@ -69,7 +69,6 @@ export class ClusterController {
     this.opts = opts;
     this.log = opts.log ?? ((line) => console.error(line));
     this.scheduler = new Scheduler({ contextWindow: opts.contextTokens });
-    this.scheduler.on("request", (figures) => this.snapshots.request(figures));
     opts.membership.on("change", () => this.schedule(opts.settleMs ?? 500));
     this.schedule(0);
   }

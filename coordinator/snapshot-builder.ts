@@ -1,24 +1,12 @@
 // Builds the ClusterSnapshot (dashboard, /metrics) from what the controller knows: the cluster health (members
-// with their latest heartbeat, the plan), shard-load progress, and the scheduler's finished-request figures.
+// with their latest heartbeat, the plan) and shard-load progress. The request part (in flight, recent,
+// throughput and TTFT series) comes from the HTTP API's request log (request-log.ts), merged in by
+// api/server.ts: only the API knows a request's API kind, and one source keeps the figures consistent.
 import type { ClusterHealth } from "./cluster-health.js";
-import type { ClusterSnapshot, NodeHealth, NodeSnapshot, SeriesPoint } from "./cluster-snapshot.js";
-import type { RequestFigures } from "./scheduler.js";
-
-/** Points kept per series: ten minutes at one a second. */
-const SERIES_LENGTH = 600;
-
-function push(series: SeriesPoint[], point: SeriesPoint): void {
-  series.push(point);
-  if (series.length > SERIES_LENGTH) series.splice(0, series.length - SERIES_LENGTH);
-}
+import type { ClusterSnapshot, NodeHealth, NodeSnapshot } from "./cluster-snapshot.js";
 
 export class SnapshotBuilder {
   private readonly loadProgress = new Map<string, number>();
-  private readonly throughput: SeriesPoint[] = [];
-  private readonly ttft: SeriesPoint[] = [];
-  /** Output tokens of requests that finished since the last throughput sample. */
-  private finishedTokens = 0;
-  private lastSampleAt = Date.now();
 
   /** Shard loading of one node, 0..1 (cleared when a plan is ready). */
   progress(nodeId: string, bytesRead: number, bytesTotal: number): void {
@@ -29,27 +17,7 @@ export class SnapshotBuilder {
     this.loadProgress.clear();
   }
 
-  /** A finished request, from the scheduler's "request" event. */
-  request(figures: RequestFigures): void {
-    this.finishedTokens += figures.outputTokens;
-    if (figures.ttftMs !== undefined) push(this.ttft, { t: Date.now(), v: figures.ttftMs });
-  }
-
-  /**
-   * One throughput point per second: output tokens of the requests that finished in that second, spread over
-   * it (the scheduler reports requests when they end, so long generations show as one burst at their end).
-   */
-  private sample(now: number): void {
-    if (now - this.lastSampleAt < 1000) return;
-    const seconds = (now - this.lastSampleAt) / 1000;
-    push(this.throughput, { t: now, v: this.finishedTokens / seconds });
-    this.finishedTokens = 0;
-    this.lastSampleAt = now;
-  }
-
   build(health: ClusterHealth, numLayers: number): ClusterSnapshot {
-    const now = Date.now();
-    this.sample(now);
     const stages = health.plan?.stages ?? [];
     const live = new Set(health.members.map((m) => m.id));
     const nodes: NodeSnapshot[] = health.members.map((m) => {
@@ -116,12 +84,11 @@ export class SnapshotBuilder {
       state: health.state === "following" ? (health.ok ? "ready" : "not_ready") : health.state,
       message: health.message,
       nodes,
-      // The scheduler reports requests when they finish, without the API kind: in-flight and recent request
-      // lists belong to the HTTP layer, which knows both.
+      // Filled from the API's request log (see the top of this file).
       inFlight: [],
       recent: [],
-      throughput: [...this.throughput],
-      ttftMs: [...this.ttft],
+      throughput: [],
+      ttftMs: [],
     };
   }
 }

@@ -100,12 +100,6 @@ describe("SnapshotBuilder", () => {
       0,
     );
   });
-
-  it("records time to first token of finished requests", () => {
-    const builder = new SnapshotBuilder();
-    builder.request({ seq: 1, status: "completed", promptTokens: 10, outputTokens: 5, ttftMs: 42 });
-    expect(builder.build(health("ready", [member("1")]), 62).ttftMs.map((p) => p.v)).toEqual([42]);
-  });
 });
 
 describe("renderClusterHealth", () => {

@@ -1,5 +1,6 @@
 // `cluster status`: members, roles, plan and health, read from a node's GET /health (the plan from the
-// coordinator's, when the node asked is not the coordinator).
+// coordinator's, when the node asked is not the coordinator), then the live picture the dashboard shows (node
+// figures, throughput, requests in flight) from the coordinator's GET /dashboard/snapshot.json.
 import type { Command } from "commander";
 import { errorMessage } from "../../common/errors.js";
 import {
@@ -7,6 +8,8 @@ import {
   isClusterHealth,
   renderClusterHealth,
 } from "../../coordinator/cluster-health.js";
+import type { ClusterSnapshot } from "../../coordinator/cluster-snapshot.js";
+import { isClusterSnapshot, renderSnapshotText } from "../../coordinator/snapshot-text.js";
 
 interface StatusOptions {
   api: string;
@@ -39,6 +42,28 @@ async function fetchHealth(baseUrl: string, apiKey: string | undefined): Promise
   return body;
 }
 
+/** The live snapshot, or undefined (with a note on stderr) when the node serves none: status still prints. */
+async function fetchSnapshot(
+  baseUrl: string,
+  apiKey: string | undefined,
+): Promise<ClusterSnapshot | undefined> {
+  const url = `${baseUrl.replace(/\/+$/, "")}/dashboard/snapshot.json`;
+  try {
+    const response = await fetch(url, {
+      headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {},
+      signal: AbortSignal.timeout(5000),
+    });
+    const text = await response.text();
+    if (!response.ok) throw new Error(`answered ${response.status}: ${text.slice(0, 200)}`);
+    const body: unknown = JSON.parse(text);
+    if (!isClusterSnapshot(body)) throw new Error("answered, but not with a cluster snapshot");
+    return body;
+  } catch (err) {
+    process.stderr.write(`note: no live figures from ${url}: ${errorMessage(err)}\n`);
+    return undefined;
+  }
+}
+
 export async function runStatus(opts: StatusOptions): Promise<string> {
   const health = await fetchHealth(opts.api, opts.apiKey);
   let plan = health.plan;
@@ -50,14 +75,21 @@ export async function runStatus(opts: StatusOptions): Promise<string> {
       process.stderr.write(`note: the coordinator's plan is unavailable: ${errorMessage(err)}\n`);
     }
   }
-  if (opts.json) return `${JSON.stringify({ ...health, plan }, null, 2)}\n`;
-  return renderClusterHealth(health, plan);
+  // Requests are counted where they are generated: the coordinator.
+  const live = await fetchSnapshot(
+    health.node.role === "coordinator" ? opts.api : (coordinatorUrl ?? opts.api),
+    opts.apiKey,
+  );
+  if (opts.json) return `${JSON.stringify({ ...health, plan, live }, null, 2)}\n`;
+  return renderClusterHealth(health, plan) + (live ? renderSnapshotText(live) : "");
 }
 
 export function register(program: Command): void {
   program
     .command("status")
-    .description("Show the cluster's members, roles, plan (layer ranges) and health")
+    .description(
+      "Show the cluster's members, roles, plan (layer ranges), health and live figures (tokens/s, requests)",
+    )
     .option("--api <url>", "HTTP API of any node", "http://127.0.0.1:8080")
     .option("--api-key <key>", "API key, when the node requires one")
     .option("--json", "print the raw JSON")

@@ -12,7 +12,7 @@ import {
   loadOrCreateClusterKey,
   type NodeIdentity,
 } from "../../common/cluster-key.js";
-import { errorMessage } from "../../common/errors.js";
+import { ClusterError, errorMessage } from "../../common/errors.js";
 import { readModelConfig } from "../../common/model-config.js";
 import { packageVersion } from "../../common/paths.js";
 import { type ApiServer, isLoopback, startApiServer } from "../../coordinator/api/server.js";
@@ -186,6 +186,11 @@ export async function runUp(opts: UpOptions): Promise<void> {
         modelId,
         health: () => controller?.health() ?? { ok: false, state: "planning", message: "starting" },
         coordinatorUrl: () => controller?.coordinatorUrl(),
+        // Dashboard and /metrics (a 503, and an error line on the page, while this node is starting).
+        snapshot: () => {
+          if (!controller) throw new ClusterError("cluster_not_ready", "this node is still starting");
+          return controller.snapshot();
+        },
       },
       { host: opts.apiHost, port: opts.apiPort, apiKey: opts.apiKey },
     );

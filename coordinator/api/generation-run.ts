@@ -1,6 +1,7 @@
 // One request's generation: token ids from the scheduler → reasoning / text / tool-call events + usage.
 // Both chat APIs and plain completions consume this; they only differ in how they write the events out.
 import { randomBytes } from "node:crypto";
+import { ClusterError } from "../../common/errors.js";
 import type { SamplingParams } from "../../native/engine-api.js";
 import type { ChatFormatter } from "../chat/chat-formatter.js";
 import type { TemplateTool } from "../chat/conversation.js";
@@ -8,6 +9,7 @@ import type { IncrementalDetokenizer } from "../chat/detokenizer.js";
 import { ReplyParser } from "../chat/reply-parser.js";
 import { StopStringMatcher } from "../chat/stop-strings.js";
 import type { GenerationEvent, TokenGenerator } from "../generation.js";
+import type { RequestTracker } from "../request-log.js";
 import { contextLengthError } from "./errors.js";
 
 export interface PreparedGeneration {
@@ -18,6 +20,8 @@ export interface PreparedGeneration {
   tools: TemplateTool[];
   /** Chat replies are parsed (reasoning, tool calls); plain completions are raw text. */
   parseReply: boolean;
+  /** Figures for the dashboard and /metrics (coordinator/request-log.ts). */
+  track?: RequestTracker;
 }
 
 export type OutputEvent =
@@ -64,6 +68,11 @@ export function budgetTokens(
   return requested ? Math.min(requested, room) : room;
 }
 
+/** How a run that threw ends in the request log: a cancellation the scheduler reports is not a failure. */
+function finalStatusOf(err: unknown): "failed" | "cancelled" {
+  return err instanceof ClusterError && err.code === "cancelled" ? "cancelled" : "failed";
+}
+
 export class GenerationRun {
   readonly usage: Usage;
   finishReason: FinishReason = "stop";
@@ -75,6 +84,7 @@ export class GenerationRun {
   private readonly detokenizer: IncrementalDetokenizer;
   private calledTools = false;
   private finished = false;
+  private readonly track: RequestTracker | undefined;
 
   private constructor(
     generator: TokenGenerator,
@@ -90,6 +100,7 @@ export class GenerationRun {
     this.parser = prepared.parseReply ? new ReplyParser(prepared.tools) : undefined;
     this.stopMatcher = new StopStringMatcher(prepared.stopStrings);
     this.detokenizer = formatter.detokenizer();
+    this.track = prepared.track;
     const stream = generator.generate({
       prompt: prepared.prompt,
       maxTokens: prepared.maxTokens,
@@ -117,6 +128,9 @@ export class GenerationRun {
     });
     try {
       await Promise.race([run.pending, waited]);
+    } catch (err) {
+      run.track?.finish(finalStatusOf(err));
+      throw err;
     } finally {
       clearTimeout(timer);
     }
@@ -126,6 +140,7 @@ export class GenerationRun {
   /** The client is gone (or a stop string ended the reply): free the sequence on every stage. */
   cancel(): void {
     if (this.finished || this.controller.signal.aborted) return;
+    this.track?.finish("cancelled");
     this.controller.abort();
     void this.iterator.return?.().catch(() => undefined);
   }
@@ -137,7 +152,13 @@ export class GenerationRun {
   async *events(): AsyncGenerator<OutputEvent> {
     try {
       yield* this.consume();
+      this.track?.finish(this.finishReason === "length" ? "incomplete" : "completed");
+    } catch (err) {
+      this.track?.finish(finalStatusOf(err));
+      throw err;
     } finally {
+      // A consumer that stopped reading early (client gone) ends the request as cancelled.
+      this.track?.finish("cancelled");
       // Closing the scheduler's iterator runs its cleanup (release of the sequence on every stage); a
       // generator paused at its last `yield` would otherwise hold the KV until it is collected.
       if (!this.controller.signal.aborted) await this.iterator.return?.().catch(() => undefined);
@@ -154,6 +175,7 @@ export class GenerationRun {
       if (event.type === "admitted") {
         this.usage.promptTokens = event.promptTokens;
         this.usage.cachedTokens = event.cachedTokens;
+        this.track?.admitted(event.promptTokens, event.cachedTokens);
         continue;
       }
       if (event.type === "end") {
@@ -164,6 +186,8 @@ export class GenerationRun {
       yield* this.onToken(event.token);
       if (this.stopMatcher.hasStopped) {
         this.finishReason = "stop";
+        // A stop string is a normal end; the cancel below only frees the sequence.
+        this.track?.finish("completed");
         this.cancel();
         break;
       }
@@ -174,6 +198,7 @@ export class GenerationRun {
 
   private *onToken(token: number): Generator<OutputEvent> {
     this.usage.completionTokens++;
+    this.track?.token();
     if (this.parser?.inReasoning) this.usage.reasoningTokens++;
     if (this.formatter.stopTokenIds.includes(token)) return;
     yield* this.onText(this.detokenizer.push(token));

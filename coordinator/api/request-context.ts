@@ -7,6 +7,7 @@ import { ChatFormatter } from "../chat/chat-formatter.js";
 import type { Conversation } from "../chat/conversation.js";
 import { RequestError } from "../chat/request-error.js";
 import type { TokenGenerator } from "../generation.js";
+import type { RequestApi, RequestLog } from "../request-log.js";
 import { ModelNotFoundError } from "./errors.js";
 import { budgetTokens, GenerationRun, type PreparedGeneration } from "./generation-run.js";
 
@@ -14,6 +15,9 @@ export interface ApiDeps {
   generator(): TokenGenerator | undefined;
   modelDir: string;
   modelId: string;
+  /** Where the route's requests are recorded for the dashboard and /metrics, under the route's API kind. */
+  requests?: RequestLog;
+  api?: RequestApi;
 }
 
 export function requireGenerator(deps: ApiDeps): TokenGenerator {
@@ -86,6 +90,8 @@ export async function startChatRun(
     stopStrings: options.stopStrings,
     tools: conversation.tools,
     parseReply: true,
+    // Last: a prompt refused above (too long) never shows as a request in flight.
+    track: deps.requests?.begin(deps.api ?? "chat.completions", prompt.length),
   };
   return GenerationRun.start(generator, formatter, prepared);
 }
@@ -107,6 +113,7 @@ export async function startTextRun(
     stopStrings: options.stopStrings,
     tools: [],
     parseReply: false,
+    track: deps.requests?.begin(deps.api ?? "completions", prompt.length),
   };
   return GenerationRun.start(generator, formatter, prepared);
 }

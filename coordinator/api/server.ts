@@ -1,11 +1,17 @@
 // The OpenAI-compatible HTTP endpoint (Responses, Chat Completions, Completions, models, health).
 // H3b's `cluster up` starts it with an ApiContext that follows membership: which generator serves, or which
-// node is the coordinator when this one is not.
+// node is the coordinator when this one is not. With a snapshot provider it also serves the dashboard (GET /,
+// /dashboard/*) and GET /metrics, with the request figures this API records (request-log.ts) merged in.
+import type { IncomingMessage } from "node:http";
 import { isIP } from "node:net";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import { ClusterError } from "../../common/errors.js";
 import { ChatFormatter } from "../chat/chat-formatter.js";
+import type { ClusterSnapshot } from "../cluster-snapshot.js";
+import { DASHBOARD_LIVE_PATH, registerDashboard } from "../dashboard/plugin.js";
 import type { TokenGenerator } from "../generation.js";
+import { registerMetrics } from "../metrics.js";
+import { RequestLog } from "../request-log.js";
 import { checkBearer } from "./auth.js";
 import { type ApiError, apiError, toApiError } from "./errors.js";
 import { FORWARDED_HEADER, forwardRequest } from "./forward.js";
@@ -23,6 +29,11 @@ export interface ApiContext {
   health(): unknown;
   /** Set when THIS node is not the coordinator: every /v1 request is forwarded there. */
   coordinatorUrl(): string | undefined;
+  /**
+   * The cluster picture (nodes, plan, health) for the dashboard and /metrics; without it neither is served.
+   * Its request lists and series are replaced by this API's own request log.
+   */
+  snapshot?(): ClusterSnapshot;
 }
 
 export interface ApiServerOptions {
@@ -35,6 +46,8 @@ export interface ApiServerOptions {
 
 export interface ApiServer {
   url: string;
+  /** The requests this API generated (in flight, recent, throughput and TTFT series). */
+  requests: RequestLog;
   close(): Promise<void>;
 }
 
@@ -49,7 +62,26 @@ function send(reply: import("fastify").FastifyReply, error: ApiError) {
   return reply.code(error.status).send(error.body);
 }
 
-function buildApp(ctx: ApiContext, options: ApiServerOptions): FastifyInstance {
+/** Paths outside /v1 that show the cluster's figures: under the API key too when one is set. */
+const DASHBOARD_DATA_PATHS = new Set(["/", "/metrics", "/dashboard/snapshot.json", DASHBOARD_LIVE_PATH]);
+
+/**
+ * The key check for the dashboard and /metrics: a Bearer header as for /v1, or `?key=` (a browser cannot put a
+ * header on a page it opens or on a WebSocket).
+ */
+function checkDashboardKey(request: IncomingMessage, apiKey: string | undefined): ApiError | undefined {
+  if (!apiKey || request.headers.authorization) return checkBearer(request.headers.authorization, apiKey);
+  const key = new URL(request.url ?? "/", "http://localhost").searchParams.get("key");
+  if (key === null)
+    return apiError(
+      401,
+      "Missing API key: send 'Authorization: Bearer <key>', or open the dashboard as /?key=<key>.",
+      "invalid_api_key",
+    );
+  return checkBearer(`Bearer ${key}`, apiKey);
+}
+
+function buildApp(ctx: ApiContext, options: ApiServerOptions, requests: RequestLog): FastifyInstance {
   // forceCloseConnections: close() must not wait for streams still generating; their cancel frees the KV.
   const app = Fastify({
     bodyLimit: options.bodyLimit ?? 64 * 1024 * 1024,
@@ -69,6 +101,10 @@ function buildApp(ctx: ApiContext, options: ApiServerOptions): FastifyInstance {
     },
   );
   app.addHook("onRequest", async (request, reply) => {
+    if (DASHBOARD_DATA_PATHS.has(request.url.split("?")[0])) {
+      const denied = checkDashboardKey(request.raw, options.apiKey);
+      if (denied) return send(reply, denied);
+    }
     if (!request.url.startsWith("/v1/")) return;
     const denied = checkBearer(request.headers.authorization, options.apiKey);
     if (denied) return send(reply, denied);
@@ -99,12 +135,33 @@ function buildApp(ctx: ApiContext, options: ApiServerOptions): FastifyInstance {
     modelDir: ctx.modelDir,
     modelId: ctx.modelId,
     health: () => ctx.health(),
+    requests,
   };
   registerModels(app, deps);
-  registerResponses(app, deps);
-  registerChatCompletions(app, deps);
-  registerCompletions(app, deps);
+  registerResponses(app, { ...deps, api: "responses" });
+  registerChatCompletions(app, { ...deps, api: "chat.completions" });
+  registerCompletions(app, { ...deps, api: "completions" });
+  registerLiveViews(app, ctx, options, requests);
   return app;
+}
+
+/** The dashboard (which redirects to the coordinator's on other nodes) and /metrics, when there is a snapshot. */
+function registerLiveViews(
+  app: FastifyInstance,
+  ctx: ApiContext,
+  options: ApiServerOptions,
+  requests: RequestLog,
+): void {
+  const clusterSnapshot = ctx.snapshot?.bind(ctx);
+  if (!clusterSnapshot) return;
+  const snapshot = (): ClusterSnapshot => ({ ...clusterSnapshot(), ...requests.figures() });
+  registerDashboard(app, {
+    snapshot,
+    coordinatorUrl: () => ctx.coordinatorUrl(),
+    // The WebSocket upgrade bypasses the onRequest hook: the same key rule is applied here.
+    authorize: (request) => checkDashboardKey(request, options.apiKey) === undefined,
+  });
+  registerMetrics(app, { snapshot });
 }
 
 export async function startApiServer(ctx: ApiContext, options: ApiServerOptions): Promise<ApiServer> {
@@ -115,11 +172,12 @@ export async function startApiServer(ctx: ApiContext, options: ApiServerOptions)
     );
   // Load tokenizer and template now: a broken model directory fails at start, not on the first request.
   ChatFormatter.forModelDir(ctx.modelDir);
-  const app = buildApp(ctx, options);
+  const requests = new RequestLog();
+  const app = buildApp(ctx, options, requests);
   await app.listen({ host: options.host, port: options.port });
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : options.port;
   const host =
     options.host.includes(":") && !options.host.startsWith("[") ? `[${options.host}]` : options.host;
-  return { url: `http://${host}:${port}`, close: () => app.close() };
+  return { url: `http://${host}:${port}`, requests, close: () => app.close() };
 }

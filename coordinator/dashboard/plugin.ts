@@ -50,9 +50,11 @@ export function registerDashboard(app: FastifyInstance, options: DashboardOption
   const sendAsset = (reply: FastifyReply, name: string) =>
     reply.header("content-type", ASSETS[name]).header("cache-control", "no-cache").send(assets.get(name));
 
-  app.get("/", (_request, reply) => {
+  app.get("/", (request, reply) => {
     const coordinator = options.coordinatorUrl?.();
-    if (coordinator) return reply.redirect(`${coordinator.replace(/\/+$/, "")}/`, 302);
+    // The query goes along: it may carry the API key (?key=) the page needs there too.
+    const query = request.url.includes("?") ? request.url.slice(request.url.indexOf("?")) : "";
+    if (coordinator) return reply.redirect(`${coordinator.replace(/\/+$/, "")}/${query}`, 302);
     return sendAsset(reply, "index.html");
   });
   for (const name of Object.keys(ASSETS))

@@ -433,6 +433,9 @@ let lastMessage;
 function connect(attempt = 0) {
   const url = new URL("/dashboard/live", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  // A node with an API key lets the page in with ?key=; the WebSocket needs it too (browsers send no header).
+  const key = new URLSearchParams(location.search).get("key");
+  if (key) url.searchParams.set("key", key);
   const ws = new WebSocket(url);
   let opened = false;
   ws.onopen = () => {

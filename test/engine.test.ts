@@ -324,6 +324,31 @@ describe("determinism", () => {
     );
   });
 
+  it("reports load progress on the JS thread, ending at the bytes it maps", async () => {
+    const reports: Array<[number, number]> = [];
+    const shard = await openEngine({
+      modelDir: dir,
+      layerStart: 1,
+      layerEnd: 3,
+      embed: false,
+      head: false,
+      threads: 1,
+      onProgress: (done, total) => reports.push([done, total]),
+    });
+    try {
+      expect(reports.length).toBeGreaterThan(0);
+      const [done, total] = reports.at(-1)!;
+      expect(done).toBe(total);
+      expect(total).toBe(shard.stats().weightBytes);
+      // Layers 1..2 only: a fraction of the whole model.
+      expect(total).toBeLessThan(engine.stats().weightBytes / 2);
+      for (let i = 1; i < reports.length; i++)
+        expect(reports[i][0]).toBeGreaterThanOrEqual(reports[i - 1][0]);
+    } finally {
+      await shard.close();
+    }
+  });
+
   it("keeps the event loop free while a forward runs and tracks KV bytes per sequence", async () => {
     const before = engine.stats();
     let ticks = 0;
@@ -470,6 +495,16 @@ describe("bad input is refused with a clear error", () => {
       expect(err!.message).toMatch(message);
     });
   }
+
+  it("a safetensors header that is not JSON: names the file", async () => {
+    const copy = brokenCopy("bad-header-json", T, (_h, data) => {
+      const text = Buffer.from('{"model.layers.1.self_attn.k_proj.weight": {"dtype": "U32", ', "utf8");
+      const length = Buffer.alloc(8);
+      length.writeBigUInt64LE(BigInt(text.length));
+      return Buffer.concat([length, text, data]);
+    });
+    await expect(open(copy)).rejects.toThrow(new RegExp(`${shardName(copy)}: bad header: invalid JSON`));
+  });
 
   it("overlapping tensors: names both", async () => {
     const other = "model.layers.1.self_attn.v_proj.weight";

@@ -13,6 +13,8 @@ import { describeLoss, type LostNode, type Pipeline } from "./pipeline.js";
 export interface SchedulerOptions {
   /** Longest prompt + output accepted, in tokens. */
   contextWindow: number;
+  /** Token ids must be below this (the model's vocab_size); unchecked when absent (the engine then refuses). */
+  vocabSize?: number;
   /** Prompt tokens per prefill item. Default 256. */
   prefillChunkTokens?: number;
   /** Sequences in flight at once; more get "overloaded". Default 64. */
@@ -107,6 +109,7 @@ class Run {
 
 export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGenerator {
   readonly contextWindow: number;
+  private readonly maxTokenId: number;
   private readonly chunkTokens: number;
   private readonly maxSequences: number;
   private readonly stepTimeoutMs: number;
@@ -121,6 +124,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     if (!Number.isInteger(opts.contextWindow) || opts.contextWindow < 2)
       throw new Error(`Scheduler: contextWindow must be an integer >= 2 (got ${opts.contextWindow})`);
     this.contextWindow = opts.contextWindow;
+    this.maxTokenId = (opts.vocabSize ?? 0x8000_0000) - 1;
     this.chunkTokens = opts.prefillChunkTokens ?? 256;
     this.maxSequences = opts.maxSequences ?? 64;
     this.stepTimeoutMs = opts.stepTimeoutMs ?? 120_000;
@@ -202,9 +206,12 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     const { prompt, maxTokens } = request;
     if (!Array.isArray(prompt) || prompt.length === 0)
       throw new ClusterError("bad_request", "prompt must hold at least one token id");
-    const bad = prompt.findIndex((t) => !Number.isInteger(t) || t < 0 || t > 0x7fff_ffff);
+    const bad = prompt.findIndex((t) => !Number.isInteger(t) || t < 0 || t > this.maxTokenId);
     if (bad >= 0)
-      throw new ClusterError("bad_request", `prompt token ${bad} (${prompt[bad]}) is not a valid token id`);
+      throw new ClusterError(
+        "bad_request",
+        `prompt token ${bad} (${prompt[bad]}) is not a valid token id (0..${this.maxTokenId})`,
+      );
     if (!Number.isInteger(maxTokens) || maxTokens < 1)
       throw new ClusterError("bad_request", `maxTokens must be a positive integer (got ${maxTokens})`);
     if (prompt.length + maxTokens > this.contextWindow)

@@ -9,7 +9,7 @@ import { startNodeAgent } from "./server.js";
 function usage(problem: string): never {
   console.error(`node-agent: ${problem}`);
   console.error(
-    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N]",
+    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--stdin-lifeline]",
   );
   process.exit(2);
 }
@@ -32,6 +32,7 @@ const { values } = parseArgs({
     "cluster-id": { type: "string" },
     backend: { type: "string" },
     threads: { type: "string" },
+    "stdin-lifeline": { type: "boolean" },
   },
   strict: true,
 });
@@ -59,13 +60,18 @@ const agent = await startNodeAgent({
 console.log(JSON.stringify({ event: "listening", port: agent.port, nodeId, pid: process.pid }));
 
 let stopping = false;
-for (const signal of ["SIGTERM", "SIGINT"] as const) {
-  process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    agent.close().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-  });
+function stop(): void {
+  if (stopping) return;
+  stopping = true;
+  agent.close().then(
+    () => process.exit(0),
+    () => process.exit(1),
+  );
+}
+for (const signal of ["SIGTERM", "SIGINT"] as const) process.on(signal, stop);
+// A parent that spawned us with a pipe on stdin (tests, benches) ends us by going away, even if it crashes.
+if (values["stdin-lifeline"]) {
+  process.stdin.on("end", stop);
+  process.stdin.on("error", stop);
+  process.stdin.resume();
 }

@@ -74,11 +74,13 @@ export function spawnAgent(opts: {
     opts.name,
     "--node-id",
     opts.name,
+    // The agent exits when this process goes away, even if it crashes before stopping it.
+    "--stdin-lifeline",
   ];
   if (opts.threads) args.push("--threads", String(opts.threads));
   const child = spawn(process.execPath, args, {
     env: { ...process.env, STUDIO_CLUSTER_KEY: opts.key },
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["pipe", "pipe", "pipe"],
   });
   const log: string[] = [];
   createInterface({ input: child.stderr! }).on("line", (line) => {

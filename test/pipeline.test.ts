@@ -5,6 +5,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ClusterError } from "../common/errors.js";
+import { readModelConfig } from "../common/model-config.js";
 import { NodeClient } from "../common/wire-client.js";
 import { channelOptions, studioNodeClientConstructor } from "../common/wire-proto.js";
 import { type DataFrame, Dtype, FrameKind, type NodeStatus } from "../common/wire-types.js";
@@ -132,6 +133,13 @@ describe("three-stage pipeline over loopback", () => {
     await expect(run([1, -2], 4)).rejects.toMatchObject({ code: "bad_request" });
     await expect(run([1], 0)).rejects.toMatchObject({ code: "bad_request" });
     await expect(run([1, 2], 4095)).rejects.toMatchObject({ code: "context_length_exceeded" });
+    // Told the vocabulary size, the scheduler refuses an out-of-range id itself.
+    const vocabSize = readModelConfig(modelDir).vocabSize;
+    const checked = new Scheduler({ contextWindow: 4096, vocabSize });
+    checked.attach(pipeline!);
+    await expect(
+      collect(checked.generate({ prompt: [1, vocabSize], maxTokens: 2, sampling: {}, stopTokenIds: [] })),
+    ).rejects.toMatchObject({ code: "bad_request", message: expect.stringMatching(/not a valid token id/) });
   });
 
   it("an abort cancels the sequence and frees its KV on every stage", async () => {

@@ -76,13 +76,16 @@ export class SnapshotBuilder {
         health: "lost",
       });
     }
+    const state = health.state === "following" ? (health.ok ? "ready" : "not_ready") : health.state;
     return {
       clusterId: health.clusterId,
       modelId: health.modelId,
       numLayers,
       coordinatorId: health.coordinator?.id ?? "",
-      state: health.state === "following" ? (health.ok ? "ready" : "not_ready") : health.state,
-      message: health.message,
+      state,
+      // The message says why the cluster does not serve (the dashboard shows it as a warning banner); a ready
+      // cluster's "serving with ..." line is what the cards and the layer map already show.
+      message: state === "ready" ? undefined : health.message,
       nodes,
       // Filled from the API's request log (see the top of this file).
       inFlight: [],

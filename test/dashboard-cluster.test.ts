@@ -294,6 +294,10 @@ describe.skipIf(!haveChromium)("the dashboard of a two-node cluster in headless 
     await page.waitForFunction(`document.body.dataset.connection === "live"`);
     await page.waitForFunction(`document.querySelectorAll('[data-testid="node-card"]').length === 2`);
     expect(await page.locator('[data-testid="banner"]').isVisible()).toBe(false); // serving: nothing to warn of
+    // The footer's links carry the key too, and it opens the figures.
+    const metricsHref = await page.locator('.foot a[href^="/metrics"]').getAttribute("href");
+    expect(metricsHref).toBe(`/metrics?key=${API_KEY}`);
+    expect((await page.request.get(`${cluster.coordinatorUrl}${metricsHref}`)).status()).toBe(200);
 
     const stages = cluster.coordinator.plan!.stages;
     expect(await page.locator("[data-layer]").count()).toBe(6);

@@ -430,12 +430,21 @@ function setConnection(state, text) {
 
 let lastMessage;
 
+// Opened with ?key= (a node with an API key): the footer's links to /metrics and the snapshot need it as well.
+const pageKey = new URLSearchParams(location.search).get("key");
+if (pageKey) {
+  for (const link of document.querySelectorAll(".foot a")) {
+    const target = new URL(link.getAttribute("href"), location.href);
+    target.searchParams.set("key", pageKey);
+    link.setAttribute("href", `${target.pathname}${target.search}`);
+  }
+}
+
 function connect(attempt = 0) {
   const url = new URL("/dashboard/live", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   // A node with an API key lets the page in with ?key=; the WebSocket needs it too (browsers send no header).
-  const key = new URLSearchParams(location.search).get("key");
-  if (key) url.searchParams.set("key", key);
+  if (pageKey) url.searchParams.set("key", pageKey);
   const ws = new WebSocket(url);
   let opened = false;
   ws.onopen = () => {

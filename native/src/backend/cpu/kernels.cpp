@@ -141,9 +141,6 @@ inline float element(const uint8_t* p, int64_t i, io::DType runtime) {
   }
 }
 
-/** Rows ahead that the one-token path prefetches. */
-constexpr int64_t kPrefetchRows = 2;
-
 /** Tokens that share one pass over a decoded group in the tiled path (their inputs stay in registers). */
 constexpr int kBlock = 4;
 
@@ -165,11 +162,6 @@ void quant_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
     if (x.rows == 1) {
     for (int64_t o = row_begin; o < row_end; ++o) {
       const uint8_t* row = m.weight + o * m.row_bytes;
-      // Mapped weights sit in 4 KiB pages, where hardware prefetchers stop: ask for rows ahead explicitly.
-      if (o + kPrefetchRows < row_end) {
-        const uint8_t* ahead = row + kPrefetchRows * m.row_bytes;
-        for (size_t off = 0; off < m.row_bytes; off += 64) __builtin_prefetch(ahead + off, 0, 0);
-      }
       simd::V lanes = simd::zero();
       float bias_sum = 0;
       for (int64_t g = 0; g < groups; ++g) {
@@ -295,10 +287,6 @@ void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
     const int16_t* xq = x.xq.data();
     for (int64_t o = row_begin; o < row_end; ++o) {
       const uint8_t* row = m.weight + o * m.row_bytes;
-      if (o + kPrefetchRows < row_end) {
-        const uint8_t* ahead = row + kPrefetchRows * m.row_bytes;
-        for (size_t off = 0; off < m.row_bytes; off += 64) __builtin_prefetch(ahead + off, 0, 0);
-      }
       __m512 lanes = _mm512_setzero_ps();
       float bias_sum = 0;
       for (int64_t g = 0; g < groups; ++g) {
@@ -320,11 +308,6 @@ void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
     const int64_t t1 = std::min(x.rows, t0 + kTile);
     for (int64_t o = row_begin; o < row_end; ++o) {
       const uint8_t* row = m.weight + o * m.row_bytes;
-      // Mapped weights sit in 4 KiB pages, where hardware prefetchers stop: ask for rows ahead explicitly.
-      if (o + kPrefetchRows < row_end) {
-        const uint8_t* ahead = row + kPrefetchRows * m.row_bytes;
-        for (size_t off = 0; off < m.row_bytes; off += 64) __builtin_prefetch(ahead + off, 0, 0);
-      }
       for (int64_t t = t0; t < t1; ++t) {
         lanes[t - t0] = _mm512_setzero_ps();
         bias_sum[t - t0] = 0;

@@ -180,6 +180,10 @@ describe("dashboard and /metrics on a two-node cluster", () => {
     const redirect = await fetch(`${cluster.followerUrl}/?key=${API_KEY}`, { redirect: "manual" });
     expect(redirect.status).toBe(302);
     expect(redirect.headers.get("location")).toBe(`${url}/?key=${API_KEY}`);
+    // Its /metrics answers too, with both nodes (membership runs on every node; requests count on the coordinator).
+    const followerMetrics = await scrape(cluster.followerUrl);
+    expect(metric(followerMetrics, "studio_cluster_nodes")).toBe(2);
+    expect(metric(followerMetrics, "studio_cluster_state", { state: "ready" })).toBe(1);
   });
 
   it("/metrics scraped during a generation shows every node's figures move and counts the request", async () => {

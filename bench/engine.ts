@@ -23,6 +23,7 @@ interface Run {
   bytesPerToken: number;
   cpuSecondsPerToken: number;
   bandwidth: number;
+  readBandwidth: number;
   fraction: number;
 }
 
@@ -40,7 +41,8 @@ async function ensureBenchModel(dir: string): Promise<void> {
 
 /** Greedy decode of `tokens` tokens after the prompt on a fresh sequence. */
 async function decodeRun(engine: StudioEngine, seq: number, tokens: number, threads: number): Promise<Run> {
-  const bandwidth = await measureMemoryBandwidth(threads, BANDWIDTH_BYTES);
+  const bandwidth = await measureMemoryBandwidth(threads, BANDWIDTH_BYTES, "copy");
+  const readBandwidth = await measureMemoryBandwidth(threads, BANDWIDTH_BYTES, "read");
   const [first] = await engine.forward([{ seq, position: 0, tokens: PROMPT }]);
   let token = first.token!;
   const bytesBefore = engine.stats().weightBytesRead;
@@ -60,6 +62,7 @@ async function decodeRun(engine: StudioEngine, seq: number, tokens: number, thre
     bytesPerToken,
     cpuSecondsPerToken: (cpu.user + cpu.system) / 1e6 / tokens,
     bandwidth,
+    readBandwidth,
     fraction: (tokensPerSecond * bytesPerToken) / bandwidth,
   };
 }
@@ -111,7 +114,7 @@ async function main(): Promise<void> {
       if (run === 0) continue;
       results.push(r);
       console.log(
-        `run ${run}: copy bandwidth ${(r.bandwidth / 1e9).toFixed(2)} GB/s, decode ${r.tokensPerSecond.toFixed(2)} tokens/s x ` +
+        `run ${run}: copy ${(r.bandwidth / 1e9).toFixed(2)} GB/s, read ${(r.readBandwidth / 1e9).toFixed(2)} GB/s, decode ${r.tokensPerSecond.toFixed(2)} tokens/s x ` +
           `${(r.bytesPerToken / 1e6).toFixed(1)} MB = ${((r.tokensPerSecond * r.bytesPerToken) / 1e9).toFixed(2)} GB/s ` +
           `(${(r.fraction * 100).toFixed(1)}%), ${(r.cpuSecondsPerToken * 1000).toFixed(1)} ms cpu per token`,
       );
@@ -135,7 +138,11 @@ async function main(): Promise<void> {
     `cpu: ${(cpuPerToken * 1000).toFixed(1)} ms per token (all threads) -> ` +
       `${(bytesPerToken / cpuPerToken / 1e9).toFixed(2)} GB of weights per cpu-second`,
   );
-  console.log(`bandwidth fraction: ${(fraction * 100).toFixed(1)}% (median of the per-run ratios)`);
+  const readFraction = median(results.map((r) => (r.tokensPerSecond * r.bytesPerToken) / r.readBandwidth));
+  console.log(
+    `bandwidth fraction: ${(fraction * 100).toFixed(1)}% of the copy bandwidth (read + written bytes), ` +
+      `${(readFraction * 100).toFixed(1)}% of the read-only bandwidth (medians of the per-run ratios)`,
+  );
   console.log(
     JSON.stringify({
       bench: "engine",

@@ -49,7 +49,7 @@ interface NativeModule {
   ) => NativeEngineHandle;
   availableBackends(): BackendName[];
   mlxInfo(): MlxInfo | null;
-  measureMemoryBandwidth(threads: number, bytes: number): Promise<number>;
+  measureMemoryBandwidth(threads: number, bytes: number, kind: "copy" | "read"): Promise<number>;
 }
 
 let loaded: NativeModule | undefined;
@@ -85,9 +85,16 @@ export function mlxInfo(): MlxInfo | null {
   return nativeModule().mlxInfo();
 }
 
-/** Bytes per second (read + written) that `threads` threads reach copying `bytes` bytes. */
-export function measureMemoryBandwidth(threads: number, bytes: number): Promise<number> {
-  return nativeModule().measureMemoryBandwidth(threads, bytes);
+/**
+ * Bytes per second that `threads` threads reach over `bytes` bytes: "copy" (default) counts bytes read plus
+ * bytes written by a copy, as STREAM does; "read" counts bytes read by a summing loop (what decode does).
+ */
+export function measureMemoryBandwidth(
+  threads: number,
+  bytes: number,
+  kind: "copy" | "read" = "copy",
+): Promise<number> {
+  return nativeModule().measureMemoryBandwidth(threads, bytes, kind);
 }
 
 function checkOptions(options: OpenOptions, config: ModelConfig): void {

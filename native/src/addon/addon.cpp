@@ -15,10 +15,17 @@ namespace {
 
 class BandwidthWorker final : public Napi::AsyncWorker {
  public:
-  BandwidthWorker(Napi::Env env, int threads, double bytes)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), threads_(threads), bytes_(bytes) {}
+  BandwidthWorker(Napi::Env env, int threads, double bytes, bool read_only)
+      : Napi::AsyncWorker(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        threads_(threads),
+        bytes_(bytes),
+        read_only_(read_only) {}
   Napi::Promise promise() { return deferred_.Promise(); }
-  void Execute() override { result_ = cpu::measure_copy_bandwidth(threads_, static_cast<size_t>(bytes_)); }
+  void Execute() override {
+    const size_t n = static_cast<size_t>(bytes_);
+    result_ = read_only_ ? cpu::measure_read_bandwidth(threads_, n) : cpu::measure_copy_bandwidth(threads_, n);
+  }
   void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), result_)); }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
@@ -26,6 +33,7 @@ class BandwidthWorker final : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   int threads_;
   double bytes_;
+  bool read_only_;
   double result_ = 0;
 };
 
@@ -56,8 +64,10 @@ Napi::Value measure_memory_bandwidth(const Napi::CallbackInfo& info) {
   const double bytes = info[1].ToNumber().DoubleValue();
   if (!(threads >= 1 && threads <= 1024) || !(bytes >= 1 && bytes <= 64.0 * (1ull << 30)))
     throw Napi::RangeError::New(env, "measureMemoryBandwidth: threads in [1, 1024] and bytes in [1, 64 GiB] required");
+  const bool read_only = info[2].IsString() && info[2].As<Napi::String>().Utf8Value() == "read";
   // An AsyncWorker deletes itself after OnOK/OnError, so ownership is handed over on Queue().
-  BandwidthWorker* worker = std::make_unique<BandwidthWorker>(env, static_cast<int>(threads), bytes).release();
+  BandwidthWorker* worker =
+      std::make_unique<BandwidthWorker>(env, static_cast<int>(threads), bytes, read_only).release();
   Napi::Promise p = worker->promise();
   worker->Queue();
   return p;

@@ -9,8 +9,9 @@ namespace studio::cpu {
 
 namespace {
 
-// Output rows per work item: small enough to balance threads over one expert, large enough to amortise.
-constexpr int64_t kRowChunk = 16;
+// Output rows per work item. Long runs of consecutive rows keep each thread on one sequential stream (the
+// prefetchers' best case: 16 rows measured 28 tokens/s on the bench model, 128 rows 45); 512 balanced worse.
+constexpr int64_t kRowChunk = 128;
 
 float silu(float g) { return g / (1.0f + std::exp(-g)); }
 

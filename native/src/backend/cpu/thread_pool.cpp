@@ -4,6 +4,21 @@
 
 namespace studio::cpu {
 
+namespace {
+
+// About 20-50 microseconds of polling: longer than the gap between two jobs of one forward pass.
+constexpr int kSpin = 2000;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+}  // namespace
+
 ThreadPool::ThreadPool(int threads) {
   for (int i = 1; i < std::max(1, threads); ++i) workers_.emplace_back([this] { worker_loop(); });
 }
@@ -28,16 +43,22 @@ void ThreadPool::run_chunks() {
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
+    // The job's fields are written before generation_ moves (release), so seeing it move (acquire) is enough.
+    bool started = false;
+    for (int i = 0; i < kSpin && !started; ++i) {
+      started = generation_.load(std::memory_order_acquire) != seen;
+      if (!started) cpu_relax();
     }
+    if (!started) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || generation_.load(std::memory_order_acquire) != seen; });
+      if (stopping_) return;
+    }
+    seen = generation_.load(std::memory_order_acquire);
     run_chunks();
-    {
+    if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (--busy_ == 0) finished_.notify_one();
+      finished_.notify_one();
     }
   }
 }
@@ -56,13 +77,16 @@ void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void
     n_ = n;
     chunk_ = chunk;
     next_.store(0, std::memory_order_relaxed);
-    busy_ = static_cast<int>(workers_.size());
-    ++generation_;
+    busy_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   run_chunks();
-  std::unique_lock<std::mutex> lock(mutex_);
-  finished_.wait(lock, [&] { return busy_ == 0; });
+  for (int i = 0; i < kSpin && busy_.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
+  if (busy_.load(std::memory_order_acquire) != 0) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    finished_.wait(lock, [&] { return busy_.load(std::memory_order_acquire) == 0; });
+  }
   fn_ = nullptr;
 }
 

@@ -1,6 +1,7 @@
 // A fixed pool of worker threads created once per backend. parallel_for hands out index chunks; the caller
 // thread works too. Which thread computes a chunk never changes a result: every output element is computed
-// entirely inside one chunk.
+// entirely inside one chunk. A decode step dispatches ~100 jobs back to back, so workers spin briefly for the
+// next job (and the caller for the last chunk) before sleeping on the condition variable.
 #pragma once
 
 #include <atomic>
@@ -34,9 +35,9 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable finished_;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};
   bool stopping_ = false;
-  int busy_ = 0;
+  std::atomic<int> busy_{0};
 
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;

@@ -302,29 +302,60 @@ void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
     }
     return;
   }
-  __m512 lanes[kTile];
-  float bias_sum[kTile];
+  // Many tokens: widen a row once per tile into a buffer (the same vectors widen() yields), then run blocks of
+  // kBlock tokens through all groups with their accumulators in registers, sharing each group's loads.
+  using Wide = WideGroup<Bits, Group>;
+  thread_local std::vector<int16_t> wide_row;  // plain storage; vectors go in and out with unaligned moves
+  thread_local std::vector<float> scale_row, bias_row;
+  wide_row.resize(groups * Wide::kVectors * 32);
+  scale_row.resize(groups);
+  bias_row.resize(groups);
   for (int64_t t0 = 0; t0 < x.rows; t0 += kTile) {
     const int64_t t1 = std::min(x.rows, t0 + kTile);
     for (int64_t o = row_begin; o < row_end; ++o) {
       const uint8_t* row = m.weight + o * m.row_bytes;
-      for (int64_t t = t0; t < t1; ++t) {
-        lanes[t - t0] = _mm512_setzero_ps();
-        bias_sum[t - t0] = 0;
-      }
       for (int64_t g = 0; g < groups; ++g) {
-        const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
-        const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
-        const WideGroup<Bits, Group> wg = widen<Bits, Group>(row, g);
-        for (int64_t t = t0; t < t1; ++t) {
-          const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(wg, x.xq.data() + t * m.in + g * Group));
-          const float sx = s * x.xscale[t * groups + g];
-          lanes[t - t0] = _mm512_fmadd_ps(_mm512_set1_ps(sx), d, lanes[t - t0]);
-          const float bx = b * x.sums[t * groups + g];
-          bias_sum[t - t0] = bias_sum[t - t0] + bx;
-        }
+        const Wide wg = widen<Bits, Group>(row, g);
+        for (int c = 0; c < Wide::kVectors; ++c) _mm512_storeu_si512(&wide_row[(g * Wide::kVectors + c) * 32], wg.w[c]);
+        scale_row[g] = element<SD>(m.scales, o * groups + g, m.scale_dtype);
+        bias_row[g] = element<BD>(m.biases, o * groups + g, m.bias_dtype);
       }
-      for (int64_t t = t0; t < t1; ++t) y[t * y_stride + o] = simd::hsum({lanes[t - t0]}) + bias_sum[t - t0];
+      int64_t t = t0;
+      for (; t + kBlock <= t1; t += kBlock) {
+        __m512 lanes[kBlock];
+        float bias_sum[kBlock];
+        for (int k = 0; k < kBlock; ++k) {
+          lanes[k] = _mm512_setzero_ps();
+          bias_sum[k] = 0;
+        }
+        for (int64_t g = 0; g < groups; ++g) {
+          Wide wg;
+          for (int c = 0; c < Wide::kVectors; ++c) wg.w[c] = _mm512_loadu_si512(&wide_row[(g * Wide::kVectors + c) * 32]);
+          for (int k = 0; k < kBlock; ++k) {
+            const int64_t tk = t + k;
+            const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(wg, x.xq.data() + tk * m.in + g * Group));
+            const float sx = scale_row[g] * x.xscale[tk * groups + g];
+            lanes[k] = _mm512_fmadd_ps(_mm512_set1_ps(sx), d, lanes[k]);
+            const float bx = bias_row[g] * x.sums[tk * groups + g];
+            bias_sum[k] = bias_sum[k] + bx;
+          }
+        }
+        for (int k = 0; k < kBlock; ++k) y[(t + k) * y_stride + o] = simd::hsum({lanes[k]}) + bias_sum[k];
+      }
+      for (; t < t1; ++t) {
+        __m512 lanes = _mm512_setzero_ps();
+        float bias_sum = 0;
+        for (int64_t g = 0; g < groups; ++g) {
+          Wide wg;
+          for (int c = 0; c < Wide::kVectors; ++c) wg.w[c] = _mm512_loadu_si512(&wide_row[(g * Wide::kVectors + c) * 32]);
+          const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(wg, x.xq.data() + t * m.in + g * Group));
+          const float sx = scale_row[g] * x.xscale[t * groups + g];
+          lanes = _mm512_fmadd_ps(_mm512_set1_ps(sx), d, lanes);
+          const float bx = bias_row[g] * x.sums[t * groups + g];
+          bias_sum = bias_sum + bx;
+        }
+        y[t * y_stride + o] = simd::hsum({lanes}) + bias_sum;
+      }
     }
   }
 }

@@ -276,8 +276,8 @@ inline __m512i int_dot(const WideGroup<Bits, Group>& wg, const int16_t* xq) {
 
 /**
  * The int16 path for 4/8-bit rows: per row and token, lanes accumulate (scale_g * xscale_g) * float(int dot)
- * over groups, biases accumulate bias_g * sum(x_g), and the row ends with hsum(lanes) + biases. A group is
- * widened once per tile of tokens and reused; one token and many run the same instructions per token.
+ * over groups, and the row ends with hsum(lanes) + dot(biases, per-group input sums). A group is widened once
+ * per tile of tokens and reused; one token and many run the same arithmetic per token.
  */
 template <int Bits, int Group, io::DType SD, io::DType BD>
 void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y, int64_t y_stride) {
@@ -285,20 +285,21 @@ void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
   if (x.rows == 1) {
     // The decode case: the per-token instructions below, with the accumulators in registers.
     const int16_t* xq = x.xq.data();
+    thread_local std::vector<float> scale_x, bias_one;
+    scale_x.resize(groups);
+    bias_one.resize(groups);
     for (int64_t o = row_begin; o < row_end; ++o) {
       const uint8_t* row = m.weight + o * m.row_bytes;
-      __m512 lanes = _mm512_setzero_ps();
-      float bias_sum = 0;
       for (int64_t g = 0; g < groups; ++g) {
-        const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
-        const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
-        const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(widen<Bits, Group>(row, g), xq + g * Group));
-        const float sx = s * x.xscale[g];
-        lanes = _mm512_fmadd_ps(_mm512_set1_ps(sx), d, lanes);
-        const float bx = b * x.sums[g];
-        bias_sum = bias_sum + bx;
+        scale_x[g] = element<SD>(m.scales, o * groups + g, m.scale_dtype) * x.xscale[g];
+        bias_one[g] = element<BD>(m.biases, o * groups + g, m.bias_dtype);
       }
-      y[o] = simd::hsum({lanes}) + bias_sum;
+      __m512 lanes = _mm512_setzero_ps();
+      for (int64_t g = 0; g < groups; ++g) {
+        const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(widen<Bits, Group>(row, g), xq + g * Group));
+        lanes = _mm512_fmadd_ps(_mm512_set1_ps(scale_x[g]), d, lanes);
+      }
+      y[o] = simd::hsum({lanes}) + simd::dot(bias_one.data(), x.sums.data(), groups);
     }
     return;
   }
@@ -323,11 +324,7 @@ void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
       int64_t t = t0;
       for (; t + kBlock <= t1; t += kBlock) {
         __m512 lanes[kBlock];
-        float bias_sum[kBlock];
-        for (int k = 0; k < kBlock; ++k) {
-          lanes[k] = _mm512_setzero_ps();
-          bias_sum[k] = 0;
-        }
+        for (int k = 0; k < kBlock; ++k) lanes[k] = _mm512_setzero_ps();
         for (int64_t g = 0; g < groups; ++g) {
           Wide wg;
           for (int c = 0; c < Wide::kVectors; ++c) wg.w[c] = _mm512_loadu_si512(&wide_row[(g * Wide::kVectors + c) * 32]);
@@ -336,25 +333,22 @@ void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
             const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(wg, x.xq.data() + tk * m.in + g * Group));
             const float sx = scale_row[g] * x.xscale[tk * groups + g];
             lanes[k] = _mm512_fmadd_ps(_mm512_set1_ps(sx), d, lanes[k]);
-            const float bx = bias_row[g] * x.sums[tk * groups + g];
-            bias_sum[k] = bias_sum[k] + bx;
           }
         }
-        for (int k = 0; k < kBlock; ++k) y[(t + k) * y_stride + o] = simd::hsum({lanes[k]}) + bias_sum[k];
+        for (int k = 0; k < kBlock; ++k)
+          y[(t + k) * y_stride + o] =
+              simd::hsum({lanes[k]}) + simd::dot(bias_row.data(), x.sums.data() + (t + k) * groups, groups);
       }
       for (; t < t1; ++t) {
         __m512 lanes = _mm512_setzero_ps();
-        float bias_sum = 0;
         for (int64_t g = 0; g < groups; ++g) {
           Wide wg;
           for (int c = 0; c < Wide::kVectors; ++c) wg.w[c] = _mm512_loadu_si512(&wide_row[(g * Wide::kVectors + c) * 32]);
           const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(wg, x.xq.data() + t * m.in + g * Group));
           const float sx = scale_row[g] * x.xscale[t * groups + g];
           lanes = _mm512_fmadd_ps(_mm512_set1_ps(sx), d, lanes);
-          const float bx = bias_row[g] * x.sums[t * groups + g];
-          bias_sum = bias_sum + bx;
         }
-        y[t * y_stride + o] = simd::hsum({lanes}) + bias_sum;
+        y[t * y_stride + o] = simd::hsum({lanes}) + simd::dot(bias_row.data(), x.sums.data() + t * groups, groups);
       }
     }
   }

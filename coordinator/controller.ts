@@ -32,6 +32,8 @@ export interface ControllerOptions {
   contextTokens: number;
   /** Engine threads per stage (absent: each node's default). */
   threads?: number;
+  /** Sequences in flight at once; more are refused with 429 (the scheduler's default when absent). */
+  maxSequences?: number;
   membership: Membership;
   settleMs?: number;
   /** Delay before trying again after a failed load. */
@@ -68,7 +70,7 @@ export class ClusterController {
   constructor(opts: ControllerOptions) {
     this.opts = opts;
     this.log = opts.log ?? ((line) => console.error(line));
-    this.scheduler = new Scheduler({ contextWindow: opts.contextTokens });
+    this.scheduler = new Scheduler({ contextWindow: opts.contextTokens, maxSequences: opts.maxSequences });
     opts.membership.on("change", () => this.schedule(opts.settleMs ?? 500));
     this.schedule(0);
   }

@@ -55,6 +55,9 @@ interface NativeModule {
 let loaded: NativeModule | undefined;
 
 function addonPath(): string {
+  // Another build of the same addon (the AddressSanitizer one the checkpoint fuzz test runs) may be named here.
+  const override = process.env.STUDIO_ENGINE_ADDON;
+  if (override) return override;
   return join(packageRoot(), "native", "build", "Release", "studio_engine.node");
 }
 

@@ -45,6 +45,12 @@ export interface UpOptions {
   interface?: string;
   /** GB/s; skips the measurement. */
   memoryBandwidth?: number;
+  /** Requests generating at once; more get 429 with retry-after. */
+  maxQueue?: number;
+  /** Seconds one request may run end to end. */
+  requestTimeout?: number;
+  /** Seconds SIGINT/SIGTERM lets generations in flight finish before failing them. */
+  drainTimeout: number;
 }
 
 function intArg(name: string, min: number, max: number) {
@@ -177,6 +183,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
     }
   };
 
+  let drainApi: () => Promise<void> = async () => {};
   try {
     let controller: ClusterController | undefined;
     const api: ApiServer = await listenApi(
@@ -192,9 +199,16 @@ export async function runUp(opts: UpOptions): Promise<void> {
           return controller.snapshot();
         },
       },
-      { host: opts.apiHost, port: opts.apiPort, apiKey: opts.apiKey },
+      {
+        host: opts.apiHost,
+        port: opts.apiPort,
+        apiKey: opts.apiKey,
+        requestTimeoutMs: opts.requestTimeout ? opts.requestTimeout * 1000 : undefined,
+      },
     );
+    // Closed last (cleanups run in reverse); by then drainApi below has ended every stream with a terminal event.
     cleanups.push(() => api.close());
+    drainApi = () => api.close({ graceMs: opts.drainTimeout * 1000 });
     const apiPort = Number(new URL(api.url).port);
 
     // Membership starts once the agent's port is known; until then a caller's Hello has nobody to tell.
@@ -266,6 +280,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
       footprint,
       contextTokens,
       threads: opts.threads,
+      maxSequences: opts.maxQueue,
       membership,
       onProgress: (stage, read, total) => progress.update(stage.name, read, total),
       onStageLoaded: (stage, bytes) =>
@@ -294,8 +309,12 @@ export async function runUp(opts: UpOptions): Promise<void> {
         process.exit(130);
       }
       stopping = true;
-      say(`${signal}: leaving the cluster`);
-      shutdown().then(resolveStop, resolveStop);
+      say(`${signal}: finishing or failing the requests in flight, then leaving the cluster`);
+      // The API drains first, while the pipeline still serves: each open stream ends with its terminal event.
+      drainApi()
+        .catch((err: unknown) => process.stderr.write(`drain: ${errorMessage(err)}\n`))
+        .then(shutdown)
+        .then(resolveStop, resolveStop);
     };
     process.once("SIGINT", () => stop("SIGINT"));
     process.once("SIGTERM", () => stop("SIGTERM"));
@@ -335,6 +354,22 @@ export function register(program: Command): void {
       "--memory-bandwidth <GB/s>",
       "this machine's memory bandwidth, which the planner splits layers by (default: measured at start)",
       positiveNumber("--memory-bandwidth"),
+    )
+    .option(
+      "--max-queue <n>",
+      "requests generating at once; more are answered 429 with retry-after (default 64)",
+      intArg("--max-queue", 1, 100_000),
+    )
+    .option(
+      "--request-timeout <seconds>",
+      "longest a request may run end to end; it then ends with a timeout error (default: no limit)",
+      positiveNumber("--request-timeout"),
+    )
+    .option(
+      "--drain-timeout <seconds>",
+      "on SIGINT/SIGTERM, how long requests in flight may finish before they are failed",
+      positiveNumber("--drain-timeout"),
+      10,
     )
     .action(async (opts: UpOptions) => {
       try {

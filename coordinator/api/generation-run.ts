@@ -22,6 +22,10 @@ export interface PreparedGeneration {
   parseReply: boolean;
   /** Figures for the dashboard and /metrics (coordinator/request-log.ts). */
   track?: RequestTracker;
+  /** The whole request (prefill and every token) must end within this; it then fails with "timeout". */
+  timeoutMs?: number;
+  /** The server's runs in flight: a shutdown fails the ones still here with a terminal event. */
+  live?: Set<GenerationRun>;
 }
 
 export type OutputEvent =
@@ -85,6 +89,10 @@ export class GenerationRun {
   private calledTools = false;
   private finished = false;
   private readonly track: RequestTracker | undefined;
+  /** Set by fail(): the error the consumer gets instead of the scheduler's "cancelled". */
+  private failure: ClusterError | undefined;
+  private readonly live: Set<GenerationRun> | undefined;
+  private deadline: NodeJS.Timeout | undefined;
 
   private constructor(
     generator: TokenGenerator,
@@ -101,6 +109,19 @@ export class GenerationRun {
     this.stopMatcher = new StopStringMatcher(prepared.stopStrings);
     this.detokenizer = formatter.detokenizer();
     this.track = prepared.track;
+    this.live = prepared.live;
+    this.live?.add(this);
+    if (prepared.timeoutMs !== undefined) {
+      const ms = prepared.timeoutMs;
+      this.deadline = setTimeout(
+        () =>
+          this.fail(
+            new ClusterError("timeout", `the request took longer than the server's limit of ${ms} ms`),
+          ),
+        ms,
+      );
+      this.deadline.unref();
+    }
     const stream = generator.generate({
       prompt: prepared.prompt,
       maxTokens: prepared.maxTokens,
@@ -130,6 +151,7 @@ export class GenerationRun {
       await Promise.race([run.pending, waited]);
     } catch (err) {
       run.track?.finish(finalStatusOf(err));
+      run.settle();
       throw err;
     } finally {
       clearTimeout(timer);
@@ -139,10 +161,31 @@ export class GenerationRun {
 
   /** The client is gone (or a stop string ended the reply): free the sequence on every stage. */
   cancel(): void {
-    if (this.finished || this.controller.signal.aborted) return;
+    if (this.finished || this.controller.signal.aborted) {
+      this.settle();
+      return;
+    }
     this.track?.finish("cancelled");
     this.controller.abort();
+    this.settle();
     void this.iterator.return?.().catch(() => undefined);
+  }
+
+  /**
+   * Ends the run with `error` (a timeout, a server shutdown): the sequence is freed like a cancel, and the
+   * consumer of events() gets `error`, so the route writes it as the stream's terminal event.
+   */
+  fail(error: ClusterError): void {
+    if (this.finished || this.controller.signal.aborted) return;
+    this.failure = error;
+    this.track?.finish("failed");
+    this.cancel();
+  }
+
+  /** Off the server's list of runs in flight, no timer left behind. */
+  private settle(): void {
+    clearTimeout(this.deadline);
+    this.live?.delete(this);
   }
 
   get cancelled(): boolean {
@@ -157,6 +200,7 @@ export class GenerationRun {
       this.track?.finish(finalStatusOf(err));
       throw err;
     } finally {
+      this.settle();
       // A consumer that stopped reading early (client gone) ends the request as cancelled.
       this.track?.finish("cancelled");
       // Closing the scheduler's iterator runs its cleanup (release of the sequence on every stage); a
@@ -167,8 +211,14 @@ export class GenerationRun {
 
   private async *consume(): AsyncGenerator<OutputEvent> {
     for (;;) {
-      const next = await (this.pending ?? this.iterator.next());
+      let next: IteratorResult<GenerationEvent>;
+      try {
+        next = await (this.pending ?? this.iterator.next());
+      } catch (err) {
+        throw this.failure ?? err;
+      }
       this.pending = undefined;
+      if (this.failure) throw this.failure;
       if (next.done) this.finished = true;
       if (next.done || this.cancelled) break;
       const event = next.value;

@@ -18,6 +18,10 @@ export interface ApiDeps {
   /** Where the route's requests are recorded for the dashboard and /metrics, under the route's API kind. */
   requests?: RequestLog;
   api?: RequestApi;
+  /** Longest a generation may run, end to end (ApiServerOptions.requestTimeoutMs). */
+  requestTimeoutMs?: number;
+  /** The server's generations in flight, failed with a terminal event when it shuts down. */
+  live?: Set<GenerationRun>;
 }
 
 export function requireGenerator(deps: ApiDeps): TokenGenerator {
@@ -92,6 +96,8 @@ export async function startChatRun(
     parseReply: true,
     // Last: a prompt refused above (too long) never shows as a request in flight.
     track: deps.requests?.begin(deps.api ?? "chat.completions", prompt.length),
+    timeoutMs: deps.requestTimeoutMs,
+    live: deps.live,
   };
   return GenerationRun.start(generator, formatter, prepared);
 }
@@ -114,6 +120,8 @@ export async function startTextRun(
     tools: [],
     parseReply: false,
     track: deps.requests?.begin(deps.api ?? "completions", prompt.length),
+    timeoutMs: deps.requestTimeoutMs,
+    live: deps.live,
   };
   return GenerationRun.start(generator, formatter, prepared);
 }

@@ -2,7 +2,7 @@
 // H3b's `cluster up` starts it with an ApiContext that follows membership: which generator serves, or which
 // node is the coordinator when this one is not. With a snapshot provider it also serves the dashboard (GET /,
 // /dashboard/*) and GET /metrics, with the request figures this API records (request-log.ts) merged in.
-import type { IncomingMessage } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { isIP } from "node:net";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import { ClusterError } from "../../common/errors.js";
@@ -15,6 +15,7 @@ import { RequestLog } from "../request-log.js";
 import { checkBearer } from "./auth.js";
 import { type ApiError, apiError, toApiError } from "./errors.js";
 import { FORWARDED_HEADER, forwardRequest } from "./forward.js";
+import type { GenerationRun } from "./generation-run.js";
 import { registerChatCompletions } from "./routes/chat-completions.js";
 import { registerCompletions } from "./routes/completions.js";
 import { registerModels } from "./routes/models.js";
@@ -42,13 +43,19 @@ export interface ApiServerOptions {
   apiKey?: string;
   /** Largest request body in bytes (default 64 MiB: long agent conversations are big). */
   bodyLimit?: number;
+  /** Longest one generation may run end to end; it then ends with a "timeout" error event. Default: none. */
+  requestTimeoutMs?: number;
 }
 
 export interface ApiServer {
   url: string;
   /** The requests this API generated (in flight, recent, throughput and TTFT series). */
   requests: RequestLog;
-  close(): Promise<void>;
+  /**
+   * Drains, then closes: new requests get 503, generations in flight may finish for `graceMs` (default 0),
+   * then the rest are failed with a terminal event ("this node is shutting down") before connections close.
+   */
+  close(options?: { graceMs?: number }): Promise<void>;
 }
 
 export function isLoopback(host: string): boolean {
@@ -81,7 +88,38 @@ function checkDashboardKey(request: IncomingMessage, apiKey: string | undefined)
   return checkBearer(`Bearer ${key}`, apiKey);
 }
 
-function buildApp(ctx: ApiContext, options: ApiServerOptions, requests: RequestLog): FastifyInstance {
+/** What a shutdown waits on: the generations in flight and the /v1 responses still being written. */
+class Drain {
+  readonly live = new Set<GenerationRun>();
+  private readonly open = new Set<ServerResponse>();
+  closing = false;
+
+  track(response: ServerResponse): void {
+    this.open.add(response);
+    response.once("close", () => this.open.delete(response));
+  }
+
+  async run(graceMs: number): Promise<void> {
+    this.closing = true;
+    await this.until(() => this.live.size === 0, graceMs);
+    const error = new ClusterError("cluster_not_ready", "this node is shutting down; retry on another node");
+    for (const run of [...this.live]) run.fail(error);
+    // The routes now write each failed run's terminal event; give them a moment to reach the client.
+    await this.until(() => this.open.size === 0, 2000);
+  }
+
+  private async until(done: () => boolean, ms: number): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function buildApp(
+  ctx: ApiContext,
+  options: ApiServerOptions,
+  requests: RequestLog,
+  drain: Drain,
+): FastifyInstance {
   // forceCloseConnections: close() must not wait for streams still generating; their cancel frees the KV.
   const app = Fastify({
     bodyLimit: options.bodyLimit ?? 64 * 1024 * 1024,
@@ -101,6 +139,14 @@ function buildApp(ctx: ApiContext, options: ApiServerOptions, requests: RequestL
     },
   );
   app.addHook("onRequest", async (request, reply) => {
+    if (request.url.startsWith("/v1/")) {
+      if (drain.closing)
+        return send(
+          reply,
+          apiError(503, "this node is shutting down; retry on another node", "cluster_not_ready"),
+        );
+      drain.track(reply.raw);
+    }
     if (DASHBOARD_DATA_PATHS.has(request.url.split("?")[0])) {
       const denied = checkDashboardKey(request.raw, options.apiKey);
       if (denied) return send(reply, denied);
@@ -136,6 +182,8 @@ function buildApp(ctx: ApiContext, options: ApiServerOptions, requests: RequestL
     modelId: ctx.modelId,
     health: () => ctx.health(),
     requests,
+    requestTimeoutMs: options.requestTimeoutMs,
+    live: drain.live,
   };
   registerModels(app, deps);
   registerResponses(app, { ...deps, api: "responses" });
@@ -173,11 +221,23 @@ export async function startApiServer(ctx: ApiContext, options: ApiServerOptions)
   // Load tokenizer and template now: a broken model directory fails at start, not on the first request.
   ChatFormatter.forModelDir(ctx.modelDir);
   const requests = new RequestLog();
-  const app = buildApp(ctx, options, requests);
+  if (options.requestTimeoutMs !== undefined && !(options.requestTimeoutMs > 0))
+    throw new Error(
+      `requestTimeoutMs must be a positive number of milliseconds (got ${options.requestTimeoutMs})`,
+    );
+  const drain = new Drain();
+  const app = buildApp(ctx, options, requests, drain);
   await app.listen({ host: options.host, port: options.port });
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : options.port;
   const host =
     options.host.includes(":") && !options.host.startsWith("[") ? `[${options.host}]` : options.host;
-  return { url: `http://${host}:${port}`, requests, close: () => app.close() };
+  return {
+    url: `http://${host}:${port}`,
+    requests,
+    close: async (closeOptions) => {
+      await drain.run(closeOptions?.graceMs ?? 0);
+      await app.close();
+    },
+  };
 }

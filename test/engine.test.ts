@@ -59,7 +59,15 @@ afterAll(() => {
 });
 
 function full(modelDir: string, threads = 2): Promise<Engine> {
-  return openEngine({ modelDir, layerStart: 0, layerEnd: LAYERS, embed: true, head: true, threads });
+  return openEngine({
+    backend: "cpu",
+    modelDir,
+    layerStart: 0,
+    layerEnd: LAYERS,
+    embed: true,
+    head: true,
+    threads,
+  });
 }
 
 function argmax(a: Float32Array): number {
@@ -167,6 +175,7 @@ describe("determinism", () => {
   it("a layer split [0,k) + [k,n) equals the single engine bit for bit", async () => {
     const single = await greedyRun(engine, 10, PROMPT, 6);
     const first = await openEngine({
+      backend: "cpu",
       modelDir: dir,
       layerStart: 0,
       layerEnd: 2,
@@ -175,6 +184,7 @@ describe("determinism", () => {
       threads: 1,
     });
     const second = await openEngine({
+      backend: "cpu",
       modelDir: dir,
       layerStart: 2,
       layerEnd: LAYERS,
@@ -327,6 +337,7 @@ describe("determinism", () => {
   it("reports load progress on the JS thread, ending at the bytes it maps", async () => {
     const reports: Array<[number, number]> = [];
     const shard = await openEngine({
+      backend: "cpu",
       modelDir: dir,
       layerStart: 1,
       layerEnd: 3,
@@ -439,7 +450,15 @@ describe("bad input is refused with a clear error", () => {
   const shardName = (d: string) =>
     JSON.parse(readFileSync(join(d, "model.safetensors.index.json"), "utf8")).weight_map[T] as string;
   const open = (modelDir: string) =>
-    openEngine({ modelDir, layerStart: 0, layerEnd: LAYERS, embed: true, head: true, threads: 1 });
+    openEngine({
+      backend: "cpu",
+      modelDir,
+      layerStart: 0,
+      layerEnd: LAYERS,
+      embed: true,
+      head: true,
+      threads: 1,
+    });
 
   const cases: Array<[string, (h: HeaderJson, data: Buffer) => Buffer, RegExp]> = [
     [

@@ -245,7 +245,17 @@ EngineObject::EngineObject(const Napi::CallbackInfo& info) : Napi::ObjectWrap<En
   if (backend_choice_ != "auto" && backend_choice_ != "cpu" && backend_choice_ != "mlx")
     throw Napi::TypeError::New(env, "options: backend must be \"auto\", \"cpu\" or \"mlx\" (got \"" + backend_choice_ + "\")");
 
-  done_ = DoneFn::New(env, "studio-engine", 0, 1, this);
+  // At process exit Node finalizes the thread-safe function before collecting this object; the finalizer
+  // marks it gone so the destructor does not release a function that no longer exists.
+  auto gone = std::make_unique<std::shared_ptr<std::atomic<bool>>>(done_gone_);
+  done_ = DoneFn::New(
+      env, "studio-engine", 0, 1, this,
+      [](Napi::Env, std::shared_ptr<std::atomic<bool>>* flag, EngineObject*) {
+        std::unique_ptr<std::shared_ptr<std::atomic<bool>>> owned(flag);
+        (*owned)->store(true);
+      },
+      gone.get());
+  gone.release();  // owned by the finalizer from here on
   done_.Unref(env);
   if (info[3].IsFunction()) on_progress_ = Napi::Persistent(info[3].As<Napi::Function>());
   thread_ = std::make_unique<EngineThread>();
@@ -257,7 +267,7 @@ EngineObject::~EngineObject() {
     thread_->post([this] { shard_.reset(); });
     thread_.reset();
   }
-  if (!done_released_) done_.Release();
+  if (!done_released_ && !done_gone_->load()) done_.Release();
 }
 
 void EngineObject::deliver(Napi::Env env, Napi::Function, EngineObject* self, Job* raw) {

@@ -56,6 +56,8 @@ class EngineObject : public Napi::ObjectWrap<EngineObject> {
   // onProgress; its calls travel through done_ too, so every report arrives before load() settles.
   Napi::FunctionReference on_progress_;
   bool done_released_ = false;
+  // Set by done_'s finalizer (environment teardown); shared because the finalizer may outlive this object.
+  std::shared_ptr<std::atomic<bool>> done_gone_ = std::make_shared<std::atomic<bool>>(false);
   int pending_ = 0;
   bool closed_ = false;
   bool loaded_ = false;

@@ -12,6 +12,7 @@ import {
   type CancelReply,
   type DataFrame,
   type DataFrameOut,
+  type ForkRequest,
   FrameKind,
   type HelloReply,
   type HelloRequest,
@@ -24,7 +25,7 @@ import {
   type StatusRequest,
 } from "../common/wire-types.js";
 import type { BackendChoice, Engine } from "../native/engine-api.js";
-import { availableBackends, measureMemoryBandwidth, openEngine } from "../native/index.js";
+import { availableBackends, measureMemoryBandwidth, mlxInfo, openEngine } from "../native/index.js";
 import { CapabilityReader } from "./capabilities.js";
 import { DownstreamLink } from "./downstream.js";
 import { type FrameSink, Stage, type StageCounters } from "./stage.js";
@@ -111,7 +112,9 @@ class NodeAgentServer {
 
   private nativeBackends(): string[] {
     try {
-      return availableBackends();
+      // Offer mlx to the planner only where it computes on a GPU (the engine's "auto" rule): a CPU-only MLX
+      // build is many times slower than the cpu backend.
+      return availableBackends().filter((b) => b !== "mlx" || mlxInfo()?.device === "gpu");
     } catch (err) {
       this.log(`engine addon unavailable: ${errorMessage(err)}`);
       return [];
@@ -132,6 +135,7 @@ class NodeAgentServer {
       Hello: this.unary("Hello", (req: HelloRequest, call) => this.hello(req, call.getPeer())),
       Release: this.unary("Release", (req: SeqsRequest) => this.release(req)),
       Cancel: this.unary("Cancel", (req: SeqsRequest) => this.cancel(req)),
+      Fork: this.unary("Fork", (req: ForkRequest) => this.fork(req)),
       LoadShard: this.stream("LoadShard", (call: ServerStream<LoadShardRequest, LoadProgress>) =>
         this.loadShard(call),
       ),
@@ -318,6 +322,7 @@ class NodeAgentServer {
       activation_dtype: stats.activationDtype,
       hidden_size: stats.hiddenSize,
       backend: stats.backend,
+      kv_bytes_per_token: stats.kvBytesPerToken,
     });
   }
 
@@ -358,6 +363,18 @@ class NodeAgentServer {
     const problem = this.planProblem(req.plan_id);
     if (problem) return { cancelled: 0 };
     return { cancelled: this.shard!.stage.cancel(req.seqs) };
+  }
+
+  /** Fork: a prefix-cache hit; refused (naming the problem) when it is not this node's plan. */
+  private async fork(req: ForkRequest): Promise<Record<string, never>> {
+    const problem = this.planProblem(req.plan_id);
+    if (problem) throw status(grpc.status.FAILED_PRECONDITION, problem);
+    try {
+      await this.shard!.stage.fork(req.seq, req.new_seq, req.prefix_length);
+    } catch (err) {
+      throw status(grpc.status.INVALID_ARGUMENT, errorMessage(err));
+    }
+    return {};
   }
 
   private status(call: ServerStream<StatusRequest, NodeStatus>): void {
@@ -544,6 +561,7 @@ function progressMessage(p: Partial<LoadProgress>): LoadProgress {
     hidden_size: 0,
     backend: "",
     error: "",
+    kv_bytes_per_token: 0,
     ...p,
   };
 }

@@ -22,6 +22,7 @@ import { BonjourDiscovery } from "../../coordinator/discovery.js";
 import { Membership, parseHostPort } from "../../coordinator/membership.js";
 import { readModelFootprint } from "../../coordinator/model-footprint.js";
 import type { BackendChoice } from "../../native/engine-api.js";
+import { availableBackends } from "../../native/index.js";
 import { type Advertisement, advertiseNode } from "../../node-agent/advertise.js";
 import { modelIdOf } from "../../node-agent/capabilities.js";
 import { type NodeAgent, startNodeAgent } from "../../node-agent/server.js";
@@ -224,7 +225,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
       clusterId: key.clusterId,
       backend: opts.backend,
       // "--backend cpu" keeps the planner from choosing mlx for the pipeline; otherwise the engine says.
-      backends: opts.backend === "cpu" ? ["cpu"] : undefined,
+      // --backend mlx offers mlx even where MLX has no GPU (a CPU-only build, for testing); auto follows the engine.
+      backends: opts.backend === "cpu" ? ["cpu"] : opts.backend === "mlx" ? availableBackends() : undefined,
       threads: opts.threads,
       memoryBandwidthBps: opts.memoryBandwidth ? opts.memoryBandwidth * 1e9 : undefined,
       onPeerHello: (peer) => {

@@ -7,6 +7,7 @@ import type {
   CancelReply,
   DataFrame,
   DataFrameOut,
+  ForkRequest,
   HelloReply,
   HelloRequest,
   LoadProgress,
@@ -28,6 +29,7 @@ interface RawClient extends grpc.Client {
   Hello: UnaryMethod;
   Release: UnaryMethod;
   Cancel: UnaryMethod;
+  Fork: UnaryMethod;
   LoadShard(request: LoadShardRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<LoadProgress>;
   Status(request: StatusRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<NodeStatus>;
   Data(options?: grpc.CallOptions): grpc.ClientDuplexStream<DataFrameOut, DataFrame>;
@@ -70,6 +72,10 @@ export class NodeClient {
 
   cancel(request: SeqsRequest, deadlineMs = unaryDeadlineMs): Promise<CancelReply> {
     return this.unary(this.raw.Cancel, request, deadlineMs);
+  }
+
+  fork(request: ForkRequest, deadlineMs = unaryDeadlineMs): Promise<void> {
+    return this.unary(this.raw.Fork, request, deadlineMs);
   }
 
   /** Streams progress to onProgress; resolves with the final (done) message, rejects on error. */

@@ -84,6 +84,8 @@ export interface LoadProgress {
   hidden_size: number;
   backend: string;
   error: string;
+  /** Final message: KV bytes one token costs on this shard. */
+  kv_bytes_per_token: number;
 }
 
 export interface StatusRequest {
@@ -125,6 +127,14 @@ export interface ReleaseReply {
 
 export interface CancelReply {
   cancelled: number;
+}
+
+export interface ForkRequest {
+  plan_id: string;
+  /** The idle sequence whose prefix is shared. */
+  seq: number;
+  new_seq: number;
+  prefix_length: number;
 }
 
 export interface WireSampling {

@@ -50,6 +50,13 @@ interface Serving {
   pipeline: Pipeline;
 }
 
+/**
+ * KV kept per node for finished sequences (prefix reuse: OpenClaw resends its long system prompt every turn).
+ * MiniMax M2.1 costs ~127 KB of KV per token on a node holding half the layers (bf16), so 4 GiB keeps ~33k
+ * tokens: a couple of whole conversations.
+ */
+const prefixCacheBytesPerNode = 4 * 1024 ** 3;
+
 export class ClusterController {
   private readonly opts: ControllerOptions;
   private readonly log: (line: string) => void;
@@ -70,7 +77,11 @@ export class ClusterController {
   constructor(opts: ControllerOptions) {
     this.opts = opts;
     this.log = opts.log ?? ((line) => console.error(line));
-    this.scheduler = new Scheduler({ contextWindow: opts.contextTokens, maxSequences: opts.maxSequences });
+    this.scheduler = new Scheduler({
+      contextWindow: opts.contextTokens,
+      maxSequences: opts.maxSequences,
+      prefixCacheBytesPerNode,
+    });
     opts.membership.on("change", () => this.schedule(opts.settleMs ?? 500));
     this.schedule(0);
   }

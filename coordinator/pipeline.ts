@@ -66,6 +66,8 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
   private resultHandlers: ResultHandler[] = [];
   private lostNode: LostNode | undefined;
   private closed = false;
+  /** KV bytes one token costs on each stage, as its LoadShard reported (0: an older node that did not say). */
+  readonly kvBytesPerToken: number[];
   private readonly log: (line: string) => void;
 
   private constructor(opts: PipelineOptions) {
@@ -75,6 +77,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     this.log = opts.log ?? ((line) => console.error(`[pipeline ${opts.plan.planId}] ${line}`));
     this.clients = opts.plan.stages.map((s) => new NodeClient(s.address, opts.clusterKey));
     this.lastSeen = opts.plan.stages.map(() => Date.now());
+    this.kvBytesPerToken = opts.plan.stages.map(() => 0);
   }
 
   /** Loads every stage, wires the data streams and starts the heartbeat watch; rejects naming the stage at fault. */
@@ -137,6 +140,20 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     return this.everyStage((c) => c.release({ plan_id: this.plan.planId, seqs }), "release");
   }
 
+  /**
+   * Makes newSeq share the first prefixLength positions of the idle sequence seq on every stage; resolves once
+   * every stage holds it (so newSeq's first item may follow), rejects naming the first stage that refused.
+   */
+  async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
+    if (this.closed || this.lostNode) throw new Error("the pipeline is closing");
+    const request = { plan_id: this.plan.planId, seq, new_seq: newSeq, prefix_length: prefixLength };
+    const outcomes = await Promise.allSettled(this.clients.map((c) => c.fork(request)));
+    const failed = outcomes.findIndex((o) => o.status === "rejected");
+    if (failed < 0) return;
+    const reason = (outcomes[failed] as PromiseRejectedResult).reason;
+    throw new Error(`fork on stage ${failed} (${this.plan.stages[failed].name}): ${grpcMessage(reason)}`);
+  }
+
   /** Drops sequences on every stage: queued work and KV. */
   cancel(seqs: number[]): Promise<void> {
     return this.everyStage((c) => c.cancel({ plan_id: this.plan.planId, seqs }), "cancel");
@@ -156,7 +173,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     await Promise.all(
       plan.stages.map(async (stage, i) => {
         try {
-          await this.clients[i].loadShard(
+          const done = await this.clients[i].loadShard(
             {
               plan_id: plan.planId,
               model_id: this.opts.modelId ?? "",
@@ -172,6 +189,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
             },
             (p) => this.opts.onProgress?.(i, p),
           );
+          this.kvBytesPerToken[i] = done.kv_bytes_per_token ?? 0;
         } catch (err) {
           throw new Error(`stage ${i} (${stage.name} at ${stage.address}): ${grpcMessage(err)}`);
         }

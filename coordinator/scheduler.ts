@@ -4,11 +4,12 @@
 // sequence on every stage; a lost node fails every sequence in flight at once, and new requests get
 // cluster_not_ready until attach() hands over a new pipeline.
 import { EventEmitter } from "node:events";
-import { ClusterError, type ClusterErrorCode } from "../common/errors.js";
+import { ClusterError, type ClusterErrorCode, errorMessage } from "../common/errors.js";
 import { encodeTokens, nowUs, toWireSampling } from "../common/wire-frames.js";
 import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire-types.js";
 import type { GenerationEvent, GenerationRequest, TokenGenerator } from "./generation.js";
 import { describeLoss, type LostNode, type Pipeline } from "./pipeline.js";
+import { PrefixCache } from "./prefix-cache.js";
 
 export interface SchedulerOptions {
   /** Longest prompt + output accepted, in tokens. */
@@ -19,6 +20,11 @@ export interface SchedulerOptions {
   prefillChunkTokens?: number;
   /** Sequences in flight at once; more get "overloaded". Default 64. */
   maxSequences?: number;
+  /**
+   * KV bytes per node kept for finished sequences, so a prompt sharing their prefix forks it instead of
+   * recomputing it (least recently used entries go first). 0 or absent: no prefix cache.
+   */
+  prefixCacheBytesPerNode?: number;
   /** A sequence waiting this long for its next token fails with "timeout" (plus 10 ms per prompt token for the first). Default 120 s. */
   stepTimeoutMs?: number;
 }
@@ -113,7 +119,10 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   private readonly chunkTokens: number;
   private readonly maxSequences: number;
   private readonly stepTimeoutMs: number;
+  private readonly prefixCacheBytesPerNode: number;
   private pipeline: Pipeline | undefined;
+  /** The prefix cache of the attached pipeline (entries live on its stages and die with them). */
+  private cache: { pipeline: Pipeline; entries: PrefixCache } | undefined;
   private notReadyReason = "no pipeline is loaded yet";
   private readonly runs = new Map<number, Run>();
   private unsubscribe: () => void = () => {};
@@ -128,6 +137,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     this.chunkTokens = opts.prefillChunkTokens ?? 256;
     this.maxSequences = opts.maxSequences ?? 64;
     this.stepTimeoutMs = opts.stepTimeoutMs ?? 120_000;
+    this.prefixCacheBytesPerNode = opts.prefixCacheBytesPerNode ?? 0;
     // Ids start at a random point so a restarted coordinator does not reuse the previous one's ids.
     this.nextSeq = 1 + Math.floor(Math.random() * 0x7fff_0000);
   }
@@ -145,6 +155,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     if (this.pipeline === pipeline) return;
     if (this.pipeline) this.detach("replaced by a new pipeline");
     this.pipeline = pipeline;
+    const budget = PrefixCache.tokenBudgetFor(this.prefixCacheBytesPerNode, pipeline.kvBytesPerToken);
+    this.cache = budget > 0 ? { pipeline, entries: new PrefixCache(budget) } : undefined;
     this.unsubscribe = pipeline.onResult((frame) => this.route(frame));
     // A node may have gone between Pipeline.start and now: then this pipeline never serves.
     if (pipeline.lost) this.onNodeLost(pipeline, pipeline.lost);
@@ -155,6 +167,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   detach(reason: string): void {
     const pipeline = this.pipeline;
     this.pipeline = undefined;
+    this.cache = undefined; // Its entries lived on the pipeline's stages.
     this.notReadyReason = reason;
     this.unsubscribe();
     if (!pipeline) return;
@@ -171,6 +184,16 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     }
     pipeline.close();
     this.emit("nodeLost", lost);
+  }
+
+  /** The prefix cache whose entries live on this pipeline's stages, if any. */
+  private cacheOf(pipeline: Pipeline): PrefixCache | undefined {
+    return this.cache?.pipeline === pipeline && !pipeline.lost ? this.cache.entries : undefined;
+  }
+
+  /** Tokens whose KV the prefix cache holds on every stage. */
+  get cachedPrefixTokens(): number {
+    return this.cache?.entries.heldTokens ?? 0;
   }
 
   private failAll(pipeline: Pipeline, error: ClusterError): void {
@@ -198,7 +221,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   private allocateSeq(): number {
     do {
       this.nextSeq = this.nextSeq >= 0xffff_fffe ? 1 : this.nextSeq + 1;
-    } while (this.runs.has(this.nextSeq));
+    } while (this.runs.has(this.nextSeq) || this.cache?.entries.has(this.nextSeq));
     return this.nextSeq;
   }
 
@@ -250,9 +273,11 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
       outputTokens: 0,
     };
     let firstTokenAt = 0;
+    const output: number[] = [];
     try {
-      const step = this.sendPrompt(run, request);
-      yield { type: "admitted", promptTokens: request.prompt.length, cachedTokens: 0 };
+      const cachedTokens = await this.reusePrefix(run, request.prompt);
+      const step = this.sendPrompt(run, request, cachedTokens);
+      yield { type: "admitted", promptTokens: request.prompt.length, cachedTokens };
       const stops = new Set(request.stopTokenIds);
       let position = request.prompt.length;
       for (let n = 1; ; n++) {
@@ -262,6 +287,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
         );
         if (n === 1) firstTokenAt = performance.now();
         figures.outputTokens = n;
+        output.push(frame.token);
         const end = stops.has(frame.token) ? "stop" : n >= request.maxTokens ? "length" : undefined;
         // The next step goes out before the caller sees this token, so the stages never wait on the caller.
         if (!end) this.sendStep(run, step + n - 1, position++, frame.token);
@@ -280,17 +306,44 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
       throw err;
     } finally {
       request.signal?.removeEventListener("abort", onAbort);
-      this.finish(run, figures, started, firstTokenAt);
+      // The KV holds the prompt and every output token but the last (it was never fed back).
+      this.finish(run, figures, started, firstTokenAt, [...request.prompt, ...output.slice(0, -1)]);
     }
   }
 
+  /**
+   * Forks the longest cached prefix of the prompt into the run's sequence on every stage; returns the
+   * positions reused (0 without a hit). A fork that fails drops its entry and fails the request.
+   */
+  private async reusePrefix(run: Run, prompt: number[]): Promise<number> {
+    const cache = this.cacheOf(run.pipeline);
+    const hit = cache?.match(prompt);
+    if (!cache || !hit) return 0;
+    cache.pin(hit.entry);
+    try {
+      await run.pipeline.fork(hit.entry.seq, run.seq, hit.length);
+    } catch (err) {
+      if (cache.drop(hit.entry.seq)) void run.pipeline.release([hit.entry.seq]);
+      throw new ClusterError("internal", `reusing a cached prompt prefix failed: ${errorMessage(err)}`);
+    } finally {
+      this.releaseEntries(run.pipeline, cache.unpin(hit.entry));
+    }
+    if (run.failure) throw run.failure;
+    return hit.length;
+  }
+
+  private releaseEntries(pipeline: Pipeline, seqs: number[]): void {
+    if (seqs.length > 0) void pipeline.release(seqs);
+  }
+
   /** Sends the prompt in chunks; returns the step number of the first decode step. */
-  private sendPrompt(run: Run, request: GenerationRequest): number {
+  private sendPrompt(run: Run, request: GenerationRequest, cachedTokens: number): number {
     const { prompt } = request;
     const frames: DataFrameOut[] = [];
     const sampling = toWireSampling(request.sampling);
     let step = 0;
-    for (let start = 0; start < prompt.length; start += this.chunkTokens, step++) {
+    // Every chunk goes out now: stage 0 starts chunk k+1 while stage 1 computes chunk k.
+    for (let start = cachedTokens; start < prompt.length; start += this.chunkTokens, step++) {
       const tokens = prompt.slice(start, start + this.chunkTokens);
       const last = start + this.chunkTokens >= prompt.length;
       frames.push(this.tokenFrame(run, step, start, tokens, last, step === 0 ? sampling : null));
@@ -330,14 +383,26 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     };
   }
 
-  /** Frees the sequence everywhere: Release after a clean end, Cancel otherwise (work may still be queued). */
-  private finish(run: Run, figures: RequestFigures, started: number, firstTokenAt: number): void {
+  /**
+   * Frees the sequence everywhere: after a clean end it becomes a prefix-cache entry (or is released), otherwise
+   * it is cancelled (work may still be queued).
+   */
+  private finish(
+    run: Run,
+    figures: RequestFigures,
+    started: number,
+    firstTokenAt: number,
+    kvTokens: number[],
+  ): void {
     this.runs.delete(run.seq);
     if (!run.pipeline.lost) {
       const done = figures.status === "completed" || figures.status === "incomplete";
       if (!done && figures.errorCode === undefined) figures.status = "cancelled";
       if (!done) run.fail(new ClusterError("cancelled", "the caller stopped reading"));
-      void (done ? run.pipeline.release([run.seq]) : run.pipeline.cancel([run.seq]));
+      const cache = this.cacheOf(run.pipeline);
+      if (!done) void run.pipeline.cancel([run.seq]);
+      else if (cache) this.releaseEntries(run.pipeline, cache.add(run.seq, kvTokens));
+      else void run.pipeline.release([run.seq]);
     }
     if (firstTokenAt > 0) {
       figures.ttftMs = firstTokenAt - started;

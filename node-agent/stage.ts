@@ -61,6 +61,8 @@ interface SequenceState {
   sampling: SamplingParams;
   /** KV length once every queued item of the sequence has run. */
   nextPosition: number;
+  /** Made by fork() and waiting for its first item (step 0, at the forked prefix length). */
+  forked?: boolean;
 }
 
 /** Limits of one batch: enough to batch every decode step in flight, bounded so a long prefill cannot starve. */
@@ -181,11 +183,14 @@ export class Stage {
     }
     let state = this.sequences.get(frame.seq);
     if (frame.step === 0) {
-      if (state) {
+      if (state && !state.forked) {
         this.fail(frame, "bad_request", `seq ${frame.seq} already exists on stage ${this.config.stageIndex}`);
         return;
       }
-      state = { sampling: fromWireSampling(frame.sampling), nextPosition: frame.position };
+      // A forked sequence already holds its prefix's KV; its first item says how to sample.
+      if (state) state.forked = false;
+      else state = { sampling: {}, nextPosition: frame.position };
+      state.sampling = fromWireSampling(frame.sampling);
       this.sequences.set(frame.seq, state);
     } else if (!state) {
       this.fail(
@@ -390,6 +395,32 @@ export class Stage {
     let count = 0;
     for (const seq of seqs) if (this.drop(seq)) count++;
     return count;
+  }
+
+  /**
+   * Fork (a prefix-cache hit): newSeq starts with the first prefixLength positions of seq's KV. The source must
+   * be idle (a finished sequence kept as a cache entry), so its KV is complete. newSeq is known from now on, so
+   * a Cancel that overtakes its first item still frees the copy.
+   */
+  async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
+    const source = this.sequences.get(seq);
+    const where = `stage ${this.config.stageIndex}`;
+    if (!source) throw new Error(`fork: ${where} holds no sequence ${seq}`);
+    if (this.queue.some((item) => item.seq === seq))
+      throw new Error(`fork: sequence ${seq} still has work queued on ${where}`);
+    if (this.sequences.has(newSeq) || this.tombstones.has(newSeq))
+      throw new Error(`fork: sequence ${newSeq} already exists on ${where}`);
+    if (!Number.isInteger(prefixLength) || prefixLength < 1 || prefixLength > source.nextPosition)
+      throw new Error(
+        `fork: prefix length ${prefixLength} is not within 1..${source.nextPosition} (sequence ${seq} on ${where})`,
+      );
+    this.sequences.set(newSeq, { sampling: {}, nextPosition: prefixLength, forked: true });
+    try {
+      await this.engine.fork(seq, newSeq, prefixLength);
+    } catch (err) {
+      this.sequences.delete(newSeq);
+      throw err;
+    }
   }
 
   /** Release: a finished sequence; frees its KV. Returns how many were live. */

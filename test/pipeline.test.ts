@@ -298,7 +298,7 @@ describe("three-stage pipeline over loopback", () => {
 });
 
 describe("cluster key", () => {
-  const methods = ["Hello", "LoadShard", "Status", "Release", "Cancel", "Data", "Results"] as const;
+  const methods = ["Hello", "LoadShard", "Status", "Release", "Cancel", "Fork", "Data", "Results"] as const;
 
   async function callStatus(
     address: string,
@@ -313,7 +313,7 @@ describe("cluster key", () => {
     try {
       return await new Promise<number>((resolve) => {
         const done = (err: grpc.ServiceError | null) => resolve(err ? err.code : grpc.status.OK);
-        if (method === "Hello" || method === "Release" || method === "Cancel") {
+        if (method === "Hello" || method === "Release" || method === "Cancel" || method === "Fork") {
           raw[method]({}, metadata, done);
           return;
         }

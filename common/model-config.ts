@@ -39,10 +39,17 @@ function num(raw: Json, key: string, file: string, fallback?: number): number {
   throw new Error(`${file}: field "${key}" must be a number (got ${JSON.stringify(v)})`);
 }
 
+const MAX_DIMENSION = 2 ** 24;
+
 function positiveInt(raw: Json, key: string, file: string, fallback?: number): number {
   const v = num(raw, key, file, fallback);
   if (!Number.isInteger(v) || v <= 0)
     throw new Error(`${file}: field "${key}" must be a positive integer (got ${v})`);
+  // Sizes beyond 2^24 (16M) are no real model's: refuse them here rather than size buffers from them.
+  if (v > MAX_DIMENSION)
+    throw new Error(
+      `${file}: field "${key}" is ${v}, beyond any real model's size (at most ${MAX_DIMENSION})`,
+    );
   return v;
 }
 

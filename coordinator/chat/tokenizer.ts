@@ -44,7 +44,15 @@ export class ModelTokenizer {
     const tokenizerFile = join(modelDir, "tokenizer.json");
     const configFile = join(modelDir, "tokenizer_config.json");
     const config = existsSync(configFile) ? readJson(configFile) : {};
-    return new ModelTokenizer(readJson(tokenizerFile), config);
+    const tokenizer = readJson(tokenizerFile);
+    // The library's own messages ("Tokenizer must be a valid object") do not say which file is at fault.
+    if (typeof tokenizer !== "object" || tokenizer === null || Array.isArray(tokenizer))
+      throw new Error(`${tokenizerFile}: not a tokenizer (expected a JSON object)`);
+    try {
+      return new ModelTokenizer(tokenizer, config);
+    } catch (err) {
+      throw new Error(`${tokenizerFile}: not a usable tokenizer (${(err as Error).message})`);
+    }
   }
 
   /** The template already wrote the special tokens (bos included): add none. */

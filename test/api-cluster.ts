@@ -51,6 +51,8 @@ export async function startApiCluster(opts: {
   contextWindow: number;
   apiKey?: string;
   modelId?: string;
+  /** The scheduler's prefix cache (KV bytes per node); none when absent. */
+  prefixCacheBytesPerNode?: number;
 }): Promise<ApiCluster> {
   const modelDir = await ensureModel(`${opts.preset}-4bit`, opts.preset);
   const key = newClusterKey();
@@ -63,7 +65,10 @@ export async function startApiCluster(opts: {
       plan: evenPlan("api-plan", agents, numLayersOf(modelDir)),
       clusterKey: key,
     });
-    const scheduler = new Scheduler({ contextWindow: opts.contextWindow });
+    const scheduler = new Scheduler({
+      contextWindow: opts.contextWindow,
+      prefixCacheBytesPerNode: opts.prefixCacheBytesPerNode,
+    });
     scheduler.attach(pipeline);
     const modelId = opts.modelId ?? "minimax-test";
     const apiKey = opts.apiKey ?? "test-key";

@@ -63,6 +63,8 @@ export function spawnAgent(opts: {
   key: string;
   name: string;
   threads?: number;
+  /** Pins the process to this cpu (Linux taskset), as benches do to give each stage its own core. */
+  cpu?: number;
 }): Promise<AgentProcess> {
   const args = [
     agentEntry(),
@@ -78,7 +80,9 @@ export function spawnAgent(opts: {
     "--stdin-lifeline",
   ];
   if (opts.threads) args.push("--threads", String(opts.threads));
-  const child = spawn(process.execPath, args, {
+  const pinned = opts.cpu !== undefined;
+  const command = pinned ? "taskset" : process.execPath;
+  const child = spawn(command, pinned ? ["-c", String(opts.cpu), process.execPath, ...args] : args, {
     env: { ...process.env, STUDIO_CLUSTER_KEY: opts.key },
     stdio: ["pipe", "pipe", "pipe"],
   });

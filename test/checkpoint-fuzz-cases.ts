@@ -4,6 +4,7 @@
 // (the rest are symlinks to the pristine model), and each mutation is one the loader must refuse.
 import { mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { Rng } from "./seeded-rng.js";
 
 export interface FuzzCase {
   id: number;
@@ -13,27 +14,6 @@ export interface FuzzCase {
   what: string;
   /** Who must refuse it: the engine (shards, index, config.json) or the chat formatter (tokenizer, template). */
   target: "engine" | "formatter";
-}
-
-/** mulberry32: small, seeded, good enough to pick mutations reproducibly. */
-export class Rng {
-  private state: number;
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)];
-  }
 }
 
 type HeaderJson = Record<string, { dtype: unknown; shape: unknown; data_offsets: unknown }>;

@@ -108,7 +108,11 @@ describe.skipIf(!haveFixture)("the fixture MiniMax-M2 template", () => {
   });
 
   it("reports a tool result without a preceding call as a bad request naming messages", () => {
-    const conversation = fromChatCompletions([{ role: "tool", tool_call_id: "x", content: "r" }], undefined);
+    // With an id, the conversation mapping already refuses it (no earlier call has that id).
+    expect(() => fromChatCompletions([{ role: "tool", tool_call_id: "x", content: "r" }], undefined)).toThrow(
+      /messages\[0\]\.tool_call_id: no earlier tool call has the id "x"/,
+    );
+    const conversation = fromChatCompletions([{ role: "tool", content: "r" }], undefined);
     expect(() => template!.render(conversation, { addGenerationPrompt: true })).toThrow(
       /chat template.*tool role/,
     );

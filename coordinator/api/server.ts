@@ -88,6 +88,25 @@ function checkDashboardKey(request: IncomingMessage, apiKey: string | undefined)
   return checkBearer(`Bearer ${key}`, apiKey);
 }
 
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** A request body → its JSON value; a 400 (statusCode on the error) when it is not UTF-8 or not JSON. */
+function parseJsonBody(body: Buffer): unknown {
+  const refuse = (message: string) => Object.assign(new Error(message), { statusCode: 400 });
+  let text: string;
+  try {
+    text = strictUtf8.decode(body);
+  } catch {
+    throw refuse("the request body is not valid UTF-8");
+  }
+  if (text.trim() === "") return {};
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw refuse(`the request body is not valid JSON (${(err as Error).message})`);
+  }
+}
+
 /** What a shutdown waits on: the generations in flight and the /v1 responses still being written. */
 class Drain {
   readonly live = new Set<GenerationRun>();
@@ -126,13 +145,15 @@ function buildApp(
     logger: false,
     forceCloseConnections: true,
   });
-  // Some clients post JSON without a content type, or with text/plain: parse those as JSON too.
+  // Bodies are JSON whatever the content type says (some clients send text/plain), and must be valid UTF-8:
+  // a lenient decode would turn broken bytes into U+FFFD and feed the model text the client never sent.
+  app.removeContentTypeParser(["application/json", "text/plain"]);
   app.addContentTypeParser(
-    ["text/plain", "application/octet-stream"],
-    { parseAs: "string" },
+    ["application/json", "text/plain", "application/octet-stream"],
+    { parseAs: "buffer" },
     (_req, body, done) => {
       try {
-        done(null, body === "" ? {} : JSON.parse(body as string));
+        done(null, parseJsonBody(body as Buffer));
       } catch (err) {
         done(err as Error, undefined);
       }

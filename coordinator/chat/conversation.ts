@@ -152,10 +152,22 @@ export function fromChatCompletions(messages: unknown, tools: unknown): Conversa
         });
       }
     }
-    if (role === "tool" && typeof raw.tool_call_id === "string") message.tool_call_id = raw.tool_call_id;
+    if (role === "tool" && typeof raw.tool_call_id === "string") {
+      checkCallId(out, raw.tool_call_id, `${param}.tool_call_id`);
+      message.tool_call_id = raw.tool_call_id;
+    }
     out.push(message);
   });
   return { messages: mergeLeadingSystem(out), tools: normalizeTools(tools) };
+}
+
+/**
+ * A tool result must answer a call made earlier in the conversation: an unknown id is a client bug (a lost
+ * or edited history) that the model would otherwise see as a result out of nowhere.
+ */
+function checkCallId(earlier: TemplateMessage[], id: string, param: string): void {
+  for (const m of earlier) if (m.tool_calls?.some((call) => call.id === id)) return;
+  throw badRequest(`${param}: no earlier tool call has the id ${JSON.stringify(id)}`, param);
 }
 
 function reasoningText(item: Json): string {
@@ -215,7 +227,10 @@ function responsesItem(item: Json, param: string, out: TemplateMessage[]): void 
     const output =
       typeof item.output === "string" ? item.output : contentText(item.output, `${param}.output`);
     const message: TemplateMessage = { role: "tool", content: output };
-    if (typeof item.call_id === "string") message.tool_call_id = item.call_id;
+    if (typeof item.call_id === "string") {
+      checkCallId(out, item.call_id, `${param}.call_id`);
+      message.tool_call_id = item.call_id;
+    }
     out.push(message);
     return;
   }

@@ -25,6 +25,8 @@ export interface ApiCluster {
   /** http://127.0.0.1:PORT/v1 */
   baseUrl: string;
   apiKey: string;
+  /** The cluster key the agents were started with (for more agents and pipelines). */
+  clusterKey: string;
   /** Each stage's current status (sequences and KV bytes held). */
   stageStatuses(): Promise<NodeStatus[]>;
   stop(): Promise<void>;
@@ -92,6 +94,7 @@ export async function startApiCluster(opts: {
       server,
       baseUrl: `${server.url}/v1`,
       apiKey,
+      clusterKey: key,
       stageStatuses: () => Promise.all(agents.map((a) => statusOnce(a.address, key))),
       stop: async () => {
         await server.close();

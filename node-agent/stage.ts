@@ -65,9 +65,12 @@ interface SequenceState {
   forked?: boolean;
 }
 
-/** Limits of one batch: enough to batch every decode step in flight, bounded so a long prefill cannot starve. */
+/**
+ * Limits of one batch: enough to batch every decode step in flight. Prefill chunks are bounded by tokens so a
+ * decode step never waits behind more than ~1k tokens of prefill; decode steps (one token) always join.
+ */
 const maxBatchItems = 64;
-const maxBatchTokens = 4096;
+const maxBatchPrefillTokens = 1024;
 /** A cancelled sequence's frames may still be on the wire; they are dropped for this long. */
 const tombstoneMs = 120_000;
 
@@ -238,15 +241,17 @@ export class Stage {
   private takeBatch(): QueuedItem[] {
     const batch: QueuedItem[] = [];
     const seen = new Set<number>();
-    let tokens = 0;
+    let prefillTokens = 0;
     for (let i = 0; i < this.queue.length && batch.length < maxBatchItems; ) {
       const item = this.queue[i];
-      if (seen.has(item.seq) || (batch.length > 0 && tokens + item.count > maxBatchTokens)) {
+      const prefill = item.count > 1;
+      const full = batch.length > 0 && prefill && prefillTokens + item.count > maxBatchPrefillTokens;
+      if (seen.has(item.seq) || full) {
         i++;
         continue;
       }
       seen.add(item.seq);
-      tokens += item.count;
+      if (prefill) prefillTokens += item.count;
       batch.push(item);
       this.queue.splice(i, 1);
     }

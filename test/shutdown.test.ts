@@ -1,0 +1,90 @@
+// `cluster up` under load and at shutdown: --max-queue bounds the requests generating at once (429 with
+// retry-after beyond it), and SIGTERM drains: the open stream ends with a terminal error event, then the
+// process leaves the cluster and exits 0.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { generateClusterKey } from "../common/cluster-key.js";
+import { type CliProcess, freePort, runCli, waitForHealth } from "./cluster-up-helpers.js";
+import { ensureModel } from "./pipeline-cluster.js";
+
+const home = mkdtempSync(join(tmpdir(), "cluster-shutdown-"));
+let node: CliProcess | undefined;
+
+afterAll(async () => {
+  await node?.stop("SIGKILL");
+  rmSync(home, { recursive: true, force: true });
+});
+
+function chat(apiUrl: string, maxTokens: number): Promise<Response> {
+  return fetch(`${apiUrl}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      messages: [{ role: "user", content: "a long story please" }],
+      max_tokens: maxTokens,
+      stream: true,
+    }),
+  });
+}
+
+describe("cluster up: bounded queue and SIGTERM drain", () => {
+  it("answers 429 beyond --max-queue, and SIGTERM ends the open stream with a terminal event", async () => {
+    const modelDir = await ensureModel("tiny-4bit", "tiny");
+    const apiPort = await freePort();
+    const apiUrl = `http://127.0.0.1:${apiPort}`;
+    node = runCli(
+      [
+        "up",
+        "--model",
+        modelDir,
+        "--no-bonjour",
+        "--api-port",
+        String(apiPort),
+        "--threads",
+        "1",
+        "--key",
+        generateClusterKey(),
+        "--max-queue",
+        "1",
+        "--drain-timeout",
+        "0.5",
+      ],
+      { STUDIO_CLUSTER_HOME: home },
+    );
+    await waitForHealth(apiUrl, (h) => h.state === "ready", "the node to be ready", node, 90_000);
+
+    const open = await chat(apiUrl, 4000);
+    expect(open.status).toBe(200);
+    const reader = open.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = "";
+    while ((text.match(/\n\n/g) ?? []).length < 4) text += decoder.decode((await reader.read()).value);
+
+    const busy = await chat(apiUrl, 4);
+    expect(busy.status).toBe(429);
+    expect(busy.headers.get("retry-after")).toBeTruthy();
+    expect(((await busy.json()) as { error: { code: string } }).error.code).toBe("overloaded");
+
+    const signalledAt = performance.now();
+    node.child.kill("SIGTERM");
+    for (let c = await reader.read(); !c.done; c = await reader.read())
+      text += decoder.decode(c.value, { stream: true });
+    const endedMs = performance.now() - signalledAt;
+    const blocks = text.trim().split("\n\n");
+    expect(blocks[blocks.length - 1]).toBe("data: [DONE]");
+    const error = JSON.parse(blocks[blocks.length - 2].slice(6)) as {
+      error: { code: string; message: string };
+    };
+    expect(error.error).toMatchObject({ code: "cluster_not_ready" });
+    expect(error.error.message).toMatch(/shutting down/);
+    const code = await node.exited;
+    const exitedMs = performance.now() - signalledAt;
+    expect(code, node.output()).toBe(0);
+    expect(node.stdout.join("\n")).toMatch(/SIGTERM: finishing or failing the requests in flight/);
+    console.log(
+      `SIGTERM: open stream ended with its terminal event after ${endedMs.toFixed(0)} ms, process exited 0 after ${exitedMs.toFixed(0)} ms`,
+    );
+  }, 120_000);
+});

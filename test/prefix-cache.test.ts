@@ -9,6 +9,7 @@ import { PrefixCache } from "../coordinator/prefix-cache.js";
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { Engine } from "../native/engine-api.js";
 import { openEngine } from "../native/index.js";
+import { type ApiCluster, startApiCluster } from "./api-cluster.js";
 import {
   type AgentProcess,
   ensureModel,
@@ -189,5 +190,43 @@ describe("prefix reuse on a two-stage cluster", () => {
       expect(outcomes[i].cachedTokens).toBeGreaterThanOrEqual(shared.length);
       expect(outcomes[i].tokens).toEqual(await referenceRun(reference, refSeq++, prompts[i], 8, {}));
     }
+  });
+});
+
+describe("usage through the HTTP API", () => {
+  let api: ApiCluster | undefined;
+  beforeAll(async () => {
+    api = await startApiCluster({
+      preset: "scripted",
+      stages: 2,
+      contextWindow: 8192,
+      prefixCacheBytesPerNode: 64 * 1024 * 1024,
+    });
+  });
+  afterAll(async () => {
+    await api?.stop();
+  });
+
+  async function usageOf(messages: Array<{ role: string; content: string }>) {
+    const response = await fetch(`${api!.baseUrl}/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${api!.apiKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: api!.modelId, messages, max_tokens: 8 }),
+    });
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as {
+      usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } };
+    };
+    return body.usage;
+  }
+
+  it("reports the prompt tokens a second turn took from the cache", async () => {
+    const system = { role: "system", content: "You are a careful assistant. ".repeat(40) };
+    const first = await usageOf([system, { role: "user", content: "What is a pipeline?" }]);
+    expect(first.prompt_tokens_details.cached_tokens).toBe(0);
+    const second = await usageOf([system, { role: "user", content: "And what is a stage?" }]);
+    // At least the long system prompt came from the first request's KV; never the whole prompt.
+    expect(second.prompt_tokens_details.cached_tokens).toBeGreaterThan(100);
+    expect(second.prompt_tokens_details.cached_tokens).toBeLessThan(second.prompt_tokens);
   });
 });

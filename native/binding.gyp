@@ -44,8 +44,14 @@
             "CLANG_CXX_LANGUAGE_STANDARD": "c++20",
             "MACOSX_DEPLOYMENT_TARGET": "13.0",
             "GCC_OPTIMIZATION_LEVEL": "3",
-            "OTHER_CPLUSPLUSFLAGS": ["-march=native", "-ffp-contract=off", "-fexceptions"]
+            "OTHER_CPLUSPLUSFLAGS": ["-ffp-contract=off", "-fexceptions"]
           }
+        }],
+        ["OS=='mac' and target_arch=='arm64'", {
+          "xcode_settings": {"OTHER_CPLUSPLUSFLAGS": ["-mcpu=apple-m1"]}
+        }],
+        ["OS=='mac' and target_arch!='arm64'", {
+          "xcode_settings": {"OTHER_CPLUSPLUSFLAGS": ["-march=native"]}
         }]
       ]
     }

@@ -1,8 +1,9 @@
 // A typed StudioNode client: every call carries the cluster key; unary calls return Promises, streams stay
 // grpc-js streams. Used by the coordinator (control + data) and by stages (their downstream Data stream).
-import * as grpc from "@grpc/grpc-js";
+import type * as grpc from "@grpc/grpc-js";
 import { clusterKeyInterceptor } from "./wire-auth.js";
 import { channelOptions, studioNodeClientConstructor } from "./wire-proto.js";
+import { channelCredentials } from "./wire-tls.js";
 import type {
   CancelReply,
   DataFrame,
@@ -47,7 +48,7 @@ export class NodeClient {
   constructor(address: string, clusterKey: string) {
     this.address = address;
     const Ctor = studioNodeClientConstructor();
-    this.raw = new Ctor(address, grpc.credentials.createInsecure(), {
+    this.raw = new Ctor(address, channelCredentials(), {
       ...channelOptions,
       interceptors: [clusterKeyInterceptor(clusterKey)],
     }) as unknown as RawClient;

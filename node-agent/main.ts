@@ -3,13 +3,14 @@
 // it listens, serves until SIGTERM/SIGINT. The key comes from --key or STUDIO_CLUSTER_KEY (the environment keeps
 // it out of `ps`).
 import { parseArgs } from "node:util";
+import { loadWireTls, useWireTls, wireTlsFilesOf } from "../common/wire-tls.js";
 import type { BackendChoice } from "../native/engine-api.js";
 import { startNodeAgent } from "./server.js";
 
 function usage(problem: string): never {
   console.error(`node-agent: ${problem}`);
   console.error(
-    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--stdin-lifeline]",
+    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--stdin-lifeline] [--tls-cert PEM --tls-key PEM --tls-ca PEM]",
   );
   process.exit(2);
 }
@@ -33,6 +34,9 @@ const { values } = parseArgs({
     backend: { type: "string" },
     threads: { type: "string" },
     "stdin-lifeline": { type: "boolean" },
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
+    "tls-ca": { type: "string" },
   },
   strict: true,
 });
@@ -45,6 +49,16 @@ if (!["auto", "cpu", "mlx"].includes(backend)) usage(`--backend must be auto, cp
 const port = intOption(values.port, "port", 0);
 const threads = intOption(values.threads, "threads", 0);
 const nodeId = values["node-id"] ?? `node-${process.pid}`;
+try {
+  const tlsFiles = wireTlsFilesOf({
+    tlsCert: values["tls-cert"],
+    tlsKey: values["tls-key"],
+    tlsCa: values["tls-ca"],
+  });
+  if (tlsFiles) useWireTls(loadWireTls(tlsFiles));
+} catch (err) {
+  usage((err as Error).message);
+}
 
 const agent = await startNodeAgent({
   modelDir: values.model,

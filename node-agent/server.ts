@@ -8,6 +8,7 @@ import { packageVersion } from "../common/paths.js";
 import { clusterKeyProblem, unauthenticatedStatus } from "../common/wire-auth.js";
 import { dtypeOfActivation, nowUs } from "../common/wire-frames.js";
 import { serverOptions, studioNodeService } from "../common/wire-proto.js";
+import { serverCredentials } from "../common/wire-tls.js";
 import {
   type CancelReply,
   type DataFrame,
@@ -148,7 +149,7 @@ class NodeAgentServer {
     const host = this.opts.grpcHost ?? "127.0.0.1";
     const address = `${host.includes(":") ? `[${host}]` : host}:${this.opts.grpcPort ?? 0}`;
     this.port = await new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
+      this.server.bindAsync(address, serverCredentials(), (err, port) => {
         if (err) reject(new Error(`node agent cannot listen on ${address}: ${err.message}`));
         else resolve(port);
       });

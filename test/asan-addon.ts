@@ -67,10 +67,18 @@ export function buildAsanAddon(log: (line: string) => void = () => undefined): A
   mkdirSync(join(dir, "native"), { recursive: true });
   cpSync(join(nativeDir, "src"), join(dir, "native", "src"), { recursive: true });
   cpSync(join(nativeDir, "find-mlx.js"), join(dir, "native", "find-mlx.js"));
-  writeFileSync(
-    join(dir, "native", "binding.gyp"),
-    sanitizedGyp(readFileSync(join(nativeDir, "binding.gyp"), "utf8")),
-  );
+  try {
+    writeFileSync(
+      join(dir, "native", "binding.gyp"),
+      sanitizedGyp(readFileSync(join(nativeDir, "binding.gyp"), "utf8")),
+    );
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    return {
+      ok: false,
+      reason: `native/binding.gyp could not be given the sanitizer flags: ${(err as Error).message}`,
+    };
+  }
   log(`building the ASan addon in ${dir} (minutes; cached afterwards)`);
   const nodeGyp = join(packageRoot(), "node_modules", "node-gyp", "bin", "node-gyp.js");
   const built = spawnSync(

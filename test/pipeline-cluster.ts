@@ -65,6 +65,8 @@ export function spawnAgent(opts: {
   threads?: number;
   /** Pins the process to this cpu (Linux taskset), as benches do to give each stage its own core. */
   cpu?: number;
+  /** More node-agent options (e.g. the --tls-* files). */
+  extraArgs?: string[];
 }): Promise<AgentProcess> {
   const args = [
     agentEntry(),
@@ -80,6 +82,7 @@ export function spawnAgent(opts: {
     "--stdin-lifeline",
   ];
   if (opts.threads) args.push("--threads", String(opts.threads));
+  if (opts.extraArgs) args.push(...opts.extraArgs);
   const pinned = opts.cpu !== undefined;
   const command = pinned ? "taskset" : process.execPath;
   const child = spawn(command, pinned ? ["-c", String(opts.cpu), process.execPath, ...args] : args, {

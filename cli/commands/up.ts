@@ -15,6 +15,7 @@ import {
 import { ClusterError, errorMessage } from "../../common/errors.js";
 import { readModelConfig } from "../../common/model-config.js";
 import { packageVersion } from "../../common/paths.js";
+import { loadWireTls, useWireTls, wireTlsFilesOf } from "../../common/wire-tls.js";
 import { type ApiServer, isLoopback, startApiServer } from "../../coordinator/api/server.js";
 import { humanBytes } from "../../coordinator/cluster-health.js";
 import { ClusterController } from "../../coordinator/controller.js";
@@ -52,6 +53,10 @@ export interface UpOptions {
   requestTimeout?: number;
   /** Seconds SIGINT/SIGTERM lets generations in flight finish before failing them. */
   drainTimeout: number;
+  /** PEM files for mutual TLS between nodes (all three or none). */
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
 }
 
 function intArg(name: string, min: number, max: number) {
@@ -150,6 +155,9 @@ export async function runUp(opts: UpOptions): Promise<void> {
     throw new Error(
       `--api-host ${opts.apiHost} is not loopback: it requires --api-key (anyone on the network could use the model otherwise)`,
     );
+  const tlsFiles = wireTlsFilesOf(opts);
+  // Before any client or the agent's server exists: they all take their credentials from this setting.
+  if (tlsFiles) useWireTls(loadWireTls(tlsFiles));
   const interfaceAddress = opts.interface ? resolveInterfaceAddress(opts.interface) : undefined;
   const modelDir = opts.model ? resolve(opts.model) : await demoModelDir();
   const config = readModelConfig(modelDir);
@@ -373,6 +381,12 @@ export function register(program: Command): void {
       positiveNumber("--drain-timeout"),
       10,
     )
+    .option(
+      "--tls-cert <pem>",
+      "this node's certificate, for mutual TLS between nodes (with --tls-key, --tls-ca)",
+    )
+    .option("--tls-key <pem>", "this node's private key for TLS between nodes")
+    .option("--tls-ca <pem>", "the cluster CA: peers must present a certificate it signed")
     .action(async (opts: UpOptions) => {
       try {
         await runUp(opts);

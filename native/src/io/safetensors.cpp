@@ -65,7 +65,9 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_uniq
   std::vector<Span> spans;
   for (const auto& [name, entry] : header.object) {
     if (name == "__metadata__") continue;
-    auto bad = [&](const std::string& why) { return std::runtime_error(f + ": tensor " + name + ": " + why); };
+    // A named reference, not the structured binding: clang before 16 (Xcode 14's Apple clang) cannot capture those.
+    const std::string& tensor = name;
+    auto bad = [&](const std::string& why) { return std::runtime_error(f + ": tensor " + tensor + ": " + why); };
     const JsonValue* dt = entry.find("dtype");
     const JsonValue* shape = entry.find("shape");
     const JsonValue* offsets = entry.find("data_offsets");

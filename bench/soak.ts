@@ -21,10 +21,21 @@ function bodyFor(path: (typeof PATHS)[number], maxTokens: number, n: number): un
 /** Did the stream end the way its API says a stream ends? */
 function terminated(path: (typeof PATHS)[number], sse: string): boolean {
   if (path === "/responses") return /event: response\.(completed|incomplete)\n/.test(sse);
-  return sse.trimEnd().endsWith("data: [DONE]") && !sse.includes('"error"');
+  // An error chunk is a data line whose object starts with "error" (generated text may contain the word).
+  return (
+    sse.trimEnd().endsWith("data: [DONE]") &&
+    !sse.includes('\ndata: {"error":') &&
+    !sse.startsWith('data: {"error":')
+  );
 }
 
 const mib = (bytes: number) => Math.round((bytes / 1048576) * 10) / 10;
+
+/** Memory after a full collection when node runs with --expose-gc (npm run bench:soak does), else as it is. */
+function settledMemory(): NodeJS.MemoryUsage {
+  (globalThis as { gc?: () => void }).gc?.();
+  return process.memoryUsage();
+}
 
 async function main(): Promise<void> {
   const cluster = await startApiCluster({ preset: "tiny", stages: 2, contextWindow: 4096 });
@@ -36,6 +47,17 @@ async function main(): Promise<void> {
   const startedAt = performance.now();
   const endAt = startedAt + seconds * 1000;
   const sampler = setInterval(() => rss.push(process.memoryUsage().rss), 1000);
+  // Heap after a full GC, under the same load, at the end of warm-up (10%) and just before the end.
+  const heap: { warm?: number; end?: number } = {};
+  const warmTimer = setTimeout(() => {
+    heap.warm = settledMemory().heapUsed;
+  }, seconds * 100);
+  const endTimer = setTimeout(
+    () => {
+      heap.end = settledMemory().heapUsed;
+    },
+    Math.max(seconds * 1000 - 2000, seconds * 500),
+  );
   try {
     const client = async (id: number): Promise<void> => {
       for (let n = 0; performance.now() < endAt; n++) {
@@ -60,6 +82,8 @@ async function main(): Promise<void> {
     await Promise.all(Array.from({ length: clients }, (_, id) => client(id)));
   } finally {
     clearInterval(sampler);
+    clearTimeout(warmTimer);
+    clearTimeout(endTimer);
   }
   const elapsed = (performance.now() - startedAt) / 1000;
   // Warm-up: the first 10% of the run (JIT, pools, buffers); "flat" compares the end with that point.
@@ -80,6 +104,8 @@ async function main(): Promise<void> {
     rss_end_mib: mib(end),
     rss_max_mib: mib(Math.max(...rss)),
     rss_growth_after_warmup_ratio: Math.round((end / warm) * 1000) / 1000,
+    heap_after_gc_warm_mib: heap.warm === undefined ? null : mib(heap.warm),
+    heap_after_gc_end_mib: heap.end === undefined ? null : mib(heap.end),
     kv_bytes_after: statuses.map((s) => s.kv_bytes),
     sequences_after: statuses.map((s) => s.sequences),
   };
@@ -87,7 +113,8 @@ async function main(): Promise<void> {
   console.log(
     `soak: ${clients} clients, ${figures.seconds} s, ${requests} requests, ${errors.length} errors, ` +
       `${figures.tokens_per_second} tokens/s; RSS ${figures.rss_start_mib} -> warm ${figures.rss_warm_mib} -> end ${figures.rss_end_mib} MiB ` +
-      `(x${figures.rss_growth_after_warmup_ratio} after warm-up); KV after ${JSON.stringify(figures.kv_bytes_after)}`,
+      `(x${figures.rss_growth_after_warmup_ratio} after warm-up); heap after GC ${figures.heap_after_gc_warm_mib} -> ${figures.heap_after_gc_end_mib} MiB; ` +
+      `KV after ${JSON.stringify(figures.kv_bytes_after)}`,
   );
   console.log(JSON.stringify(figures));
   if (errors.length > 0) process.exitCode = 1;

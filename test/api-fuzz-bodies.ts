@@ -27,7 +27,8 @@ const maxTokensField: Record<Api, string> = {
 };
 
 const BAD_SAMPLING: Array<[string, unknown[]]> = [
-  ["model", [5, {}, [], true]],
+  // Paths are never model names: the server serves its own model directory only (404 for any other name).
+  ["model", [5, {}, [], true, "/etc/passwd", "../../models/other", "file:///tmp/model"]],
   ["stream", ["yes", 1, {}, []]],
   ["temperature", ["0.5", {}, [], -1, 3, 1e308, true]],
   ["top_p", ["a", 0, 2, -1, 1e300, {}]],

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite uses, when missing: iproute2 (network-namespace discovery
-# test), chromium (dashboard test), and on x86-64 g++-aarch64-linux-gnu + qemu-user (arm64 engine test).
+# test), chromium (dashboard test), and on x86-64 g++-aarch64-linux-gnu, qemu-user, clang (arm64 engine test).
 # Without root or apt-get it says so; the tests that need them then skip with a printed reason.
 set -u
 need=()
@@ -10,6 +10,7 @@ command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromi
 if [ "$(uname -m)" = "x86_64" ]; then
   command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || need+=(g++-aarch64-linux-gnu)
   command -v qemu-aarch64 >/dev/null 2>&1 || need+=(qemu-user)
+  command -v clang++ >/dev/null 2>&1 || need+=(clang)
 fi
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages: all present"

@@ -123,8 +123,8 @@ export class Build {
 
   constructor(
     readonly name: string,
-    private readonly compiler: string,
-    private readonly targetFlags: string[],
+    readonly compiler: string,
+    readonly targetFlags: string[],
   ) {
     const hash = createHash("sha256");
     for (const file of headerFiles(join(nativeDir, "src"))) hash.update(file).update(readFileSync(file));
@@ -191,7 +191,11 @@ export class Build {
     if (failed.length > 0)
       throw new Error(`${this.name}: compile failed:\n${failed.map((p) => p.diagnostics).join("\n")}`);
     const program = join(cacheDir, this.name, "kernels_check");
-    const link = await runCommand(this.compiler, [...parts.map((p) => p.object), "-o", program], 120_000);
+    const link = await runCommand(
+      this.compiler,
+      [...this.targetFlags, ...parts.map((p) => p.object), "-o", program],
+      120_000,
+    );
     if (link.code !== 0) throw new Error(`${this.name}: link failed:\n${link.stderr}`);
     return program;
   }

@@ -82,6 +82,7 @@ describe("cluster up: bounded queue and SIGTERM drain", () => {
     const code = await node.exited;
     const exitedMs = performance.now() - signalledAt;
     expect(code, node.output()).toBe(0);
+    expect(node.stderr.join("\n"), "errors while shutting down").not.toMatch(/^(shutdown|drain): /m);
     expect(node.stdout.join("\n")).toMatch(/SIGTERM: finishing or failing the requests in flight/);
     console.log(
       `SIGTERM: open stream ended with its terminal event after ${endedMs.toFixed(0)} ms, process exited 0 after ${exitedMs.toFixed(0)} ms`,

@@ -253,12 +253,14 @@ export async function startApiServer(ctx: ApiContext, options: ApiServerOptions)
   const port = typeof address === "object" && address ? address.port : options.port;
   const host =
     options.host.includes(":") && !options.host.startsWith("[") ? `[${options.host}]` : options.host;
+  // Once: `cluster up` drains on SIGTERM, then its cleanups close everything again.
+  let closing: Promise<void> | undefined;
   return {
     url: `http://${host}:${port}`,
     requests,
-    close: async (closeOptions) => {
-      await drain.run(closeOptions?.graceMs ?? 0);
-      await app.close();
+    close: (closeOptions) => {
+      closing ??= drain.run(closeOptions?.graceMs ?? 0).then(() => app.close());
+      return closing;
     },
   };
 }

@@ -2,9 +2,10 @@
 // for aarch64 (the NEON path of backend/cpu/simd.h and kernels.cpp), with gcc and with clang (Apple clang's
 // family), without warnings and link without unresolved engine symbols, and the NEON kernels, run under
 // qemu-aarch64, must agree with a double-precision formula for every weight format the engine reads
-// (native/test/kernels_check.cpp), with each row's bits independent of batch size and row split (the engine's determinism rule), and give the same bits as the
-// portable x86 build (the NEON path is the portable path's 8-lane layout as two float32x4, so the arithmetic
-// is the same). The host's own SIMD path (AVX-512/AVX2 here) runs the same check natively.
+// (native/test/kernels_check.cpp), with each row's bits independent of batch size and row split (the
+// engine's determinism rule), and give the same bits as the portable x86 build (the NEON path is the
+// portable path's 8-lane layout as two float32x4, so the arithmetic is the same). The host's own SIMD path
+// (AVX-512/AVX2 here) runs the same check natively.
 // Needs g++-aarch64-linux-gnu and qemu-user, and clang for the clang half (scripts/install-system-deps.sh
 // installs them); says why it skips otherwise. Builds are cached under .cache/engine-arm64/ (first run about
 // two minutes on two busy cores, then seconds).

@@ -53,7 +53,12 @@ async function startCluster(modelDir: string, numLayers: number, stages: number)
     // A stage busy with a long chunk still answers Status from its event loop; be patient all the same.
     heartbeatTimeoutMs: 30_000,
   });
-  const scheduler = new Scheduler({ contextWindow: 16_384, prefillChunkTokens: chunkTokens });
+  // An 8k prompt on one contended core can take many minutes: no step timeout gets in the way.
+  const scheduler = new Scheduler({
+    contextWindow: 16_384,
+    prefillChunkTokens: chunkTokens,
+    stepTimeoutMs: 3_600_000,
+  });
   scheduler.attach(pipeline);
   return { stages, agents, pipeline, scheduler };
 }

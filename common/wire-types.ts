@@ -175,6 +175,7 @@ export interface DataFrameOut {
   error?: string;
   origin_stage?: number;
   origin_at_us?: number;
+  wave?: number;
 }
 
 /** A frame as read (proto-loader fills every default in). */
@@ -200,6 +201,7 @@ export interface DataFrame {
   error: string;
   origin_stage: number;
   origin_at_us: number;
+  wave: number;
 }
 
 export interface ResultsRequest {

@@ -63,13 +63,16 @@ const clusterErrorCodes = new Set<string>([
 class Run {
   readonly seq: number;
   readonly pipeline: Pipeline;
+  /** Batch group (see DataFrame.wave): one per stage, so every stage has a wave to work on. */
+  readonly wave: number;
   private inbox: DataFrame[] = [];
   private waiter: { resolve: (f: DataFrame) => void; reject: (e: ClusterError) => void } | undefined;
   failure: ClusterError | undefined;
 
-  constructor(seq: number, pipeline: Pipeline) {
+  constructor(seq: number, pipeline: Pipeline, wave: number) {
     this.seq = seq;
     this.pipeline = pipeline;
+    this.wave = wave;
   }
 
   deliver(frame: DataFrame): void {
@@ -218,6 +221,13 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     }
   }
 
+  /** The wave with the fewest sequences in flight: waves stay the same size, one per stage. */
+  private leastBusyWave(pipeline: Pipeline): number {
+    const sizes = new Array<number>(pipeline.stageCount).fill(0);
+    for (const run of this.runs.values()) if (run.pipeline === pipeline) sizes[run.wave]++;
+    return sizes.indexOf(Math.min(...sizes));
+  }
+
   private allocateSeq(): number {
     do {
       this.nextSeq = this.nextSeq >= 0xffff_fffe ? 1 : this.nextSeq + 1;
@@ -261,7 +271,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
         `${this.runs.size} sequences are in flight (the limit is ${this.maxSequences})`,
       );
     const seq = this.allocateSeq();
-    const run = new Run(seq, pipeline);
+    const run = new Run(seq, pipeline, this.leastBusyWave(pipeline));
     this.runs.set(seq, run);
     const onAbort = (): void => run.fail(new ClusterError("cancelled", "the request was cancelled"));
     request.signal?.addEventListener("abort", onAbort, { once: true });
@@ -377,6 +387,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
       payload: encodeTokens(tokens),
       sampling,
       want_result: wantResult,
+      wave: run.wave,
       plan_id: run.pipeline.plan.planId,
       origin_at_us: now,
       sent_at_us: now,

@@ -55,6 +55,7 @@ interface QueuedItem {
   hidden?: Uint8Array;
   wantResult: boolean;
   originAtUs: number;
+  wave: number;
 }
 
 interface SequenceState {
@@ -219,6 +220,7 @@ export class Stage {
       count: frame.count,
       wantResult: frame.want_result,
       originAtUs: frame.origin_at_us,
+      wave: frame.wave ?? 0,
     };
     if (frame.kind === FrameKind.TOKENS) item.tokens = decodeTokens(assembled.payload);
     else item.hidden = assembled.payload;
@@ -237,16 +239,20 @@ export class Stage {
     }
   }
 
-  /** The oldest item of every sequence queued, up to the batch limits; later items of a sequence wait. */
+  /**
+   * The oldest item of every sequence of the oldest item's wave, up to the batch limits; later items of a
+   * sequence and other waves wait (they run while this batch is on the next stage).
+   */
   private takeBatch(): QueuedItem[] {
     const batch: QueuedItem[] = [];
     const seen = new Set<number>();
+    const wave = this.queue[0]?.wave;
     let prefillTokens = 0;
     for (let i = 0; i < this.queue.length && batch.length < maxBatchItems; ) {
       const item = this.queue[i];
       const prefill = item.count > 1;
       const full = batch.length > 0 && prefill && prefillTokens + item.count > maxBatchPrefillTokens;
-      if (seen.has(item.seq) || full) {
+      if (seen.has(item.seq) || full || item.wave !== wave) {
         i++;
         continue;
       }
@@ -336,6 +342,7 @@ export class Stage {
       want_result: item.wantResult,
       plan_id: planId,
       origin_at_us: item.originAtUs,
+      wave: item.wave,
       sampling: item.step === 0 ? toWireSampling(this.sequences.get(item.seq)?.sampling ?? {}) : null,
       sent_at_us: nowUs(),
     };

@@ -333,6 +333,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     try {
       await run.pipeline.fork(hit.entry.seq, run.seq, hit.length);
     } catch (err) {
+      // A lost node or an abort already says what happened; otherwise the entry is suspect.
+      if (run.failure) throw run.failure;
       if (cache.drop(hit.entry.seq)) void run.pipeline.release([hit.entry.seq]);
       throw new ClusterError("internal", `reusing a cached prompt prefix failed: ${errorMessage(err)}`);
     } finally {

@@ -83,7 +83,9 @@ describe("cluster up: bounded queue and SIGTERM drain", () => {
     const exitedMs = performance.now() - signalledAt;
     expect(code, node.output()).toBe(0);
     expect(node.stderr.join("\n"), "errors while shutting down").not.toMatch(/^(shutdown|drain): /m);
-    expect(node.stdout.join("\n")).toMatch(/SIGTERM: finishing or failing the requests in flight/);
+    expect(node.stdout.join("\n")).toMatch(
+      /SIGTERM: leaving the cluster \(requests in flight finish or fail first\)/,
+    );
     console.log(
       `SIGTERM: open stream ended with its terminal event after ${endedMs.toFixed(0)} ms, process exited 0 after ${exitedMs.toFixed(0)} ms`,
     );

@@ -319,7 +319,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
         process.exit(130);
       }
       stopping = true;
-      say(`${signal}: finishing or failing the requests in flight, then leaving the cluster`);
+      say(`${signal}: leaving the cluster (requests in flight finish or fail first)`);
       // The API drains first, while the pipeline still serves: each open stream ends with its terminal event.
       drainApi()
         .catch((err: unknown) => process.stderr.write(`drain: ${errorMessage(err)}\n`))

@@ -344,6 +344,10 @@ describe("cluster key", () => {
         grpc.status.UNAUTHENTICATED,
       ]);
     }
+    // Every refusal is logged by the node, naming the method (the log arrives over the agent's stderr pipe).
+    const logged = () => methods.filter((m) => !agents[1].log.some((l) => l.includes(`refused ${m} from`)));
+    for (let i = 0; i < 50 && logged().length > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(logged(), "methods whose refusal was not logged").toEqual([]);
     // The right key is accepted (Hello answers with the node's identity).
     const hello = await new NodeClient(agents[1].address, key).hello();
     expect(hello.name).toBe("stage-1");

@@ -68,7 +68,9 @@ describe("malformed API bodies", () => {
     const wrong = answers
       .map((a, i) => ({ a, b: bodies[i] }))
       .filter(({ a }) => a.status < 400 || a.status >= 500 || !openAIShaped(a.error))
-      .map(({ a, b }) => `${b.path} ${b.what} -> ${a.status} ${String(JSON.stringify(a.error)).slice(0, 200)}`);
+      .map(
+        ({ a, b }) => `${b.path} ${b.what} -> ${a.status} ${String(JSON.stringify(a.error)).slice(0, 200)}`,
+      );
     expect(wrong).toEqual([]);
     const statuses = new Map<number, number>();
     for (const a of answers) statuses.set(a.status, (statuses.get(a.status) ?? 0) + 1);

@@ -152,7 +152,8 @@ export class GenerationRun {
     } catch (err) {
       run.track?.finish(finalStatusOf(err));
       run.settle();
-      throw err;
+      // A timeout (or shutdown) that struck during admission reports itself, not the cancel it caused.
+      throw run.failure ?? err;
     } finally {
       clearTimeout(timer);
     }

@@ -32,8 +32,10 @@ export interface ControllerOptions {
   contextTokens: number;
   /** Engine threads per stage (absent: each node's default). */
   threads?: number;
-  /** Sequences in flight at once; more are refused with 429 (the scheduler's default when absent). */
+  /** Sequences generating at once; more wait (the scheduler's default when absent). */
   maxSequences?: number;
+  /** Requests that may wait for a slot; more are refused with 429 (the scheduler's default when absent). */
+  maxQueue?: number;
   membership: Membership;
   settleMs?: number;
   /** Delay before trying again after a failed load. */
@@ -80,6 +82,7 @@ export class ClusterController {
     this.scheduler = new Scheduler({
       contextWindow: opts.contextTokens,
       maxSequences: opts.maxSequences,
+      maxQueue: opts.maxQueue,
       prefixCacheBytesPerNode,
     });
     opts.membership.on("change", () => this.schedule(opts.settleMs ?? 500));

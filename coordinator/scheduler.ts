@@ -18,8 +18,10 @@ export interface SchedulerOptions {
   vocabSize?: number;
   /** Prompt tokens per prefill item. Default 256. */
   prefillChunkTokens?: number;
-  /** Sequences in flight at once; more get "overloaded". Default 64. */
+  /** Sequences generating at once; more wait in the queue. Default 64. */
   maxSequences?: number;
+  /** Requests that may wait for a free sequence slot; beyond it they get "overloaded" (429). Default 256. */
+  maxQueue?: number;
   /**
    * KV bytes per node kept for finished sequences, so a prompt sharing their prefix forks it instead of
    * recomputing it (least recently used entries go first). 0 or absent: no prefix cache.
@@ -121,6 +123,11 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   private readonly maxTokenId: number;
   private readonly chunkTokens: number;
   private readonly maxSequences: number;
+  private readonly maxQueue: number;
+  /** Requests waiting for a slot, first come first served; each entry wakes its request. */
+  private readonly waiting: Array<() => void> = [];
+  /** Slots handed to woken requests that have not started their run yet. */
+  private reservedSlots = 0;
   private readonly stepTimeoutMs: number;
   private readonly prefixCacheBytesPerNode: number;
   private pipeline: Pipeline | undefined;
@@ -139,6 +146,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     this.maxTokenId = (opts.vocabSize ?? 0x8000_0000) - 1;
     this.chunkTokens = opts.prefillChunkTokens ?? 256;
     this.maxSequences = opts.maxSequences ?? 64;
+    this.maxQueue = opts.maxQueue ?? 256;
     this.stepTimeoutMs = opts.stepTimeoutMs ?? 120_000;
     this.prefixCacheBytesPerNode = opts.prefixCacheBytesPerNode ?? 0;
     // Ids start at a random point so a restarted coordinator does not reuse the previous one's ids.
@@ -260,18 +268,19 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
 
   private async *run(request: GenerationRequest): AsyncGenerator<GenerationEvent> {
     this.validate(request);
-    const pipeline = this.pipeline;
-    if (!pipeline)
+    if (!this.pipeline)
       throw new ClusterError("cluster_not_ready", `the cluster is not ready: ${this.notReadyReason}`);
     if (request.signal?.aborted)
       throw new ClusterError("cancelled", "the request was cancelled before it started");
-    if (this.runs.size >= this.maxSequences)
-      throw new ClusterError(
-        "overloaded",
-        `${this.runs.size} sequences are in flight (the limit is ${this.maxSequences})`,
-      );
+    await this.waitForSlot(request.signal);
+    this.reservedSlots--; // the slot is now this run's
+    // The pipeline may have been lost or replaced while the request waited.
+    if (!this.pipeline) {
+      this.wakeNext();
+      throw new ClusterError("cluster_not_ready", `the cluster is not ready: ${this.notReadyReason}`);
+    }
     const seq = this.allocateSeq();
-    const run = new Run(seq, pipeline, this.leastBusyWave(pipeline));
+    const run = new Run(seq, this.pipeline, this.leastBusyWave(this.pipeline));
     this.runs.set(seq, run);
     const onAbort = (): void => run.fail(new ClusterError("cancelled", "the request was cancelled"));
     request.signal?.addEventListener("abort", onAbort, { once: true });
@@ -397,6 +406,46 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   }
 
   /**
+   * Waits, in arrival order, until fewer than maxSequences sequences generate, and reserves a slot until the
+   * caller starts its run (reserving at once, so requests arriving together cannot overshoot the limit).
+   * Beyond maxQueue waiting: "overloaded".
+   */
+  private async waitForSlot(signal: AbortSignal | undefined): Promise<void> {
+    if (this.waiting.length === 0 && this.runs.size + this.reservedSlots < this.maxSequences) {
+      this.reservedSlots++;
+      return;
+    }
+    if (this.waiting.length >= this.maxQueue)
+      throw new ClusterError(
+        "overloaded",
+        `${this.runs.size} sequences are generating and ${this.waiting.length} requests wait ` +
+          `(limits ${this.maxSequences} and ${this.maxQueue})`,
+      );
+    await new Promise<void>((resolve, reject) => {
+      const wake = (): void => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      const onAbort = (): void => {
+        const at = this.waiting.indexOf(wake);
+        if (at >= 0) this.waiting.splice(at, 1);
+        reject(new ClusterError("cancelled", "the request was cancelled while it waited for a free slot"));
+      };
+      this.waiting.push(wake);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  /** Hands a freed slot to the longest-waiting request. */
+  private wakeNext(): void {
+    if (this.runs.size + this.reservedSlots >= this.maxSequences) return;
+    const wake = this.waiting.shift();
+    if (!wake) return;
+    this.reservedSlots++;
+    wake();
+  }
+
+  /**
    * Frees the sequence everywhere: after a clean end it becomes a prefix-cache entry (or is released), otherwise
    * it is cancelled (work may still be queued).
    */
@@ -408,6 +457,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     kvTokens: number[],
   ): void {
     this.runs.delete(run.seq);
+    this.wakeNext();
     if (!run.pipeline.lost) {
       const done = figures.status === "completed" || figures.status === "incomplete";
       if (!done && figures.errorCode === undefined) figures.status = "cancelled";

@@ -298,8 +298,8 @@ describe("cluster states and other nodes", () => {
     }
   });
 
-  it("429 overloaded with retry-after when the scheduler is full", async () => {
-    const small = new Scheduler({ contextWindow: CONTEXT, maxSequences: 1 });
+  it("429 overloaded with retry-after when the scheduler and its queue are full", async () => {
+    const small = new Scheduler({ contextWindow: CONTEXT, maxSequences: 1, maxQueue: 0 });
     small.attach(cluster.pipeline);
     const server = await startApiServer(
       {

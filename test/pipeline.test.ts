@@ -95,6 +95,32 @@ describe("three-stage pipeline over loopback", () => {
     expect(ga.tokens).not.toEqual(gb.tokens);
   });
 
+  it("beyond maxSequences requests wait in order and then run correctly; beyond maxQueue they are refused", async () => {
+    const queued = new Scheduler({ contextWindow: 4096, maxSequences: 1, maxQueue: 2 });
+    queued.attach(pipeline!);
+    const prompts = [promptOf(20, 11), promptOf(21, 12), promptOf(22, 13)];
+    const started: number[] = [];
+    const runs = prompts.map((prompt, i) =>
+      (async () => {
+        const events: number[] = [];
+        for await (const e of queued.generate({ prompt, maxTokens: 6, sampling: {}, stopTokenIds: [] })) {
+          if (e.type === "admitted") started.push(i);
+          if (e.type === "token") events.push(e.token);
+        }
+        return events;
+      })(),
+    );
+    // Requests start synchronously up to their first wait: one holds the slot, two wait, a fourth finds the
+    // queue full.
+    await expect(
+      collect(queued.generate({ prompt: promptOf(5, 14), maxTokens: 2, sampling: {}, stopTokenIds: [] })),
+    ).rejects.toMatchObject({ code: "overloaded" });
+    const results = await Promise.all(runs);
+    expect(started).toEqual([0, 1, 2]);
+    for (let i = 0; i < prompts.length; i++) expect(results[i]).toEqual(await solo(prompts[i], 6, {}));
+    expect(queued.inFlight).toBe(0);
+  });
+
   it("sampled generation with a seed equals the single engine's", async () => {
     const prompt = promptOf(30, 4);
     const sampling: SamplingParams = { temperature: 0.9, topK: 40, topP: 0.95, seed: 1234 };

@@ -1,6 +1,6 @@
-// `cluster up` under load and at shutdown: --max-queue bounds the requests generating at once (429 with
-// retry-after beyond it), and SIGTERM drains: the open stream ends with a terminal error event, then the
-// process leaves the cluster and exits 0.
+// `cluster up` under load and at shutdown: --max-sequences bounds the requests generating at once, --max-queue
+// the requests waiting for a slot (429 with retry-after beyond it), and SIGTERM drains: every open stream ends
+// with a terminal error event, then the process leaves the cluster and exits 0.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -30,7 +30,7 @@ function chat(apiUrl: string, maxTokens: number): Promise<Response> {
 }
 
 describe("cluster up: bounded queue and SIGTERM drain", () => {
-  it("answers 429 beyond --max-queue, and SIGTERM ends the open stream with a terminal event", async () => {
+  it("queues up to --max-queue, answers 429 beyond, and SIGTERM ends every open stream with a terminal event", async () => {
     const modelDir = await ensureModel("tiny-4bit", "tiny");
     const apiPort = await freePort();
     const apiUrl = `http://127.0.0.1:${apiPort}`;
@@ -46,6 +46,8 @@ describe("cluster up: bounded queue and SIGTERM drain", () => {
         "1",
         "--key",
         generateClusterKey(),
+        "--max-sequences",
+        "1",
         "--max-queue",
         "1",
         "--drain-timeout",
@@ -62,6 +64,10 @@ describe("cluster up: bounded queue and SIGTERM drain", () => {
     let text = "";
     while ((text.match(/\n\n/g) ?? []).length < 4) text += decoder.decode((await reader.read()).value);
 
+    // The second request waits for the only slot; its stream still opens early (the first event must not
+    // wait for admission). The third finds the queue full.
+    const queued = await chat(apiUrl, 4);
+    expect(queued.status).toBe(200);
     const busy = await chat(apiUrl, 4);
     expect(busy.status).toBe(429);
     expect(busy.headers.get("retry-after")).toBeTruthy();
@@ -72,6 +78,8 @@ describe("cluster up: bounded queue and SIGTERM drain", () => {
     for (let c = await reader.read(); !c.done; c = await reader.read())
       text += decoder.decode(c.value, { stream: true });
     const endedMs = performance.now() - signalledAt;
+    const queuedText = await queued.text();
+    expect(queuedText.trim().split("\n\n").slice(-2)[0]).toMatch(/"code":"cluster_not_ready"/);
     const blocks = text.trim().split("\n\n");
     expect(blocks[blocks.length - 1]).toBe("data: [DONE]");
     const error = JSON.parse(blocks[blocks.length - 2].slice(6)) as {

@@ -48,6 +48,7 @@ export interface UpOptions {
   /** GB/s; skips the measurement. */
   memoryBandwidth?: number;
   /** Requests generating at once; more get 429 with retry-after. */
+  maxSequences?: number;
   maxQueue?: number;
   /** Seconds one request may run end to end. */
   requestTimeout?: number;
@@ -290,7 +291,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
       footprint,
       contextTokens,
       threads: opts.threads,
-      maxSequences: opts.maxQueue,
+      maxSequences: opts.maxSequences,
+      maxQueue: opts.maxQueue,
       membership,
       onProgress: (stage, read, total) => progress.update(stage.name, read, total),
       onStageLoaded: (stage, bytes) =>
@@ -366,9 +368,14 @@ export function register(program: Command): void {
       positiveNumber("--memory-bandwidth"),
     )
     .option(
+      "--max-sequences <n>",
+      "requests generating at once; more wait in the queue (default 64)",
+      intArg("--max-sequences", 1, 100_000),
+    )
+    .option(
       "--max-queue <n>",
-      "requests generating at once; more are answered 429 with retry-after (default 64)",
-      intArg("--max-queue", 1, 100_000),
+      "requests that may wait for a slot; more are answered 429 with retry-after (default 256)",
+      intArg("--max-queue", 0, 100_000),
     )
     .option(
       "--request-timeout <seconds>",

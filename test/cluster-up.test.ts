@@ -27,6 +27,24 @@ function start(args: string[]): CliProcess {
   return proc;
 }
 
+/**
+ * Two `cluster up` processes on loopback without Bonjour; only the second names the first with --peer (the
+ * first learns of the second from its Hello). Equal pinned bandwidths keep the layer split deterministic.
+ */
+async function startPair(
+  modelDir: string,
+  names: [string, string],
+  extraArgs: string[] = [],
+): Promise<{ a: CliProcess; b: CliProcess; apiA: number; apiB: number; args: [string[], string[]] }> {
+  const [grpcA, grpcB, apiA, apiB] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const common = ["--model", modelDir, "--key", generateClusterKey(), "--no-bonjour", "--threads", "1"];
+  common.push("--memory-bandwidth", "50", ...extraArgs);
+  const aArgs = [...common, "--name", names[0], "--port", String(grpcA), "--api-port", String(apiA)];
+  const bArgs = [...common, "--name", names[1], "--port", String(grpcB), "--api-port", String(apiB)];
+  bArgs.push("--peer", `127.0.0.1:${grpcA}`);
+  return { a: start(aArgs), b: start(bArgs), apiA, apiB, args: [aArgs, bArgs] };
+}
+
 afterAll(async () => {
   await Promise.all(running.map((p) => p.stop("SIGKILL")));
   rmSync(home, { recursive: true, force: true });
@@ -118,31 +136,7 @@ describe("cluster up --demo on one machine", () => {
 describe("two cluster up processes joined with --peer", () => {
   it("elect one coordinator, plan two stages, serve through either API, and re-plan when one dies", async () => {
     const modelDir = await ensureModel("tiny", "tiny");
-    const key = generateClusterKey();
-    const [grpcA, grpcB, apiA, apiB] = [
-      await freePort(),
-      await freePort(),
-      await freePort(),
-      await freePort(),
-    ];
-    const common = [
-      "--model",
-      modelDir,
-      "--key",
-      key,
-      "--no-bonjour",
-      "--threads",
-      "1",
-      "--memory-bandwidth",
-      "50",
-    ];
-    // Only B names A: A learns about B from B's Hello.
-    const a = start([...common, "--name", "alpha", "--port", String(grpcA), "--api-port", String(apiA)]);
-    const b = start([
-      ...common,
-      ...["--name", "beta", "--port", String(grpcB), "--api-port", String(apiB)],
-      ...["--peer", `127.0.0.1:${grpcA}`],
-    ]);
+    const { a, b, apiA, apiB } = await startPair(modelDir, ["alpha", "beta"]);
     const urls = { alpha: `http://127.0.0.1:${apiA}`, beta: `http://127.0.0.1:${apiB}` };
     const both = [a, b];
     const twoStages = (h: { plan?: { stages: unknown[] }; state: string }) =>
@@ -234,30 +228,11 @@ describe("two cluster up processes joined with --peer", () => {
     config.max_position_embeddings = context + 1024;
     writeFileSync(join(modelDir, "config.json"), JSON.stringify(config));
 
-    const key = generateClusterKey();
-    const [grpcA, grpcB, apiA, apiB] = [
-      await freePort(),
-      await freePort(),
-      await freePort(),
-      await freePort(),
-    ];
-    const common = [
-      "--model",
+    const { a, b, apiA, apiB, args } = await startPair(
       modelDir,
-      "--key",
-      key,
-      "--no-bonjour",
-      "--threads",
-      "1",
-      "--memory-bandwidth",
-      "50",
-    ];
-    common.push("--context", String(context));
-    const aArgs = [...common, "--name", "big-a", "--port", String(grpcA), "--api-port", String(apiA)];
-    const bArgs = [...common, "--name", "big-b", "--port", String(grpcB), "--api-port", String(apiB)];
-    bArgs.push("--peer", `127.0.0.1:${grpcA}`);
-    const a = start(aArgs);
-    const b = start(bArgs);
+      ["big-a", "big-b"],
+      ["--context", String(context)],
+    );
     const urls = [`http://127.0.0.1:${apiA}`, `http://127.0.0.1:${apiB}`];
     const view = await waitForHealth(
       urls[0],
@@ -293,7 +268,7 @@ describe("two cluster up processes joined with --peer", () => {
     expect(error.code).toBe("cluster_not_ready");
     expect(error.message).toMatch(/does not fit on 1 node\(s\)/);
 
-    const back = start([aArgs, bArgs][1 - c]);
+    const back = start(args[1 - c]);
     await waitForHealth(
       urls[c],
       (h) => h.state === "ready" && h.plan?.stages.length === 2,
@@ -333,30 +308,7 @@ describe("two cluster up processes joined with --peer", () => {
 
   it("lose their coordinator: the other node takes the role, plans on itself and serves", async () => {
     const modelDir = await ensureModel("tiny", "tiny");
-    const key = generateClusterKey();
-    const [grpcA, grpcB, apiA, apiB] = [
-      await freePort(),
-      await freePort(),
-      await freePort(),
-      await freePort(),
-    ];
-    const common = [
-      "--model",
-      modelDir,
-      "--key",
-      key,
-      "--no-bonjour",
-      "--threads",
-      "1",
-      "--memory-bandwidth",
-      "50",
-    ];
-    const a = start([...common, "--name", "gamma", "--port", String(grpcA), "--api-port", String(apiA)]);
-    const b = start([
-      ...common,
-      ...["--name", "delta", "--port", String(grpcB), "--api-port", String(apiB)],
-      ...["--peer", `127.0.0.1:${grpcA}`],
-    ]);
+    const { a, b, apiA, apiB } = await startPair(modelDir, ["gamma", "delta"]);
     const urls = [`http://127.0.0.1:${apiA}`, `http://127.0.0.1:${apiB}`];
     const ready = await waitForHealth(
       urls[0],

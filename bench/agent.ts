@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { packageRoot } from "../common/paths.js";
 import { startApiCluster } from "../test/api-cluster.js";
+import { median, round } from "./stats.js";
 
 const turns = 5;
 const fixture = join(packageRoot(), "..", "shared", "fixtures", "openclaw");
@@ -19,17 +20,6 @@ interface TurnFigures {
   ttftMs: number;
   promptTokens: number;
   cachedTokens: number;
-}
-
-function round(v: number, digits = 2): number {
-  const f = 10 ** digits;
-  return Math.round(v * f) / f;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 /** Turn 1 and turn 2 as recorded; turns 3.. add an assistant tool call, its result and a user message each. */

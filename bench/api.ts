@@ -5,16 +5,11 @@
 import { ChatFormatter } from "../coordinator/chat/chat-formatter.js";
 import { fromChatCompletions } from "../coordinator/chat/conversation.js";
 import { startApiCluster } from "../test/api-cluster.js";
+import { median } from "./stats.js";
 
 const maxTokens = Number(process.env.BENCH_TOKENS ?? 200);
 const repeats = Number(process.env.BENCH_REPEATS ?? 9);
 const MESSAGES = [{ role: "user", content: "Tell me everything about the weather in Paris in spring." }];
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
 
 /** Reads the SSE body to the end; returns the number of data events (tokens are counted by usage). */
 async function drain(response: Response): Promise<string> {

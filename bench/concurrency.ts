@@ -16,21 +16,11 @@ import {
   numLayersOf,
   spawnAgent,
 } from "../test/pipeline-cluster.js";
+import { median, round } from "./stats.js";
 
 const decodeTokens = Number(process.env.BENCH_TOKENS ?? 32);
 const repeats = Number(process.env.BENCH_REPEATS ?? 3);
 const streamCounts = [1, 2, 4, 8];
-
-function round(v: number, digits = 2): number {
-  const f = 10 ** digits;
-  return Math.round(v * f) / f;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
 
 function promptOf(salt: number): number[] {
   return Array.from({ length: 16 }, (_, i) => 5 + ((i * 31 + salt * 17) % 9000));

@@ -11,6 +11,7 @@ import { readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import type { BackendName } from "../native/engine-api.js";
 import { availableBackends, mlxInfo, openEngine } from "../native/index.js";
+import { median } from "./stats.js";
 
 const PROMPT = Int32Array.from([11, 42, 7, 300, 1200, 5, 64, 900, 17, 2048, 33, 8, 4000, 12, 99, 640]);
 
@@ -18,12 +19,6 @@ interface Figures {
   tokensPerSecond: number;
   runs: number[];
   loadSeconds: number;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 async function ensureBenchModel(dir: string): Promise<void> {

@@ -13,6 +13,7 @@ import { readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import type { StudioEngine } from "../native/index.js";
 import { measureMemoryBandwidth, openEngine } from "../native/index.js";
+import { median } from "./stats.js";
 
 const PROMPT = Int32Array.from([11, 42, 7, 300, 1200, 5, 64, 900, 17, 2048, 33, 8, 4000, 12, 99, 640]);
 // Copy buffers far larger than any cache, so the copy kernel measures memory, not L3.
@@ -25,12 +26,6 @@ interface Run {
   bandwidth: number;
   readBandwidth: number;
   fraction: number;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 async function ensureBenchModel(dir: string): Promise<void> {

@@ -17,6 +17,7 @@ import {
   numLayersOf,
   spawnAgent,
 } from "../test/pipeline-cluster.js";
+import { median, round } from "./stats.js";
 
 const decodeTokens = Number(process.env.BENCH_TOKENS ?? 32);
 const repeats = Number(process.env.BENCH_REPEATS ?? 5);
@@ -29,16 +30,6 @@ interface Cluster {
   pipeline: Pipeline;
   scheduler: Scheduler;
   rates: number[];
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
-
-function round(v: number, digits = 2): number {
-  const f = 10 ** digits;
-  return Math.round(v * f) / f;
 }
 
 function promptOf(salt: number): number[] {

@@ -15,6 +15,7 @@ import {
   numLayersOf,
   spawnAgent,
 } from "../test/pipeline-cluster.js";
+import { median, round } from "./stats.js";
 
 const sizes = (process.env.BENCH_PREFILL_SIZES ?? "1024,4096,8192").split(",").map(Number);
 const repeats = Number(process.env.BENCH_REPEATS ?? 1);
@@ -25,17 +26,6 @@ interface Cluster {
   agents: AgentProcess[];
   pipeline: Pipeline;
   scheduler: Scheduler;
-}
-
-function round(v: number, digits = 2): number {
-  const f = 10 ** digits;
-  return Math.round(v * f) / f;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 function promptOf(length: number, salt: number): number[] {

@@ -1,5 +1,6 @@
 // The JSON a node serves at GET /health and `cluster status` prints: who is in the cluster, who coordinates,
 // the plan, and whether it serves. Built by the controller; this file is the shape and its text rendering.
+import type { PlanStage } from "./planner.js";
 
 export type ClusterState = "ready" | "loading" | "planning" | "not_ready" | "following";
 
@@ -33,19 +34,20 @@ export interface MemberHealth {
   lastSeenMs: number;
 }
 
-export interface PlanStageHealth {
-  nodeId: string;
-  name: string;
-  address: string;
-  layerStart: number;
-  layerEnd: number;
-  embed: boolean;
-  head: boolean;
-  weightBytes: number;
-  kvReserveBytes: number;
-  needBytes: number;
-  availableBytes: number;
-}
+export type PlanStageHealth = Pick<
+  PlanStage,
+  | "nodeId"
+  | "name"
+  | "address"
+  | "layerStart"
+  | "layerEnd"
+  | "embed"
+  | "head"
+  | "weightBytes"
+  | "kvReserveBytes"
+  | "needBytes"
+  | "availableBytes"
+>;
 
 export interface PlanHealth {
   planId: string;

@@ -42,6 +42,17 @@ export interface Usage {
 
 export type FinishReason = "stop" | "length" | "tool_calls";
 
+/** Usage in the Chat Completions / Completions shape; reasoning tokens only where the reply is parsed. */
+export function completionsUsage(u: Usage, withReasoning: boolean): Record<string, unknown> {
+  return {
+    prompt_tokens: u.promptTokens,
+    completion_tokens: u.completionTokens,
+    total_tokens: u.promptTokens + u.completionTokens,
+    prompt_tokens_details: { cached_tokens: u.cachedTokens },
+    ...(withReasoning ? { completion_tokens_details: { reasoning_tokens: u.reasoningTokens } } : {}),
+  };
+}
+
 /** Cancels the run when the client closes the connection before the answer went out (non-streaming). */
 export function cancelOnDisconnect(
   raw: NodeJS.EventEmitter & { writableFinished: boolean; destroyed: boolean },

@@ -5,23 +5,18 @@ import { errorMessage } from "../../../common/errors.js";
 import { fromChatCompletions } from "../../chat/conversation.js";
 import { stopStrings } from "../../chat/stop-strings.js";
 import { toApiError } from "../errors.js";
-import { cancelOnDisconnect, type GenerationRun, newId, type OutputEvent } from "../generation-run.js";
+import {
+  cancelOnDisconnect,
+  completionsUsage,
+  type GenerationRun,
+  newId,
+  type OutputEvent,
+} from "../generation-run.js";
 import { type ApiDeps, checkModel, samplingOf, startChatRun } from "../request-context.js";
 import { ChatCompletionsBody, validator } from "../request-schemas.js";
 import { SseStream } from "../sse.js";
 
 const validate = validator(ChatCompletionsBody, "POST /v1/chat/completions");
-
-function usageOf(run: GenerationRun): Record<string, unknown> {
-  const u = run.usage;
-  return {
-    prompt_tokens: u.promptTokens,
-    completion_tokens: u.completionTokens,
-    total_tokens: u.promptTokens + u.completionTokens,
-    prompt_tokens_details: { cached_tokens: u.cachedTokens },
-    completion_tokens_details: { reasoning_tokens: u.reasoningTokens },
-  };
-}
 
 type ToolCallOut = { id: string; type: "function"; function: { name: string; arguments: string } };
 
@@ -56,7 +51,7 @@ async function complete(
     created,
     model,
     choices: [{ index: 0, message, finish_reason: run.finishReason, logprobs: null }],
-    usage: usageOf(run),
+    usage: completionsUsage(run.usage, true),
   };
 }
 
@@ -119,7 +114,7 @@ export function registerChatCompletions(app: FastifyInstance, deps: ApiDeps): vo
       }
       chunk([choice({}, run.finishReason)]);
       // Usage always, whether or not stream_options.include_usage asked for it.
-      chunk([], { usage: usageOf(run) });
+      chunk([], { usage: completionsUsage(run.usage, true) });
     } catch (err) {
       const failure = toApiError(err);
       sse.send({ error: { ...failure.body.error, message: errorMessage(err) } });

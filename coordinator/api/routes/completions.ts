@@ -3,22 +3,12 @@ import type { FastifyInstance } from "fastify";
 import { errorMessage } from "../../../common/errors.js";
 import { stopStrings } from "../../chat/stop-strings.js";
 import { toApiError } from "../errors.js";
-import { cancelOnDisconnect, type GenerationRun, newId } from "../generation-run.js";
+import { cancelOnDisconnect, completionsUsage, newId } from "../generation-run.js";
 import { type ApiDeps, checkModel, samplingOf, startTextRun } from "../request-context.js";
 import { CompletionsBody, validator } from "../request-schemas.js";
 import { SseStream } from "../sse.js";
 
 const validate = validator(CompletionsBody, "POST /v1/completions");
-
-function usageOf(run: GenerationRun): Record<string, unknown> {
-  const u = run.usage;
-  return {
-    prompt_tokens: u.promptTokens,
-    completion_tokens: u.completionTokens,
-    total_tokens: u.promptTokens + u.completionTokens,
-    prompt_tokens_details: { cached_tokens: u.cachedTokens },
-  };
-}
 
 export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
   app.post("/v1/completions", async (request, reply) => {
@@ -41,7 +31,7 @@ export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
       return reply.send({
         ...base,
         choices: [{ index: 0, text, logprobs: null, finish_reason: run.finishReason }],
-        usage: usageOf(run),
+        usage: completionsUsage(run.usage, false),
       });
     }
     const sse = new SseStream(reply, () => run.cancel());
@@ -58,7 +48,7 @@ export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
         ...base,
         choices: [{ index: 0, text: "", logprobs: null, finish_reason: run.finishReason }],
       });
-      sse.send({ ...base, choices: [], usage: usageOf(run) });
+      sse.send({ ...base, choices: [], usage: completionsUsage(run.usage, false) });
     } catch (err) {
       const failure = toApiError(err);
       sse.send({ error: { ...failure.body.error, message: errorMessage(err) } });

@@ -10,7 +10,7 @@ import { Rng } from "./seeded-rng.js";
 let cluster: ApiCluster;
 
 beforeAll(async () => {
-  cluster = await startApiCluster({ preset: "tiny", stages: 2, contextWindow: 4096 });
+  cluster = await startApiCluster({ preset: "tiny", stages: 2, contextWindow: 8192 });
 });
 afterAll(async () => {
   await cluster?.stop();
@@ -169,7 +169,8 @@ describe("shutdown drains the API", () => {
     const long = await Promise.all(
       ["/chat/completions", "/responses", "/completions"].map(async (path) => ({
         path,
-        stream: await firstEvents(await post(base, path, streamBody(path, 3000, "a long story")), 3),
+        // Long enough to outlast the grace period even on a quiet machine (3000 tokens once finished in it).
+        stream: await firstEvents(await post(base, path, streamBody(path, 7500, "a long story")), 3),
       })),
     );
     const short = await post(base, "/responses", streamBody("/responses", 3, "hi"));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "backend/cpu/simd.h"
 #include "io/quant_format.h"
@@ -75,28 +76,28 @@ inline void decode_group(const uint8_t* row, size_t row_bytes, int group, int64_
 }
 
 /**
- * The lane-wise dot of group g with x straight from the packed bytes (4 and 8 bits): the same FMA sequence as
- * dot_lanes(decoded group, x), so one token and many tokens give the same bits.
+ * The lane-wise dots of group g with NB tokens' inputs straight from the packed bytes (4 and 8 bits): the
+ * weights are unpacked once for all NB tokens, and each token gets the same FMA sequence as
+ * dot_lanes(decoded group, x), so one token and many give the same bits.
  */
-template <int Bits, int Group>
-inline simd::V dot_packed(const uint8_t* row, int64_t g, const float* x) {
-  simd::V acc0 = simd::zero(), acc1 = simd::zero();
-  if constexpr (Bits == 4) {
-    const uint8_t* p = row + g * Group / 2;
-    for (int i = 0; i < Group; i += simd::kStep) {
-      simd::V lo, hi;
-      simd::decode4(p + i / 2, lo, hi);
-      acc0 = simd::fma(lo, simd::load(x + i), acc0);
-      acc1 = simd::fma(hi, simd::load(x + i + simd::kLanes), acc1);
+template <int Bits, int Group, int NB>
+inline void dot_packed(const uint8_t* row, int64_t g, const float* const* x, simd::V* out) {
+  simd::V acc0[NB], acc1[NB];
+  for (int k = 0; k < NB; ++k) acc0[k] = acc1[k] = simd::zero();
+  for (int i = 0; i < Group; i += simd::kStep) {
+    simd::V lo, hi;
+    if constexpr (Bits == 4) {
+      simd::decode4(row + (g * Group + i) / 2, lo, hi);
+    } else {
+      lo = simd::decode8(row + g * Group + i);
+      hi = simd::decode8(row + g * Group + i + simd::kLanes);
     }
-  } else {
-    const uint8_t* p = row + g * Group;
-    for (int i = 0; i < Group; i += simd::kStep) {
-      acc0 = simd::fma(simd::decode8(p + i), simd::load(x + i), acc0);
-      acc1 = simd::fma(simd::decode8(p + i + simd::kLanes), simd::load(x + i + simd::kLanes), acc1);
+    for (int k = 0; k < NB; ++k) {
+      acc0[k] = simd::fma(lo, simd::load(x[k] + g * Group + i), acc0[k]);
+      acc1[k] = simd::fma(hi, simd::load(x[k] + g * Group + i + simd::kLanes), acc1[k]);
     }
   }
-  return simd::add(acc0, acc1);
+  for (int k = 0; k < NB; ++k) out[k] = simd::add(acc0[k], acc1[k]);
 }
 
 /** Converts a plain row (f32/f16/bf16) to floats. */
@@ -145,10 +146,65 @@ inline float element(const uint8_t* p, int64_t i, io::DType runtime) {
 constexpr int kBlock = 4;
 
 /**
- * Quantized rows [row_begin, row_end) for every prepared token. Per row and token: lanes accumulate
- * scale_g * dot_g over groups (dot_g = dot_lanes order), biases accumulate bias_g * sum(x_g) as a scalar, and
- * the row ends with hsum(lanes) + biases. One token reads the packed bytes directly (dot_packed); several
- * tokens unpack a group once per tile and reuse it, with exactly the same arithmetic per token.
+ * Up to this many tokens (a batch of decode steps) run the small-batch kernels: each weight row is streamed
+ * once from memory for all of them, in blocks of kBlock tokens whose accumulators stay in registers. More
+ * tokens (prefill) take the tiled path. Both run the same arithmetic per token.
+ */
+constexpr int64_t kSmallBatch = 8;
+
+/** Calls body(t0, std::integral_constant<int, n>) for each block of n = min(kBlock, rows - t0) tokens. */
+template <typename Body>
+inline void for_each_block(int64_t rows, Body&& body) {
+  for (int64_t t0 = 0; t0 < rows; t0 += kBlock) {
+    switch (std::min<int64_t>(kBlock, rows - t0)) {
+      case 1: body(t0, std::integral_constant<int, 1>{}); break;
+      case 2: body(t0, std::integral_constant<int, 2>{}); break;
+      case 3: body(t0, std::integral_constant<int, 3>{}); break;
+      default: body(t0, std::integral_constant<int, 4>{}); break;
+    }
+  }
+}
+
+/**
+ * A small batch of tokens on 4/8-bit rows, float inputs. Per row and token: lanes accumulate scale_g * dot_g
+ * over groups, biases accumulate bias_g * sum(x_g) as a scalar, and the row ends with hsum(lanes) + biases.
+ */
+template <int Bits, int Group, io::DType SD, io::DType BD>
+void quant_rows_small(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y,
+                      int64_t y_stride) {
+  const int64_t groups = m.in / Group;
+  const float* xs = x.sums.data();
+  for (int64_t o = row_begin; o < row_end; ++o) {
+    const uint8_t* row = m.weight + o * m.row_bytes;
+    for_each_block(x.rows, [&](int64_t t0, auto nb) {
+      constexpr int NB = decltype(nb)::value;
+      const float* xt[NB];
+      simd::V lanes[NB], d[NB];
+      float bias_sum[NB];
+      for (int k = 0; k < NB; ++k) {
+        xt[k] = x.x.data() + (t0 + k) * m.in;
+        lanes[k] = simd::zero();
+        bias_sum[k] = 0;
+      }
+      for (int64_t g = 0; g < groups; ++g) {
+        const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
+        const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
+        dot_packed<Bits, Group, NB>(row, g, xt, d);
+        for (int k = 0; k < NB; ++k) {
+          lanes[k] = simd::fma(simd::set1(s), d[k], lanes[k]);
+          const float bx = b * xs[(t0 + k) * groups + g];
+          bias_sum[k] = bias_sum[k] + bx;
+        }
+      }
+      for (int k = 0; k < NB; ++k) y[(t0 + k) * y_stride + o] = simd::hsum(lanes[k]) + bias_sum[k];
+    });
+  }
+}
+
+/**
+ * Quantized rows [row_begin, row_end) for every prepared token. Small batches of 4/8-bit rows read the packed
+ * bytes directly (quant_rows_small); other widths and larger batches unpack a group once per tile of tokens
+ * and reuse it, with exactly the same arithmetic per token.
  * Bits and Group are compile-time so the unpacking and the group loops unroll.
  */
 template <int Bits, int Group, io::DType SD, io::DType BD>
@@ -159,22 +215,9 @@ void quant_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t
   const float* xs = x.sums.data();
   alignas(64) float buf[kMaxGroup];
   if constexpr (Bits == 4 || Bits == 8) {
-    if (x.rows == 1) {
-    for (int64_t o = row_begin; o < row_end; ++o) {
-      const uint8_t* row = m.weight + o * m.row_bytes;
-      simd::V lanes = simd::zero();
-      float bias_sum = 0;
-      for (int64_t g = 0; g < groups; ++g) {
-        const float s = element<SD>(m.scales, o * groups + g, m.scale_dtype);
-        const float b = element<BD>(m.biases, o * groups + g, m.bias_dtype);
-        const simd::V d = dot_packed<Bits, Group>(row, g, xp + g * group);
-        lanes = simd::fma(simd::set1(s), d, lanes);
-        const float bx = b * xs[g];
-        bias_sum = bias_sum + bx;
-      }
-      y[o] = simd::hsum(lanes) + bias_sum;
-    }
-    return;
+    if (x.rows <= kSmallBatch) {
+      quant_rows_small<Bits, Group, SD, BD>(m, x, row_begin, row_end, y, y_stride);
+      return;
     }
   }
   simd::V lanes[kTile];
@@ -294,54 +337,78 @@ inline __m512 element16(const uint8_t* p, int64_t i, io::DType runtime) {
 }
 
 /**
- * Row o's per-group factors for the decode loop: scale_g * xscale_g and bias_g, sixteen groups per step
- * (the same single multiplications as one at a time, so the same bits; this was a scalar loop per row).
+ * Row o's per-group factors for the small-batch loop: bias_g, and scale_g * xscale_{t,g} for each of the batch's
+ * tokens t, sixteen groups per step (the same single multiplications as one at a time, so the same bits).
  */
 template <io::DType SD, io::DType BD>
-inline void row_factors(const MatView& m, int64_t o, int64_t groups, const float* xscale, float* scale_x,
-                        float* bias) {
+inline void row_factors(const MatView& m, int64_t o, int64_t groups, const float* xscale, int64_t tokens,
+                        float* scale_x, float* bias) {
   const int64_t base = o * groups;
   int64_t g = 0;
   for (; g + 16 <= groups; g += 16) {
     const __m512 s = element16<SD>(m.scales, base + g, m.scale_dtype);
-    _mm512_storeu_ps(scale_x + g, _mm512_mul_ps(s, _mm512_loadu_ps(xscale + g)));
+    for (int64_t t = 0; t < tokens; ++t)
+      _mm512_storeu_ps(scale_x + t * groups + g, _mm512_mul_ps(s, _mm512_loadu_ps(xscale + t * groups + g)));
     _mm512_storeu_ps(bias + g, element16<BD>(m.biases, base + g, m.bias_dtype));
   }
   for (; g < groups; ++g) {
-    scale_x[g] = element<SD>(m.scales, base + g, m.scale_dtype) * xscale[g];
+    const float s = element<SD>(m.scales, base + g, m.scale_dtype);
+    for (int64_t t = 0; t < tokens; ++t) scale_x[t * groups + g] = s * xscale[t * groups + g];
     bias[g] = element<BD>(m.biases, base + g, m.bias_dtype);
   }
 }
 
 /**
- * The int16 path for 4/8-bit rows: per row and token, lanes accumulate (scale_g * xscale_g) * float(int dot)
- * over groups, and the row ends with hsum(lanes) + dot(biases, per-group input sums). A group is widened once
- * per tile of tokens and reused; one token and many run the same arithmetic per token.
+ * A small batch of tokens (decode steps) on a 4/8-bit row range, int16 inputs: each row is streamed from memory
+ * once (prefetched ahead) and each group widened once per block of tokens. Per token: lanes accumulate
+ * (scale_g * xscale_g) * float(int dot) over groups, and the row ends with hsum(lanes) + dot(biases, per-group
+ * input sums) — the same arithmetic as the tiled path.
  */
 template <int Bits, int Group, io::DType SD, io::DType BD>
-void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y, int64_t y_stride) {
+void int16_rows_small(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y,
+                      int64_t y_stride) {
   const int64_t groups = m.in / Group;
-  if (x.rows == 1) {
-    // The decode case: the per-token instructions below, with the accumulators in registers.
-    const int16_t* xq = x.xq.data();
-    thread_local std::vector<float> scale_x, bias_one;
-    scale_x.resize(groups);
-    bias_one.resize(groups);
-    for (int64_t o = row_begin; o < row_end; ++o) {
-      const uint8_t* row = m.weight + o * m.row_bytes;
-      row_factors<SD, BD>(m, o, groups, x.xscale.data(), scale_x.data(), bias_one.data());
-      __m512 lanes = _mm512_setzero_ps();
+  thread_local std::vector<float> scale_x, bias_row;
+  scale_x.resize(x.rows * groups);
+  bias_row.resize(groups);
+  for (int64_t o = row_begin; o < row_end; ++o) {
+    const uint8_t* row = m.weight + o * m.row_bytes;
+    row_factors<SD, BD>(m, o, groups, x.xscale.data(), x.rows, scale_x.data(), bias_row.data());
+    for_each_block(x.rows, [&](int64_t t0, auto nb) {
+      constexpr int NB = decltype(nb)::value;
+      __m512 lanes[NB];
+      for (int k = 0; k < NB; ++k) lanes[k] = _mm512_setzero_ps();
       for (int64_t g = 0; g < groups; ++g) {
         // One prefetch per cache line, kPrefetchAhead bytes down the weight stream: the hardware streamer stops
         // at every 4 KiB page (four rows of a 2048-wide 4-bit matrix) and a single core then waits on misses.
         constexpr int64_t kGroupBytes = Group * Bits / 8;
         if ((g * kGroupBytes) % 64 == 0)
           _mm_prefetch(reinterpret_cast<const char*>(row + g * kGroupBytes + kPrefetchAhead), _MM_HINT_T0);
-        const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(widen<Bits, Group>(row, g), xq + g * Group));
-        lanes = _mm512_fmadd_ps(_mm512_set1_ps(scale_x[g]), d, lanes);
+        const WideGroup<Bits, Group> wg = widen<Bits, Group>(row, g);
+        for (int k = 0; k < NB; ++k) {
+          const int16_t* xq = x.xq.data() + (t0 + k) * m.in + g * Group;
+          const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(wg, xq));
+          lanes[k] = _mm512_fmadd_ps(_mm512_set1_ps(scale_x[(t0 + k) * groups + g]), d, lanes[k]);
+        }
       }
-      y[o] = simd::hsum({lanes}) + simd::dot(bias_one.data(), x.sums.data(), groups);
-    }
+      for (int k = 0; k < NB; ++k)
+        y[(t0 + k) * y_stride + o] =
+            simd::hsum({lanes[k]}) + simd::dot(bias_row.data(), x.sums.data() + (t0 + k) * groups, groups);
+    });
+  }
+}
+
+/**
+ * The int16 path for 4/8-bit rows: per row and token, lanes accumulate (scale_g * xscale_g) * float(int dot)
+ * over groups, and the row ends with hsum(lanes) + dot(biases, per-group input sums). Small batches take
+ * int16_rows_small; larger ones widen a group once per tile of tokens and reuse it, with the same arithmetic
+ * per token.
+ */
+template <int Bits, int Group, io::DType SD, io::DType BD>
+void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y, int64_t y_stride) {
+  const int64_t groups = m.in / Group;
+  if (x.rows <= kSmallBatch) {
+    int16_rows_small<Bits, Group, SD, BD>(m, x, row_begin, row_end, y, y_stride);
     return;
   }
   // Many tokens: widen a row once per tile into a buffer (the same vectors widen() yields), then run blocks of

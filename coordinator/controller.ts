@@ -212,7 +212,7 @@ export class ClusterController {
     }
     pipeline.once("nodeLost", (lost) => this.nodeLost(pipeline, lost));
     this.serving = { plan, pipeline };
-    this.scheduler.attach(pipeline);
+    this.scheduler.attach(pipeline, kvBytesForSequences(plan));
     this.setState("ready", `serving with ${plan.stages.length} stage(s): ${describePlan(plan)}`);
   }
 
@@ -430,4 +430,14 @@ function planHealth(plan: Plan): PlanHealth {
       availableBytes: s.availableBytes,
     })),
   };
+}
+
+/**
+ * KV bytes each stage can give to sequences in flight: the memory the plan found free, less the stage's
+ * weights, headroom and prefix cache, and never less than the plan's reserve of one full context.
+ */
+export function kvBytesForSequences(plan: Plan): number[] {
+  return plan.stages.map((s) =>
+    Math.max(s.kvReserveBytes, s.availableBytes - s.weightBytes - s.headroomBytes - prefixCacheBytesPerNode),
+  );
 }

@@ -67,14 +67,17 @@ class Run {
   readonly pipeline: Pipeline;
   /** Batch group (see DataFrame.wave): one per stage, so every stage has a wave to work on. */
   readonly wave: number;
+  /** KV positions reserved for it on every stage until it ends: its prompt plus maxTokens. */
+  readonly kvTokens: number;
   private inbox: DataFrame[] = [];
   private waiter: { resolve: (f: DataFrame) => void; reject: (e: ClusterError) => void } | undefined;
   failure: ClusterError | undefined;
 
-  constructor(seq: number, pipeline: Pipeline, wave: number) {
+  constructor(seq: number, pipeline: Pipeline, wave: number, kvTokens: number) {
     this.seq = seq;
     this.pipeline = pipeline;
     this.wave = wave;
+    this.kvTokens = kvTokens;
   }
 
   deliver(frame: DataFrame): void {
@@ -124,10 +127,14 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   private readonly chunkTokens: number;
   private readonly maxSequences: number;
   private readonly maxQueue: number;
-  /** Requests waiting for a slot, first come first served; each entry wakes its request. */
-  private readonly waiting: Array<() => void> = [];
+  /** Requests waiting for a slot, first come first served: the KV positions each needs, and its wake-up. */
+  private readonly waiting: Array<{ kvTokens: number; wake: () => void }> = [];
   /** Slots handed to woken requests that have not started their run yet. */
   private reservedSlots = 0;
+  /** KV positions the attached pipeline's stages can hold for sequences in flight (the tightest stage). */
+  private kvTokenBudget = Number.POSITIVE_INFINITY;
+  /** KV positions reserved by sequences in flight and by reserved slots. */
+  private kvTokensHeld = 0;
   private readonly stepTimeoutMs: number;
   private readonly prefixCacheBytesPerNode: number;
   private pipeline: Pipeline | undefined;
@@ -161,11 +168,22 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     return this.runs.size;
   }
 
-  /** Serves from this pipeline from now on (after a start or a re-plan). */
-  attach(pipeline: Pipeline): void {
+  /** KV positions reserved by sequences in flight, and the most the stages can hold (Infinity: unbounded). */
+  get kvTokens(): { held: number; budget: number } {
+    return { held: this.kvTokensHeld, budget: this.kvTokenBudget };
+  }
+
+  /**
+   * Serves from this pipeline from now on (after a start or a re-plan). kvBytesPerStage: the bytes of KV each
+   * stage can hold for sequences in flight (memory left after weights, headroom and the prefix cache); a request
+   * waits until its prompt + maxTokens fits on every stage beside the sequences in flight. Absent: no KV bound.
+   */
+  attach(pipeline: Pipeline, kvBytesPerStage?: readonly number[]): void {
     if (this.pipeline === pipeline) return;
     if (this.pipeline) this.detach("replaced by a new pipeline");
     this.pipeline = pipeline;
+    this.kvTokenBudget = kvTokenBudget(pipeline.kvBytesPerToken, kvBytesPerStage);
+    this.wakeNext();
     const budget = PrefixCache.tokenBudgetFor(this.prefixCacheBytesPerNode, pipeline.kvBytesPerToken);
     this.cache = budget > 0 ? { pipeline, entries: new PrefixCache(budget) } : undefined;
     this.unsubscribe = pipeline.onResult((frame) => this.route(frame));
@@ -272,15 +290,17 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
       throw new ClusterError("cluster_not_ready", `the cluster is not ready: ${this.notReadyReason}`);
     if (request.signal?.aborted)
       throw new ClusterError("cancelled", "the request was cancelled before it started");
-    await this.waitForSlot(request.signal);
+    const kvTokens = request.prompt.length + request.maxTokens;
+    await this.waitForSlot(kvTokens, request.signal);
     this.reservedSlots--; // the slot is now this run's
     // The pipeline may have been lost or replaced while the request waited.
     if (!this.pipeline) {
+      this.kvTokensHeld -= kvTokens;
       this.wakeNext();
       throw new ClusterError("cluster_not_ready", `the cluster is not ready: ${this.notReadyReason}`);
     }
     const seq = this.allocateSeq();
-    const run = new Run(seq, this.pipeline, this.leastBusyWave(this.pipeline));
+    const run = new Run(seq, this.pipeline, this.leastBusyWave(this.pipeline), kvTokens);
     this.runs.set(seq, run);
     const onAbort = (): void => run.fail(new ClusterError("cancelled", "the request was cancelled"));
     request.signal?.addEventListener("abort", onAbort, { once: true });
@@ -406,13 +426,28 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   }
 
   /**
-   * Waits, in arrival order, until fewer than maxSequences sequences generate, and reserves a slot until the
-   * caller starts its run (reserving at once, so requests arriving together cannot overshoot the limit).
+   * Whether a request needing kvTokens positions may start now: fewer than maxSequences generate, and its KV fits
+   * beside theirs (a lone request always starts: the plan keeps one full context per stage).
+   */
+  private admits(kvTokens: number): boolean {
+    const busy = this.runs.size + this.reservedSlots;
+    if (busy >= this.maxSequences) return false;
+    return busy === 0 || this.kvTokensHeld + kvTokens <= this.kvTokenBudget;
+  }
+
+  private reserve(kvTokens: number): void {
+    this.reservedSlots++;
+    this.kvTokensHeld += kvTokens;
+  }
+
+  /**
+   * Waits, in arrival order, until the request is admitted (see admits), and reserves its slot and KV until the
+   * caller starts its run (reserving at once, so requests arriving together cannot overshoot the limits).
    * Beyond maxQueue waiting: "overloaded".
    */
-  private async waitForSlot(signal: AbortSignal | undefined): Promise<void> {
-    if (this.waiting.length === 0 && this.runs.size + this.reservedSlots < this.maxSequences) {
-      this.reservedSlots++;
+  private async waitForSlot(kvTokens: number, signal: AbortSignal | undefined): Promise<void> {
+    if (this.waiting.length === 0 && this.admits(kvTokens)) {
+      this.reserve(kvTokens);
       return;
     }
     if (this.waiting.length >= this.maxQueue)
@@ -422,27 +457,33 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
           `(limits ${this.maxSequences} and ${this.maxQueue})`,
       );
     await new Promise<void>((resolve, reject) => {
-      const wake = (): void => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
+      const entry = {
+        kvTokens,
+        wake: (): void => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve();
+        },
       };
       const onAbort = (): void => {
-        const at = this.waiting.indexOf(wake);
+        const at = this.waiting.indexOf(entry);
         if (at >= 0) this.waiting.splice(at, 1);
         reject(new ClusterError("cancelled", "the request was cancelled while it waited for a free slot"));
+        // The head of the queue may have been the one blocking those behind it.
+        if (at === 0) this.wakeNext();
       };
-      this.waiting.push(wake);
+      this.waiting.push(entry);
       signal?.addEventListener("abort", onAbort, { once: true });
     });
   }
 
-  /** Hands a freed slot to the longest-waiting request. */
+  /** Hands freed slots and KV to the longest-waiting requests, in order, as long as the head is admitted. */
   private wakeNext(): void {
-    if (this.runs.size + this.reservedSlots >= this.maxSequences) return;
-    const wake = this.waiting.shift();
-    if (!wake) return;
-    this.reservedSlots++;
-    wake();
+    while (this.waiting.length > 0 && this.admits(this.waiting[0].kvTokens)) {
+      const entry = this.waiting.shift();
+      if (!entry) return;
+      this.reserve(entry.kvTokens);
+      entry.wake();
+    }
   }
 
   /**
@@ -457,6 +498,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     kvTokens: number[],
   ): void {
     this.runs.delete(run.seq);
+    this.kvTokensHeld -= run.kvTokens;
     this.wakeNext();
     if (!run.pipeline.lost) {
       const done = figures.status === "completed" || figures.status === "incomplete";
@@ -475,4 +517,15 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     }
     this.emit("request", figures);
   }
+}
+
+/** KV positions the tightest stage can hold: its KV bytes over its KV bytes per position (unknown: unbounded). */
+function kvTokenBudget(kvBytesPerToken: readonly number[], kvBytesPerStage?: readonly number[]): number {
+  let tokens = Number.POSITIVE_INFINITY;
+  if (!kvBytesPerStage) return tokens;
+  kvBytesPerToken.forEach((perToken, i) => {
+    const bytes = kvBytesPerStage[i];
+    if (perToken > 0 && bytes !== undefined) tokens = Math.min(tokens, Math.floor(bytes / perToken));
+  });
+  return tokens;
 }

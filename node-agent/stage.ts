@@ -1,6 +1,6 @@
 // One engine shard and its work queue. Frames from the inbound Data stream become queued items; whenever the
-// engine is free, EVERYTHING queued (at most one item per sequence, so positions stay in order) runs as one
-// engine.forward batch. Outputs go downstream (hidden states) or to the coordinator (sampled tokens). Several
+// engine is free, the queued items of one wave (at most one item per sequence, so positions stay in order; see
+// stage-queue.ts) run as one engine.forward batch. Outputs go downstream (hidden states) or to the coordinator (sampled tokens). Several
 // stages therefore work at the same time on different sequences, which is where a pipeline's throughput comes
 // from. A bad frame or an engine failure fails only the sequences concerned, with an ERROR frame.
 
@@ -20,6 +20,7 @@ import {
 import { LatencyWindow } from "../common/wire-latency.js";
 import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire-types.js";
 import type { Engine, ForwardItem, ForwardOutput, SamplingParams } from "../native/engine-api.js";
+import { WaveQueue } from "./stage-queue.js";
 
 export interface StageConfig {
   planId: string;
@@ -56,6 +57,7 @@ interface QueuedItem {
   wantResult: boolean;
   originAtUs: number;
   wave: number;
+  queuedAt: number;
 }
 
 interface SequenceState {
@@ -70,8 +72,7 @@ interface SequenceState {
  * Limits of one batch: enough to batch every decode step in flight. Prefill chunks are bounded by tokens so a
  * decode step never waits behind more than ~1k tokens of prefill; decode steps (one token) always join.
  */
-const maxBatchItems = 64;
-const maxBatchPrefillTokens = 1024;
+const batchLimits = { maxItems: 64, maxPrefillTokens: 1024 };
 /** A cancelled sequence's frames may still be on the wire; they are dropped for this long. */
 const tombstoneMs = 120_000;
 
@@ -80,11 +81,14 @@ export class Stage {
   private readonly engine: Engine;
   private readonly sink: () => FrameSink | undefined;
   private readonly log: (line: string) => void;
-  private readonly queue: QueuedItem[] = [];
+  private readonly queue = new WaveQueue<QueuedItem>(batchLimits);
   private readonly sequences = new Map<number, SequenceState>();
   private readonly tombstones = new Map<number, number>();
   private readonly hops = new LatencyWindow();
   private running = false;
+  /** A pump about to start (after this turn's frames are queued) or waiting for a wave's late items. */
+  private wakeUp: NodeJS.Immediate | undefined;
+  private gatherTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly counters = { tokens: 0, batches: 0, items: 0, busyMs: 0 };
 
@@ -221,47 +225,47 @@ export class Stage {
       wantResult: frame.want_result,
       originAtUs: frame.origin_at_us,
       wave: frame.wave ?? 0,
+      queuedAt: performance.now(),
     };
     if (frame.kind === FrameKind.TOKENS) item.tokens = decodeTokens(assembled.payload);
     else item.hidden = assembled.payload;
     this.queue.push(item);
-    void this.pump();
+    this.wake();
   }
 
-  /** Runs batches until the queue is empty; only one pump runs at a time. */
+  /**
+   * Starts the pump after the frames that arrived with this one are queued too (one read from the socket often
+   * holds a whole wave), unless it is running: then it takes the new item after the current batch.
+   */
+  private wake(): void {
+    if (this.running || this.wakeUp || this.closed) return;
+    clearTimeout(this.gatherTimer);
+    this.gatherTimer = undefined;
+    this.wakeUp = setImmediate(() => {
+      this.wakeUp = undefined;
+      void this.pump();
+    });
+  }
+
+  /** Runs batches (see WaveQueue for which) until the queue is empty or a wave waits for its late items. */
   private async pump(): Promise<void> {
     if (this.running) return;
     this.running = true;
     try {
-      while (!this.closed && this.queue.length > 0) await this.runBatch(this.takeBatch());
+      while (!this.closed && this.queue.length > 0) {
+        const next = this.queue.next((seq) => this.sequences.has(seq));
+        if ("waitMs" in next) {
+          this.gatherTimer = setTimeout(() => {
+            this.gatherTimer = undefined;
+            void this.pump();
+          }, next.waitMs);
+          return;
+        }
+        await this.runBatch(next.batch);
+      }
     } finally {
       this.running = false;
     }
-  }
-
-  /**
-   * The oldest item of every sequence of the oldest item's wave, up to the batch limits; later items of a
-   * sequence and other waves wait (they run while this batch is on the next stage).
-   */
-  private takeBatch(): QueuedItem[] {
-    const batch: QueuedItem[] = [];
-    const seen = new Set<number>();
-    const wave = this.queue[0]?.wave;
-    let prefillTokens = 0;
-    for (let i = 0; i < this.queue.length && batch.length < maxBatchItems; ) {
-      const item = this.queue[i];
-      const prefill = item.count > 1;
-      const full = batch.length > 0 && prefill && prefillTokens + item.count > maxBatchPrefillTokens;
-      if (seen.has(item.seq) || full || item.wave !== wave) {
-        i++;
-        continue;
-      }
-      seen.add(item.seq);
-      if (prefill) prefillTokens += item.count;
-      batch.push(item);
-      this.queue.splice(i, 1);
-    }
-    return batch;
   }
 
   private async runBatch(batch: QueuedItem[]): Promise<void> {
@@ -276,6 +280,7 @@ export class Stage {
       return;
     } finally {
       this.counters.busyMs += performance.now() - started;
+      this.queue.ran(batch, performance.now() - started);
     }
     this.counters.batches++;
     this.counters.items += batch.length;
@@ -389,7 +394,7 @@ export class Stage {
   /** Forgets a sequence: drops its queued work, frees its KV, ignores its late frames for a while. */
   private drop(seq: number): boolean {
     const known = this.sequences.delete(seq);
-    for (let i = this.queue.length - 1; i >= 0; i--) if (this.queue[i].seq === seq) this.queue.splice(i, 1);
+    this.queue.removeSeq(seq);
     this.pruneTombstones();
     this.tombstones.set(seq, Date.now() + tombstoneMs);
     if (known)
@@ -418,8 +423,7 @@ export class Stage {
     const source = this.sequences.get(seq);
     const where = `stage ${this.config.stageIndex}`;
     if (!source) throw new Error(`fork: ${where} holds no sequence ${seq}`);
-    if (this.queue.some((item) => item.seq === seq))
-      throw new Error(`fork: sequence ${seq} still has work queued on ${where}`);
+    if (this.queue.hasSeq(seq)) throw new Error(`fork: sequence ${seq} still has work queued on ${where}`);
     if (this.sequences.has(newSeq) || this.tombstones.has(newSeq))
       throw new Error(`fork: sequence ${newSeq} already exists on ${where}`);
     if (!Number.isInteger(prefixLength) || prefixLength < 1 || prefixLength > source.nextPosition)
@@ -457,7 +461,9 @@ export class Stage {
   /** Stops taking work; the engine is closed by its owner once the current batch is done. */
   close(): void {
     this.closed = true;
-    this.queue.length = 0;
+    clearImmediate(this.wakeUp);
+    clearTimeout(this.gatherTimer);
+    this.queue.clear();
     this.sequences.clear();
   }
 }

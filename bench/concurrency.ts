@@ -1,6 +1,7 @@
 // Concurrency benchmark: aggregate decode tokens/s of the bench model on 2 stages (one thread each, stage i pinned
 // to cpu i) with 1, 2, 4 and 8 streams at once. One stream keeps one stage busy at a time (the other waits for
-// its hidden state); with several in flight each stage batches whatever is queued, so both work at once.
+// its hidden state); with several in flight the sequences form one wave per stage, each stage runs one wave's
+// steps as one batch, and both stages work at once. It also prints the engine items per batch of each stage.
 // Aggregate rate = decode tokens of all streams (after each one's first) over the time from the first stream's
 // first token to the last stream's last token. Stream counts alternate within each repeat, so a change in the
 // machine's load hits every count alike. Env: BENCH_TOKENS (default 32), BENCH_REPEATS (default 3).
@@ -21,13 +22,32 @@ import { median, round } from "./stats.js";
 const decodeTokens = Number(process.env.BENCH_TOKENS ?? 32);
 const repeats = Number(process.env.BENCH_REPEATS ?? 3);
 const streamCounts = [1, 2, 4, 8];
+const statusIntervalMs = 200;
 
 function promptOf(salt: number): number[] {
   return Array.from({ length: 16 }, (_, i) => 5 + ((i * 31 + salt * 17) % 9000));
 }
 
+interface Measured {
+  rate: number;
+  /** Per stage: engine items per batch over the run (decode steps of a wave batch together). */
+  itemsPerBatch: number[];
+}
+
+/** Cumulative engine batches per stage, from a Status sent after everything before this call. */
+async function batchCounts(pipeline: Pipeline): Promise<number[]> {
+  await new Promise((r) => setTimeout(r, 2 * statusIntervalMs));
+  return [...pipeline.statuses().entries()].sort(([a], [b]) => a - b).map(([, s]) => s.batches);
+}
+
 /** Aggregate decode tokens/s of `streams` sequences generated at once. */
-async function aggregateRate(scheduler: Scheduler, streams: number, salt: number): Promise<number> {
+async function aggregateRate(
+  pipeline: Pipeline,
+  scheduler: Scheduler,
+  streams: number,
+  salt: number,
+): Promise<Measured> {
+  const before = await batchCounts(pipeline);
   const runs = await Promise.all(
     Array.from({ length: streams }, (_, i) =>
       collect(
@@ -43,7 +63,13 @@ async function aggregateRate(scheduler: Scheduler, streams: number, salt: number
   const start = Math.min(...runs.map((r) => r.times[0]));
   const end = Math.max(...runs.map((r) => r.times[r.times.length - 1]));
   const tokens = runs.reduce((n, r) => n + r.tokens.length - 1, 0);
-  return tokens / ((end - start) / 1000);
+  // Every stage ran one prefill item and decodeTokens - 1 decode steps per stream.
+  const items = streams * decodeTokens;
+  const after = await batchCounts(pipeline);
+  return {
+    rate: tokens / ((end - start) / 1000),
+    itemsPerBatch: after.map((n, i) => items / Math.max(1, n - before[i])),
+  };
 }
 
 async function main(): Promise<void> {
@@ -62,13 +88,19 @@ async function main(): Promise<void> {
       plan: evenPlan("concurrency", agents, numLayers),
       clusterKey: key,
       heartbeatTimeoutMs: 30_000,
+      statusIntervalMs,
     });
     const scheduler = new Scheduler({ contextWindow: 4096 });
     scheduler.attach(pipeline);
-    await aggregateRate(scheduler, 2, 0); // warm-up: page in the weights, open the connections
+    await aggregateRate(pipeline, scheduler, 2, 0); // warm-up: page in the weights, open the connections
     const rates = new Map<number, number[]>(streamCounts.map((n) => [n, []]));
+    const batching = new Map<number, number[][]>(streamCounts.map((n) => [n, []]));
     for (let r = 0; r < repeats; r++)
-      for (const n of streamCounts) rates.get(n)?.push(await aggregateRate(scheduler, n, r * 10 + n));
+      for (const n of streamCounts) {
+        const measured = await aggregateRate(pipeline, scheduler, n, r * 10 + n);
+        rates.get(n)?.push(measured.rate);
+        batching.get(n)?.push(measured.itemsPerBatch);
+      }
     const single = median(rates.get(1) ?? []);
     const figures: Record<string, number | string> = {
       bench: "concurrency",
@@ -76,9 +108,11 @@ async function main(): Promise<void> {
     };
     for (const n of streamCounts) {
       const rate = median(rates.get(n) ?? []);
+      const perBatch = [0, 1].map((stage) => median((batching.get(n) ?? []).map((b) => b[stage])));
       console.log(
-        `${n} stream(s): ${rate.toFixed(2)} tok/s aggregate (runs ${(rates.get(n) ?? []).map((v) => v.toFixed(2)).join(" ")}), ${(rate / single).toFixed(2)}x one stream`,
+        `${n} stream(s): ${rate.toFixed(2)} tok/s aggregate (runs ${(rates.get(n) ?? []).map((v) => v.toFixed(2)).join(" ")}), ${(rate / single).toFixed(2)}x one stream, items per batch ${perBatch.map((v) => v.toFixed(2)).join("/")}`,
       );
+      figures[`items_per_batch_${n}_streams`] = round(Math.min(...perBatch), 2);
       figures[`tps_${n}_streams`] = round(rate);
       if (n > 1) figures[`speedup_${n}_streams`] = round(rate / single, 3);
     }

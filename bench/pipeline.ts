@@ -4,6 +4,10 @@
 // All three pipelines are up at once (the processes map the same files, so the page cache is shared) and
 // their runs are interleaved, so a change in the machine's load hits every configuration alike.
 // Prints a table, then ONE JSON line of figures.
+import { readModelConfig } from "../common/model-config.js";
+import { NodeClient } from "../common/wire-client.js";
+import { nowUs } from "../common/wire-frames.js";
+import { FrameKind, type NodeStatus } from "../common/wire-types.js";
 import { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { Engine } from "../native/engine-api.js";
@@ -17,6 +21,7 @@ import {
   numLayersOf,
   spawnAgent,
 } from "../test/pipeline-cluster.js";
+import { measureHopFloor } from "./hop-floor.js";
 import { median, round } from "./stats.js";
 
 const decodeTokens = Number(process.env.BENCH_TOKENS ?? 32);
@@ -26,10 +31,23 @@ const stageCounts = [1, 2, 3];
 
 interface Cluster {
   stages: number;
+  key: string;
   agents: AgentProcess[];
   pipeline: Pipeline;
   scheduler: Scheduler;
   rates: number[];
+  /** Per decode token of the single-sequence runs, where the time goes (see tokenTimes). */
+  steps: StepTimes[];
+}
+
+/** One decode token as the coordinator saw it, from the RESULT frame's timestamps (microseconds). */
+interface StepTimes {
+  /** Coordinator sent the item -> last stage sent the RESULT: every stage's work and the hops between them. */
+  stagesUs: number;
+  /** Last stage sent the RESULT -> the coordinator has it. */
+  returnHopUs: number;
+  /** The coordinator had the RESULT -> it sent the next item (scheduler, detokenizer stand-in, send path). */
+  turnaroundUs: number;
 }
 
 function promptOf(salt: number): number[] {
@@ -54,13 +72,38 @@ async function startCluster(modelDir: string, numLayers: number, stages: number)
   });
   const scheduler = new Scheduler({ contextWindow: 4096 });
   scheduler.attach(pipeline);
-  return { stages, agents, pipeline, scheduler, rates: [] };
+  return { stages, key, agents, pipeline, scheduler, rates: [], steps: [] };
 }
 
 /** Decode tokens/s of one sequence: tokens after the first over the time since the first. */
 async function singleRun(cluster: Cluster, salt: number): Promise<void> {
-  const { times } = await generate(cluster, salt, decodeTokens);
-  cluster.rates.push((times.length - 1) / ((times[times.length - 1] - times[0]) / 1000));
+  const results: Array<{ origin: number; sent: number; received: number }> = [];
+  const stopWatching = cluster.pipeline.onResult((frame) => {
+    if (frame.kind === FrameKind.RESULT)
+      results.push({ origin: frame.origin_at_us, sent: frame.sent_at_us, received: nowUs() });
+  });
+  try {
+    const { times } = await generate(cluster, salt, decodeTokens);
+    cluster.rates.push((times.length - 1) / ((times[times.length - 1] - times[0]) / 1000));
+  } finally {
+    stopWatching();
+  }
+  // The first RESULT answers the prompt (prefill); the decode steps follow it.
+  for (let i = 1; i + 1 < results.length; i++)
+    cluster.steps.push({
+      stagesUs: results[i].sent - results[i].origin,
+      returnHopUs: results[i].received - results[i].sent,
+      turnaroundUs: results[i + 1].origin - results[i].received,
+    });
+}
+
+/** Median of each part of a decode token, in microseconds. */
+function tokenTimes(steps: StepTimes[]): StepTimes {
+  return {
+    stagesUs: round(median(steps.map((s) => s.stagesUs)), 0),
+    returnHopUs: round(median(steps.map((s) => s.returnHopUs)), 0),
+    turnaroundUs: round(median(steps.map((s) => s.turnaroundUs)), 0),
+  };
 }
 
 async function concurrentRun(cluster: Cluster): Promise<number> {
@@ -69,6 +112,29 @@ async function concurrentRun(cluster: Cluster): Promise<number> {
     Array.from({ length: concurrency }, (_, i) => generate(cluster, 100 + i, decodeTokens)),
   );
   return runs.reduce((n, r) => n + r.tokens.length, 0) / ((performance.now() - started) / 1000);
+}
+
+/**
+ * Inbound hop figures of every stage but the first (whose inbound link is the coordinator's), over the frames
+ * received since `sinceUs` only: one Status message from each node on a stream of our own.
+ */
+async function hopStatuses(cluster: Cluster, sinceUs: number): Promise<NodeStatus[]> {
+  return Promise.all(
+    cluster.agents.slice(1).map(async (agent) => {
+      const client = new NodeClient(agent.address, cluster.key);
+      try {
+        const call = client.status(1000, sinceUs);
+        const status = await new Promise<NodeStatus>((resolve, reject) => {
+          call.once("data", resolve);
+          call.once("error", reject);
+        });
+        call.cancel();
+        return status;
+      } finally {
+        client.close();
+      }
+    }),
+  );
 }
 
 /** The same decode on an in-process engine (no gRPC at all): what a one-stage pipeline is measured against. */
@@ -83,6 +149,11 @@ async function directRun(engine: Engine, seq: number, rates: number[]): Promise<
   }
   rates.push((decodeTokens - 1) / ((performance.now() - started) / 1000));
   await engine.release(seq);
+}
+
+/** Bytes of one token's hidden state on the wire (f32 on the cpu backend). */
+function hiddenBytesOf(modelDir: string): number {
+  return readModelConfig(modelDir).hiddenSize * 4;
 }
 
 async function main(): Promise<void> {
@@ -105,6 +176,8 @@ async function main(): Promise<void> {
       threads: 1,
     });
     for (const c of clusters) await generate(c, 0, 8); // warm-up: page in the weights, open the connections
+    // Hop figures leave the warm-up out (its first frames run cold code and open connections).
+    const measuredSince = nowUs();
     for (let r = 0; r < repeats; r++) {
       await directRun(engine, r + 1, direct);
       for (const c of clusters) await singleRun(c, r + 1);
@@ -112,11 +185,13 @@ async function main(): Promise<void> {
     console.log(
       `in-process engine: ${median(direct).toFixed(2)} tok/s (runs ${direct.map((v) => v.toFixed(2)).join(" ")})`,
     );
-    // Hop figures: the receiving stages' Status (stage 0's inbound link is the coordinator's), taken after the
-    // single-sequence runs, when no stage competes with another of its pipeline for a core.
-    await new Promise((r) => setTimeout(r, 400));
-    const hops = clusters.map((c) =>
-      [...c.pipeline.statuses().entries()].filter(([i]) => i > 0).map(([, s]) => s),
+    // Hop figures: the receiving stages' Status, over the single-sequence runs only (no stage competes with
+    // another of its pipeline for a core then).
+    const hops = await Promise.all(clusters.map((c) => hopStatuses(c, measuredSince)));
+    // The floor this machine allows, in the same run: raw TCP and the gRPC Data path between idle processes.
+    const floor = await measureHopFloor({ payloadBytes: hiddenBytesOf(modelDir) });
+    console.log(
+      `hop floor (idle processes, one ${floor.payloadBytes}-byte message every ${floor.gapMs} ms): raw TCP p50 ${floor.tcp.p50_us} us p99 ${floor.tcp.p99_us} us, gRPC Data p50 ${floor.grpc.p50_us} us p99 ${floor.grpc.p99_us} us`,
     );
     const concurrent: number[] = [];
     for (const c of clusters) concurrent.push(await concurrentRun(c));
@@ -125,20 +200,34 @@ async function main(): Promise<void> {
         hops[i].length > 0
           ? `, hop p50 ${hops[i].map((s) => s.inbound_hop_p50_us.toFixed(0)).join("/")} us, p99 ${hops[i].map((s) => s.inbound_hop_p99_us.toFixed(0)).join("/")} us`
           : "";
+      const t = tokenTimes(c.steps);
+      console.log(
+        `${c.stages} stage(s) per decode token: ${(t.stagesUs / 1000).toFixed(2)} ms in the stages (${c.stages} forward(s) + ${c.stages - 1} hop(s)), return hop ${t.returnHopUs} us, coordinator turnaround ${t.turnaroundUs} us`,
+      );
       console.log(
         `${c.stages} stage(s): ${median(c.rates).toFixed(2)} tok/s single sequence (runs ${c.rates.map((v) => v.toFixed(2)).join(" ")}), ${concurrent[i].toFixed(2)} tok/s with ${concurrency} sequences${hopText}`,
       );
     });
     const [one, two, three] = clusters.map((c) => median(c.rates));
     const allHops = hops.flat();
+    const hopP50 = round(median(allHops.map((s) => s.inbound_hop_p50_us)), 0);
     const figures = {
       bench: "pipeline",
       one_stage_tps: round(one),
       two_stage_ratio: round(two / one, 3),
       three_stage_ratio: round(three / one, 3),
-      hop_p50_us: round(median(allHops.map((s) => s.inbound_hop_p50_us)), 0),
+      hop_p50_us: hopP50,
       hop_p99_us: round(Math.max(...allHops.map((s) => s.inbound_hop_p99_us)), 0),
+      hop_frames: allHops.reduce((n, s) => n + s.inbound_hop_count, 0),
+      floor_tcp_p50_us: floor.tcp.p50_us,
+      floor_grpc_p50_us: floor.grpc.p50_us,
+      hop_vs_tcp_floor: round(hopP50 / floor.tcp.p50_us),
+      hop_vs_grpc_floor: round(hopP50 / floor.grpc.p50_us),
       engine_tps: round(median(direct)),
+      engine_token_ms: round(1000 / median(direct)),
+      stages_token_ms: clusters.map((c) => round(tokenTimes(c.steps).stagesUs / 1000)),
+      return_hop_us: round(median(clusters.map((c) => tokenTimes(c.steps).returnHopUs)), 0),
+      coordinator_turnaround_us: round(median(clusters.map((c) => tokenTimes(c.steps).turnaroundUs)), 0),
       one_stage_vs_engine: round(one / median(direct), 3),
       one_stage_concurrent_tps: round(concurrent[0]),
       three_stage_concurrent_ratio: round(concurrent[2] / concurrent[0], 3),

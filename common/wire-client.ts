@@ -96,8 +96,9 @@ export class NodeClient {
     });
   }
 
-  status(intervalMs = 1000): grpc.ClientReadableStream<NodeStatus> {
-    return this.raw.Status({ interval_ms: intervalMs });
+  /** hopsSinceUs: hop figures over frames received since then only (wall clock, us); 0 = the last minute. */
+  status(intervalMs = 1000, hopsSinceUs = 0): grpc.ClientReadableStream<NodeStatus> {
+    return this.raw.Status({ interval_ms: intervalMs, hops_since_us: hopsSinceUs });
   }
 
   data(): DataStream {

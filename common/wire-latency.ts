@@ -22,13 +22,28 @@ export class LatencyWindow {
     this.times.splice(0, drop);
   }
 
-  /** The q-quantile (0..1) of the samples of the last minute; 0 when there are none. */
-  percentile(q: number, nowMs = Date.now()): number {
+  /** The q-quantile (0..1) of the samples of the last minute (taken at sinceMs or later); 0 when there are none. */
+  percentile(q: number, nowMs = Date.now(), sinceMs = 0): number {
+    return this.percentiles([q], nowMs, sinceMs)[0];
+  }
+
+  /** Several quantiles over one sort of the samples of the last minute (taken at sinceMs or later). */
+  percentiles(qs: number[], nowMs = Date.now(), sinceMs = 0): number[] {
+    const sorted = this.recent(nowMs, sinceMs).sort((a, b) => a - b);
+    if (sorted.length === 0) return qs.map(() => 0);
+    return qs.map((q) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]);
+  }
+
+  /** How many samples of the last minute were taken at sinceMs or later. */
+  countSince(sinceMs = 0, nowMs = Date.now()): number {
+    return this.recent(nowMs, sinceMs).length;
+  }
+
+  private recent(nowMs: number, sinceMs: number): number[] {
     this.trim(nowMs, maxSamples);
-    if (this.values.length === 0) return 0;
-    const sorted = [...this.values].sort((a, b) => a - b);
-    const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
-    return sorted[index];
+    let first = 0;
+    while (first < this.times.length && this.times[first] < sinceMs) first++;
+    return this.values.slice(first);
   }
 
   get count(): number {

@@ -90,6 +90,8 @@ export interface LoadProgress {
 
 export interface StatusRequest {
   interval_ms?: number;
+  /** Hop figures only over frames received since this wall-clock time (us since the epoch); 0: last minute. */
+  hops_since_us?: number;
 }
 
 export interface NodeStatus {
@@ -114,6 +116,8 @@ export interface NodeStatus {
   batches: number;
   mean_batch_items: number;
   backend: string;
+  /** Frames the inbound hop figures are taken over. */
+  inbound_hop_count: number;
 }
 
 export interface SeqsRequest {

@@ -380,6 +380,7 @@ class NodeAgentServer {
 
   private status(call: ServerStream<StatusRequest, NodeStatus>): void {
     const intervalMs = Math.max(50, call.request.interval_ms || 1000);
+    const hopsSinceMs = (call.request.hops_since_us || 0) / 1000;
     let previous: { at: number; counters: StageCounters | undefined } = {
       at: performance.now(),
       counters: undefined,
@@ -387,7 +388,7 @@ class NodeAgentServer {
     const send = (): void => {
       const counters = this.shard?.stage.snapshot();
       const at = performance.now();
-      call.write(this.nodeStatus(counters, previous.counters, at - previous.at));
+      call.write(this.nodeStatus(counters, previous.counters, at - previous.at, hopsSinceMs));
       previous = { at, counters };
     };
     send();
@@ -408,6 +409,7 @@ class NodeAgentServer {
     now: StageCounters | undefined,
     before: StageCounters | undefined,
     elapsedMs: number,
+    hopsSinceMs: number,
   ): NodeStatus {
     const shard = this.shard;
     const sameStage = now && before && now.batches >= before.batches;
@@ -415,7 +417,7 @@ class NodeAgentServer {
       now ? now[key] - (sameStage ? before[key] : now[key]) : 0;
     const seconds = Math.max(elapsedMs, 1) / 1000;
     const stats = shard?.engine.stats();
-    const hops = shard?.stage.hopPercentiles() ?? { p50: 0, p99: 0 };
+    const hops = shard?.stage.hopPercentiles(hopsSinceMs) ?? { p50: 0, p99: 0, count: 0 };
     const batches = delta("batches");
     return {
       node_id: this.opts.nodeId,
@@ -439,6 +441,7 @@ class NodeAgentServer {
       batches: now?.batches ?? 0,
       mean_batch_items: batches > 0 ? delta("items") / batches : 0,
       backend: shard?.backend ?? "",
+      inbound_hop_count: hops.count,
     };
   }
 

@@ -454,8 +454,11 @@ export class Stage {
     return { ...this.counters, queueDepth: this.queue.length, sequences: this.sequences.size };
   }
 
-  hopPercentiles(): { p50: number; p99: number } {
-    return { p50: this.hops.percentile(0.5), p99: this.hops.percentile(0.99) };
+  /** Inbound hop latency over the last minute, or over frames received since sinceMs (wall clock) only. */
+  hopPercentiles(sinceMs = 0): { p50: number; p99: number; count: number } {
+    const now = Date.now();
+    const [p50, p99] = this.hops.percentiles([0.5, 0.99], now, sinceMs);
+    return { p50, p99, count: this.hops.countSince(sinceMs, now) };
   }
 
   /** Stops taking work; the engine is closed by its owner once the current batch is done. */

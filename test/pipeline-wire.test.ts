@@ -173,4 +173,16 @@ describe("latency window", () => {
     w.add(5000, t0 + 61_000);
     expect(w.percentile(0.5, t0 + 61_000)).toBe(5000);
   });
+
+  it("leaves out the samples taken before a given time when asked (a benchmark's warm-up)", () => {
+    const w = new LatencyWindow();
+    const t0 = 1_000_000;
+    for (let i = 1; i <= 10; i++) w.add(10_000 * i, t0);
+    for (let i = 1; i <= 100; i++) w.add(i, t0 + 500);
+    expect(w.percentiles([0.5, 0.99], t0 + 1000, t0 + 500)).toEqual([50, 99]);
+    expect(w.countSince(t0 + 500, t0 + 1000)).toBe(100);
+    expect(w.percentile(0.99, t0 + 1000)).toBe(90_000);
+    expect(w.countSince(0, t0 + 1000)).toBe(110);
+    expect(w.percentiles([0.5], t0 + 1000, t0 + 2000)).toEqual([0]);
+  });
 });

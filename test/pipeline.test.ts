@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ClusterError } from "../common/errors.js";
 import { readModelConfig } from "../common/model-config.js";
 import { NodeClient } from "../common/wire-client.js";
+import { nowUs } from "../common/wire-frames.js";
 import { channelOptions, studioNodeClientConstructor } from "../common/wire-proto.js";
 import { type DataFrame, Dtype, FrameKind, type NodeStatus } from "../common/wire-types.js";
 import { Pipeline } from "../coordinator/pipeline.js";
@@ -273,7 +274,11 @@ describe("three-stage pipeline over loopback", () => {
       // Frames reached every stage over its inbound Data stream, so each has hop figures.
       expect(s.inbound_hop_p50_us).toBeGreaterThan(0);
       expect(s.inbound_hop_p99_us).toBeGreaterThanOrEqual(s.inbound_hop_p50_us);
+      expect(s.inbound_hop_count).toBeGreaterThan(0);
     });
+    // Asked for the frames since a moment no frame has arrived after, a node reports none.
+    const later = await statusOnce(agents[1].address, nowUs() + 60_000_000);
+    expect([later.inbound_hop_count, later.inbound_hop_p50_us, later.inbound_hop_p99_us]).toEqual([0, 0, 0]);
     // The coordinator sees the same figures on its heartbeat streams.
     expect(pipeline?.statuses().size).toBe(3);
   });
@@ -381,9 +386,9 @@ describe("cluster key", () => {
   });
 });
 
-function statusOnce(address: string): Promise<NodeStatus> {
+function statusOnce(address: string, hopsSinceUs = 0): Promise<NodeStatus> {
   const client = new NodeClient(address, key);
-  const call = client.status(1000);
+  const call = client.status(1000, hopsSinceUs);
   return new Promise((resolve, reject) => {
     call.once("data", (s) => {
       call.cancel();

@@ -3,54 +3,28 @@
 // more than the whole budget runs alone once the others are done (requests keep their arrival order), and every
 // request still gets exactly the tokens a single engine gives it.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
-import type { Engine } from "../native/engine-api.js";
-import { openEngine } from "../native/index.js";
-import {
-  type AgentProcess,
-  ensureModel,
-  evenPlan,
-  newClusterKey,
-  numLayersOf,
-  referenceRun,
-  spawnAgent,
-} from "./pipeline-cluster.js";
+import { referenceRun, startTinyCluster, type TinyCluster } from "./pipeline-cluster.js";
 
-const key = newClusterKey();
 const budgetTokens = 70;
-let agents: AgentProcess[] = [];
-let pipeline: Pipeline | undefined;
-let reference: Engine;
+let cluster: TinyCluster | undefined;
 
 function promptOf(length: number, salt: number): number[] {
   return Array.from({ length }, (_, i) => 3 + ((i * 37 + salt * 101) % 1000));
 }
 
 beforeAll(async () => {
-  const modelDir = await ensureModel("tiny-4bit", "tiny");
-  agents = await Promise.all([0, 1].map((i) => spawnAgent({ modelDir, key, name: `kv-${i}`, threads: 1 })));
-  const numLayers = numLayersOf(modelDir);
-  pipeline = await Pipeline.start({ plan: evenPlan("kv-plan", agents, numLayers), clusterKey: key });
-  reference = await openEngine({
-    modelDir,
-    layerStart: 0,
-    layerEnd: numLayers,
-    embed: true,
-    head: true,
-    threads: 1,
-  });
+  cluster = await startTinyCluster("kv", 2);
 });
 
 afterAll(async () => {
-  pipeline?.close();
-  await reference?.close();
-  await Promise.all(agents.map((a) => a.stop()));
+  await cluster?.close();
 });
 
 describe("admission bounded by KV memory", () => {
   it("runs only as many sequences as the stages' KV holds, in arrival order, each with its solo tokens", async () => {
-    if (!pipeline) throw new Error("no pipeline");
+    if (!cluster) throw new Error("no cluster");
+    const { pipeline, reference } = cluster;
     const scheduler = new Scheduler({ contextWindow: 4096 });
     const perToken = pipeline.kvBytesPerToken;
     expect(perToken.every((b) => b > 0)).toBe(true);
@@ -97,9 +71,9 @@ describe("admission bounded by KV memory", () => {
   });
 
   it("without a KV bound every request is admitted up to maxSequences", async () => {
-    if (!pipeline) throw new Error("no pipeline");
+    if (!cluster) throw new Error("no cluster");
     const scheduler = new Scheduler({ contextWindow: 4096, maxSequences: 3 });
-    scheduler.attach(pipeline);
+    scheduler.attach(cluster.pipeline);
     expect(scheduler.kvTokens.budget).toBe(Number.POSITIVE_INFINITY);
     let mostInFlight = 0;
     await Promise.all(

@@ -10,8 +10,9 @@ import type { PresetName } from "../cli/make-model/presets.js";
 import { readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import type { GenerationEvent } from "../coordinator/generation.js";
-import type { PipelinePlan } from "../coordinator/pipeline.js";
+import { Pipeline, type PipelinePlan } from "../coordinator/pipeline.js";
 import type { Engine, SamplingParams } from "../native/engine-api.js";
+import { openEngine } from "../native/index.js";
 
 export function newClusterKey(): string {
   return randomBytes(32).toString("base64url");
@@ -201,4 +202,44 @@ export async function referenceRun(
   }
   await engine.release(seq);
   return result;
+}
+
+/** Node-agent processes serving the tiny model as one even pipeline, and the whole model in one engine here. */
+export interface TinyCluster {
+  agents: AgentProcess[];
+  pipeline: Pipeline;
+  /** Every layer in this process (threads=1), for referenceRun. */
+  reference: Engine;
+  close(): Promise<void>;
+}
+
+export async function startTinyCluster(name: string, stages: number): Promise<TinyCluster> {
+  const key = newClusterKey();
+  const modelDir = await ensureModel("tiny-4bit", "tiny");
+  const numLayers = numLayersOf(modelDir);
+  const agents = await Promise.all(
+    Array.from({ length: stages }, (_, i) => spawnAgent({ modelDir, key, name: `${name}-${i}`, threads: 1 })),
+  );
+  const pipeline = await Pipeline.start({
+    plan: evenPlan(`plan-${name}`, agents, numLayers),
+    clusterKey: key,
+  });
+  const reference = await openEngine({
+    modelDir,
+    layerStart: 0,
+    layerEnd: numLayers,
+    embed: true,
+    head: true,
+    threads: 1,
+  });
+  return {
+    agents,
+    pipeline,
+    reference,
+    async close() {
+      pipeline.close();
+      await reference.close();
+      await Promise.all(agents.map((a) => a.stop()));
+    },
+  };
 }

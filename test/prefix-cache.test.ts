@@ -4,21 +4,12 @@
 // a tiny budget evicts and stays correct; 16 concurrent streams forking one entry each get what they get alone.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { GenerationEvent } from "../coordinator/generation.js";
-import { Pipeline } from "../coordinator/pipeline.js";
+import type { Pipeline } from "../coordinator/pipeline.js";
 import { PrefixCache } from "../coordinator/prefix-cache.js";
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { Engine } from "../native/engine-api.js";
-import { openEngine } from "../native/index.js";
 import { type ApiCluster, startApiCluster } from "./api-cluster.js";
-import {
-  type AgentProcess,
-  ensureModel,
-  evenPlan,
-  newClusterKey,
-  numLayersOf,
-  referenceRun,
-  spawnAgent,
-} from "./pipeline-cluster.js";
+import { referenceRun, startTinyCluster, type TinyCluster } from "./pipeline-cluster.js";
 
 describe("PrefixCache index", () => {
   it("finds the longest shared prefix, never the prompt's last token", () => {
@@ -69,8 +60,7 @@ describe("PrefixCache index", () => {
   });
 });
 
-const key = newClusterKey();
-let agents: AgentProcess[] = [];
+let cluster: TinyCluster | undefined;
 let pipeline: Pipeline | undefined;
 let reference: Engine;
 let refSeq = 1;
@@ -107,26 +97,12 @@ function cachedScheduler(tokenBudget: number): Scheduler {
 }
 
 beforeAll(async () => {
-  const modelDir = await ensureModel("tiny-4bit", "tiny");
-  agents = await Promise.all(
-    [0, 1].map((i) => spawnAgent({ modelDir, key, name: `prefix-${i}`, threads: 1 })),
-  );
-  const numLayers = numLayersOf(modelDir);
-  pipeline = await Pipeline.start({ plan: evenPlan("plan-prefix", agents, numLayers), clusterKey: key });
-  reference = await openEngine({
-    modelDir,
-    layerStart: 0,
-    layerEnd: numLayers,
-    embed: true,
-    head: true,
-    threads: 1,
-  });
+  cluster = await startTinyCluster("prefix", 2);
+  ({ pipeline, reference } = cluster);
 });
 
 afterAll(async () => {
-  pipeline?.close();
-  await reference?.close();
-  await Promise.all(agents.map((a) => a.stop()));
+  await cluster?.close();
 });
 
 describe("prefix reuse on a two-stage cluster", () => {

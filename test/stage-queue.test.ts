@@ -15,6 +15,17 @@ function item(name: string, seq: number, wave: number, queuedAt: number, count =
   return { name, seq, wave, count, queuedAt };
 }
 
+/** A queue whose wave 0 last ran sequences 1 and 2 together, in a batch of `ms` milliseconds. */
+function afterBatchOfTwo(ms: number): WaveQueue<Item> {
+  const q = new WaveQueue<Item>(limits);
+  q.push(item("a1", 1, 0, 0));
+  q.push(item("b1", 2, 0, 0));
+  const first = q.next(live, 0);
+  if (!("batch" in first)) throw new Error("expected a batch");
+  q.ran(first.batch, ms);
+  return q;
+}
+
 function names(next: ReturnType<WaveQueue<Item>["next"]>): string[] {
   if (!("batch" in next)) throw new Error(`expected a batch, got a wait of ${next.waitMs} ms`);
   return next.batch.map((i) => i.name);
@@ -43,12 +54,7 @@ describe("WaveQueue", () => {
   });
 
   it("waits for the members of a wave's last batch, up to a tenth of its time, and runs once they arrive", () => {
-    const q = new WaveQueue<Item>(limits);
-    q.push(item("a1", 1, 0, 0));
-    q.push(item("b1", 2, 0, 0));
-    const first = q.next(live, 0);
-    if (!("batch" in first)) throw new Error("expected a batch");
-    q.ran(first.batch, 20);
+    const q = afterBatchOfTwo(20);
     q.push(item("a2", 1, 0, 100));
     expect(q.next(live, 100)).toEqual({ waitMs: 2 });
     expect(q.next(live, 101.5)).toEqual({ waitMs: 0.5 });
@@ -57,24 +63,14 @@ describe("WaveQueue", () => {
   });
 
   it("runs the wave alone once the wait is over, and never waits longer than maxGatherMs", () => {
-    const q = new WaveQueue<Item>(limits);
-    q.push(item("a1", 1, 0, 0));
-    q.push(item("b1", 2, 0, 0));
-    const first = q.next(live, 0);
-    if (!("batch" in first)) throw new Error("expected a batch");
-    q.ran(first.batch, 10_000);
+    const q = afterBatchOfTwo(10_000);
     q.push(item("a2", 1, 0, 50));
     expect(q.next(live, 50)).toEqual({ waitMs: maxGatherMs });
     expect(names(q.next(live, 50 + maxGatherMs))).toEqual(["a2"]);
   });
 
   it("a complete younger wave runs while an older one waits for its late member", () => {
-    const q = new WaveQueue<Item>(limits);
-    q.push(item("a1", 1, 0, 0));
-    q.push(item("b1", 2, 0, 0));
-    const w0 = q.next(live, 0);
-    if (!("batch" in w0)) throw new Error("expected a batch");
-    q.ran(w0.batch, 20);
+    const q = afterBatchOfTwo(20);
     q.push(item("a2", 1, 0, 30));
     q.push(item("c1", 3, 1, 30.1));
     expect(names(q.next(live, 30.2))).toEqual(["c1"]);
@@ -82,12 +78,7 @@ describe("WaveQueue", () => {
   });
 
   it("members that ended (released, cancelled) are not waited for", () => {
-    const q = new WaveQueue<Item>(limits);
-    q.push(item("a1", 1, 0, 0));
-    q.push(item("b1", 2, 0, 0));
-    const first = q.next(live, 0);
-    if (!("batch" in first)) throw new Error("expected a batch");
-    q.ran(first.batch, 20);
+    const q = afterBatchOfTwo(20);
     q.push(item("a2", 1, 0, 100));
     expect(names(q.next((seq) => seq !== 2, 100))).toEqual(["a2"]);
   });

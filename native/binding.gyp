@@ -18,6 +18,7 @@
         "src/backend/cpu/thread_pool.cpp",
         "src/backend/cpu/kernels.cpp",
         "src/backend/cpu/cpu_backend.cpp",
+        "src/backend/cpu/attention.cpp",
         "src/backend/cpu/expert_mlp.cpp",
         "src/backend/cpu/bandwidth.cpp",
         "src/addon/engine_thread.cpp",

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "backend/cpu/attention.h"
 #include "backend/cpu/cpu_kv_cache.h"
 #include "backend/cpu/expert_mlp.h"
 #include "backend/cpu/kernels.h"
@@ -179,45 +180,7 @@ void CpuBackend::attention(const Activations& q, const Activations& k, const Act
       std::memcpy(cache->value(layer, s.position + t), va.row(s.row + t), kv_width * sizeof(float));
     }
   }
-  // Work items: (row of the batch, query head). Each computes one head's output in a fixed order.
-  std::vector<int> segment_of_row(qa.rows, -1);
-  for (size_t i = 0; i < segments.size(); ++i)
-    for (int64_t t = 0; t < segments[i].rows; ++t) segment_of_row[segments[i].row + t] = static_cast<int>(i);
-  const int group = shape.heads / shape.kv_heads;
-  const int64_t items = qa.rows * shape.heads;
-  pool_.parallel_for(items, 4, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> scores;
-    std::vector<float> acc(shape.head_dim);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t r = item / shape.heads;
-      const int h = static_cast<int>(item % shape.heads);
-      const AttentionSegment& s = segments[segment_of_row[r]];
-      auto* cache = static_cast<CpuKvCache*>(s.cache);
-      const int64_t pos = s.position + (r - s.row);
-      const float* qh = qa.row(r) + static_cast<int64_t>(h) * shape.head_dim;
-      const int64_t kv_off = static_cast<int64_t>(h / group) * shape.head_dim;
-      scores.resize(pos + 1);
-      float max_score = -INFINITY;
-      for (int64_t p = 0; p <= pos; ++p) {
-        scores[p] = simd::dot(qh, cache->key(layer, p) + kv_off, shape.head_dim) * shape.scale;
-        max_score = std::max(max_score, scores[p]);
-      }
-      float denom = 0;
-      for (int64_t p = 0; p <= pos; ++p) {
-        scores[p] = std::exp(scores[p] - max_score);
-        denom += scores[p];
-      }
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t p = 0; p <= pos; ++p) {
-        const float* vh = cache->value(layer, p) + kv_off;
-        const float w = scores[p];
-        for (int d = 0; d < shape.head_dim; ++d) acc[d] += w * vh[d];
-      }
-      float* dst = oa.row(r) + static_cast<int64_t>(h) * shape.head_dim;
-      const float inv = 1.0f / denom;
-      for (int d = 0; d < shape.head_dim; ++d) dst[d] = acc[d] * inv;
-    }
-  });
+  grouped_attention(pool_, qa.data.data(), qa.rows, layer, segments, shape, oa.data.data());
 }
 
 Routing CpuBackend::route(const Matrix& gate, const Vector& bias, const Activations& x, int top_k) {

@@ -2,6 +2,7 @@
 // never moves what is already stored. Block layout: [layer][k|v][position in block][kv_width].
 #pragma once
 
+#include <cstring>
 #include <memory>
 #include <vector>
 

@@ -10,6 +10,9 @@ namespace studio::cpu {
 
 namespace {
 
+/** Positions whose values are weighted together (16 KiB of one kv head's values at head_dim 128: L1). */
+constexpr int64_t kPositionBlock = 32;
+
 /**
  * The query heads of one row that share a kv head, taken together so each key and value of the cache is read
  * once for all of them (a cache row per position per kv head, instead of once per query head: at long contexts
@@ -35,14 +38,8 @@ class HeadGroup {
     inv_denom_.resize(heads_);
     for (int h = 0; h < heads_; ++h) inv_denom_[h] = 1.0f / softmax_numerators(scores_.data() + h * n, n);
     acc_.assign(static_cast<size_t>(heads_) * dim, 0.0f);
-    for (int64_t p = 0; p < n; ++p) {
-      const float* v = cache.value(layer, p) + kv_off;
-      for (int h = 0; h < heads_; ++h) {
-        const float w = scores_[h * n + p];
-        float* acc = acc_.data() + h * dim;
-        for (int d = 0; d < dim; ++d) acc[d] += w * v[d];
-      }
-    }
+    for (int64_t p0 = 0; p0 < n; p0 += kPositionBlock)
+      weighted_values(cache, layer, kv_off, p0, std::min(n, p0 + kPositionBlock), n);
     for (int h = 0; h < heads_; ++h) {
       float* dst = out_row + static_cast<int64_t>(first + h) * dim;
       for (int d = 0; d < dim; ++d) dst[d] = acc_[h * dim + d] * inv_denom_[h];
@@ -50,6 +47,46 @@ class HeadGroup {
   }
 
  private:
+  /**
+   * acc_h += w_h,p * v_p for positions [p0, p1), every head of the group: per vector of dims, the heads'
+   * accumulators stay in registers while the positions' values (in L1 for the block) are read once for all.
+   */
+  void weighted_values(CpuKvCache& cache, int layer, int64_t kv_off, int64_t p0, int64_t p1, int64_t n) {
+    switch (heads_) {
+      case 1: return weighted_values_of<1>(cache, layer, kv_off, p0, p1, n);
+      case 2: return weighted_values_of<2>(cache, layer, kv_off, p0, p1, n);
+      case 3: return weighted_values_of<3>(cache, layer, kv_off, p0, p1, n);
+      case 4: return weighted_values_of<4>(cache, layer, kv_off, p0, p1, n);
+      case 6: return weighted_values_of<6>(cache, layer, kv_off, p0, p1, n);
+      case 8: return weighted_values_of<8>(cache, layer, kv_off, p0, p1, n);
+      default:
+        for (int h0 = 0; h0 < heads_; ++h0) weighted_values_of<1>(cache, layer, kv_off, p0, p1, n, h0);
+    }
+  }
+
+  /** weighted_values for heads [h0, h0 + H) (the arithmetic per element: acc + w * v, in position order). */
+  template <int H>
+  void weighted_values_of(CpuKvCache& cache, int layer, int64_t kv_off, int64_t p0, int64_t p1, int64_t n,
+                          int h0 = 0) {
+    const int dim = shape_.head_dim;
+    int d = 0;
+    for (; d + simd::kLanes <= dim; d += simd::kLanes) {
+      simd::V acc[H];
+      for (int h = 0; h < H; ++h) acc[h] = simd::load(acc_.data() + (h0 + h) * dim + d);
+      for (int64_t p = p0; p < p1; ++p) {
+        const simd::V v = simd::load(cache.value(layer, p) + kv_off + d);
+        for (int h = 0; h < H; ++h)
+          acc[h] = simd::add(acc[h], simd::mul(simd::set1(scores_[(h0 + h) * n + p]), v));
+      }
+      for (int h = 0; h < H; ++h) simd::store(acc_.data() + (h0 + h) * dim + d, acc[h]);
+    }
+    for (; d < dim; ++d)
+      for (int h = 0; h < H; ++h) {
+        float& a = acc_[(h0 + h) * dim + d];
+        for (int64_t p = p0; p < p1; ++p) a += scores_[(h0 + h) * n + p] * cache.value(layer, p)[kv_off + d];
+      }
+  }
+
   /** Replaces scores with exp(score - max) and returns their sum (both in position order). */
   static float softmax_numerators(float* s, int64_t n) {
     float max_score = -INFINITY;

@@ -32,6 +32,7 @@ inline V load(const float* p) { return {_mm512_loadu_ps(p)}; }
 inline void store(float* p, V a) { _mm512_storeu_ps(p, a.v); }
 inline V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 inline V add(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline V mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
 inline V set1(float f) { return {_mm512_set1_ps(f)}; }
 inline float hsum(V a) {
   __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a.v), _mm512_extractf32x8_ps(a.v, 1));
@@ -62,6 +63,7 @@ inline V load(const float* p) { return {_mm256_loadu_ps(p)}; }
 inline void store(float* p, V a) { _mm256_storeu_ps(p, a.v); }
 inline V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 inline V add(V a, V b) { return {_mm256_add_ps(a.v, b.v)}; }
+inline V mul(V a, V b) { return {_mm256_mul_ps(a.v, b.v)}; }
 inline V set1(float f) { return {_mm256_set1_ps(f)}; }
 inline float hsum(V a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));  // lanes i + (i+4)
@@ -92,6 +94,7 @@ inline void store(float* p, V a) {
 }
 inline V fma(V a, V b, V c) { return {vfmaq_f32(c.lo, a.lo, b.lo), vfmaq_f32(c.hi, a.hi, b.hi)}; }
 inline V add(V a, V b) { return {vaddq_f32(a.lo, b.lo), vaddq_f32(a.hi, b.hi)}; }
+inline V mul(V a, V b) { return {vmulq_f32(a.lo, b.lo), vmulq_f32(a.hi, b.hi)}; }
 inline V set1(float f) { return {vdupq_n_f32(f), vdupq_n_f32(f)}; }
 inline float hsum(V a) {
   float32x4_t s = vaddq_f32(a.lo, a.hi);
@@ -131,6 +134,11 @@ inline V fma(V a, V b, V c) {
 inline V add(V a, V b) {
   V r;
   for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] + b.v[i];
+  return r;
+}
+inline V mul(V a, V b) {
+  V r;
+  for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] * b.v[i];
   return r;
 }
 inline V set1(float f) {

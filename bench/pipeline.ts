@@ -137,18 +137,29 @@ async function hopStatuses(cluster: Cluster, sinceUs: number): Promise<NodeStatu
   );
 }
 
-/** The same decode on an in-process engine (no gRPC at all): what a one-stage pipeline is measured against. */
-async function directRun(engine: Engine, seq: number, rates: number[]): Promise<void> {
+/**
+ * The same decode on in-process engines (no gRPC at all): one engine holding every layer (what a one-stage
+ * pipeline is measured against), or a chain of engines over consecutive layer ranges run one after the other
+ * (what splitting costs the engine itself, without the wire).
+ */
+async function directRun(chain: Engine[], seq: number, rates: number[]): Promise<void> {
   const prompt = promptOf(seq);
-  let [out] = await engine.forward([{ seq, position: 0, tokens: Int32Array.from(prompt) }]);
+  const step = async (position: number, tokens: Int32Array): Promise<number> => {
+    let hidden: Uint8Array | undefined;
+    let token: number | undefined;
+    for (const [i, engine] of chain.entries()) {
+      const [out] = await engine.forward([i === 0 ? { seq, position, tokens } : { seq, position, hidden }]);
+      hidden = out.hidden;
+      token = out.token;
+    }
+    if (token === undefined) throw new Error("the last engine of the chain returned no token");
+    return token;
+  };
+  let token = await step(0, Int32Array.from(prompt));
   const started = performance.now();
-  for (let n = 1; n < decodeTokens; n++) {
-    [out] = await engine.forward([
-      { seq, position: prompt.length + n - 1, tokens: Int32Array.of(out.token!) },
-    ]);
-  }
+  for (let n = 1; n < decodeTokens; n++) token = await step(prompt.length + n - 1, Int32Array.of(token));
   rates.push((decodeTokens - 1) / ((performance.now() - started) / 1000));
-  await engine.release(seq);
+  for (const engine of chain) await engine.release(seq);
 }
 
 /** Bytes of one token's hidden state on the wire (f32 on the cpu backend). */
@@ -164,26 +175,35 @@ async function main(): Promise<void> {
   );
   const clusters: Cluster[] = [];
   const direct: number[] = [];
-  let engine: Engine | undefined;
-  try {
-    for (const stages of stageCounts) clusters.push(await startCluster(modelDir, numLayers, stages));
-    engine = await openEngine({
+  const directSplit: number[] = [];
+  const engines: Engine[] = [];
+  const half = Math.floor(numLayers / 2);
+  const open = async (layerStart: number, layerEnd: number): Promise<Engine> => {
+    const engine = await openEngine({
       modelDir,
-      layerStart: 0,
-      layerEnd: numLayers,
-      embed: true,
-      head: true,
+      layerStart,
+      layerEnd,
+      embed: layerStart === 0,
+      head: layerEnd === numLayers,
       threads: 1,
     });
+    engines.push(engine);
+    return engine;
+  };
+  try {
+    for (const stages of stageCounts) clusters.push(await startCluster(modelDir, numLayers, stages));
+    const whole = await open(0, numLayers);
+    const halves = [await open(0, half), await open(half, numLayers)];
     for (const c of clusters) await generate(c, 0, 8); // warm-up: page in the weights, open the connections
     // Hop figures leave the warm-up out (its first frames run cold code and open connections).
     const measuredSince = nowUs();
     for (let r = 0; r < repeats; r++) {
-      await directRun(engine, r + 1, direct);
+      await directRun([whole], r + 1, direct);
+      await directRun(halves, r + 1, directSplit);
       for (const c of clusters) await singleRun(c, r + 1);
     }
     console.log(
-      `in-process engine: ${median(direct).toFixed(2)} tok/s (runs ${direct.map((v) => v.toFixed(2)).join(" ")})`,
+      `in-process engine: ${median(direct).toFixed(2)} tok/s (runs ${direct.map((v) => v.toFixed(2)).join(" ")}); split in two engines run one after the other: ${median(directSplit).toFixed(2)} tok/s (runs ${directSplit.map((v) => v.toFixed(2)).join(" ")})`,
     );
     // Hop figures: the receiving stages' Status, over the single-sequence runs only (no stage competes with
     // another of its pipeline for a core then).
@@ -225,6 +245,7 @@ async function main(): Promise<void> {
       hop_vs_grpc_floor: round(hopP50 / floor.grpc.p50_us),
       engine_tps: round(median(direct)),
       engine_token_ms: round(1000 / median(direct)),
+      engine_split_ratio: round(median(directSplit) / median(direct), 3),
       stages_token_ms: clusters.map((c) => round(tokenTimes(c.steps).stagesUs / 1000)),
       return_hop_us: round(median(clusters.map((c) => tokenTimes(c.steps).returnHopUs)), 0),
       coordinator_turnaround_us: round(median(clusters.map((c) => tokenTimes(c.steps).turnaroundUs)), 0),
@@ -238,7 +259,7 @@ async function main(): Promise<void> {
     );
     console.log(JSON.stringify(figures));
   } finally {
-    await engine?.close();
+    for (const engine of engines) await engine.close();
     for (const c of clusters) c.pipeline.close();
     await Promise.all(clusters.flatMap((c) => c.agents.map((a) => a.stop())));
   }

@@ -1,10 +1,12 @@
 // Decode speed of the cpu engine against this machine's memory bandwidth. Decode of one sequence reads every
 // active weight once per token, so tokens/s x weight bytes per token / copy bandwidth says how close the kernels
 // get to the memory limit. Each run measures the copy bandwidth right before its decode, so a run's ratio
-// compares figures taken under the same load (this matters on a shared machine). Prints readable lines, then
-// ONE JSON line of figures (medians over the runs).
+// compares figures taken under the same load (this matters on a shared machine). Then the same decode after a
+// long prompt (--context tokens, prefilled in 256-token chunks): at long contexts attention reads the KV cache,
+// which grows with every token, so decode slows down; its rate over the short-context rate says by how much.
+// Prints readable lines, then ONE JSON line of figures (medians over the runs).
 //
-//   npm run bench:engine [-- --threads 2 --tokens 32 --runs 5 --model DIR]
+//   npm run bench:engine [-- --threads 2 --tokens 32 --runs 5 --context 2048 --model DIR]
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -62,18 +64,53 @@ async function decodeRun(engine: StudioEngine, seq: number, tokens: number, thre
   };
 }
 
+interface LongContext {
+  prefillTokensPerSecond: number;
+  tokensPerSecond: number;
+}
+
+/** Prefills `context` tokens in chunks of 256, then decodes `tokens` tokens after them. */
+async function longContextRun(
+  engine: StudioEngine,
+  seq: number,
+  context: number,
+  tokens: number,
+  vocabSize: number,
+): Promise<LongContext> {
+  const prompt = Int32Array.from({ length: context }, (_, i) => (i * 131 + 7) % vocabSize);
+  const p0 = performance.now();
+  let token = 0;
+  for (let start = 0; start < context; start += 256) {
+    const [out] = await engine.forward([
+      { seq, position: start, tokens: prompt.subarray(start, start + 256) },
+    ]);
+    token = out.token!;
+  }
+  const prefillSeconds = (performance.now() - p0) / 1000;
+  const t0 = performance.now();
+  for (let i = 0; i < tokens; i++) {
+    const [out] = await engine.forward([{ seq, position: context + i, tokens: Int32Array.of(token) }]);
+    token = out.token!;
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  await engine.release(seq);
+  return { prefillTokensPerSecond: context / prefillSeconds, tokensPerSecond: tokens / seconds };
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       threads: { type: "string", default: "2" },
       tokens: { type: "string", default: "32" },
       runs: { type: "string", default: "5" },
+      context: { type: "string", default: "2048" },
       model: { type: "string" },
     },
   });
   const threads = Number(values.threads);
   const tokens = Number(values.tokens);
   const runs = Number(values.runs);
+  const context = Number(values.context);
   const dir = values.model ?? join(packageRoot(), ".cache", "models", "bench-4bit");
   await ensureBenchModel(dir);
   const config = readModelConfig(dir);
@@ -93,15 +130,16 @@ async function main(): Promise<void> {
   );
 
   const results: Run[] = [];
+  let long: LongContext | undefined;
   try {
     // Prefill throughput, for the record (the JSON figures are about decode).
-    const long = Int32Array.from({ length: 256 }, (_, i) => (i * 131 + 7) % config.vocabSize);
+    const chunk = Int32Array.from({ length: 256 }, (_, i) => (i * 131 + 7) % config.vocabSize);
     const p0 = performance.now();
-    await engine.forward([{ seq: 1_000, position: 0, tokens: long }]);
+    await engine.forward([{ seq: 1_000, position: 0, tokens: chunk }]);
     const prefillSeconds = (performance.now() - p0) / 1000;
     await engine.release(1_000);
     console.log(
-      `prefill: ${long.length} tokens in ${prefillSeconds.toFixed(2)} s = ${(long.length / prefillSeconds).toFixed(1)} tokens/s`,
+      `prefill: ${chunk.length} tokens in ${prefillSeconds.toFixed(2)} s = ${(chunk.length / prefillSeconds).toFixed(1)} tokens/s`,
     );
     // Run 0 warms the caches and page tables and is not counted.
     for (let run = 0; run <= runs; run++) {
@@ -112,6 +150,12 @@ async function main(): Promise<void> {
         `run ${run}: copy ${(r.bandwidth / 1e9).toFixed(2)} GB/s, read ${(r.readBandwidth / 1e9).toFixed(2)} GB/s, decode ${r.tokensPerSecond.toFixed(2)} tokens/s x ` +
           `${(r.bytesPerToken / 1e6).toFixed(1)} MB = ${((r.tokensPerSecond * r.bytesPerToken) / 1e9).toFixed(2)} GB/s ` +
           `(${(r.fraction * 100).toFixed(1)}%), ${(r.cpuSecondsPerToken * 1000).toFixed(1)} ms cpu per token`,
+      );
+    }
+    if (context > 0) {
+      long = await longContextRun(engine, 2_000, context, tokens, config.vocabSize);
+      console.log(
+        `after a ${context}-token prompt (prefilled at ${long.prefillTokensPerSecond.toFixed(1)} tokens/s): decode ${long.tokensPerSecond.toFixed(2)} tokens/s`,
       );
     }
   } finally {
@@ -138,6 +182,10 @@ async function main(): Promise<void> {
     `bandwidth fraction: ${(fraction * 100).toFixed(1)}% of the copy bandwidth (read + written bytes), ` +
       `${(readFraction * 100).toFixed(1)}% of the read-only bandwidth (medians of the per-run ratios)`,
   );
+  if (long)
+    console.log(
+      `decode after ${context} tokens of context: ${long.tokensPerSecond.toFixed(2)} tokens/s = ${(long.tokensPerSecond / tokensPerSecond).toFixed(2)} of the short-context rate`,
+    );
   console.log(
     JSON.stringify({
       bench: "engine",
@@ -146,6 +194,12 @@ async function main(): Promise<void> {
       bandwidth_gbs: Number((bandwidth / 1e9).toFixed(3)),
       bandwidth_fraction: Number(fraction.toFixed(4)),
       threads,
+      ...(long && {
+        context,
+        context_prefill_tps: Number(long.prefillTokensPerSecond.toFixed(2)),
+        context_decode_tps: Number(long.tokensPerSecond.toFixed(3)),
+        context_decode_ratio: Number((long.tokensPerSecond / tokensPerSecond).toFixed(3)),
+      }),
     }),
   );
 }

@@ -4,8 +4,6 @@ import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { packageRoot } from "./paths.js";
-import { decodeDataFrame, encodeDataFrame } from "./wire-codec.js";
-import type { DataFrameOut } from "./wire-types.js";
 
 /** How every process decodes the proto: the shapes in common/wire-types.ts depend on these options. */
 export const protoLoaderOptions: protoLoader.Options = {
@@ -36,44 +34,13 @@ export function protoPath(): string {
 }
 
 function packageDefinition(): protoLoader.PackageDefinition {
-  loaded ??= withDataFrameCodec(protoLoader.loadSync(protoPath(), protoLoaderOptions));
+  loaded ??= protoLoader.loadSync(protoPath(), protoLoaderOptions);
   return loaded;
-}
-
-const serviceName = "studio.cluster.v1.StudioNode";
-
-/**
- * The DataFrame messages (Data both ways, Results replies) use common/wire-codec.ts instead of proto-loader's
- * generic codec: they are written once per hop per token, where the generic path's cost shows in the hop
- * latency. Same bytes on the wire, same objects out; the generic decoder still takes what the fast one does not
- * expect.
- */
-function withDataFrameCodec(pkg: protoLoader.PackageDefinition): protoLoader.PackageDefinition {
-  const service = pkg[serviceName] as protoLoader.ServiceDefinition;
-  const { Data, Results } = service;
-  const generic = Data.requestDeserialize;
-  const decode = (buf: Buffer) => decodeDataFrame(buf, generic);
-  // grpc-js hands over whatever the caller wrote; the encoder checks the shape it needs.
-  const codec = { serialize: (frame: object) => encodeDataFrame(frame as DataFrameOut), deserialize: decode };
-  return {
-    ...pkg,
-    [serviceName]: {
-      ...service,
-      Data: {
-        ...Data,
-        requestSerialize: codec.serialize,
-        requestDeserialize: codec.deserialize,
-        responseSerialize: codec.serialize,
-        responseDeserialize: codec.deserialize,
-      },
-      Results: { ...Results, responseSerialize: codec.serialize, responseDeserialize: codec.deserialize },
-    },
-  };
 }
 
 /** The StudioNode service, for grpc.Server.addService. */
 export function studioNodeService(): grpc.ServiceDefinition {
-  return packageDefinition()[serviceName] as grpc.ServiceDefinition;
+  return packageDefinition()["studio.cluster.v1.StudioNode"] as grpc.ServiceDefinition;
 }
 
 /** Constructor of an untyped StudioNode client; common/wire-client.ts wraps it with types and the key. */

@@ -1,8 +1,9 @@
 // One engine shard and its work queue. Frames from the inbound Data stream become queued items; whenever the
 // engine is free, the queued items of one wave (at most one item per sequence, so positions stay in order; see
-// stage-queue.ts) run as one engine.forward batch. Outputs go downstream (hidden states) or to the coordinator (sampled tokens). Several
-// stages therefore work at the same time on different sequences, which is where a pipeline's throughput comes
-// from. A bad frame or an engine failure fails only the sequences concerned, with an ERROR frame.
+// stage-queue.ts) run as one engine.forward batch. Outputs go downstream (hidden states) or to the coordinator
+// (sampled tokens). Several stages therefore work at the same time on different sequences, which is where a
+// pipeline's throughput comes from. A bad frame or an engine failure fails only the sequences concerned, with an
+// ERROR frame.
 
 import { errorMessage } from "../common/errors.js";
 import {

@@ -12,78 +12,108 @@ namespace {
 
 /** Positions whose values are weighted together (16 KiB of one kv head's values at head_dim 128: L1). */
 constexpr int64_t kPositionBlock = 32;
+/** Consecutive query rows of one sequence (a prefill chunk) that share each read of the cache. */
+constexpr int64_t kRowBlock = 16;
+/** Bound on one work item's scores (rows x heads x positions floats), so long contexts take fewer rows. */
+constexpr int64_t kMaxScoreFloats = int64_t{4} << 20;
 
 /**
- * The query heads of one row that share a kv head, taken together so each key and value of the cache is read
- * once for all of them (a cache row per position per kv head, instead of once per query head: at long contexts
- * the cache, not the weights, is what a decoded token reads most). Per head the arithmetic and its order are
- * those of one head alone: scores p = dot(q_h, k_p) * scale in order, then exp(s - max), their sum in order,
- * and acc_h[d] += w_p * v_p[d] in order of p.
+ * One work item: query heads [first, first + heads) of rows [row, row + rows) of one sequence, whose positions
+ * are consecutive (row i attends to positions 0..last + i). The heads share one kv head and the rows one cache,
+ * so each cached key and value is read once for all of them (at long contexts the cache, not the weights, is
+ * what a token reads most, and a prefill chunk would otherwise read it once per row and per head).
  */
-class HeadGroup {
- public:
-  HeadGroup(const AttentionShape& shape, int heads_in_group) : shape_(shape), heads_(heads_in_group) {}
+struct Block {
+  const AttentionSegment* segment = nullptr;
+  int64_t row = 0;
+  int64_t rows = 0;
+  int first = 0;
+  /** Last position of the block's first row. */
+  int64_t last = 0;
+};
 
-  /** Heads [first, first + heads) of row `q_row`; their kv head is kv; positions 0..last of `cache`. */
-  void run(const float* q_row, int first, int kv, CpuKvCache& cache, int layer, int64_t last, float* out_row) {
+/**
+ * Computes a Block. Per row and head the arithmetic and its order are those of that head alone: scores
+ * p = dot(q, k_p) * scale in position order, then exp(s - max), their sum in order, acc[d] += w_p * v_p[d] in
+ * order of p, and out = acc * (1 / sum).
+ */
+class BlockAttention {
+ public:
+  BlockAttention(const AttentionShape& shape, int heads) : shape_(shape), heads_(heads) {}
+
+  void run(const Block& b, const float* q, int layer, float* out) {
     const int dim = shape_.head_dim;
-    const int64_t kv_off = static_cast<int64_t>(kv) * dim;
-    const int64_t n = last + 1;
-    scores_.resize(static_cast<size_t>(heads_) * n);
+    const int64_t width = static_cast<int64_t>(shape_.heads) * dim;
+    auto& cache = *static_cast<CpuKvCache*>(b.segment->cache);
+    const int kv = b.first / (shape_.heads / shape_.kv_heads);
+    const int64_t n = b.last + b.rows;  // positions the block's last row attends to
+    n_ = n;
+    scores_.resize(static_cast<size_t>(b.rows * heads_ * n));
     for (int64_t p = 0; p < n; ++p) {
-      const float* k = cache.key(layer, p) + kv_off;
-      for (int h = 0; h < heads_; ++h)
-        scores_[h * n + p] = simd::dot(q_row + static_cast<int64_t>(first + h) * dim, k, dim) * shape_.scale;
+      const float* k = cache.key(layer, p, kv, dim);
+      // Row i sees positions up to last + i.
+      for (int64_t i = std::max<int64_t>(0, p - b.last); i < b.rows; ++i) {
+        const float* q_row = q + (b.row + i) * width + static_cast<int64_t>(b.first) * dim;
+        for (int h = 0; h < heads_; ++h) score(i, h)[p] = simd::dot(q_row + h * dim, k, dim) * shape_.scale;
+      }
     }
-    inv_denom_.resize(heads_);
-    for (int h = 0; h < heads_; ++h) inv_denom_[h] = 1.0f / softmax_numerators(scores_.data() + h * n, n);
-    acc_.assign(static_cast<size_t>(heads_) * dim, 0.0f);
+    inv_denom_.resize(b.rows * heads_);
+    for (int64_t i = 0; i < b.rows; ++i)
+      for (int h = 0; h < heads_; ++h) inv_denom_[i * heads_ + h] = 1.0f / softmax_numerators(score(i, h), b.last + i + 1);
+    acc_.assign(static_cast<size_t>(b.rows * heads_ * dim), 0.0f);
     for (int64_t p0 = 0; p0 < n; p0 += kPositionBlock)
-      weighted_values(cache, layer, kv_off, p0, std::min(n, p0 + kPositionBlock), n);
-    for (int h = 0; h < heads_; ++h) {
-      float* dst = out_row + static_cast<int64_t>(first + h) * dim;
-      for (int d = 0; d < dim; ++d) dst[d] = acc_[h * dim + d] * inv_denom_[h];
-    }
+      for (int64_t i = 0; i < b.rows; ++i) {
+        const int64_t p1 = std::min(p0 + kPositionBlock, b.last + i + 1);
+        if (p1 > p0) weighted_values(cache, layer, kv, i, p0, p1);
+      }
+    for (int64_t i = 0; i < b.rows; ++i)
+      for (int h = 0; h < heads_; ++h) {
+        float* dst = out + (b.row + i) * width + static_cast<int64_t>(b.first + h) * dim;
+        const float* acc = accumulator(i, h);
+        const float inv = inv_denom_[i * heads_ + h];
+        for (int d = 0; d < dim; ++d) dst[d] = acc[d] * inv;
+      }
   }
 
  private:
+  float* score(int64_t i, int h) { return scores_.data() + (i * heads_ + h) * n_; }
+  float* accumulator(int64_t i, int h) { return acc_.data() + (i * heads_ + h) * shape_.head_dim; }
+
   /**
-   * acc_h += w_h,p * v_p for positions [p0, p1), every head of the group: per vector of dims, the heads'
-   * accumulators stay in registers while the positions' values (in L1 for the block) are read once for all.
+   * acc += w_p * v_p for row i's heads over positions [p0, p1): per vector of dims, the heads' accumulators stay
+   * in registers while the positions' values (in L1 for the block, and for the next rows) are read once for all.
    */
-  void weighted_values(CpuKvCache& cache, int layer, int64_t kv_off, int64_t p0, int64_t p1, int64_t n) {
+  void weighted_values(CpuKvCache& cache, int layer, int kv, int64_t i, int64_t p0, int64_t p1) {
     switch (heads_) {
-      case 1: return weighted_values_of<1>(cache, layer, kv_off, p0, p1, n);
-      case 2: return weighted_values_of<2>(cache, layer, kv_off, p0, p1, n);
-      case 3: return weighted_values_of<3>(cache, layer, kv_off, p0, p1, n);
-      case 4: return weighted_values_of<4>(cache, layer, kv_off, p0, p1, n);
-      case 6: return weighted_values_of<6>(cache, layer, kv_off, p0, p1, n);
-      case 8: return weighted_values_of<8>(cache, layer, kv_off, p0, p1, n);
+      case 1: return weighted_values_of<1>(cache, layer, kv, i, 0, p0, p1);
+      case 2: return weighted_values_of<2>(cache, layer, kv, i, 0, p0, p1);
+      case 3: return weighted_values_of<3>(cache, layer, kv, i, 0, p0, p1);
+      case 4: return weighted_values_of<4>(cache, layer, kv, i, 0, p0, p1);
+      case 6: return weighted_values_of<6>(cache, layer, kv, i, 0, p0, p1);
+      case 8: return weighted_values_of<8>(cache, layer, kv, i, 0, p0, p1);
       default:
-        for (int h0 = 0; h0 < heads_; ++h0) weighted_values_of<1>(cache, layer, kv_off, p0, p1, n, h0);
+        for (int h = 0; h < heads_; ++h) weighted_values_of<1>(cache, layer, kv, i, h, p0, p1);
     }
   }
 
-  /** weighted_values for heads [h0, h0 + H) (the arithmetic per element: acc + w * v, in position order). */
+  /** weighted_values for heads [h0, h0 + H) of row i (per element: acc + w * v, in position order). */
   template <int H>
-  void weighted_values_of(CpuKvCache& cache, int layer, int64_t kv_off, int64_t p0, int64_t p1, int64_t n,
-                          int h0 = 0) {
+  void weighted_values_of(CpuKvCache& cache, int layer, int kv, int64_t i, int h0, int64_t p0, int64_t p1) {
     const int dim = shape_.head_dim;
     int d = 0;
     for (; d + simd::kLanes <= dim; d += simd::kLanes) {
       simd::V acc[H];
-      for (int h = 0; h < H; ++h) acc[h] = simd::load(acc_.data() + (h0 + h) * dim + d);
+      for (int h = 0; h < H; ++h) acc[h] = simd::load(accumulator(i, h0 + h) + d);
       for (int64_t p = p0; p < p1; ++p) {
-        const simd::V v = simd::load(cache.value(layer, p) + kv_off + d);
-        for (int h = 0; h < H; ++h)
-          acc[h] = simd::add(acc[h], simd::mul(simd::set1(scores_[(h0 + h) * n + p]), v));
+        const simd::V v = simd::load(cache.value(layer, p, kv, dim) + d);
+        for (int h = 0; h < H; ++h) acc[h] = simd::add(acc[h], simd::mul(simd::set1(score(i, h0 + h)[p]), v));
       }
-      for (int h = 0; h < H; ++h) simd::store(acc_.data() + (h0 + h) * dim + d, acc[h]);
+      for (int h = 0; h < H; ++h) simd::store(accumulator(i, h0 + h) + d, acc[h]);
     }
     for (; d < dim; ++d)
       for (int h = 0; h < H; ++h) {
-        float& a = acc_[(h0 + h) * dim + d];
-        for (int64_t p = p0; p < p1; ++p) a += scores_[(h0 + h) * n + p] * cache.value(layer, p)[kv_off + d];
+        float& a = accumulator(i, h0 + h)[d];
+        for (int64_t p = p0; p < p1; ++p) a += score(i, h0 + h)[p] * cache.value(layer, p, kv, dim)[d];
       }
   }
 
@@ -101,6 +131,7 @@ class HeadGroup {
 
   const AttentionShape& shape_;
   const int heads_;
+  int64_t n_ = 0;
   std::vector<float> scores_, inv_denom_, acc_;
 };
 
@@ -108,31 +139,39 @@ class HeadGroup {
  * Query heads per work item: the whole group sharing a kv head, unless that leaves threads idle (one decode row
  * has only kv_heads groups); then halves of it, down to one head. Results do not depend on it.
  */
-int heads_per_item(const AttentionShape& shape, int64_t rows, int threads) {
+int heads_per_item(const AttentionShape& shape, int64_t row_blocks, int threads) {
   int per = shape.heads / shape.kv_heads;
-  while (per > 1 && per % 2 == 0 && rows * (shape.heads / per) < 2 * threads) per /= 2;
+  while (per > 1 && per % 2 == 0 && row_blocks * (shape.heads / per) < 2 * threads) per /= 2;
   return per;
+}
+
+/** The batch's rows in blocks of consecutive rows of one sequence (one block per decode step). */
+std::vector<Block> row_blocks(std::span<const AttentionSegment> segments, int heads_per_item) {
+  std::vector<Block> blocks;
+  for (const AttentionSegment& s : segments) {
+    const int64_t positions = s.position + s.rows;
+    const int64_t fit = kMaxScoreFloats / (static_cast<int64_t>(heads_per_item) * positions);
+    const int64_t per_block = std::clamp<int64_t>(fit, 1, kRowBlock);
+    for (int64_t r = 0; r < s.rows; r += per_block)
+      blocks.push_back({&s, s.row + r, std::min(per_block, s.rows - r), 0, s.position + r});
+  }
+  return blocks;
 }
 
 }  // namespace
 
 void grouped_attention(ThreadPool& pool, const float* q, int64_t rows, int layer,
                        std::span<const AttentionSegment> segments, const AttentionShape& shape, float* out) {
-  const int64_t width = static_cast<int64_t>(shape.heads) * shape.head_dim;
-  std::vector<int> segment_of_row(rows, -1);
-  for (size_t i = 0; i < segments.size(); ++i)
-    for (int64_t t = 0; t < segments[i].rows; ++t) segment_of_row[segments[i].row + t] = static_cast<int>(i);
-  const int group = shape.heads / shape.kv_heads;
+  // Heads per item are chosen from the row count first, so a decode batch still spreads over the threads.
   const int per = heads_per_item(shape, rows, pool.size());
-  const int64_t items_per_row = shape.heads / per;
-  pool.parallel_for(rows * items_per_row, 1, [&](int64_t begin, int64_t end) {
-    HeadGroup heads(shape, per);
+  const std::vector<Block> blocks = row_blocks(segments, per);
+  const int64_t head_items = shape.heads / per;
+  pool.parallel_for(static_cast<int64_t>(blocks.size()) * head_items, 1, [&](int64_t begin, int64_t end) {
+    BlockAttention attention(shape, per);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t r = item / items_per_row;
-      const int first = static_cast<int>(item % items_per_row) * per;
-      const AttentionSegment& s = segments[segment_of_row[r]];
-      auto* cache = static_cast<CpuKvCache*>(s.cache);
-      heads.run(q + r * width, first, first / group, *cache, layer, s.position + (r - s.row), out + r * width);
+      Block b = blocks[item / head_items];
+      b.first = static_cast<int>(item % head_items) * per;
+      attention.run(b, q, layer, out);
     }
   });
 }

@@ -172,13 +172,14 @@ void CpuBackend::attention(const Activations& q, const Activations& k, const Act
   const auto& ka = cast(k);
   const auto& va = cast(v);
   auto& oa = cast(out);
-  const int kv_width = shape.kv_heads * shape.head_dim;
+  const int dim = shape.head_dim;
   for (const AttentionSegment& s : segments) {
     auto* cache = static_cast<CpuKvCache*>(s.cache);
-    for (int64_t t = 0; t < s.rows; ++t) {
-      std::memcpy(cache->key(layer, s.position + t), ka.row(s.row + t), kv_width * sizeof(float));
-      std::memcpy(cache->value(layer, s.position + t), va.row(s.row + t), kv_width * sizeof(float));
-    }
+    for (int64_t t = 0; t < s.rows; ++t)
+      for (int h = 0; h < shape.kv_heads; ++h) {
+        std::memcpy(cache->key(layer, s.position + t, h, dim), ka.row(s.row + t) + h * dim, dim * sizeof(float));
+        std::memcpy(cache->value(layer, s.position + t, h, dim), va.row(s.row + t) + h * dim, dim * sizeof(float));
+      }
   }
   grouped_attention(pool_, qa.data.data(), qa.rows, layer, segments, shape, oa.data.data());
 }

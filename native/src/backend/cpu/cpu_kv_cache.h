@@ -1,5 +1,6 @@
 // KV cache of one sequence on the cpu backend: f32 keys and values in blocks of kBlock positions, so growth
-// never moves what is already stored. Block layout: [layer][k|v][position in block][kv_width].
+// never moves what is already stored. Block layout: [layer][k|v][kv head][position in block][head_dim], so one kv
+// head's keys (and values) are contiguous within a block and attention reads them as one sequential stream.
 #pragma once
 
 #include <cstring>
@@ -33,15 +34,17 @@ class CpuKvCache final : public KvCache {
     return copy;
   }
 
-  float* key(int layer, int64_t pos) { return slot(layer, 0, pos); }
-  float* value(int layer, int64_t pos) { return slot(layer, 1, pos); }
+  /** The key of kv head `head` at `pos`: head_dim floats (head_dim * kv heads = the cache's kv width). */
+  float* key(int layer, int64_t pos, int head, int head_dim) { return slot(layer, 0, pos, head, head_dim); }
+  float* value(int layer, int64_t pos, int head, int head_dim) { return slot(layer, 1, pos, head, head_dim); }
   int kv_width() const { return kv_width_; }
 
  private:
   size_t block_floats() const { return static_cast<size_t>(layers_) * 2 * kBlock * kv_width_; }
-  float* slot(int layer, int which, int64_t pos) {
+  float* slot(int layer, int which, int64_t pos, int head, int head_dim) {
     float* block = blocks_[pos / kBlock].get();
-    return block + ((static_cast<size_t>(layer) * 2 + which) * kBlock + pos % kBlock) * kv_width_;
+    const size_t heads = static_cast<size_t>(kv_width_ / head_dim);
+    return block + (((static_cast<size_t>(layer) * 2 + which) * heads + head) * kBlock + pos % kBlock) * head_dim;
   }
 
   int layers_;

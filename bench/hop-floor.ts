@@ -54,6 +54,33 @@ function percentiles(latencies: number[]): LinkLatency {
 }
 
 /** Spawns the receiver, sends over TCP and then over gRPC, and returns both links' percentiles. */
+/** A decode step's HIDDEN frame (one token of f32 activations), as a stage writes it. */
+export function decodeStepFrame(
+  step: number,
+  payload: Uint8Array,
+  planId: string,
+  sentAtUs: number,
+): DataFrameOut {
+  return {
+    kind: FrameKind.HIDDEN,
+    seq: 1,
+    step,
+    position: 15 + step,
+    count: 1,
+    dtype: Dtype.F32,
+    shape: [1, payload.byteLength / 4],
+    want_result: true,
+    plan_id: planId,
+    origin_at_us: sentAtUs,
+    wave: 0,
+    sampling: null,
+    payload,
+    chunk_index: 0,
+    chunk_count: 1,
+    sent_at_us: sentAtUs,
+  };
+}
+
 export async function measureHopFloor(opts: HopFloorOptions = {}): Promise<HopFloor> {
   const messages = opts.messages ?? 300;
   const gapMs = opts.gapMs ?? 20;
@@ -124,25 +151,7 @@ async function sendGrpc(
   const result = nextMessage(child);
   const payload = new Uint8Array(payloadBytes);
   for (let i = 0; i < messages; i++) {
-    // A decode step's HIDDEN frame, as a stage writes it.
-    const frame: DataFrameOut = {
-      kind: FrameKind.HIDDEN,
-      seq: 1,
-      step: i + 1,
-      position: 16 + i,
-      count: 1,
-      dtype: Dtype.F32,
-      shape: [1, payloadBytes / 4],
-      want_result: true,
-      plan_id: "hop-floor",
-      origin_at_us: nowUs(),
-      wave: 0,
-      sampling: null,
-      payload,
-      chunk_index: 0,
-      chunk_count: 1,
-      sent_at_us: nowUs(),
-    };
+    const frame = decodeStepFrame(i + 1, payload, "hop-floor", nowUs());
     stream.write(frame);
     await sleep(gapMs);
   }

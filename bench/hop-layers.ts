@@ -17,7 +17,8 @@ import * as grpc from "@grpc/grpc-js";
 import { NodeClient } from "../common/wire-client.js";
 import { nowUs } from "../common/wire-frames.js";
 import { serverOptions, studioNodeService } from "../common/wire-proto.js";
-import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire-types.js";
+import type { DataFrame, DataFrameOut } from "../common/wire-types.js";
+import { decodeStepFrame } from "./hop-floor.js";
 import { median, round } from "./stats.js";
 
 const receiverFlag = "--hop-layers-receiver";
@@ -112,24 +113,7 @@ async function sender(messages: number, gapMs: number, payloadBytes: number): Pr
     const payload = new Uint8Array(payloadBytes);
     for (let i = 0; i < messages; i++) {
       const sentAt = nowUs();
-      stream.write({
-        kind: FrameKind.HIDDEN,
-        seq: 1,
-        step: i + 1,
-        position: 16 + i,
-        count: 1,
-        dtype: Dtype.F32,
-        shape: [1, payloadBytes / 4],
-        want_result: true,
-        plan_id: "hop-layers",
-        origin_at_us: sentAt,
-        wave: 0,
-        sampling: null,
-        payload,
-        chunk_index: 0,
-        chunk_count: 1,
-        sent_at_us: sentAt,
-      } satisfies DataFrameOut);
+      stream.write(decodeStepFrame(i + 1, payload, "hop-layers", sentAt));
       writeReturns.push(nowUs() - sentAt);
       await new Promise((r) => setTimeout(r, gapMs));
     }

@@ -6,7 +6,7 @@ import { ClusterError } from "../common/errors.js";
 import { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { Engine } from "../native/engine-api.js";
-import { openEngine } from "../native/index.js";
+
 import {
   type AgentProcess,
   collect,
@@ -14,6 +14,7 @@ import {
   evenPlan,
   newClusterKey,
   numLayersOf,
+  openWholeModel,
   referenceRun,
   spawnAgent,
 } from "./pipeline-cluster.js";
@@ -89,14 +90,7 @@ describe("losing a stage", () => {
     const got = await collect(scheduler.generate({ prompt, maxTokens: 16, sampling: {}, stopTokenIds: [] }));
     let reference: Engine | undefined;
     try {
-      reference = await openEngine({
-        modelDir,
-        layerStart: 0,
-        layerEnd: numLayers,
-        embed: true,
-        head: true,
-        threads: 1,
-      });
+      reference = await openWholeModel(modelDir);
       expect(got.tokens).toEqual(await referenceRun(reference, 1, prompt, 16, {}));
     } finally {
       await reference?.close();

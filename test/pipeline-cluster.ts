@@ -204,6 +204,18 @@ export async function referenceRun(
   return result;
 }
 
+/** Every layer of the model in one in-process engine (one thread): the reference a pipeline must reproduce. */
+export function openWholeModel(modelDir: string): Promise<Engine> {
+  return openEngine({
+    modelDir,
+    layerStart: 0,
+    layerEnd: numLayersOf(modelDir),
+    embed: true,
+    head: true,
+    threads: 1,
+  });
+}
+
 /** Node-agent processes serving the tiny model as one even pipeline, and the whole model in one engine here. */
 export interface TinyCluster {
   agents: AgentProcess[];
@@ -224,14 +236,7 @@ export async function startTinyCluster(name: string, stages: number): Promise<Ti
     plan: evenPlan(`plan-${name}`, agents, numLayers),
     clusterKey: key,
   });
-  const reference = await openEngine({
-    modelDir,
-    layerStart: 0,
-    layerEnd: numLayers,
-    embed: true,
-    head: true,
-    threads: 1,
-  });
+  const reference = await openWholeModel(modelDir);
   return {
     agents,
     pipeline,

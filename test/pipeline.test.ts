@@ -13,7 +13,7 @@ import { type DataFrame, Dtype, FrameKind, type NodeStatus } from "../common/wir
 import { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { Engine, SamplingParams } from "../native/engine-api.js";
-import { openEngine } from "../native/index.js";
+
 import {
   type AgentProcess,
   collect,
@@ -21,6 +21,7 @@ import {
   evenPlan,
   newClusterKey,
   numLayersOf,
+  openWholeModel,
   referenceRun,
   spawnAgent,
 } from "./pipeline-cluster.js";
@@ -51,14 +52,7 @@ beforeAll(async () => {
   pipeline = await Pipeline.start({ plan: evenPlan("plan-3", agents, numLayers), clusterKey: key });
   scheduler = new Scheduler({ contextWindow: 4096 });
   scheduler.attach(pipeline);
-  reference = await openEngine({
-    modelDir,
-    layerStart: 0,
-    layerEnd: numLayers,
-    embed: true,
-    head: true,
-    threads: 1,
-  });
+  reference = await openWholeModel(modelDir);
 });
 
 afterAll(async () => {

@@ -50,7 +50,7 @@ export function readModelFootprint(modelDir: string): ModelFootprint {
       headBytes += bytes;
     }
   }
-  const missing = layerBytes.findIndex((b) => b === 0);
+  const missing = layerBytes.indexOf(0);
   if (missing >= 0)
     throw new Error(`${modelDir}: no tensors for layer ${missing} (model.layers.${missing}.*)`);
   return {

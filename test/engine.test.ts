@@ -222,6 +222,26 @@ describe("determinism", () => {
     expect(bytesOf(chunked.logits).equals(bytesOf(whole.logits))).toBe(true);
   });
 
+  it("a long prompt (several attention row and position blocks) equals its prefill in uneven chunks bit for bit", async () => {
+    // 75 tokens: the cpu attention takes query rows in blocks of 16 and cached positions in blocks of 32.
+    const long = Array.from({ length: 75 }, (_, i) => 3 + ((i * 37) % 1000));
+    const whole = await one(engine, { seq: 22, position: 0, tokens: tokens(long), returnLogits: true });
+    let last: ForwardOutput | undefined;
+    for (const [start, end] of [
+      [0, 7],
+      [7, 40],
+      [40, 41],
+      [41, 75],
+    ])
+      last = await one(engine, {
+        seq: 23,
+        position: start,
+        tokens: tokens(long.slice(start, end)),
+        returnLogits: true,
+      });
+    expect(bytesOf(last?.logits).equals(bytesOf(whole.logits))).toBe(true);
+  });
+
   it("a sequence's outputs do not change when it shares a batch with others", async () => {
     const alone = await greedyRun(engine, 30, PROMPT, 3);
     const otherA = [9, 8, 7];

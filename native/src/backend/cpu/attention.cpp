@@ -12,6 +12,8 @@ namespace {
 
 /** Positions whose values are weighted together (16 KiB of one kv head's values at head_dim 128: L1). */
 constexpr int64_t kPositionBlock = 32;
+// Position blocks start at multiples of kPositionBlock, so each lies within one cache block.
+static_assert(CpuKvCache::kBlock % kPositionBlock == 0);
 /** Consecutive query rows of one sequence (a prefill chunk) that share each read of the cache. */
 constexpr int64_t kRowBlock = 16;
 /** Bound on one work item's scores (rows x heads x positions floats), so long contexts take fewer rows. */
@@ -100,12 +102,14 @@ class BlockAttention {
   template <int H>
   void weighted_values_of(CpuKvCache& cache, int layer, int kv, int64_t i, int h0, int64_t p0, int64_t p1) {
     const int dim = shape_.head_dim;
+    // The block's positions lie in one cache block, where a kv head's values are consecutive rows of dim floats.
+    const float* values = cache.value(layer, p0, kv, dim) - p0 * dim;
     int d = 0;
     for (; d + simd::kLanes <= dim; d += simd::kLanes) {
       simd::V acc[H];
       for (int h = 0; h < H; ++h) acc[h] = simd::load(accumulator(i, h0 + h) + d);
       for (int64_t p = p0; p < p1; ++p) {
-        const simd::V v = simd::load(cache.value(layer, p, kv, dim) + d);
+        const simd::V v = simd::load(values + p * dim + d);
         for (int h = 0; h < H; ++h) acc[h] = simd::add(acc[h], simd::mul(simd::set1(score(i, h0 + h)[p]), v));
       }
       for (int h = 0; h < H; ++h) simd::store(accumulator(i, h0 + h) + d, acc[h]);
@@ -113,7 +117,7 @@ class BlockAttention {
     for (; d < dim; ++d)
       for (int h = 0; h < H; ++h) {
         float& a = accumulator(i, h0 + h)[d];
-        for (int64_t p = p0; p < p1; ++p) a += score(i, h0 + h)[p] * cache.value(layer, p, kv, dim)[d];
+        for (int64_t p = p0; p < p1; ++p) a += score(i, h0 + h)[p] * values[p * dim + d];
       }
   }
 
@@ -139,9 +143,9 @@ class BlockAttention {
  * Query heads per work item: the whole group sharing a kv head, unless that leaves threads idle (one decode row
  * has only kv_heads groups); then halves of it, down to one head. Results do not depend on it.
  */
-int heads_per_item(const AttentionShape& shape, int64_t row_blocks, int threads) {
+int heads_per_item(const AttentionShape& shape, int64_t rows, int threads) {
   int per = shape.heads / shape.kv_heads;
-  while (per > 1 && per % 2 == 0 && row_blocks * (shape.heads / per) < 2 * threads) per /= 2;
+  while (per > 1 && per % 2 == 0 && rows * (shape.heads / per) < 2 * threads) per /= 2;
   return per;
 }
 

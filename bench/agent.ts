@@ -8,7 +8,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { packageRoot } from "../common/paths.js";
-import { startApiCluster } from "../test/api-cluster.js";
+import { startApiCluster } from "../test/helpers/api-cluster.js";
 import { median, round } from "./stats.js";
 
 const turns = 5;

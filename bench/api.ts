@@ -2,9 +2,9 @@
 // through the scheduler directly and through POST /v1/chat/completions and /v1/completions (streaming SSE,
 // read by a fetch client in this process), alternately, in one run. Overhead per token = (API time - direct
 // time) / tokens, medians over the repeats. Target: < 0.5 ms/token. Ends with ONE JSON line of figures.
-import { ChatFormatter } from "../coordinator/chat/chat-formatter.js";
-import { fromChatCompletions } from "../coordinator/chat/conversation.js";
-import { startApiCluster } from "../test/api-cluster.js";
+import { ChatFormatter } from "../chat/chat-formatter.js";
+import { fromChatCompletions } from "../chat/conversation.js";
+import { startApiCluster } from "../test/helpers/api-cluster.js";
 import { median } from "./stats.js";
 
 const maxTokens = Number(process.env.BENCH_TOKENS ?? 200);

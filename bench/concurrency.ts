@@ -18,7 +18,7 @@ import {
   newClusterKey,
   numLayersOf,
   spawnAgent,
-} from "../test/pipeline-cluster.js";
+} from "../test/helpers/pipeline-cluster.js";
 import { median, round } from "./stats.js";
 
 const decodeTokens = Number(process.env.BENCH_TOKENS ?? 32);

@@ -7,9 +7,9 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { makeModel } from "../cli/make-model/index.js";
+import type { BackendName } from "../common/engine-api.js";
 import { readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
-import type { BackendName } from "../native/engine-api.js";
 import { availableBackends, mlxInfo, openEngine } from "../native/index.js";
 import { median } from "./stats.js";
 

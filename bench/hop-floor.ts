@@ -9,11 +9,11 @@ import { randomBytes } from "node:crypto";
 import { connect, createServer, type Socket } from "node:net";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import { clusterKeyProblem } from "../common/wire-auth.js";
-import { NodeClient } from "../common/wire-client.js";
-import { nowUs } from "../common/wire-frames.js";
-import { serverOptions, studioNodeService } from "../common/wire-proto.js";
-import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire-types.js";
+import { clusterKeyProblem } from "../common/wire/auth.js";
+import { NodeClient } from "../common/wire/client.js";
+import { nowUs } from "../common/wire/frames.js";
+import { serverOptions, studioNodeService } from "../common/wire/proto.js";
+import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
 import { median, round } from "./stats.js";
 
 export interface HopFloorOptions {

@@ -14,10 +14,10 @@ import { fork } from "node:child_process";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import { NodeClient } from "../common/wire-client.js";
-import { nowUs } from "../common/wire-frames.js";
-import { serverOptions, studioNodeService } from "../common/wire-proto.js";
-import type { DataFrame, DataFrameOut } from "../common/wire-types.js";
+import { NodeClient } from "../common/wire/client.js";
+import { nowUs } from "../common/wire/frames.js";
+import { serverOptions, studioNodeService } from "../common/wire/proto.js";
+import type { DataFrame, DataFrameOut } from "../common/wire/types.js";
 import { decodeStepFrame } from "./hop-floor.js";
 import { median, round } from "./stats.js";
 

@@ -4,13 +4,14 @@
 // All three pipelines are up at once (the processes map the same files, so the page cache is shared) and
 // their runs are interleaved, so a change in the machine's load hits every configuration alike.
 // Prints a table, then ONE JSON line of figures.
+
+import type { Engine } from "../common/engine-api.js";
 import { readModelConfig } from "../common/model-config.js";
-import { NodeClient } from "../common/wire-client.js";
-import { nowUs } from "../common/wire-frames.js";
-import { FrameKind, type NodeStatus } from "../common/wire-types.js";
+import { NodeClient } from "../common/wire/client.js";
+import { nowUs } from "../common/wire/frames.js";
+import { FrameKind, type NodeStatus } from "../common/wire/types.js";
 import { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
-import type { Engine } from "../native/engine-api.js";
 import { openEngine } from "../native/index.js";
 import {
   type AgentProcess,
@@ -20,7 +21,7 @@ import {
   newClusterKey,
   numLayersOf,
   spawnAgent,
-} from "../test/pipeline-cluster.js";
+} from "../test/helpers/pipeline-cluster.js";
 import { measureHopFloor } from "./hop-floor.js";
 import { median, round } from "./stats.js";
 

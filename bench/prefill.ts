@@ -14,7 +14,7 @@ import {
   newClusterKey,
   numLayersOf,
   spawnAgent,
-} from "../test/pipeline-cluster.js";
+} from "../test/helpers/pipeline-cluster.js";
 import { median, round } from "./stats.js";
 
 const sizes = (process.env.BENCH_PREFILL_SIZES ?? "1024,4096,8192").split(",").map(Number);

@@ -4,7 +4,7 @@
 // samples this process's RSS and the stages' KV bytes. Target: zero errors, memory flat (RSS end vs after
 // warm-up), KV back to zero. Ends with ONE JSON line of figures.
 // BENCH_CLIENTS and BENCH_SECONDS override the defaults.
-import { startApiCluster } from "../test/api-cluster.js";
+import { startApiCluster } from "../test/helpers/api-cluster.js";
 
 const clients = Number(process.env.BENCH_CLIENTS ?? 32);
 const seconds = Number(process.env.BENCH_SECONDS ?? 120);

@@ -1,9 +1,9 @@
 // What a model costs a stage: bytes of weights per layer (held in memory), bytes read per decoded token per layer
 // (decode speed), embedding and head sizes, and KV bytes per token — summed from the real safetensors headers.
 
+import type { BackendName } from "../common/engine-api.js";
 import { readModelConfig } from "../common/model-config.js";
 import { readAllHeaders } from "../common/safetensors.js";
-import type { BackendName } from "../native/engine-api.js";
 
 export interface ModelFootprint {
   numLayers: number;

@@ -5,8 +5,8 @@
 import { EventEmitter } from "node:events";
 import type * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../common/errors.js";
-import { type DataStream, NodeClient } from "../common/wire-client.js";
-import type { DataFrame, DataFrameOut, LoadProgress, NodeStatus } from "../common/wire-types.js";
+import { type DataStream, NodeClient } from "../common/wire/client.js";
+import type { DataFrame, DataFrameOut, LoadProgress, NodeStatus } from "../common/wire/types.js";
 import type { Plan, PlanStage } from "./planner.js";
 
 /** The parts of a planner Plan that the pipeline needs (a Plan is one). */

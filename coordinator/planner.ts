@@ -14,8 +14,8 @@
 // 4. If no split fits, a ClusterError("cluster_not_ready") states the bytes needed and available per node.
 import { randomBytes } from "node:crypto";
 import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
+import type { BackendName } from "../common/engine-api.js";
 import { ClusterError } from "../common/errors.js";
-import type { BackendName } from "../native/engine-api.js";
 import { kvBytesPerTokenPerLayer, type ModelFootprint } from "./model-footprint.js";
 
 export interface PlannerNode {

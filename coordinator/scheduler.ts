@@ -5,11 +5,11 @@
 // cluster_not_ready until attach() hands over a new pipeline.
 import { EventEmitter } from "node:events";
 import { ClusterError, type ClusterErrorCode, errorMessage } from "../common/errors.js";
-import { encodeTokens, nowUs, toWireSampling } from "../common/wire-frames.js";
-import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire-types.js";
-import type { GenerationEvent, GenerationRequest, TokenGenerator } from "./generation.js";
+import { encodeTokens, nowUs, toWireSampling } from "../common/wire/frames.js";
+import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
 import { describeLoss, type LostNode, type Pipeline } from "./pipeline.js";
 import { PrefixCache } from "./prefix-cache.js";
+import type { GenerationEvent, GenerationRequest, TokenGenerator } from "./token-generator.js";
 
 export interface SchedulerOptions {
   /** Longest prompt + output accepted, in tokens. */

@@ -3,8 +3,6 @@
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
-import { type ModelConfig, readModelConfig } from "../common/model-config.js";
-import { packageRoot } from "../common/paths.js";
 import type {
   BackendName,
   Engine,
@@ -12,7 +10,9 @@ import type {
   ForwardItem,
   ForwardOutput,
   OpenOptions,
-} from "./engine-api.js";
+} from "../common/engine-api.js";
+import { type ModelConfig, readModelConfig } from "../common/model-config.js";
+import { packageRoot } from "../common/paths.js";
 
 /** stats() plus what benches need: weight bytes the forward passes read so far (routed experts only). */
 export interface NativeEngineStats extends EngineStats {

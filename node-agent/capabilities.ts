@@ -6,7 +6,7 @@ import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
 import { errorMessage } from "../common/errors.js";
 import { readModelConfig } from "../common/model-config.js";
 import { readAllHeaders } from "../common/safetensors.js";
-import type { Capabilities, ModelInfo } from "../common/wire-types.js";
+import type { Capabilities, ModelInfo } from "../common/wire/types.js";
 
 const LAYER_TENSOR = /^model\.layers\.(\d+)\./;
 

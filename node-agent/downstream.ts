@@ -2,8 +2,8 @@
 // address in LoadShard). A broken stream is reopened on the next write; frames written while it is down are
 // lost, and the coordinator learns of the dead neighbour from that node's Status heartbeat.
 import { errorMessage } from "../common/errors.js";
-import { type DataStream, NodeClient } from "../common/wire-client.js";
-import type { DataFrame, DataFrameOut } from "../common/wire-types.js";
+import { type DataStream, NodeClient } from "../common/wire/client.js";
+import type { DataFrame, DataFrameOut } from "../common/wire/types.js";
 import type { FrameSink } from "./stage.js";
 
 export class DownstreamLink implements FrameSink {

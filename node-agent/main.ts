@@ -3,8 +3,8 @@
 // it listens, serves until SIGTERM/SIGINT. The key comes from --key or STUDIO_CLUSTER_KEY (the environment keeps
 // it out of `ps`).
 import { parseArgs } from "node:util";
-import { loadWireTls, useWireTls, wireTlsFilesOf } from "../common/wire-tls.js";
-import type { BackendChoice } from "../native/engine-api.js";
+import type { BackendChoice } from "../common/engine-api.js";
+import { loadWireTls, useWireTls, wireTlsFilesOf } from "../common/wire/tls.js";
 import { startNodeAgent } from "./server.js";
 
 function usage(problem: string): never {

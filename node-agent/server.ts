@@ -3,12 +3,13 @@
 // stage to its downstream neighbour, and from then on Data frames flow through the stage.
 import { cpus, freemem, totalmem } from "node:os";
 import * as grpc from "@grpc/grpc-js";
+import type { BackendChoice, Engine } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
-import { clusterKeyProblem, unauthenticatedStatus } from "../common/wire-auth.js";
-import { dtypeOfActivation, nowUs } from "../common/wire-frames.js";
-import { serverOptions, studioNodeService } from "../common/wire-proto.js";
-import { serverCredentials } from "../common/wire-tls.js";
+import { clusterKeyProblem, unauthenticatedStatus } from "../common/wire/auth.js";
+import { dtypeOfActivation, nowUs } from "../common/wire/frames.js";
+import { serverOptions, studioNodeService } from "../common/wire/proto.js";
+import { serverCredentials } from "../common/wire/tls.js";
 import {
   type CancelReply,
   type DataFrame,
@@ -24,8 +25,7 @@ import {
   type ResultsRequest,
   type SeqsRequest,
   type StatusRequest,
-} from "../common/wire-types.js";
-import type { BackendChoice, Engine } from "../native/engine-api.js";
+} from "../common/wire/types.js";
 import { availableBackends, measureMemoryBandwidth, mlxInfo, openEngine } from "../native/index.js";
 import { CapabilityReader } from "./capabilities.js";
 import { DownstreamLink } from "./downstream.js";

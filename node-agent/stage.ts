@@ -5,6 +5,7 @@
 // pipeline's throughput comes from. A bad frame or an engine failure fails only the sequences concerned, with an
 // ERROR frame.
 
+import type { Engine, ForwardItem, ForwardOutput, SamplingParams } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import {
   type AssembledItem,
@@ -17,10 +18,9 @@ import {
   nowUs,
   toWireLogprobs,
   toWireSampling,
-} from "../common/wire-frames.js";
-import { LatencyWindow } from "../common/wire-latency.js";
-import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire-types.js";
-import type { Engine, ForwardItem, ForwardOutput, SamplingParams } from "../native/engine-api.js";
+} from "../common/wire/frames.js";
+import { LatencyWindow } from "../common/wire/latency.js";
+import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
 import { WaveQueue } from "./stage-queue.js";
 
 export interface StageConfig {

@@ -2,14 +2,10 @@
 // coordinator's, when the node asked is not the coordinator), then the live picture the dashboard shows (node
 // figures, throughput, requests in flight) from the coordinator's GET /dashboard/snapshot.json.
 import type { Command } from "commander";
+import { type ClusterHealth, isClusterHealth, renderClusterHealth } from "../../cluster/health.js";
+import type { ClusterSnapshot } from "../../cluster/snapshot.js";
+import { isClusterSnapshot, renderSnapshotText } from "../../cluster/status-text.js";
 import { errorMessage } from "../../common/errors.js";
-import {
-  type ClusterHealth,
-  isClusterHealth,
-  renderClusterHealth,
-} from "../../coordinator/cluster-health.js";
-import type { ClusterSnapshot } from "../../coordinator/cluster-snapshot.js";
-import { isClusterSnapshot, renderSnapshotText } from "../../coordinator/snapshot-text.js";
 
 interface StatusOptions {
   api: string;

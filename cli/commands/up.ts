@@ -6,23 +6,23 @@ import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { networkInterfaces } from "node:os";
 import { join, resolve } from "node:path";
 import { type Command, InvalidArgumentError, Option } from "commander";
+import { type ApiServer, isLoopback, startApiServer } from "../../api/server.js";
+import { ClusterController } from "../../cluster/controller.js";
+import { BonjourDiscovery } from "../../cluster/discovery.js";
+import { humanBytes } from "../../cluster/health.js";
+import { Membership, parseHostPort } from "../../cluster/membership.js";
 import {
   claimNodeId,
   clusterHome,
   loadOrCreateClusterKey,
   type NodeIdentity,
 } from "../../common/cluster-key.js";
+import type { BackendChoice } from "../../common/engine-api.js";
 import { ClusterError, errorMessage } from "../../common/errors.js";
 import { readModelConfig } from "../../common/model-config.js";
 import { packageVersion } from "../../common/paths.js";
-import { loadWireTls, useWireTls, wireTlsFilesOf } from "../../common/wire-tls.js";
-import { type ApiServer, isLoopback, startApiServer } from "../../coordinator/api/server.js";
-import { humanBytes } from "../../coordinator/cluster-health.js";
-import { ClusterController } from "../../coordinator/controller.js";
-import { BonjourDiscovery } from "../../coordinator/discovery.js";
-import { Membership, parseHostPort } from "../../coordinator/membership.js";
+import { loadWireTls, useWireTls, wireTlsFilesOf } from "../../common/wire/tls.js";
 import { readModelFootprint } from "../../coordinator/model-footprint.js";
-import type { BackendChoice } from "../../native/engine-api.js";
 import { availableBackends } from "../../native/index.js";
 import { type Advertisement, advertiseNode } from "../../node-agent/advertise.js";
 import { modelIdOf } from "../../node-agent/capabilities.js";

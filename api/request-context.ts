@@ -1,0 +1,127 @@
+// What every generating route does first: find the cluster, check the model name, read sampling settings,
+// render + tokenize, fit the prompt in the window, then start the run.
+
+import { ChatFormatter } from "../chat/chat-formatter.js";
+import type { Conversation } from "../chat/conversation.js";
+import { RequestError } from "../chat/request-error.js";
+import type { SamplingParams } from "../common/engine-api.js";
+import { ClusterError } from "../common/errors.js";
+import type { TokenGenerator } from "../coordinator/token-generator.js";
+import { ModelNotFoundError } from "./errors.js";
+import { budgetTokens, GenerationRun, type PreparedGeneration } from "./generation-run.js";
+import type { RequestApi, RequestLog } from "./request-log.js";
+
+export interface ApiDeps {
+  generator(): TokenGenerator | undefined;
+  modelDir: string;
+  modelId: string;
+  /** Where the route's requests are recorded for the dashboard and /metrics, under the route's API kind. */
+  requests?: RequestLog;
+  api?: RequestApi;
+  /** Longest a generation may run, end to end (ApiServerOptions.requestTimeoutMs). */
+  requestTimeoutMs?: number;
+  /** The server's generations in flight, failed with a terminal event when it shuts down. */
+  live?: Set<GenerationRun>;
+}
+
+export function requireGenerator(deps: ApiDeps): TokenGenerator {
+  const generator = deps.generator();
+  if (!generator)
+    throw new ClusterError(
+      "cluster_not_ready",
+      "the cluster is not ready yet (model loading or nodes missing); retry shortly",
+    );
+  return generator;
+}
+
+export function checkModel(deps: ApiDeps, model: unknown): void {
+  if (model === undefined || model === null || model === "") return;
+  if (typeof model === "string" && model.toLowerCase() === deps.modelId.toLowerCase()) return;
+  throw new ModelNotFoundError(String(model), deps.modelId);
+}
+
+interface SamplingFields {
+  temperature?: number | null;
+  top_p?: number | null;
+  top_k?: number | null;
+  seed?: number | null;
+  logit_bias?: Record<string, number> | null;
+}
+
+export function samplingOf(body: SamplingFields): SamplingParams {
+  const sampling: SamplingParams = {};
+  if (typeof body.temperature === "number") {
+    if (body.temperature < 0 || body.temperature > 2)
+      throw new RequestError("temperature must be between 0 and 2", "temperature");
+    sampling.temperature = body.temperature;
+  }
+  if (typeof body.top_p === "number") {
+    if (body.top_p <= 0 || body.top_p > 1) throw new RequestError("top_p must be in (0, 1]", "top_p");
+    sampling.topP = body.top_p;
+  }
+  if (typeof body.top_k === "number" && body.top_k > 0) sampling.topK = Math.floor(body.top_k);
+  if (typeof body.seed === "number") sampling.seed = Math.floor(body.seed) >>> 0;
+  if (body.logit_bias) {
+    sampling.logitBias = Object.entries(body.logit_bias).map(([token, bias]): [number, number] => {
+      const id = Number(token);
+      if (!Number.isInteger(id) || id < 0)
+        throw new RequestError(`logit_bias key "${token}" is not a token id`, "logit_bias");
+      return [id, bias];
+    });
+  }
+  return sampling;
+}
+
+export interface StartOptions {
+  maxTokens: number | null | undefined;
+  sampling: SamplingParams;
+  stopStrings: string[];
+}
+
+/** Chat request → a started run (or a thrown error with the right status). */
+export async function startChatRun(
+  deps: ApiDeps,
+  conversation: Conversation,
+  options: StartOptions,
+): Promise<GenerationRun> {
+  const generator = requireGenerator(deps);
+  const formatter = ChatFormatter.forModelDir(deps.modelDir);
+  const prompt = formatter.encode(formatter.render(conversation));
+  const prepared: PreparedGeneration = {
+    prompt,
+    maxTokens: budgetTokens(generator.contextWindow, prompt.length, options.maxTokens),
+    sampling: options.sampling,
+    stopStrings: options.stopStrings,
+    tools: conversation.tools,
+    parseReply: true,
+    // Last: a prompt refused above (too long) never shows as a request in flight.
+    track: deps.requests?.begin(deps.api ?? "chat.completions", prompt.length),
+    timeoutMs: deps.requestTimeoutMs,
+    live: deps.live,
+  };
+  return GenerationRun.start(generator, formatter, prepared);
+}
+
+/** Plain completion: the prompt text as it is, no template, no reply parsing. */
+export async function startTextRun(
+  deps: ApiDeps,
+  promptText: string,
+  options: StartOptions,
+): Promise<GenerationRun> {
+  const generator = requireGenerator(deps);
+  const formatter = ChatFormatter.forModelDir(deps.modelDir);
+  const prompt = formatter.encode(promptText);
+  if (prompt.length === 0) throw new RequestError("prompt must not be empty", "prompt");
+  const prepared: PreparedGeneration = {
+    prompt,
+    maxTokens: budgetTokens(generator.contextWindow, prompt.length, options.maxTokens ?? 16),
+    sampling: options.sampling,
+    stopStrings: options.stopStrings,
+    tools: [],
+    parseReply: false,
+    track: deps.requests?.begin(deps.api ?? "completions", prompt.length),
+    timeoutMs: deps.requestTimeoutMs,
+    live: deps.live,
+  };
+  return GenerationRun.start(generator, formatter, prepared);
+}

@@ -1,0 +1,260 @@
+// POST /v1/responses: the Responses API event sequence of shared/API.md, streamed or as one object.
+import type { FastifyInstance } from "fastify";
+import { fromResponses } from "../../chat/conversation.js";
+import { RequestError } from "../../chat/request-error.js";
+import { stopStrings } from "../../chat/stop-strings.js";
+import { errorMessage } from "../../common/errors.js";
+import { toApiError } from "../errors.js";
+import { cancelOnDisconnect, type GenerationRun, newId, type OutputEvent } from "../generation-run.js";
+import { type ApiDeps, checkModel, samplingOf, startChatRun } from "../request-context.js";
+import { ResponsesBody, validator } from "../request-schemas.js";
+import { SseStream } from "../sse.js";
+
+const validate = validator(ResponsesBody, "POST /v1/responses");
+
+type Item = Record<string, unknown> & { type: string; id: string };
+type Emit = (type: string, payload: Record<string, unknown>) => void;
+
+/** Builds the output items and the events that announce them, in the order shared/API.md lists. */
+class ResponseBuilder {
+  readonly id = newId("resp");
+  readonly createdAt = Math.floor(Date.now() / 1000);
+  readonly output: Item[] = [];
+  private reasoning: { item: Item; index: number; text: string } | undefined;
+  private message: { item: Item; index: number; text: string } | undefined;
+
+  constructor(
+    private readonly model: string,
+    private readonly emit: Emit,
+    /** Echoed in the response object as the request gave them. */
+    private readonly request: { tools: unknown[]; toolChoice: unknown } = { tools: [], toolChoice: "auto" },
+  ) {}
+
+  envelope(status: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+    return {
+      id: this.id,
+      object: "response",
+      created_at: this.createdAt,
+      status,
+      model: this.model,
+      output: status === "in_progress" ? [] : this.output,
+      parallel_tool_calls: true,
+      tool_choice: this.request.toolChoice,
+      tools: this.request.tools,
+      error: null,
+      incomplete_details: null,
+      ...extra,
+    };
+  }
+
+  on(event: OutputEvent): void {
+    if (event.type === "reasoning") this.onReasoning(event.delta);
+    else if (event.type === "text") this.onText(event.delta);
+    else this.onToolCall(event);
+  }
+
+  private onReasoning(delta: string): void {
+    if (this.message) this.closeMessage(); // reasoning after text starts a new reasoning item
+    if (!this.reasoning) {
+      const item: Item = { type: "reasoning", id: newId("rs"), summary: [] };
+      this.reasoning = { item, index: this.output.length, text: "" };
+      this.output.push(item);
+      this.emit("response.output_item.added", { output_index: this.reasoning.index, item: { ...item } });
+      this.emit("response.reasoning_summary_part.added", {
+        output_index: this.reasoning.index,
+        item_id: item.id,
+        summary_index: 0,
+        part: { type: "summary_text", text: "" },
+      });
+    }
+    const r = this.reasoning;
+    r.text += delta;
+    // Both the summary and the full-text events: older clients read only the summary ones.
+    this.emit("response.reasoning_summary_text.delta", {
+      output_index: r.index,
+      item_id: r.item.id,
+      summary_index: 0,
+      delta,
+    });
+    this.emit("response.reasoning_text.delta", {
+      output_index: r.index,
+      item_id: r.item.id,
+      content_index: 0,
+      delta,
+    });
+  }
+
+  private closeReasoning(): void {
+    const r = this.reasoning;
+    if (!r) return;
+    this.reasoning = undefined;
+    const ids = { output_index: r.index, item_id: r.item.id };
+    this.emit("response.reasoning_summary_text.done", { ...ids, summary_index: 0, text: r.text });
+    this.emit("response.reasoning_summary_part.done", {
+      ...ids,
+      summary_index: 0,
+      part: { type: "summary_text", text: r.text },
+    });
+    this.emit("response.reasoning_text.done", { ...ids, content_index: 0, text: r.text });
+    r.item.summary = [{ type: "summary_text", text: r.text }];
+    r.item.content = [{ type: "reasoning_text", text: r.text }];
+    this.emit("response.output_item.done", { output_index: r.index, item: r.item });
+  }
+
+  private onText(delta: string): void {
+    this.closeReasoning();
+    if (!this.message) {
+      const item: Item = {
+        type: "message",
+        id: newId("msg"),
+        role: "assistant",
+        content: [],
+        status: "in_progress",
+      };
+      this.message = { item, index: this.output.length, text: "" };
+      this.output.push(item);
+      this.emit("response.output_item.added", {
+        output_index: this.message.index,
+        item: { ...item, content: [] },
+      });
+      this.emit("response.content_part.added", {
+        output_index: this.message.index,
+        item_id: item.id,
+        content_index: 0,
+        part: { type: "output_text", text: "", annotations: [] },
+      });
+    }
+    this.message.text += delta;
+    this.emit("response.output_text.delta", {
+      output_index: this.message.index,
+      item_id: this.message.item.id,
+      content_index: 0,
+      delta,
+      logprobs: [],
+    });
+  }
+
+  private closeMessage(): void {
+    const m = this.message;
+    if (!m) return;
+    this.message = undefined;
+    const part = { type: "output_text", text: m.text, annotations: [] };
+    const ids = { output_index: m.index, item_id: m.item.id, content_index: 0 };
+    this.emit("response.output_text.done", { ...ids, text: m.text, logprobs: [] });
+    this.emit("response.content_part.done", { ...ids, part });
+    m.item.content = [part];
+    m.item.status = "completed";
+    this.emit("response.output_item.done", { output_index: m.index, item: m.item });
+  }
+
+  private onToolCall(call: Extract<OutputEvent, { type: "tool_call" }>): void {
+    this.closeReasoning();
+    this.closeMessage();
+    const index = this.output.length;
+    const item: Item = {
+      type: "function_call",
+      id: newId("fc"),
+      call_id: call.id,
+      name: call.name,
+      arguments: "",
+      status: "in_progress",
+    };
+    this.output.push(item);
+    this.emit("response.output_item.added", { output_index: index, item: { ...item } });
+    this.emit("response.function_call_arguments.delta", {
+      output_index: index,
+      item_id: item.id,
+      delta: call.arguments,
+    });
+    // Always the full arguments on .done: clients that ignore the deltas lose nothing.
+    this.emit("response.function_call_arguments.done", {
+      output_index: index,
+      item_id: item.id,
+      arguments: call.arguments,
+    });
+    item.arguments = call.arguments;
+    item.status = "completed";
+    this.emit("response.output_item.done", { output_index: index, item });
+  }
+
+  closeAll(): void {
+    this.closeReasoning();
+    this.closeMessage();
+  }
+
+  final(run: GenerationRun): { type: string; response: Record<string, unknown> } {
+    const u = run.usage;
+    const usage = {
+      input_tokens: u.promptTokens,
+      input_tokens_details: { cached_tokens: u.cachedTokens },
+      output_tokens: u.completionTokens,
+      output_tokens_details: { reasoning_tokens: u.reasoningTokens },
+      total_tokens: u.promptTokens + u.completionTokens,
+    };
+    if (run.finishReason === "length")
+      return {
+        type: "response.incomplete",
+        response: this.envelope("incomplete", { usage, incomplete_details: { reason: "max_output_tokens" } }),
+      };
+    return { type: "response.completed", response: this.envelope("completed", { usage }) };
+  }
+}
+
+function conversationOf(body: ResponsesBody) {
+  if (body.previous_response_id)
+    throw new RequestError(
+      "previous_response_id is not supported (responses are not stored): send the whole input",
+      "previous_response_id",
+    );
+  return fromResponses(body.instructions, body.input, body.tools);
+}
+
+export function registerResponses(app: FastifyInstance, deps: ApiDeps): void {
+  app.post("/v1/responses", async (request, reply) => {
+    const body = validate(request.body);
+    checkModel(deps, body.model);
+    const run = await startChatRun(deps, conversationOf(body), {
+      maxTokens: body.max_output_tokens,
+      sampling: samplingOf(body),
+      stopStrings: stopStrings((body as { stop?: unknown }).stop),
+    });
+    const model = body.model ?? deps.modelId;
+    const echo = {
+      tools: body.tools ?? [],
+      toolChoice: (body as { tool_choice?: unknown }).tool_choice ?? "auto",
+    };
+    if (!body.stream) {
+      cancelOnDisconnect(reply.raw, run);
+      const builder = new ResponseBuilder(model, () => undefined, echo);
+      for await (const event of run.events()) builder.on(event);
+      builder.closeAll();
+      return reply.send(builder.final(run).response);
+    }
+    let sequence = 0;
+    const sse = new SseStream(reply, () => run.cancel());
+    const emit: Emit = (type, payload) => sse.send({ type, sequence_number: sequence++, ...payload }, type);
+    const builder = new ResponseBuilder(model, emit, echo);
+    emit("response.created", { response: builder.envelope("in_progress") });
+    emit("response.in_progress", { response: builder.envelope("in_progress") });
+    try {
+      for await (const event of run.events()) {
+        if (sse.closed) break;
+        builder.on(event);
+      }
+      builder.closeAll();
+      const terminal = builder.final(run);
+      emit(terminal.type, { response: terminal.response });
+    } catch (err) {
+      const failure = toApiError(err);
+      builder.closeAll();
+      emit("response.failed", {
+        response: builder.envelope("failed", {
+          error: { code: failure.body.error.code ?? "server_error", message: errorMessage(err) },
+        }),
+      });
+    } finally {
+      run.cancel();
+      sse.end();
+    }
+  });
+}

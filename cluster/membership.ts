@@ -1,0 +1,397 @@
+// Membership: the live nodes of our cluster, as this node sees them.
+//
+// Candidates are gRPC addresses from four sources: this node itself, `--peer`, Bonjour, and nodes that said
+// Hello to us. Each candidate is probed with Hello (carrying the cluster key: a node with another key refuses us,
+// one with another cluster id is ignored); a node that answers becomes a member and stays one only while its
+// Status stream keeps beating (a NodeStatus at least every `heartbeatTimeoutMs`). Several addresses may lead to
+// one node (Bonjour and --peer, localhost and 127.0.0.1): members are keyed by node id, extra addresses wait.
+import { EventEmitter } from "node:events";
+import * as grpc from "@grpc/grpc-js";
+import { errorMessage } from "../common/errors.js";
+import { NodeClient } from "../common/wire/client.js";
+import type { Capabilities, HelloReply, NodeStatus } from "../common/wire/types.js";
+
+export type CandidateSource = "self" | "peer" | "bonjour" | "caller";
+
+export interface Member {
+  nodeId: string;
+  name: string;
+  /** host:port other nodes use to reach this member's gRPC endpoint. */
+  address: string;
+  apiPort: number;
+  version: string;
+  capabilities: Capabilities;
+  /** Plan whose shard it held when it answered Hello. */
+  helloPlanId: string;
+  /** The latest heartbeat. */
+  status?: NodeStatus;
+  self: boolean;
+  joinedAt: number;
+  lastSeen: number;
+}
+
+export interface MembershipOptions {
+  nodeId: string;
+  clusterId: string;
+  clusterKey: string;
+  version: string;
+  /** This node's gRPC port (sent in Hello so the callee can reach us back). */
+  grpcPort: number;
+  /** The address this node's own member record carries (what other stages dial), e.g. "10.0.0.5:7100". */
+  selfAddress: string;
+  /** Silence after which a member is dropped. */
+  heartbeatTimeoutMs?: number;
+  /** Delay before probing an unreachable candidate again (doubles up to 8x). */
+  retryMs?: number;
+  /** Bonjour and caller candidates unreachable this long are forgotten; --peer ones are retried forever. */
+  forgetAfterMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface MembershipEvents {
+  /** A member joined or left. */
+  change: [members: Member[]];
+  /** A member's heartbeat arrived. */
+  status: [member: Member];
+}
+
+type CandidateState = "idle" | "probing" | "live" | "alias" | "closed";
+
+interface Candidate {
+  address: string;
+  sources: Set<CandidateSource>;
+  state: CandidateState;
+  client?: NodeClient;
+  stream?: grpc.ClientReadableStream<NodeStatus>;
+  nodeId?: string;
+  timer?: NodeJS.Timeout;
+  failures: number;
+  firstFailureAt?: number;
+  lastProblem?: string;
+  /** When capabilities were last read with Hello, and whether a refresh is under way. */
+  helloAt?: number;
+  refreshing?: boolean;
+}
+
+/** Capabilities change after start (a node measures its memory bandwidth in the background): re-read them. */
+const CAPABILITY_REFRESH_MS = 5000;
+
+export class Membership extends EventEmitter<MembershipEvents> {
+  private readonly candidates = new Map<string, Candidate>();
+  private readonly members = new Map<string, Member>();
+  /** node id -> the candidate whose Status stream carries it. */
+  private readonly carriers = new Map<string, Candidate>();
+  private readonly watchdog: NodeJS.Timeout;
+  private readonly heartbeatTimeoutMs: number;
+  private readonly retryMs: number;
+  private readonly forgetAfterMs: number;
+  private readonly log: (line: string) => void;
+  private closed = false;
+
+  constructor(private readonly opts: MembershipOptions) {
+    super();
+    this.heartbeatTimeoutMs = opts.heartbeatTimeoutMs ?? 3000;
+    this.retryMs = opts.retryMs ?? 1000;
+    this.forgetAfterMs = opts.forgetAfterMs ?? 60_000;
+    this.log = opts.log ?? ((line) => console.error(line));
+    this.watchdog = setInterval(() => this.checkHeartbeats(), Math.min(500, this.heartbeatTimeoutMs / 2));
+    this.watchdog.unref();
+  }
+
+  /** Live members, sorted by node id. */
+  live(): Member[] {
+    return [...this.members.values()].sort((a, b) =>
+      a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0,
+    );
+  }
+
+  get(nodeId: string): Member | undefined {
+    return this.members.get(nodeId);
+  }
+
+  addCandidate(address: string, source: CandidateSource): void {
+    if (this.closed) return;
+    const normalized = normalizeAddress(address);
+    const existing = this.candidates.get(normalized);
+    if (existing) {
+      existing.sources.add(source);
+      // Someone just told us about it again: an idle candidate is worth probing now.
+      if (existing.state === "idle") this.scheduleProbe(existing, 0);
+      return;
+    }
+    const candidate: Candidate = {
+      address: normalized,
+      sources: new Set([source]),
+      state: "idle",
+      failures: 0,
+    };
+    this.candidates.set(normalized, candidate);
+    this.scheduleProbe(candidate, 0);
+  }
+
+  /** Bonjour said goodbye: forget the address unless another source still names it. */
+  removeCandidate(address: string, source: CandidateSource): void {
+    const candidate = this.candidates.get(normalizeAddress(address));
+    if (!candidate) return;
+    candidate.sources.delete(source);
+    if (candidate.sources.size > 0) return;
+    this.dropCandidate(candidate, "left the network (Bonjour goodbye)");
+  }
+
+  /** Someone else (the pipeline) found the node dead: drop it now, probe it again later. */
+  markLost(nodeId: string, reason: string): void {
+    const carrier = this.carriers.get(nodeId);
+    if (!carrier) return;
+    this.lose(carrier, reason);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.watchdog);
+    for (const candidate of this.candidates.values()) this.shutCandidate(candidate);
+    this.candidates.clear();
+    this.members.clear();
+    this.carriers.clear();
+  }
+
+  // ---------------------------------------------------------------- probing
+
+  private scheduleProbe(candidate: Candidate, delayMs: number): void {
+    if (this.closed || candidate.state === "closed") return;
+    clearTimeout(candidate.timer);
+    candidate.state = "idle";
+    candidate.timer = setTimeout(() => void this.probe(candidate), delayMs);
+    candidate.timer.unref();
+  }
+
+  private retryDelay(candidate: Candidate): number {
+    return this.retryMs * 2 ** Math.min(3, Math.max(0, candidate.failures - 1));
+  }
+
+  private async probe(candidate: Candidate): Promise<void> {
+    if (this.closed || candidate.state !== "idle") return;
+    candidate.state = "probing";
+    candidate.client ??= new NodeClient(candidate.address, this.opts.clusterKey);
+    let reply: HelloReply;
+    try {
+      reply = await candidate.client.hello(this.helloRequest(), Math.max(1000, this.heartbeatTimeoutMs));
+    } catch (err) {
+      this.probeFailed(candidate, describeCallError(candidate.address, err));
+      return;
+    }
+    if (candidate.state !== "probing") return; // closed or dropped meanwhile
+    this.admit(candidate, reply);
+  }
+
+  private probeFailed(candidate: Candidate, problem: string): void {
+    if (candidate.state === "closed") return;
+    // A channel that failed backs off its reconnects for up to minutes and fails calls fast meanwhile: the next
+    // probe gets a fresh one, so a node that restarts is seen at once.
+    this.dropClient(candidate);
+    candidate.failures++;
+    candidate.firstFailureAt ??= Date.now();
+    if (problem !== candidate.lastProblem) this.log(`membership: ${problem}`);
+    candidate.lastProblem = problem;
+    const onlyHearsay = !candidate.sources.has("peer") && !candidate.sources.has("self");
+    if (onlyHearsay && Date.now() - candidate.firstFailureAt > this.forgetAfterMs) {
+      this.dropCandidate(candidate, `unreachable for ${Math.round(this.forgetAfterMs / 1000)} s`);
+      return;
+    }
+    this.scheduleProbe(candidate, this.retryDelay(candidate));
+  }
+
+  private admit(candidate: Candidate, reply: HelloReply): void {
+    if (reply.cluster_id !== this.opts.clusterId) {
+      this.probeFailed(candidate, `${candidate.address} belongs to cluster ${reply.cluster_id}, not ours`);
+      return;
+    }
+    const isSelf = reply.node_id === this.opts.nodeId;
+    if (isSelf && !candidate.sources.has("self")) {
+      // Our own advertisement or a --peer pointing back at us: nothing to track.
+      candidate.state = "alias";
+      candidate.nodeId = reply.node_id;
+      return;
+    }
+    if (this.carriers.has(reply.node_id)) {
+      // Another address already carries this node; keep this one in reserve.
+      candidate.state = "alias";
+      candidate.nodeId = reply.node_id;
+      return;
+    }
+    candidate.failures = 0;
+    candidate.firstFailureAt = undefined;
+    candidate.lastProblem = undefined;
+    candidate.state = "live";
+    candidate.nodeId = reply.node_id;
+    candidate.helloAt = Date.now();
+    const now = Date.now();
+    const member: Member = {
+      nodeId: reply.node_id,
+      name: reply.name || reply.node_id,
+      address: isSelf ? this.opts.selfAddress : candidate.address,
+      apiPort: reply.api_port,
+      version: reply.version,
+      capabilities: reply.capabilities ?? emptyCapabilities(),
+      helloPlanId: reply.plan_id,
+      self: isSelf,
+      joinedAt: now,
+      lastSeen: now,
+    };
+    this.members.set(member.nodeId, member);
+    this.carriers.set(member.nodeId, candidate);
+    this.watchStatus(candidate, member);
+    this.log(`membership: ${member.name} (${member.nodeId}) at ${member.address} joined`);
+    this.emit("change", this.live());
+  }
+
+  private watchStatus(candidate: Candidate, member: Member): void {
+    const stream = candidate.client!.status(Math.max(100, Math.min(1000, this.heartbeatTimeoutMs / 3)));
+    candidate.stream = stream;
+    stream.on("data", (status: NodeStatus) => {
+      if (candidate.stream !== stream) return;
+      member.lastSeen = Date.now();
+      member.status = status;
+      this.emit("status", member);
+    });
+    const ended = (why: string) => {
+      if (candidate.stream !== stream || candidate.state !== "live") return;
+      this.lose(candidate, why);
+    };
+    stream.on("error", (err) => ended(`Status stream failed: ${errorMessage(err)}`));
+    stream.on("end", () => ended("Status stream ended"));
+  }
+
+  private checkHeartbeats(): void {
+    const now = Date.now();
+    for (const [nodeId, member] of this.members) {
+      const carrier = this.carriers.get(nodeId);
+      if (!carrier) continue;
+      if (now - member.lastSeen > this.heartbeatTimeoutMs) {
+        this.lose(carrier, `no heartbeat for ${now - member.lastSeen} ms`);
+        continue;
+      }
+      if (!carrier.refreshing && now - (carrier.helloAt ?? 0) > CAPABILITY_REFRESH_MS)
+        void this.refreshCapabilities(carrier, member);
+    }
+  }
+
+  /** Quietly updates a member's capabilities; the next plan uses them (no change event: no re-plan for this). */
+  private async refreshCapabilities(candidate: Candidate, member: Member): Promise<void> {
+    candidate.refreshing = true;
+    candidate.helloAt = Date.now();
+    try {
+      const reply = await candidate.client?.hello(
+        this.helloRequest(),
+        Math.max(1000, this.heartbeatTimeoutMs),
+      );
+      if (reply && reply.node_id === member.nodeId && this.members.get(member.nodeId) === member) {
+        member.capabilities = reply.capabilities ?? member.capabilities;
+        member.apiPort = reply.api_port;
+      }
+    } catch {
+      // The heartbeat decides liveness; a failed refresh keeps the previous figures.
+    } finally {
+      candidate.refreshing = false;
+    }
+  }
+
+  private helloRequest() {
+    return {
+      version: this.opts.version,
+      node_id: this.opts.nodeId,
+      cluster_id: this.opts.clusterId,
+      grpc_port: this.opts.grpcPort,
+    };
+  }
+
+  /** The member carried by this candidate is gone: drop it, re-probe its spare addresses and itself. */
+  private lose(candidate: Candidate, reason: string): void {
+    const nodeId = candidate.nodeId;
+    this.stopStream(candidate);
+    if (nodeId === undefined || this.carriers.get(nodeId) !== candidate) return;
+    const member = this.members.get(nodeId);
+    this.carriers.delete(nodeId);
+    this.members.delete(nodeId);
+    this.log(`membership: ${member?.name ?? nodeId} (${nodeId}) at ${candidate.address} lost: ${reason}`);
+    candidate.failures = 1;
+    candidate.firstFailureAt = Date.now();
+    candidate.lastProblem = reason;
+    this.dropClient(candidate);
+    this.scheduleProbe(candidate, this.retryMs);
+    for (const other of this.candidates.values()) {
+      if (other !== candidate && other.state === "alias" && other.nodeId === nodeId)
+        this.scheduleProbe(other, 0);
+    }
+    this.emit("change", this.live());
+  }
+
+  private stopStream(candidate: Candidate): void {
+    const stream = candidate.stream;
+    candidate.stream = undefined;
+    if (!stream) return;
+    stream.removeAllListeners("data");
+    // Errors after cancel() are expected ("Cancelled on client"); keep one listener so none is unheard.
+    stream.removeAllListeners("error");
+    stream.on("error", () => {});
+    stream.cancel();
+  }
+
+  private dropClient(candidate: Candidate): void {
+    candidate.client?.close();
+    candidate.client = undefined;
+  }
+
+  private shutCandidate(candidate: Candidate): void {
+    clearTimeout(candidate.timer);
+    this.stopStream(candidate);
+    candidate.state = "closed";
+    this.dropClient(candidate);
+  }
+
+  private dropCandidate(candidate: Candidate, reason: string): void {
+    const carried = candidate.nodeId !== undefined && this.carriers.get(candidate.nodeId) === candidate;
+    if (carried) this.lose(candidate, reason);
+    this.shutCandidate(candidate);
+    this.candidates.delete(candidate.address);
+  }
+}
+
+/** "localhost:7100" and "127.0.0.1:7100" are the same place; IPv6 literals keep their brackets. */
+export function normalizeAddress(address: string): string {
+  const trimmed = address.trim();
+  return trimmed.startsWith("localhost:") ? `127.0.0.1:${trimmed.slice("localhost:".length)}` : trimmed;
+}
+
+/** Parses "host:port" (IPv6 in brackets), throwing a message that names the bad value. */
+export function parseHostPort(value: string, what = "address"): { host: string; port: number } {
+  const match = /^(\[[^\]]+\]|[^:\s]+):(\d{1,5})$/.exec(value.trim());
+  const port = match ? Number(match[2]) : Number.NaN;
+  if (!match || port < 1 || port > 65535)
+    throw new Error(`${what} "${value}" is not host:port (e.g. 192.168.1.20:7100)`);
+  return { host: match[1], port };
+}
+
+function describeCallError(address: string, err: unknown): string {
+  const code = (err as { code?: number }).code;
+  if (code === grpc.status.UNAUTHENTICATED)
+    return `${address} refused our cluster key (it belongs to another cluster; join with --key)`;
+  if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED)
+    return `${address} is not reachable (${errorMessage(err)})`;
+  return `${address}: Hello failed: ${errorMessage(err)}`;
+}
+
+function emptyCapabilities(): Capabilities {
+  return {
+    memory_total: 0,
+    memory_free: 0,
+    chip: "",
+    cores: 0,
+    backends: [],
+    memory_bandwidth_bps: 0,
+    model_present: false,
+    model: null,
+    platform: "",
+    arch: "",
+  };
+}

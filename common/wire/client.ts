@@ -1,0 +1,115 @@
+// A typed StudioNode client: every call carries the cluster key; unary calls return Promises, streams stay
+// grpc-js streams. Used by the coordinator (control + data) and by stages (their downstream Data stream).
+import type * as grpc from "@grpc/grpc-js";
+import { clusterKeyInterceptor } from "./auth.js";
+import { channelOptions, studioNodeClientConstructor } from "./proto.js";
+import { channelCredentials } from "./tls.js";
+import type {
+  CancelReply,
+  DataFrame,
+  DataFrameOut,
+  ForkRequest,
+  HelloReply,
+  HelloRequest,
+  LoadProgress,
+  LoadShardRequest,
+  NodeStatus,
+  ReleaseReply,
+  ResultsRequest,
+  SeqsRequest,
+  StatusRequest,
+} from "./types.js";
+
+type UnaryMethod = (
+  request: object,
+  options: grpc.CallOptions,
+  callback: (err: grpc.ServiceError | null, reply: unknown) => void,
+) => grpc.ClientUnaryCall;
+
+interface RawClient extends grpc.Client {
+  Hello: UnaryMethod;
+  Release: UnaryMethod;
+  Cancel: UnaryMethod;
+  Fork: UnaryMethod;
+  LoadShard(request: LoadShardRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<LoadProgress>;
+  Status(request: StatusRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<NodeStatus>;
+  Data(options?: grpc.CallOptions): grpc.ClientDuplexStream<DataFrameOut, DataFrame>;
+  Results(request: ResultsRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<DataFrame>;
+}
+
+export type DataStream = grpc.ClientDuplexStream<DataFrameOut, DataFrame>;
+
+const unaryDeadlineMs = 10_000;
+
+export class NodeClient {
+  readonly address: string;
+  private readonly raw: RawClient;
+
+  constructor(address: string, clusterKey: string) {
+    this.address = address;
+    const Ctor = studioNodeClientConstructor();
+    this.raw = new Ctor(address, channelCredentials(), {
+      ...channelOptions,
+      interceptors: [clusterKeyInterceptor(clusterKey)],
+    }) as unknown as RawClient;
+  }
+
+  private unary<T>(method: UnaryMethod, request: object, deadlineMs: number): Promise<T> {
+    return new Promise((resolve, reject) => {
+      method.call(this.raw, request, { deadline: Date.now() + deadlineMs }, (err, reply) => {
+        if (err) reject(err);
+        else resolve(reply as T);
+      });
+    });
+  }
+
+  hello(request: HelloRequest = {}, deadlineMs = unaryDeadlineMs): Promise<HelloReply> {
+    return this.unary(this.raw.Hello, request, deadlineMs);
+  }
+
+  release(request: SeqsRequest, deadlineMs = unaryDeadlineMs): Promise<ReleaseReply> {
+    return this.unary(this.raw.Release, request, deadlineMs);
+  }
+
+  cancel(request: SeqsRequest, deadlineMs = unaryDeadlineMs): Promise<CancelReply> {
+    return this.unary(this.raw.Cancel, request, deadlineMs);
+  }
+
+  fork(request: ForkRequest, deadlineMs = unaryDeadlineMs): Promise<void> {
+    return this.unary(this.raw.Fork, request, deadlineMs);
+  }
+
+  /** Streams progress to onProgress; resolves with the final (done) message, rejects on error. */
+  loadShard(request: LoadShardRequest, onProgress?: (p: LoadProgress) => void): Promise<LoadProgress> {
+    return new Promise((resolve, reject) => {
+      const call = this.raw.LoadShard(request);
+      let final: LoadProgress | undefined;
+      call.on("data", (p: LoadProgress) => {
+        if (p.done) final = p;
+        else if (!p.error) onProgress?.(p);
+      });
+      call.on("error", reject);
+      call.on("end", () => {
+        if (final) resolve(final);
+        else reject(new Error(`LoadShard on ${this.address} ended without a done message`));
+      });
+    });
+  }
+
+  /** hopsSinceUs: hop figures over frames received since then only (wall clock, us); 0 = the last minute. */
+  status(intervalMs = 1000, hopsSinceUs = 0): grpc.ClientReadableStream<NodeStatus> {
+    return this.raw.Status({ interval_ms: intervalMs, hops_since_us: hopsSinceUs });
+  }
+
+  data(): DataStream {
+    return this.raw.Data();
+  }
+
+  results(planId: string): grpc.ClientReadableStream<DataFrame> {
+    return this.raw.Results({ plan_id: planId });
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+}

@@ -1,0 +1,86 @@
+// The web dashboard: GET / serves the page, /dashboard/* its assets (all local, it works offline), and
+// /dashboard/live is a WebSocket that pushes the cluster snapshot (see live-feed.ts).
+//
+// Wiring: registerDashboard(app, { snapshot, coordinatorUrl }) before app.listen().
+// - snapshot(): the current ClusterSnapshot; called about four times a second while a dashboard is open.
+// - coordinatorUrl(): undefined on the coordinator itself (or while none is known), otherwise the
+//   coordinator's API base URL (e.g. "http://10.0.0.10:8080"); GET / then redirects there, so opening any
+//   node's address shows the one dashboard.
+// - authorize(request): optional check for the WebSocket upgrade, which bypasses fastify's hooks; return
+//   false to refuse (the page and assets are ordinary routes and go through the app's hooks).
+import { readFileSync } from "node:fs";
+import type { IncomingMessage } from "node:http";
+import { join } from "node:path";
+import type { Duplex } from "node:stream";
+import type { FastifyInstance, FastifyReply } from "fastify";
+import { WebSocketServer } from "ws";
+import type { ClusterSnapshot } from "../cluster/snapshot.js";
+import { packageRoot } from "../common/paths.js";
+import { LiveFeed, type LiveFeedOptions } from "./live-feed.js";
+
+export interface DashboardOptions {
+  snapshot: () => ClusterSnapshot;
+  coordinatorUrl?: () => string | undefined;
+  authorize?: (request: IncomingMessage) => boolean;
+  feed?: LiveFeedOptions;
+}
+
+export const DASHBOARD_LIVE_PATH = "/dashboard/live";
+
+const ASSETS: Record<string, string> = {
+  "index.html": "text/html; charset=utf-8",
+  "dashboard.css": "text/css; charset=utf-8",
+  "dashboard.js": "text/javascript; charset=utf-8",
+  "favicon.svg": "image/svg+xml",
+};
+
+/** Reads the page and its assets once; they ship in the package next to this module's sources. */
+function loadAssets(): Map<string, Buffer> {
+  const dir = join(packageRoot(), "dashboard", "assets");
+  const files = new Map<string, Buffer>();
+  for (const name of Object.keys(ASSETS)) files.set(name, readFileSync(join(dir, name)));
+  return files;
+}
+
+export function registerDashboard(app: FastifyInstance, options: DashboardOptions): void {
+  const assets = loadAssets();
+  const feed = new LiveFeed(options.snapshot, options.feed);
+  const wss = new WebSocketServer({ noServer: true, maxPayload: 4096 });
+
+  const sendAsset = (reply: FastifyReply, name: string) =>
+    reply.header("content-type", ASSETS[name]).header("cache-control", "no-cache").send(assets.get(name));
+
+  app.get("/", (request, reply) => {
+    const coordinator = options.coordinatorUrl?.();
+    // The query goes along: it may carry the API key (?key=) the page needs there too.
+    const query = request.url.includes("?") ? request.url.slice(request.url.indexOf("?")) : "";
+    if (coordinator) return reply.redirect(`${coordinator.replace(/\/+$/, "")}/${query}`, 302);
+    return sendAsset(reply, "index.html");
+  });
+  for (const name of Object.keys(ASSETS))
+    app.get(`/dashboard/${name}`, (_request, reply) => sendAsset(reply, name));
+  app.get("/dashboard/snapshot.json", (_request, reply) => reply.send(options.snapshot()));
+
+  const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const path = new URL(request.url ?? "/", "http://localhost").pathname;
+    if (path !== DASHBOARD_LIVE_PATH) {
+      // Leave other paths to whoever else handles upgrades; with no one else, refuse rather than hang.
+      if (app.server.listenerCount("upgrade") === 1) refuse(socket, 404, "Not Found");
+      return;
+    }
+    if (options.authorize && !options.authorize(request)) return refuse(socket, 401, "Unauthorized");
+    wss.handleUpgrade(request, socket, head, (ws) => feed.add(ws));
+  };
+  app.server.on("upgrade", onUpgrade);
+  // preClose, not onClose: the server's close() waits for every socket, upgraded ones included, so the
+  // dashboards must be told goodbye before it starts.
+  app.addHook("preClose", (done) => {
+    app.server.off("upgrade", onUpgrade);
+    feed.close();
+    wss.close(() => done());
+  });
+}
+
+function refuse(socket: Duplex, status: number, text: string): void {
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+}

@@ -1,0 +1,313 @@
+// The official `openai` SDK against the real API over a real cluster (2 node-agent processes, scheduler,
+// HTTP server) serving the scripted model, which answers every prompt with reasoning, text and two tool calls.
+// Every event sequence is checked against shared/API.md.
+import OpenAI from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SCRIPTED_REPLY } from "../../cli/make-model/scripted.js";
+import { type ApiCluster, startApiCluster } from "../helpers/api-cluster.js";
+
+let cluster: ApiCluster;
+let client: OpenAI;
+
+const CHAT_TOOLS: OpenAI.Chat.ChatCompletionFunctionTool[] = [
+  {
+    type: "function",
+    function: {
+      name: "get_weather",
+      description: "Weather for a city",
+      parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] },
+    },
+  },
+  {
+    type: "function",
+    function: {
+      name: "get_time",
+      description: "Time in a zone",
+      parameters: {
+        type: "object",
+        properties: { zone: { type: "string" }, utc_offset: { type: "integer" } },
+        required: ["zone"],
+      },
+    },
+  },
+];
+const RESPONSES_TOOLS: OpenAI.Responses.FunctionTool[] = CHAT_TOOLS.map((t) => ({
+  type: "function",
+  name: t.function.name,
+  description: t.function.description ?? null,
+  parameters: t.function.parameters ?? null,
+  strict: false,
+}));
+const EXPECTED_CALLS = SCRIPTED_REPLY.toolCalls.map((c) => ({ name: c.name, arguments: c.arguments }));
+const MARKUP = /<\/?(think|minimax|invoke|parameter)|\[e~\[/;
+
+beforeAll(async () => {
+  cluster = await startApiCluster({ preset: "scripted", stages: 2, contextWindow: 4096 });
+  client = new OpenAI({ baseURL: cluster.baseUrl, apiKey: cluster.apiKey, maxRetries: 0 });
+});
+afterAll(async () => {
+  await cluster?.stop();
+});
+
+interface ChatStreamResult {
+  chunks: OpenAI.Chat.ChatCompletionChunk[];
+  reasoning: string;
+  content: string;
+  calls: Array<{ id: string; name: string; arguments: string }>;
+  finish: string | null;
+  usage: OpenAI.CompletionUsage | undefined;
+}
+
+async function chatStream(messages: OpenAI.Chat.ChatCompletionMessageParam[]): Promise<ChatStreamResult> {
+  const stream = await client.chat.completions.create({
+    model: cluster.modelId,
+    messages,
+    tools: CHAT_TOOLS,
+    stream: true,
+    max_completion_tokens: 200,
+  });
+  const out: ChatStreamResult = {
+    chunks: [],
+    reasoning: "",
+    content: "",
+    calls: [],
+    finish: null,
+    usage: undefined,
+  };
+  for await (const chunk of stream) {
+    out.chunks.push(chunk);
+    if (chunk.usage) out.usage = chunk.usage;
+    const choice = chunk.choices[0];
+    if (!choice) continue;
+    const delta = choice.delta as typeof choice.delta & { reasoning_content?: string };
+    if (delta.reasoning_content) out.reasoning += delta.reasoning_content;
+    if (delta.content) out.content += delta.content;
+    for (const call of delta.tool_calls ?? []) {
+      if (!out.calls[call.index]) {
+        // id and name must come with the first chunk of each call.
+        expect(call.id).toBeTruthy();
+        expect(call.function?.name).toBeTruthy();
+        out.calls[call.index] = { id: call.id!, name: call.function!.name!, arguments: "" };
+      }
+      out.calls[call.index].arguments += call.function?.arguments ?? "";
+    }
+    if (choice.finish_reason) out.finish = choice.finish_reason;
+  }
+  return out;
+}
+
+function checkChatStream(out: ChatStreamResult): void {
+  expect(out.chunks[0].choices[0].delta.role).toBe("assistant");
+  expect(out.reasoning).toBe(SCRIPTED_REPLY.reasoning);
+  expect(out.content).toBe(SCRIPTED_REPLY.content);
+  expect(out.content).not.toMatch(MARKUP);
+  expect(out.calls.map((c) => ({ name: c.name, arguments: JSON.parse(c.arguments) }))).toEqual(
+    EXPECTED_CALLS,
+  );
+  expect(out.finish).toBe("tool_calls");
+  // The usage chunk comes last, with no choices, although include_usage was not asked for.
+  const last = out.chunks[out.chunks.length - 1];
+  expect(last.choices).toEqual([]);
+  expect(out.usage?.prompt_tokens).toBeGreaterThan(0);
+  expect(out.usage?.completion_tokens).toBeGreaterThan(0);
+  expect(out.usage?.total_tokens).toBe(out.usage!.prompt_tokens + out.usage!.completion_tokens);
+  expect(out.usage?.prompt_tokens_details?.cached_tokens).toBeGreaterThanOrEqual(0);
+  expect(out.usage?.completion_tokens_details?.reasoning_tokens).toBeGreaterThan(0);
+}
+
+describe("chat completions through the openai SDK", () => {
+  it("streams reasoning, text and tool calls, then tool results in a second turn", async () => {
+    const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [
+      { role: "developer", content: "You are a weather assistant." },
+      { role: "user", content: "Weather in Paris and the time in CET?" },
+    ];
+    const first = await chatStream(messages);
+    checkChatStream(first);
+    messages.push({
+      role: "assistant",
+      content: first.content,
+      reasoning_content: first.reasoning,
+      tool_calls: first.calls.map((c) => ({
+        id: c.id,
+        type: "function",
+        function: { name: c.name, arguments: c.arguments },
+      })),
+    } as OpenAI.Chat.ChatCompletionAssistantMessageParam);
+    for (const call of first.calls)
+      messages.push({ role: "tool", tool_call_id: call.id, content: `result of ${call.name}` });
+    const second = await chatStream(messages);
+    checkChatStream(second);
+    expect(second.usage!.prompt_tokens).toBeGreaterThan(first.usage!.prompt_tokens);
+  });
+
+  it("answers without streaming with content, reasoning_content and tool_calls", async () => {
+    const completion = await client.chat.completions.create({
+      model: cluster.modelId,
+      messages: [{ role: "user", content: "Weather?" }],
+      tools: CHAT_TOOLS,
+    });
+    expect(completion.object).toBe("chat.completion");
+    const choice = completion.choices[0];
+    expect(choice.finish_reason).toBe("tool_calls");
+    expect(choice.message.content).toBe(SCRIPTED_REPLY.content);
+    expect((choice.message as { reasoning_content?: string }).reasoning_content).toBe(
+      SCRIPTED_REPLY.reasoning,
+    );
+    const calls = (choice.message.tool_calls ?? []) as OpenAI.Chat.ChatCompletionMessageFunctionToolCall[];
+    expect(
+      calls.map((c) => ({ name: c.function.name, arguments: JSON.parse(c.function.arguments) })),
+    ).toEqual(EXPECTED_CALLS);
+    expect(completion.usage?.completion_tokens_details?.reasoning_tokens).toBeGreaterThan(0);
+  });
+
+  it("ends with finish_reason length when the token budget runs out inside the reasoning", async () => {
+    const out = await client.chat.completions.create({
+      model: cluster.modelId,
+      messages: [{ role: "user", content: "Weather?" }],
+      max_tokens: 2,
+    });
+    expect(out.choices[0].finish_reason).toBe("length");
+    expect(out.usage?.completion_tokens).toBe(2);
+  });
+});
+
+type ResponseEvent = OpenAI.Responses.ResponseStreamEvent;
+
+async function responsesStream(
+  input: OpenAI.Responses.ResponseInput | string,
+  max = 200,
+): Promise<ResponseEvent[]> {
+  const stream = await client.responses.create({
+    model: cluster.modelId,
+    input,
+    tools: RESPONSES_TOOLS,
+    stream: true,
+    store: false,
+    max_output_tokens: max,
+    reasoning: { effort: "medium", summary: "auto" },
+    include: ["reasoning.encrypted_content"],
+  });
+  const events: ResponseEvent[] = [];
+  for await (const event of stream) events.push(event);
+  return events;
+}
+
+function checkResponsesStream(events: ResponseEvent[]): OpenAI.Responses.Response {
+  const types = events.map((e) => e.type);
+  expect(types[0]).toBe("response.created");
+  expect(types[types.length - 1]).toBe("response.completed");
+  for (const e of events) if ("delta" in e) expect(typeof e.delta).toBe("string");
+  const at = (type: string, index: number) =>
+    events.filter((e) => e.type === type && "output_index" in e && e.output_index === index);
+  // 0: reasoning, with both the summary and the full-text deltas.
+  const added0 = at("response.output_item.added", 0)[0] as OpenAI.Responses.ResponseOutputItemAddedEvent;
+  expect(added0.item.type).toBe("reasoning");
+  expect(at("response.reasoning_summary_part.added", 0)).toHaveLength(1);
+  const summary = at("response.reasoning_summary_text.delta", 0)
+    .map((e) => (e as { delta: string }).delta)
+    .join("");
+  const full = at("response.reasoning_text.delta", 0)
+    .map((e) => (e as { delta: string }).delta)
+    .join("");
+  expect(summary).toBe(SCRIPTED_REPLY.reasoning);
+  expect(full).toBe(SCRIPTED_REPLY.reasoning);
+  // 1: the message.
+  expect(
+    (at("response.output_item.added", 1)[0] as OpenAI.Responses.ResponseOutputItemAddedEvent).item.type,
+  ).toBe("message");
+  expect(at("response.content_part.added", 1)).toHaveLength(1);
+  const text = at("response.output_text.delta", 1)
+    .map((e) => (e as { delta: string }).delta)
+    .join("");
+  expect(text).toBe(SCRIPTED_REPLY.content);
+  expect(at("response.output_text.done", 1)).toHaveLength(1);
+  // 2, 3: the calls, full arguments on .done.
+  [2, 3].forEach((index, i) => {
+    const added = at("response.output_item.added", index)[0] as OpenAI.Responses.ResponseOutputItemAddedEvent;
+    expect(added.item).toMatchObject({ type: "function_call", name: EXPECTED_CALLS[i].name, arguments: "" });
+    const done = at(
+      "response.function_call_arguments.done",
+      index,
+    )[0] as OpenAI.Responses.ResponseFunctionCallArgumentsDoneEvent;
+    expect(JSON.parse(done.arguments)).toEqual(EXPECTED_CALLS[i].arguments);
+    const itemDone = at(
+      "response.output_item.done",
+      index,
+    )[0] as OpenAI.Responses.ResponseOutputItemDoneEvent;
+    expect(itemDone.item).toMatchObject({
+      type: "function_call",
+      status: "completed",
+      arguments: done.arguments,
+    });
+  });
+  const completed = events[events.length - 1] as OpenAI.Responses.ResponseCompletedEvent;
+  const response = completed.response;
+  expect(response.status).toBe("completed");
+  expect(response.output.map((o) => o.type)).toEqual([
+    "reasoning",
+    "message",
+    "function_call",
+    "function_call",
+  ]);
+  expect(response.usage?.input_tokens).toBeGreaterThan(0);
+  expect(response.usage?.output_tokens_details.reasoning_tokens).toBeGreaterThan(0);
+  expect(response.usage?.input_tokens_details.cached_tokens).toBeGreaterThanOrEqual(0);
+  expect(JSON.stringify(response.output.filter((o) => o.type === "message"))).not.toMatch(MARKUP);
+  return response;
+}
+
+describe("responses through the openai SDK", () => {
+  it("streams reasoning, message and function calls, then takes the function outputs back", async () => {
+    const input: OpenAI.Responses.ResponseInput = [
+      {
+        type: "message",
+        role: "developer",
+        content: [{ type: "input_text", text: "You are a weather assistant." }],
+      },
+      {
+        type: "message",
+        role: "user",
+        content: [{ type: "input_text", text: "Weather in Paris and the time in CET?" }],
+      },
+    ];
+    const first = checkResponsesStream(await responsesStream(input));
+    // The round trip OpenClaw does: echo every output item, add one output per call.
+    for (const item of first.output) input.push(item as OpenAI.Responses.ResponseInputItem);
+    for (const item of first.output)
+      if (item.type === "function_call")
+        input.push({ type: "function_call_output", call_id: item.call_id, output: `ok ${item.name}` });
+    const second = checkResponsesStream(await responsesStream(input));
+    expect(second.usage!.input_tokens).toBeGreaterThan(first.usage!.input_tokens);
+  });
+
+  it("ends with response.incomplete when max_output_tokens runs out", async () => {
+    const events = await responsesStream("Weather?", 3);
+    const last = events[events.length - 1] as OpenAI.Responses.ResponseIncompleteEvent;
+    expect(last.type).toBe("response.incomplete");
+    expect(last.response.incomplete_details?.reason).toBe("max_output_tokens");
+    expect(last.response.usage?.output_tokens).toBe(3);
+  });
+
+  it("answers without streaming with the same output and usage", async () => {
+    const response = await client.responses.create({
+      model: cluster.modelId,
+      instructions: "You are a weather assistant.",
+      input: "Weather in Paris?",
+      tools: RESPONSES_TOOLS,
+    });
+    expect(response.status).toBe("completed");
+    expect(response.output_text).toBe(SCRIPTED_REPLY.content);
+    const calls = response.output.filter(
+      (o): o is OpenAI.Responses.ResponseFunctionToolCall => o.type === "function_call",
+    );
+    expect(calls.map((c) => ({ name: c.name, arguments: JSON.parse(c.arguments) }))).toEqual(EXPECTED_CALLS);
+    expect(response.usage?.total_tokens).toBe(response.usage!.input_tokens + response.usage!.output_tokens);
+  });
+});
+
+describe("models", () => {
+  it("lists the served model", async () => {
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual([cluster.modelId]);
+  });
+});

@@ -1,0 +1,173 @@
+// Three machines simulated by three network namespaces on one bridge (10.77.0.0/24 exists only inside them):
+// `cluster up` in each, with NO --peer, must find the others over Bonjour multicast alone, elect one
+// coordinator, plan three stages and generate through the HTTP API (directly and forwarded by another node).
+// Needs root and iproute2; skips with the reason otherwise. Namespaces are removed in afterAll whatever happens.
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ClusterHealth } from "../../cluster/health.js";
+import { generateClusterKey } from "../../common/cluster-key.js";
+import { type CliProcess, cliEntry, runCli } from "../helpers/cluster-up.js";
+import { ensureModel } from "../helpers/pipeline-cluster.js";
+
+const tag = randomBytes(3).toString("hex");
+const bridgeNs = `sc${tag}br`;
+const nodeNs = [1, 2, 3].map((i) => `sc${tag}n${i}`);
+const address = (i: number) => `10.77.0.${i + 1}`;
+const API_KEY = "netns-test-api-key";
+
+function ip(args: string[]): { ok: boolean; out: string } {
+  const r = spawnSync("ip", args, { encoding: "utf8" });
+  return { ok: r.status === 0, out: `${r.stdout ?? ""}${r.stderr ?? ""}${r.error ? String(r.error) : ""}` };
+}
+
+function must(args: string[]): void {
+  const r = ip(args);
+  if (!r.ok) throw new Error(`ip ${args.join(" ")} failed: ${r.out}`);
+}
+
+/** Why this test cannot run here, or undefined when it can. */
+function skipReason(): string | undefined {
+  if (process.platform !== "linux") return "network namespaces need Linux";
+  if (process.getuid?.() !== 0) return "network namespaces need root";
+  if (spawnSync("ip", ["-V"]).status !== 0) return "the `ip` command (iproute2) is not installed";
+  const probe = `sc${tag}probe`;
+  const added = ip(["netns", "add", probe]);
+  ip(["netns", "delete", probe]);
+  if (!added.ok) return `cannot create a network namespace here: ${added.out.trim()}`;
+  return undefined;
+}
+
+const reason = skipReason();
+if (reason) console.warn(`skipping netns discovery test: ${reason}`);
+
+function setUpNetwork(): void {
+  for (const ns of [bridgeNs, ...nodeNs]) must(["netns", "add", ns]);
+  must(["-n", bridgeNs, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
+  must(["-n", bridgeNs, "link", "set", "br0", "up"]);
+  nodeNs.forEach((ns, i) => {
+    const hostSide = `v${tag}${i}`;
+    must(["link", "add", hostSide, "netns", bridgeNs, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+    must(["-n", bridgeNs, "link", "set", hostSide, "master", "br0"]);
+    must(["-n", bridgeNs, "link", "set", hostSide, "up"]);
+    must(["-n", ns, "link", "set", "lo", "up"]);
+    must(["-n", ns, "addr", "add", `${address(i)}/24`, "dev", "eth0"]);
+    must(["-n", ns, "link", "set", "eth0", "up"]);
+    // No default route in the namespace: mDNS needs to know where multicast goes.
+    must(["-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+  });
+}
+
+function tearDownNetwork(): void {
+  for (const ns of [...nodeNs, bridgeNs]) ip(["netns", "delete", ns]);
+}
+
+/** Runs a small script with node inside a namespace and returns its stdout (JSON by convention). */
+function nsNode(ns: string, script: string): string {
+  const r = spawnSync("ip", ["netns", "exec", ns, process.execPath, "--input-type=module", "-e", script], {
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+  if (r.status !== 0) throw new Error(`node in ${ns} failed: ${r.stderr}`);
+  return r.stdout;
+}
+
+function health(i: number): ClusterHealth | undefined {
+  const url = `http://${address(i)}:8080/health`;
+  const out = nsNode(
+    nodeNs[i],
+    `const r = await fetch(${JSON.stringify(url)}, { headers: { authorization: "Bearer ${API_KEY}" } }).catch(() => undefined);` +
+      `console.log(r ? await r.text() : "null");`,
+  );
+  return JSON.parse(out) ?? undefined;
+}
+
+function chat(ns: string, apiUrl: string, prompt: string): { status: number; text: string } {
+  const body = { messages: [{ role: "user", content: prompt }], max_tokens: 8, temperature: 0 };
+  const out = nsNode(
+    ns,
+    `const r = await fetch(${JSON.stringify(`${apiUrl}/v1/chat/completions`)}, { method: "POST", ` +
+      `headers: { "content-type": "application/json", authorization: "Bearer ${API_KEY}" }, ` +
+      `body: ${JSON.stringify(JSON.stringify(body))} });` +
+      `const b = await r.json(); const m = b.choices?.[0]?.message ?? {};` +
+      `console.log(JSON.stringify({ status: r.status, text: (m.reasoning_content ?? "") + "|" + (m.content ?? ""), body: b }));`,
+  );
+  return JSON.parse(out) as { status: number; text: string };
+}
+
+describe.skipIf(reason !== undefined)("Bonjour discovery across three network namespaces", () => {
+  const procs: CliProcess[] = [];
+  const homes: string[] = [];
+
+  beforeAll(async () => {
+    cliEntry(); // fails early with a clear message when dist/ is missing
+    setUpNetwork();
+    const modelDir = await ensureModel("tiny", "tiny");
+    const key = generateClusterKey();
+    nodeNs.forEach((ns, i) => {
+      const home = mkdtempSync(join(tmpdir(), `netns-node${i + 1}-`));
+      homes.push(home);
+      const args = ["up", "--model", modelDir, "--key", key, "--name", `node${i + 1}`, "--port", "7100"];
+      args.push("--api-port", "8080", "--api-host", address(i), "--api-key", API_KEY, "--threads", "1");
+      // Equal machines: a measured bandwidth on two busy cores is noise, and the split should not depend on it.
+      args.push("--memory-bandwidth", "50");
+      procs.push(runCli(args, { STUDIO_CLUSTER_HOME: home }, ["ip", "netns", "exec", ns]));
+    });
+  });
+
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop("SIGKILL")));
+    tearDownNetwork();
+    for (const home of homes) rmSync(home, { recursive: true, force: true });
+  });
+
+  it("find each other without --peer, elect one coordinator, plan three stages and generate", async () => {
+    let views: Array<ClusterHealth | undefined> = [];
+    const started = Date.now();
+    const agreed = () =>
+      views.every((h) => h?.members.length === 3) &&
+      new Set(views.map((h) => h?.coordinator?.id)).size === 1 &&
+      views.some((h) => h?.state === "ready" && h.plan?.stages.length === 3);
+    while (Date.now() - started < 60_000) {
+      for (const p of procs)
+        if (p.child.exitCode !== null)
+          throw new Error(`a node exited:\n${procs.map((q) => q.output()).join("\n")}`);
+      views = [0, 1, 2].map(health);
+      if (agreed()) break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    expect(
+      agreed(),
+      `views: ${JSON.stringify(views, null, 1)}\n${procs.map((p) => p.output()).join("\n")}`,
+    ).toBe(true);
+    const coordinatorId = views[0]!.coordinator!.id;
+    const coordinatorIndex = views.findIndex((h) => h!.node.id === coordinatorId);
+    const coordinator = views[coordinatorIndex]!;
+    // Every member was found at its namespace address, by Bonjour alone.
+    expect(coordinator.members.map((m) => m.address.split(":")[0]).sort()).toEqual([0, 1, 2].map(address));
+    expect(coordinatorId).toBe([...coordinator.members.map((m) => m.id)].sort()[0]);
+    const stages = coordinator.plan!.stages;
+    expect(stages.map((s) => [s.layerStart, s.layerEnd])).toEqual([
+      [0, 2],
+      [2, 4],
+      [4, 6],
+    ]);
+    expect(new Set(stages.map((s) => s.nodeId)).size).toBe(3);
+    for (const h of views) expect(h!.state).toBe(h!.node.id === coordinatorId ? "ready" : "following");
+
+    const coordinatorUrl = `http://${address(coordinatorIndex)}:8080`;
+    const direct = chat(nodeNs[coordinatorIndex], coordinatorUrl, "Three machines, one model.");
+    expect(direct.status, JSON.stringify(direct)).toBe(200);
+    const followerIndex = (coordinatorIndex + 1) % 3;
+    const forwarded = chat(
+      nodeNs[followerIndex],
+      `http://${address(followerIndex)}:8080`,
+      "Three machines, one model.",
+    );
+    expect(forwarded.status, JSON.stringify(forwarded)).toBe(200);
+    expect(forwarded.text).toBe(direct.text);
+  });
+});

@@ -1,0 +1,453 @@
+// The mlx backend on the tiny model, for 4-bit (gs64, gs32), 8-bit, 3-bit, 6-bit and bf16 checkpoints:
+// - checking mode (STUDIO_MLX_DTYPE=f32: the same MLX ops with f32 activations): the same greedy tokens as the
+//   plain-TS f32 reference (test/reference) for 16 free-running steps and logits within 1e-4 of the largest
+//   logit. This pins every op (quantized matmul, gather_qmm, rms_norm, half-split partial rope, GQA attention,
+//   router) to MODEL.md.
+// - production mode (bf16 activations and KV): logits within bf16 tolerance and the cpu's greedy token
+//   wherever the choice is clear and routing matched (see BF16_* below for why near-ties and flips are exempt).
+// Also: a split mlx run equals the single mlx run bit for bit (bf16 hidden on the wire), batching and fork
+// leave a sequence's bits unchanged, and backend "auto" picks mlx only where MLX has a GPU.
+// Runs whenever the addon was built with MLX (native/find-mlx.js found it at install); says why it skips otherwise.
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { makeModel } from "../../cli/make-model/index.js";
+import type { Engine, ForwardOutput } from "../../common/engine-api.js";
+import { packageRoot } from "../../common/paths.js";
+import { availableBackends, mlxInfo, openEngine } from "../../native/index.js";
+import { ReferenceModel } from "../helpers/reference-minimax-m2.js";
+
+const addonPath = join(packageRoot(), "native", "build", "Release", "studio_engine.node");
+const skipReason = !existsSync(addonPath)
+  ? `the studio_engine addon is not built (${addonPath})`
+  : !availableBackends().includes("mlx")
+    ? "studio_engine was built without MLX (install MLX, e.g. `brew install mlx`, or set MLX_DIR, then `npm install`)"
+    : undefined;
+if (skipReason) console.warn(`engine-mlx.test: skipping the mlx backend tests: ${skipReason}`);
+
+const LAYERS = 6; // tiny preset
+const HIDDEN = 128;
+// 40 tokens: the prefill routes 80 (token, expert) pairs, enough for the backend's expert-sorted path
+// (>= 64 pairs); the decode steps take the direct path.
+const PROMPT = Array.from({ length: 40 }, (_, i) => (i * 37 + 5) % 1500);
+const DECODE_STEPS = 16;
+// f32 checking mode against the plain f32 reference: only summation order differs (observed ~1e-6).
+const F32_TOLERANCE = 1e-4;
+// bf16: every activation rounds to 8 significant bits (2^-9 relative), so after six layers the logits differ
+// from the f32 cpu backend by about 1% of the largest logit (observed median 0.75-1.2%): the median step
+// must stay under 3%. A token whose router scores sit within that noise of the top-k boundary can pick another
+// expert, which moves that step's logits (and perhaps its greedy token) by tens of per cent (observed up to
+// 34%, on at most 3 of 25 steps): such routing-flip steps (error over 5%) may be at most a quarter of the
+// steps, none over 50%. A wrong op moves every step by 20% or more (a swapped rope pairing gives a median of
+// 20-23%), failing the median bound.
+const BF16_MEDIAN_TOLERANCE = 0.03;
+const BF16_FLIP_ERROR = 0.05;
+const BF16_MAX_FLIP_SHARE = 0.25;
+const BF16_WORST_TOLERANCE = 0.5;
+// Greedy choices closer than 10% of the largest logit are near-ties that bf16 noise may legitimately flip.
+const BF16_CLEAR_MARGIN = 0.1;
+
+interface Run {
+  tokens: number[];
+  logits: Float32Array[];
+}
+
+type Checkpoint = { name: string; bits: number; groupSize?: number };
+const CHECKPOINTS: Checkpoint[] = [
+  { name: "4-bit gs64", bits: 4, groupSize: 64 },
+  { name: "4-bit gs32", bits: 4, groupSize: 32 },
+  { name: "8-bit gs64", bits: 8, groupSize: 64 },
+  // 3 and 6 bits pack across word boundaries.
+  { name: "3-bit gs64", bits: 3, groupSize: 64 },
+  { name: "6-bit gs32", bits: 6, groupSize: 32 },
+  { name: "bf16", bits: 0 },
+];
+
+function lastLogits(out: ForwardOutput): Float32Array {
+  if (!out.logits) throw new Error(`seq ${out.seq}: no logits returned`);
+  return out.logits;
+}
+
+/** Greedy: the prompt, then `steps` steps feeding back each sampled token (or the forced ones when given). */
+async function greedy(
+  engine: Engine,
+  seq: number,
+  prompt: number[],
+  steps = DECODE_STEPS,
+  forced?: number[],
+) {
+  const run: Run = { tokens: [], logits: [] };
+  let position = 0;
+  let input = prompt;
+  for (let step = 0; step <= steps; step++) {
+    const [out] = await engine.forward([
+      { seq, position, tokens: Int32Array.from(input), sampling: {}, returnLogits: true },
+    ]);
+    run.tokens.push(out.token!);
+    run.logits.push(lastLogits(out));
+    position += input.length;
+    input = [forced ? forced[step] : out.token!];
+  }
+  return run;
+}
+
+function argmax(values: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
+  return best;
+}
+
+/** The reference's greedy run, as greedy() gives an engine's. */
+async function referenceGreedy(dir: string, prompt: number[], steps = DECODE_STEPS): Promise<Run> {
+  const reference = await ReferenceModel.load(dir);
+  const run: Run = { tokens: [], logits: [] };
+  let logits = reference.forwardLast(prompt, 0);
+  for (let step = 0; step <= steps; step++) {
+    run.tokens.push(argmax(logits));
+    run.logits.push(logits);
+    if (step < steps) logits = reference.forwardLast([argmax(logits)], prompt.length + step);
+  }
+  return run;
+}
+
+/** Per step: max |a - b| relative to the largest |ref| logit of that step. */
+function relativeErrors(run: Run, ref: Run): number[] {
+  return ref.logits.map((r, s) => {
+    let diff = 0;
+    let scale = 0;
+    for (let i = 0; i < r.length; i++) {
+      diff = Math.max(diff, Math.abs(run.logits[s][i] - r[i]));
+      scale = Math.max(scale, Math.abs(r[i]));
+    }
+    return diff / scale;
+  });
+}
+
+/** Top-1 minus top-2 logit, relative to the largest |logit|. */
+function relativeMargin(logits: Float32Array): number {
+  let first = -Infinity;
+  let second = -Infinity;
+  let scale = 0;
+  for (const v of logits) {
+    scale = Math.max(scale, Math.abs(v));
+    if (v > first) {
+      second = first;
+      first = v;
+    } else if (v > second) second = v;
+  }
+  return (first - second) / scale;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+function openFull(dir: string, backend: "cpu" | "mlx") {
+  return openEngine({
+    modelDir: dir,
+    layerStart: 0,
+    layerEnd: LAYERS,
+    embed: true,
+    head: true,
+    backend,
+    threads: 2,
+  });
+}
+
+/** An mlx engine in the f32 checking mode (the variable is read once, when the backend is made). */
+async function openMlxF32(dir: string) {
+  process.env.STUDIO_MLX_DTYPE = "f32";
+  try {
+    return await openFull(dir, "mlx");
+  } finally {
+    delete process.env.STUDIO_MLX_DTYPE;
+  }
+}
+
+describe.skipIf(skipReason !== undefined)("mlx backend", () => {
+  const root = mkdtempSync(join(tmpdir(), "engine-mlx-"));
+  const dirs = new Map<string, string>();
+
+  beforeAll(async () => {
+    for (const c of CHECKPOINTS) {
+      const dir = join(root, c.name.replace(/\W+/g, "-"));
+      await makeModel({ dir, preset: "tiny", bits: c.bits, groupSize: c.groupSize, seed: 7 });
+      dirs.set(c.name, dir);
+    }
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it("reports itself: backend mlx, bf16 activations, bf16 KV", async () => {
+    const engine = await openFull(dirs.get("4-bit gs64")!, "mlx");
+    try {
+      const stats = engine.stats();
+      expect(stats.backend).toBe("mlx");
+      expect(stats.activationDtype).toBe("bf16");
+      // 6 layers x (k + v) x 2 kv heads x 64 dims x 2 bytes.
+      expect(stats.kvBytesPerToken).toBe(LAYERS * 2 * 2 * 64 * 2);
+      const info = mlxInfo();
+      expect(info?.version).toMatch(/^\d+\.\d+/);
+      expect(["gpu", "cpu"]).toContain(info?.device);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  for (const c of CHECKPOINTS) {
+    it(`${c.name}, f32 checking mode: the reference's greedy tokens, logits within ${F32_TOLERANCE}`, async () => {
+      const dir = dirs.get(c.name)!;
+      const mlx = await openMlxF32(dir);
+      try {
+        expect(mlx.stats().activationDtype).toBe("f32");
+        const ref = await referenceGreedy(dir, PROMPT);
+        const got = await greedy(mlx, 1, PROMPT);
+        const worst = Math.max(...relativeErrors(got, ref));
+        console.log(
+          `engine-mlx ${c.name} f32: worst relative logit error vs reference ${worst.toExponential(2)}`,
+        );
+        expect(got.tokens).toEqual(ref.tokens);
+        expect(worst).toBeLessThanOrEqual(F32_TOLERANCE);
+      } finally {
+        await mlx.close();
+      }
+    });
+
+    it(`${c.name}, bf16: logits within bf16 tolerance, the cpu's greedy token wherever it is clear`, async () => {
+      const dir = dirs.get(c.name)!;
+      const cpu = await openFull(dir, "cpu");
+      const mlx = await openFull(dir, "mlx");
+      try {
+        const steps = 24;
+        const ref = await greedy(cpu, 1, PROMPT, steps);
+        // Both follow the cpu's tokens, so every step compares the same history.
+        const got = await greedy(mlx, 1, PROMPT, steps, ref.tokens);
+        const errors = relativeErrors(got, ref);
+        const flips = errors.map((e) => e > BF16_FLIP_ERROR);
+        // Clear choices on steps whose routing matched: there bf16 noise alone cannot change the token.
+        const checked = ref.logits.map((l, s) => !flips[s] && relativeMargin(l) >= BF16_CLEAR_MARGIN);
+        const agree = ref.tokens.filter((t, s) => t === got.tokens[s]).length;
+        console.log(
+          `engine-mlx ${c.name} bf16: relative logit error median ${median(errors).toExponential(2)}, worst ` +
+            `${Math.max(...errors).toExponential(2)}, routing-flip steps ${flips.filter(Boolean).length}; greedy ` +
+            `agrees on ${agree}/${ref.tokens.length} steps (${checked.filter(Boolean).length} clear, all must agree)`,
+        );
+        expect(median(errors)).toBeLessThanOrEqual(BF16_MEDIAN_TOLERANCE);
+        expect(flips.filter(Boolean).length).toBeLessThanOrEqual(BF16_MAX_FLIP_SHARE * errors.length);
+        expect(Math.max(...errors)).toBeLessThanOrEqual(BF16_WORST_TOLERANCE);
+        expect(checked.filter(Boolean).length).toBeGreaterThan(0);
+        for (let s = 0; s < ref.tokens.length; s++)
+          if (checked[s]) expect(got.tokens[s], `step ${s}`).toBe(ref.tokens[s]);
+      } finally {
+        await cpu.close();
+        await mlx.close();
+      }
+    });
+  }
+
+  it("f32 checking mode past the KV growth step (256 positions): chunked prefill and decode match the reference", async () => {
+    const dir = dirs.get("4-bit gs64")!;
+    const reference = await ReferenceModel.load(dir);
+    const mlx = await openMlxF32(dir);
+    try {
+      const tokens = Array.from({ length: 300 }, (_, i) => (i * 53 + 11) % 1500);
+      // Chunks [0,200) then [200,300) (crossing 256 inside one chunk), then three decode steps.
+      const chunks = [tokens.slice(0, 200), tokens.slice(200), [7], [8], [9]];
+      let position = 0;
+      for (const chunk of chunks) {
+        const want = reference.forwardLast(chunk, position);
+        const [got] = await mlx.forward([
+          { seq: 1, position, tokens: Int32Array.from(chunk), sampling: {}, returnLogits: true },
+        ]);
+        const [error] = relativeErrors(
+          { tokens: [], logits: [lastLogits(got)] },
+          { tokens: [], logits: [want] },
+        );
+        expect(error, `chunk at position ${position}`).toBeLessThanOrEqual(F32_TOLERANCE);
+        expect(got.token).toBe(argmax(want));
+        position += chunk.length;
+      }
+      // f32 KV: 4 bytes per element, grown in steps of 256 positions (300 -> 512).
+      expect(mlx.stats().kvBytes).toBe(512 * LAYERS * 2 * 2 * 64 * 4);
+    } finally {
+      await mlx.close();
+    }
+  });
+
+  it("a split run (layers [0,3) then [3,6), bf16 hidden on the wire) equals the single run bit for bit", async () => {
+    const dir = dirs.get("4-bit gs64")!;
+    const single = await openFull(dir, "mlx");
+    const first = await openEngine({
+      modelDir: dir,
+      layerStart: 0,
+      layerEnd: 3,
+      embed: true,
+      head: false,
+      backend: "mlx",
+    });
+    const last = await openEngine({
+      modelDir: dir,
+      layerStart: 3,
+      layerEnd: 6,
+      embed: false,
+      head: true,
+      backend: "mlx",
+    });
+    try {
+      const want = await greedy(single, 1, PROMPT);
+      const got: Run = { tokens: [], logits: [] };
+      let position = 0;
+      let input = PROMPT;
+      for (let step = 0; step <= DECODE_STEPS; step++) {
+        const [mid] = await first.forward([{ seq: 9, position, tokens: Int32Array.from(input) }]);
+        // bf16 activations: 2 bytes per value.
+        expect(mid.hidden!.byteLength).toBe(input.length * HIDDEN * 2);
+        const [out] = await last.forward([
+          { seq: 9, position, hidden: mid.hidden!, sampling: {}, returnLogits: true },
+        ]);
+        got.tokens.push(out.token!);
+        got.logits.push(lastLogits(out));
+        position += input.length;
+        input = [out.token!];
+      }
+      expect(got.tokens).toEqual(want.tokens);
+      for (let s = 0; s < want.logits.length; s++)
+        expect(Array.from(got.logits[s])).toEqual(Array.from(want.logits[s]));
+    } finally {
+      await Promise.all([single.close(), first.close(), last.close()]);
+    }
+  });
+
+  it("a sequence gives the same bits alone and in a batch with two others", async () => {
+    const dir = dirs.get("4-bit gs64")!;
+    const engine = await openFull(dir, "mlx");
+    try {
+      const alone = await greedy(engine, 1, PROMPT, 3);
+      // Same prompt as seq 10, beside two sequences of other lengths, prefill and decode in the same batches.
+      const others = [
+        [3, 4, 5],
+        [900, 901, 902, 903, 904, 905, 906],
+      ];
+      const inputs = [PROMPT, ...others];
+      const positions = [0, 0, 0];
+      const batched: Run = { tokens: [], logits: [] };
+      for (let step = 0; step <= 3; step++) {
+        const outs = await engine.forward(
+          inputs.map((tokens, i) => ({
+            seq: 10 + i,
+            position: positions[i],
+            tokens: Int32Array.from(tokens),
+            sampling: {},
+            returnLogits: true,
+          })),
+        );
+        batched.tokens.push(outs[0].token!);
+        batched.logits.push(lastLogits(outs[0]));
+        outs.forEach((out, i) => {
+          positions[i] += inputs[i].length;
+          inputs[i] = [out.token!];
+        });
+      }
+      expect(batched.tokens).toEqual(alone.tokens);
+      for (let s = 0; s < alone.logits.length; s++)
+        expect(Array.from(batched.logits[s])).toEqual(Array.from(alone.logits[s]));
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("fork then continue equals the original continuing, and release frees the KV", async () => {
+    const engine = await openFull(dirs.get("8-bit gs64")!, "mlx");
+    try {
+      const [first] = await engine.forward([
+        { seq: 1, position: 0, tokens: Int32Array.from(PROMPT), sampling: {} },
+      ]);
+      await engine.fork(1, 2, PROMPT.length);
+      const next = Int32Array.of(first.token!);
+      const [a] = await engine.forward([
+        { seq: 1, position: PROMPT.length, tokens: next, returnLogits: true },
+      ]);
+      const [b] = await engine.forward([
+        { seq: 2, position: PROMPT.length, tokens: next, returnLogits: true },
+      ]);
+      expect(Array.from(lastLogits(b))).toEqual(Array.from(lastLogits(a)));
+      // A fork to a shorter prefix recomputes the tail and lands on the same logits as well.
+      await engine.fork(1, 3, 4);
+      const [c] = await engine.forward([
+        {
+          seq: 3,
+          position: 4,
+          tokens: Int32Array.from([...PROMPT.slice(4), first.token!]),
+          returnLogits: true,
+        },
+      ]);
+      expect(Array.from(lastLogits(c))).toEqual(Array.from(lastLogits(a)));
+      expect(engine.stats().sequences).toBe(3);
+      await engine.release(1);
+      await engine.release(2);
+      await engine.release(3);
+      expect(engine.stats().sequences).toBe(0);
+      expect(engine.stats().kvBytes).toBe(0);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("rejects bad input with a message naming it, and keeps working", async () => {
+    const engine = await openFull(dirs.get("4-bit gs64")!, "mlx");
+    try {
+      await expect(engine.forward([{ seq: 1, position: 3, tokens: Int32Array.of(1) }])).rejects.toThrow(
+        /position 3/,
+      );
+      await expect(
+        engine.forward([{ seq: 1, position: 0, tokens: Int32Array.of(1_000_000) }]),
+      ).rejects.toThrow(/token 1000000/);
+      const [ok] = await engine.forward([
+        { seq: 1, position: 0, tokens: Int32Array.from(PROMPT), sampling: {} },
+      ]);
+      expect(ok.token).toBeGreaterThanOrEqual(0);
+    } finally {
+      await engine.close();
+    }
+    // A later stage takes bf16 hidden: 2 bytes a value, whole rows of hiddenSize values.
+    const later = await openEngine({
+      modelDir: dirs.get("4-bit gs64")!,
+      layerStart: 3,
+      layerEnd: LAYERS,
+      embed: false,
+      head: true,
+      backend: "mlx",
+    });
+    try {
+      await expect(later.forward([{ seq: 1, position: 0, hidden: new Uint8Array(3) }])).rejects.toThrow(
+        /hidden byte length 3 is not a multiple of 2 \(bf16\)/,
+      );
+      await expect(
+        later.forward([{ seq: 1, position: 0, hidden: new Uint8Array(HIDDEN * 2 + 2) }]),
+      ).rejects.toThrow(/hidden holds 129 floats, not a multiple of hidden_size 128/);
+      const [ok] = await later.forward([
+        { seq: 1, position: 0, hidden: new Uint8Array(HIDDEN * 2), sampling: {} },
+      ]);
+      expect(ok.token).toBeGreaterThanOrEqual(0);
+    } finally {
+      await later.close();
+    }
+  });
+
+  it('backend "auto" picks mlx exactly when MLX computes on a GPU, the cpu backend otherwise', async () => {
+    const engine = await openEngine({
+      modelDir: dirs.get("4-bit gs64")!,
+      layerStart: 0,
+      layerEnd: LAYERS,
+      embed: true,
+      head: true,
+      backend: "auto",
+    });
+    try {
+      expect(engine.stats().backend).toBe(mlxInfo()?.device === "gpu" ? "mlx" : "cpu");
+    } finally {
+      await engine.close();
+    }
+  });
+});

@@ -1,6 +1,7 @@
 // Every error leaves the server in OpenAI's shape {"error":{message,type,code,param}}, with the status that
 // tells the client what to do (4xx: fix the request; 429: retry later; 503: cluster not ready).
 
+import type { FastifyReply } from "fastify";
 import { RequestError } from "../chat/request-error.js";
 import { ClusterError, errorMessage } from "../common/errors.js";
 
@@ -63,4 +64,10 @@ export function contextLengthError(contextWindow: number, promptTokens: number):
     "context_length_exceeded",
     `This model's maximum context length is ${contextWindow} tokens. However, your messages resulted in ${promptTokens} tokens.`,
   );
+}
+
+/** Writes an ApiError as the reply (with retry-after where it has one). */
+export function sendApiError(reply: FastifyReply, error: ApiError): FastifyReply {
+  if (error.retryAfter !== undefined) reply.header("retry-after", String(error.retryAfter));
+  return reply.code(error.status).send(error.body);
 }

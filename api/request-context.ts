@@ -78,48 +78,32 @@ export interface StartOptions {
   stopStrings: string[];
 }
 
-/** Chat request → a started run (or a thrown error with the right status). */
-export async function startChatRun(
-  deps: ApiDeps,
-  conversation: Conversation,
-  options: StartOptions,
-): Promise<GenerationRun> {
-  const generator = requireGenerator(deps);
-  const formatter = ChatFormatter.forModelDir(deps.modelDir);
-  const prompt = formatter.encode(formatter.render(conversation));
-  const prepared: PreparedGeneration = {
-    prompt,
-    maxTokens: budgetTokens(generator.contextWindow, prompt.length, options.maxTokens),
-    sampling: options.sampling,
-    stopStrings: options.stopStrings,
-    tools: conversation.tools,
-    parseReply: true,
-    // Last: a prompt refused above (too long) never shows as a request in flight.
-    track: deps.requests?.begin(deps.api ?? "chat.completions", prompt.length),
-    timeoutMs: deps.requestTimeoutMs,
-    live: deps.live,
-  };
-  return GenerationRun.start(generator, formatter, prepared);
-}
+/** What a run generates from: a conversation (rendered by the model's template, the reply parsed into
+ * reasoning, text and tool calls) or plain text (a completion: no template, the reply raw). */
+export type RunInput = { conversation: Conversation } | { text: string };
 
-/** Plain completion: the prompt text as it is, no template, no reply parsing. */
-export async function startTextRun(
+/** Request → a started run (or a thrown error with the right status). */
+export async function startRun(
   deps: ApiDeps,
-  promptText: string,
+  input: RunInput,
   options: StartOptions,
 ): Promise<GenerationRun> {
   const generator = requireGenerator(deps);
   const formatter = ChatFormatter.forModelDir(deps.modelDir);
-  const prompt = formatter.encode(promptText);
+  const chat = "conversation" in input;
+  const prompt = formatter.encode(chat ? formatter.render(input.conversation) : input.text);
   if (prompt.length === 0) throw new RequestError("prompt must not be empty", "prompt");
+  // A completion without max_tokens writes 16 tokens (OpenAI's default); a chat reply may fill the window.
+  const requested = chat ? options.maxTokens : (options.maxTokens ?? 16);
   const prepared: PreparedGeneration = {
     prompt,
-    maxTokens: budgetTokens(generator.contextWindow, prompt.length, options.maxTokens ?? 16),
+    maxTokens: budgetTokens(generator.contextWindow, prompt.length, requested),
     sampling: options.sampling,
     stopStrings: options.stopStrings,
-    tools: [],
-    parseReply: false,
-    track: deps.requests?.begin(deps.api ?? "completions", prompt.length),
+    tools: chat ? input.conversation.tools : [],
+    parseReply: chat,
+    // Last: a prompt refused above (too long) never shows as a request in flight.
+    track: deps.requests?.begin(deps.api ?? (chat ? "chat.completions" : "completions"), prompt.length),
     timeoutMs: deps.requestTimeoutMs,
     live: deps.live,
   };

@@ -1,6 +1,7 @@
 // Server-sent events on a hijacked fastify reply. Headers go out at once so the client sees the stream open
 // before the prompt's prefill ends; a closed connection aborts the request's generation.
 import type { FastifyReply } from "fastify";
+import type { GenerationRun, OutputEvent } from "./generation-run.js";
 
 export class SseStream {
   private ended = false;
@@ -45,5 +46,43 @@ export class SseStream {
     if (this.ended) return;
     this.ended = true;
     this.reply.raw.end();
+  }
+}
+
+/** How one API writes a run as events: its opening events, one per output event, the end, the failure. */
+export interface RunStreamWriter {
+  open?(): void;
+  event(event: OutputEvent): void;
+  end(): void;
+  /** The run failed (node lost, timeout, shutdown): the terminal error event. */
+  fail(err: unknown): void;
+  /** Chat Completions and Completions end every stream with `data: [DONE]`. */
+  doneMarker?: boolean;
+}
+
+/**
+ * Streams a run over SSE: the writer's opening events at once (before prefill ends), every output event, then
+ * exactly one terminal event (end or failure), then the stream closes; a client that goes away cancels the run.
+ */
+export async function streamRun(
+  reply: FastifyReply,
+  run: GenerationRun,
+  writer: (sse: SseStream) => RunStreamWriter,
+): Promise<void> {
+  const sse = new SseStream(reply, () => run.cancel());
+  const write = writer(sse);
+  write.open?.();
+  try {
+    for await (const event of run.events()) {
+      if (sse.closed) break;
+      write.event(event);
+    }
+    write.end();
+  } catch (err) {
+    write.fail(err);
+  } finally {
+    run.cancel();
+    if (write.doneMarker) sse.sendDone();
+    sse.end();
   }
 }

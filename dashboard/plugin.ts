@@ -6,22 +6,29 @@
 // - coordinatorUrl(): undefined on the coordinator itself (or while none is known), otherwise the
 //   coordinator's API base URL (e.g. "http://10.0.0.10:8080"); GET / then redirects there, so opening any
 //   node's address shows the one dashboard.
-// - authorize(request): optional check for the WebSocket upgrade, which bypasses fastify's hooks; return
-//   false to refuse (the page and assets are ordinary routes and go through the app's hooks).
+// - authorize(request): optional key check for the page (GET /), the snapshot and the WebSocket; it returns
+//   the refusal to send (status and body) or undefined to let the request pass. The assets stay open: a
+//   browser fetches them without the key the page was opened with.
 import { readFileSync } from "node:fs";
 import type { IncomingMessage } from "node:http";
 import { join } from "node:path";
 import type { Duplex } from "node:stream";
-import type { FastifyInstance, FastifyReply } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { WebSocketServer } from "ws";
 import type { ClusterSnapshot } from "../cluster/snapshot.js";
 import { packageRoot } from "../common/paths.js";
 import { LiveFeed, type LiveFeedOptions } from "./live-feed.js";
 
+/** Why a dashboard request is refused: the HTTP status and the JSON body to answer with. */
+export interface DashboardRefusal {
+  status: number;
+  body: unknown;
+}
+
 export interface DashboardOptions {
   snapshot: () => ClusterSnapshot;
   coordinatorUrl?: () => string | undefined;
-  authorize?: (request: IncomingMessage) => boolean;
+  authorize?: (request: IncomingMessage) => DashboardRefusal | undefined;
   feed?: LiveFeedOptions;
 }
 
@@ -50,7 +57,14 @@ export function registerDashboard(app: FastifyInstance, options: DashboardOption
   const sendAsset = (reply: FastifyReply, name: string) =>
     reply.header("content-type", ASSETS[name]).header("cache-control", "no-cache").send(assets.get(name));
 
-  app.get("/", (request, reply) => {
+  // The data routes' own hook: the key rule holds for them whatever else the app registers.
+  const guarded = {
+    onRequest: async (request: FastifyRequest, reply: FastifyReply) => {
+      const refusal = options.authorize?.(request.raw);
+      if (refusal) return reply.code(refusal.status).send(refusal.body);
+    },
+  };
+  app.get("/", guarded, (request, reply) => {
     const coordinator = options.coordinatorUrl?.();
     // The query goes along: it may carry the API key (?key=) the page needs there too.
     const query = request.url.includes("?") ? request.url.slice(request.url.indexOf("?")) : "";
@@ -59,7 +73,7 @@ export function registerDashboard(app: FastifyInstance, options: DashboardOption
   });
   for (const name of Object.keys(ASSETS))
     app.get(`/dashboard/${name}`, (_request, reply) => sendAsset(reply, name));
-  app.get("/dashboard/snapshot.json", (_request, reply) => reply.send(options.snapshot()));
+  app.get("/dashboard/snapshot.json", guarded, (_request, reply) => reply.send(options.snapshot()));
 
   const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
     const path = new URL(request.url ?? "/", "http://localhost").pathname;
@@ -68,7 +82,8 @@ export function registerDashboard(app: FastifyInstance, options: DashboardOption
       if (app.server.listenerCount("upgrade") === 1) refuse(socket, 404, "Not Found");
       return;
     }
-    if (options.authorize && !options.authorize(request)) return refuse(socket, 401, "Unauthorized");
+    const refusal = options.authorize?.(request);
+    if (refusal) return refuse(socket, refusal.status, refusal.status === 401 ? "Unauthorized" : "Forbidden");
     wss.handleUpgrade(request, socket, head, (ws) => feed.add(ws));
   };
   app.server.on("upgrade", onUpgrade);

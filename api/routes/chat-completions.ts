@@ -12,9 +12,9 @@ import {
   newId,
   type OutputEvent,
 } from "../generation-run.js";
-import { type ApiDeps, checkModel, samplingOf, startChatRun } from "../request-context.js";
+import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { ChatCompletionsBody, validator } from "../request-schemas.js";
-import { SseStream } from "../sse.js";
+import { type SseStream, streamRun } from "../sse.js";
 
 const validate = validator(ChatCompletionsBody, "POST /v1/chat/completions");
 
@@ -72,14 +72,18 @@ function deltaOf(event: OutputEvent, toolIndex: number): Record<string, unknown>
 }
 
 export function registerChatCompletions(app: FastifyInstance, deps: ApiDeps): void {
-  app.post("/v1/chat/completions", async (request, reply) => {
+  app.post("/chat/completions", async (request, reply) => {
     const body = validate(request.body);
     checkModel(deps, body.model);
-    const run = await startChatRun(deps, fromChatCompletions(body.messages, body.tools), {
-      maxTokens: body.max_completion_tokens ?? body.max_tokens,
-      sampling: samplingOf(body),
-      stopStrings: stopStrings(body.stop),
-    });
+    const run = await startRun(
+      deps,
+      { conversation: fromChatCompletions(body.messages, body.tools) },
+      {
+        maxTokens: body.max_completion_tokens ?? body.max_tokens,
+        sampling: samplingOf(body),
+        stopStrings: stopStrings(body.stop),
+      },
+    );
     const id = newId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);
     const model = body.model ?? deps.modelId;
@@ -87,8 +91,7 @@ export function registerChatCompletions(app: FastifyInstance, deps: ApiDeps): vo
       cancelOnDisconnect(reply.raw, run);
       return reply.send(await complete(run, id, created, model));
     }
-    const sse = new SseStream(reply, () => run.cancel());
-    const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
+    const chunk = (sse: SseStream, choices: unknown[], extra: Record<string, unknown> = {}) =>
       sse.send({
         id,
         object: "chat.completion.chunk",
@@ -104,24 +107,23 @@ export function registerChatCompletions(app: FastifyInstance, deps: ApiDeps): vo
       logprobs: null,
       finish_reason: finish,
     });
-    chunk([choice({ role: "assistant", content: "" })]);
     let toolIndex = 0;
-    try {
-      for await (const event of run.events()) {
-        if (sse.closed) break;
-        chunk([choice(deltaOf(event, toolIndex))]);
+    await streamRun(reply, run, (sse) => ({
+      doneMarker: true,
+      open: () => chunk(sse, [choice({ role: "assistant", content: "" })]),
+      event: (event) => {
+        chunk(sse, [choice(deltaOf(event, toolIndex))]);
         if (event.type === "tool_call") toolIndex++;
-      }
-      chunk([choice({}, run.finishReason)]);
-      // Usage always, whether or not stream_options.include_usage asked for it.
-      chunk([], { usage: completionsUsage(run.usage, true) });
-    } catch (err) {
-      const failure = toApiError(err);
-      sse.send({ error: { ...failure.body.error, message: errorMessage(err) } });
-    } finally {
-      run.cancel();
-      sse.sendDone();
-      sse.end();
-    }
+      },
+      end: () => {
+        chunk(sse, [choice({}, run.finishReason)]);
+        // Usage always, whether or not stream_options.include_usage asked for it.
+        chunk(sse, [], { usage: completionsUsage(run.usage, true) });
+      },
+      fail: (err) => {
+        const failure = toApiError(err);
+        sse.send({ error: { ...failure.body.error, message: errorMessage(err) } });
+      },
+    }));
   });
 }

@@ -4,22 +4,26 @@ import { stopStrings } from "../../chat/stop-strings.js";
 import { errorMessage } from "../../common/errors.js";
 import { toApiError } from "../errors.js";
 import { cancelOnDisconnect, completionsUsage, newId } from "../generation-run.js";
-import { type ApiDeps, checkModel, samplingOf, startTextRun } from "../request-context.js";
+import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { CompletionsBody, validator } from "../request-schemas.js";
-import { SseStream } from "../sse.js";
+import { streamRun } from "../sse.js";
 
 const validate = validator(CompletionsBody, "POST /v1/completions");
 
 export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
-  app.post("/v1/completions", async (request, reply) => {
+  app.post("/completions", async (request, reply) => {
     const body = validate(request.body);
     checkModel(deps, body.model);
     const prompt = Array.isArray(body.prompt) ? body.prompt[0] : body.prompt;
-    const run = await startTextRun(deps, prompt, {
-      maxTokens: body.max_tokens,
-      sampling: samplingOf(body),
-      stopStrings: stopStrings(body.stop),
-    });
+    const run = await startRun(
+      deps,
+      { text: prompt },
+      {
+        maxTokens: body.max_tokens,
+        sampling: samplingOf(body),
+        stopStrings: stopStrings(body.stop),
+      },
+    );
     const id = newId("cmpl");
     const created = Math.floor(Date.now() / 1000);
     const model = body.model ?? deps.modelId;
@@ -34,28 +38,26 @@ export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
         usage: completionsUsage(run.usage, false),
       });
     }
-    const sse = new SseStream(reply, () => run.cancel());
-    try {
-      for await (const event of run.events()) {
-        if (sse.closed) break;
+    await streamRun(reply, run, (sse) => ({
+      doneMarker: true,
+      event: (event) => {
         if (event.type === "text")
           sse.send({
             ...base,
             choices: [{ index: 0, text: event.delta, logprobs: null, finish_reason: null }],
           });
-      }
-      sse.send({
-        ...base,
-        choices: [{ index: 0, text: "", logprobs: null, finish_reason: run.finishReason }],
-      });
-      sse.send({ ...base, choices: [], usage: completionsUsage(run.usage, false) });
-    } catch (err) {
-      const failure = toApiError(err);
-      sse.send({ error: { ...failure.body.error, message: errorMessage(err) } });
-    } finally {
-      run.cancel();
-      sse.sendDone();
-      sse.end();
-    }
+      },
+      end: () => {
+        sse.send({
+          ...base,
+          choices: [{ index: 0, text: "", logprobs: null, finish_reason: run.finishReason }],
+        });
+        sse.send({ ...base, choices: [], usage: completionsUsage(run.usage, false) });
+      },
+      fail: (err) => {
+        const failure = toApiError(err);
+        sse.send({ error: { ...failure.body.error, message: errorMessage(err) } });
+      },
+    }));
   });
 }

@@ -6,9 +6,9 @@ import { stopStrings } from "../../chat/stop-strings.js";
 import { errorMessage } from "../../common/errors.js";
 import { toApiError } from "../errors.js";
 import { cancelOnDisconnect, type GenerationRun, newId, type OutputEvent } from "../generation-run.js";
-import { type ApiDeps, checkModel, samplingOf, startChatRun } from "../request-context.js";
+import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { ResponsesBody, validator } from "../request-schemas.js";
-import { SseStream } from "../sse.js";
+import { streamRun } from "../sse.js";
 
 const validate = validator(ResponsesBody, "POST /v1/responses");
 
@@ -210,14 +210,18 @@ function conversationOf(body: ResponsesBody) {
 }
 
 export function registerResponses(app: FastifyInstance, deps: ApiDeps): void {
-  app.post("/v1/responses", async (request, reply) => {
+  app.post("/responses", async (request, reply) => {
     const body = validate(request.body);
     checkModel(deps, body.model);
-    const run = await startChatRun(deps, conversationOf(body), {
-      maxTokens: body.max_output_tokens,
-      sampling: samplingOf(body),
-      stopStrings: stopStrings((body as { stop?: unknown }).stop),
-    });
+    const run = await startRun(
+      deps,
+      { conversation: conversationOf(body) },
+      {
+        maxTokens: body.max_output_tokens,
+        sampling: samplingOf(body),
+        stopStrings: stopStrings((body as { stop?: unknown }).stop),
+      },
+    );
     const model = body.model ?? deps.modelId;
     const echo = {
       tools: body.tools ?? [],
@@ -231,30 +235,30 @@ export function registerResponses(app: FastifyInstance, deps: ApiDeps): void {
       return reply.send(builder.final(run).response);
     }
     let sequence = 0;
-    const sse = new SseStream(reply, () => run.cancel());
-    const emit: Emit = (type, payload) => sse.send({ type, sequence_number: sequence++, ...payload }, type);
-    const builder = new ResponseBuilder(model, emit, echo);
-    emit("response.created", { response: builder.envelope("in_progress") });
-    emit("response.in_progress", { response: builder.envelope("in_progress") });
-    try {
-      for await (const event of run.events()) {
-        if (sse.closed) break;
-        builder.on(event);
-      }
-      builder.closeAll();
-      const terminal = builder.final(run);
-      emit(terminal.type, { response: terminal.response });
-    } catch (err) {
-      const failure = toApiError(err);
-      builder.closeAll();
-      emit("response.failed", {
-        response: builder.envelope("failed", {
-          error: { code: failure.body.error.code ?? "server_error", message: errorMessage(err) },
-        }),
-      });
-    } finally {
-      run.cancel();
-      sse.end();
-    }
+    await streamRun(reply, run, (sse) => {
+      const emit: Emit = (type, payload) => sse.send({ type, sequence_number: sequence++, ...payload }, type);
+      const builder = new ResponseBuilder(model, emit, echo);
+      return {
+        open: () => {
+          emit("response.created", { response: builder.envelope("in_progress") });
+          emit("response.in_progress", { response: builder.envelope("in_progress") });
+        },
+        event: (event) => builder.on(event),
+        end: () => {
+          builder.closeAll();
+          const terminal = builder.final(run);
+          emit(terminal.type, { response: terminal.response });
+        },
+        fail: (err) => {
+          const failure = toApiError(err);
+          builder.closeAll();
+          emit("response.failed", {
+            response: builder.envelope("failed", {
+              error: { code: failure.body.error.code ?? "server_error", message: errorMessage(err) },
+            }),
+          });
+        },
+      };
+    });
   });
 }

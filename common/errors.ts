@@ -25,6 +25,11 @@ const httpStatusOf: Record<ClusterErrorCode, number> = {
   internal: 500,
 };
 
+/** Whether a code that came over the wire (an ERROR frame) is one of ours. */
+export function isClusterErrorCode(code: string): code is ClusterErrorCode {
+  return Object.hasOwn(httpStatusOf, code);
+}
+
 export class ClusterError extends Error {
   readonly code: ClusterErrorCode;
   readonly httpStatus: number;

@@ -4,9 +4,10 @@
 // sequence on every stage; a lost node fails every sequence in flight at once, and new requests get
 // cluster_not_ready until attach() hands over a new pipeline.
 import { EventEmitter } from "node:events";
-import { ClusterError, type ClusterErrorCode, errorMessage } from "../common/errors.js";
+import { ClusterError, type ClusterErrorCode, errorMessage, isClusterErrorCode } from "../common/errors.js";
 import { encodeTokens, nowUs, toWireSampling } from "../common/wire/frames.js";
 import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
+import { Admission, kvTokenBudget } from "./admission.js";
 import { describeLoss, type LostNode, type Pipeline } from "./pipeline.js";
 import { PrefixCache } from "./prefix-cache.js";
 import type { GenerationEvent, GenerationRequest, TokenGenerator } from "./token-generator.js";
@@ -47,19 +48,6 @@ export interface SchedulerEvents {
   request: [RequestFigures];
   nodeLost: [LostNode];
 }
-
-const clusterErrorCodes = new Set<string>([
-  "bad_request",
-  "context_length_exceeded",
-  "cluster_not_ready",
-  "node_lost",
-  "overloaded",
-  "cancelled",
-  "timeout",
-  "unauthorized",
-  "model_error",
-  "internal",
-]);
 
 /** One sequence in flight: a mailbox between the Results stream and the generator awaiting its next token. */
 class Run {
@@ -125,16 +113,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   readonly contextWindow: number;
   private readonly maxTokenId: number;
   private readonly chunkTokens: number;
-  private readonly maxSequences: number;
-  private readonly maxQueue: number;
-  /** Requests waiting for a slot, first come first served: the KV positions each needs, and its wake-up. */
-  private readonly waiting: Array<{ kvTokens: number; wake: () => void }> = [];
-  /** Slots handed to woken requests that have not started their run yet. */
-  private reservedSlots = 0;
-  /** KV positions the attached pipeline's stages can hold for sequences in flight (the tightest stage). */
-  private kvTokenBudget = Number.POSITIVE_INFINITY;
-  /** KV positions reserved by sequences in flight and by reserved slots. */
-  private kvTokensHeld = 0;
+  private readonly admission: Admission;
   private readonly stepTimeoutMs: number;
   private readonly prefixCacheBytesPerNode: number;
   private pipeline: Pipeline | undefined;
@@ -152,8 +131,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     this.contextWindow = opts.contextWindow;
     this.maxTokenId = (opts.vocabSize ?? 0x8000_0000) - 1;
     this.chunkTokens = opts.prefillChunkTokens ?? 256;
-    this.maxSequences = opts.maxSequences ?? 64;
-    this.maxQueue = opts.maxQueue ?? 256;
+    this.admission = new Admission({ maxSequences: opts.maxSequences, maxQueue: opts.maxQueue });
     this.stepTimeoutMs = opts.stepTimeoutMs ?? 120_000;
     this.prefixCacheBytesPerNode = opts.prefixCacheBytesPerNode ?? 0;
     // Ids start at a random point so a restarted coordinator does not reuse the previous one's ids.
@@ -170,7 +148,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
 
   /** KV positions reserved by sequences in flight, and the most the stages can hold (Infinity: unbounded). */
   get kvTokens(): { held: number; budget: number } {
-    return { held: this.kvTokensHeld, budget: this.kvTokenBudget };
+    return this.admission.kvTokens;
   }
 
   /**
@@ -182,8 +160,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     if (this.pipeline === pipeline) return;
     if (this.pipeline) this.detach("replaced by a new pipeline");
     this.pipeline = pipeline;
-    this.kvTokenBudget = kvTokenBudget(pipeline.kvBytesPerToken, kvBytesPerStage);
-    this.wakeNext();
+    this.admission.setBudget(kvTokenBudget(pipeline.kvBytesPerToken, kvBytesPerStage));
     const budget = PrefixCache.tokenBudgetFor(this.prefixCacheBytesPerNode, pipeline.kvBytesPerToken);
     this.cache = budget > 0 ? { pipeline, entries: new PrefixCache(budget) } : undefined;
     this.unsubscribe = pipeline.onResult((frame) => this.route(frame));
@@ -238,9 +215,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
       return;
     }
     if (frame.kind === FrameKind.ERROR) {
-      const code = (
-        clusterErrorCodes.has(frame.error_code) ? frame.error_code : "internal"
-      ) as ClusterErrorCode;
+      const code = isClusterErrorCode(frame.error_code) ? frame.error_code : "internal";
       run.fail(
         new ClusterError(code, frame.error || `stage ${frame.origin_stage} failed sequence ${frame.seq}`),
       );
@@ -291,12 +266,10 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     if (request.signal?.aborted)
       throw new ClusterError("cancelled", "the request was cancelled before it started");
     const kvTokens = request.prompt.length + request.maxTokens;
-    await this.waitForSlot(kvTokens, request.signal);
-    this.reservedSlots--; // the slot is now this run's
+    await this.admission.acquire(kvTokens, request.signal);
     // The pipeline may have been lost or replaced while the request waited.
     if (!this.pipeline) {
-      this.kvTokensHeld -= kvTokens;
-      this.wakeNext();
+      this.admission.release(kvTokens);
       throw new ClusterError("cluster_not_ready", `the cluster is not ready: ${this.notReadyReason}`);
     }
     const seq = this.allocateSeq();
@@ -426,67 +399,6 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   }
 
   /**
-   * Whether a request needing kvTokens positions may start now: fewer than maxSequences generate, and its KV fits
-   * beside theirs (a lone request always starts: the plan keeps one full context per stage).
-   */
-  private admits(kvTokens: number): boolean {
-    const busy = this.runs.size + this.reservedSlots;
-    if (busy >= this.maxSequences) return false;
-    return busy === 0 || this.kvTokensHeld + kvTokens <= this.kvTokenBudget;
-  }
-
-  private reserve(kvTokens: number): void {
-    this.reservedSlots++;
-    this.kvTokensHeld += kvTokens;
-  }
-
-  /**
-   * Waits, in arrival order, until the request is admitted (see admits), and reserves its slot and KV until the
-   * caller starts its run (reserving at once, so requests arriving together cannot overshoot the limits).
-   * Beyond maxQueue waiting: "overloaded".
-   */
-  private async waitForSlot(kvTokens: number, signal: AbortSignal | undefined): Promise<void> {
-    if (this.waiting.length === 0 && this.admits(kvTokens)) {
-      this.reserve(kvTokens);
-      return;
-    }
-    if (this.waiting.length >= this.maxQueue)
-      throw new ClusterError(
-        "overloaded",
-        `${this.runs.size} sequences are generating and ${this.waiting.length} requests wait ` +
-          `(limits ${this.maxSequences} and ${this.maxQueue})`,
-      );
-    await new Promise<void>((resolve, reject) => {
-      const entry = {
-        kvTokens,
-        wake: (): void => {
-          signal?.removeEventListener("abort", onAbort);
-          resolve();
-        },
-      };
-      const onAbort = (): void => {
-        const at = this.waiting.indexOf(entry);
-        if (at >= 0) this.waiting.splice(at, 1);
-        reject(new ClusterError("cancelled", "the request was cancelled while it waited for a free slot"));
-        // The head of the queue may have been the one blocking those behind it.
-        if (at === 0) this.wakeNext();
-      };
-      this.waiting.push(entry);
-      signal?.addEventListener("abort", onAbort, { once: true });
-    });
-  }
-
-  /** Hands freed slots and KV to the longest-waiting requests, in order, as long as the head is admitted. */
-  private wakeNext(): void {
-    while (this.waiting.length > 0 && this.admits(this.waiting[0].kvTokens)) {
-      const entry = this.waiting.shift();
-      if (!entry) return;
-      this.reserve(entry.kvTokens);
-      entry.wake();
-    }
-  }
-
-  /**
    * Frees the sequence everywhere: after a clean end it becomes a prefix-cache entry (or is released), otherwise
    * it is cancelled (work may still be queued).
    */
@@ -498,8 +410,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     kvTokens: number[],
   ): void {
     this.runs.delete(run.seq);
-    this.kvTokensHeld -= run.kvTokens;
-    this.wakeNext();
+    this.admission.release(run.kvTokens);
     if (!run.pipeline.lost) {
       const done = figures.status === "completed" || figures.status === "incomplete";
       if (!done && figures.errorCode === undefined) figures.status = "cancelled";
@@ -517,15 +428,4 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     }
     this.emit("request", figures);
   }
-}
-
-/** KV positions the tightest stage can hold: its KV bytes over its KV bytes per position (unknown: unbounded). */
-function kvTokenBudget(kvBytesPerToken: readonly number[], kvBytesPerStage?: readonly number[]): number {
-  let tokens = Number.POSITIVE_INFINITY;
-  if (!kvBytesPerStage) return tokens;
-  kvBytesPerToken.forEach((perToken, i) => {
-    const bytes = kvBytesPerStage[i];
-    if (perToken > 0 && bytes !== undefined) tokens = Math.min(tokens, Math.floor(bytes / perToken));
-  });
-  return tokens;
 }

@@ -143,7 +143,10 @@ describe("dashboard plugin", () => {
 
   it("refuses WebSocket upgrades on other paths and unauthorized ones", async () => {
     const app = Fastify();
-    registerDashboard(app, { snapshot: () => fixtureSnapshot(1), authorize: () => ({ status: 401, body: { error: "no" } }) });
+    registerDashboard(app, {
+      snapshot: () => fixtureSnapshot(1),
+      authorize: () => ({ status: 401, body: { error: "no" } }),
+    });
     const url = (await app.listen({ host: "127.0.0.1", port: 0 })).replace("http", "ws");
     try {
       for (const [path, status] of [

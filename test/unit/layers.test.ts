@@ -6,13 +6,17 @@ import { checkImport, layerViolations, relativeImports } from "../../scripts/lay
 
 describe("layout dependency rule", () => {
   it("no import in the repository breaks it", () => {
-    const violations = layerViolations(packageRoot()).map((v) => `${v.file} imports ${v.imports}: ${v.message}`);
+    const violations = layerViolations(packageRoot()).map(
+      (v) => `${v.file} imports ${v.imports}: ${v.message}`,
+    );
     expect(violations).toEqual([]);
   });
 
   it("refuses upward and sideways imports, allows downward ones", () => {
     const root = "/repo";
-    expect(checkImport(root, "/repo/common/errors.ts", "/repo/api/server.js")).toMatch(/common\/ may import only/);
+    expect(checkImport(root, "/repo/common/errors.ts", "/repo/api/server.js")).toMatch(
+      /common\/ may import only/,
+    );
     expect(checkImport(root, "/repo/coordinator/scheduler.ts", "/repo/cluster/controller.js")).toMatch(
       /not cluster\//,
     );

@@ -8,7 +8,7 @@
 // the first wave waits behind) is printed too, as span_tps_*. Stream counts alternate within each repeat, so a
 // change in the machine's load hits every count alike. Env: BENCH_TOKENS (default 32), BENCH_REPEATS (default 3).
 // Prints a table, then ONE JSON line of figures.
-import { Pipeline } from "../coordinator/pipeline.js";
+import type { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
 import {
   type AgentProcess,
@@ -18,6 +18,7 @@ import {
   newClusterKey,
   numLayersOf,
   spawnAgent,
+  startPipeline,
 } from "../test/helpers/pipeline-cluster.js";
 import { median, round } from "./stats.js";
 
@@ -103,7 +104,7 @@ async function main(): Promise<void> {
   try {
     for (let i = 0; i < 2; i++)
       agents.push(await spawnAgent({ modelDir, key, name: `conc-${i}`, threads: 1, cpu: i }));
-    pipeline = await Pipeline.start({
+    pipeline = await startPipeline({
       plan: evenPlan("concurrency", agents, numLayers),
       clusterKey: key,
       heartbeatTimeoutMs: 30_000,

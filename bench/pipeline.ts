@@ -10,7 +10,7 @@ import { readModelConfig } from "../common/model-config.js";
 import { NodeClient } from "../common/wire/client.js";
 import { nowUs } from "../common/wire/frames.js";
 import { FrameKind, type NodeStatus } from "../common/wire/types.js";
-import { Pipeline } from "../coordinator/pipeline.js";
+import type { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
 import { openEngine } from "../native/index.js";
 import {
@@ -21,6 +21,7 @@ import {
   newClusterKey,
   numLayersOf,
   spawnAgent,
+  startPipeline,
 } from "../test/helpers/pipeline-cluster.js";
 import { measureHopFloor } from "./hop-floor.js";
 import { median, round } from "./stats.js";
@@ -66,7 +67,7 @@ async function startCluster(modelDir: string, numLayers: number, stages: number)
   const agents: AgentProcess[] = [];
   for (let i = 0; i < stages; i++)
     agents.push(await spawnAgent({ modelDir, key, name: `bench${stages}-${i}`, threads: 1 }));
-  const pipeline = await Pipeline.start({
+  const pipeline = await startPipeline({
     plan: evenPlan(`bench-${stages}`, agents, numLayers),
     clusterKey: key,
     statusIntervalMs: 250,

@@ -5,7 +5,7 @@
 // Env: BENCH_PREFILL_SIZES (default 1024,4096,8192), BENCH_REPEATS (default 1: the bench model prefills ~100
 // tokens/s per core here, so one 8k prompt takes over a minute), BENCH_CHUNK (default 256).
 // Prints a table, then ONE JSON line of figures.
-import { Pipeline } from "../coordinator/pipeline.js";
+import type { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
 import {
   type AgentProcess,
@@ -14,6 +14,7 @@ import {
   newClusterKey,
   numLayersOf,
   spawnAgent,
+  startPipeline,
 } from "../test/helpers/pipeline-cluster.js";
 import { median, round } from "./stats.js";
 
@@ -37,7 +38,7 @@ async function startCluster(modelDir: string, numLayers: number, stages: number)
   const agents: AgentProcess[] = [];
   for (let i = 0; i < stages; i++)
     agents.push(await spawnAgent({ modelDir, key, name: `prefill${stages}-${i}`, threads: 1, cpu: i }));
-  const pipeline = await Pipeline.start({
+  const pipeline = await startPipeline({
     plan: evenPlan(`prefill-${stages}`, agents, numLayers),
     clusterKey: key,
     // A stage busy with a long chunk still answers Status from its event loop; be patient all the same.

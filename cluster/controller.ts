@@ -77,6 +77,7 @@ export class ClusterController {
   private serving: Serving | undefined;
   private plan: Plan | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private dueAt = 0;
   private running = false;
   private again = false;
   private closed = false;
@@ -121,10 +122,17 @@ export class ClusterController {
 
   // ---------------------------------------------------------------- the loop
 
+  /** Runs a reconcile after delayMs, unless one is already due sooner (a lost node's re-plan stays immediate). */
   private schedule(delayMs: number): void {
     if (this.closed) return;
+    const dueAt = Date.now() + delayMs;
+    if (this.timer && this.dueAt <= dueAt) return;
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.reconcileSerialized(), delayMs);
+    this.dueAt = dueAt;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.reconcileSerialized();
+    }, delayMs);
     this.timer.unref();
   }
 
@@ -185,30 +193,26 @@ export class ClusterController {
     this.plan = plan;
     this.setState("loading", `loading plan ${plan.planId}: ${describePlan(plan)}`);
     let pipeline: Pipeline;
-    const starting = Pipeline.start({
-      plan,
-      clusterKey: this.opts.clusterKey,
-      threads: this.opts.threads,
-      modelId: this.opts.modelId,
-      onProgress: (i, p) => {
-        this.snapshots.progress(plan.stages[i].nodeId, p.bytes_read, p.bytes_total);
-        this.opts.onProgress?.(plan.stages[i], p.bytes_read, p.bytes_total);
-      },
-      log: this.log,
-    });
-    const watch = this.watchLoad(plan);
     try {
-      pipeline = await Promise.race([starting, watch.lost]);
+      // A node that leaves membership while loading fails the start (its LoadShard would otherwise hang it).
+      pipeline = await Pipeline.start({
+        plan,
+        clusterKey: this.opts.clusterKey,
+        liveness: this.opts.membership,
+        threads: this.opts.threads,
+        modelId: this.opts.modelId,
+        onProgress: (i, p) => {
+          this.snapshots.progress(plan.stages[i].nodeId, p.bytes_read, p.bytes_total);
+          this.opts.onProgress?.(plan.stages[i], p.bytes_read, p.bytes_total);
+        },
+        log: this.log,
+      });
     } catch (err) {
-      // A load abandoned because its node left may still finish later: close what it opens.
-      starting.then((late) => late.close()).catch(() => {});
       const message = `loading plan ${plan.planId} failed: ${errorMessage(err)}`;
       this.scheduler.detach(message);
       this.setState("not_ready", message);
       this.schedule(this.opts.retryMs ?? 3000);
       return;
-    } finally {
-      watch.stop();
     }
     this.snapshots.clearProgress();
     for (const stage of plan.stages) this.opts.onStageLoaded?.(stage, stage.weightBytes);
@@ -220,28 +224,6 @@ export class ClusterController {
     this.serving = { plan, pipeline };
     this.scheduler.attach(pipeline, kvBytesForSequences(plan));
     this.setState("ready", `serving with ${plan.stages.length} stage(s): ${describePlan(plan)}`);
-  }
-
-  /**
-   * Rejects when a node of the plan leaves membership while the plan loads: a node that hangs (not dead, not
-   * answering) would otherwise keep its LoadShard call, and with it the whole cluster, waiting forever.
-   */
-  private watchLoad(plan: Plan): { lost: Promise<never>; stop(): void } {
-    let listener: (() => void) | undefined;
-    const lost = new Promise<never>((_resolve, reject) => {
-      listener = () => {
-        const gone = plan.stages.find((s) => !this.opts.membership.get(s.nodeId));
-        if (gone) reject(new Error(`${gone.name} at ${gone.address} left the cluster while loading`));
-      };
-      this.opts.membership.on("change", listener);
-    });
-    lost.catch(() => {});
-    return {
-      lost,
-      stop: () => {
-        if (listener) this.opts.membership.off("change", listener);
-      },
-    };
   }
 
   /** The pipeline lost a node: the scheduler fails its sequences; membership drops the node; re-plan. */

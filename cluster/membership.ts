@@ -10,6 +10,7 @@ import * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../common/errors.js";
 import { NodeClient } from "../common/wire/client.js";
 import type { Capabilities, HelloReply, NodeStatus } from "../common/wire/types.js";
+import type { NodeLiveness } from "../coordinator/pipeline.js";
 
 export type CandidateSource = "self" | "peer" | "bonjour" | "caller";
 
@@ -39,8 +40,10 @@ export interface MembershipOptions {
   grpcPort: number;
   /** The address this node's own member record carries (what other stages dial), e.g. "10.0.0.5:7100". */
   selfAddress: string;
-  /** Silence after which a member is dropped. */
+  /** Silence after which a member is dropped. Default 3000 ms. */
   heartbeatTimeoutMs?: number;
+  /** Status interval asked of every member (default: a third of the heartbeat timeout, 100-1000 ms). */
+  statusIntervalMs?: number;
   /** Delay before probing an unreachable candidate again (doubles up to 8x). */
   retryMs?: number;
   /** Bonjour and caller candidates unreachable this long are forgotten; --peer ones are retried forever. */
@@ -76,11 +79,13 @@ interface Candidate {
 /** Capabilities change after start (a node measures its memory bandwidth in the background): re-read them. */
 const CAPABILITY_REFRESH_MS = 5000;
 
-export class Membership extends EventEmitter<MembershipEvents> {
+export class Membership extends EventEmitter<MembershipEvents> implements NodeLiveness {
   private readonly candidates = new Map<string, Candidate>();
   private readonly members = new Map<string, Member>();
   /** node id -> the candidate whose Status stream carries it. */
   private readonly carriers = new Map<string, Candidate>();
+  /** node id -> who wants to hear that it is lost (pipelines of a plan it serves in). */
+  private readonly watchers = new Map<string, Set<(reason: string) => void>>();
   private readonly watchdog: NodeJS.Timeout;
   private readonly heartbeatTimeoutMs: number;
   private readonly retryMs: number;
@@ -107,6 +112,26 @@ export class Membership extends EventEmitter<MembershipEvents> {
 
   get(nodeId: string): Member | undefined {
     return this.members.get(nodeId);
+  }
+
+  /** NodeLiveness: onLost fires once when the member is lost (at once when it is not a member now). */
+  watch(nodeId: string, onLost: (reason: string) => void): () => void {
+    if (!this.members.has(nodeId)) {
+      queueMicrotask(() => onLost(`${nodeId} is not a live member`));
+      return () => {};
+    }
+    let listeners = this.watchers.get(nodeId);
+    if (!listeners) {
+      listeners = new Set();
+      this.watchers.set(nodeId, listeners);
+    }
+    listeners.add(onLost);
+    return () => listeners.delete(onLost);
+  }
+
+  /** NodeLiveness: the member's latest heartbeat. */
+  latestStatus(nodeId: string): NodeStatus | undefined {
+    return this.members.get(nodeId)?.status;
   }
 
   addCandidate(address: string, source: CandidateSource): void {
@@ -246,7 +271,8 @@ export class Membership extends EventEmitter<MembershipEvents> {
   }
 
   private watchStatus(candidate: Candidate, member: Member): void {
-    const stream = candidate.client!.status(Math.max(100, Math.min(1000, this.heartbeatTimeoutMs / 3)));
+    const interval = this.opts.statusIntervalMs ?? Math.max(100, Math.min(1000, this.heartbeatTimeoutMs / 3));
+    const stream = candidate.client!.status(interval);
     candidate.stream = stream;
     stream.on("data", (status: NodeStatus) => {
       if (candidate.stream !== stream) return;
@@ -314,6 +340,9 @@ export class Membership extends EventEmitter<MembershipEvents> {
     this.carriers.delete(nodeId);
     this.members.delete(nodeId);
     this.log(`membership: ${member?.name ?? nodeId} (${nodeId}) at ${candidate.address} lost: ${reason}`);
+    const listeners = this.watchers.get(nodeId);
+    this.watchers.delete(nodeId);
+    for (const onLost of listeners ?? []) onLost(reason);
     candidate.failures = 1;
     candidate.firstFailureAt = Date.now();
     candidate.lastProblem = reason;

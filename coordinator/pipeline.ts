@@ -1,7 +1,7 @@
 // A running pipeline as the coordinator sees it: the stages of one plan, loaded (LoadShard on every node in
 // parallel), wired (each stage opens Data to its downstream; the coordinator opens Data to stage 0 and Results
-// on the last stage) and watched (every node's Status stream is its heartbeat: silence past the timeout or a
-// broken stream means the node is lost, and "nodeLost" fires once).
+// on the last stage) and watched: a node that its liveness source (cluster/membership.ts, which owns every
+// node's heartbeat) reports lost, or a broken data stream, loses the pipeline, and "nodeLost" fires once.
 import { EventEmitter } from "node:events";
 import type * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../common/errors.js";
@@ -20,19 +20,25 @@ export interface PipelinePlan {
   stages: PipelineStagePlan[];
 }
 
+/** Who knows whether a node is alive: cluster/membership.ts, the one owner of node liveness. */
+export interface NodeLiveness {
+  /** Calls onLost once when nodeId stops answering (at once when it is not live now); returns the unsubscribe. */
+  watch(nodeId: string, onLost: (reason: string) => void): () => void;
+  /** The node's latest heartbeat. */
+  latestStatus(nodeId: string): NodeStatus | undefined;
+}
+
 export interface PipelineOptions {
   plan: PipelinePlan;
   clusterKey: string;
+  /** Tells the pipeline when one of its nodes is lost, and holds their latest Status. */
+  liveness: NodeLiveness;
   /** Engine threads per stage (0/absent: each node's default). */
   threads?: number;
   /** Checked by every node against the model it holds. */
   modelId?: string;
   /** Load progress of one stage (for the CLI's bars). */
   onProgress?: (stageIndex: number, progress: LoadProgress) => void;
-  /** A node silent for longer than this is lost. Default 3000 ms. */
-  heartbeatTimeoutMs?: number;
-  /** Status interval asked of every node. Default 1000 ms. */
-  statusIntervalMs?: number;
   log?: (line: string) => void;
 }
 
@@ -46,23 +52,38 @@ export interface LostNode {
 
 export interface PipelineEvents {
   nodeLost: [LostNode];
-  status: [stageIndex: number, status: NodeStatus];
+  /** close() ran: nothing of the pipeline is left open. */
+  closed: [];
 }
 
 /** Receives every RESULT and ERROR frame (the scheduler's per-token path: one call per frame, no events); it
  * ignores sequences that are not its own. */
 export type ResultHandler = (frame: DataFrame) => void;
 
-export class Pipeline extends EventEmitter<PipelineEvents> {
+/** What the scheduler needs of a running pipeline (Pipeline is one; a test may run stages in process). */
+export interface PipelinePort {
+  readonly plan: PipelinePlan;
+  readonly stageCount: number;
+  /** KV bytes one token costs on each stage (0: unknown). */
+  readonly kvBytesPerToken: readonly number[];
+  /** Set once a node is lost; the pipeline then takes no more work. */
+  readonly lost: LostNode | undefined;
+  onResult(handler: ResultHandler): () => void;
+  send(frames: DataFrameOut[]): boolean;
+  release(seqs: number[]): Promise<void>;
+  fork(seq: number, newSeq: number, prefixLength: number): Promise<void>;
+  cancel(seqs: number[]): Promise<void>;
+  once(event: "nodeLost", listener: (lost: LostNode) => void): unknown;
+  close(): void;
+}
+
+export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePort {
   readonly plan: PipelinePlan;
   private readonly opts: PipelineOptions;
   private readonly clients: NodeClient[];
-  private readonly lastSeen: number[];
-  private readonly statusCalls: Array<grpc.ClientReadableStream<NodeStatus>> = [];
-  private readonly latest = new Map<number, NodeStatus>();
+  private unwatch: Array<() => void> = [];
   private input: DataStream | undefined;
   private results: grpc.ClientReadableStream<DataFrame> | undefined;
-  private watchdog: NodeJS.Timeout | undefined;
   private resultHandlers: ResultHandler[] = [];
   private lostNode: LostNode | undefined;
   private closed = false;
@@ -76,7 +97,6 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     this.plan = opts.plan;
     this.log = opts.log ?? ((line) => console.error(`[pipeline ${opts.plan.planId}] ${line}`));
     this.clients = opts.plan.stages.map((s) => new NodeClient(s.address, opts.clusterKey));
-    this.lastSeen = opts.plan.stages.map(() => Date.now());
     this.kvBytesPerToken = opts.plan.stages.map(() => 0);
   }
 
@@ -86,7 +106,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     if (problem) throw new Error(`plan ${opts.plan.planId}: ${problem}`);
     const pipeline = new Pipeline(opts);
     try {
-      pipeline.watchHeartbeats();
+      pipeline.watchNodes();
       // A node that dies or falls silent while loading fails the start instead of leaving it waiting.
       const lost = new Promise<never>((_, reject) =>
         pipeline.once("nodeLost", (node) => reject(new Error(describeLoss(node)))),
@@ -112,7 +132,12 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
 
   /** Latest Status of each stage, by stage index. */
   statuses(): Map<number, NodeStatus> {
-    return new Map(this.latest);
+    const out = new Map<number, NodeStatus>();
+    this.plan.stages.forEach((stage, i) => {
+      const status = this.opts.liveness.latestStatus(stage.nodeId);
+      if (status) out.set(i, status);
+    });
+    return out;
   }
 
   /** Adds a receiver of RESULT/ERROR frames (one per scheduler using this pipeline); returns its removal. */
@@ -219,28 +244,9 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
     input.on("end", () => this.streamBroke(0, "data stream ended"));
   }
 
-  private watchHeartbeats(): void {
-    const interval = this.opts.statusIntervalMs ?? 1000;
-    const timeout = this.opts.heartbeatTimeoutMs ?? 3000;
-    this.clients.forEach((client, i) => {
-      const call = client.status(interval);
-      this.statusCalls.push(call);
-      call.on("data", (status: NodeStatus) => {
-        this.lastSeen[i] = Date.now();
-        this.latest.set(i, status);
-        this.emit("status", i, status);
-      });
-      call.on("error", (err) => this.streamBroke(i, `status stream failed: ${grpcMessage(err)}`));
-      call.on("end", () => this.streamBroke(i, "status stream ended"));
-    });
-    this.watchdog = setInterval(
-      () => {
-        const now = Date.now();
-        this.lastSeen.forEach((seen, i) => {
-          if (now - seen > timeout) this.streamBroke(i, `no heartbeat for ${now - seen} ms`);
-        });
-      },
-      Math.min(250, timeout / 4),
+  private watchNodes(): void {
+    this.unwatch = this.plan.stages.map((stage, i) =>
+      this.opts.liveness.watch(stage.nodeId, (reason) => this.streamBroke(i, reason)),
     );
   }
 
@@ -256,11 +262,11 @@ export class Pipeline extends EventEmitter<PipelineEvents> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.watchdog) clearInterval(this.watchdog);
-    for (const call of this.statusCalls) call.cancel();
+    for (const stop of this.unwatch) stop();
     this.results?.cancel();
     this.input?.cancel();
     for (const client of this.clients) client.close();
+    this.emit("closed");
   }
 }
 

@@ -8,7 +8,7 @@ import { ClusterError, type ClusterErrorCode, errorMessage, isClusterErrorCode }
 import { encodeTokens, nowUs, toWireSampling } from "../common/wire/frames.js";
 import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
 import { Admission, kvTokenBudget } from "./admission.js";
-import { describeLoss, type LostNode, type Pipeline } from "./pipeline.js";
+import { describeLoss, type LostNode, type PipelinePort } from "./pipeline.js";
 import { PrefixCache } from "./prefix-cache.js";
 import type { GenerationEvent, GenerationRequest, TokenGenerator } from "./token-generator.js";
 
@@ -52,7 +52,7 @@ export interface SchedulerEvents {
 /** One sequence in flight: a mailbox between the Results stream and the generator awaiting its next token. */
 class Run {
   readonly seq: number;
-  readonly pipeline: Pipeline;
+  readonly pipeline: PipelinePort;
   /** Batch group (see DataFrame.wave): one per stage, so every stage has a wave to work on. */
   readonly wave: number;
   /** KV positions reserved for it on every stage until it ends: its prompt plus maxTokens. */
@@ -61,7 +61,7 @@ class Run {
   private waiter: { resolve: (f: DataFrame) => void; reject: (e: ClusterError) => void } | undefined;
   failure: ClusterError | undefined;
 
-  constructor(seq: number, pipeline: Pipeline, wave: number, kvTokens: number) {
+  constructor(seq: number, pipeline: PipelinePort, wave: number, kvTokens: number) {
     this.seq = seq;
     this.pipeline = pipeline;
     this.wave = wave;
@@ -116,9 +116,9 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   private readonly admission: Admission;
   private readonly stepTimeoutMs: number;
   private readonly prefixCacheBytesPerNode: number;
-  private pipeline: Pipeline | undefined;
+  private pipeline: PipelinePort | undefined;
   /** The prefix cache of the attached pipeline (entries live on its stages and die with them). */
-  private cache: { pipeline: Pipeline; entries: PrefixCache } | undefined;
+  private cache: { pipeline: PipelinePort; entries: PrefixCache } | undefined;
   private notReadyReason = "no pipeline is loaded yet";
   private readonly runs = new Map<number, Run>();
   private unsubscribe: () => void = () => {};
@@ -156,7 +156,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
    * stage can hold for sequences in flight (memory left after weights, headroom and the prefix cache); a request
    * waits until its prompt + maxTokens fits on every stage beside the sequences in flight. Absent: no KV bound.
    */
-  attach(pipeline: Pipeline, kvBytesPerStage?: readonly number[]): void {
+  attach(pipeline: PipelinePort, kvBytesPerStage?: readonly number[]): void {
     if (this.pipeline === pipeline) return;
     if (this.pipeline) this.detach("replaced by a new pipeline");
     this.pipeline = pipeline;
@@ -181,7 +181,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     pipeline.close();
   }
 
-  private onNodeLost(pipeline: Pipeline, lost: LostNode): void {
+  private onNodeLost(pipeline: PipelinePort, lost: LostNode): void {
     const message = `${describeLoss(lost)}; the request was stopped. The cluster is re-planning without it.`;
     this.failAll(pipeline, new ClusterError("node_lost", message));
     if (this.pipeline === pipeline) {
@@ -193,7 +193,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   }
 
   /** The prefix cache whose entries live on this pipeline's stages, if any. */
-  private cacheOf(pipeline: Pipeline): PrefixCache | undefined {
+  private cacheOf(pipeline: PipelinePort): PrefixCache | undefined {
     return this.cache?.pipeline === pipeline && !pipeline.lost ? this.cache.entries : undefined;
   }
 
@@ -202,7 +202,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     return this.cache?.entries.heldTokens ?? 0;
   }
 
-  private failAll(pipeline: Pipeline, error: ClusterError): void {
+  private failAll(pipeline: PipelinePort, error: ClusterError): void {
     for (const run of this.runs.values()) if (run.pipeline === pipeline) run.fail(error);
   }
 
@@ -223,7 +223,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   }
 
   /** The wave with the fewest sequences in flight: waves stay the same size, one per stage. */
-  private leastBusyWave(pipeline: Pipeline): number {
+  private leastBusyWave(pipeline: PipelinePort): number {
     const sizes = new Array<number>(pipeline.stageCount).fill(0);
     for (const run of this.runs.values()) if (run.pipeline === pipeline) sizes[run.wave]++;
     return sizes.indexOf(Math.min(...sizes));
@@ -346,7 +346,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     return hit.length;
   }
 
-  private releaseEntries(pipeline: Pipeline, seqs: number[]): void {
+  private releaseEntries(pipeline: PipelinePort, seqs: number[]): void {
     if (seqs.length > 0) void pipeline.release(seqs);
   }
 

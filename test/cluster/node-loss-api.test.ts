@@ -3,9 +3,15 @@
 // survivors serves the next request, and the killed node, restarted, is taken back into the following plan.
 // The coordinator (this process: scheduler + API) keeps running throughout.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Pipeline } from "../../coordinator/pipeline.js";
+import type { Pipeline } from "../../coordinator/pipeline.js";
 import { type ApiCluster, readSse, startApiCluster } from "../helpers/api-cluster.js";
-import { type AgentProcess, evenPlan, numLayersOf, spawnAgent } from "../helpers/pipeline-cluster.js";
+import {
+  type AgentProcess,
+  evenPlan,
+  numLayersOf,
+  spawnAgent,
+  startPipeline,
+} from "../helpers/pipeline-cluster.js";
 import { Rng } from "../helpers/seeded-rng.js";
 
 const ROUNDS = 10;
@@ -129,7 +135,7 @@ function clusterKey(): string {
 }
 
 async function replan(planId: string, members: AgentProcess[], numLayers: number): Promise<void> {
-  const pipeline = await Pipeline.start({
+  const pipeline = await startPipeline({
     plan: evenPlan(planId, members, numLayers),
     clusterKey: clusterKey(),
   });

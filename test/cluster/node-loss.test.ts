@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Engine } from "../../common/engine-api.js";
 import { ClusterError } from "../../common/errors.js";
-import { Pipeline } from "../../coordinator/pipeline.js";
+import type { Pipeline } from "../../coordinator/pipeline.js";
 import { Scheduler } from "../../coordinator/scheduler.js";
 
 import {
@@ -17,6 +17,7 @@ import {
   openWholeModel,
   referenceRun,
   spawnAgent,
+  startPipeline,
 } from "../helpers/pipeline-cluster.js";
 
 const key = newClusterKey();
@@ -42,7 +43,7 @@ afterAll(async () => {
 describe("losing a stage", () => {
   it("fails the generation in flight within 5 s, then serves again on a new plan", async () => {
     const scheduler = new Scheduler({ contextWindow: 8192 });
-    const first = await Pipeline.start({ plan: evenPlan("before-loss", agents, numLayers), clusterKey: key });
+    const first = await startPipeline({ plan: evenPlan("before-loss", agents, numLayers), clusterKey: key });
     pipelines.push(first);
     scheduler.attach(first);
     const lostEvents: string[] = [];
@@ -81,7 +82,7 @@ describe("losing a stage", () => {
     });
 
     const survivors = [agents[0], agents[2]];
-    const second = await Pipeline.start({
+    const second = await startPipeline({
       plan: evenPlan("after-loss", survivors, numLayers),
       clusterKey: key,
     });
@@ -100,7 +101,7 @@ describe("losing a stage", () => {
   it("a stage that freezes (SIGSTOP: connection open, no heartbeat) is declared lost within 5 s", async () => {
     const survivors = [agents[0], agents[2]];
     const scheduler = new Scheduler({ contextWindow: 8192 });
-    const pipeline = await Pipeline.start({
+    const pipeline = await startPipeline({
       plan: evenPlan("freeze", survivors, numLayers),
       clusterKey: key,
     });

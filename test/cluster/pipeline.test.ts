@@ -11,7 +11,7 @@ import { NodeClient } from "../../common/wire/client.js";
 import { nowUs } from "../../common/wire/frames.js";
 import { channelOptions, studioNodeClientConstructor } from "../../common/wire/proto.js";
 import { type DataFrame, Dtype, FrameKind, type NodeStatus } from "../../common/wire/types.js";
-import { Pipeline } from "../../coordinator/pipeline.js";
+import type { Pipeline } from "../../coordinator/pipeline.js";
 import { Scheduler } from "../../coordinator/scheduler.js";
 
 import {
@@ -24,6 +24,7 @@ import {
   openWholeModel,
   referenceRun,
   spawnAgent,
+  startPipeline,
 } from "../helpers/pipeline-cluster.js";
 
 const key = newClusterKey();
@@ -49,7 +50,7 @@ beforeAll(async () => {
     [0, 1, 2].map((i) => spawnAgent({ modelDir, key, name: `stage-${i}`, threads: 1 })),
   );
   const numLayers = numLayersOf(modelDir);
-  pipeline = await Pipeline.start({ plan: evenPlan("plan-3", agents, numLayers), clusterKey: key });
+  pipeline = await startPipeline({ plan: evenPlan("plan-3", agents, numLayers), clusterKey: key });
   scheduler = new Scheduler({ contextWindow: 4096 });
   scheduler.attach(pipeline);
   reference = await openWholeModel(modelDir);

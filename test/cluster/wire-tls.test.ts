@@ -9,7 +9,7 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NodeClient } from "../../common/wire/client.js";
 import { loadWireTls, useWireTls, type WireTls, wireTlsFilesOf } from "../../common/wire/tls.js";
-import { Pipeline } from "../../coordinator/pipeline.js";
+import type { Pipeline } from "../../coordinator/pipeline.js";
 import { Scheduler } from "../../coordinator/scheduler.js";
 import {
   type AgentProcess,
@@ -19,6 +19,7 @@ import {
   newClusterKey,
   numLayersOf,
   spawnAgent,
+  startPipeline,
 } from "../helpers/pipeline-cluster.js";
 
 function hasOpenssl(): boolean {
@@ -64,7 +65,7 @@ beforeAll(async () => {
     [0, 1].map((i) => spawnAgent({ modelDir, key, name: `tls-stage-${i}`, threads: 1, extraArgs })),
   );
   useWireTls(tls);
-  pipeline = await Pipeline.start({
+  pipeline = await startPipeline({
     plan: evenPlan("tls-plan", agents, numLayersOf(modelDir)),
     clusterKey: key,
   });

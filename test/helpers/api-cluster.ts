@@ -4,7 +4,7 @@ import * as grpc from "@grpc/grpc-js";
 import { type ApiServer, startApiServer } from "../../api/server.js";
 import { NodeClient } from "../../common/wire/client.js";
 import type { NodeStatus } from "../../common/wire/types.js";
-import { Pipeline } from "../../coordinator/pipeline.js";
+import type { Pipeline } from "../../coordinator/pipeline.js";
 import { Scheduler } from "../../coordinator/scheduler.js";
 import {
   type AgentProcess,
@@ -13,6 +13,7 @@ import {
   newClusterKey,
   numLayersOf,
   spawnAgent,
+  startPipeline,
 } from "./pipeline-cluster.js";
 
 export interface ApiCluster {
@@ -63,7 +64,7 @@ export async function startApiCluster(opts: {
   try {
     for (let i = 0; i < opts.stages; i++)
       agents.push(await spawnAgent({ modelDir, key, name: `api-stage-${i}`, threads: 1 }));
-    pipeline = await Pipeline.start({
+    pipeline = await startPipeline({
       plan: evenPlan("api-plan", agents, numLayersOf(modelDir)),
       clusterKey: key,
     });

@@ -7,10 +7,11 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { makeModel } from "../../cli/make-model/index.js";
 import type { PresetName } from "../../cli/make-model/presets.js";
+import { Membership } from "../../cluster/membership.js";
 import type { Engine, SamplingParams } from "../../common/engine-api.js";
 import { readModelConfig } from "../../common/model-config.js";
 import { packageRoot } from "../../common/paths.js";
-import { Pipeline, type PipelinePlan } from "../../coordinator/pipeline.js";
+import { Pipeline, type PipelineOptions, type PipelinePlan } from "../../coordinator/pipeline.js";
 import type { GenerationEvent } from "../../coordinator/token-generator.js";
 import { openEngine } from "../../native/index.js";
 
@@ -217,6 +218,50 @@ export function openWholeModel(modelDir: string): Promise<Engine> {
 }
 
 /** Node-agent processes serving the tiny model as one even pipeline, and the whole model in one engine here. */
+export interface TestPipelineOptions extends Omit<PipelineOptions, "liveness"> {
+  /** Membership's heartbeat settings for the plan's nodes (its defaults when absent). */
+  heartbeatTimeoutMs?: number;
+  statusIntervalMs?: number;
+}
+
+/**
+ * Pipeline.start over agents this test spawned, with the liveness a real node has: a Membership (the one owner
+ * of heartbeats) that knows the plan's nodes as --peer candidates. It closes with the pipeline.
+ */
+export async function startPipeline(opts: TestPipelineOptions): Promise<Pipeline> {
+  const { heartbeatTimeoutMs, statusIntervalMs, ...pipelineOptions } = opts;
+  const membership = new Membership({
+    nodeId: `test-coordinator-${randomBytes(4).toString("hex")}`,
+    clusterId: "",
+    clusterKey: opts.clusterKey,
+    version: "test",
+    grpcPort: 0,
+    selfAddress: "",
+    heartbeatTimeoutMs,
+    statusIntervalMs,
+    log: () => {},
+  });
+  const stages = opts.plan.stages;
+  for (const stage of stages) membership.addCandidate(stage.address, "peer");
+  const deadline = Date.now() + 15_000;
+  while (!stages.every((s) => membership.get(s.nodeId))) {
+    if (Date.now() > deadline) {
+      await membership.close();
+      const missing = stages.filter((s) => !membership.get(s.nodeId)).map((s) => s.address);
+      throw new Error(`the plan's nodes did not all answer Hello within 15 s: ${missing.join(", ")}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  try {
+    const pipeline = await Pipeline.start({ ...pipelineOptions, liveness: membership });
+    pipeline.once("closed", () => void membership.close());
+    return pipeline;
+  } catch (err) {
+    await membership.close();
+    throw err;
+  }
+}
+
 export interface TinyCluster {
   agents: AgentProcess[];
   pipeline: Pipeline;
@@ -232,7 +277,7 @@ export async function startTinyCluster(name: string, stages: number): Promise<Ti
   const agents = await Promise.all(
     Array.from({ length: stages }, (_, i) => spawnAgent({ modelDir, key, name: `${name}-${i}`, threads: 1 })),
   );
-  const pipeline = await Pipeline.start({
+  const pipeline = await startPipeline({
     plan: evenPlan(`plan-${name}`, agents, numLayers),
     clusterKey: key,
   });

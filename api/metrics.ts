@@ -3,7 +3,8 @@
 // and the TTFT histogram count each finished request once, as it shows up in the snapshot's `recent` list.
 import type { FastifyInstance } from "fastify";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
-import type { ClusterSnapshot, NodeHealth, NodeSnapshot, RequestSnapshot } from "../cluster/snapshot.js";
+import type { NodeHealth, NodeView } from "../cluster/health.js";
+import type { ClusterSnapshot, RequestSnapshot } from "../cluster/snapshot.js";
 
 export interface MetricsOptions {
   snapshot: () => ClusterSnapshot;
@@ -24,7 +25,7 @@ const FINISHED: ReadonlySet<RequestSnapshot["status"]> = new Set([
 /** TTFT buckets in seconds: interactive answers land in the low buckets, long cold prefills in the high ones. */
 const TTFT_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60];
 
-type NodeGaugeSpec = [name: string, help: string, value: (n: NodeSnapshot) => number | undefined];
+type NodeGaugeSpec = [name: string, help: string, value: (n: NodeView) => number | undefined];
 
 const nodeGaugeSpecs: NodeGaugeSpec[] = [
   ["node_tokens_per_second", "Tokens per second processed by the node's engine", (n) => n.tokensPerSecond],
@@ -51,12 +52,12 @@ const nodeGaugeSpecs: NodeGaugeSpec[] = [
   ],
 ];
 
-function layerCount(n: NodeSnapshot): number {
+function layerCount(n: NodeView): number {
   if (n.layerStart === undefined || n.layerEnd === undefined) return 0;
   return n.layerEnd - n.layerStart;
 }
 
-function nodeLabels(n: NodeSnapshot): Record<(typeof NODE_LABELS)[number], string> {
+function nodeLabels(n: NodeView): Record<(typeof NODE_LABELS)[number], string> {
   return { node_id: n.id, node_name: n.name };
 }
 
@@ -140,7 +141,7 @@ export class ClusterMetrics {
     return this.current ?? this.snapshot();
   }
 
-  private addNodeGauge(name: string, help: string, value: (n: NodeSnapshot) => number | undefined): void {
+  private addNodeGauge(name: string, help: string, value: (n: NodeView) => number | undefined): void {
     const metrics = this;
     new Gauge({
       name: PREFIX + name,

@@ -6,7 +6,6 @@
 // gives one plan. A lost node (heartbeat silence, or the pipeline's nodeLost) leaves membership, which brings
 // a new plan on the rest if it fits, a clear cluster_not_ready state otherwise; a node that answers again is
 // re-admitted and the next plan includes it.
-import { networkInterfaces } from "node:os";
 import type { BackendName } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import type { ModelFootprint } from "../coordinator/model-footprint.js";
@@ -21,10 +20,9 @@ import {
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
 import { electCoordinator } from "./election.js";
-import type { ClusterHealth, ClusterState, MemberHealth, PlanHealth } from "./health.js";
+import { apiUrlOf, buildClusterHealth, type ClusterHealth, type ClusterState } from "./health.js";
 import type { Member, Membership } from "./membership.js";
-import type { ClusterSnapshot } from "./snapshot.js";
-import { SnapshotBuilder } from "./snapshot-builder.js";
+import { type ClusterSnapshot, snapshotOf } from "./snapshot.js";
 
 export interface ControllerOptions {
   self: { nodeId: string; name: string; apiUrl: string };
@@ -70,7 +68,8 @@ export class ClusterController {
   private readonly log: (line: string) => void;
   /** One scheduler for the node's life: it serves whichever pipeline is attached and explains when none is. */
   private readonly scheduler: Scheduler;
-  private readonly snapshots = new SnapshotBuilder();
+  /** Shard load progress 0..1 by node id while a plan loads. */
+  private readonly loadProgress = new Map<string, number>();
   private state: ClusterState = "planning";
   private message: string | undefined = "waiting for members";
   private coordinator: Member | undefined;
@@ -202,7 +201,8 @@ export class ClusterController {
         threads: this.opts.threads,
         modelId: this.opts.modelId,
         onProgress: (i, p) => {
-          this.snapshots.progress(plan.stages[i].nodeId, p.bytes_read, p.bytes_total);
+          const total = p.bytes_total;
+          this.loadProgress.set(plan.stages[i].nodeId, total > 0 ? Math.min(1, p.bytes_read / total) : 0);
           this.opts.onProgress?.(plan.stages[i], p.bytes_read, p.bytes_total);
         },
         log: this.log,
@@ -214,7 +214,7 @@ export class ClusterController {
       this.schedule(this.opts.retryMs ?? 3000);
       return;
     }
-    this.snapshots.clearProgress();
+    this.loadProgress.clear();
     for (const stage of plan.stages) this.opts.onStageLoaded?.(stage, stage.weightBytes);
     if (this.closed || this.plan !== plan) {
       pipeline.close();
@@ -264,67 +264,28 @@ export class ClusterController {
 
   // ---------------------------------------------------------------- health
 
-  /** The live picture for the dashboard and /metrics (coordinator/cluster-snapshot.ts). */
-  snapshot(): ClusterSnapshot {
-    return this.snapshots.build(this.health(), this.opts.footprint.numLayers);
-  }
-
-  /** What GET /health answers and `cluster status` prints. */
+  /** What GET /health answers and `cluster status` prints (health.ts). */
   health(): ClusterHealth {
-    const coordinator = this.coordinator;
-    const selfIsCoordinator = coordinator?.nodeId === this.opts.self.nodeId;
-    const now = Date.now();
-    const members = this.opts.membership
-      .live()
-      .map((m) => memberHealth(m, coordinator?.nodeId, now, this.opts.localApiHost));
-    const ok = this.state === "ready" || (this.state === "following" && coordinator !== undefined);
-    return {
-      ok,
+    return buildClusterHealth({
       state: this.state,
       message: this.message,
       clusterId: this.opts.clusterId,
       modelId: this.opts.modelId,
       version: this.opts.version,
-      node: {
-        id: this.opts.self.nodeId,
-        name: this.opts.self.name,
-        role: selfIsCoordinator ? "coordinator" : "node",
-        apiUrl: this.opts.self.apiUrl,
-      },
-      coordinator: coordinator
-        ? {
-            id: coordinator.nodeId,
-            name: coordinator.name,
-            apiUrl: coordinator.self ? this.opts.self.apiUrl : apiUrlOf(coordinator, this.opts.localApiHost),
-          }
-        : undefined,
-      members,
-      plan: this.plan ? planHealth(this.plan) : undefined,
-    };
+      numLayers: this.opts.footprint.numLayers,
+      self: this.opts.self,
+      coordinator: this.coordinator,
+      members: this.opts.membership.live(),
+      plan: this.plan,
+      loadProgress: this.loadProgress,
+      localApiHost: this.opts.localApiHost,
+    });
   }
-}
 
-function hostOf(address: string): string {
-  const i = address.lastIndexOf(":");
-  return i > 0 ? address.slice(0, i) : address;
-}
-
-/** This machine's own addresses (loopback included): members at one of them run on this machine. */
-function localAddresses(): Set<string> {
-  const all = Object.values(networkInterfaces()).flatMap((list) => list ?? []);
-  return new Set(["localhost", ...all.map((a) => a.address)]);
-}
-
-/**
- * A member's HTTP API. Hello gives its port, not the address its API listens on: a member on another machine is
- * reached at its gRPC host (its API must listen beyond loopback, which requires an API key); one on this machine
- * at `localApiHost` when given (nodes of one machine listening on loopback, the default).
- */
-function apiUrlOf(member: Member, localApiHost: string | undefined): string | undefined {
-  if (!member.apiPort) return undefined;
-  const host = hostOf(member.address);
-  const local = localApiHost !== undefined && localAddresses().has(host.replace(/^\[|\]$/g, ""));
-  return `http://${local ? localApiHost : host}:${member.apiPort}`;
+  /** The live picture for the dashboard and /metrics (snapshot.ts); the API adds its request figures. */
+  snapshot(): ClusterSnapshot {
+    return snapshotOf(this.health());
+  }
 }
 
 /** Memory a node can give a new shard: what is free plus what its current shard holds (LoadShard replaces it). */
@@ -362,62 +323,6 @@ function samePlan(a: Plan, b: Plan): boolean {
       s.layerEnd === t.layerEnd
     );
   });
-}
-
-function memberHealth(
-  m: Member,
-  coordinatorId: string | undefined,
-  now: number,
-  localApiHost: string | undefined,
-): MemberHealth {
-  const status = m.status;
-  const caps = m.capabilities;
-  return {
-    id: m.nodeId,
-    name: m.name,
-    address: m.address,
-    role: m.nodeId === coordinatorId ? "coordinator" : "node",
-    apiUrl: apiUrlOf(m, localApiHost),
-    chip: caps.chip,
-    cores: caps.cores,
-    backends: caps.backends,
-    memoryTotalBytes: status?.memory_total || caps.memory_total,
-    memoryUsedBytes: status?.memory_used ?? caps.memory_total - caps.memory_free,
-    memoryBandwidthBps: caps.memory_bandwidth_bps,
-    planId: status?.plan_id ?? m.helloPlanId,
-    loaded: status?.loaded ?? false,
-    layerStart: status?.loaded ? status.layer_start : undefined,
-    layerEnd: status?.loaded ? status.layer_end : undefined,
-    tokensPerSecond: status?.tokens_per_s ?? 0,
-    busyFraction: status?.busy_fraction ?? 0,
-    queueDepth: status?.queue_depth ?? 0,
-    kvBytes: status?.kv_bytes ?? 0,
-    weightBytes: status?.weight_bytes ?? 0,
-    inboundHopP50Us: status?.inbound_hop_p50_us ?? 0,
-    lastSeenMs: now - m.lastSeen,
-  };
-}
-
-function planHealth(plan: Plan): PlanHealth {
-  return {
-    planId: plan.planId,
-    backend: plan.backend,
-    contextTokens: plan.contextTokens,
-    numLayers: plan.numLayers,
-    stages: plan.stages.map((s) => ({
-      nodeId: s.nodeId,
-      name: s.name,
-      address: s.address,
-      layerStart: s.layerStart,
-      layerEnd: s.layerEnd,
-      embed: s.embed,
-      head: s.head,
-      weightBytes: s.weightBytes,
-      kvReserveBytes: s.kvReserveBytes,
-      needBytes: s.needBytes,
-      availableBytes: s.availableBytes,
-    })),
-  };
 }
 
 /**

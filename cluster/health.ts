@@ -1,10 +1,17 @@
-// The JSON a node serves at GET /health and `cluster status` prints: who is in the cluster, who coordinates,
-// the plan, and whether it serves. Built by the controller; this file is the shape and its text rendering.
-import type { PlanStage } from "../coordinator/planner.js";
+// The one picture of the cluster: who is in it, who coordinates, the plan, whether it serves, and one view per
+// node (its shard, its live figures from the heartbeat, its health). GET /health answers it; the dashboard,
+// /metrics and `cluster status` render it (the snapshot in snapshot.ts adds the API's request figures). The
+// controller keeps the inputs; buildClusterHealth turns them into this picture.
+import { networkInterfaces } from "node:os";
+import type { Plan, PlanStage } from "../coordinator/planner.js";
+import type { Member } from "./membership.js";
 
 export type ClusterState = "ready" | "loading" | "planning" | "not_ready" | "following";
 
-export interface MemberHealth {
+export type NodeHealth = "ok" | "loading" | "degraded" | "lost";
+
+/** One node as every view shows it. */
+export interface NodeView {
   id: string;
   name: string;
   /** host:port of its gRPC endpoint. */
@@ -14,27 +21,38 @@ export interface MemberHealth {
   apiUrl?: string;
   chip: string;
   cores: number;
+  /** Backends it can run, and the one its shard runs on (the plan's). */
   backends: string[];
+  backend: string;
   memoryTotalBytes: number;
   memoryUsedBytes: number;
   memoryBandwidthBps: number;
-  /** Shard it holds now (from its heartbeat). */
+  /** Plan whose shard it holds now (from its heartbeat). */
   planId: string;
   loaded: boolean;
+  /** Layer range held (or being loaded), [layerStart, layerEnd); absent when it has none. */
   layerStart?: number;
   layerEnd?: number;
+  embed: boolean;
+  head: boolean;
+  weightBytes: number;
+  kvBytes: number;
   tokensPerSecond: number;
+  /** Fraction of the last interval its engine was computing, 0..1. */
   busyFraction: number;
   queueDepth: number;
-  kvBytes: number;
-  weightBytes: number;
+  health: NodeHealth;
   /** Median latency of frames arriving on its inbound data stream (the hop from the previous stage). */
   inboundHopP50Us: number;
-  /** Age of its latest heartbeat. */
-  lastSeenMs: number;
+  /** Latency of its data link to its downstream stage (the downstream's inbound median). */
+  linkLatencyUs?: number;
+  /** Shard load progress 0..1 while health is "loading". */
+  loadProgress?: number;
+  /** Age of its latest heartbeat (absent for a lost node). */
+  lastSeenMs?: number;
 }
 
-export type PlanStageHealth = Pick<
+export type PlanStageView = Pick<
   PlanStage,
   | "nodeId"
   | "name"
@@ -49,12 +67,12 @@ export type PlanStageHealth = Pick<
   | "availableBytes"
 >;
 
-export interface PlanHealth {
+export interface PlanView {
   planId: string;
   backend: string;
   contextTokens: number;
   numLayers: number;
-  stages: PlanStageHealth[];
+  stages: PlanStageView[];
 }
 
 export interface ClusterHealth {
@@ -66,11 +84,190 @@ export interface ClusterHealth {
   clusterId: string;
   modelId: string;
   version: string;
+  numLayers: number;
   node: { id: string; name: string; role: "coordinator" | "node"; apiUrl: string };
   coordinator?: { id: string; name: string; apiUrl?: string };
-  members: MemberHealth[];
+  /** Live members, then the stages of the plan whose node is gone (health "lost"). */
+  nodes: NodeView[];
   /** Known on the coordinator. */
-  plan?: PlanHealth;
+  plan?: PlanView;
+}
+
+/** What the controller knows, from which the picture is drawn. */
+export interface HealthInputs {
+  state: ClusterState;
+  message?: string;
+  clusterId: string;
+  modelId: string;
+  version: string;
+  numLayers: number;
+  self: { nodeId: string; name: string; apiUrl: string };
+  coordinator?: Member;
+  members: Member[];
+  plan?: Plan;
+  /** Shard load progress 0..1 by node id, while a plan loads. */
+  loadProgress: ReadonlyMap<string, number>;
+  /** Host for the APIs of members on this machine (see apiUrlOf). */
+  localApiHost?: string;
+}
+
+/** A member whose heartbeat is older than this shows as degraded. */
+const DEGRADED_AFTER_MS = 1500;
+
+export function buildClusterHealth(inputs: HealthInputs): ClusterHealth {
+  const { coordinator, plan } = inputs;
+  const now = Date.now();
+  const stages = plan?.stages ?? [];
+  const nodes = inputs.members.map((m) => memberView(m, inputs, now));
+  // Each node's link is to its downstream stage, whose inbound hop median is what the node's frames take.
+  nodes.forEach((node) => {
+    const i = stages.findIndex((s) => s.nodeId === node.id);
+    const downstream = i >= 0 ? nodes.find((n) => n.id === stages[i + 1]?.nodeId) : undefined;
+    node.linkLatencyUs = downstream?.inboundHopP50Us || undefined;
+  });
+  const live = new Set(nodes.map((n) => n.id));
+  for (const stage of stages) if (!live.has(stage.nodeId)) nodes.push(lostStageView(stage, plan!));
+  const ok = inputs.state === "ready" || (inputs.state === "following" && coordinator !== undefined);
+  return {
+    ok,
+    state: inputs.state,
+    message: inputs.message,
+    clusterId: inputs.clusterId,
+    modelId: inputs.modelId,
+    version: inputs.version,
+    numLayers: inputs.numLayers,
+    node: {
+      id: inputs.self.nodeId,
+      name: inputs.self.name,
+      role: coordinator?.nodeId === inputs.self.nodeId ? "coordinator" : "node",
+      apiUrl: inputs.self.apiUrl,
+    },
+    coordinator: coordinator && {
+      id: coordinator.nodeId,
+      name: coordinator.name,
+      apiUrl: coordinator.self ? inputs.self.apiUrl : apiUrlOf(coordinator, inputs.localApiHost),
+    },
+    nodes,
+    plan: plan && planView(plan),
+  };
+}
+
+function memberView(m: Member, inputs: HealthInputs, now: number): NodeView {
+  const status = m.status;
+  const caps = m.capabilities;
+  const stage = inputs.plan?.stages.find((s) => s.nodeId === m.nodeId);
+  const loading = inputs.state === "loading" && stage !== undefined;
+  const lastSeenMs = now - m.lastSeen;
+  const loaded = status?.loaded ?? false;
+  return {
+    id: m.nodeId,
+    name: m.name,
+    address: m.address,
+    role: m.nodeId === inputs.coordinator?.nodeId ? "coordinator" : "node",
+    apiUrl: apiUrlOf(m, inputs.localApiHost),
+    chip: caps.chip,
+    cores: caps.cores,
+    backends: caps.backends,
+    backend: inputs.plan?.backend ?? status?.backend ?? caps.backends[0] ?? "",
+    memoryTotalBytes: status?.memory_total || caps.memory_total,
+    memoryUsedBytes: status?.memory_used ?? caps.memory_total - caps.memory_free,
+    memoryBandwidthBps: caps.memory_bandwidth_bps,
+    planId: status?.plan_id ?? m.helloPlanId,
+    loaded,
+    layerStart: loaded ? status?.layer_start : stage?.layerStart,
+    layerEnd: loaded ? status?.layer_end : stage?.layerEnd,
+    embed: loaded ? (status?.embed ?? false) : (stage?.embed ?? false),
+    head: loaded ? (status?.head ?? false) : (stage?.head ?? false),
+    weightBytes: status?.weight_bytes ?? 0,
+    kvBytes: status?.kv_bytes ?? 0,
+    tokensPerSecond: status?.tokens_per_s ?? 0,
+    busyFraction: status?.busy_fraction ?? 0,
+    queueDepth: status?.queue_depth ?? 0,
+    health: loading ? "loading" : lastSeenMs > DEGRADED_AFTER_MS ? "degraded" : "ok",
+    inboundHopP50Us: status?.inbound_hop_p50_us ?? 0,
+    loadProgress: loading ? (inputs.loadProgress.get(m.nodeId) ?? 0) : undefined,
+    lastSeenMs,
+  };
+}
+
+/** A stage of the plan whose node left: shown as lost until the next plan replaces it. */
+function lostStageView(s: PlanStage, plan: Plan): NodeView {
+  return {
+    id: s.nodeId,
+    name: s.name,
+    address: s.address,
+    role: "node",
+    chip: "",
+    cores: 0,
+    backends: [],
+    backend: plan.backend,
+    memoryTotalBytes: 0,
+    memoryUsedBytes: 0,
+    memoryBandwidthBps: 0,
+    planId: plan.planId,
+    loaded: false,
+    layerStart: s.layerStart,
+    layerEnd: s.layerEnd,
+    embed: s.embed,
+    head: s.head,
+    weightBytes: 0,
+    kvBytes: 0,
+    tokensPerSecond: 0,
+    busyFraction: 0,
+    queueDepth: 0,
+    health: "lost",
+    inboundHopP50Us: 0,
+  };
+}
+
+function planView(plan: Plan): PlanView {
+  return {
+    planId: plan.planId,
+    backend: plan.backend,
+    contextTokens: plan.contextTokens,
+    numLayers: plan.numLayers,
+    stages: plan.stages.map((s) => ({
+      nodeId: s.nodeId,
+      name: s.name,
+      address: s.address,
+      layerStart: s.layerStart,
+      layerEnd: s.layerEnd,
+      embed: s.embed,
+      head: s.head,
+      weightBytes: s.weightBytes,
+      kvReserveBytes: s.kvReserveBytes,
+      needBytes: s.needBytes,
+      availableBytes: s.availableBytes,
+    })),
+  };
+}
+
+function hostOf(address: string): string {
+  const i = address.lastIndexOf(":");
+  return i > 0 ? address.slice(0, i) : address;
+}
+
+/** This machine's own addresses (loopback included): members at one of them run on this machine. */
+function localAddresses(): Set<string> {
+  const all = Object.values(networkInterfaces()).flatMap((list) => list ?? []);
+  return new Set(["localhost", ...all.map((a) => a.address)]);
+}
+
+/**
+ * A member's HTTP API. Hello gives its port, not the address its API listens on: a member on another machine is
+ * reached at its gRPC host (its API must listen beyond loopback, which requires an API key); one on this machine
+ * at `localApiHost` when given (nodes of one machine listening on loopback, the default).
+ */
+export function apiUrlOf(member: Member, localApiHost: string | undefined): string | undefined {
+  if (!member.apiPort) return undefined;
+  const host = hostOf(member.address);
+  const local = localApiHost !== undefined && localAddresses().has(host.replace(/^\[|\]$/g, ""));
+  return `http://${local ? localApiHost : host}:${member.apiPort}`;
+}
+
+/** Nodes that answer (every node but the lost stages of the plan). */
+export function liveNodes(health: Pick<ClusterHealth, "nodes">): NodeView[] {
+  return health.nodes.filter((n) => n.health !== "lost");
 }
 
 /** 1.2 GB, 34.5 MB, 12.0 KB: three significant figures at most, whatever the model's size. */
@@ -78,51 +275,6 @@ export function humanBytes(bytes: number): string {
   if (bytes >= 1e9) return `${(bytes / 1e9).toFixed(1)} GB`;
   if (bytes >= 1e6) return `${(bytes / 1e6).toFixed(1)} MB`;
   return `${(bytes / 1e3).toFixed(1)} KB`;
-}
-
-function pad(text: string, width: number): string {
-  return text.length >= width ? `${text} ` : text.padEnd(width);
-}
-
-/** Plain text for `cluster status`. `plan` may come from the coordinator when `health` is another node's. */
-export function renderClusterHealth(health: ClusterHealth, plan = health.plan): string {
-  const lines: string[] = [];
-  const coordinator = health.coordinator
-    ? `${health.coordinator.name} (${health.coordinator.id})${health.coordinator.apiUrl ? ` ${health.coordinator.apiUrl}` : ""}`
-    : "none";
-  lines.push(
-    `cluster ${health.clusterId}  model ${health.modelId}  state ${health.state}${health.ok ? " (serving)" : ""}`,
-  );
-  if (health.message) lines.push(`  ${health.message}`);
-  lines.push(
-    `this node: ${health.node.name} (${health.node.id}), ${health.node.role}, API ${health.node.apiUrl}`,
-  );
-  lines.push(`coordinator: ${coordinator}`);
-  lines.push(`members (${health.members.length}):`);
-  for (const m of health.members) {
-    const layers = m.loaded && m.layerStart !== undefined ? `[${m.layerStart},${m.layerEnd})` : "-";
-    lines.push(
-      `  ${m.role === "coordinator" ? "*" : " "} ${pad(m.name, 14)}${pad(m.id, 18)}${pad(m.address, 22)}` +
-        `${pad(m.role, 12)}layers ${pad(layers, 9)}mem ${humanBytes(m.memoryUsedBytes)}/${humanBytes(m.memoryTotalBytes)}  ` +
-        `${m.tokensPerSecond.toFixed(1)} tok/s  busy ${Math.round(m.busyFraction * 100)}%  ` +
-        `queue ${m.queueDepth}  seen ${m.lastSeenMs} ms ago  ${m.chip}`,
-    );
-  }
-  if (plan) {
-    lines.push(
-      `plan ${plan.planId} (${plan.backend}, context ${plan.contextTokens} tokens, ${plan.stages.length} stages):`,
-    );
-    plan.stages.forEach((s, i) => {
-      const parts = [s.embed ? "embed" : "", s.head ? "head" : ""].filter(Boolean).join("+");
-      lines.push(
-        `  stage ${i}: ${pad(s.name, 14)}layers [${s.layerStart},${s.layerEnd})${parts ? ` ${parts}` : ""}  ` +
-          `weights ${humanBytes(s.weightBytes)} + KV ${humanBytes(s.kvReserveBytes)}, needs ${humanBytes(s.needBytes)} of ${humanBytes(s.availableBytes)}`,
-      );
-    });
-  } else {
-    lines.push("plan: none");
-  }
-  return `${lines.join("\n")}\n`;
 }
 
 /** Runtime check of a /health body before rendering it (it comes over the network). */
@@ -133,7 +285,7 @@ export function isClusterHealth(value: unknown): value is ClusterHealth {
     v !== null &&
     typeof v.state === "string" &&
     typeof v.clusterId === "string" &&
-    Array.isArray(v.members) &&
+    Array.isArray(v.nodes) &&
     typeof v.node === "object" &&
     v.node !== null
   );

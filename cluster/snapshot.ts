@@ -1,36 +1,6 @@
-// The live picture of the cluster that the dashboard, /metrics and `cluster status` all render.
-// The coordinator assembles it from membership, the plan, node Status streams and the scheduler.
-
-export type NodeHealth = "ok" | "loading" | "degraded" | "lost";
-
-export interface NodeSnapshot {
-  id: string;
-  name: string;
-  /** host:port of the node's gRPC endpoint. */
-  address: string;
-  role: "coordinator" | "node";
-  chip: string;
-  backend: string;
-  cores: number;
-  memoryTotalBytes: number;
-  memoryUsedBytes: number;
-  /** Layer range held, [layerStart, layerEnd); absent when the node holds no shard. */
-  layerStart?: number;
-  layerEnd?: number;
-  embed: boolean;
-  head: boolean;
-  weightBytes: number;
-  kvBytes: number;
-  tokensPerSecond: number;
-  /** Fraction of the last second the engine was computing, 0..1. */
-  busyFraction: number;
-  queueDepth: number;
-  health: NodeHealth;
-  /** Latency of this node's data link to its downstream stage, median over the last minute. */
-  linkLatencyUs?: number;
-  /** Shard load progress 0..1 while health is "loading". */
-  loadProgress?: number;
-}
+// The live picture the dashboard and /metrics render: the cluster's health (health.ts: one view per node)
+// as the coordinator sees it, plus the HTTP API's request figures (api/request-log.ts merges them in).
+import type { ClusterHealth, NodeView } from "./health.js";
 
 export interface RequestSnapshot {
   id: string;
@@ -50,19 +20,44 @@ export interface SeriesPoint {
   v: number;
 }
 
-export interface ClusterSnapshot {
-  clusterId: string;
-  modelId: string;
-  numLayers: number;
-  coordinatorId: string;
-  /** "ready" when a plan is loaded and serving; otherwise why not. */
-  state: "ready" | "loading" | "planning" | "not_ready";
-  message?: string;
-  nodes: NodeSnapshot[];
+export interface RequestFigures {
   inFlight: RequestSnapshot[];
   recent: RequestSnapshot[];
   /** Aggregate output tokens/s, one point per second over the last minutes. */
   throughput: SeriesPoint[];
   /** Time to first token of finished requests, ms. */
   ttftMs: SeriesPoint[];
+}
+
+export type SnapshotState = "ready" | "loading" | "planning" | "not_ready";
+
+export interface ClusterSnapshot extends RequestFigures {
+  clusterId: string;
+  modelId: string;
+  numLayers: number;
+  coordinatorId: string;
+  /** "ready" when the cluster serves (itself or through its coordinator); otherwise why not. */
+  state: SnapshotState;
+  message?: string;
+  nodes: NodeView[];
+}
+
+/** The health as a snapshot, its request figures still empty. */
+export function snapshotOf(health: ClusterHealth): ClusterSnapshot {
+  const state = health.state === "following" ? (health.ok ? "ready" : "not_ready") : health.state;
+  return {
+    clusterId: health.clusterId,
+    modelId: health.modelId,
+    numLayers: health.numLayers,
+    coordinatorId: health.coordinator?.id ?? "",
+    state,
+    // The message says why the cluster does not serve (the dashboard shows it as a warning banner); a ready
+    // cluster's "serving with ..." line is what the cards and the layer map already show.
+    message: state === "ready" ? undefined : health.message,
+    nodes: health.nodes,
+    inFlight: [],
+    recent: [],
+    throughput: [],
+    ttftMs: [],
+  };
 }

@@ -1,13 +1,14 @@
-// The cluster snapshot as plain text, for `cluster status`: the same picture as the dashboard (nodes with their
-// layers and live figures, link latency, cluster throughput and TTFT, requests in flight).
-import { humanBytes } from "./health.js";
-import type { ClusterSnapshot, NodeSnapshot, RequestSnapshot } from "./snapshot.js";
+// The cluster as plain text, for `cluster status`: the same picture as the dashboard. The health (state, the
+// coordinator, one line per node with its layers and live figures, the plan with its byte figures) and, when
+// the coordinator's request figures are at hand, the cluster's throughput, TTFT and requests.
+import { type ClusterHealth, humanBytes, type NodeView, type PlanView } from "./health.js";
+import type { ClusterSnapshot, RequestFigures, RequestSnapshot } from "./snapshot.js";
 
 function pad(text: string, width: number): string {
   return text.length >= width ? `${text} ` : text.padEnd(width);
 }
 
-function layersOf(n: NodeSnapshot): string {
+function layersOf(n: NodeView): string {
   if (n.layerStart === undefined || n.layerEnd === undefined) return "-";
   const parts = [n.embed ? "E" : "", n.head ? "H" : ""].join("");
   return `[${n.layerStart},${n.layerEnd})${parts}`;
@@ -18,19 +19,39 @@ function latencyOf(us: number | undefined): string {
   return us >= 1000 ? `${(us / 1000).toFixed(1)} ms` : `${Math.round(us)} µs`;
 }
 
-function healthOf(n: NodeSnapshot): string {
+function healthOf(n: NodeView): string {
   if (n.health === "loading" && n.loadProgress !== undefined)
     return `loading ${Math.round(n.loadProgress * 100)}%`;
   return n.health;
 }
 
-function nodeLine(n: NodeSnapshot): string {
+const NODE_HEADER =
+  `    ${pad("node", 14)}${pad("id", 18)}${pad("role", 12)}${pad("health", 13)}${pad("layers", 11)}` +
+  `${pad("tok/s", 8)}${pad("busy", 6)}${pad("queue", 7)}${pad("memory", 20)}${pad("KV", 10)}${pad("link", 10)}chip`;
+
+function nodeLine(n: NodeView): string {
   return (
-    `  ${n.role === "coordinator" ? "*" : " "} ${pad(n.name, 14)}${pad(healthOf(n), 13)}${pad(layersOf(n), 11)}` +
-    `${pad(n.tokensPerSecond.toFixed(1), 8)}${pad(`${Math.round(n.busyFraction * 100)}%`, 6)}${pad(String(n.queueDepth), 7)}` +
+    `  ${n.role === "coordinator" ? "*" : " "} ${pad(n.name, 14)}${pad(n.id, 18)}${pad(n.role, 12)}` +
+    `${pad(healthOf(n), 13)}${pad(layersOf(n), 11)}${pad(n.tokensPerSecond.toFixed(1), 8)}` +
+    `${pad(`${Math.round(n.busyFraction * 100)}%`, 6)}${pad(String(n.queueDepth), 7)}` +
     `${pad(`${humanBytes(n.memoryUsedBytes)}/${humanBytes(n.memoryTotalBytes)}`, 20)}${pad(humanBytes(n.kvBytes), 10)}` +
-    latencyOf(n.linkLatencyUs)
+    `${pad(latencyOf(n.linkLatencyUs), 10)}${n.chip}`
   );
+}
+
+function planLines(plan: PlanView | undefined): string[] {
+  if (!plan) return ["plan: none"];
+  const lines = [
+    `plan ${plan.planId} (${plan.backend}, context ${plan.contextTokens} tokens, ${plan.stages.length} stages):`,
+  ];
+  plan.stages.forEach((s, i) => {
+    const parts = [s.embed ? "embed" : "", s.head ? "head" : ""].filter(Boolean).join("+");
+    lines.push(
+      `  stage ${i}: ${pad(s.name, 14)}layers [${s.layerStart},${s.layerEnd})${parts ? ` ${parts}` : ""}  ` +
+        `weights ${humanBytes(s.weightBytes)} + KV ${humanBytes(s.kvReserveBytes)}, needs ${humanBytes(s.needBytes)} of ${humanBytes(s.availableBytes)}`,
+    );
+  });
+  return lines;
 }
 
 function median(values: number[]): number | undefined {
@@ -49,28 +70,51 @@ function requestLine(r: RequestSnapshot, now: number): string {
   );
 }
 
-/** `now` is the server's clock when known (request ages do not depend on the caller's clock). */
-export function renderSnapshotText(snap: ClusterSnapshot, now = Date.now()): string {
-  const lines = [`live (${snap.nodes.length} nodes, ${snap.numLayers} layers, state ${snap.state}):`];
-  lines.push(
-    `    ${pad("node", 14)}${pad("health", 13)}${pad("layers", 11)}${pad("tok/s", 8)}${pad("busy", 6)}` +
-      `${pad("queue", 7)}${pad("memory", 20)}${pad("KV", 10)}link`,
-  );
-  for (const n of snap.nodes) lines.push(nodeLine(n));
-  const last = snap.throughput.at(-1)?.v ?? 0;
-  const minute = snap.throughput.slice(-60);
+function requestLines(live: RequestFigures, now: number): string[] {
+  const last = live.throughput.at(-1)?.v ?? 0;
+  const minute = live.throughput.slice(-60);
   const average = minute.length ? minute.reduce((a, p) => a + p.v, 0) / minute.length : 0;
-  const ttft = median(snap.ttftMs.slice(-20).map((p) => p.v));
-  lines.push(
+  const ttft = median(live.ttftMs.slice(-20).map((p) => p.v));
+  const lines = [
     `throughput ${last.toFixed(1)} tok/s (last second), ${average.toFixed(1)} tok/s (last minute)` +
-      `; TTFT median ${ttft === undefined ? "-" : `${Math.round(ttft)} ms`} (last ${Math.min(20, snap.ttftMs.length)})`,
-  );
-  lines.push(`requests in flight (${snap.inFlight.length}):`);
-  for (const r of snap.inFlight) lines.push(requestLine(r, now));
+      `; TTFT median ${ttft === undefined ? "-" : `${Math.round(ttft)} ms`} (last ${Math.min(20, live.ttftMs.length)})`,
+    `requests in flight (${live.inFlight.length}):`,
+  ];
+  for (const r of live.inFlight) lines.push(requestLine(r, now));
   const byStatus = new Map<string, number>();
-  for (const r of snap.recent) byStatus.set(r.status, (byStatus.get(r.status) ?? 0) + 1);
+  for (const r of live.recent) byStatus.set(r.status, (byStatus.get(r.status) ?? 0) + 1);
   const counts = [...byStatus].map(([status, n]) => `${n} ${status}`).join(", ");
-  lines.push(`recent requests: ${snap.recent.length}${counts ? ` (${counts})` : ""}`);
+  lines.push(`recent requests: ${live.recent.length}${counts ? ` (${counts})` : ""}`);
+  return lines;
+}
+
+/**
+ * `health` is the asked node's; `plan` may come from the coordinator when that node follows, `live` (the
+ * coordinator's snapshot) adds its nodes' live figures and the requests. `now` is the server's clock when
+ * known, so request ages do not depend on the caller's clock.
+ */
+export function renderClusterStatus(
+  health: ClusterHealth,
+  options: { plan?: PlanView; live?: ClusterSnapshot; now?: number } = {},
+): string {
+  const plan = options.plan ?? health.plan;
+  const nodes = options.live?.nodes ?? health.nodes;
+  const coordinator = health.coordinator
+    ? `${health.coordinator.name} (${health.coordinator.id})${health.coordinator.apiUrl ? ` ${health.coordinator.apiUrl}` : ""}`
+    : "none";
+  const lines = [
+    `cluster ${health.clusterId}  model ${health.modelId}  state ${health.state}${health.ok ? " (serving)" : ""}`,
+  ];
+  if (health.message) lines.push(`  ${health.message}`);
+  lines.push(
+    `this node: ${health.node.name} (${health.node.id}), ${health.node.role}, API ${health.node.apiUrl}`,
+    `coordinator: ${coordinator}`,
+    `nodes (${nodes.length}, ${health.numLayers} layers):`,
+    NODE_HEADER,
+    ...nodes.map(nodeLine),
+    ...planLines(plan),
+  );
+  if (options.live) lines.push(...requestLines(options.live, options.now ?? Date.now()));
   return `${lines.join("\n")}\n`;
 }
 

@@ -1,10 +1,10 @@
-// `cluster status`: members, roles, plan and health, read from a node's GET /health (the plan from the
-// coordinator's, when the node asked is not the coordinator), then the live picture the dashboard shows (node
+// `cluster status`: nodes, roles, plan and health, read from a node's GET /health (the plan from the
+// coordinator's, when the node asked is not the coordinator), with the live picture the dashboard shows (node
 // figures, throughput, requests in flight) from the coordinator's GET /dashboard/snapshot.json.
 import type { Command } from "commander";
-import { type ClusterHealth, isClusterHealth, renderClusterHealth } from "../../cluster/health.js";
+import { type ClusterHealth, isClusterHealth } from "../../cluster/health.js";
 import type { ClusterSnapshot } from "../../cluster/snapshot.js";
-import { isClusterSnapshot, renderSnapshotText } from "../../cluster/status-text.js";
+import { isClusterSnapshot, renderClusterStatus } from "../../cluster/status-text.js";
 import { errorMessage } from "../../common/errors.js";
 
 interface StatusOptions {
@@ -77,7 +77,7 @@ export async function runStatus(opts: StatusOptions): Promise<string> {
     opts.apiKey,
   );
   if (opts.json) return `${JSON.stringify({ ...health, plan, live }, null, 2)}\n`;
-  return renderClusterHealth(health, plan) + (live ? renderSnapshotText(live) : "");
+  return renderClusterStatus(health, { plan, live });
 }
 
 export function register(program: Command): void {

@@ -1,11 +1,13 @@
 // `cluster up` end to end (dist/cli/main.js processes on loopback): a --demo single node; a two-process cluster
 // joined with --peer that elects one coordinator, plans two stages, generates through either node's API, and
 // re-plans on the survivor when the other node is killed; `cluster status`; bad options.
+
 import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { type AddressInfo, createServer } from "node:net";
 import { freemem, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { liveNodes } from "../../cluster/health.js";
 import { generateClusterKey } from "../../common/cluster-key.js";
 import {
   type CliProcess,
@@ -147,8 +149,12 @@ describe("two cluster up processes joined with --peer", () => {
       urls.alpha,
       (h) => {
         const c = h.coordinator?.apiUrl;
-        const elected = h.coordinator?.id === h.members.map((m) => m.id).sort()[0];
-        if (c && h.members.length === 2 && elected) coordinatorUrl = c;
+        const elected =
+          h.coordinator?.id ===
+          liveNodes(h)
+            .map((m) => m.id)
+            .sort()[0];
+        if (c && liveNodes(h).length === 2 && elected) coordinatorUrl = c;
         return coordinatorUrl !== "";
       },
       "alpha to see two members",
@@ -183,7 +189,7 @@ describe("two cluster up processes joined with --peer", () => {
     const status = runCli(["status", "--api", followerUrl], env);
     expect(await status.exited).toBe(0);
     const text = status.stdout.join("\n");
-    expect(text).toContain("members (2)");
+    expect(text).toMatch(/nodes \(2, \d+ layers\)/);
     expect(text).toMatch(/stage 1: /);
 
     // Kill the follower: the coordinator re-plans on itself alone and serves again, the same tokens.
@@ -192,7 +198,7 @@ describe("two cluster up processes joined with --peer", () => {
     followerProc.child.kill("SIGKILL");
     const alone = await waitForHealth(
       coordinatorUrl,
-      (h) => h.state === "ready" && h.plan?.stages.length === 1 && h.members.length === 1,
+      (h) => h.state === "ready" && h.plan?.stages.length === 1 && liveNodes(h).length === 1,
       "a one-stage re-plan",
       coordinatorProc,
     );
@@ -206,11 +212,15 @@ describe("two cluster up processes joined with --peer", () => {
     const restarted = start(followerProc.child.spawnargs.slice(3));
     const rejoined = await waitForHealth(
       coordinatorUrl,
-      (h) => h.state === "ready" && h.plan?.stages.length === 2 && h.members.length === 2,
+      (h) => h.state === "ready" && h.plan?.stages.length === 2 && liveNodes(h).length === 2,
       "the returning node to be planned in again",
       [coordinatorProc, restarted],
     );
-    expect(rejoined.members.map((m) => m.id).sort()).toEqual([coordinator.node.id, follower.node.id].sort());
+    expect(
+      liveNodes(rejoined)
+        .map((m) => m.id)
+        .sort(),
+    ).toEqual([coordinator.node.id, follower.node.id].sort());
     const again = await complete(followerUrl, "Split me across two machines.", 10);
     expect(again.status, JSON.stringify(again.body)).toBe(200);
     expect(again.text).toBe(direct.text);
@@ -236,7 +246,12 @@ describe("two cluster up processes joined with --peer", () => {
     const urls = [`http://127.0.0.1:${apiA}`, `http://127.0.0.1:${apiB}`];
     const view = await waitForHealth(
       urls[0],
-      (h) => h.members.length === 2 && h.coordinator?.id === h.members.map((m) => m.id).sort()[0],
+      (h) =>
+        liveNodes(h).length === 2 &&
+        h.coordinator?.id ===
+          liveNodes(h)
+            .map((m) => m.id)
+            .sort()[0],
       "two members",
       [a, b],
     );
@@ -288,7 +303,12 @@ describe("two cluster up processes joined with --peer", () => {
     const urls = [`http://127.0.0.1:${apiA}`, `http://127.0.0.1:${apiB}`];
     const view = await waitForHealth(
       urls[0],
-      (h) => h.members.length === 2 && h.coordinator?.id === h.members.map((m) => m.id).sort()[0],
+      (h) =>
+        liveNodes(h).length === 2 &&
+        h.coordinator?.id ===
+          liveNodes(h)
+            .map((m) => m.id)
+            .sort()[0],
       "two members found over Bonjour",
       [a, b],
     );
@@ -313,7 +333,12 @@ describe("two cluster up processes joined with --peer", () => {
     const ready = await waitForHealth(
       urls[0],
       // The election's answer once this node acted on the two-member view.
-      (h) => h.members.length === 2 && h.coordinator?.id === h.members.map((m) => m.id).sort()[0],
+      (h) =>
+        liveNodes(h).length === 2 &&
+        h.coordinator?.id ===
+          liveNodes(h)
+            .map((m) => m.id)
+            .sort()[0],
       "two members",
       [a, b],
     );

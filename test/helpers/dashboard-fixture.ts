@@ -1,6 +1,7 @@
 // A cluster snapshot whose figures are driven by the test (tick by tick), for the renderers' tests:
 // the dashboard and /metrics only render snapshots, so a snapshot the test controls exercises them fully.
-import type { ClusterSnapshot, NodeSnapshot, RequestSnapshot } from "../../cluster/snapshot.js";
+import type { NodeView } from "../../cluster/health.js";
+import type { ClusterSnapshot, RequestSnapshot } from "../../cluster/snapshot.js";
 
 const GiB = 1024 ** 3;
 /** Tick 0 is the moment the fixture was loaded, so the series end "now" for the viewer. */
@@ -11,7 +12,7 @@ export interface FixtureOptions {
   nodes?: number;
 }
 
-function node(i: number, tick: number, count: number, numLayers: number): NodeSnapshot {
+function node(i: number, tick: number, count: number, numLayers: number): NodeView {
   const names = ["studio-alpha", "studio-beta", "studio-gamma"];
   const per = Math.ceil(numLayers / count);
   const layerStart = i * per;
@@ -25,7 +26,11 @@ function node(i: number, tick: number, count: number, numLayers: number): NodeSn
     address: `10.0.0.${i + 10}:7400`,
     role: i === 0 ? "coordinator" : "node",
     chip: "Apple M3 Ultra",
+    backends: ["cpu", "mlx"],
     backend: "mlx",
+    memoryBandwidthBps: 819e9,
+    planId: "plan-demo",
+    loaded: true,
     cores: 32,
     memoryTotalBytes: total,
     memoryUsedBytes: weightBytes + kvBytes + 20 * GiB,
@@ -39,7 +44,9 @@ function node(i: number, tick: number, count: number, numLayers: number): NodeSn
     busyFraction: Math.min(1, 0.3 + tick * 0.05 + i * 0.1),
     queueDepth: (tick + i) % 5,
     health: i === 2 && tick % 2 === 1 ? "degraded" : "ok",
+    inboundHopP50Us: i === 0 ? 0 : 180 + tick * 10,
     linkLatencyUs: i === count - 1 ? undefined : 180 + tick * 10,
+    lastSeenMs: 200,
   };
 }
 

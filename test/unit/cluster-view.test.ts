@@ -1,36 +1,71 @@
-// The dashboard snapshot built from membership health: node cards, lost stages, loading progress, link latency.
+// The one picture of the cluster (cluster/health.ts) built from membership records and the plan: one view per
+// node with its heartbeat figures, link latency, loading progress and lost stages; the snapshot the dashboard
+// reads; and the one text rendering `cluster status` prints.
 import { describe, expect, it } from "vitest";
-import type { ClusterHealth, MemberHealth } from "../../cluster/health.js";
-import { renderClusterHealth } from "../../cluster/health.js";
-import { SnapshotBuilder } from "../../cluster/snapshot-builder.js";
+import { buildClusterHealth, type HealthInputs } from "../../cluster/health.js";
+import type { Member } from "../../cluster/membership.js";
+import { snapshotOf } from "../../cluster/snapshot.js";
+import { renderClusterStatus } from "../../cluster/status-text.js";
+import type { NodeStatus } from "../../common/wire/types.js";
+import type { Plan, PlanStage } from "../../coordinator/planner.js";
 
-function member(id: string, extra: Partial<MemberHealth> = {}): MemberHealth {
+function status(id: string, extra: Partial<NodeStatus> = {}): NodeStatus {
   return {
-    id,
-    name: `node-${id}`,
-    address: `10.0.0.${id}:7100`,
-    role: id === "1" ? "coordinator" : "node",
-    chip: "Apple M2 Ultra",
-    cores: 24,
-    backends: ["cpu", "mlx"],
-    memoryTotalBytes: 192e9,
-    memoryUsedBytes: 80e9,
-    memoryBandwidthBps: 800e9,
-    planId: "p1",
+    node_id: id,
+    time_us: 0,
+    plan_id: "p1",
     loaded: true,
-    tokensPerSecond: 30,
-    busyFraction: 0.5,
-    queueDepth: 1,
-    kvBytes: 1e6,
-    weightBytes: 60e9,
-    inboundHopP50Us: 0,
-    lastSeenMs: 200,
+    layer_start: 0,
+    layer_end: 0,
+    embed: false,
+    head: false,
+    tokens_per_s: 30,
+    busy_fraction: 0.5,
+    queue_depth: 1,
+    kv_bytes: 1e6,
+    weight_bytes: 60e9,
+    memory_used: 80e9,
+    memory_total: 192e9,
+    sequences: 1,
+    inbound_hop_p50_us: 0,
+    inbound_hop_p99_us: 0,
+    batches: 10,
+    mean_batch_items: 1,
+    backend: "mlx",
+    inbound_hop_count: 0,
     ...extra,
   };
 }
 
-function health(state: ClusterHealth["state"], members: MemberHealth[]): ClusterHealth {
-  const stage = (id: string, start: number, end: number) => ({
+function member(id: string, nodeStatus?: NodeStatus, lastSeenAgoMs = 200): Member {
+  return {
+    nodeId: id,
+    name: `node-${id}`,
+    address: `10.0.0.${id}:7100`,
+    apiPort: 8080,
+    version: "0.1.0",
+    capabilities: {
+      memory_total: 192e9,
+      memory_free: 100e9,
+      chip: "Apple M2 Ultra",
+      cores: 24,
+      backends: ["cpu", "mlx"],
+      memory_bandwidth_bps: 800e9,
+      model_present: true,
+      model: null,
+      platform: "darwin",
+      arch: "arm64",
+    },
+    helloPlanId: "",
+    status: nodeStatus,
+    self: id === "1",
+    joinedAt: 0,
+    lastSeen: Date.now() - lastSeenAgoMs,
+  };
+}
+
+function stage(id: string, start: number, end: number): PlanStage {
+  return {
     nodeId: id,
     name: `node-${id}`,
     address: `10.0.0.${id}:7100`,
@@ -40,77 +75,147 @@ function health(state: ClusterHealth["state"], members: MemberHealth[]): Cluster
     head: end === 62,
     weightBytes: 40e9,
     kvReserveBytes: 1e9,
+    headroomBytes: 10e9,
     needBytes: 52e9,
     availableBytes: 180e9,
-  });
+    bandwidthBps: 800e9,
+    secondsPerToken: 0.01,
+  };
+}
+
+const plan: Plan = {
+  planId: "p1",
+  backend: "mlx",
+  numLayers: 62,
+  contextTokens: 65536,
+  stages: [stage("1", 0, 21), stage("2", 21, 42), stage("3", 42, 62)],
+  idle: [],
+  bottleneckSecondsPerToken: 0.01,
+};
+
+function inputs(state: HealthInputs["state"], members: Member[], extra: Partial<HealthInputs> = {}) {
   return {
-    ok: state === "ready",
     state,
     clusterId: "c1",
     modelId: "MiniMax-M2.1-4bit",
     version: "0.1.0",
-    node: { id: "1", name: "node-1", role: "coordinator", apiUrl: "http://10.0.0.1:8080" },
-    coordinator: { id: "1", name: "node-1", apiUrl: "http://10.0.0.1:8080" },
+    numLayers: 62,
+    self: { nodeId: "1", name: "node-1", apiUrl: "http://10.0.0.1:8080" },
+    coordinator: members.find((m) => m.nodeId === "1"),
     members,
-    plan: {
-      planId: "p1",
-      backend: "mlx",
-      contextTokens: 65536,
-      numLayers: 62,
-      stages: [stage("1", 0, 21), stage("2", 21, 42), stage("3", 42, 62)],
-    },
-  };
+    plan,
+    loadProgress: new Map<string, number>(),
+    ...extra,
+  } satisfies HealthInputs;
 }
 
-describe("SnapshotBuilder", () => {
+describe("the cluster picture", () => {
   it("shows every member, the downstream link latency, and a plan stage whose node left as lost", () => {
-    const builder = new SnapshotBuilder();
-    const h = health("ready", [
-      member("1", { layerStart: 0, layerEnd: 21 }),
-      member("2", { layerStart: 21, layerEnd: 42, inboundHopP50Us: 180 }),
-    ]);
-    const snap = builder.build(h, 62);
-    expect(snap.state).toBe("ready");
-    expect(snap.coordinatorId).toBe("1");
-    expect(snap.numLayers).toBe(62);
-    expect(snap.nodes.map((n) => [n.id, n.health])).toEqual([
-      ["1", "ok"],
-      ["2", "ok"],
-      ["3", "lost"],
+    const health = buildClusterHealth(
+      inputs("ready", [
+        member("1", status("1", { layer_start: 0, layer_end: 21, embed: true })),
+        member("2", status("2", { layer_start: 21, layer_end: 42, inbound_hop_p50_us: 180 }), 2500),
+      ]),
+    );
+    expect(health.ok).toBe(true);
+    expect(health.node.role).toBe("coordinator");
+    expect(health.nodes.map((n) => [n.id, n.role, n.health])).toEqual([
+      ["1", "coordinator", "ok"],
+      ["2", "node", "degraded"],
+      ["3", "node", "lost"],
     ]);
     // Node 1's link goes to node 2, whose inbound hop median is what node 1's frames take.
-    expect(snap.nodes[0].linkLatencyUs).toBe(180);
-    expect(snap.nodes[0]).toMatchObject({ embed: true, head: false, layerStart: 0, layerEnd: 21, cores: 24 });
-    expect(snap.nodes[2]).toMatchObject({ layerStart: 42, layerEnd: 62, head: true });
+    expect(health.nodes[0].linkLatencyUs).toBe(180);
+    expect(health.nodes[0]).toMatchObject({
+      embed: true,
+      head: false,
+      layerStart: 0,
+      layerEnd: 21,
+      cores: 24,
+    });
+    expect(health.nodes[2]).toMatchObject({ layerStart: 42, layerEnd: 62, head: true });
+    expect(health.nodes[1].apiUrl).toBe("http://10.0.0.2:8080");
+
+    const snap = snapshotOf(health);
+    expect(snap).toMatchObject({ state: "ready", coordinatorId: "1", numLayers: 62, message: undefined });
+    expect(snap.nodes).toBe(health.nodes);
   });
 
-  it("reports loading progress per node while a plan loads", () => {
-    const builder = new SnapshotBuilder();
-    builder.progress("2", 30, 120);
-    const snap = builder.build(health("loading", [member("1"), member("2", { loaded: false })]), 62);
-    expect(snap.state).toBe("loading");
-    expect(snap.nodes[1]).toMatchObject({
+  it("reports loading progress per node while a plan loads, with the plan's layers", () => {
+    const loading = buildClusterHealth(
+      inputs("loading", [member("1", status("1", { loaded: false })), member("2")], {
+        loadProgress: new Map([["2", 0.25]]),
+        message: "loading plan p1",
+      }),
+    );
+    expect(loading.ok).toBe(false);
+    expect(loading.nodes[1]).toMatchObject({
       health: "loading",
       loadProgress: 0.25,
       layerStart: 21,
       layerEnd: 42,
     });
-    builder.clearProgress();
-    expect(builder.build(health("loading", [member("2", { loaded: false })]), 62).nodes[0].loadProgress).toBe(
-      0,
+    expect(loading.nodes[0].loadProgress).toBe(0);
+    expect(snapshotOf(loading)).toMatchObject({ state: "loading", message: "loading plan p1" });
+  });
+
+  it("a follower serves through its coordinator: its snapshot reads ready", () => {
+    const following = buildClusterHealth(
+      inputs("following", [{ ...member("1"), self: false }, { ...member("2"), self: true }], {
+        self: { nodeId: "2", name: "node-2", apiUrl: "http://10.0.0.2:8080" },
+        plan: undefined,
+      }),
     );
+    expect(following.ok).toBe(true);
+    expect(following.node.role).toBe("node");
+    expect(following.coordinator).toEqual({ id: "1", name: "node-1", apiUrl: "http://10.0.0.1:8080" });
+    expect(snapshotOf(following).state).toBe("ready");
   });
 });
 
-describe("renderClusterHealth", () => {
-  it("prints members, roles and the plan's layer ranges with byte figures", () => {
-    const text = renderClusterHealth(health("ready", [member("1"), member("2")]));
+describe("renderClusterStatus", () => {
+  it("prints every node with role, health and layers, then the plan's layer ranges with byte figures", () => {
+    const health = buildClusterHealth(
+      inputs("ready", [
+        member("1", status("1", { layer_start: 0, layer_end: 21, embed: true })),
+        member("2", status("2", { layer_start: 21, layer_end: 42 })),
+      ]),
+    );
+    const text = renderClusterStatus(health);
     expect(text).toContain("state ready (serving)");
-    expect(text).toContain("members (2):");
-    expect(text).toMatch(/\* node-1 .*coordinator/);
+    expect(text).toContain("nodes (3, 62 layers):");
+    expect(text).toMatch(/\* node-1 +1 +coordinator +ok +\[0,21\)E/);
+    expect(text).toMatch(/ {3}node-3 +3 +node +lost +\[42,62\)H/);
     expect(text).toMatch(
       /stage 0: node-1 +layers \[0,21\) embed {2}weights 40\.0 GB \+ KV 1\.0 GB, needs 52\.0 GB of 180\.0 GB/,
     );
     expect(text).toMatch(/stage 2: node-3 +layers \[42,62\) head/);
+    expect(text).not.toContain("requests in flight");
+  });
+
+  it("adds the coordinator's live figures and requests when given its snapshot", () => {
+    const health = buildClusterHealth(inputs("ready", [member("1", status("1")), member("2", status("2"))]));
+    const now = Date.now();
+    const live = {
+      ...snapshotOf(health),
+      inFlight: [
+        {
+          id: "req-1",
+          api: "responses" as const,
+          startedAt: now - 2000,
+          status: "decoding" as const,
+          promptTokens: 100,
+          cachedTokens: 64,
+          outputTokens: 5,
+        },
+      ],
+      throughput: [{ t: now, v: 42 }],
+      ttftMs: [{ t: now, v: 300 }],
+    };
+    const text = renderClusterStatus(health, { live, now });
+    expect(text).toContain("throughput 42.0 tok/s (last second)");
+    expect(text).toContain("TTFT median 300 ms");
+    expect(text).toMatch(/req-1 +responses +decoding +prompt 100 \(cached 64\) {2}out 5/);
+    expect(text).toContain("recent requests: 0");
   });
 });

@@ -1,6 +1,6 @@
 // config.json of a MiniMax-M2 checkpoint, read once and typed. Sizes always come from here, never constants.
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join, resolve } from "node:path";
 
 export interface QuantSpec {
   bits: number;
@@ -138,4 +138,9 @@ export function readModelConfig(modelDir: string): ModelConfig {
 /** Quantization of the module at `path` (e.g. "model.layers.3.self_attn.q_proj"): override, else global. */
 export function quantFor(config: ModelConfig, path: string): QuantSpec | undefined {
   return config.quantOverrides[path] ?? config.quantization;
+}
+
+/** Model id as the cluster compares it: the checkpoint folder's name. */
+export function modelIdOf(modelDir: string): string {
+  return basename(resolve(modelDir));
 }

@@ -1,19 +1,14 @@
 // What this node offers the cluster: memory, chip, cores, backends, bandwidth and the model it holds. Hello
 // answers with it; the planner splits layers by it.
 import { cpus, freemem, totalmem } from "node:os";
-import { basename, resolve } from "node:path";
+import { resolve } from "node:path";
 import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
 import { errorMessage } from "../common/errors.js";
-import { readModelConfig } from "../common/model-config.js";
+import { modelIdOf, readModelConfig } from "../common/model-config.js";
 import { readAllHeaders } from "../common/safetensors.js";
 import type { Capabilities, ModelInfo } from "../common/wire/types.js";
 
 const LAYER_TENSOR = /^model\.layers\.(\d+)\./;
-
-/** Model id as the cluster compares it: the checkpoint folder's name. */
-export function modelIdOf(modelDir: string): string {
-  return basename(resolve(modelDir));
-}
 
 /** Reads config.json and the safetensors headers (headers only: fast even for a 130 GB checkpoint). */
 export function readModelInfo(modelDir: string, activationBytes: number): ModelInfo {

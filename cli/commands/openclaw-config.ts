@@ -1,8 +1,7 @@
 // `cluster openclaw-config`: prints the provider block for ~/.openclaw/openclaw.json that points OpenClaw at
 // this cluster, with the model's real context window read from its config.json.
 import type { Command } from "commander";
-import { readModelConfig } from "../../common/model-config.js";
-import { modelIdOf } from "../../node-agent/capabilities.js";
+import { modelIdOf, readModelConfig } from "../../common/model-config.js";
 
 export type OpenClawApi = "openai-responses" | "openai-completions";
 

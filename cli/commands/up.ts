@@ -19,13 +19,12 @@ import {
 } from "../../common/cluster-key.js";
 import type { BackendChoice } from "../../common/engine-api.js";
 import { ClusterError, errorMessage } from "../../common/errors.js";
-import { readModelConfig } from "../../common/model-config.js";
+import { modelIdOf, readModelConfig } from "../../common/model-config.js";
 import { packageVersion } from "../../common/paths.js";
 import { loadWireTls, useWireTls, wireTlsFilesOf } from "../../common/wire/tls.js";
 import { readModelFootprint } from "../../coordinator/model-footprint.js";
 import { availableBackends } from "../../native/index.js";
 import { type Advertisement, advertiseNode } from "../../node-agent/advertise.js";
-import { modelIdOf } from "../../node-agent/capabilities.js";
 import { type NodeAgent, startNodeAgent } from "../../node-agent/server.js";
 import { makeModel } from "../make-model/index.js";
 import { createLoadProgress } from "../progress.js";

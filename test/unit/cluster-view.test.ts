@@ -161,10 +161,17 @@ describe("the cluster picture", () => {
 
   it("a follower serves through its coordinator: its snapshot reads ready", () => {
     const following = buildClusterHealth(
-      inputs("following", [{ ...member("1"), self: false }, { ...member("2"), self: true }], {
-        self: { nodeId: "2", name: "node-2", apiUrl: "http://10.0.0.2:8080" },
-        plan: undefined,
-      }),
+      inputs(
+        "following",
+        [
+          { ...member("1"), self: false },
+          { ...member("2"), self: true },
+        ],
+        {
+          self: { nodeId: "2", name: "node-2", apiUrl: "http://10.0.0.2:8080" },
+          plan: undefined,
+        },
+      ),
     );
     expect(following.ok).toBe(true);
     expect(following.node.role).toBe("node");

@@ -1,0 +1,181 @@
+// The node's one engine shard and its lifecycle: LoadShard opens the shard a plan asks for (from the node's own
+// model directory; one load at a time, each replacing the last), wires the stage to its downstream neighbour or,
+// on the last stage, to the coordinators subscribed to Results; Release, Cancel and Fork act on it.
+import type * as grpc from "@grpc/grpc-js";
+import type { BackendChoice, Engine } from "../common/engine-api.js";
+import { dtypeOfActivation } from "../common/wire/frames.js";
+import type { DataFrameOut, LoadProgress, LoadShardRequest, ResultsRequest } from "../common/wire/types.js";
+import { openEngine } from "../native/index.js";
+import { DownstreamLink } from "./downstream.js";
+import { type FrameSink, Stage } from "./stage.js";
+
+export interface ShardHostOptions {
+  modelDir: string;
+  clusterKey: string;
+  /** Backend and threads when LoadShard names none. */
+  backend?: BackendChoice;
+  threads?: number;
+  log: (line: string) => void;
+}
+
+export interface LoadedShard {
+  request: LoadShardRequest;
+  engine: Engine;
+  stage: Stage;
+  downstream?: DownstreamLink;
+  weightBytes: number;
+  backend: string;
+}
+
+type ResultsCall = grpc.ServerWritableStream<ResultsRequest, DataFrameOut>;
+
+/** Progress messages are throttled: a bar needs a few updates a second, not one per tensor. */
+const progressIntervalMs = 100;
+
+export class ShardHost {
+  private current: LoadedShard | undefined;
+  private loading: Promise<unknown> = Promise.resolve();
+  /** Results subscribers of the current plan (normally one: the coordinator). */
+  private readonly results = new Set<ResultsCall>();
+
+  constructor(private readonly opts: ShardHostOptions) {}
+
+  get shard(): LoadedShard | undefined {
+    return this.current;
+  }
+
+  /** Why a call for planId cannot be served here, or undefined. */
+  planProblem(planId: string): string | undefined {
+    const current = this.current?.request.plan_id;
+    if (!current) return "this node holds no shard";
+    if (planId && planId !== current) return `plan ${planId} is not this node's plan (${current})`;
+    return undefined;
+  }
+
+  /**
+   * Opens the shard req asks for once the loads before it are done, replacing the current one; resolves with
+   * the final progress message. A caller that went away does not stop it: the shard is what the plan asked for.
+   */
+  load(req: LoadShardRequest, onProgress: (p: LoadProgress) => void): Promise<LoadProgress> {
+    const next = this.loading.then(() => this.open(req, onProgress));
+    this.loading = next.catch(() => undefined);
+    return next;
+  }
+
+  private async open(req: LoadShardRequest, onProgress: (p: LoadProgress) => void): Promise<LoadProgress> {
+    await this.close();
+    let lastProgress = 0;
+    const engine = await openEngine({
+      modelDir: this.opts.modelDir,
+      layerStart: req.layer_start,
+      layerEnd: req.layer_end,
+      embed: req.embed,
+      head: req.head,
+      backend: (req.backend || this.opts.backend || "auto") as BackendChoice,
+      threads: req.threads || this.opts.threads,
+      onProgress: (bytesRead, bytesTotal) => {
+        const now = Date.now();
+        if (now - lastProgress < progressIntervalMs && bytesRead < bytesTotal) return;
+        lastProgress = now;
+        onProgress(progressMessage({ bytes_read: bytesRead, bytes_total: bytesTotal }));
+      },
+    });
+    const stats = engine.stats();
+    const downstream = req.head
+      ? undefined
+      : new DownstreamLink(req.downstream ?? "", this.opts.clusterKey, this.opts.log);
+    const sink: () => FrameSink | undefined = downstream ? () => downstream : () => this.resultsSink();
+    const stage = new Stage(
+      engine,
+      {
+        planId: req.plan_id,
+        stageIndex: req.stage_index ?? 0,
+        stageCount: req.stage_count ?? 1,
+        embed: req.embed,
+        head: req.head,
+        hiddenSize: stats.hiddenSize,
+        activationDtype: dtypeOfActivation(stats.activationDtype),
+      },
+      sink,
+      this.opts.log,
+    );
+    downstream?.open();
+    this.current = {
+      request: req,
+      engine,
+      stage,
+      downstream,
+      weightBytes: stats.weightBytes,
+      backend: stats.backend,
+    };
+    this.opts.log(
+      `plan ${req.plan_id}: layers ${req.layer_start}..${req.layer_end}${req.embed ? " +embed" : ""}${req.head ? " +head" : ""} on ${stats.backend}, ${stats.weightBytes} weight bytes${downstream ? `, downstream ${downstream.address}` : ""}`,
+    );
+    return progressMessage({
+      bytes_read: stats.weightBytes,
+      bytes_total: stats.weightBytes,
+      done: true,
+      weight_bytes: stats.weightBytes,
+      activation_dtype: stats.activationDtype,
+      hidden_size: stats.hiddenSize,
+      backend: stats.backend,
+      kv_bytes_per_token: stats.kvBytesPerToken,
+    });
+  }
+
+  /** Registers a coordinator's Results stream (the caller checked planProblem and that this is the last stage). */
+  subscribe(call: ResultsCall): () => void {
+    this.results.add(call);
+    return () => this.results.delete(call);
+  }
+
+  private resultsSink(): FrameSink | undefined {
+    if (this.results.size === 0) return undefined;
+    return {
+      write: (frames) => {
+        for (const call of this.results) for (const frame of frames) call.write(frame);
+      },
+    };
+  }
+
+  async release(planId: string, seqs: number[]): Promise<number> {
+    if (this.planProblem(planId)) return 0;
+    return this.current!.stage.release(seqs);
+  }
+
+  cancel(planId: string, seqs: number[]): number {
+    if (this.planProblem(planId)) return 0;
+    return this.current!.stage.cancel(seqs);
+  }
+
+  async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
+    await this.current!.stage.fork(seq, newSeq, prefixLength);
+  }
+
+  /** Closes the shard: its stage, its downstream link, its Results streams and its engine. */
+  async close(): Promise<void> {
+    const shard = this.current;
+    if (!shard) return;
+    this.current = undefined;
+    shard.stage.close();
+    shard.downstream?.close();
+    for (const call of this.results) call.end();
+    this.results.clear();
+    await shard.engine.close();
+  }
+}
+
+export function progressMessage(p: Partial<LoadProgress>): LoadProgress {
+  return {
+    bytes_read: 0,
+    bytes_total: 0,
+    done: false,
+    weight_bytes: 0,
+    activation_dtype: "",
+    hidden_size: 0,
+    backend: "",
+    error: "",
+    kv_bytes_per_token: 0,
+    ...p,
+  };
+}

@@ -17,11 +17,13 @@
         "src/model/kv_store.cpp",
         "src/backend/cpu/thread_pool.cpp",
         "src/backend/cpu/kernels.cpp",
+        "src/backend/cpu/kernels_int16.cpp",
         "src/backend/cpu/cpu_backend.cpp",
         "src/backend/cpu/attention.cpp",
         "src/backend/cpu/expert_mlp.cpp",
         "src/backend/cpu/bandwidth.cpp",
         "src/addon/engine_thread.cpp",
+        "src/addon/js_convert.cpp",
         "src/addon/engine_object.cpp",
         "src/addon/addon.cpp"
       ],

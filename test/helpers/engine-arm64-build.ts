@@ -183,7 +183,12 @@ export class Build {
   /** Links the kernel check (native/test/kernels_check.cpp + the kernels it tests); throws on a compile error. */
   async kernelsCheck(): Promise<string> {
     const parts = await Promise.all(
-      ["test/kernels_check.cpp", "src/backend/cpu/kernels.cpp", "src/io/tensor.cpp"].map((s) =>
+      [
+        "test/kernels_check.cpp",
+        "src/backend/cpu/kernels.cpp",
+        "src/backend/cpu/kernels_int16.cpp",
+        "src/io/tensor.cpp",
+      ].map((s) =>
         this.compile(s),
       ),
     );

@@ -59,21 +59,37 @@ void MinimaxM2Shard::validate(const std::vector<ForwardItem>& batch) {
   }
 }
 
+// One decoder layer, as the math reads:  h += attn(norm(h));  h += moe(norm(h)).
 void MinimaxM2Shard::run_layer(int local, const LayerWeights& w, Activations& h, std::span<const int32_t> positions,
                                std::span<const AttentionSegment> segments) {
   Backend& b = *backend_;
-  const int64_t n = h.rows;
-  auto x = b.activations(n, config_.hidden);
+  auto x = b.activations(h.rows, config_.hidden);      // norm(h), for each half in turn
+  auto delta = b.activations(h.rows, config_.hidden);  // what each half adds to h
+
+  b.rms_norm(h, *w.input_norm, config_.rms_eps, *x);
+  attention(local, w, *x, positions, segments, *delta);
+  b.add(h, *delta);
+
+  b.rms_norm(h, *w.post_norm, config_.rms_eps, *x);
+  const Routing routing = moe(w, *x, *delta);
+  b.add(h, *delta);
+
+  weight_bytes_read_ += bytes_read(w, routing, h.rows);
+}
+
+// Grouped-query attention with QK-norm and partial rotary embedding; appends this step's k, v to the cache.
+void MinimaxM2Shard::attention(int local, const LayerWeights& w, const Activations& x,
+                               std::span<const int32_t> positions, std::span<const AttentionSegment> segments,
+                               Activations& out) {
+  Backend& b = *backend_;
+  const int64_t n = x.rows;
   auto q = b.activations(n, config_.q_width());
   auto k = b.activations(n, config_.kv_width());
   auto v = b.activations(n, config_.kv_width());
-  auto attn = b.activations(n, config_.q_width());
-  auto delta = b.activations(n, config_.hidden);
-
-  b.rms_norm(h, *w.input_norm, config_.rms_eps, *x);
-  b.matmul(*w.q, *x, *q);
-  b.matmul(*w.k, *x, *k);
-  b.matmul(*w.v, *x, *v);
+  auto heads = b.activations(n, config_.q_width());
+  b.matmul(*w.q, x, *q);
+  b.matmul(*w.k, x, *k);
+  b.matmul(*w.v, x, *v);
   // QK-norm spans all heads at once, before the head split.
   b.rms_norm(*q, *w.q_norm, config_.rms_eps, *q);
   b.rms_norm(*k, *w.k_norm, config_.rms_eps, *k);
@@ -81,20 +97,25 @@ void MinimaxM2Shard::run_layer(int local, const LayerWeights& w, Activations& h,
   b.rope(*k, {config_.kv_heads, config_.head_dim, config_.rotary_dim, config_.rope_theta}, positions);
   const AttentionShape shape{config_.heads, config_.kv_heads, config_.head_dim,
                              static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.head_dim)))};
-  b.attention(*q, *k, *v, local, segments, shape, *attn);
-  b.matmul(*w.o, *attn, *delta);
-  b.add(h, *delta);
+  b.attention(*q, *k, *v, local, segments, shape, *heads);
+  b.matmul(*w.o, *heads, out);
+}
 
-  b.rms_norm(h, *w.post_norm, config_.rms_eps, *x);
-  Routing routing = b.route(*w.router, *w.route_bias, *x, config_.top_k);
-  b.experts(*w.gate, *w.up, *w.down, *x, routing, *delta);
-  b.add(h, *delta);
+// The routed experts: a sigmoid router picks top_k per row, their SwiGLU outputs are mixed by the weights.
+Routing MinimaxM2Shard::moe(const LayerWeights& w, const Activations& x, Activations& out) {
+  Backend& b = *backend_;
+  Routing routing = b.route(*w.router, *w.route_bias, x, config_.top_k);
+  b.experts(*w.gate, *w.up, *w.down, x, routing, out);
+  return routing;
+}
 
+// Weight bytes one layer read for n rows: every dense matrix, and each expert the rows were routed to once.
+double MinimaxM2Shard::bytes_read(const LayerWeights& w, const Routing& routing, int64_t n) const {
   // A device-side routing (mlx) is not read back: count the most experts the rows can touch instead.
   const size_t used = routing.experts.empty()
                           ? std::min<size_t>(config_.experts, static_cast<size_t>(n) * config_.top_k)
                           : std::set<int32_t>(routing.experts.begin(), routing.experts.end()).size();
-  weight_bytes_read_ += static_cast<double>(w.dense_bytes) + static_cast<double>(used * w.expert_bytes);
+  return static_cast<double>(w.dense_bytes) + static_cast<double>(used * w.expert_bytes);
 }
 
 std::vector<ForwardResult> MinimaxM2Shard::forward(std::vector<ForwardItem>& batch) {

@@ -1,5 +1,5 @@
 // One pipeline stage of MiniMax-M2: layers [start, end) plus embedding / final norm + lm_head as assigned.
-// The forward pass follows shared/MODEL.md step by step and is written only against the Backend interface.
+// The forward pass follows docs/model.md step by step and is written only against the Backend interface.
 #pragma once
 
 #include <cstdint>
@@ -57,6 +57,10 @@ class MinimaxM2Shard {
   void validate(const std::vector<ForwardItem>& batch);
   void run_layer(int local, const LayerWeights& w, Activations& h, std::span<const int32_t> positions,
                  std::span<const AttentionSegment> segments);
+  void attention(int local, const LayerWeights& w, const Activations& x, std::span<const int32_t> positions,
+                 std::span<const AttentionSegment> segments, Activations& out);
+  Routing moe(const LayerWeights& w, const Activations& x, Activations& out);
+  double bytes_read(const LayerWeights& w, const Routing& routing, int64_t n) const;
 
   ModelConfig config_;
   ShardRange range_;

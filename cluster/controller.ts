@@ -9,7 +9,14 @@
 import type { BackendName } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import type { ModelFootprint } from "../coordinator/model-footprint.js";
-import { describeLoss, type LostNode, Pipeline } from "../coordinator/pipeline.js";
+import {
+  describeLoss,
+  type LostNode,
+  type NodeLiveness,
+  Pipeline,
+  type PipelineOptions,
+  type PipelinePort,
+} from "../coordinator/pipeline.js";
 import {
   describePlan,
   type Plan,
@@ -21,8 +28,18 @@ import { Scheduler } from "../coordinator/scheduler.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
 import { electCoordinator } from "./election.js";
 import { apiUrlOf, buildClusterHealth, type ClusterHealth, type ClusterState } from "./health.js";
-import type { Member, Membership } from "./membership.js";
+import type { Member } from "./membership.js";
 import { type ClusterSnapshot, snapshotOf } from "./snapshot.js";
+
+/** What the controller reads of membership (cluster/membership.ts): the live members, their changes, and the
+ * liveness the pipeline watches. */
+export interface MemberSource extends NodeLiveness {
+  live(): Member[];
+  get(nodeId: string): Member | undefined;
+  /** The pipeline found the node dead: drop it now (membership probes it again later). */
+  markLost(nodeId: string, reason: string): void;
+  on(event: "change", listener: (members: Member[]) => void): unknown;
+}
 
 export interface ControllerOptions {
   self: { nodeId: string; name: string; apiUrl: string };
@@ -40,7 +57,9 @@ export interface ControllerOptions {
   maxSequences?: number;
   /** Requests that may wait for a slot; more are refused with 429 (the scheduler's default when absent). */
   maxQueue?: number;
-  membership: Membership;
+  membership: MemberSource;
+  /** Loads a plan's shards and wires them (default Pipeline.start: the nodes over gRPC). */
+  startPipeline?: (options: PipelineOptions) => Promise<PipelinePort>;
   settleMs?: number;
   /** Delay before trying again after a failed load. */
   retryMs?: number;
@@ -53,7 +72,7 @@ export interface ControllerOptions {
 
 interface Serving {
   plan: Plan;
-  pipeline: Pipeline;
+  pipeline: PipelinePort;
 }
 
 /**
@@ -191,10 +210,10 @@ export class ClusterController {
     this.stopServing(`a new plan is loading: ${describePlan(plan)}`);
     this.plan = plan;
     this.setState("loading", `loading plan ${plan.planId}: ${describePlan(plan)}`);
-    let pipeline: Pipeline;
+    let pipeline: PipelinePort;
     try {
       // A node that leaves membership while loading fails the start (its LoadShard would otherwise hang it).
-      pipeline = await Pipeline.start({
+      pipeline = await (this.opts.startPipeline ?? Pipeline.start)({
         plan,
         clusterKey: this.opts.clusterKey,
         liveness: this.opts.membership,
@@ -227,7 +246,7 @@ export class ClusterController {
   }
 
   /** The pipeline lost a node: the scheduler fails its sequences; membership drops the node; re-plan. */
-  private nodeLost(pipeline: Pipeline, lost: LostNode): void {
+  private nodeLost(pipeline: PipelinePort, lost: LostNode): void {
     if (this.serving?.pipeline !== pipeline) return;
     this.serving = undefined;
     const message = describeLoss(lost);

@@ -188,9 +188,7 @@ export class Build {
         "src/backend/cpu/kernels.cpp",
         "src/backend/cpu/kernels_int16.cpp",
         "src/io/tensor.cpp",
-      ].map((s) =>
-        this.compile(s),
-      ),
+      ].map((s) => this.compile(s)),
     );
     const failed = parts.filter((p) => !p.ok);
     if (failed.length > 0)

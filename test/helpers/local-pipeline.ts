@@ -1,0 +1,169 @@
+// A pipeline in this process, for unit tests of the scheduler and the controller that start no process: the
+// plan's stages are the node agent's own Stage objects around real engines (the tiny model), and every frame
+// between them goes through the wire's real protobuf serializer, as it would between processes. Only the
+// transport is left out. lose() stands for a node that stopped answering.
+import { EventEmitter } from "node:events";
+import type { Engine } from "../../common/engine-api.js";
+import { dtypeOfActivation } from "../../common/wire/frames.js";
+import { studioNodeService } from "../../common/wire/proto.js";
+import type { DataFrame, DataFrameOut } from "../../common/wire/types.js";
+import {
+  describeLoss,
+  type LostNode,
+  type PipelineEvents,
+  type PipelinePlan,
+  type PipelinePort,
+  type ResultHandler,
+} from "../../coordinator/pipeline.js";
+import { openEngine } from "../../native/index.js";
+import { type FrameSink, Stage } from "../../node-agent/stage.js";
+
+const dataMethod = studioNodeService().Data;
+
+/** A frame as the receiving process reads it: serialized and parsed by the wire's own codec. */
+function overTheWire(frame: DataFrameOut): DataFrame {
+  return dataMethod.requestDeserialize(dataMethod.requestSerialize(frame)) as DataFrame;
+}
+
+export class LocalPipeline extends EventEmitter<PipelineEvents> implements PipelinePort {
+  private handlers: ResultHandler[] = [];
+  private inbound: ReturnType<Stage["newAssembler"]> | undefined;
+  private lostNode: LostNode | undefined;
+  private closed = false;
+  /** Forks the scheduler asked for, to check prefix reuse. */
+  forks = 0;
+
+  private constructor(
+    readonly plan: PipelinePlan,
+    private readonly engines: Engine[],
+    private readonly stages: Stage[],
+    readonly kvBytesPerToken: number[],
+  ) {
+    super();
+  }
+
+  /** Opens every stage of the plan on modelDir (one engine thread each) and wires them in order. */
+  static async start(modelDir: string, plan: PipelinePlan): Promise<LocalPipeline> {
+    const engines = await Promise.all(
+      plan.stages.map((s) =>
+        openEngine({
+          modelDir,
+          layerStart: s.layerStart,
+          layerEnd: s.layerEnd,
+          embed: s.embed,
+          head: s.head,
+          threads: 1,
+        }),
+      ),
+    );
+    const stages: Stage[] = [];
+    let pipeline: LocalPipeline | undefined;
+    engines.forEach((engine, i) => {
+      const stats = engine.stats();
+      // One reassembler per link, as one inbound stream has one.
+      let assembler: ReturnType<Stage["newAssembler"]> | undefined;
+      const sink: FrameSink = {
+        write: (frames) => {
+          const downstream = stages[i + 1];
+          if (!downstream) {
+            for (const frame of frames) pipeline?.deliver(overTheWire(frame));
+            return;
+          }
+          assembler ??= downstream.newAssembler();
+          for (const frame of frames) downstream.accept(overTheWire(frame), assembler);
+        },
+      };
+      stages.push(
+        new Stage(
+          engine,
+          {
+            planId: plan.planId,
+            stageIndex: i,
+            stageCount: engines.length,
+            embed: plan.stages[i].embed,
+            head: plan.stages[i].head,
+            hiddenSize: stats.hiddenSize,
+            activationDtype: dtypeOfActivation(stats.activationDtype),
+          },
+          () => sink,
+          () => {},
+        ),
+      );
+    });
+    pipeline = new LocalPipeline(
+      plan,
+      engines,
+      stages,
+      engines.map((e) => e.stats().kvBytesPerToken),
+    );
+    return pipeline;
+  }
+
+  get stageCount(): number {
+    return this.stages.length;
+  }
+
+  get lost(): LostNode | undefined {
+    return this.lostNode;
+  }
+
+  /** Sequences and KV bytes each stage's engine holds now. */
+  held(): Array<{ sequences: number; kvBytes: number }> {
+    return this.engines.map((e) => ({ sequences: e.stats().sequences, kvBytes: e.stats().kvBytes }));
+  }
+
+  onResult(handler: ResultHandler): () => void {
+    this.handlers = [...this.handlers, handler];
+    return () => {
+      this.handlers = this.handlers.filter((h) => h !== handler);
+    };
+  }
+
+  private deliver(frame: DataFrame): void {
+    if (this.closed) return;
+    for (const handler of this.handlers) handler(frame);
+  }
+
+  send(frames: DataFrameOut[]): boolean {
+    if (this.closed || this.lostNode) return false;
+    this.inbound ??= this.stages[0].newAssembler();
+    for (const frame of frames) this.stages[0].accept(overTheWire(frame), this.inbound);
+    return true;
+  }
+
+  async release(seqs: number[]): Promise<void> {
+    if (this.closed) return;
+    await Promise.all(this.stages.map((s) => s.release(seqs)));
+  }
+
+  async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
+    if (this.closed || this.lostNode) throw new Error("the pipeline is closing");
+    this.forks++;
+    await Promise.all(this.stages.map((s) => s.fork(seq, newSeq, prefixLength)));
+  }
+
+  async cancel(seqs: number[]): Promise<void> {
+    if (this.closed) return;
+    for (const stage of this.stages) stage.cancel(seqs);
+  }
+
+  /** Stage i's node stops answering: the pipeline is lost, as a missed heartbeat would make it. */
+  lose(stageIndex: number, reason = "no heartbeat for 3000 ms"): void {
+    if (this.lostNode || this.closed) return;
+    const stage = this.plan.stages[stageIndex];
+    this.lostNode = { stageIndex, nodeId: stage.nodeId, name: stage.name, address: stage.address, reason };
+    this.emit("nodeLost", this.lostNode);
+  }
+
+  describeLoss(): string | undefined {
+    return this.lostNode && describeLoss(this.lostNode);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const stage of this.stages) stage.close();
+    for (const engine of this.engines) void engine.close();
+    this.emit("closed");
+  }
+}

@@ -20,7 +20,7 @@ export interface PreparedGeneration {
   tools: TemplateTool[];
   /** Chat replies are parsed (reasoning, tool calls); plain completions are raw text. */
   parseReply: boolean;
-  /** Figures for the dashboard and /metrics (coordinator/request-log.ts). */
+  /** Figures for the dashboard and /metrics (api/request-log.ts). */
   track?: RequestTracker;
   /** The whole request (prefill and every token) must end within this; it then fails with "timeout". */
   timeoutMs?: number;

@@ -1,4 +1,4 @@
-// Loads the studio_engine addon and implements native/engine-api.ts on top of it. Options are checked here
+// Loads the studio_engine addon and implements common/engine-api.ts on top of it. Options are checked here
 // (and again natively) so a bad layer range or backend fails with a message naming the option.
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";

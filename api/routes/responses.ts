@@ -1,4 +1,4 @@
-// POST /v1/responses: the Responses API event sequence of shared/API.md, streamed or as one object.
+// POST /v1/responses: the Responses API event sequence of docs/api.md, streamed or as one object.
 import type { FastifyInstance } from "fastify";
 import { fromResponses } from "../../chat/conversation.js";
 import { RequestError } from "../../chat/request-error.js";
@@ -15,7 +15,7 @@ const validate = validator(ResponsesBody, "POST /v1/responses");
 type Item = Record<string, unknown> & { type: string; id: string };
 type Emit = (type: string, payload: Record<string, unknown>) => void;
 
-/** Builds the output items and the events that announce them, in the order shared/API.md lists. */
+/** Builds the output items and the events that announce them, in the order docs/api.md lists. */
 class ResponseBuilder {
   readonly id = newId("resp");
   readonly createdAt = Math.floor(Date.now() / 1000);

@@ -1,4 +1,4 @@
-// The tensor list of a MiniMax-M2 checkpoint (MODEL.md "Checkpoint layout") and how each tensor's values are
+// The tensor list of a MiniMax-M2 checkpoint (docs/model.md "Checkpoint layout") and how each tensor's values are
 // made: seeded floats quantized with MLX affine rules, or (bench) random packed words with matching scales.
 import {
   bf16ToFloat,

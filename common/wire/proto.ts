@@ -5,7 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { packageRoot } from "../paths.js";
 
-/** How every process decodes the proto: the shapes in common/wire-types.ts depend on these options. */
+/** How every process decodes the proto: the shapes in common/wire/types.ts depend on these options. */
 export const protoLoaderOptions: protoLoader.Options = {
   keepCase: true,
   longs: Number,
@@ -43,7 +43,7 @@ export function studioNodeService(): grpc.ServiceDefinition {
   return packageDefinition()["studio.cluster.v1.StudioNode"] as grpc.ServiceDefinition;
 }
 
-/** Constructor of an untyped StudioNode client; common/wire-client.ts wraps it with types and the key. */
+/** Constructor of an untyped StudioNode client; common/wire/client.ts wraps it with types and the key. */
 export function studioNodeClientConstructor(): grpc.ServiceClientConstructor {
   const pkg = grpc.loadPackageDefinition(packageDefinition()) as unknown as {
     studio: { cluster: { v1: { StudioNode: grpc.ServiceClientConstructor } } };

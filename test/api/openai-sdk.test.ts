@@ -1,6 +1,6 @@
 // The official `openai` SDK against the real API over a real cluster (2 node-agent processes, scheduler,
 // HTTP server) serving the scripted model, which answers every prompt with reasoning, text and two tool calls.
-// Every event sequence is checked against shared/API.md.
+// Every event sequence is checked against docs/api.md.
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SCRIPTED_REPLY } from "../../cli/make-model/scripted.js";

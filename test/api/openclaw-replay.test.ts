@@ -1,6 +1,6 @@
 // Replays the exact bodies OpenClaw 2026.9.6 sent (shared/fixtures/openclaw) against a real cluster serving the
 // scripted model: each must be accepted, rendered through the model's template and answered with a stream
-// that satisfies shared/API.md.
+// that satisfies docs/api.md.
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -109,7 +109,7 @@ function checkResponses(events: Array<{ event?: string; data: string }>, promptT
 
 describe.skipIf(files.length === 0)("OpenClaw's recorded requests", () => {
   for (const file of files) {
-    it(`answers ${file} with a stream that satisfies API.md`, async () => {
+    it(`answers ${file} with a stream that satisfies docs/api.md`, async () => {
       const raw = readFileSync(join(FIXTURES, file), "utf8");
       const body = JSON.parse(raw) as Json;
       const path = body.messages ? "/chat/completions" : "/responses";

@@ -2,7 +2,7 @@
 // - checking mode (STUDIO_MLX_DTYPE=f32: the same MLX ops with f32 activations): the same greedy tokens as the
 //   plain-TS f32 reference (test/reference) for 16 free-running steps and logits within 1e-4 of the largest
 //   logit. This pins every op (quantized matmul, gather_qmm, rms_norm, half-split partial rope, GQA attention,
-//   router) to MODEL.md.
+//   router) to docs/model.md.
 // - production mode (bf16 activations and KV): logits within bf16 tolerance and the cpu's greedy token
 //   wherever the choice is clear and routing matched (see BF16_* below for why near-ties and flips are exempt).
 // Also: a split mlx run equals the single mlx run bit for bit (bf16 hidden on the wire), batching and fork

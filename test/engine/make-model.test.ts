@@ -55,7 +55,7 @@ describe("tiny checkpoint (4-bit, group 64)", () => {
     ]);
   });
 
-  it("has every config.json field of MODEL.md with the preset's sizes", () => {
+  it("has every config.json field of docs/model.md with the preset's sizes", () => {
     const t = PRESETS.tiny;
     expect(config).toMatchObject({
       architectures: ["MiniMaxM2ForCausalLM"],
@@ -129,7 +129,7 @@ describe("tiny checkpoint (4-bit, group 64)", () => {
     expect(index.totalSize).toBe(total);
   });
 
-  it("stores every tensor of MODEL.md with the MLX shapes and dtypes", () => {
+  it("stores every tensor of docs/model.md with the MLX shapes and dtypes", () => {
     const all = new Map([...headers.values()].flatMap((h) => [...h.tensors.entries()]));
     const t = PRESETS.tiny;
     const v = t.vocabSize;

@@ -1,4 +1,4 @@
-// Seeded malformed request bodies for test/api-fuzz.test.ts: bad JSON, invalid UTF-8, wrong types, values out
+// Seeded malformed request bodies for test/api/api-fuzz.test.ts: bad JSON, invalid UTF-8, wrong types, values out
 // of range or huge, missing fields, non-object bodies, unknown tool-call ids. Every body here is one a correct
 // server must refuse with a 4xx; each says what is wrong with it, for the failure message.
 import type { Rng } from "./seeded-rng.js";

@@ -1,4 +1,4 @@
-// Seeded mutations of a small generated checkpoint, for test/checkpoint-fuzz.test.ts: truncated shards, header
+// Seeded mutations of a small generated checkpoint, for test/engine/checkpoint-fuzz.test.ts: truncated shards, header
 // lengths that lie, corrupted header bytes, wrong dtypes, shapes and offsets, missing tensors, broken
 // index / config.json / tokenizer files. Each case is a folder in which only the mutated file is a real copy
 // (the rest are symlinks to the pristine model), and each mutation is one the loader must refuse.

@@ -1,4 +1,4 @@
-// Child process of test/checkpoint-fuzz.test.ts: opens every engine case of a fuzz run (a JSON file of
+// Child process of test/engine/checkpoint-fuzz.test.ts: opens every engine case of a fuzz run (a JSON file of
 // FuzzCase) and prints one JSON line per case: refused with which message, or accepted. Run under the
 // AddressSanitizer build of the addon (STUDIO_ENGINE_ADDON + LD_PRELOAD), a bad read aborts it with a report.
 import { readFileSync } from "node:fs";

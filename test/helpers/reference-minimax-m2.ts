@@ -1,5 +1,5 @@
 // Reference MiniMax-M2 forward pass: plain TypeScript, float32 storage, slow and obvious, written straight
-// from MODEL.md's pseudocode. Independent of the engine: it has its own dequantization and KV cache. Tests
+// from docs/model.md's pseudocode. Independent of the engine: it has its own dequantization and KV cache. Tests
 // compare the engine's logits against it.
 import { join } from "node:path";
 import { type ModelConfig, quantFor, readModelConfig } from "../../common/model-config.js";

@@ -5,7 +5,7 @@ import { Command } from "commander";
 import { afterAll, describe, expect, it, vi } from "vitest";
 import { openClawConfig, register } from "../../cli/commands/openclaw-config.js";
 
-// config.json with MiniMax-M2.1's published sizes (MODEL.md).
+// config.json with MiniMax-M2.1's published sizes (docs/model.md).
 const root = mkdtempSync(join(tmpdir(), "openclaw-config-"));
 const modelDir = join(root, "MiniMax-M2.1-4bit");
 const config = {

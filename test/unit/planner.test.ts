@@ -15,7 +15,7 @@ import { type Plan, type PlannerNode, planLayers } from "../../coordinator/plann
 const GB = 1e9;
 const GIB = 1024 ** 3;
 
-// MiniMax M2.1 4-bit (MODEL.md "Sizes"): 62 layers, 128.7 GB of files, 5.89 GB read per token, 8 kv heads x 128.
+// MiniMax M2.1 4-bit (docs/model.md "Sizes"): 62 layers, 128.7 GB of files, 5.89 GB read per token, 8 kv heads x 128.
 // Embedding and lm_head: 200,064 x 3,072 at 4 bits + bf16 scales and biases per group of 64.
 const embedBytes = 200_064 * 3072 * 0.5 + 2 * (200_064 * (3072 / 64) * 2);
 const m21: ModelFootprint = {
@@ -62,7 +62,7 @@ function expectWellFormed(plan: Plan, model: ModelFootprint): void {
 
 describe("KV and bandwidth figures", () => {
   it("KV bytes per token per layer: 2 * kv_heads * head_dim * dtype bytes", () => {
-    expect(kvBytesPerTokenPerLayer(m21, "mlx")).toBe(4096); // MODEL.md: 4,096 B per token per layer in bf16
+    expect(kvBytesPerTokenPerLayer(m21, "mlx")).toBe(4096); // docs/model.md: 4,096 B per token per layer in bf16
     expect(kvBytesPerTokenPerLayer(m21, "cpu")).toBe(8192);
   });
 

@@ -1,5 +1,5 @@
 // The fixture template (a public MiniMax-M2 template) rendered through our conversation mapping must give
-// exactly the text Python's Jinja2 gives under transformers, written out here by hand from MODEL.md's format.
+// exactly the text Python's Jinja2 gives under transformers, written out here by hand from docs/model.md's format.
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -59,7 +59,7 @@ const RESPONSES_INPUT = [
   { type: "function_call_output", call_id: "call_1", output: '{"temp": 21}' },
 ];
 
-// Written by hand from MODEL.md's chat format. Two quirks of this template, which Python renders the same way:
+// Written by hand from docs/model.md's chat format. Two quirks of this template, which Python renders the same way:
 // a newline between </minimax:tool_call> and [e~[ (a comment tag follows it), and the tool JSON in
 // json.dumps style (", " and ": " separators, keys in the order given).
 const EXPECTED =

@@ -1,4 +1,4 @@
-// Hidden states cross stages in the backend's activation dtype (ARCHITECTURE.md): f32 for cpu, bf16 for mlx.
+// Hidden states cross stages in the backend's activation dtype (docs/architecture.md): f32 for cpu, bf16 for mlx.
 // The model takes and gives f32; these convert at the JS boundary. bf16 -> f32 is exact, and f32 -> bf16 is
 // exact too for values the mlx backend produced (they are bf16 already); other values round to nearest even.
 #pragma once

@@ -189,7 +189,7 @@ Routing CpuBackend::route(const Matrix& gate, const Vector& bias, const Activati
   const auto& b = cast(bias).data;
   const int64_t experts = gate.out;
   CpuActivations logits(xa.rows, experts);
-  // MODEL.md: the router runs in f32, so its inputs stay f32 (no int16 path).
+  // docs/model.md: the router runs in f32, so its inputs stay f32 (no int16 path).
   matmul_rows_of(gate, x, logits, true);
   Routing routing;
   routing.top_k = top_k;

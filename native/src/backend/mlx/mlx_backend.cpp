@@ -333,7 +333,7 @@ class MlxBackend final : public Backend {
   mx::Device device_;
   mx::Stream stream_;
   // Activations and KV: bf16 (what MLX models run in), or f32 to check the ops against the cpu backend.
-  // The router runs in f32 either way (MODEL.md).
+  // The router runs in f32 either way (docs/model.md).
   mx::Dtype compute_;
 };
 

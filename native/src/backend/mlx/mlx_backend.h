@@ -1,6 +1,6 @@
 // The mlx backend: the Backend interface (backend/backend.h) implemented with mlx::core operations, compiled
 // only when binding.gyp finds MLX (native/find-mlx.js defines STUDIO_WITH_MLX). Activations and the KV cache
-// are bf16; the router runs in f32 as MODEL.md asks. On a Mac it computes on the GPU (Metal), elsewhere on
+// are bf16; the router runs in f32 as docs/model.md asks. On a Mac it computes on the GPU (Metal), elsewhere on
 // MLX's cpu device unless MLX was built with CUDA.
 //
 // Thread ownership: MLX streams belong to the thread that creates them, so the backend must be created, used

@@ -2,6 +2,7 @@
 // Both chat APIs and plain completions consume this; they only differ in how they write the events out.
 import { randomBytes } from "node:crypto";
 import type { ChatFormatter } from "../chat/chat-formatter.js";
+import type { ReplyConstraints } from "../chat/constraints.js";
 import type { TemplateTool } from "../chat/conversation.js";
 import type { IncrementalDetokenizer } from "../chat/detokenizer.js";
 import { ReplyParser } from "../chat/reply-parser.js";
@@ -20,6 +21,8 @@ export interface PreparedGeneration {
   tools: TemplateTool[];
   /** Chat replies are parsed (reasoning, tool calls); plain completions are raw text. */
   parseReply: boolean;
+  /** What the request allows the reply to be (tools it may call, the format of its text). */
+  constraints: ReplyConstraints;
   /** Figures for the dashboard and /metrics (api/request-log.ts). */
   track?: RequestTracker;
   /** The whole request (prefill and every token) must end within this; it then fails with "timeout". */

@@ -2,6 +2,7 @@
 // render + tokenize, fit the prompt in the window, then start the run.
 
 import { ChatFormatter } from "../chat/chat-formatter.js";
+import { type ReplyConstraints, unconstrained } from "../chat/constraints.js";
 import type { Conversation } from "../chat/conversation.js";
 import { RequestError } from "../chat/request-error.js";
 import type { SamplingParams } from "../common/engine-api.js";
@@ -76,6 +77,8 @@ export interface StartOptions {
   maxTokens: number | null | undefined;
   sampling: SamplingParams;
   stopStrings: string[];
+  /** The reply's allowed shape (tools, format); unconstrained when absent. */
+  constraints?: ReplyConstraints;
 }
 
 /** What a run generates from: a conversation (rendered by the model's template, the reply parsed into
@@ -102,6 +105,7 @@ export async function startRun(
     stopStrings: options.stopStrings,
     tools: chat ? input.conversation.tools : [],
     parseReply: chat,
+    constraints: options.constraints ?? unconstrained,
     // Last: a prompt refused above (too long) never shows as a request in flight.
     track: deps.requests?.begin(deps.api ?? (chat ? "chat.completions" : "completions"), prompt.length),
     timeoutMs: deps.requestTimeoutMs,

@@ -8,6 +8,11 @@ const OptionalInteger = Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), 
 const Stop = Type.Optional(Type.Union([Type.String(), Type.Array(Type.String()), Type.Null()]));
 const Tools = Type.Optional(Type.Union([Type.Array(Type.Object({})), Type.Null()]));
 
+const ReplyShape = {
+  tool_choice: Type.Optional(Type.Unknown()),
+  parallel_tool_calls: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
+};
+
 const Sampling = {
   model: Type.Optional(Type.String()),
   stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
@@ -19,6 +24,8 @@ const Sampling = {
 
 export const ChatCompletionsBody = Type.Object({
   ...Sampling,
+  ...ReplyShape,
+  response_format: Type.Optional(Type.Unknown()),
   messages: Type.Array(Type.Object({ role: Type.String() }), { minItems: 1 }),
   tools: Tools,
   stop: Stop,
@@ -30,6 +37,8 @@ export type ChatCompletionsBody = Static<typeof ChatCompletionsBody>;
 
 export const ResponsesBody = Type.Object({
   ...Sampling,
+  ...ReplyShape,
+  text: Type.Optional(Type.Union([Type.Object({ format: Type.Optional(Type.Unknown()) }), Type.Null()])),
   input: Type.Union([Type.String(), Type.Array(Type.Union([Type.Object({}), Type.String()]))]),
   instructions: Type.Optional(Type.Union([Type.String(), Type.Null()])),
   tools: Tools,

@@ -256,3 +256,8 @@ export function fromResponses(instructions: unknown, input: unknown, tools: unkn
   if (out.length === 0) throw badRequest("input must not be empty", "input");
   return { messages: mergeLeadingSystem(out), tools: normalizeTools(tools) };
 }
+
+/** The names of the functions a conversation declares. */
+export function toolNames(conversation: Conversation): string[] {
+  return conversation.tools.map((t) => t.function.name);
+}

@@ -1,7 +1,8 @@
 // POST /v1/chat/completions: chat.completion.chunk stream (role first, reasoning_content, content, tool_calls,
 // finish chunk, a usage chunk always, [DONE]) or one chat.completion object.
 import type { FastifyInstance } from "fastify";
-import { fromChatCompletions } from "../../chat/conversation.js";
+import { openAiResponseFormat, openAiToolChoice } from "../../chat/constraints.js";
+import { fromChatCompletions, toolNames } from "../../chat/conversation.js";
 import { stopStrings } from "../../chat/stop-strings.js";
 import { errorMessage } from "../../common/errors.js";
 import { toApiError } from "../errors.js";
@@ -75,10 +76,16 @@ export function registerChatCompletions(app: FastifyInstance, deps: ApiDeps): vo
   app.post("/chat/completions", async (request, reply) => {
     const body = validate(request.body);
     checkModel(deps, body.model);
+    const conversation = fromChatCompletions(body.messages, body.tools);
     const run = await startRun(
       deps,
-      { conversation: fromChatCompletions(body.messages, body.tools) },
+      { conversation },
       {
+        constraints: {
+          toolChoice: openAiToolChoice(body.tool_choice, toolNames(conversation)),
+          parallelToolCalls: body.parallel_tool_calls !== false,
+          responseFormat: openAiResponseFormat(body.response_format, "response_format"),
+        },
         maxTokens: body.max_completion_tokens ?? body.max_tokens,
         sampling: samplingOf(body),
         stopStrings: stopStrings(body.stop),

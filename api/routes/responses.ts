@@ -1,6 +1,7 @@
 // POST /v1/responses: the Responses API event sequence of docs/api.md, streamed or as one object.
 import type { FastifyInstance } from "fastify";
-import { fromResponses } from "../../chat/conversation.js";
+import { openAiResponseFormat, openAiToolChoice } from "../../chat/constraints.js";
+import { fromResponses, toolNames } from "../../chat/conversation.js";
 import { RequestError } from "../../chat/request-error.js";
 import { stopStrings } from "../../chat/stop-strings.js";
 import { errorMessage } from "../../common/errors.js";
@@ -27,7 +28,11 @@ class ResponseBuilder {
     private readonly model: string,
     private readonly emit: Emit,
     /** Echoed in the response object as the request gave them. */
-    private readonly request: { tools: unknown[]; toolChoice: unknown } = { tools: [], toolChoice: "auto" },
+    private readonly request: { tools: unknown[]; toolChoice: unknown; parallelToolCalls: boolean } = {
+      tools: [],
+      toolChoice: "auto",
+      parallelToolCalls: true,
+    },
   ) {}
 
   envelope(status: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
@@ -38,7 +43,7 @@ class ResponseBuilder {
       status,
       model: this.model,
       output: status === "in_progress" ? [] : this.output,
-      parallel_tool_calls: true,
+      parallel_tool_calls: this.request.parallelToolCalls,
       tool_choice: this.request.toolChoice,
       tools: this.request.tools,
       error: null,
@@ -213,19 +218,27 @@ export function registerResponses(app: FastifyInstance, deps: ApiDeps): void {
   app.post("/responses", async (request, reply) => {
     const body = validate(request.body);
     checkModel(deps, body.model);
+    const conversation = conversationOf(body);
+    const constraints = {
+      toolChoice: openAiToolChoice(body.tool_choice, toolNames(conversation)),
+      parallelToolCalls: body.parallel_tool_calls !== false,
+      responseFormat: openAiResponseFormat(body.text?.format, "text.format"),
+    };
     const run = await startRun(
       deps,
-      { conversation: conversationOf(body) },
+      { conversation },
       {
         maxTokens: body.max_output_tokens,
         sampling: samplingOf(body),
         stopStrings: stopStrings((body as { stop?: unknown }).stop),
+        constraints,
       },
     );
     const model = body.model ?? deps.modelId;
     const echo = {
       tools: body.tools ?? [],
-      toolChoice: (body as { tool_choice?: unknown }).tool_choice ?? "auto",
+      toolChoice: body.tool_choice ?? "auto",
+      parallelToolCalls: constraints.parallelToolCalls,
     };
     if (!body.stream) {
       cancelOnDisconnect(reply.raw, run);

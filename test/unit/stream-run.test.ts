@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GenerationRun } from "../../api/generation-run.js";
 import { streamRun } from "../../api/sse.js";
 import { ChatFormatter } from "../../chat/chat-formatter.js";
+import { unconstrained } from "../../chat/constraints.js";
 import { Scheduler } from "../../coordinator/scheduler.js";
 import { LocalPipeline } from "../helpers/local-pipeline.js";
 import { ensureModel, numLayersOf } from "../helpers/pipeline-cluster.js";
@@ -49,6 +50,7 @@ beforeAll(async () => {
       stopStrings: [],
       tools: [],
       parseReply: false,
+      constraints: unconstrained,
     });
     let events = 0;
     await streamRun(reply, run, (sse) => ({

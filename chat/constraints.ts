@@ -1,0 +1,81 @@
+// What a request asks of the shape of its reply, in one form whatever API it came through: which tools the
+// model may call (OpenAI tool_choice and parallel_tool_calls, Anthropic tool_choice) and the format of the
+// visible text (OpenAI response_format / text.format). The routes parse their fields into ReplyConstraints;
+// generation enforces them.
+import { RequestError } from "./request-error.js";
+
+export type ToolChoice =
+  | { mode: "auto" }
+  | { mode: "none" }
+  | { mode: "required" }
+  | { mode: "function"; name: string };
+
+export type ResponseFormat =
+  | { type: "text" }
+  | { type: "json_object" }
+  | { type: "json_schema"; name: string; schema: Record<string, unknown>; strict: boolean };
+
+export interface ReplyConstraints {
+  toolChoice: ToolChoice;
+  /** false: at most one tool call per reply. */
+  parallelToolCalls: boolean;
+  responseFormat: ResponseFormat;
+}
+
+export const unconstrained: ReplyConstraints = {
+  toolChoice: { mode: "auto" },
+  parallelToolCalls: true,
+  responseFormat: { type: "text" },
+};
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/**
+ * OpenAI's tool_choice: "auto" | "none" | "required", or a named function (`{type: "function", function:
+ * {name}}` on Chat Completions, `{type: "function", name}` on Responses). A named function must be declared.
+ */
+export function openAiToolChoice(
+  value: unknown,
+  declared: readonly string[],
+  param = "tool_choice",
+): ToolChoice {
+  if (value === undefined || value === null || value === "auto") return { mode: "auto" };
+  if (value === "none" || value === "required") return { mode: value };
+  if (isObject(value) && value.type === "function") {
+    const inner = isObject(value.function) ? value.function : value;
+    const name = inner.name;
+    if (typeof name !== "string" || name === "")
+      throw new RequestError(`${param} names no function: give {"type": "function", "name": "..."}`, param);
+    if (!declared.includes(name))
+      throw new RequestError(
+        `${param} names the function '${name}', which is not among the request's tools`,
+        param,
+      );
+    return { mode: "function", name };
+  }
+  throw new RequestError(`${param} must be "auto", "none", "required" or a function to call`, param);
+}
+
+/**
+ * OpenAI's reply format: Chat Completions' response_format (`{type: "json_schema", json_schema: {name, schema,
+ * strict}}`) or Responses' text.format (`{type: "json_schema", name, schema, strict}`), or json_object / text.
+ */
+export function openAiResponseFormat(value: unknown, param: string): ResponseFormat {
+  if (value === undefined || value === null) return { type: "text" };
+  if (!isObject(value)) throw new RequestError(`${param} must be an object with a type`, param);
+  if (value.type === "text") return { type: "text" };
+  if (value.type === "json_object") return { type: "json_object" };
+  if (value.type !== "json_schema")
+    throw new RequestError(`${param}.type must be "text", "json_object" or "json_schema"`, `${param}.type`);
+  const spec = isObject(value.json_schema) ? value.json_schema : value;
+  if (!isObject(spec.schema))
+    throw new RequestError(`${param} of type json_schema needs a schema object`, `${param}.schema`);
+  return {
+    type: "json_schema",
+    name: typeof spec.name === "string" ? spec.name : "response",
+    schema: spec.schema,
+    strict: spec.strict === true,
+  };
+}

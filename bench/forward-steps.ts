@@ -1,0 +1,45 @@
+// A fixed amount of engine work for instruction counts: one engine thread runs a prefill of --prompt tokens
+// and --steps decode steps on the whole model, and prints its wall time and the last token. Under callgrind
+// its instruction count does not depend on the machine's load, so two builds compare exactly:
+//   valgrind --tool=callgrind --collect-atstart=no --toggle-collect='studio::model::MinimaxM2Shard::forward*' \
+//     node dist/bench/forward-steps.js --model .cache/models/tiny-4bit
+import { parseArgs } from "node:util";
+import { readModelConfig } from "../common/model-config.js";
+import { openEngine } from "../native/index.js";
+
+const { values } = parseArgs({
+  options: {
+    model: { type: "string", default: ".cache/models/tiny-4bit" },
+    prompt: { type: "string", default: "64" },
+    steps: { type: "string", default: "16" },
+  },
+});
+const modelDir = values.model;
+const promptTokens = Number(values.prompt);
+const steps = Number(values.steps);
+const engine = await openEngine({
+  modelDir,
+  layerStart: 0,
+  layerEnd: readModelConfig(modelDir).numLayers,
+  embed: true,
+  head: true,
+  threads: 1,
+});
+const prompt = Int32Array.from({ length: promptTokens }, (_, i) => 3 + ((i * 37) % 900));
+const started = performance.now();
+let [out] = await engine.forward([{ seq: 1, position: 0, tokens: prompt, sampling: {} }]);
+const prefilled = performance.now();
+for (let i = 0; i < steps; i++)
+  [out] = await engine.forward([
+    { seq: 1, position: promptTokens + i, tokens: Int32Array.of(out.token ?? 0), sampling: {} },
+  ]);
+const done = performance.now();
+await engine.close();
+console.log(
+  JSON.stringify({
+    bench: "forward-steps",
+    prefill_ms: Number((prefilled - started).toFixed(1)),
+    decode_ms_per_token: Number(((done - prefilled) / Math.max(1, steps)).toFixed(2)),
+    last_token: out.token,
+  }),
+);

@@ -108,8 +108,8 @@ export function createTransferBar(label: string, stream: NodeJS.WriteStream = pr
       const first = samples[0];
       const rate = now > first.t ? ((done - first.done) * 1000) / (now - first.t) : 0;
       const payload = {
-        doneText: gb(done),
-        totalText: gb(total),
+        doneText: sizeText(done),
+        totalText: sizeText(total),
         rate: rateText(rate),
         left: etaText(rate > 0 ? (total - done) / rate : Number.NaN),
       };

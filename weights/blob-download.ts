@@ -48,7 +48,10 @@ export async function downloadBlob(client: HubClient, job: BlobJob, opts: BlobOp
       const permanent =
         (err instanceof HubHttpError && err.permanent) || corrupt >= 2 || opts.signal?.aborted;
       if (permanent || attempt >= attempts) throw err;
-      opts.log?.(`${job.file.path}: ${(err as Error).message}; trying again in ${delay / 1000} s`);
+      const message = (err as Error).message;
+      opts.log?.(
+        `${message.startsWith(job.file.path) ? "" : `${job.file.path}: `}${message}; trying again in ${delay / 1000} s`,
+      );
       await sleep(delay, undefined, { signal: opts.signal });
       delay *= 2;
     }

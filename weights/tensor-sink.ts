@@ -31,12 +31,14 @@ interface GroupFile {
   handle?: FileHandle;
 }
 
-/** Sync and record progress after this many new bytes (a crash loses at most this much). */
+/** Sync and record progress after this many new bytes or this long (a crash loses at most that much). */
 const checkpointBytes = 64 * 1024 * 1024;
+const checkpointMs = 1000;
 
 export class TensorSink {
   private readonly states = new Map<string, TensorState>();
   private unsynced = 0;
+  private lastCheckpoint = Date.now();
 
   private constructor(
     private readonly store: PartialStore,
@@ -120,12 +122,14 @@ export class TensorSink {
     }
     state.done += payload.byteLength;
     this.unsynced += payload.byteLength;
-    if (this.unsynced >= checkpointBytes) await this.checkpoint();
+    if (this.unsynced >= checkpointBytes || Date.now() - this.lastCheckpoint >= checkpointMs)
+      await this.checkpoint();
   }
 
   /** Syncs the files and records how far each tensor got. */
   async checkpoint(): Promise<void> {
     this.unsynced = 0;
+    this.lastCheckpoint = Date.now();
     for (const g of this.groups) {
       if (!g.handle) continue;
       await g.handle.datasync();

@@ -5,7 +5,7 @@
 // X-Linked-Size), which serves ranges (206, Content-Range, 416). It never sends Xet headers, so clients take
 // the plain HTTP path. Faults for tests: cut a body after N bytes, flip a byte of a body once, require a token.
 import { createHash } from "node:crypto";
-import { createReadStream, readdirSync, readFileSync, statSync } from "node:fs";
+import { createReadStream, readdirSync, readFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join, relative, sep } from "node:path";
@@ -74,7 +74,9 @@ function indexFolder(folder: string): Map<string, RepoFile> {
     const bytes = readFileSync(abs);
     if (path.endsWith(".safetensors")) {
       const sha256 = createHash("sha256").update(bytes).digest("hex");
-      const pointer = Buffer.from(`version https://git-lfs.github.com/spec/v1\noid sha256:${sha256}\nsize ${bytes.length}\n`);
+      const pointer = Buffer.from(
+        `version https://git-lfs.github.com/spec/v1\noid sha256:${sha256}\nsize ${bytes.length}\n`,
+      );
       files.set(path, { path, abs, size: bytes.length, oid: gitBlobSha1(pointer), sha256 });
     } else files.set(path, { path, abs, size: bytes.length, oid: gitBlobSha1(bytes) });
   }
@@ -83,7 +85,9 @@ function indexFolder(folder: string): Map<string, RepoFile> {
 
 function listen(server: Server): Promise<string> {
   return new Promise((resolve) =>
-    server.listen(0, "127.0.0.1", () => resolve(`http://127.0.0.1:${(server.address() as AddressInfo).port}`)),
+    server.listen(0, "127.0.0.1", () =>
+      resolve(`http://127.0.0.1:${(server.address() as AddressInfo).port}`),
+    ),
   );
 }
 
@@ -101,13 +105,22 @@ export async function startFakeHub(opts: FakeHubOptions): Promise<FakeHub> {
 
   const json = (res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}) => {
     const bytes = Buffer.from(JSON.stringify(body));
-    res.writeHead(status, { "content-type": "application/json; charset=utf-8", "content-length": bytes.length, ...headers });
+    res.writeHead(status, {
+      "content-type": "application/json; charset=utf-8",
+      "content-length": bytes.length,
+      ...headers,
+    });
     res.end(bytes);
   };
   const fail = (res: ServerResponse, status: number, code: string, message: string) =>
     json(res, status, { error: message }, { "x-error-code": code, "x-error-message": message });
 
-  function sendFile(req: IncomingMessage, res: ServerResponse, file: RepoFile, headers: Record<string, string>): void {
+  function sendFile(
+    req: IncomingMessage,
+    res: ServerResponse,
+    file: RepoFile,
+    headers: Record<string, string>,
+  ): void {
     let start = 0;
     let end = file.size - 1;
     let status = 200;
@@ -148,7 +161,14 @@ export async function startFakeHub(opts: FakeHubOptions): Promise<FakeHub> {
     void pump(res, file, start, end, cutAt, flipAt);
   }
 
-  async function pump(res: ServerResponse, file: RepoFile, start: number, end: number, cutAt?: number, flipAt?: number) {
+  async function pump(
+    res: ServerResponse,
+    file: RepoFile,
+    start: number,
+    end: number,
+    cutAt?: number,
+    flipAt?: number,
+  ) {
     let sent = 0;
     const began = Date.now();
     for await (const piece of createReadStream(file.abs, { start, end, highWaterMark: 64 * 1024 })) {
@@ -186,7 +206,13 @@ export async function startFakeHub(opts: FakeHubOptions): Promise<FakeHub> {
   });
 
   const cdn = createServer((req, res) => {
-    requests.push({ method: req.method ?? "", url: req.url ?? "", range: req.headers.range, authorization: req.headers.authorization, cdn: true });
+    requests.push({
+      method: req.method ?? "",
+      url: req.url ?? "",
+      range: req.headers.range,
+      authorization: req.headers.authorization,
+      cdn: true,
+    });
     const m = /^\/cdn\/([0-9a-f]{64})$/.exec(new URL(req.url ?? "/", "http://x").pathname);
     const file = m ? bySha.get(m[1]) : undefined;
     if (!file) return fail(res, 404, "EntryNotFound", "no such object");
@@ -195,7 +221,13 @@ export async function startFakeHub(opts: FakeHubOptions): Promise<FakeHub> {
   const cdnBase = await listen(cdn);
 
   const hub = createServer(async (req, res) => {
-    requests.push({ method: req.method ?? "", url: req.url ?? "", range: req.headers.range, authorization: req.headers.authorization, cdn: false });
+    requests.push({
+      method: req.method ?? "",
+      url: req.url ?? "",
+      range: req.headers.range,
+      authorization: req.headers.authorization,
+      cdn: false,
+    });
     const url = new URL(req.url ?? "/", "http://x");
     const segments = url.pathname.split("/").map((s) => decodeURIComponent(s));
     if (opts.token && req.headers.authorization !== `Bearer ${opts.token}`)
@@ -203,8 +235,10 @@ export async function startFakeHub(opts: FakeHubOptions): Promise<FakeHub> {
     const rev = (r: string) => r === "main" || r === "HEAD" || r === commit;
     // /api/models/{org}/{name}/{revision|tree|paths-info}/{rev}[/...]
     if (segments[1] === "api" && segments[2] === "models") {
-      if (`${segments[3]}/${segments[4]}` !== repoId) return fail(res, 401, "RepoNotFound", "Repository not found");
-      if (!rev(segments[6] ?? "")) return fail(res, 404, "RevisionNotFound", `Invalid rev id: ${segments[6]}`);
+      if (`${segments[3]}/${segments[4]}` !== repoId)
+        return fail(res, 401, "RepoNotFound", "Repository not found");
+      if (!rev(segments[6] ?? ""))
+        return fail(res, 404, "RevisionNotFound", `Invalid rev id: ${segments[6]}`);
       if (segments[5] === "revision")
         return json(res, 200, {
           _id: "0".repeat(24),
@@ -220,7 +254,9 @@ export async function startFakeHub(opts: FakeHubOptions): Promise<FakeHub> {
       if (segments[5] === "tree") {
         const all = [...files.values()];
         const cursor = Number(url.searchParams.get("cursor") ?? 0);
-        const page = all.slice(cursor, cursor + pageSize).map((f) => treeEntry(f, url.searchParams.get("expand") === "true"));
+        const page = all
+          .slice(cursor, cursor + pageSize)
+          .map((f) => treeEntry(f, url.searchParams.get("expand") === "true"));
         const headers: Record<string, string> = {};
         if (cursor + pageSize < all.length) {
           const next = new URL(req.url ?? "/", `http://${req.headers.host}`);
@@ -233,13 +269,21 @@ export async function startFakeHub(opts: FakeHubOptions): Promise<FakeHub> {
         let body = "";
         for await (const c of req) body += c;
         const asked = (JSON.parse(body || "{}") as { paths?: string[]; expand?: boolean }) ?? {};
-        return json(res, 200, (asked.paths ?? []).filter((p) => files.has(p)).map((p) => treeEntry(files.get(p)!, asked.expand === true)));
+        return json(
+          res,
+          200,
+          (asked.paths ?? [])
+            .filter((p) => files.has(p))
+            .map((p) => treeEntry(files.get(p)!, asked.expand === true)),
+        );
       }
     }
     // /{org}/{name}/resolve/{rev}/{path...}
     if (segments[3] === "resolve" && (req.method === "GET" || req.method === "HEAD")) {
-      if (`${segments[1]}/${segments[2]}` !== repoId) return fail(res, 401, "RepoNotFound", "Repository not found");
-      if (!rev(segments[4] ?? "")) return fail(res, 404, "RevisionNotFound", `Invalid rev id: ${segments[4]}`);
+      if (`${segments[1]}/${segments[2]}` !== repoId)
+        return fail(res, 401, "RepoNotFound", "Repository not found");
+      if (!rev(segments[4] ?? ""))
+        return fail(res, 404, "RevisionNotFound", `Invalid rev id: ${segments[4]}`);
       const file = files.get(segments.slice(5).join("/"));
       if (!file) return fail(res, 404, "EntryNotFound", "Entry not found");
       if (file.sha256) {

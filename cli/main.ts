@@ -4,6 +4,7 @@ import { Command } from "commander";
 import { packageVersion } from "../common/paths.js";
 import { register as registerMakeModel } from "./commands/make-model.js";
 import { register as registerOpenClawConfig } from "./commands/openclaw-config.js";
+import { register as registerPull } from "./commands/pull.js";
 import { register as registerService } from "./commands/service.js";
 import { register as registerStatus } from "./commands/status.js";
 import { register as registerUp } from "./commands/up.js";
@@ -17,6 +18,7 @@ const program = new Command()
 registerMakeModel(program);
 registerOpenClawConfig(program);
 registerUp(program);
+registerPull(program);
 registerStatus(program);
 registerService(program);
 

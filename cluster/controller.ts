@@ -26,6 +26,7 @@ import {
 } from "../coordinator/planner.js";
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
+import { weightSources } from "../coordinator/weight-sources.js";
 import { electCoordinator } from "./election.js";
 import { apiUrlOf, buildClusterHealth, type ClusterHealth, type ClusterState } from "./health.js";
 import type { Member } from "./membership.js";
@@ -49,6 +50,8 @@ export interface ControllerOptions {
   clusterKey: string;
   version: string;
   modelId: string;
+  /** The model's tensor fingerprint (model-table.ts): members holding other tensors are left out. */
+  fingerprint?: string;
   footprint: ModelFootprint;
   contextTokens: number;
   /** Engine threads per stage (absent: each node's default). */
@@ -64,6 +67,10 @@ export interface ControllerOptions {
   /** Delay before trying again after a failed load. */
   retryMs?: number;
   onProgress?(stage: PlanStage, bytesRead: number, bytesTotal: number): void;
+  /** A stage's node receives weights it lacks: bytes so far, of total, from source (an address or "hub"). */
+  onFetchProgress?(stage: PlanStage, done: number, total: number, source: string): void;
+  /** A stage's node received `bytes` of weights for this plan (only called when it fetched any). */
+  onStageFetched?(stage: PlanStage, bytes: number, sources: string): void;
   onStageLoaded?(stage: PlanStage, weightBytes: number): void;
   /** Called when the state or the coordinator changes, with a one-line summary. */
   onState?(line: string): void;
@@ -89,6 +96,11 @@ export class ClusterController {
   private readonly scheduler: Scheduler;
   /** Shard load progress 0..1 by node id while a plan loads. */
   private readonly loadProgress = new Map<string, number>();
+  /** Weight transfers under way, by node id, while a plan loads. */
+  private readonly fetchProgress = new Map<
+    string,
+    { doneBytes: number; totalBytes: number; source: string }
+  >();
   private state: ClusterState = "planning";
   private message: string | undefined = "waiting for members";
   private coordinator: Member | undefined;
@@ -219,14 +231,41 @@ export class ClusterController {
         liveness: this.opts.membership,
         threads: this.opts.threads,
         modelId: this.opts.modelId,
+        sources: plan.stages.map((stage) =>
+          weightSources(
+            stage,
+            usable.map((m) => ({ nodeId: m.nodeId, address: m.address, model: m.capabilities.model })),
+          ),
+        ),
         onProgress: (i, p) => {
+          const stage = plan.stages[i];
+          if (p.phase === "fetch") {
+            const fetch = {
+              doneBytes: p.fetch_bytes ?? 0,
+              totalBytes: p.fetch_total ?? 0,
+              source: p.fetch_source ?? "",
+            };
+            this.fetchProgress.set(stage.nodeId, fetch);
+            this.loadProgress.set(
+              stage.nodeId,
+              fetch.totalBytes > 0 ? Math.min(1, fetch.doneBytes / fetch.totalBytes) : 0,
+            );
+            this.opts.onFetchProgress?.(stage, fetch.doneBytes, fetch.totalBytes, fetch.source);
+            return;
+          }
+          this.fetchProgress.delete(stage.nodeId);
           const total = p.bytes_total;
-          this.loadProgress.set(plan.stages[i].nodeId, total > 0 ? Math.min(1, p.bytes_read / total) : 0);
-          this.opts.onProgress?.(plan.stages[i], p.bytes_read, p.bytes_total);
+          this.loadProgress.set(stage.nodeId, total > 0 ? Math.min(1, p.bytes_read / total) : 0);
+          this.opts.onProgress?.(stage, p.bytes_read, p.bytes_total);
+        },
+        onLoaded: (i, done) => {
+          if (done.fetch_bytes)
+            this.opts.onStageFetched?.(plan.stages[i], done.fetch_bytes, done.fetch_source ?? "");
         },
         log: this.log,
       });
     } catch (err) {
+      this.fetchProgress.clear();
       const message = `loading plan ${plan.planId} failed: ${errorMessage(err)}`;
       this.scheduler.detach(message);
       this.setState("not_ready", message);
@@ -234,6 +273,7 @@ export class ClusterController {
       return;
     }
     this.loadProgress.clear();
+    this.fetchProgress.clear();
     for (const stage of plan.stages) this.opts.onStageLoaded?.(stage, stage.weightBytes);
     if (this.closed || this.plan !== plan) {
       pipeline.close();
@@ -258,6 +298,13 @@ export class ClusterController {
 
   private holdsOurModel(member: Member): boolean {
     const model = member.capabilities.model;
+    const fingerprint = this.opts.fingerprint;
+    if (fingerprint && model?.fingerprint && model.fingerprint !== fingerprint) {
+      this.log(
+        `controller: ${member.name} (${member.nodeId}) holds ${model.id} with other tensors (fingerprint ${model.fingerprint}, ours ${fingerprint}): left out of the plan`,
+      );
+      return false;
+    }
     if (member.capabilities.model_present && model && model.id === this.opts.modelId) return true;
     this.log(
       `controller: ${member.name} (${member.nodeId}) holds ${model?.id ?? "no model"}, not ${this.opts.modelId}: left out of the plan`,
@@ -297,6 +344,7 @@ export class ClusterController {
       members: this.opts.membership.live(),
       plan: this.plan,
       loadProgress: this.loadProgress,
+      fetchProgress: this.fetchProgress,
       localApiHost: this.opts.localApiHost,
     });
   }

@@ -46,8 +46,10 @@ export interface NodeView {
   inboundHopP50Us: number;
   /** Latency of its data link to its downstream stage (the downstream's inbound median). */
   linkLatencyUs?: number;
-  /** Shard load progress 0..1 while health is "loading". */
+  /** Shard load progress 0..1 while health is "loading" (of the weight transfer while fetch is set). */
   loadProgress?: number;
+  /** The node is receiving weights it lacks (docs/weights.md): bytes so far, of total, from source. */
+  fetch?: { doneBytes: number; totalBytes: number; source: string };
   /** Age of its latest heartbeat (absent for a lost node). */
   lastSeenMs?: number;
 }
@@ -107,6 +109,8 @@ export interface HealthInputs {
   plan?: Plan;
   /** Shard load progress 0..1 by node id, while a plan loads. */
   loadProgress: ReadonlyMap<string, number>;
+  /** Weight transfers under way by node id, while a plan loads. */
+  fetchProgress?: ReadonlyMap<string, { doneBytes: number; totalBytes: number; source: string }>;
   /** Host for the APIs of members on this machine (see apiUrlOf). */
   localApiHost?: string;
 }
@@ -186,6 +190,7 @@ function memberView(m: Member, inputs: HealthInputs, now: number): NodeView {
     health: loading ? "loading" : lastSeenMs > DEGRADED_AFTER_MS ? "degraded" : "ok",
     inboundHopP50Us: status?.inbound_hop_p50_us ?? 0,
     loadProgress: loading ? (inputs.loadProgress.get(m.nodeId) ?? 0) : undefined,
+    fetch: loading ? inputs.fetchProgress?.get(m.nodeId) : undefined,
     lastSeenMs,
   };
 }

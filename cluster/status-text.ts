@@ -20,6 +20,7 @@ function latencyOf(us: number | undefined): string {
 }
 
 function healthOf(n: NodeView): string {
+  if (n.health === "loading" && n.fetch) return `fetching ${Math.round((n.loadProgress ?? 0) * 100)}%`;
   if (n.health === "loading" && n.loadProgress !== undefined)
     return `loading ${Math.round(n.loadProgress * 100)}%`;
   return n.health;

@@ -1,5 +1,5 @@
 // config.json of a MiniMax-M2 checkpoint, read once and typed. Sizes always come from here, never constants.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 
 export interface QuantSpec {
@@ -140,7 +140,18 @@ export function quantFor(config: ModelConfig, path: string): QuantSpec | undefin
   return config.quantOverrides[path] ?? config.quantization;
 }
 
-/** Model id as the cluster compares it: the checkpoint folder's name. */
+/**
+ * Model id as the cluster compares it: the checkpoint folder's name, or the repository's name for a Hugging Face
+ * cache snapshot (models--org--name/snapshots/<commit>) and for a partial checkpoint (its manifest says).
+ */
 export function modelIdOf(modelDir: string): string {
-  return basename(resolve(modelDir));
+  const dir = resolve(modelDir);
+  const snapshot = /[\\/]models--[^\\/]+?--([^\\/]+)[\\/]snapshots[\\/][^\\/]+$/.exec(dir);
+  if (snapshot) return snapshot[1];
+  const manifest = join(dir, "manifest.json");
+  if (existsSync(manifest)) {
+    const id = (JSON.parse(readFileSync(manifest, "utf8")) as { modelId?: unknown }).modelId;
+    if (typeof id === "string" && id) return id;
+  }
+  return basename(dir);
 }

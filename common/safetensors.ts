@@ -109,34 +109,51 @@ export function readSafetensorsHeader(file: string): SafetensorsHeader {
     if (fileSize < 8) throw new Error(`${file}: too short for a safetensors file (${fileSize} bytes)`);
     const lengthBytes = Buffer.alloc(8);
     readSync(fd, lengthBytes, 0, 8, 0);
-    const headerLength = Number(lengthBytes.readBigUInt64LE(0));
-    if (headerLength > fileSize - 8 || headerLength > 100_000_000)
-      throw new Error(`${file}: header length ${headerLength} does not fit in a ${fileSize}-byte file`);
+    const headerLength = headerLengthOf(file, lengthBytes, fileSize);
     const headerBytes = Buffer.alloc(headerLength);
     readSync(fd, headerBytes, 0, headerLength, 8);
-    let raw: unknown;
-    try {
-      raw = JSON.parse(headerBytes.toString("utf8"));
-    } catch (err) {
-      throw new Error(`${file}: header is not valid JSON (${(err as Error).message})`);
-    }
-    if (typeof raw !== "object" || raw === null || Array.isArray(raw))
-      throw new Error(`${file}: header is not a JSON object`);
-    const dataStart = 8 + headerLength;
-    const tensors = new Map<string, TensorInfo>();
-    let metadata: Record<string, string> = {};
-    for (const [name, entry] of Object.entries(raw)) {
-      if (name === "__metadata__") {
-        metadata = entry as Record<string, string>;
-        continue;
-      }
-      const info = parseTensorEntry(file, name, entry, fileSize - dataStart);
-      tensors.set(name, { ...info, byteOffset: dataStart + info.byteOffset });
-    }
-    return { file, dataStart, metadata, tensors };
+    return parseSafetensorsHeader(file, headerBytes, fileSize);
   } finally {
     closeSync(fd);
   }
+}
+
+/** The header length the first 8 bytes announce, checked against the file's size. */
+export function headerLengthOf(file: string, first8: Uint8Array, fileSize: number): number {
+  const headerLength = Number(Buffer.from(first8.buffer, first8.byteOffset, 8).readBigUInt64LE(0));
+  if (headerLength > fileSize - 8 || headerLength > 100_000_000)
+    throw new Error(`${file}: header length ${headerLength} does not fit in a ${fileSize}-byte file`);
+  return headerLength;
+}
+
+/** Validates a header's JSON bytes (the N bytes after the length) for a file of fileSize bytes. */
+export function parseSafetensorsHeader(
+  file: string,
+  headerBytes: Uint8Array,
+  fileSize: number,
+): SafetensorsHeader {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(
+      Buffer.from(headerBytes.buffer, headerBytes.byteOffset, headerBytes.byteLength).toString("utf8"),
+    );
+  } catch (err) {
+    throw new Error(`${file}: header is not valid JSON (${(err as Error).message})`);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
+    throw new Error(`${file}: header is not a JSON object`);
+  const dataStart = 8 + headerBytes.byteLength;
+  const tensors = new Map<string, TensorInfo>();
+  let metadata: Record<string, string> = {};
+  for (const [name, entry] of Object.entries(raw)) {
+    if (name === "__metadata__") {
+      metadata = entry as Record<string, string>;
+      continue;
+    }
+    const info = parseTensorEntry(file, name, entry, fileSize - dataStart);
+    tensors.set(name, { ...info, byteOffset: dataStart + info.byteOffset });
+  }
+  return { file, dataStart, metadata, tensors };
 }
 
 /** Reads one tensor's bytes (copied out of the file). */

@@ -3,7 +3,7 @@
 
 import type { BackendName } from "../common/engine-api.js";
 import { readModelConfig } from "../common/model-config.js";
-import { readAllHeaders } from "../common/safetensors.js";
+import { readModelTable } from "../common/model-table.js";
 
 export interface ModelFootprint {
   numLayers: number;
@@ -26,17 +26,20 @@ export function kvBytesPerTokenPerLayer(model: ModelFootprint, backend: BackendN
 
 const LAYER_TENSOR = /^model\.layers\.(\d+)\./;
 
-/** Reads config.json and every shard header of the checkpoint (headers only: fast even for 130 GB). */
+/**
+ * Reads config.json and every shard header of the checkpoint (headers only: fast even for 130 GB), or a partial
+ * checkpoint's manifest, which keeps the whole model's headers: a node plans without holding the bytes.
+ */
 export function readModelFootprint(modelDir: string): ModelFootprint {
   const config = readModelConfig(modelDir);
-  const headers = readAllHeaders(modelDir);
+  const tensors = readModelTable(modelDir).tensors;
   const layerBytes = new Array<number>(config.numLayers).fill(0);
   const layerReadBytes = new Array<number>(config.numLayers).fill(0);
   const routedShare = config.expertsPerToken / config.numExperts;
   let embedBytes = 0;
   let headBytes = 0;
-  for (const [name, header] of headers) {
-    const bytes = header.tensors.get(name)!.byteLength;
+  for (const [name, tensor] of tensors) {
+    const bytes = tensor.byteLength;
     const layer = LAYER_TENSOR.exec(name);
     if (layer) {
       const index = Number(layer[1]);

@@ -37,8 +37,12 @@ export interface PipelineOptions {
   threads?: number;
   /** Checked by every node against the model it holds. */
   modelId?: string;
-  /** Load progress of one stage (for the CLI's bars). */
+  /** Per stage: the nodes a stage lacking some of its tensors fetches them from, best first. */
+  sources?: string[][];
+  /** Load progress of one stage (for the CLI's bars): fetching missing weights, then mapping them. */
   onProgress?: (stageIndex: number, progress: LoadProgress) => void;
+  /** A stage's final load message (weights fetched for it, its figures). */
+  onLoaded?: (stageIndex: number, done: LoadProgress) => void;
   log?: (line: string) => void;
 }
 
@@ -211,10 +215,12 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
               downstream: i + 1 < plan.stages.length ? plan.stages[i + 1].address : "",
               stage_index: i,
               stage_count: plan.stages.length,
+              sources: this.opts.sources?.[i] ?? [],
             },
             (p) => this.opts.onProgress?.(i, p),
           );
           this.kvBytesPerToken[i] = done.kv_bytes_per_token ?? 0;
+          this.opts.onLoaded?.(i, done);
         } catch (err) {
           throw new Error(`stage ${i} (${stage.name} at ${stage.address}): ${grpcMessage(err)}`);
         }

@@ -5,21 +5,26 @@ import { resolve } from "node:path";
 import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
 import { errorMessage } from "../common/errors.js";
 import { modelIdOf, readModelConfig } from "../common/model-config.js";
-import { readAllHeaders } from "../common/safetensors.js";
+import { heldParts, modelFingerprint, readManifest, readModelTable } from "../common/model-table.js";
 import type { Capabilities, ModelInfo } from "../common/wire/types.js";
 
 const LAYER_TENSOR = /^model\.layers\.(\d+)\./;
 
-/** Reads config.json and the safetensors headers (headers only: fast even for a 130 GB checkpoint). */
+/**
+ * Reads config.json and the safetensors headers (headers only: fast even for a 130 GB checkpoint), or a partial
+ * checkpoint's manifest, with what it holds so far.
+ */
 export function readModelInfo(modelDir: string, activationBytes: number): ModelInfo {
   const config = readModelConfig(modelDir);
-  const headers = readAllHeaders(modelDir);
+  const table = readModelTable(modelDir);
+  const held = heldParts(modelDir, table);
+  const manifest = readManifest(modelDir);
   const layerBytes = new Array<number>(config.numLayers).fill(0);
   let embedBytes = 0;
   let headBytes = 0;
   let totalBytes = 0;
-  for (const [name, header] of headers) {
-    const bytes = header.tensors.get(name)?.byteLength ?? 0;
+  for (const [name, tensor] of table.tensors) {
+    const bytes = tensor.byteLength;
     totalBytes += bytes;
     const layer = LAYER_TENSOR.exec(name);
     if (layer) {
@@ -40,6 +45,13 @@ export function readModelInfo(modelDir: string, activationBytes: number): ModelI
     embed_bytes: embedBytes,
     head_bytes: headBytes,
     kv_bytes_per_token_per_layer: 2 * config.numKvHeads * config.headDim * activationBytes,
+    fingerprint: modelFingerprint(table),
+    partial: !held.complete,
+    held_layers: held.layers,
+    held_embed: held.embed,
+    held_head: held.head,
+    repo: manifest?.repo ?? "",
+    commit: manifest?.commit ?? "",
   };
 }
 
@@ -81,6 +93,15 @@ export class CapabilityReader {
 
   get modelInfo(): ModelInfo | null {
     return this.model;
+  }
+
+  /** Reads the model again (a partial checkpoint holds more after a fetch). */
+  refresh(): void {
+    try {
+      this.model = readModelInfo(this.inputs.modelDir, this.inputs.backends.includes("mlx") ? 2 : 4);
+    } catch (err) {
+      this.modelProblem = errorMessage(err);
+    }
   }
 
   /** Current figures (free memory changes; the rest is read once). */

@@ -12,6 +12,7 @@ import type {
   CancelReply,
   DataFrame,
   DataFrameOut,
+  FetchTensorsRequest,
   ForkRequest,
   HelloReply,
   HelloRequest,
@@ -22,13 +23,17 @@ import type {
   ResultsRequest,
   SeqsRequest,
   StatusRequest,
+  TensorChunk,
 } from "../common/wire/types.js";
 import { availableBackends, measureMemoryBandwidth, mlxInfo } from "../native/index.js";
+import type { HubEnv } from "../weights/hub-env.js";
 import { CapabilityReader } from "./capabilities.js";
 import { grpcStatus, KeyedSurface, peerHost, refusalFrame } from "./grpc-surface.js";
 import { StatusReporter } from "./node-status.js";
 import { progressMessage, ShardHost } from "./shard.js";
 import type { Stage } from "./stage.js";
+import { TensorSource } from "./tensor-source.js";
+import { WeightFetcher } from "./weight-fetch.js";
 
 export interface NodeAgentOptions {
   /** The node's own model directory: the only model it ever loads. */
@@ -50,6 +55,10 @@ export interface NodeAgentOptions {
   /** Measured memory bandwidth, bytes/s (0 or absent: the chip table). */
   memoryBandwidthBps?: number;
   log?: (line: string) => void;
+  /** Hub settings for layers no peer holds (a partial checkpoint of a hub model); absent: peers only. */
+  hubEnv?: HubEnv;
+  /** Cap on the bytes per second this node sends to peers fetching weights from it (absent: none). */
+  maxPushBytesPerSecond?: number;
   /**
    * A node of our cluster said Hello (it passed the key check): where it listens, so membership can track a
    * node that found us through `--peer` while we did not know it.
@@ -74,6 +83,7 @@ class NodeAgentServer {
   private readonly capabilities: CapabilityReader;
   private readonly server = new grpc.Server(serverOptions);
   private readonly shards: ShardHost;
+  private readonly tensorSource: TensorSource;
   private readonly statusTimers = new Set<NodeJS.Timeout>();
   private readonly openCalls = new Set<{ end(): void }>();
   port = 0;
@@ -87,11 +97,27 @@ class NodeAgentServer {
       measuredBandwidthBps: opts.memoryBandwidthBps ?? 0,
     });
     if (this.capabilities.problem) this.log(`model not usable: ${this.capabilities.problem}`);
+    const model = () => this.capabilities.modelInfo;
     this.shards = new ShardHost({
       modelDir: opts.modelDir,
       clusterKey: opts.clusterKey,
       backend: opts.backend,
       threads: opts.threads,
+      fetcher: new WeightFetcher({
+        modelDir: opts.modelDir,
+        modelId: () => model()?.id ?? "",
+        fingerprint: () => model()?.fingerprint ?? "",
+        clusterKey: opts.clusterKey,
+        hubEnv: opts.hubEnv,
+        log: this.log,
+      }),
+      onWeightsChanged: () => this.capabilities.refresh(),
+      log: this.log,
+    });
+    this.tensorSource = new TensorSource({
+      modelDir: opts.modelDir,
+      model,
+      maxBytesPerSecond: opts.maxPushBytesPerSecond,
       log: this.log,
     });
   }
@@ -131,6 +157,9 @@ class NodeAgentServer {
         this.subscribe(call),
       ),
       Data: surface.stream("Data", (call: Duplex) => this.data(call)),
+      FetchTensors: surface.stream("FetchTensors", (call: ServerStream<FetchTensorsRequest, TensorChunk>) =>
+        this.tensorSource.serve(call),
+      ),
     });
     const host = this.opts.grpcHost ?? "127.0.0.1";
     const address = `${host.includes(":") ? `[${host}]` : host}:${this.opts.grpcPort ?? 0}`;

@@ -8,6 +8,7 @@ import type { DataFrameOut, LoadProgress, LoadShardRequest, ResultsRequest } fro
 import { openEngine } from "../native/index.js";
 import { DownstreamLink } from "./downstream.js";
 import { type FrameSink, Stage } from "./stage.js";
+import type { WeightFetcher } from "./weight-fetch.js";
 
 export interface ShardHostOptions {
   modelDir: string;
@@ -15,6 +16,10 @@ export interface ShardHostOptions {
   /** Backend and threads when LoadShard names none. */
   backend?: BackendChoice;
   threads?: number;
+  /** Fetches the tensors a partial checkpoint lacks for the stage before the engine opens it. */
+  fetcher?: WeightFetcher;
+  /** The checkpoint holds more tensors than before (capabilities read it again). */
+  onWeightsChanged?: () => void;
   log: (line: string) => void;
 }
 
@@ -63,6 +68,21 @@ export class ShardHost {
   }
 
   private async open(req: LoadShardRequest, onProgress: (p: LoadProgress) => void): Promise<LoadProgress> {
+    let lastFetch = 0;
+    const fetched = await this.opts.fetcher?.ensure(req, (p) => {
+      const now = Date.now();
+      if (now - lastFetch < progressIntervalMs && p.done < p.total) return;
+      lastFetch = now;
+      onProgress(
+        progressMessage({
+          phase: "fetch",
+          fetch_bytes: p.done,
+          fetch_total: p.total,
+          fetch_source: p.source,
+        }),
+      );
+    });
+    if (fetched?.bytes) this.opts.onWeightsChanged?.();
     await this.close();
     let lastProgress = 0;
     const engine = await openEngine({
@@ -77,7 +97,7 @@ export class ShardHost {
         const now = Date.now();
         if (now - lastProgress < progressIntervalMs && bytesRead < bytesTotal) return;
         lastProgress = now;
-        onProgress(progressMessage({ bytes_read: bytesRead, bytes_total: bytesTotal }));
+        onProgress(progressMessage({ phase: "load", bytes_read: bytesRead, bytes_total: bytesTotal }));
       },
     });
     const stats = engine.stats();
@@ -120,6 +140,9 @@ export class ShardHost {
       hidden_size: stats.hiddenSize,
       backend: stats.backend,
       kv_bytes_per_token: stats.kvBytesPerToken,
+      fetch_bytes: fetched?.bytes ?? 0,
+      fetch_total: fetched?.missingBytes ?? 0,
+      fetch_source: fetched?.sources.join(",") ?? "",
     });
   }
 
@@ -176,6 +199,10 @@ export function progressMessage(p: Partial<LoadProgress>): LoadProgress {
     backend: "",
     error: "",
     kv_bytes_per_token: 0,
+    phase: "",
+    fetch_bytes: 0,
+    fetch_total: 0,
+    fetch_source: "",
     ...p,
   };
 }

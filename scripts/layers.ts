@@ -3,6 +3,10 @@
 // Dependencies point down only:
 //   cli -> api -> cluster, dashboard -> coordinator -> common        api -> chat -> common
 //   cli -> node-agent -> native -> common
+//   cli, node-agent -> weights -> common
+// weights/ is where the model's bytes come from (the hub, the local caches, the partial checkpoint store): the
+// CLI resolves and pulls models with it and the node agent fills its partial checkpoint with it, so it sits
+// below both and above common/ only; it knows nothing of the cluster (peers reach it through node-agent/).
 // Nothing but cli/ imports api/ or node-agent/; common/ imports nothing of ours. Tests, benches and scripts
 // may import anything.
 import { readdirSync, readFileSync, statSync } from "node:fs";
@@ -11,13 +15,14 @@ import { dirname, join, relative, resolve, sep } from "node:path";
 export const allowedImports: Record<string, readonly string[]> = {
   common: [],
   native: ["common"],
-  "node-agent": ["native", "common"],
+  weights: ["common"],
+  "node-agent": ["native", "weights", "common"],
   chat: ["common"],
   coordinator: ["common"],
   cluster: ["coordinator", "common"],
   dashboard: ["cluster", "common"],
   api: ["cluster", "dashboard", "coordinator", "chat", "common"],
-  cli: ["api", "cluster", "dashboard", "coordinator", "chat", "node-agent", "native", "common"],
+  cli: ["api", "cluster", "dashboard", "coordinator", "chat", "node-agent", "native", "weights", "common"],
 };
 
 /** Folders whose files may import from anywhere (they exercise or measure the rest). */

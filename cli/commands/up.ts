@@ -4,7 +4,7 @@
 // forwards to it.
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { networkInterfaces } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { type ApiServer, isLoopback, startApiServer } from "../../api/server.js";
 import { ClusterController } from "../../cluster/controller.js";
@@ -20,12 +20,15 @@ import {
 import type { BackendChoice } from "../../common/engine-api.js";
 import { ClusterError, errorMessage } from "../../common/errors.js";
 import { modelIdOf, readModelConfig } from "../../common/model-config.js";
+import { modelFingerprint, readModelTable } from "../../common/model-table.js";
 import { packageVersion } from "../../common/paths.js";
 import { loadWireTls, useWireTls, wireTlsFilesOf } from "../../common/wire/tls.js";
 import { readModelFootprint } from "../../coordinator/model-footprint.js";
 import { availableBackends } from "../../native/index.js";
 import { type Advertisement, advertiseNode } from "../../node-agent/advertise.js";
 import { type NodeAgent, startNodeAgent } from "../../node-agent/server.js";
+import { hubEnv } from "../../weights/hub-env.js";
+import { resolveModel } from "../../weights/resolve.js";
 import { makeModel } from "../make-model/index.js";
 import { createLoadProgress } from "../progress.js";
 
@@ -53,6 +56,8 @@ export interface UpOptions {
   requestTimeout?: number;
   /** Seconds SIGINT/SIGTERM lets generations in flight finish before failing them. */
   drainTimeout: number;
+  /** MB/s this node may send to peers fetching weights from it. */
+  maxPushRate?: number;
   /** PEM files for mutual TLS between nodes (all three or none). */
   tlsCert?: string;
   tlsKey?: string;
@@ -129,6 +134,24 @@ async function demoModelDir(): Promise<string> {
   return dir;
 }
 
+/** --model as a checkpoint folder: a folder as given, or a hub id found locally or started from the hub. */
+async function modelDirOf(value: string, hub: ReturnType<typeof hubEnv>): Promise<string> {
+  const resolved = await resolveModel(value, {
+    env: hub,
+    home: clusterHome(),
+    log: (line) => process.stderr.write(`${line}\n`),
+  });
+  const how = {
+    folder: "the folder",
+    "hf-cache": "the Hugging Face cache",
+    lmstudio: "LM Studio's models folder",
+    partial: "this node's partial checkpoint (missing layers are fetched when the plan needs them)",
+    "hub-metadata": "the hub's metadata (layers are fetched when the plan says which)",
+  }[resolved.how];
+  if (resolved.how !== "folder") say(`model ${value}: using ${how} at ${resolved.dir}`);
+  return resolved.dir;
+}
+
 /** startApiServer, with the usual cause of failure spelled out. */
 async function listenApi(...args: Parameters<typeof startApiServer>): Promise<ApiServer> {
   try {
@@ -159,7 +182,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
   // Before any client or the agent's server exists: they all take their credentials from this setting.
   if (tlsFiles) useWireTls(loadWireTls(tlsFiles));
   const interfaceAddress = opts.interface ? resolveInterfaceAddress(opts.interface) : undefined;
-  const modelDir = opts.model ? resolve(opts.model) : await demoModelDir();
+  const hub = hubEnv();
+  const modelDir = opts.model ? await modelDirOf(opts.model, hub) : await demoModelDir();
   const config = readModelConfig(modelDir);
   const footprint = readModelFootprint(modelDir);
   const contextTokens = opts.context ?? config.maxPositionEmbeddings;
@@ -168,6 +192,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
       `--context ${contextTokens} exceeds the model's max_position_embeddings ${config.maxPositionEmbeddings}`,
     );
   const modelId = modelIdOf(modelDir);
+  const fingerprint = modelFingerprint(readModelTable(modelDir));
   const version = packageVersion();
 
   const key = loadOrCreateClusterKey({ key: opts.key });
@@ -237,6 +262,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
       backends: opts.backend === "cpu" ? ["cpu"] : opts.backend === "mlx" ? availableBackends() : undefined,
       threads: opts.threads,
       memoryBandwidthBps: opts.memoryBandwidth ? opts.memoryBandwidth * 1e9 : undefined,
+      hubEnv: hub,
+      maxPushBytesPerSecond: opts.maxPushRate ? opts.maxPushRate * 1e6 : undefined,
       onPeerHello: (peer) => {
         if (peer.clusterId === key.clusterId) onPeerHello?.(peer.address);
       },
@@ -287,6 +314,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
       clusterKey: key.key,
       version,
       modelId,
+      fingerprint,
       footprint,
       contextTokens,
       threads: opts.threads,
@@ -294,6 +322,12 @@ export async function runUp(opts: UpOptions): Promise<void> {
       maxQueue: opts.maxQueue,
       membership,
       onProgress: (stage, read, total) => progress.update(stage.name, read, total),
+      onFetchProgress: (stage, done, total, source) =>
+        progress.update(`${stage.name} <- ${source}`, done, total),
+      onStageFetched: (stage, bytes, sources) =>
+        say(
+          `${stage.name} received ${bytes} bytes of weights (${humanBytes(bytes)}) for layers [${stage.layerStart},${stage.layerEnd}) from ${sources}`,
+        ),
       onStageLoaded: (stage, bytes) =>
         progress.done(
           stage.name,
@@ -336,7 +370,10 @@ export function register(program: Command): void {
   program
     .command("up")
     .description("Join (or start) the cluster on this machine and serve the OpenAI-compatible API")
-    .option("--model <dir>", "the model checkpoint directory (MLX safetensors layout)")
+    .option(
+      "--model <dir|org/name[@rev]>",
+      "the model: a checkpoint folder (MLX safetensors layout), or a Hugging Face model id found in the HF cache or LM Studio, else fetched (only this node's layers)",
+    )
     .option("--demo", "use a tiny generated demo model (made on first use)")
     .option("--name <name>", "this node's name (default: one per gRPC port)")
     .option("--port <port>", "gRPC port of the node agent (0 = any free port)", intArg("--port", 0, 65535), 0)
@@ -386,6 +423,11 @@ export function register(program: Command): void {
       "on SIGINT/SIGTERM, how long requests in flight may finish before they are failed",
       positiveNumber("--drain-timeout"),
       10,
+    )
+    .option(
+      "--max-push-rate <MB/s>",
+      "cap on the bytes per second this node sends to peers fetching weights from it (default: none)",
+      positiveNumber("--max-push-rate"),
     )
     .option(
       "--tls-cert <pem>",

@@ -35,6 +35,15 @@ export interface ModelInfo {
   embed_bytes: number;
   head_bytes: number;
   kv_bytes_per_token_per_layer: number;
+  /** Names, dtypes and shapes of every tensor, hashed ("" from an older node). */
+  fingerprint?: string;
+  /** Holds only some tensors (held_* say which); false = all of them. */
+  partial?: boolean;
+  held_layers?: number[];
+  held_embed?: boolean;
+  held_head?: boolean;
+  repo?: string;
+  commit?: string;
 }
 
 export interface Capabilities {
@@ -73,6 +82,8 @@ export interface LoadShardRequest {
   downstream?: string;
   stage_index?: number;
   stage_count?: number;
+  /** Nodes holding this stage's tensors, best first (where a node lacking some fetches them). */
+  sources?: string[];
 }
 
 export interface LoadProgress {
@@ -86,6 +97,32 @@ export interface LoadProgress {
   error: string;
   /** Final message: KV bytes one token costs on this shard. */
   kv_bytes_per_token: number;
+  /** "fetch" while receiving missing tensors, "load" while mapping them ("" from an older node). */
+  phase?: string;
+  fetch_bytes?: number;
+  fetch_total?: number;
+  /** A node's address or "hub". */
+  fetch_source?: string;
+}
+
+export interface TensorWant {
+  name: string;
+  offset: number;
+}
+
+export interface FetchTensorsRequest {
+  model_id: string;
+  fingerprint: string;
+  tensors: TensorWant[];
+  chunk_bytes?: number;
+}
+
+export interface TensorChunk {
+  name: string;
+  offset: number;
+  total: number;
+  payload: Buffer;
+  crc32: number;
 }
 
 export interface StatusRequest {

@@ -252,7 +252,15 @@ function nodeCard(n, snap, color) {
       h(
         "div",
         { class: "meter-head" },
-        h("span", {}, n.health === "loading" ? "Loading shard" : "Busy"),
+        h(
+          "span",
+          {},
+          n.health !== "loading"
+            ? "Busy"
+            : n.fetch
+              ? `Fetching weights from ${n.fetch.source} (${fmtBytes(n.fetch.doneBytes)} of ${fmtBytes(n.fetch.totalBytes)})`
+              : "Loading shard",
+        ),
         h(
           "span",
           { "data-testid": "node-busy" },

@@ -110,7 +110,10 @@ describe("cluster up --demo on one machine", () => {
       [["--demo", "--api-host", "0.0.0.0"], /--api-host 0\.0\.0\.0 is not loopback: it requires --api-key/],
       [["--demo", "--peer", "nonsense"], /--peer "nonsense" is not host:port/],
       [["--demo", "--key", "short"], /cluster key is invalid/],
-      [["--model", join(home, "no-such-model")], /no-such-model.*config\.json/],
+      [
+        ["--model", join(home, "no-such-model")],
+        /--model .*no-such-model: no such folder, and not a Hugging Face model id/,
+      ],
     ];
     // An API port another process holds.
     const holder = createServer();

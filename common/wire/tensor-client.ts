@@ -1,0 +1,45 @@
+// The FetchTensors call (weights moving between nodes, docs/weights.md) on a channel of its own: the same
+// credentials and cluster key as every other call (tls.ts, auth.ts), but its own HTTP/2 connection with a large
+// flow-control window, so a bulk transfer neither shares a window with the latency-bound Data streams nor
+// stalls on the 64 KiB default.
+import type * as grpc from "@grpc/grpc-js";
+import { clusterKeyInterceptor } from "./auth.js";
+import { channelOptions, studioNodeClientConstructor } from "./proto.js";
+import { channelCredentials } from "./tls.js";
+import type { FetchTensorsRequest, TensorChunk } from "./types.js";
+
+/** Receive window of the bulk channel: several chunks in flight on a fast link. */
+const bulkWindowBytes = 16 * 1024 * 1024;
+
+interface RawTensorClient extends grpc.Client {
+  FetchTensors(
+    request: FetchTensorsRequest,
+    options?: grpc.CallOptions,
+  ): grpc.ClientReadableStream<TensorChunk>;
+}
+
+export class TensorClient {
+  private readonly raw: RawTensorClient;
+
+  constructor(
+    readonly address: string,
+    clusterKey: string,
+  ) {
+    const Ctor = studioNodeClientConstructor();
+    this.raw = new Ctor(address, channelCredentials(), {
+      ...channelOptions,
+      "grpc-node.flow_control_window": bulkWindowBytes,
+      // A connection of its own, never the pooled one the control and data calls use.
+      "grpc.use_local_subchannel_pool": 1,
+      interceptors: [clusterKeyInterceptor(clusterKey)],
+    }) as unknown as RawTensorClient;
+  }
+
+  fetchTensors(request: FetchTensorsRequest): grpc.ClientReadableStream<TensorChunk> {
+    return this.raw.FetchTensors(request);
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+}

@@ -57,6 +57,8 @@ export interface ControllerOptions {
   maxSequences?: number;
   /** Requests that may wait for a slot; more are refused with 429 (the scheduler's default when absent). */
   maxQueue?: number;
+  /** The prefix cache's RAM tier, bytes per node (absent: what the sequences in flight leave; 0: no cache). */
+  prefixCacheRamBytes?: number;
   membership: MemberSource;
   /** Loads a plan's shards and wires them (default Pipeline.start: the nodes over gRPC). */
   startPipeline?: (options: PipelineOptions) => Promise<PipelinePort>;
@@ -74,13 +76,6 @@ interface Serving {
   plan: Plan;
   pipeline: PipelinePort;
 }
-
-/**
- * KV kept per node for finished sequences (prefix reuse: OpenClaw resends its long system prompt every turn).
- * MiniMax M2.1 costs ~127 KB of KV per token on a node holding half the layers (bf16), so 4 GiB keeps ~33k
- * tokens: a couple of whole conversations.
- */
-const prefixCacheBytesPerNode = 4 * 1024 ** 3;
 
 export class ClusterController {
   private readonly opts: ControllerOptions;
@@ -108,7 +103,10 @@ export class ClusterController {
       contextWindow: opts.contextTokens,
       maxSequences: opts.maxSequences,
       maxQueue: opts.maxQueue,
-      prefixCacheBytesPerNode,
+      // Prefix reuse (OpenClaw resends its long system prompt every turn): by default the RAM tier takes the KV
+      // memory the sequences in flight leave, and yields it to them first.
+      prefixCacheBytesPerNode: opts.prefixCacheRamBytes ?? "auto",
+      log: (line) => this.log(line),
     });
     opts.membership.on("change", () => this.schedule(opts.settleMs ?? 500));
     this.schedule(0);
@@ -241,7 +239,11 @@ export class ClusterController {
     }
     pipeline.once("nodeLost", (lost) => this.nodeLost(pipeline, lost));
     this.serving = { plan, pipeline };
-    this.scheduler.attach(pipeline, kvBytesForSequences(plan));
+    this.scheduler.attach(
+      pipeline,
+      kvBytesForSequences(plan),
+      plan.stages.map((s) => s.headroomBytes),
+    );
     this.setState("ready", `serving with ${plan.stages.length} stage(s): ${describePlan(plan)}`);
   }
 
@@ -345,11 +347,12 @@ function samePlan(a: Plan, b: Plan): boolean {
 }
 
 /**
- * KV bytes each stage can give to sequences in flight: the memory the plan found free, less the stage's
- * weights, headroom and prefix cache, and never less than the plan's reserve of one full context.
+ * KV bytes each stage has: the memory the plan found free, less the stage's weights and headroom, and never less
+ * than the plan's reserve of one full context. Sequences in flight reserve theirs in it; the prefix cache's RAM
+ * tier takes the rest and gives it back as they need it.
  */
 export function kvBytesForSequences(plan: Plan): number[] {
   return plan.stages.map((s) =>
-    Math.max(s.kvReserveBytes, s.availableBytes - s.weightBytes - s.headroomBytes - prefixCacheBytesPerNode),
+    Math.max(s.kvReserveBytes, s.availableBytes - s.weightBytes - s.headroomBytes),
   );
 }

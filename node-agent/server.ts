@@ -9,9 +9,12 @@ import { packageVersion } from "../common/paths.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
 import { serverCredentials } from "../common/wire/tls.js";
 import type {
+  AssembleBlocksRequest,
+  BlockEvents,
   CancelReply,
   DataFrame,
   DataFrameOut,
+  DropBlocksRequest,
   ForkRequest,
   HelloReply,
   HelloRequest,
@@ -21,9 +24,12 @@ import type {
   ReleaseReply,
   ResultsRequest,
   SeqsRequest,
+  StashBlocksRequest,
   StatusRequest,
+  WatchBlocksRequest,
 } from "../common/wire/types.js";
 import { availableBackends, measureMemoryBandwidth, mlxInfo } from "../native/index.js";
+import { assembleBlocks, dropBlocks, stashBlocks, watchBlocks } from "./block-calls.js";
 import { CapabilityReader } from "./capabilities.js";
 import { grpcStatus, KeyedSurface, peerHost, refusalFrame } from "./grpc-surface.js";
 import { StatusReporter } from "./node-status.js";
@@ -49,6 +55,10 @@ export interface NodeAgentOptions {
   backends?: string[];
   /** Measured memory bandwidth, bytes/s (0 or absent: the chip table). */
   memoryBandwidthBps?: number;
+  /** The prefix cache's disk tier: this node's own cache folder (absent: RAM only). */
+  cacheDir?: string;
+  /** Disk bytes the cached blocks may take (absent: half of the free space). */
+  cacheDiskBytes?: number;
   log?: (line: string) => void;
   /**
    * A node of our cluster said Hello (it passed the key check): where it listens, so membership can track a
@@ -92,6 +102,8 @@ class NodeAgentServer {
       clusterKey: opts.clusterKey,
       backend: opts.backend,
       threads: opts.threads,
+      cacheDir: opts.cacheDir,
+      cacheDiskBytes: opts.cacheDiskBytes,
       log: this.log,
     });
   }
@@ -131,6 +143,14 @@ class NodeAgentServer {
         this.subscribe(call),
       ),
       Data: surface.stream("Data", (call: Duplex) => this.data(call)),
+      StashBlocks: surface.unary("StashBlocks", (req: StashBlocksRequest) => stashBlocks(this.shards, req)),
+      AssembleBlocks: surface.unary("AssembleBlocks", (req: AssembleBlocksRequest) =>
+        assembleBlocks(this.shards, req),
+      ),
+      DropBlocks: surface.unary("DropBlocks", (req: DropBlocksRequest) => dropBlocks(this.shards, req)),
+      WatchBlocks: surface.stream("WatchBlocks", (call: ServerStream<WatchBlocksRequest, BlockEvents>) =>
+        watchBlocks(this.shards, call, this.openCalls),
+      ),
     });
     const host = this.opts.grpcHost ?? "127.0.0.1";
     const address = `${host.includes(":") ? `[${host}]` : host}:${this.opts.grpcPort ?? 0}`;

@@ -53,6 +53,10 @@ export interface UpOptions {
   requestTimeout?: number;
   /** Seconds SIGINT/SIGTERM lets generations in flight finish before failing them. */
   drainTimeout: number;
+  /** Prefix cache: RAM tier GB per node (default: what sequences in flight leave), disk tier GB and folder. */
+  prefixCacheRam?: number;
+  prefixCacheDisk?: number;
+  prefixCacheDir?: string;
   /** PEM files for mutual TLS between nodes (all three or none). */
   tlsCert?: string;
   tlsKey?: string;
@@ -64,6 +68,15 @@ function intArg(name: string, min: number, max: number) {
     const n = Number(value);
     if (!Number.isInteger(n) || n < min || n > max)
       throw new InvalidArgumentError(`${name} must be an integer from ${min} to ${max} (got "${value}")`);
+    return n;
+  };
+}
+
+function nonNegativeNumber(name: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isFinite(n) || n < 0)
+      throw new InvalidArgumentError(`${name} must be a number >= 0 (got "${value}")`);
     return n;
   };
 }
@@ -237,6 +250,12 @@ export async function runUp(opts: UpOptions): Promise<void> {
       backends: opts.backend === "cpu" ? ["cpu"] : opts.backend === "mlx" ? availableBackends() : undefined,
       threads: opts.threads,
       memoryBandwidthBps: opts.memoryBandwidth ? opts.memoryBandwidth * 1e9 : undefined,
+      // The prefix cache's disk tier: this node's own folder (several nodes of one machine never share one).
+      cacheDir:
+        opts.prefixCacheDisk === 0
+          ? undefined
+          : resolve(opts.prefixCacheDir ?? join(clusterHome(), "kv-cache", identity.nodeId)),
+      cacheDiskBytes: opts.prefixCacheDisk === undefined ? undefined : Math.floor(opts.prefixCacheDisk * 1e9),
       onPeerHello: (peer) => {
         if (peer.clusterId === key.clusterId) onPeerHello?.(peer.address);
       },
@@ -292,6 +311,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
       threads: opts.threads,
       maxSequences: opts.maxSequences,
       maxQueue: opts.maxQueue,
+      prefixCacheRamBytes:
+        opts.prefixCacheRam === undefined ? undefined : Math.floor(opts.prefixCacheRam * 1e9),
       membership,
       onProgress: (stage, read, total) => progress.update(stage.name, read, total),
       onStageLoaded: (stage, bytes) =>
@@ -386,6 +407,20 @@ export function register(program: Command): void {
       "on SIGINT/SIGTERM, how long requests in flight may finish before they are failed",
       positiveNumber("--drain-timeout"),
       10,
+    )
+    .option(
+      "--prefix-cache-ram <GB>",
+      "prefix cache RAM per node, 0 = no prefix cache (default: the KV memory sequences in flight leave)",
+      nonNegativeNumber("--prefix-cache-ram"),
+    )
+    .option(
+      "--prefix-cache-disk <GB>",
+      "prefix cache on disk per node, 0 = none (default: half of the free disk space)",
+      nonNegativeNumber("--prefix-cache-disk"),
+    )
+    .option(
+      "--prefix-cache-dir <dir>",
+      "this node's prefix cache folder (default: ~/.studio-cluster/kv-cache/<node id>)",
     )
     .option(
       "--tls-cert <pem>",

@@ -6,7 +6,7 @@ import { EventEmitter } from "node:events";
 import type { Engine } from "../../common/engine-api.js";
 import { dtypeOfActivation } from "../../common/wire/frames.js";
 import { studioNodeService } from "../../common/wire/proto.js";
-import type { DataFrame, DataFrameOut } from "../../common/wire/types.js";
+import type { BlockUse, DataFrame, DataFrameOut, KvBlock } from "../../common/wire/types.js";
 import {
   describeLoss,
   type LostNode,
@@ -15,7 +15,9 @@ import {
   type PipelinePort,
   type ResultHandler,
 } from "../../coordinator/pipeline.js";
+import type { BlockPort, StageAssembly } from "../../coordinator/pipeline-blocks.js";
 import { openEngine } from "../../native/index.js";
+import { BlockHost } from "../../node-agent/block-host.js";
 import { type FrameSink, Stage } from "../../node-agent/stage.js";
 
 const dataMethod = studioNodeService().Data;
@@ -30,8 +32,10 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
   private inbound: ReturnType<Stage["newAssembler"]> | undefined;
   private lostNode: LostNode | undefined;
   private closed = false;
-  /** Forks the scheduler asked for, to check prefix reuse. */
-  forks = 0;
+  /** Assemblies from prefix-cache blocks the scheduler asked for, to check prefix reuse. */
+  assemblies = 0;
+  /** The prefix cache's block calls on every stage's own block host (RAM only: no disk in process). */
+  readonly blocks: BlockPort;
 
   private constructor(
     readonly plan: PipelinePlan,
@@ -40,6 +44,24 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
     readonly kvBytesPerToken: number[],
   ) {
     super();
+    const hosts = stages.map(
+      (stage, i) =>
+        new BlockHost({ engine: engines[i], stage, layerStart: plan.stages[i].layerStart, log: () => {} }),
+    );
+    this.blocks = {
+      stash: async (seq: number, chain: KvBlock[], drop: string[]) => {
+        await Promise.all(hosts.map((h) => h.stash(seq, chain, drop)));
+      },
+      assemble: async (newSeq: number, uses: BlockUse[]): Promise<StageAssembly[]> => {
+        this.assemblies++;
+        const outcomes = await Promise.allSettled(hosts.map((h) => h.assemble(newSeq, uses)));
+        return outcomes.map((o) => (o.status === "fulfilled" ? o.value : { error: String(o.reason) }));
+      },
+      drop: async (hashes: string[]) => {
+        await Promise.all(hosts.map((h) => h.drop(hashes)));
+      },
+      onDisk: () => () => {},
+    };
   }
 
   /** Opens every stage of the plan on modelDir (one engine thread each) and wires them in order. */
@@ -107,9 +129,13 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
     return this.lostNode;
   }
 
-  /** Sequences and KV bytes each stage's engine holds now. */
-  held(): Array<{ sequences: number; kvBytes: number }> {
-    return this.engines.map((e) => ({ sequences: e.stats().sequences, kvBytes: e.stats().kvBytes }));
+  /** Sequences, their KV bytes and the prefix cache's block bytes each stage's engine holds now. */
+  held(): Array<{ sequences: number; kvBytes: number; blockBytes: number }> {
+    return this.engines.map((e) => ({
+      sequences: e.stats().sequences,
+      kvBytes: e.stats().kvBytes,
+      blockBytes: e.stats().blockBytes,
+    }));
   }
 
   onResult(handler: ResultHandler): () => void {
@@ -138,7 +164,6 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
 
   async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
     if (this.closed || this.lostNode) throw new Error("the pipeline is closing");
-    this.forks++;
     await Promise.all(this.stages.map((s) => s.fork(seq, newSeq, prefixLength)));
   }
 

@@ -195,7 +195,7 @@ describe("scheduler over an in-process pipeline", () => {
       if (e.type === "admitted") cached = e.cachedTokens;
       if (e.type === "token") tokens.push(e.token);
     }
-    expect(local.forks).toBe(1);
+    expect(local.assemblies).toBe(1);
     expect(cached).toBeGreaterThanOrEqual(base.length);
     expect(tokens).toEqual(await referenceRun(reference!, 960, longer, 6, {}));
   });

@@ -190,21 +190,27 @@ export class BlockHost {
 
   /** Removes blocks from RAM and from disk (superseded by longer ones). */
   private async forget(hashes: string[]): Promise<void> {
+    const store = this.opts.store;
     await Promise.all(
       hashes.map(async (hash) => {
         if (this.ram.has(hash)) await this.dropOne(hash);
-        await this.writes.get(hash);
-        await this.opts.store?.remove(hash);
+        if (store) await this.serially(() => store.remove(hash));
       }),
     );
+  }
+
+  /** Runs a change of the disk after the ones queued before it: writes and removals never interleave. */
+  private serially(change: () => Promise<void>): Promise<void> {
+    const done = this.writeChain.then(change);
+    this.writeChain = done;
+    return done;
   }
 
   private queueWrite(hash: string): void {
     const store = this.opts.store;
     if (!store || this.writes.has(hash) || this.closed) return;
     if (store.missingLayers(hash).length === 0) return;
-    const write = this.writeChain.then(() => this.write(store, hash));
-    this.writeChain = write;
+    const write = this.serially(() => this.write(store, hash));
     this.writes.set(hash, write);
     void write.finally(() => this.writes.delete(hash));
   }

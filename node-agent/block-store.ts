@@ -226,16 +226,19 @@ export class BlockStore extends EventEmitter<BlockStoreEvents> {
     });
   }
 
-  /** Removes a block's files. */
+  /** Removes a block's files (the store forgets it at once; a second call finds nothing). */
   async remove(hash: string): Promise<void> {
     const stored = this.blocks.get(hash);
     if (!stored) return;
     const wasUsable = this.usable(hash);
-    for (const layer of [...stored.layers]) await this.removeLayer(stored, layer);
-    await unlink(join(this.dirOf(hash), manifestName(hash))).catch(() => undefined);
-    this.held -= manifestBytes(stored.block);
     this.untrack(stored);
+    const layers = [...stored.layers];
+    stored.layers.clear();
+    this.held -= manifestBytes(stored.block) + layers.length * this.layerBytes(stored);
     if (wasUsable) this.emit("change", stored.block, false);
+    const dir = this.dirOf(hash);
+    const files = [...layers.map((l) => layerFileName(hash, l)), manifestName(hash)];
+    for (const file of files) await unlink(join(dir, file)).catch(() => undefined);
   }
 
   // ------------------------------------------------------------ internals

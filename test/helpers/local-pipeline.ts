@@ -3,10 +3,11 @@
 // between them goes through the wire's real protobuf serializer, as it would between processes. Only the
 // transport is left out. lose() stands for a node that stopped answering.
 import { EventEmitter } from "node:events";
+import { freemem, totalmem } from "node:os";
 import type { Engine } from "../../common/engine-api.js";
 import { dtypeOfActivation } from "../../common/wire/frames.js";
 import { studioNodeService } from "../../common/wire/proto.js";
-import type { BlockUse, DataFrame, DataFrameOut, KvBlock } from "../../common/wire/types.js";
+import type { BlockUse, DataFrame, DataFrameOut, KvBlock, NodeStatus } from "../../common/wire/types.js";
 import {
   describeLoss,
   type LostNode,
@@ -180,6 +181,12 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
     this.emit("nodeLost", this.lostNode);
   }
 
+  /** Every stage runs in this process: its memory figures are this machine's, as a node's heartbeat has them. */
+  statuses(): Map<number, NodeStatus> {
+    const memory = { memory_total: totalmem(), memory_used: totalmem() - freemem() };
+    return new Map(this.engines.map((_, i) => [i, { ...idleStatus(`stage-${i}`), ...memory }]));
+  }
+
   describeLoss(): string | undefined {
     return this.lostNode && describeLoss(this.lostNode);
   }
@@ -191,4 +198,38 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
     for (const engine of this.engines) void engine.close();
     this.emit("closed");
   }
+}
+
+/** A heartbeat with nothing in it but the node's id (the caller adds the figures it reports). */
+function idleStatus(nodeId: string): NodeStatus {
+  return {
+    node_id: nodeId,
+    time_us: Date.now() * 1000,
+    plan_id: "",
+    loaded: true,
+    layer_start: 0,
+    layer_end: 0,
+    embed: false,
+    head: false,
+    tokens_per_s: 0,
+    busy_fraction: 0,
+    queue_depth: 0,
+    kv_bytes: 0,
+    weight_bytes: 0,
+    memory_used: 0,
+    memory_total: 0,
+    sequences: 0,
+    inbound_hop_p50_us: 0,
+    inbound_hop_p99_us: 0,
+    batches: 0,
+    mean_batch_items: 0,
+    backend: "cpu",
+    inbound_hop_count: 0,
+    cache_ram_bytes: 0,
+    cache_disk_bytes: 0,
+    cache_disk_budget_bytes: 0,
+    cache_ram_hit_tokens: 0,
+    cache_disk_hit_tokens: 0,
+    prompt_tokens_computed: 0,
+  };
 }

@@ -133,7 +133,9 @@ export class ClusterController {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
-    this.stopServing("this node is shutting down");
+    this.serving = undefined;
+    // The prefix cache's last stashes reach the nodes (and their disks) before the pipeline closes.
+    await this.scheduler.detach("this node is shutting down");
   }
 
   // ---------------------------------------------------------------- the loop
@@ -226,7 +228,7 @@ export class ClusterController {
       });
     } catch (err) {
       const message = `loading plan ${plan.planId} failed: ${errorMessage(err)}`;
-      this.scheduler.detach(message);
+      void this.scheduler.detach(message);
       this.setState("not_ready", message);
       this.schedule(this.opts.retryMs ?? 3000);
       return;
@@ -270,7 +272,7 @@ export class ClusterController {
   /** Takes the pipeline down (in-flight sequences fail with the reason; new requests are refused with it). */
   private stopServing(reason: string): void {
     this.serving = undefined;
-    this.scheduler.detach(reason);
+    void this.scheduler.detach(reason);
   }
 
   private setState(state: ClusterState, message: string | undefined): void {

@@ -72,7 +72,6 @@ export interface PipelinePort {
   onResult(handler: ResultHandler): () => void;
   send(frames: DataFrameOut[]): boolean;
   release(seqs: number[]): Promise<void>;
-  fork(seq: number, newSeq: number, prefixLength: number): Promise<void>;
   cancel(seqs: number[]): Promise<void>;
   /** The prefix cache's block calls; absent where a stage does not offer them (then no prefix cache). */
   readonly blocks?: BlockPort;
@@ -183,20 +182,6 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
   /** Frees finished sequences on every stage (best effort: a dead node frees nothing anyway). */
   release(seqs: number[]): Promise<void> {
     return this.everyStage((c) => c.release({ plan_id: this.plan.planId, seqs }), "release");
-  }
-
-  /**
-   * Makes newSeq share the first prefixLength positions of the idle sequence seq on every stage; resolves once
-   * every stage holds it (so newSeq's first item may follow), rejects naming the first stage that refused.
-   */
-  async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
-    if (this.closed || this.lostNode) throw new Error("the pipeline is closing");
-    const request = { plan_id: this.plan.planId, seq, new_seq: newSeq, prefix_length: prefixLength };
-    const outcomes = await Promise.allSettled(this.clients.map((c) => c.fork(request)));
-    const failed = outcomes.findIndex((o) => o.status === "rejected");
-    if (failed < 0) return;
-    const reason = (outcomes[failed] as PromiseRejectedResult).reason;
-    throw new Error(`fork on stage ${failed} (${this.plan.stages[failed].name}): ${grpcMessage(reason)}`);
   }
 
   /** Drops sequences on every stage: queued work and KV. */

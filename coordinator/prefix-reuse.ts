@@ -176,6 +176,17 @@ export class PrefixReuse {
     return Math.max(0, this.opts.ramBudget() - Math.max(0, this.index.ramTokens - shed));
   }
 
+  /** Resolves once the stashes under way have ended (or after timeoutMs). */
+  async settle(timeoutMs: number): Promise<void> {
+    if (this.stashing.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, timeoutMs);
+    });
+    await Promise.race([Promise.allSettled([...this.stashing]), deadline]);
+    clearTimeout(timer);
+  }
+
   close(): void {
     this.closed = true;
     clearInterval(this.timer);

@@ -38,6 +38,9 @@ export interface SchedulerOptions {
   stepTimeoutMs?: number;
 }
 
+/** How long a pipeline being taken down waits for the prefix cache's stashes under way. */
+const stashSettleMs = 5000;
+
 /** Figures of one finished request, for dashboards. */
 export interface RequestFigures {
   seq: number;
@@ -177,7 +180,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     headroomBytesPerStage?: readonly number[],
   ): void {
     if (this.pipeline === pipeline) return;
-    if (this.pipeline) this.detach("replaced by a new pipeline");
+    if (this.pipeline) void this.detach("replaced by a new pipeline");
     this.pipeline = pipeline;
     this.admission.setBudget(kvTokenBudget(pipeline.kvBytesPerToken, kvBytesPerStage));
     this.cache = this.prefixCacheFor(pipeline, headroomBytesPerStage);
@@ -217,17 +220,26 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     return { pipeline, reuse };
   }
 
-  /** Stops serving: sequences in flight fail with cluster_not_ready, new ones are refused with `reason`. */
-  detach(reason: string): void {
+  /**
+   * Stops serving: sequences in flight fail with cluster_not_ready, new ones are refused with `reason`. The
+   * pipeline closes once the prefix cache's stashes under way have reached the stages (at most a few seconds),
+   * so the conversations that just finished are kept, on the nodes' disks too; the promise says when.
+   */
+  detach(reason: string): Promise<void> {
     const pipeline = this.pipeline;
+    const reuse = this.cache?.reuse;
     this.pipeline = undefined;
-    this.cache?.reuse.close();
+    reuse?.close();
     this.cache = undefined; // Its RAM blocks lived on the pipeline's stages.
     this.notReadyReason = reason;
     this.unsubscribe();
-    if (!pipeline) return;
+    if (!pipeline) return Promise.resolve();
     this.failAll(pipeline, new ClusterError("cluster_not_ready", `the pipeline was taken down: ${reason}`));
-    pipeline.close();
+    if (!reuse) {
+      pipeline.close();
+      return Promise.resolve();
+    }
+    return reuse.settle(stashSettleMs).then(() => pipeline.close());
   }
 
   private onNodeLost(pipeline: PipelinePort, lost: LostNode): void {

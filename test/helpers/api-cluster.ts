@@ -111,6 +111,8 @@ export async function startApiCluster(opts: {
       stageStatuses: () => Promise.all(agents.map((a) => statusOnce(a.address, key))),
       stop: async () => {
         await server.close();
+        // As a coordinator that shuts down: the prefix cache's last stashes reach the nodes first.
+        await scheduler.detach("stopping");
         running.close();
         await Promise.all(agents.map((a) => a.stop()));
       },

@@ -111,7 +111,7 @@ export class CacheCluster {
 
   /** Loads a plan on the nodes and attaches a new scheduler (a new coordinator: its index starts empty). */
   async plan(plan: PipelinePlan): Promise<void> {
-    this.pipeline?.close();
+    await this.scheduler?.detach("a new plan");
     this.pipeline = await startPipeline({ plan, clusterKey: this.key });
     this.scheduler = new Scheduler({
       contextWindow: 4096,
@@ -137,7 +137,7 @@ export class CacheCluster {
    * even plan or the layer cuts given (see replan).
    */
   async restart(cuts?: number[]): Promise<void> {
-    this.pipeline.close();
+    await this.scheduler.detach("restarting");
     await Promise.all(this.agents.map((a) => a.stop()));
     await this.spawn();
     if (cuts) await this.replan(cuts);
@@ -183,6 +183,7 @@ export class CacheCluster {
   }
 
   async close(): Promise<void> {
+    await this.scheduler?.detach("closing");
     this.pipeline?.close();
     await Promise.all(this.agents.map((a) => a.stop()));
   }

@@ -163,11 +163,6 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
     await Promise.all(this.stages.map((s) => s.release(seqs)));
   }
 
-  async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
-    if (this.closed || this.lostNode) throw new Error("the pipeline is closing");
-    await Promise.all(this.stages.map((s) => s.fork(seq, newSeq, prefixLength)));
-  }
-
   async cancel(seqs: number[]): Promise<void> {
     if (this.closed) return;
     for (const stage of this.stages) stage.cancel(seqs);

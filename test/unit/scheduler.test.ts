@@ -221,7 +221,7 @@ describe("scheduler over an in-process pipeline", () => {
       if (e.type === "admitted") during = auto.cachedPrefixTokens;
     expect(during).toBeLessThanOrEqual(100);
     expect(auto.cachedPrefixTokens).toBeLessThanOrEqual(400);
-    auto.detach("next");
+    await auto.detach("next");
     const fresh = await pipeline("p-squeezed");
     // A stage whose free memory is below its headroom (here: all of this machine's memory) sheds the cache.
     const squeezed = new Scheduler({

@@ -3,7 +3,7 @@
 // and the TTFT histogram count each finished request once, as it shows up in the snapshot's `recent` list.
 import type { FastifyInstance } from "fastify";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
-import type { NodeHealth, NodeView } from "../cluster/health.js";
+import { type NodeHealth, type NodeView, prefixCacheHitRates } from "../cluster/health.js";
 import type { ClusterSnapshot, RequestSnapshot } from "../cluster/snapshot.js";
 
 export interface MetricsOptions {
@@ -44,6 +44,46 @@ const nodeGaugeSpecs: NodeGaugeSpec[] = [
     (n) => (n.linkLatencyUs === undefined ? undefined : n.linkLatencyUs / 1e6),
   ],
   ["node_load_progress_ratio", "Shard load progress while the node is loading", (n) => n.loadProgress],
+  [
+    "node_prefix_cache_ram_bytes",
+    "Bytes of prefix-cache blocks in the node's RAM",
+    (n) => n.prefixCache?.ramBytes,
+  ],
+  [
+    "node_prefix_cache_disk_bytes",
+    "Bytes of prefix-cache blocks on the node's disk",
+    (n) => n.prefixCache?.diskBytes,
+  ],
+  [
+    "node_prefix_cache_disk_budget_bytes",
+    "Disk bytes the node's prefix-cache blocks may take",
+    (n) => n.prefixCache?.diskBudgetBytes,
+  ],
+  [
+    "node_prefix_cache_ram_hit_tokens",
+    "Prompt positions the node assembled from RAM blocks since its shard loaded",
+    (n) => n.prefixCache?.ramHitTokens,
+  ],
+  [
+    "node_prefix_cache_disk_hit_tokens",
+    "Prompt positions the node assembled from disk blocks since its shard loaded",
+    (n) => n.prefixCache?.diskHitTokens,
+  ],
+  [
+    "node_prompt_tokens_computed",
+    "Prompt positions the node computed by a prefill since its shard loaded",
+    (n) => n.prefixCache?.computedTokens,
+  ],
+  [
+    "node_prefix_cache_ram_hit_ratio",
+    "Share of the node's prompt positions assembled from RAM blocks since its shard loaded",
+    (n) => n.prefixCache && prefixCacheHitRates(n.prefixCache).ram,
+  ],
+  [
+    "node_prefix_cache_disk_hit_ratio",
+    "Share of the node's prompt positions assembled from disk blocks since its shard loaded",
+    (n) => n.prefixCache && prefixCacheHitRates(n.prefixCache).disk,
+  ],
   ["node_up", "1 unless the node is lost", (n) => (n.health === "lost" ? 0 : 1)],
   [
     "node_is_coordinator",

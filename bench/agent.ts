@@ -2,10 +2,15 @@
 // all repeated every turn) continued for 5 turns, each adding a tool call, its result and a user message, through
 // POST /v1/chat/completions (streaming) on a two-stage cluster with the prefix cache on. TTFT (request sent to
 // the first generated delta) of turns 2-5 against turn 1, and the cached tokens usage reports. Then the same
-// turns on a cluster without the cache, for the uncached TTFT of each turn.
+// turns on a cluster without the cache, for the uncached TTFT of each turn. Then the prefix cache's disk tier:
+// - the same 5 turns with the whole cluster (every node process, the coordinator's index) restarted before each
+//   turn: turn 2 after a restart against turn 2 without one (target <= 1.5x);
+// - four sessions (each its own system prompt, so they share nothing) interleaved turn by turn under a RAM tier
+//   that holds only two of them: every turn after a session's first must be a hit (RAM or SSD).
 // The scripted model serves it: the bench model's 15k-token prefill takes minutes per turn on 2 cores.
 // Prints a table, then ONE JSON line of figures.
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { packageRoot } from "../common/paths.js";
 import { startApiCluster } from "../test/helpers/api-cluster.js";
@@ -20,14 +25,25 @@ interface TurnFigures {
   ttftMs: number;
   promptTokens: number;
   cachedTokens: number;
+  /** Of cachedTokens, restored from RAM and from the nodes' disks (the server log says). */
+  ramTokens?: number;
+  diskTokens?: number;
 }
 
-/** Turn 1 and turn 2 as recorded; turns 3.. add an assistant tool call, its result and a user message each. */
-function conversation(): Array<Record<string, unknown>> {
+/**
+ * Turn 1 and turn 2 as recorded; turns 3.. add an assistant tool call, its result and a user message each. A
+ * session number makes the system prompt (and so every token after its first) its own.
+ */
+function conversation(session?: number): Array<Record<string, unknown>> {
   const first = JSON.parse(readFileSync(join(fixture, "chat-turn1-request.json"), "utf8")) as Message;
+  if (session !== undefined) {
+    const system = (first.messages as Message[])[0];
+    system.content = `Session ${session}. ${system.content as string}`;
+  }
   const second = JSON.parse(
     readFileSync(join(fixture, "chat-turn2-tool-result-request.json"), "utf8"),
   ) as Message;
+  if (session !== undefined) (second.messages as Message[])[0] = (first.messages as Message[])[0];
   const bodies = [first, second];
   let messages = second.messages as Message[];
   for (let turn = 3; turn <= turns; turn++) {
@@ -107,6 +123,70 @@ async function runConversation(prefixCacheBytesPerNode: number): Promise<TurnFig
   }
 }
 
+/** The scheduler's log line of a request: "cached_tokens C (RAM r, SSD d)". */
+function tierSplit(line: string | undefined): { ramTokens: number; diskTokens: number } {
+  const m = /cached_tokens \d+ \(RAM (\d+), SSD (\d+)\)/.exec(line ?? "");
+  return { ramTokens: Number(m?.[1] ?? 0), diskTokens: Number(m?.[2] ?? 0) };
+}
+
+/** The conversation with every node process and the coordinator started anew before each turn. */
+async function runRestarted(): Promise<TurnFigures[]> {
+  const cacheRoot = mkdtempSync(join(tmpdir(), "agent-bench-cache-"));
+  try {
+    const figures: TurnFigures[] = [];
+    for (const body of conversation()) {
+      const lines: string[] = [];
+      const cluster = await startApiCluster({
+        preset: "scripted",
+        stages: 2,
+        contextWindow: 65_536,
+        modelId: "minimax-m2.1",
+        prefixCacheBytesPerNode: 1024 ** 3,
+        cacheRoot,
+        log: (line) => lines.push(line),
+      });
+      try {
+        const f = await turn(cluster.baseUrl, cluster.apiKey, body);
+        figures.push({ ...f, ...tierSplit(lines.at(-1)) });
+      } finally {
+        // Each node writes its queued blocks before it exits.
+        await cluster.stop();
+      }
+    }
+    return figures;
+  } finally {
+    rmSync(cacheRoot, { recursive: true, force: true });
+  }
+}
+
+/** Four sessions interleaved turn by turn, under a RAM tier that holds two of them (the disk holds the rest). */
+async function runInterleaved(sessions: number, ramTokens: number): Promise<TurnFigures[][]> {
+  const cacheRoot = mkdtempSync(join(tmpdir(), "agent-bench-sessions-"));
+  const lines: string[] = [];
+  const cluster = await startApiCluster({
+    preset: "scripted",
+    stages: 2,
+    contextWindow: 65_536,
+    modelId: "minimax-m2.1",
+    prefixCacheTokens: ramTokens,
+    cacheRoot,
+    log: (line) => lines.push(line),
+  });
+  try {
+    const bodies = Array.from({ length: sessions }, (_, s) => conversation(s + 1));
+    const figures: TurnFigures[][] = bodies.map(() => []);
+    for (let t = 0; t < turns; t++)
+      for (let s = 0; s < sessions; s++) {
+        const f = await turn(cluster.baseUrl, cluster.apiKey, bodies[s][t]);
+        figures[s].push({ ...f, ...tierSplit(lines.at(-1)) });
+      }
+    return figures;
+  } finally {
+    await cluster.stop();
+    rmSync(cacheRoot, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
   console.log(
     `agent bench: OpenClaw's recorded conversation, ${turns} turns, scripted model, 2 stages (threads=1 each), /v1/chat/completions streaming`,
@@ -137,6 +217,50 @@ async function main(): Promise<void> {
   console.log(
     `target: ttft_ratio ${figures.ttft_ratio} (>= 10 ${figures.ttft_ratio >= 10 ? "met" : "NOT met"})`,
   );
+
+  console.log("the same turns, the whole cluster restarted before each one (prefix cache on disk):");
+  const restarted = await runRestarted();
+  restarted.forEach((r, i) => {
+    console.log(
+      `turn ${i + 1}: cached ${r.cachedTokens} (RAM ${r.ramTokens}, SSD ${r.diskTokens}), TTFT ${r.ttftMs.toFixed(1)} ms (no restart ${cached[i].ttftMs.toFixed(1)} ms)`,
+    );
+  });
+  const restartRatio = restarted[1].ttftMs / cached[1].ttftMs;
+  console.log(
+    `target: turn-2 TTFT after a restart / without ${restartRatio.toFixed(2)} (<= 1.5 ${restartRatio <= 1.5 ? "met" : "NOT met"})`,
+  );
+
+  const sessions = 4;
+  // The RAM tier holds two sessions' final prompts (about 17.5k tokens each), not four.
+  const ramTokens = 2 * Math.max(...cached.map((c) => c.promptTokens)) + 512;
+  console.log(`${sessions} sessions interleaved, RAM tier ${ramTokens} tokens (two sessions), disk tier on:`);
+  const interleaved = await runInterleaved(sessions, ramTokens);
+  interleaved.forEach((turnsOf, s) => {
+    console.log(
+      `session ${s + 1}: ${turnsOf.map((t) => `${t.cachedTokens}/${t.promptTokens} (RAM ${t.ramTokens}, SSD ${t.diskTokens}) ${t.ttftMs.toFixed(0)} ms`).join(" | ")}`,
+    );
+  });
+  const afterFirst = interleaved.flatMap((t) => t.slice(1));
+  // A hit restores (nearly) everything the session sent before: at least 90% of the prompt.
+  const hits = afterFirst.filter((t) => t.cachedTokens >= 0.9 * t.promptTokens).length;
+  console.log(
+    `target: every turn after a session's first is a hit: ${hits}/${afterFirst.length} (${hits === afterFirst.length ? "met" : "NOT met"})`,
+  );
+
+  Object.assign(figures, {
+    restart_turn_ttft_ms: restarted.map((r) => round(r.ttftMs, 1)),
+    restart_cached_tokens: restarted.map((r) => r.cachedTokens),
+    restart_ssd_tokens: restarted.map((r) => r.diskTokens),
+    restart_turn2_ttft_ms: round(restarted[1].ttftMs, 1),
+    turn2_ttft_ms: round(cached[1].ttftMs, 1),
+    restart_turn2_ratio: round(restartRatio, 2),
+    sessions_ram_tokens: ramTokens,
+    sessions_hits: hits,
+    sessions_later_turns: afterFirst.length,
+    sessions_ram_hit_tokens: afterFirst.reduce((n, t) => n + (t.ramTokens ?? 0), 0),
+    sessions_ssd_hit_tokens: afterFirst.reduce((n, t) => n + (t.diskTokens ?? 0), 0),
+    sessions_ttft_ms_median: round(median(afterFirst.map((t) => t.ttftMs)), 1),
+  });
   console.log(JSON.stringify(figures));
 }
 

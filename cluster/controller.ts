@@ -60,6 +60,8 @@ export interface ControllerOptions {
   maxSequences?: number;
   /** Requests that may wait for a slot; more are refused with 429 (the scheduler's default when absent). */
   maxQueue?: number;
+  /** The prefix cache's RAM tier, bytes per node (absent: what the sequences in flight leave; 0: no cache). */
+  prefixCacheRamBytes?: number;
   membership: MemberSource;
   /** Loads a plan's shards and wires them (default Pipeline.start: the nodes over gRPC). */
   startPipeline?: (options: PipelineOptions) => Promise<PipelinePort>;
@@ -81,13 +83,6 @@ interface Serving {
   plan: Plan;
   pipeline: PipelinePort;
 }
-
-/**
- * KV kept per node for finished sequences (prefix reuse: OpenClaw resends its long system prompt every turn).
- * MiniMax M2.1 costs ~127 KB of KV per token on a node holding half the layers (bf16), so 4 GiB keeps ~33k
- * tokens: a couple of whole conversations.
- */
-const prefixCacheBytesPerNode = 4 * 1024 ** 3;
 
 export class ClusterController {
   private readonly opts: ControllerOptions;
@@ -120,7 +115,10 @@ export class ClusterController {
       contextWindow: opts.contextTokens,
       maxSequences: opts.maxSequences,
       maxQueue: opts.maxQueue,
-      prefixCacheBytesPerNode,
+      // Prefix reuse (OpenClaw resends its long system prompt every turn): by default the RAM tier takes the KV
+      // memory the sequences in flight leave, and yields it to them first.
+      prefixCacheBytesPerNode: opts.prefixCacheRamBytes ?? "auto",
+      log: (line) => this.log(line),
     });
     opts.membership.on("change", () => this.schedule(opts.settleMs ?? 500));
     this.schedule(0);
@@ -147,7 +145,9 @@ export class ClusterController {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
-    this.stopServing("this node is shutting down");
+    this.serving = undefined;
+    // The prefix cache's last stashes reach the nodes (and their disks) before the pipeline closes.
+    await this.scheduler.detach("this node is shutting down");
   }
 
   // ---------------------------------------------------------------- the loop
@@ -267,7 +267,7 @@ export class ClusterController {
     } catch (err) {
       this.fetchProgress.clear();
       const message = `loading plan ${plan.planId} failed: ${errorMessage(err)}`;
-      this.scheduler.detach(message);
+      void this.scheduler.detach(message);
       this.setState("not_ready", message);
       this.schedule(this.opts.retryMs ?? 3000);
       return;
@@ -281,7 +281,11 @@ export class ClusterController {
     }
     pipeline.once("nodeLost", (lost) => this.nodeLost(pipeline, lost));
     this.serving = { plan, pipeline };
-    this.scheduler.attach(pipeline, kvBytesForSequences(plan));
+    this.scheduler.attach(
+      pipeline,
+      kvBytesForSequences(plan),
+      plan.stages.map((s) => s.headroomBytes),
+    );
     this.setState("ready", `serving with ${plan.stages.length} stage(s): ${describePlan(plan)}`);
   }
 
@@ -315,7 +319,7 @@ export class ClusterController {
   /** Takes the pipeline down (in-flight sequences fail with the reason; new requests are refused with it). */
   private stopServing(reason: string): void {
     this.serving = undefined;
-    this.scheduler.detach(reason);
+    void this.scheduler.detach(reason);
   }
 
   private setState(state: ClusterState, message: string | undefined): void {
@@ -393,11 +397,12 @@ function samePlan(a: Plan, b: Plan): boolean {
 }
 
 /**
- * KV bytes each stage can give to sequences in flight: the memory the plan found free, less the stage's
- * weights, headroom and prefix cache, and never less than the plan's reserve of one full context.
+ * KV bytes each stage has: the memory the plan found free, less the stage's weights and headroom, and never less
+ * than the plan's reserve of one full context. Sequences in flight reserve theirs in it; the prefix cache's RAM
+ * tier takes the rest and gives it back as they need it.
  */
 export function kvBytesForSequences(plan: Plan): number[] {
   return plan.stages.map((s) =>
-    Math.max(s.kvReserveBytes, s.availableBytes - s.weightBytes - s.headroomBytes - prefixCacheBytesPerNode),
+    Math.max(s.kvReserveBytes, s.availableBytes - s.weightBytes - s.headroomBytes),
   );
 }

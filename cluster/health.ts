@@ -52,6 +52,25 @@ export interface NodeView {
   fetch?: { doneBytes: number; totalBytes: number; source: string };
   /** Age of its latest heartbeat (absent for a lost node). */
   lastSeenMs?: number;
+  /** Its prefix cache, from its heartbeat (absent for a lost node). */
+  prefixCache?: PrefixCacheView;
+}
+
+/** A node's prefix cache (docs/architecture.md "Prefix cache"). */
+export interface PrefixCacheView {
+  ramBytes: number;
+  diskBytes: number;
+  diskBudgetBytes: number;
+  /** Since its shard loaded: prompt positions assembled from RAM blocks, from disk blocks, and computed. */
+  ramHitTokens: number;
+  diskHitTokens: number;
+  computedTokens: number;
+}
+
+/** Shares of a node's prompt positions served from RAM and from disk (0 before any prompt). */
+export function prefixCacheHitRates(c: PrefixCacheView): { ram: number; disk: number } {
+  const all = c.ramHitTokens + c.diskHitTokens + c.computedTokens;
+  return all > 0 ? { ram: c.ramHitTokens / all, disk: c.diskHitTokens / all } : { ram: 0, disk: 0 };
 }
 
 export type PlanStageView = Pick<
@@ -192,6 +211,14 @@ function memberView(m: Member, inputs: HealthInputs, now: number): NodeView {
     loadProgress: loading ? (inputs.loadProgress.get(m.nodeId) ?? 0) : undefined,
     fetch: loading ? inputs.fetchProgress?.get(m.nodeId) : undefined,
     lastSeenMs,
+    prefixCache: status && {
+      ramBytes: status.cache_ram_bytes ?? 0,
+      diskBytes: status.cache_disk_bytes ?? 0,
+      diskBudgetBytes: status.cache_disk_budget_bytes ?? 0,
+      ramHitTokens: status.cache_ram_hit_tokens ?? 0,
+      diskHitTokens: status.cache_disk_hit_tokens ?? 0,
+      computedTokens: status.prompt_tokens_computed ?? 0,
+    },
   };
 }
 

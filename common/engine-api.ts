@@ -68,6 +68,19 @@ export interface ForwardOutput {
   logits?: Float32Array;
 }
 
+/** Positions [start, start + length) of a sequence, kept as prefix-cache block `id`. */
+export interface KvBlockSlice {
+  id: string;
+  start: number;
+  length: number;
+}
+
+/** The first `take` positions of prefix-cache block `id`. */
+export interface KvBlockTake {
+  id: string;
+  take: number;
+}
+
 export interface EngineStats {
   backend: BackendName;
   activationDtype: ActivationDtype;
@@ -84,7 +97,12 @@ export interface EngineStats {
   kvBytes: number;
   /** KV bytes one token costs on this shard. */
   kvBytesPerToken: number;
+  /** Bytes one position of one layer takes in exportBlock's layout (the cache dtype's share of kvBytesPerToken). */
+  kvBytesPerPositionPerLayer: number;
   sequences: number;
+  /** Bytes held by prefix-cache blocks, and how many there are. */
+  blockBytes: number;
+  blocks: number;
 }
 
 export interface Engine {
@@ -94,6 +112,23 @@ export interface Engine {
   release(seq: number): Promise<void>;
   /** Makes newSeq a sequence whose cache holds the first prefixLength positions of seq. */
   fork(seq: number, newSeq: number, prefixLength: number): Promise<void>;
+  /**
+   * Prefix-cache blocks: KV of position runs kept apart from any sequence under the caller's ids, so sequences
+   * that share a prompt prefix share its blocks. Copies positions of seq into new blocks (ids already held are
+   * left as they are).
+   */
+  stashBlocks(seq: number, blocks: KvBlockSlice[]): Promise<void>;
+  /** Makes newSeq a sequence holding, in order, the first `take` positions of each block. */
+  assemble(newSeq: number, blocks: KvBlockTake[]): Promise<void>;
+  /** Frees blocks; unknown ids are ignored. */
+  dropBlocks(ids: string[]): Promise<void>;
+  /**
+   * A block's KV, one array per layer of the shard, position-major: each position's keys then its values in the
+   * cache dtype (f32 on cpu, bf16 on mlx), kvBytesPerPositionPerLayer bytes per position.
+   */
+  exportBlock(id: string): Promise<Uint8Array[]>;
+  /** Makes block `id` of `length` positions from exportBlock's arrays (an id already held is left as it is). */
+  importBlock(id: string, length: number, layers: Uint8Array[]): Promise<void>;
   stats(): EngineStats;
   /** Finishes queued work, frees everything; later calls reject. */
   close(): Promise<void>;

@@ -7,6 +7,7 @@ import type * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../common/errors.js";
 import { type DataStream, NodeClient } from "../common/wire/client.js";
 import type { DataFrame, DataFrameOut, LoadProgress, NodeStatus } from "../common/wire/types.js";
+import { type BlockPort, PipelineBlocks } from "./pipeline-blocks.js";
 import type { Plan, PlanStage } from "./planner.js";
 
 /** The parts of a planner Plan that the pipeline needs (a Plan is one). */
@@ -75,8 +76,11 @@ export interface PipelinePort {
   onResult(handler: ResultHandler): () => void;
   send(frames: DataFrameOut[]): boolean;
   release(seqs: number[]): Promise<void>;
-  fork(seq: number, newSeq: number, prefixLength: number): Promise<void>;
   cancel(seqs: number[]): Promise<void>;
+  /** The prefix cache's block calls; absent where a stage does not offer them (then no prefix cache). */
+  readonly blocks?: BlockPort;
+  /** Latest Status of each stage, by stage index (memory figures: the prefix cache yields under pressure). */
+  statuses?(): Map<number, NodeStatus>;
   once(event: "nodeLost", listener: (lost: LostNode) => void): unknown;
   close(): void;
 }
@@ -91,6 +95,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
   private resultHandlers: ResultHandler[] = [];
   private lostNode: LostNode | undefined;
   private closed = false;
+  private blockCalls: PipelineBlocks | undefined;
   /** KV bytes one token costs on each stage, as its LoadShard reported (0: an older node that did not say). */
   readonly kvBytesPerToken: number[];
   private readonly log: (line: string) => void;
@@ -118,6 +123,16 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
       lost.catch(() => {});
       await Promise.race([pipeline.loadAll(), lost]);
       await Promise.race([pipeline.wire(), lost]);
+      // The stages' lists of cached blocks rebuild the prefix index before the first request.
+      pipeline.blockCalls = await Promise.race([
+        PipelineBlocks.open(
+          pipeline.clients,
+          opts.plan.planId,
+          opts.plan.stages.map((s) => s.name),
+          pipeline.log,
+        ),
+        lost,
+      ]);
       if (pipeline.lostNode) throw new Error(describeLoss(pipeline.lostNode));
       return pipeline;
     } catch (err) {
@@ -132,6 +147,10 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
 
   get stageCount(): number {
     return this.plan.stages.length;
+  }
+
+  get blocks(): BlockPort | undefined {
+    return this.closed || this.lostNode ? undefined : this.blockCalls;
   }
 
   /** Latest Status of each stage, by stage index. */
@@ -167,20 +186,6 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
   /** Frees finished sequences on every stage (best effort: a dead node frees nothing anyway). */
   release(seqs: number[]): Promise<void> {
     return this.everyStage((c) => c.release({ plan_id: this.plan.planId, seqs }), "release");
-  }
-
-  /**
-   * Makes newSeq share the first prefixLength positions of the idle sequence seq on every stage; resolves once
-   * every stage holds it (so newSeq's first item may follow), rejects naming the first stage that refused.
-   */
-  async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
-    if (this.closed || this.lostNode) throw new Error("the pipeline is closing");
-    const request = { plan_id: this.plan.planId, seq, new_seq: newSeq, prefix_length: prefixLength };
-    const outcomes = await Promise.allSettled(this.clients.map((c) => c.fork(request)));
-    const failed = outcomes.findIndex((o) => o.status === "rejected");
-    if (failed < 0) return;
-    const reason = (outcomes[failed] as PromiseRejectedResult).reason;
-    throw new Error(`fork on stage ${failed} (${this.plan.stages[failed].name}): ${grpcMessage(reason)}`);
   }
 
   /** Drops sequences on every stage: queued work and KV. */
@@ -269,6 +274,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
     if (this.closed) return;
     this.closed = true;
     for (const stop of this.unwatch) stop();
+    this.blockCalls?.close();
     this.results?.cancel();
     this.input?.cancel();
     for (const client of this.clients) client.close();

@@ -4,12 +4,12 @@
 // sequence on every stage; a lost node fails every sequence in flight at once, and new requests get
 // cluster_not_ready until attach() hands over a new pipeline.
 import { EventEmitter } from "node:events";
-import { ClusterError, type ClusterErrorCode, errorMessage, isClusterErrorCode } from "../common/errors.js";
+import { ClusterError, type ClusterErrorCode, isClusterErrorCode } from "../common/errors.js";
 import { encodeTokens, nowUs, toWireSampling } from "../common/wire/frames.js";
 import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
 import { Admission, kvTokenBudget } from "./admission.js";
 import { describeLoss, type LostNode, type PipelinePort } from "./pipeline.js";
-import { PrefixCache } from "./prefix-cache.js";
+import { type PrefixCacheFigures, PrefixReuse } from "./prefix-reuse.js";
 import type { GenerationEvent, GenerationRequest, TokenGenerator } from "./token-generator.js";
 
 export interface SchedulerOptions {
@@ -24,13 +24,22 @@ export interface SchedulerOptions {
   /** Requests that may wait for a free sequence slot; beyond it they get "overloaded" (429). Default 256. */
   maxQueue?: number;
   /**
-   * KV bytes per node kept for finished sequences, so a prompt sharing their prefix forks it instead of
-   * recomputing it (least recently used entries go first). 0 or absent: no prefix cache.
+   * The prefix cache's RAM tier (docs/architecture.md "Prefix cache"): finished sequences' KV is kept in blocks,
+   * so a prompt sharing their prefix assembles it instead of recomputing it. "auto": whatever KV memory the
+   * sequences in flight leave on the tightest stage; a number caps it at that many bytes per node. 0 or absent:
+   * no prefix cache. The disk tier is each node's (node-agent --cache-dir).
    */
-  prefixCacheBytesPerNode?: number;
+  prefixCacheBytesPerNode?: number | "auto";
+  /** Tokens per prefix-cache block. Default 256. */
+  prefixBlockTokens?: number;
+  /** Where the scheduler says what each request took from the cache. */
+  log?: (line: string) => void;
   /** A sequence waiting this long for its next token fails with "timeout" (plus 10 ms per prompt token for the first). Default 120 s. */
   stepTimeoutMs?: number;
 }
+
+/** How long a pipeline being taken down waits for the prefix cache's stashes under way. */
+const stashSettleMs = 5000;
 
 /** Figures of one finished request, for dashboards. */
 export interface RequestFigures {
@@ -42,6 +51,9 @@ export interface RequestFigures {
   /** Output tokens per second after the first one. */
   decodeTokensPerSecond?: number;
   errorCode?: ClusterErrorCode;
+  /** Prompt positions restored from the prefix cache: from RAM blocks, and from the nodes' disks. */
+  cachedRamTokens?: number;
+  cachedDiskTokens?: number;
 }
 
 export interface SchedulerEvents {
@@ -115,10 +127,12 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   private readonly chunkTokens: number;
   private readonly admission: Admission;
   private readonly stepTimeoutMs: number;
-  private readonly prefixCacheBytesPerNode: number;
+  private readonly prefixCacheBytesPerNode: number | "auto";
+  private readonly prefixBlockTokens: number | undefined;
+  private readonly log: (line: string) => void;
   private pipeline: PipelinePort | undefined;
-  /** The prefix cache of the attached pipeline (entries live on its stages and die with them). */
-  private cache: { pipeline: PipelinePort; entries: PrefixCache } | undefined;
+  /** The prefix cache of the attached pipeline (its RAM blocks live on its stages and die with them). */
+  private cache: { pipeline: PipelinePort; reuse: PrefixReuse } | undefined;
   private notReadyReason = "no pipeline is loaded yet";
   private readonly runs = new Map<number, Run>();
   private unsubscribe: () => void = () => {};
@@ -134,6 +148,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     this.admission = new Admission({ maxSequences: opts.maxSequences, maxQueue: opts.maxQueue });
     this.stepTimeoutMs = opts.stepTimeoutMs ?? 120_000;
     this.prefixCacheBytesPerNode = opts.prefixCacheBytesPerNode ?? 0;
+    this.prefixBlockTokens = opts.prefixBlockTokens;
+    this.log = opts.log ?? (() => {});
     // Ids start at a random point so a restarted coordinator does not reuse the previous one's ids.
     this.nextSeq = 1 + Math.floor(Math.random() * 0x7fff_0000);
   }
@@ -153,32 +169,77 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
 
   /**
    * Serves from this pipeline from now on (after a start or a re-plan). kvBytesPerStage: the bytes of KV each
-   * stage can hold for sequences in flight (memory left after weights, headroom and the prefix cache); a request
-   * waits until its prompt + maxTokens fits on every stage beside the sequences in flight. Absent: no KV bound.
+   * stage can hold (memory left after weights and headroom): sequences in flight reserve their prompt + maxTokens
+   * in it (a request waits until it fits), and the prefix cache's RAM tier takes what they leave. Absent: no KV
+   * bound. headroomBytesPerStage: memory each stage keeps free; a stage whose free memory falls below it makes the
+   * prefix cache give memory back.
    */
-  attach(pipeline: PipelinePort, kvBytesPerStage?: readonly number[]): void {
+  attach(
+    pipeline: PipelinePort,
+    kvBytesPerStage?: readonly number[],
+    headroomBytesPerStage?: readonly number[],
+  ): void {
     if (this.pipeline === pipeline) return;
-    if (this.pipeline) this.detach("replaced by a new pipeline");
+    if (this.pipeline) void this.detach("replaced by a new pipeline");
     this.pipeline = pipeline;
     this.admission.setBudget(kvTokenBudget(pipeline.kvBytesPerToken, kvBytesPerStage));
-    const budget = PrefixCache.tokenBudgetFor(this.prefixCacheBytesPerNode, pipeline.kvBytesPerToken);
-    this.cache = budget > 0 ? { pipeline, entries: new PrefixCache(budget) } : undefined;
+    this.cache = this.prefixCacheFor(pipeline, headroomBytesPerStage);
     this.unsubscribe = pipeline.onResult((frame) => this.route(frame));
     // A node may have gone between Pipeline.start and now: then this pipeline never serves.
     if (pipeline.lost) this.onNodeLost(pipeline, pipeline.lost);
     else pipeline.once("nodeLost", (lost) => this.onNodeLost(pipeline, lost));
   }
 
-  /** Stops serving: sequences in flight fail with cluster_not_ready, new ones are refused with `reason`. */
-  detach(reason: string): void {
+  /** The prefix cache on this pipeline's stages, if it is on and the stages offer the block calls. */
+  private prefixCacheFor(
+    pipeline: PipelinePort,
+    headroomBytes: readonly number[] | undefined,
+  ): { pipeline: PipelinePort; reuse: PrefixReuse } | undefined {
+    const blocks = pipeline.blocks;
+    const perToken = Math.max(0, ...pipeline.kvBytesPerToken);
+    if (!blocks || this.prefixCacheBytesPerNode === 0 || perToken === 0) return undefined;
+    const cap =
+      this.prefixCacheBytesPerNode === "auto"
+        ? Number.POSITIVE_INFINITY
+        : Math.floor(this.prefixCacheBytesPerNode / perToken);
+    const statuses = pipeline.statuses?.bind(pipeline);
+    const reuse = new PrefixReuse({
+      blocks,
+      stageCount: pipeline.stageCount,
+      kvBytesPerToken: pipeline.kvBytesPerToken,
+      blockTokens: this.prefixBlockTokens,
+      ramBudget: () => {
+        // The RAM tier takes what the sequences in flight leave: it yields before any request waits.
+        const { held, budget } = this.admission.kvTokens;
+        return Math.min(cap, Math.max(0, budget - held));
+      },
+      memory: statuses && headroomBytes ? { statuses, headroomBytes } : undefined,
+      cancel: (seqs) => void pipeline.cancel(seqs),
+      log: this.log,
+    });
+    return { pipeline, reuse };
+  }
+
+  /**
+   * Stops serving: sequences in flight fail with cluster_not_ready, new ones are refused with `reason`. The
+   * pipeline closes once the prefix cache's stashes under way have reached the stages (at most a few seconds),
+   * so the conversations that just finished are kept, on the nodes' disks too; the promise says when.
+   */
+  detach(reason: string): Promise<void> {
     const pipeline = this.pipeline;
+    const reuse = this.cache?.reuse;
     this.pipeline = undefined;
-    this.cache = undefined; // Its entries lived on the pipeline's stages.
+    reuse?.close();
+    this.cache = undefined; // Its RAM blocks lived on the pipeline's stages.
     this.notReadyReason = reason;
     this.unsubscribe();
-    if (!pipeline) return;
+    if (!pipeline) return Promise.resolve();
     this.failAll(pipeline, new ClusterError("cluster_not_ready", `the pipeline was taken down: ${reason}`));
-    pipeline.close();
+    if (!reuse) {
+      pipeline.close();
+      return Promise.resolve();
+    }
+    return reuse.settle(stashSettleMs).then(() => pipeline.close());
   }
 
   private onNodeLost(pipeline: PipelinePort, lost: LostNode): void {
@@ -192,14 +253,19 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     this.emit("nodeLost", lost);
   }
 
-  /** The prefix cache whose entries live on this pipeline's stages, if any. */
-  private cacheOf(pipeline: PipelinePort): PrefixCache | undefined {
-    return this.cache?.pipeline === pipeline && !pipeline.lost ? this.cache.entries : undefined;
+  /** The prefix cache whose blocks live on this pipeline's stages, if any. */
+  private cacheOf(pipeline: PipelinePort): PrefixReuse | undefined {
+    return this.cache?.pipeline === pipeline && !pipeline.lost ? this.cache.reuse : undefined;
   }
 
-  /** Tokens whose KV the prefix cache holds on every stage. */
+  /** Tokens whose KV the prefix cache's RAM tier holds on every stage. */
   get cachedPrefixTokens(): number {
-    return this.cache?.entries.heldTokens ?? 0;
+    return this.cache?.reuse.index.ramTokens ?? 0;
+  }
+
+  /** The prefix cache's figures (undefined without one). */
+  prefixCacheFigures(): PrefixCacheFigures | undefined {
+    return this.cache?.reuse.figures();
   }
 
   private failAll(pipeline: PipelinePort, error: ClusterError): void {
@@ -232,7 +298,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   private allocateSeq(): number {
     do {
       this.nextSeq = this.nextSeq >= 0xffff_fffe ? 1 : this.nextSeq + 1;
-    } while (this.runs.has(this.nextSeq) || this.cache?.entries.has(this.nextSeq));
+    } while (this.runs.has(this.nextSeq));
     return this.nextSeq;
   }
 
@@ -272,22 +338,30 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
       this.admission.release(kvTokens);
       throw new ClusterError("cluster_not_ready", `the cluster is not ready: ${this.notReadyReason}`);
     }
-    const seq = this.allocateSeq();
-    const run = new Run(seq, this.pipeline, this.leastBusyWave(this.pipeline), kvTokens);
+    const started = performance.now();
+    const { pipeline } = this;
+    const restored = await this.restorePrefix(pipeline, request, kvTokens);
+    const seq = restored.seq;
+    const run = new Run(seq, pipeline, this.leastBusyWave(pipeline), kvTokens);
     this.runs.set(seq, run);
     const onAbort = (): void => run.fail(new ClusterError("cancelled", "the request was cancelled"));
     request.signal?.addEventListener("abort", onAbort, { once: true });
-    const started = performance.now();
     const figures: RequestFigures = {
       seq,
       status: "failed",
       promptTokens: request.prompt.length,
       outputTokens: 0,
+      cachedRamTokens: restored.ramPositions,
+      cachedDiskTokens: restored.diskPositions,
     };
     let firstTokenAt = 0;
     const output: number[] = [];
     try {
-      const cachedTokens = await this.reusePrefix(run, request.prompt);
+      const cachedTokens = restored.positions;
+      if (this.cacheOf(pipeline))
+        this.log(
+          `seq ${seq}: prompt ${request.prompt.length} tokens, cached_tokens ${cachedTokens} (RAM ${restored.ramPositions}, SSD ${restored.diskPositions})`,
+        );
       const step = this.sendPrompt(run, request, cachedTokens);
       yield { type: "admitted", promptTokens: request.prompt.length, cachedTokens };
       const stops = new Set(request.stopTokenIds);
@@ -324,30 +398,28 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
   }
 
   /**
-   * Forks the longest cached prefix of the prompt into the run's sequence on every stage; returns the
-   * positions reused (0 without a hit). A fork that fails drops its entry and fails the request.
+   * The request's sequence: a new id, holding on every stage the longest prefix of the prompt the prefix cache
+   * could restore (none without a cache or a hit). Gives the admission back when the request cannot go on.
    */
-  private async reusePrefix(run: Run, prompt: number[]): Promise<number> {
-    const cache = this.cacheOf(run.pipeline);
-    const hit = cache?.match(prompt);
-    if (!cache || !hit) return 0;
-    cache.pin(hit.entry);
-    try {
-      await run.pipeline.fork(hit.entry.seq, run.seq, hit.length);
-    } catch (err) {
-      // A lost node or an abort already says what happened; otherwise the entry is suspect.
-      if (run.failure) throw run.failure;
-      if (cache.drop(hit.entry.seq)) void run.pipeline.release([hit.entry.seq]);
-      throw new ClusterError("internal", `reusing a cached prompt prefix failed: ${errorMessage(err)}`);
-    } finally {
-      this.releaseEntries(run.pipeline, cache.unpin(hit.entry));
-    }
-    if (run.failure) throw run.failure;
-    return hit.length;
-  }
-
-  private releaseEntries(pipeline: PipelinePort, seqs: number[]): void {
-    if (seqs.length > 0) void pipeline.release(seqs);
+  private async restorePrefix(
+    pipeline: PipelinePort,
+    request: GenerationRequest,
+    kvTokens: number,
+  ): Promise<{ seq: number; positions: number; ramPositions: number; diskPositions: number }> {
+    const cache = this.cacheOf(pipeline);
+    if (!cache) return { seq: this.allocateSeq(), positions: 0, ramPositions: 0, diskPositions: 0 };
+    // The admission just reserved KV: the cache's RAM tier makes room first.
+    cache.fit();
+    const restored = await cache.restore(request.prompt, () => this.allocateSeq());
+    const problem = request.signal?.aborted
+      ? new ClusterError("cancelled", "the request was cancelled before it started")
+      : this.pipeline !== pipeline || pipeline.lost
+        ? new ClusterError("cluster_not_ready", `the cluster is not ready: ${this.notReadyReason}`)
+        : undefined;
+    if (!problem) return restored;
+    if (restored.positions > 0) void pipeline.cancel([restored.seq]);
+    this.admission.release(kvTokens);
+    throw problem;
   }
 
   /** Sends the prompt in chunks; returns the step number of the first decode step. */
@@ -417,7 +489,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
       if (!done) run.fail(new ClusterError("cancelled", "the caller stopped reading"));
       const cache = this.cacheOf(run.pipeline);
       if (!done) void run.pipeline.cancel([run.seq]);
-      else if (cache) this.releaseEntries(run.pipeline, cache.add(run.seq, kvTokens));
+      else if (cache) cache.keep(run.seq, kvTokens, (seqs) => void run.pipeline.release(seqs));
       else void run.pipeline.release([run.seq]);
     }
     if (firstTokenAt > 0) {

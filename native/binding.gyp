@@ -15,6 +15,8 @@
         "src/model/minimax_m2.cpp",
         "src/model/sampler.cpp",
         "src/model/kv_store.cpp",
+        "src/model/block_pool.cpp",
+        "src/model/shard_blocks.cpp",
         "src/backend/cpu/thread_pool.cpp",
         "src/backend/cpu/kernels.cpp",
         "src/backend/cpu/kernels_int16.cpp",
@@ -24,6 +26,7 @@
         "src/backend/cpu/bandwidth.cpp",
         "src/addon/engine_thread.cpp",
         "src/addon/js_convert.cpp",
+        "src/addon/block_convert.cpp",
         "src/addon/engine_object.cpp",
         "src/addon/addon.cpp"
       ],

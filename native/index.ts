@@ -9,6 +9,8 @@ import type {
   EngineStats,
   ForwardItem,
   ForwardOutput,
+  KvBlockSlice,
+  KvBlockTake,
   OpenOptions,
 } from "../common/engine-api.js";
 import { type ModelConfig, readModelConfig } from "../common/model-config.js";
@@ -29,6 +31,11 @@ interface NativeEngineHandle {
   forward(batch: ForwardItem[]): Promise<ForwardOutput[]>;
   release(seq: number): Promise<void>;
   fork(seq: number, newSeq: number, prefixLength: number): Promise<void>;
+  stashBlocks(seq: number, blocks: KvBlockSlice[]): Promise<void>;
+  assemble(newSeq: number, blocks: KvBlockTake[]): Promise<void>;
+  dropBlocks(ids: string[]): Promise<void>;
+  exportBlock(id: string): Promise<Uint8Array[]>;
+  importBlock(id: string, length: number, layers: Uint8Array[]): Promise<void>;
   stats(): NativeEngineStats;
   close(): Promise<void>;
 }
@@ -145,6 +152,35 @@ class NativeEngine implements StudioEngine {
     if (!Number.isInteger(prefixLength) || prefixLength < 0)
       throw new Error(`fork: prefixLength must be a non-negative integer (got ${prefixLength})`);
     return this.handle.fork(seq, newSeq, prefixLength);
+  }
+
+  async stashBlocks(seq: number, blocks: KvBlockSlice[]): Promise<void> {
+    this.checkOpen();
+    checkSeq("stashBlocks", "seq", seq);
+    return this.handle.stashBlocks(seq, blocks);
+  }
+
+  async assemble(newSeq: number, blocks: KvBlockTake[]): Promise<void> {
+    this.checkOpen();
+    checkSeq("assemble", "newSeq", newSeq);
+    return this.handle.assemble(newSeq, blocks);
+  }
+
+  async dropBlocks(ids: string[]): Promise<void> {
+    this.checkOpen();
+    return this.handle.dropBlocks(ids);
+  }
+
+  async exportBlock(id: string): Promise<Uint8Array[]> {
+    this.checkOpen();
+    return this.handle.exportBlock(id);
+  }
+
+  async importBlock(id: string, length: number, layers: Uint8Array[]): Promise<void> {
+    this.checkOpen();
+    if (!Number.isInteger(length) || length < 1)
+      throw new Error(`importBlock: length must be a positive integer (got ${length})`);
+    return this.handle.importBlock(id, length, layers);
   }
 
   stats(): NativeEngineStats {

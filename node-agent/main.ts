@@ -10,7 +10,7 @@ import { startNodeAgent } from "./server.js";
 function usage(problem: string): never {
   console.error(`node-agent: ${problem}`);
   console.error(
-    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--stdin-lifeline] [--tls-cert PEM --tls-key PEM --tls-ca PEM]",
+    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--cache-dir DIR [--cache-disk-bytes N]] [--stdin-lifeline] [--tls-cert PEM --tls-key PEM --tls-ca PEM]",
   );
   process.exit(2);
 }
@@ -33,6 +33,8 @@ const { values } = parseArgs({
     "cluster-id": { type: "string" },
     backend: { type: "string" },
     threads: { type: "string" },
+    "cache-dir": { type: "string" },
+    "cache-disk-bytes": { type: "string" },
     "stdin-lifeline": { type: "boolean" },
     "tls-cert": { type: "string" },
     "tls-key": { type: "string" },
@@ -48,6 +50,10 @@ const backend = (values.backend ?? "auto") as BackendChoice;
 if (!["auto", "cpu", "mlx"].includes(backend)) usage(`--backend must be auto, cpu or mlx (got "${backend}")`);
 const port = intOption(values.port, "port", 0);
 const threads = intOption(values.threads, "threads", 0);
+const cacheDiskBytes =
+  values["cache-disk-bytes"] === undefined
+    ? undefined
+    : intOption(values["cache-disk-bytes"], "cache-disk-bytes", 0);
 const nodeId = values["node-id"] ?? `node-${process.pid}`;
 try {
   const tlsFiles = wireTlsFilesOf({
@@ -70,6 +76,8 @@ const agent = await startNodeAgent({
   clusterId: values["cluster-id"] ?? "",
   backend,
   threads: threads || undefined,
+  cacheDir: values["cache-dir"],
+  cacheDiskBytes,
 });
 console.log(JSON.stringify({ event: "listening", port: agent.port, nodeId, pid: process.pid }));
 

@@ -42,6 +42,7 @@ export class StatusReporter {
     const stats = shard?.engine.stats();
     const hops = shard?.stage.hopPercentiles(this.hopsSinceMs) ?? { p50: 0, p99: 0, count: 0 };
     const batches = delta("batches");
+    const cache = shard?.blocks.figures();
     return {
       node_id: this.nodeId,
       time_us: nowUs(),
@@ -65,6 +66,12 @@ export class StatusReporter {
       mean_batch_items: batches > 0 ? delta("items") / batches : 0,
       backend: shard?.backend ?? "",
       inbound_hop_count: hops.count,
+      cache_ram_bytes: cache?.ramBytes ?? 0,
+      cache_disk_bytes: cache?.diskBytes ?? 0,
+      cache_disk_budget_bytes: cache?.diskBudgetBytes ?? 0,
+      cache_ram_hit_tokens: cache?.ramHitTokens ?? 0,
+      cache_disk_hit_tokens: cache?.diskHitTokens ?? 0,
+      prompt_tokens_computed: now?.promptTokens ?? 0,
     };
   }
 }

@@ -9,9 +9,12 @@ import { packageVersion } from "../common/paths.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
 import { serverCredentials } from "../common/wire/tls.js";
 import type {
+  AssembleBlocksRequest,
+  BlockEvents,
   CancelReply,
   DataFrame,
   DataFrameOut,
+  DropBlocksRequest,
   FetchTensorsRequest,
   ForkRequest,
   HelloReply,
@@ -22,11 +25,14 @@ import type {
   ReleaseReply,
   ResultsRequest,
   SeqsRequest,
+  StashBlocksRequest,
   StatusRequest,
   TensorChunk,
+  WatchBlocksRequest,
 } from "../common/wire/types.js";
 import { availableBackends, measureMemoryBandwidth, mlxInfo } from "../native/index.js";
 import type { HubEnv } from "../weights/hub-env.js";
+import { assembleBlocks, dropBlocks, stashBlocks, watchBlocks } from "./block-calls.js";
 import { CapabilityReader } from "./capabilities.js";
 import { grpcStatus, KeyedSurface, peerHost, refusalFrame } from "./grpc-surface.js";
 import { StatusReporter } from "./node-status.js";
@@ -54,6 +60,10 @@ export interface NodeAgentOptions {
   backends?: string[];
   /** Measured memory bandwidth, bytes/s (0 or absent: the chip table). */
   memoryBandwidthBps?: number;
+  /** The prefix cache's disk tier: this node's own cache folder (absent: RAM only). */
+  cacheDir?: string;
+  /** Disk bytes the cached blocks may take (absent: half of the free space). */
+  cacheDiskBytes?: number;
   log?: (line: string) => void;
   /** Hub settings for layers no peer holds (a partial checkpoint of a hub model); absent: peers only. */
   hubEnv?: HubEnv;
@@ -112,6 +122,8 @@ class NodeAgentServer {
         log: this.log,
       }),
       onWeightsChanged: () => this.capabilities.refresh(),
+      cacheDir: opts.cacheDir,
+      cacheDiskBytes: opts.cacheDiskBytes,
       log: this.log,
     });
     this.tensorSource = new TensorSource({
@@ -159,6 +171,14 @@ class NodeAgentServer {
       Data: surface.stream("Data", (call: Duplex) => this.data(call)),
       FetchTensors: surface.stream("FetchTensors", (call: ServerStream<FetchTensorsRequest, TensorChunk>) =>
         this.tensorSource.serve(call),
+      ),
+      StashBlocks: surface.unary("StashBlocks", (req: StashBlocksRequest) => stashBlocks(this.shards, req)),
+      AssembleBlocks: surface.unary("AssembleBlocks", (req: AssembleBlocksRequest) =>
+        assembleBlocks(this.shards, req),
+      ),
+      DropBlocks: surface.unary("DropBlocks", (req: DropBlocksRequest) => dropBlocks(this.shards, req)),
+      WatchBlocks: surface.stream("WatchBlocks", (call: ServerStream<WatchBlocksRequest, BlockEvents>) =>
+        watchBlocks(this.shards, call, this.openCalls),
       ),
     });
     const host = this.opts.grpcHost ?? "127.0.0.1";

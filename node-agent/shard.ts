@@ -1,12 +1,17 @@
 // The node's one engine shard and its lifecycle: LoadShard opens the shard a plan asks for (from the node's own
 // model directory; one load at a time, each replacing the last), wires the stage to its downstream neighbour or,
-// on the last stage, to the coordinators subscribed to Results; Release, Cancel and Fork act on it.
+// on the last stage, to the coordinators subscribed to Results; Release, Cancel and Fork act on it. Each shard has
+// its prefix-cache host (block-host.ts); the disk tier (block-store.ts) lives as long as the node.
 import type * as grpc from "@grpc/grpc-js";
 import type { BackendChoice, Engine } from "../common/engine-api.js";
+import { errorMessage } from "../common/errors.js";
 import { dtypeOfActivation } from "../common/wire/frames.js";
 import type { DataFrameOut, LoadProgress, LoadShardRequest, ResultsRequest } from "../common/wire/types.js";
 import { openEngine } from "../native/index.js";
+import { BlockHost } from "./block-host.js";
+import { BlockStore } from "./block-store.js";
 import { DownstreamLink } from "./downstream.js";
+import { checkpointBytesHash } from "./checkpoint-bytes-hash.js";
 import { type FrameSink, Stage } from "./stage.js";
 import type { WeightFetcher } from "./weight-fetch.js";
 
@@ -20,8 +25,15 @@ export interface ShardHostOptions {
   fetcher?: WeightFetcher;
   /** The checkpoint holds more tensors than before (capabilities read it again). */
   onWeightsChanged?: () => void;
+  /** The prefix cache's disk tier: the node's own cache folder (absent: RAM only). */
+  cacheDir?: string;
+  /** Disk bytes its blocks may take (absent: half of the free space). */
+  cacheDiskBytes?: number;
   log: (line: string) => void;
 }
+
+/** Time a closing shard gives its queued block writes (the rest is recomputed when needed). */
+const blockFlushMs = 10_000;
 
 export interface LoadedShard {
   request: LoadShardRequest;
@@ -30,6 +42,7 @@ export interface LoadedShard {
   downstream?: DownstreamLink;
   weightBytes: number;
   backend: string;
+  blocks: BlockHost;
 }
 
 type ResultsCall = grpc.ServerWritableStream<ResultsRequest, DataFrameOut>;
@@ -42,6 +55,8 @@ export class ShardHost {
   private loading: Promise<unknown> = Promise.resolve();
   /** Results subscribers of the current plan (normally one: the coordinator). */
   private readonly results = new Set<ResultsCall>();
+  private store: BlockStore | undefined;
+  private fingerprint: Promise<string> | undefined;
 
   constructor(private readonly opts: ShardHostOptions) {}
 
@@ -120,6 +135,14 @@ export class ShardHost {
       this.opts.log,
     );
     downstream?.open();
+    const store = await this.blockStore(req, stats.backend, stats.kvBytesPerPositionPerLayer);
+    const blocks = new BlockHost({
+      engine,
+      stage,
+      layerStart: req.layer_start,
+      store,
+      log: this.opts.log,
+    });
     this.current = {
       request: req,
       engine,
@@ -127,6 +150,7 @@ export class ShardHost {
       downstream,
       weightBytes: stats.weightBytes,
       backend: stats.backend,
+      blocks,
     };
     this.opts.log(
       `plan ${req.plan_id}: layers ${req.layer_start}..${req.layer_end}${req.embed ? " +embed" : ""}${req.head ? " +head" : ""} on ${stats.backend}, ${stats.weightBytes} weight bytes${downstream ? `, downstream ${downstream.address}` : ""}`,
@@ -144,6 +168,37 @@ export class ShardHost {
       fetch_total: fetched?.missingBytes ?? 0,
       fetch_source: fetched?.sources.join(",") ?? "",
     });
+  }
+
+  /**
+   * The disk tier for this shard's KV format (opened on first use; a new format replaces the old folder), set to
+   * the shard's layers. A node without a cache folder, or whose folder cannot be used, runs RAM only.
+   */
+  private async blockStore(
+    req: LoadShardRequest,
+    backend: string,
+    bytesPerPosition: number,
+  ): Promise<BlockStore | undefined> {
+    const dir = this.opts.cacheDir;
+    if (!dir) return undefined;
+    try {
+      this.fingerprint ??= checkpointBytesHash(this.opts.modelDir);
+      const format = `${await this.fingerprint}-${backend}-${bytesPerPosition}`;
+      if (this.store?.folder.endsWith(format) !== true)
+        this.store = await BlockStore.open({
+          dir,
+          format,
+          bytesPerPosition,
+          budgetBytes: this.opts.cacheDiskBytes,
+          log: this.opts.log,
+        });
+      await this.store.setLayers(req.layer_start, req.layer_end);
+      return this.store;
+    } catch (err) {
+      this.opts.log(`prefix cache: the disk tier in ${dir} cannot be used (${errorMessage(err)}); RAM only`);
+      this.store = undefined;
+      return undefined;
+    }
   }
 
   /** Registers a coordinator's Results stream (the caller checked planProblem and that this is the last stage). */
@@ -180,6 +235,8 @@ export class ShardHost {
     const shard = this.current;
     if (!shard) return;
     this.current = undefined;
+    // Blocks still queued for the disk are written while the engine that holds them is open.
+    await shard.blocks.close(blockFlushMs);
     shard.stage.close();
     shard.downstream?.close();
     for (const call of this.results) call.end();

@@ -5,7 +5,14 @@
 // pipeline's throughput comes from. A bad frame or an engine failure fails only the sequences concerned, with an
 // ERROR frame.
 
-import type { Engine, ForwardItem, ForwardOutput, SamplingParams } from "../common/engine-api.js";
+import type {
+  Engine,
+  ForwardItem,
+  ForwardOutput,
+  KvBlockSlice,
+  KvBlockTake,
+  SamplingParams,
+} from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import {
   type AssembledItem,
@@ -46,6 +53,8 @@ export interface StageCounters {
   busyMs: number;
   queueDepth: number;
   sequences: number;
+  /** Prompt positions computed by a prefill (the prefix cache's misses): items up to a sequence's first result. */
+  promptTokens: number;
 }
 
 interface QueuedItem {
@@ -65,8 +74,10 @@ interface SequenceState {
   sampling: SamplingParams;
   /** KV length once every queued item of the sequence has run. */
   nextPosition: number;
-  /** Made by fork() and waiting for its first item (step 0, at the forked prefix length). */
+  /** Made by fork() or assemble() and waiting for its first item (step 0, at the prefix length). */
   forked?: boolean;
+  /** Its prompt is done: an item that wanted a result (the prompt's last chunk) has run. */
+  prefilled?: boolean;
 }
 
 /**
@@ -91,7 +102,7 @@ export class Stage {
   private wakeUp: NodeJS.Immediate | undefined;
   private gatherTimer: NodeJS.Timeout | undefined;
   private closed = false;
-  private readonly counters = { tokens: 0, batches: 0, items: 0, busyMs: 0 };
+  private readonly counters = { tokens: 0, batches: 0, items: 0, busyMs: 0, promptTokens: 0 };
 
   constructor(
     engine: Engine,
@@ -287,9 +298,17 @@ export class Stage {
     this.counters.items += batch.length;
     for (let i = 0; i < batch.length; i++) {
       this.counters.tokens += batch[i].count;
+      this.countPrompt(batch[i]);
       // A sequence cancelled while its item was computing produces nothing.
       if (this.sequences.has(batch[i].seq)) this.emit(batch[i], outputs[i]);
     }
+  }
+
+  private countPrompt(item: QueuedItem): void {
+    const state = this.sequences.get(item.seq);
+    if (!state || state.prefilled) return;
+    this.counters.promptTokens += item.count;
+    if (item.wantResult) state.prefilled = true;
   }
 
   private forwardItem(item: QueuedItem): ForwardItem {
@@ -434,6 +453,36 @@ export class Stage {
     this.sequences.set(newSeq, { sampling: {}, nextPosition: prefixLength, forked: true });
     try {
       await this.engine.fork(seq, newSeq, prefixLength);
+    } catch (err) {
+      this.sequences.delete(newSeq);
+      throw err;
+    }
+  }
+
+  /**
+   * A finished sequence's positions become prefix-cache blocks (engine stashBlocks), then the sequence is freed.
+   * Like fork's source, it must be idle, so its KV is complete.
+   */
+  async stash(seq: number, blocks: KvBlockSlice[]): Promise<void> {
+    const where = `stage ${this.config.stageIndex}`;
+    if (!this.sequences.has(seq)) throw new Error(`stash: ${where} holds no sequence ${seq}`);
+    if (this.queue.hasSeq(seq)) throw new Error(`stash: sequence ${seq} still has work queued on ${where}`);
+    try {
+      if (blocks.length > 0) await this.engine.stashBlocks(seq, blocks);
+    } finally {
+      await this.release([seq]);
+    }
+  }
+
+  /** Assemble (a prefix-cache hit): newSeq starts with the blocks' positions, as a forked sequence would. */
+  async assemble(newSeq: number, blocks: KvBlockTake[]): Promise<void> {
+    const where = `stage ${this.config.stageIndex}`;
+    if (this.sequences.has(newSeq) || this.tombstones.has(newSeq))
+      throw new Error(`assemble: sequence ${newSeq} already exists on ${where}`);
+    const positions = blocks.reduce((sum, b) => sum + b.take, 0);
+    this.sequences.set(newSeq, { sampling: {}, nextPosition: positions, forked: true });
+    try {
+      await this.engine.assemble(newSeq, blocks);
     } catch (err) {
       this.sequences.delete(newSeq);
       throw err;

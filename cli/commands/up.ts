@@ -4,7 +4,7 @@
 // forwards to it.
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { networkInterfaces } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { type ApiServer, isLoopback, startApiServer } from "../../api/server.js";
 import { ClusterController } from "../../cluster/controller.js";
@@ -58,6 +58,10 @@ export interface UpOptions {
   drainTimeout: number;
   /** MB/s this node may send to peers fetching weights from it. */
   maxPushRate?: number;
+  /** Prefix cache: RAM tier GB per node (default: what sequences in flight leave), disk tier GB and folder. */
+  prefixCacheRam?: number;
+  prefixCacheDisk?: number;
+  prefixCacheDir?: string;
   /** PEM files for mutual TLS between nodes (all three or none). */
   tlsCert?: string;
   tlsKey?: string;
@@ -69,6 +73,15 @@ function intArg(name: string, min: number, max: number) {
     const n = Number(value);
     if (!Number.isInteger(n) || n < min || n > max)
       throw new InvalidArgumentError(`${name} must be an integer from ${min} to ${max} (got "${value}")`);
+    return n;
+  };
+}
+
+function nonNegativeNumber(name: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isFinite(n) || n < 0)
+      throw new InvalidArgumentError(`${name} must be a number >= 0 (got "${value}")`);
     return n;
   };
 }
@@ -264,6 +277,12 @@ export async function runUp(opts: UpOptions): Promise<void> {
       memoryBandwidthBps: opts.memoryBandwidth ? opts.memoryBandwidth * 1e9 : undefined,
       hubEnv: hub,
       maxPushBytesPerSecond: opts.maxPushRate ? opts.maxPushRate * 1e6 : undefined,
+      // The prefix cache's disk tier: this node's own folder (several nodes of one machine never share one).
+      cacheDir:
+        opts.prefixCacheDisk === 0
+          ? undefined
+          : resolve(opts.prefixCacheDir ?? join(clusterHome(), "kv-cache", identity.nodeId)),
+      cacheDiskBytes: opts.prefixCacheDisk === undefined ? undefined : Math.floor(opts.prefixCacheDisk * 1e9),
       onPeerHello: (peer) => {
         if (peer.clusterId === key.clusterId) onPeerHello?.(peer.address);
       },
@@ -320,6 +339,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
       threads: opts.threads,
       maxSequences: opts.maxSequences,
       maxQueue: opts.maxQueue,
+      prefixCacheRamBytes:
+        opts.prefixCacheRam === undefined ? undefined : Math.floor(opts.prefixCacheRam * 1e9),
       membership,
       onProgress: (stage, read, total) => progress.update(stage.name, read, total),
       onFetchProgress: (stage, done, total, source) =>
@@ -428,6 +449,20 @@ export function register(program: Command): void {
       "--max-push-rate <MB/s>",
       "cap on the bytes per second this node sends to peers fetching weights from it (default: none)",
       positiveNumber("--max-push-rate"),
+    )
+    .option(
+      "--prefix-cache-ram <GB>",
+      "prefix cache RAM per node, 0 = no prefix cache (default: the KV memory sequences in flight leave)",
+      nonNegativeNumber("--prefix-cache-ram"),
+    )
+    .option(
+      "--prefix-cache-disk <GB>",
+      "prefix cache on disk per node, 0 = none (default: half of the free disk space)",
+      nonNegativeNumber("--prefix-cache-disk"),
+    )
+    .option(
+      "--prefix-cache-dir <dir>",
+      "this node's prefix cache folder (default: ~/.studio-cluster/kv-cache/<node id>)",
     )
     .option(
       "--tls-cert <pem>",

@@ -5,9 +5,14 @@ import { clusterKeyInterceptor } from "./auth.js";
 import { channelOptions, studioNodeClientConstructor } from "./proto.js";
 import { channelCredentials } from "./tls.js";
 import type {
+  AssembleBlocksReply,
+  AssembleBlocksRequest,
+  BlockEvents,
   CancelReply,
   DataFrame,
   DataFrameOut,
+  DropBlocksReply,
+  DropBlocksRequest,
   ForkRequest,
   HelloReply,
   HelloRequest,
@@ -17,6 +22,8 @@ import type {
   ReleaseReply,
   ResultsRequest,
   SeqsRequest,
+  StashBlocksReply,
+  StashBlocksRequest,
   StatusRequest,
 } from "./types.js";
 
@@ -35,6 +42,13 @@ interface RawClient extends grpc.Client {
   Status(request: StatusRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<NodeStatus>;
   Data(options?: grpc.CallOptions): grpc.ClientDuplexStream<DataFrameOut, DataFrame>;
   Results(request: ResultsRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<DataFrame>;
+  StashBlocks: UnaryMethod;
+  AssembleBlocks: UnaryMethod;
+  DropBlocks: UnaryMethod;
+  WatchBlocks(
+    request: { plan_id: string },
+    options?: grpc.CallOptions,
+  ): grpc.ClientReadableStream<BlockEvents>;
 }
 
 export type DataStream = grpc.ClientDuplexStream<DataFrameOut, DataFrame>;
@@ -107,6 +121,24 @@ export class NodeClient {
 
   results(planId: string): grpc.ClientReadableStream<DataFrame> {
     return this.raw.Results({ plan_id: planId });
+  }
+
+  // Prefix-cache blocks. Copies and reads from disk take longer than a control call: a minute is the bound.
+
+  stashBlocks(request: StashBlocksRequest, deadlineMs = 60_000): Promise<StashBlocksReply> {
+    return this.unary(this.raw.StashBlocks, request, deadlineMs);
+  }
+
+  assembleBlocks(request: AssembleBlocksRequest, deadlineMs = 60_000): Promise<AssembleBlocksReply> {
+    return this.unary(this.raw.AssembleBlocks, request, deadlineMs);
+  }
+
+  dropBlocks(request: DropBlocksRequest, deadlineMs = 60_000): Promise<DropBlocksReply> {
+    return this.unary(this.raw.DropBlocks, request, deadlineMs);
+  }
+
+  watchBlocks(planId: string): grpc.ClientReadableStream<BlockEvents> {
+    return this.raw.WatchBlocks({ plan_id: planId });
   }
 
   close(): void {

@@ -155,6 +155,13 @@ export interface NodeStatus {
   backend: string;
   /** Frames the inbound hop figures are taken over. */
   inbound_hop_count: number;
+  /** Prefix cache: block bytes in RAM and on disk, the disk budget, and positions served / computed since start. */
+  cache_ram_bytes: number;
+  cache_disk_bytes: number;
+  cache_disk_budget_bytes: number;
+  cache_ram_hit_tokens: number;
+  cache_disk_hit_tokens: number;
+  prompt_tokens_computed: number;
 }
 
 export interface SeqsRequest {
@@ -247,4 +254,67 @@ export interface DataFrame {
 
 export interface ResultsRequest {
   plan_id: string;
+}
+
+// ---------------------------------------------------------------- prefix-cache blocks
+
+export interface KvBlock {
+  hash: string;
+  /** "" for a block at position 0. */
+  parent: string;
+  start: number;
+  tokens: number[];
+}
+
+export interface StashBlocksRequest {
+  plan_id: string;
+  seq: number;
+  blocks: KvBlock[];
+  drop: string[];
+}
+
+export interface StashBlocksReply {
+  stashed: number;
+}
+
+export interface BlockUse {
+  hash: string;
+  take: number;
+}
+
+export interface AssembleBlocksRequest {
+  plan_id: string;
+  new_seq: number;
+  blocks: BlockUse[];
+}
+
+export interface AssembleBlocksReply {
+  positions: number;
+  complete: boolean;
+  ram_positions: number;
+  disk_positions: number;
+  problem: string;
+}
+
+export interface DropBlocksRequest {
+  plan_id: string;
+  hashes: string[];
+}
+
+export interface DropBlocksReply {
+  dropped: number;
+}
+
+export interface WatchBlocksRequest {
+  plan_id: string;
+}
+
+export interface BlockState {
+  block: KvBlock | null;
+  disk: boolean;
+}
+
+export interface BlockEvents {
+  blocks: BlockState[];
+  snapshot_done: boolean;
 }

@@ -275,6 +275,20 @@ function nodeCard(n, snap, color) {
           : h("span", { class: "busy", style: `width:${pct(n.busyFraction)}` }),
       ),
     ),
+    n.prefixCache ? prefixCacheLine(n.prefixCache) : null,
+  );
+}
+
+/** The node's prefix cache: blocks in RAM and on disk, and the share of prompt positions each served. */
+function prefixCacheLine(c) {
+  const all = c.ramHitTokens + c.diskHitTokens + c.computedTokens;
+  const share = (t) => (all > 0 ? pct(t / all) : "–");
+  const disk = c.diskBudgetBytes > 0 ? `${fmtBytes(c.diskBytes)} / ${fmtBytes(c.diskBudgetBytes)}` : "off";
+  return h(
+    "div",
+    { class: "meter-legend", "data-testid": "node-cache" },
+    h("span", {}, `Prefix cache: RAM ${fmtBytes(c.ramBytes)} · SSD ${disk}`),
+    h("span", {}, `hits RAM ${share(c.ramHitTokens)} · SSD ${share(c.diskHitTokens)}`),
   );
 }
 

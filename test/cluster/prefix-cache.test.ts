@@ -1,64 +1,26 @@
-// Prefix KV reuse. The index alone (longest match, redundant entries, LRU eviction under the budget, pins), then
-// a two-stage cluster of node-agent processes on the tiny model: a prompt that shares a finished sequence's
-// prefix forks it on every stage and prefills only the rest, and its tokens equal an uncached single-engine run;
-// a tiny budget evicts and stays correct; 16 concurrent streams forking one entry each get what they get alone.
+// Prefix KV reuse on clusters of node-agent processes (the index alone: test/unit/prefix-index.test.ts, the disk
+// store alone: test/unit/block-store.test.ts). A prompt that shares a finished sequence's prefix assembles its
+// blocks on every stage and prefills only the rest, and its tokens equal an uncached single-engine run; a tiny
+// budget evicts and stays correct; 16 concurrent streams sharing one prefix each get what they get alone. With the
+// disk tier: a full cluster restart restores from disk, token for token; a damaged block is ignored and recomputed;
+// a re-plan invalidates only the layers that moved; two interleaved sessions sharing a prompt stay warm.
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Engine } from "../../common/engine-api.js";
+import { blockChain } from "../../coordinator/block-chain.js";
 import type { Pipeline } from "../../coordinator/pipeline.js";
-import { PrefixCache } from "../../coordinator/prefix-cache.js";
 import { Scheduler } from "../../coordinator/scheduler.js";
 import type { GenerationEvent } from "../../coordinator/token-generator.js";
 import { type ApiCluster, startApiCluster } from "../helpers/api-cluster.js";
-import { referenceRun, startTinyCluster, type TinyCluster } from "../helpers/pipeline-cluster.js";
-
-describe("PrefixCache index", () => {
-  it("finds the longest shared prefix, never the prompt's last token", () => {
-    const cache = new PrefixCache(1000);
-    expect(cache.add(1, [1, 2, 3, 4, 5])).toEqual([]);
-    expect(cache.add(2, [1, 2, 9, 9])).toEqual([]);
-    expect(cache.match([1, 2, 3, 4, 7])).toMatchObject({ entry: { seq: 1 }, length: 4 });
-    expect(cache.match([1, 2, 9, 9, 9])).toMatchObject({ entry: { seq: 2 }, length: 4 });
-    // The whole entry matches, but the last prompt token must run to give the first output token.
-    expect(cache.match([1, 2, 3])).toMatchObject({ length: 2 });
-    expect(cache.match([7, 1, 2])).toBeUndefined();
-  });
-
-  it("drops entries the new one extends, and the new one when an entry already covers it", () => {
-    const cache = new PrefixCache(1000);
-    cache.add(1, [1, 2, 3]);
-    expect(cache.add(2, [1, 2, 3, 4, 5])).toEqual([1]);
-    expect(cache.add(3, [1, 2, 3, 4])).toEqual([3]);
-    expect(cache.size).toBe(1);
-    expect(cache.heldTokens).toBe(5);
-  });
-
-  it("evicts least recently used entries past the budget, never pinned ones", () => {
-    const cache = new PrefixCache(10);
-    cache.add(1, [1, 1, 1, 1]);
-    cache.add(2, [2, 2, 2, 2]);
-    const hit = cache.match([1, 1, 1, 1, 5]);
-    if (!hit) throw new Error("expected a hit on entry 1");
-    cache.pin(hit.entry);
-    // Entry 2 is the least recently used unpinned one.
-    expect(cache.add(3, [3, 3, 3, 3])).toEqual([2]);
-    // Pinned entry 1 is the oldest, so entry 3 goes, then entry 4.
-    expect(cache.add(4, [4, 4, 4, 4])).toEqual([3]);
-    expect(cache.add(5, [5, 5, 5])).toEqual([4]);
-    expect(cache.heldTokens).toBe(7);
-    expect(cache.unpin(hit.entry)).toEqual([]);
-    // Now unpinned and the least recently used: it goes first.
-    expect(cache.add(7, [7, 7, 7, 7])).toEqual([1]);
-    // Larger than the whole budget: released at once.
-    expect(cache.add(6, new Array(11).fill(6))).toEqual([6]);
-  });
-
-  it("derives the token budget from the dearest node's KV bytes per token", () => {
-    expect(PrefixCache.tokenBudgetFor(1000, [10, 20])).toBe(50);
-    expect(PrefixCache.tokenBudgetFor(0, [10])).toBe(0);
-    expect(PrefixCache.tokenBudgetFor(1000, [0, 0])).toBe(0);
-    expect(() => new PrefixCache(0)).toThrow(/token budget/);
-  });
-});
+import { CacheCluster } from "../helpers/cache-cluster.js";
+import {
+  openWholeModel,
+  referenceRun,
+  startTinyCluster,
+  type TinyCluster,
+} from "../helpers/pipeline-cluster.js";
 
 let cluster: TinyCluster | undefined;
 let pipeline: Pipeline | undefined;
@@ -204,5 +166,135 @@ describe("usage through the HTTP API", () => {
     // At least the long system prompt came from the first request's KV; never the whole prompt.
     expect(second.prompt_tokens_details.cached_tokens).toBeGreaterThan(100);
     expect(second.prompt_tokens_details.cached_tokens).toBeLessThan(second.prompt_tokens);
+  });
+});
+
+describe("the disk tier across restarts and re-plans", () => {
+  let disk: CacheCluster | undefined;
+  let whole: Engine | undefined;
+  let root = "";
+  const first = promptOf(300, 41);
+  let turn2: number[] = [];
+  let turn2Kept: number[] = [];
+  let expected: number[] = [];
+
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), "prefix-disk-"));
+    disk = await CacheCluster.start({ name: "disk", stages: 2, cacheRoot: root });
+    whole = await openWholeModel(disk.modelDir);
+  });
+  afterAll(async () => {
+    await disk?.close();
+    await whole?.close();
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  /** Node i's files of one block. */
+  const filesOf = (i: number, hash: string) =>
+    readdirSync(join(disk!.blockFolder(i), hash.slice(0, 2))).filter((n) => n.startsWith(hash));
+
+  it("a full cluster restart restores the prefix from disk, and the run equals the uncached one token for token", async () => {
+    const c = disk!;
+    const one = await c.run(first, 6);
+    expect(one.cachedTokens).toBe(0);
+    // The KV holds the prompt and every output but the last.
+    const kept = first.length + one.tokens.length - 1;
+    // Restarted at once: the coordinator's last stash reaches the nodes, which write it before they exit.
+    await c.restart();
+    expect(c.scheduler.cachedPrefixTokens).toBe(0);
+    turn2 = [...first, ...one.tokens, ...promptOf(40, 42)];
+    expected = await referenceRun(whole!, 1, turn2, 6, {});
+    const two = await c.run(turn2, 6);
+    expect(two.cachedTokens).toBe(kept);
+    expect(two.diskTokens).toBe(kept);
+    expect(two.tokens).toEqual(expected);
+    turn2Kept = [...turn2, ...two.tokens.slice(0, -1)];
+  });
+
+  it("a damaged block on one node is ignored (never loaded) and recomputed: the hit stops before it", async () => {
+    const c = disk!;
+    await c.untilOnDisk(turn2Kept);
+    const victim = blockChain(turn2Kept, 64)[2];
+    // Stage 1 holds layers 3..5 of the tiny model: flip one byte of layer 4's KV.
+    const file = join(c.blockFolder(1), victim.hash.slice(0, 2), `${victim.hash}.4.kv`);
+    const bytes = readFileSync(file);
+    bytes[bytes.length - 100] ^= 0x01;
+    writeFileSync(file, bytes);
+    await c.restart();
+    const again = await c.run(turn2, 6);
+    expect(again.cachedTokens).toBe(2 * 64);
+    expect(again.tokens).toEqual(expected);
+    expect(
+      c.agents[1].log.some((l) => l.includes(`layer 4 of block ${victim.hash}: payload checksum mismatch`)),
+    ).toBe(true);
+    // The run stored its blocks again: the damaged one is written anew, whole.
+    await c.untilOnDisk(turn2Kept);
+    expect(readFileSync(file).equals(bytes)).toBe(false);
+  });
+
+  it("a re-plan invalidates only the layers that moved", async () => {
+    const c = disk!;
+    const chain = blockChain(turn2Kept, 64);
+    // Layer 2 moves from node 0 to node 1.
+    await c.replan([2]);
+    for (const b of chain) {
+      expect(filesOf(0, b.hash).sort()).toEqual([`${b.hash}.0.kv`, `${b.hash}.1.kv`, `${b.hash}.blk`]);
+      expect(filesOf(1, b.hash).sort()).toEqual([
+        `${b.hash}.3.kv`,
+        `${b.hash}.4.kv`,
+        `${b.hash}.5.kv`,
+        `${b.hash}.blk`,
+      ]);
+    }
+    const layer3 = join(c.blockFolder(1), chain[0].hash.slice(0, 2), `${chain[0].hash}.3.kv`);
+    const before = statSync(layer3);
+    // Node 1 lacks layer 2 of every block, so nothing is a hit; node 0's layers 0 and 1 stay on its disk.
+    const missed = await c.run(turn2, 6);
+    expect(missed.cachedTokens).toBe(0);
+    expect(missed.tokens).toEqual(expected);
+    // Node 1 writes only the layer it lacked; its other layers' files are the same files.
+    await c.untilOnDisk(turn2Kept);
+    for (const b of chain) expect(filesOf(1, b.hash)).toContain(`${b.hash}.2.kv`);
+    const after = statSync(layer3);
+    expect([after.ino, after.mtimeMs]).toEqual([before.ino, before.mtimeMs]);
+    // After a restart on the new plan, both nodes hold every layer of their ranges: a hit from disk.
+    await c.restart([2]);
+    const hit = await c.run(turn2, 6);
+    expect(hit.diskTokens).toBe(turn2.length - 1);
+    expect(hit.tokens).toEqual(expected);
+  });
+});
+
+describe("sessions sharing a prompt", () => {
+  let warm: CacheCluster | undefined;
+  beforeAll(async () => {
+    warm = await CacheCluster.start({ name: "warm", stages: 2, blockTokens: 64, ramTokens: 600 });
+  });
+  afterAll(async () => {
+    await warm?.close();
+  });
+
+  it("two interleaved sessions with a shared prefix keep both warm: the prefix is stored once", async () => {
+    const c = warm!;
+    // A RAM tier of 600 tokens: one copy of the 320-token shared prompt plus both sessions' own turns fit (about
+    // 520 tokens), two copies of it (about 840) would not.
+    const shared = promptOf(320, 50);
+    const sessions = [shared, shared].map((s) => [...s]);
+    const kept = [0, 0];
+    for (let turn = 0; turn < 3; turn++) {
+      for (const s of [0, 1]) {
+        sessions[s].push(...promptOf(30, 60 + 10 * s + turn));
+        const out = await c.run(sessions[s], 4);
+        if (turn === 0 && s === 0) expect(out.cachedTokens).toBe(0);
+        // The other session's first turn already finds the shared prompt.
+        else if (turn === 0) expect(out.cachedTokens).toBeGreaterThanOrEqual(shared.length);
+        // Every later turn finds the whole of its session's previous turn.
+        else expect(out.cachedTokens, `session ${s} turn ${turn}`).toBe(kept[s]);
+        expect(c.scheduler.cachedPrefixTokens).toBeLessThanOrEqual(600);
+        kept[s] = sessions[s].length + out.tokens.length - 1;
+        sessions[s].push(...out.tokens);
+      }
+    }
+    expect(kept[0] + kept[1]).toBeGreaterThan(600);
   });
 });

@@ -394,6 +394,46 @@ describe.skipIf(skipReason !== undefined)("mlx backend", () => {
     }
   });
 
+  it("cache blocks (bf16 arrays): assembled, or exported and imported, a sequence continues bit for bit", async () => {
+    const engine = await openFull(dirs.get("4-bit gs64")!, "mlx");
+    try {
+      const long = Array.from({ length: 300 }, (_, i) => (i * 29 + 5) % 1500);
+      await engine.forward([{ seq: 1, position: 0, tokens: Int32Array.from(long) }]);
+      // Across the cache's 256-position growth step, and a block shorter than one step.
+      await engine.stashBlocks(1, [
+        { id: "a", start: 0, length: 260 },
+        { id: "b", start: 260, length: 40 },
+      ]);
+      const [fresh] = await engine.forward([
+        { seq: 2, position: 0, tokens: Int32Array.from(long), returnLogits: true },
+      ]);
+      const continued = async (seq: number, ids: [string, string]) => {
+        await engine.assemble(seq, [
+          { id: ids[0], take: 260 },
+          { id: ids[1], take: 39 },
+        ]);
+        const [out] = await engine.forward([
+          { seq, position: 299, tokens: Int32Array.from(long.slice(299)), returnLogits: true },
+        ]);
+        return Array.from(lastLogits(out));
+      };
+      expect(await continued(3, ["a", "b"])).toEqual(Array.from(lastLogits(fresh)));
+      const exported = await Promise.all(["a", "b"].map((id) => engine.exportBlock(id)));
+      // bf16 keys and values: 2 bytes per element.
+      expect(exported[1][0].byteLength).toBe(40 * engine.stats().kvBytesPerPositionPerLayer);
+      expect(engine.stats().kvBytesPerPositionPerLayer).toBe(2 * 2 * 128);
+      await engine.importBlock("a2", 260, exported[0]);
+      await engine.importBlock("b2", 40, exported[1]);
+      const again = await engine.exportBlock("b2");
+      expect(again.every((l, i) => Buffer.from(l).equals(Buffer.from(exported[1][i])))).toBe(true);
+      expect(await continued(4, ["a2", "b2"])).toEqual(Array.from(lastLogits(fresh)));
+      await engine.dropBlocks(["a", "b", "a2", "b2"]);
+      expect([engine.stats().blocks, engine.stats().blockBytes]).toEqual([0, 0]);
+    } finally {
+      await engine.close();
+    }
+  });
+
   it("rejects bad input with a message naming it, and keeps working", async () => {
     const engine = await openFull(dirs.get("4-bit gs64")!, "mlx");
     try {

@@ -313,6 +313,60 @@ describe("determinism", () => {
     await Promise.all([50, 51, 52, 53].map((s) => engine.release(s)));
   });
 
+  it("a sequence assembled from cache blocks, stashed or exported and imported, continues bit for bit", async () => {
+    const long = Array.from({ length: 150 }, (_, i) => (i * 29 + 5) % 1500);
+    await one(engine, { seq: 70, position: 0, tokens: tokens(long) });
+    // Blocks that do not line up with the cache's 64-position storage blocks.
+    await engine.stashBlocks(70, [
+      { id: "a", start: 0, length: 100 },
+      { id: "b", start: 100, length: 50 },
+    ]);
+    expect(engine.stats().blocks).toBe(2);
+    const fresh = await one(engine, { seq: 72, position: 0, tokens: tokens(long), returnLogits: true });
+    await engine.assemble(71, [
+      { id: "a", take: 100 },
+      { id: "b", take: 49 },
+    ]);
+    const assembled = await one(engine, {
+      seq: 71,
+      position: 149,
+      tokens: tokens(long.slice(149)),
+      returnLogits: true,
+    });
+    expect(bytesOf(assembled.logits).equals(bytesOf(fresh.logits))).toBe(true);
+    // What the disk tier stores: one array per layer, read back into new blocks.
+    const exported = await Promise.all(["a", "b"].map((id) => engine.exportBlock(id)));
+    expect(exported[1]).toHaveLength(LAYERS);
+    expect(exported[1][0].byteLength).toBe(50 * engine.stats().kvBytesPerPositionPerLayer);
+    await engine.importBlock("a2", 100, exported[0]);
+    await engine.importBlock("b2", 50, exported[1]);
+    const again = await engine.exportBlock("b2");
+    expect(again.every((layer, i) => Buffer.from(layer).equals(Buffer.from(exported[1][i])))).toBe(true);
+    await engine.assemble(73, [
+      { id: "a2", take: 100 },
+      { id: "b2", take: 49 },
+    ]);
+    const imported = await one(engine, {
+      seq: 73,
+      position: 149,
+      tokens: tokens(long.slice(149)),
+      returnLogits: true,
+    });
+    expect(bytesOf(imported.logits).equals(bytesOf(fresh.logits))).toBe(true);
+    // A shorter take: the sequence holds only that prefix and recomputes the rest to the same logits.
+    await engine.assemble(74, [{ id: "a", take: 60 }]);
+    const shorter = await one(engine, {
+      seq: 74,
+      position: 60,
+      tokens: tokens(long.slice(60)),
+      returnLogits: true,
+    });
+    expect(bytesOf(shorter.logits).equals(bytesOf(fresh.logits))).toBe(true);
+    await engine.dropBlocks(["a", "b", "a2", "b2", "unknown"]);
+    expect([engine.stats().blocks, engine.stats().blockBytes]).toEqual([0, 0]);
+    await Promise.all([70, 71, 72, 73, 74].map((s) => engine.release(s)));
+  });
+
   it("seeded sampling is a pure function of (seed, position, logits)", async () => {
     const sampling = { temperature: 1.5, topP: 0.95, topK: 50, seed: 1234, topLogprobs: 5 };
     const a = await one(engine, {
@@ -424,6 +478,33 @@ describe("bad input is refused with a clear error", () => {
     await expect(engine.fork(5, 101, 4)).rejects.toThrow(/prefixLength 4 exceeds/);
     await expect(engine.fork(5, -1, 1)).rejects.toThrow(/newSeq must be a uint32/);
     await expect(engine.release(1.5)).rejects.toThrow(/seq must be a uint32/);
+    // Cache blocks: the block, range or array at fault is named, and nothing is changed.
+    await expect(engine.stashBlocks(99, [{ id: "x", start: 0, length: 1 }])).rejects.toThrow(
+      /unknown sequence 99/,
+    );
+    await expect(engine.stashBlocks(5, [{ id: "x", start: 1, length: 3 }])).rejects.toThrow(
+      /cache block x covers positions \[1, 4\) but sequence 5 holds 3/,
+    );
+    await expect(engine.stashBlocks(5, [{ id: "", start: 0, length: 1 }])).rejects.toThrow(
+      /id must hold 1 to 256/,
+    );
+    await engine.stashBlocks(5, [{ id: "ok", start: 0, length: 3 }]);
+    await expect(engine.assemble(200, [{ id: "nope", take: 1 }])).rejects.toThrow(
+      /cache block nope is not held/,
+    );
+    await expect(engine.assemble(200, [{ id: "ok", take: 4 }])).rejects.toThrow(
+      /take 4 of cache block ok.*3 positions/,
+    );
+    await expect(engine.assemble(5, [{ id: "ok", take: 1 }])).rejects.toThrow(/sequence 5 already exists/);
+    await expect(engine.importBlock("y", 2, [new Uint8Array(4)])).rejects.toThrow(
+      /1 layer arrays for a shard of 6/,
+    );
+    const perPosition = engine.stats().kvBytesPerPositionPerLayer;
+    const layers = Array.from({ length: LAYERS }, () => new Uint8Array(2 * perPosition));
+    layers[3] = new Uint8Array(perPosition);
+    await expect(engine.importBlock("y", 2, layers)).rejects.toThrow(/layer 3 of cache block y holds/);
+    await expect(engine.exportBlock("y")).rejects.toThrow(/cache block y is not held/);
+    await engine.dropBlocks(["ok"]);
     // The failed calls left the sequence usable.
     const ok = await one(engine, { seq: 5, position: 3, tokens: tokens([4]) });
     expect(typeof ok.token).toBe("number");

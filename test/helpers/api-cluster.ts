@@ -1,5 +1,6 @@
 // A real cluster for the API tests: node-agent processes (from dist/) serving a generated model, the
 // coordinator's Pipeline + Scheduler in this process, and the HTTP API on an ephemeral loopback port.
+import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { type ApiServer, startApiServer } from "../../api/server.js";
 import { NodeClient } from "../../common/wire/client.js";
@@ -54,23 +55,34 @@ export async function startApiCluster(opts: {
   contextWindow: number;
   apiKey?: string;
   modelId?: string;
-  /** The scheduler's prefix cache (KV bytes per node); none when absent. */
+  /** The scheduler's prefix cache (KV bytes per node, or tokens of the dearest stage); none when absent. */
   prefixCacheBytesPerNode?: number;
+  prefixCacheTokens?: number;
+  /** The prefix cache's disk tier: each node's folder is `<cacheRoot>/api-stage-<i>` (the same across restarts). */
+  cacheRoot?: string;
+  /** Where the scheduler logs what each request took from the cache. */
+  log?: (line: string) => void;
 }): Promise<ApiCluster> {
   const modelDir = await ensureModel(`${opts.preset}-4bit`, opts.preset);
   const key = newClusterKey();
   const agents: AgentProcess[] = [];
   let pipeline: Pipeline | undefined;
   try {
-    for (let i = 0; i < opts.stages; i++)
-      agents.push(await spawnAgent({ modelDir, key, name: `api-stage-${i}`, threads: 1 }));
+    for (let i = 0; i < opts.stages; i++) {
+      const name = `api-stage-${i}`;
+      const extraArgs = opts.cacheRoot ? ["--cache-dir", join(opts.cacheRoot, name)] : [];
+      agents.push(await spawnAgent({ modelDir, key, name, threads: 1, extraArgs }));
+    }
     pipeline = await startPipeline({
       plan: evenPlan("api-plan", agents, numLayersOf(modelDir)),
       clusterKey: key,
     });
     const scheduler = new Scheduler({
       contextWindow: opts.contextWindow,
-      prefixCacheBytesPerNode: opts.prefixCacheBytesPerNode,
+      prefixCacheBytesPerNode: opts.prefixCacheTokens
+        ? opts.prefixCacheTokens * Math.max(...pipeline.kvBytesPerToken)
+        : opts.prefixCacheBytesPerNode,
+      log: opts.log,
     });
     scheduler.attach(pipeline);
     const modelId = opts.modelId ?? "minimax-test";
@@ -99,6 +111,8 @@ export async function startApiCluster(opts: {
       stageStatuses: () => Promise.all(agents.map((a) => statusOnce(a.address, key))),
       stop: async () => {
         await server.close();
+        // As a coordinator that shuts down: the prefix cache's last stashes reach the nodes first.
+        await scheduler.detach("stopping");
         running.close();
         await Promise.all(agents.map((a) => a.stop()));
       },

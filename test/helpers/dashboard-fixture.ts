@@ -47,6 +47,14 @@ function node(i: number, tick: number, count: number, numLayers: number): NodeVi
     inboundHopP50Us: i === 0 ? 0 : 180 + tick * 10,
     linkLatencyUs: i === count - 1 ? undefined : 180 + tick * 10,
     lastSeenMs: 200,
+    prefixCache: {
+      ramBytes: (1 + tick * 0.25) * GiB,
+      diskBytes: (10 + tick) * GiB,
+      diskBudgetBytes: 400 * GiB,
+      ramHitTokens: 6000 + tick * 1000,
+      diskHitTokens: 2000 + i * 500,
+      computedTokens: 2000,
+    },
   };
 }
 

@@ -3,10 +3,11 @@
 // between them goes through the wire's real protobuf serializer, as it would between processes. Only the
 // transport is left out. lose() stands for a node that stopped answering.
 import { EventEmitter } from "node:events";
+import { freemem, totalmem } from "node:os";
 import type { Engine } from "../../common/engine-api.js";
 import { dtypeOfActivation } from "../../common/wire/frames.js";
 import { studioNodeService } from "../../common/wire/proto.js";
-import type { DataFrame, DataFrameOut } from "../../common/wire/types.js";
+import type { BlockUse, DataFrame, DataFrameOut, KvBlock, NodeStatus } from "../../common/wire/types.js";
 import {
   describeLoss,
   type LostNode,
@@ -15,7 +16,9 @@ import {
   type PipelinePort,
   type ResultHandler,
 } from "../../coordinator/pipeline.js";
+import type { BlockPort, StageAssembly } from "../../coordinator/pipeline-blocks.js";
 import { openEngine } from "../../native/index.js";
+import { BlockHost } from "../../node-agent/block-host.js";
 import { type FrameSink, Stage } from "../../node-agent/stage.js";
 
 const dataMethod = studioNodeService().Data;
@@ -30,8 +33,10 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
   private inbound: ReturnType<Stage["newAssembler"]> | undefined;
   private lostNode: LostNode | undefined;
   private closed = false;
-  /** Forks the scheduler asked for, to check prefix reuse. */
-  forks = 0;
+  /** Assemblies from prefix-cache blocks the scheduler asked for, to check prefix reuse. */
+  assemblies = 0;
+  /** The prefix cache's block calls on every stage's own block host (RAM only: no disk in process). */
+  readonly blocks: BlockPort;
 
   private constructor(
     readonly plan: PipelinePlan,
@@ -40,6 +45,24 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
     readonly kvBytesPerToken: number[],
   ) {
     super();
+    const hosts = stages.map(
+      (stage, i) =>
+        new BlockHost({ engine: engines[i], stage, layerStart: plan.stages[i].layerStart, log: () => {} }),
+    );
+    this.blocks = {
+      stash: async (seq: number, chain: KvBlock[], drop: string[]) => {
+        await Promise.all(hosts.map((h) => h.stash(seq, chain, drop)));
+      },
+      assemble: async (newSeq: number, uses: BlockUse[]): Promise<StageAssembly[]> => {
+        this.assemblies++;
+        const outcomes = await Promise.allSettled(hosts.map((h) => h.assemble(newSeq, uses)));
+        return outcomes.map((o) => (o.status === "fulfilled" ? o.value : { error: String(o.reason) }));
+      },
+      drop: async (hashes: string[]) => {
+        await Promise.all(hosts.map((h) => h.drop(hashes)));
+      },
+      onDisk: () => () => {},
+    };
   }
 
   /** Opens every stage of the plan on modelDir (one engine thread each) and wires them in order. */
@@ -107,9 +130,13 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
     return this.lostNode;
   }
 
-  /** Sequences and KV bytes each stage's engine holds now. */
-  held(): Array<{ sequences: number; kvBytes: number }> {
-    return this.engines.map((e) => ({ sequences: e.stats().sequences, kvBytes: e.stats().kvBytes }));
+  /** Sequences, their KV bytes and the prefix cache's block bytes each stage's engine holds now. */
+  held(): Array<{ sequences: number; kvBytes: number; blockBytes: number }> {
+    return this.engines.map((e) => ({
+      sequences: e.stats().sequences,
+      kvBytes: e.stats().kvBytes,
+      blockBytes: e.stats().blockBytes,
+    }));
   }
 
   onResult(handler: ResultHandler): () => void {
@@ -136,12 +163,6 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
     await Promise.all(this.stages.map((s) => s.release(seqs)));
   }
 
-  async fork(seq: number, newSeq: number, prefixLength: number): Promise<void> {
-    if (this.closed || this.lostNode) throw new Error("the pipeline is closing");
-    this.forks++;
-    await Promise.all(this.stages.map((s) => s.fork(seq, newSeq, prefixLength)));
-  }
-
   async cancel(seqs: number[]): Promise<void> {
     if (this.closed) return;
     for (const stage of this.stages) stage.cancel(seqs);
@@ -155,6 +176,12 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
     this.emit("nodeLost", this.lostNode);
   }
 
+  /** Every stage runs in this process: its memory figures are this machine's, as a node's heartbeat has them. */
+  statuses(): Map<number, NodeStatus> {
+    const memory = { memory_total: totalmem(), memory_used: totalmem() - freemem() };
+    return new Map(this.engines.map((_, i) => [i, { ...idleStatus(`stage-${i}`), ...memory }]));
+  }
+
   describeLoss(): string | undefined {
     return this.lostNode && describeLoss(this.lostNode);
   }
@@ -166,4 +193,38 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
     for (const engine of this.engines) void engine.close();
     this.emit("closed");
   }
+}
+
+/** A heartbeat with nothing in it but the node's id (the caller adds the figures it reports). */
+function idleStatus(nodeId: string): NodeStatus {
+  return {
+    node_id: nodeId,
+    time_us: Date.now() * 1000,
+    plan_id: "",
+    loaded: true,
+    layer_start: 0,
+    layer_end: 0,
+    embed: false,
+    head: false,
+    tokens_per_s: 0,
+    busy_fraction: 0,
+    queue_depth: 0,
+    kv_bytes: 0,
+    weight_bytes: 0,
+    memory_used: 0,
+    memory_total: 0,
+    sequences: 0,
+    inbound_hop_p50_us: 0,
+    inbound_hop_p99_us: 0,
+    batches: 0,
+    mean_batch_items: 0,
+    backend: "cpu",
+    inbound_hop_count: 0,
+    cache_ram_bytes: 0,
+    cache_disk_bytes: 0,
+    cache_disk_budget_bytes: 0,
+    cache_ram_hit_tokens: 0,
+    cache_disk_hit_tokens: 0,
+    prompt_tokens_computed: 0,
+  };
 }

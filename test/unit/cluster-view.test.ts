@@ -33,6 +33,12 @@ function status(id: string, extra: Partial<NodeStatus> = {}): NodeStatus {
     mean_batch_items: 1,
     backend: "mlx",
     inbound_hop_count: 0,
+    cache_ram_bytes: 0,
+    cache_disk_bytes: 0,
+    cache_disk_budget_bytes: 0,
+    cache_ram_hit_tokens: 0,
+    cache_disk_hit_tokens: 0,
+    prompt_tokens_computed: 0,
     ...extra,
   };
 }

@@ -227,6 +227,14 @@ describe.skipIf(!haveChromium)("dashboard in headless Chromium", () => {
       expect(await nodeFigure(n.id, "node-layers")).toContain(`${n.layerStart}–${n.layerEnd! - 1}`);
       expect(await nodeFigure(n.id, "node-queue")).toBe(String(n.queueDepth));
       expect(await nodeFigure(n.id, "node-health")).toBe(n.health);
+      // RAM and SSD bytes of the prefix cache, and the share of prompt positions each served.
+      const c = n.prefixCache!;
+      const all = c.ramHitTokens + c.diskHitTokens + c.computedTokens;
+      const cacheLine = await nodeFigure(n.id, "node-cache");
+      expect(cacheLine).toContain(`SSD ${fmtGiB(c.diskBytes)} / ${fmtGiB(c.diskBudgetBytes)}`);
+      expect(cacheLine).toContain(`RAM ${fmtGiB(c.ramBytes)}`);
+      expect(cacheLine).toContain(`hits RAM ${Math.round((100 * c.ramHitTokens) / all)}%`);
+      expect(cacheLine).toContain(`SSD ${Math.round((100 * c.diskHitTokens) / all)}%`);
     }
     expect(await text('[data-node-id="node-0"] [data-testid="node-link"]')).toBe("200 µs");
 
@@ -302,3 +310,9 @@ describe.skipIf(!haveChromium)("dashboard in headless Chromium", () => {
     await page.screenshot({ path: join(OUTPUT, "dashboard-loading.png"), fullPage: true });
   });
 });
+
+/** The dashboard's byte format for the sizes the fixture uses (GiB with one decimal, whole GiB from 100). */
+function fmtGiB(bytes: number): string {
+  const gib = bytes / 1024 ** 3;
+  return gib >= 100 ? `${gib.toFixed(0)} GiB` : `${gib.toFixed(1)} GiB`;
+}

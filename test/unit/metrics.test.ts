@@ -73,6 +73,22 @@ describe("/metrics", () => {
     );
     expect(value(first.samples, "studio_cluster_node_kv_bytes", beta)).toBe(snap1.nodes[1].kvBytes);
     expect(value(first.samples, "studio_cluster_node_layer_start", beta)).toBe(snap1.nodes[1].layerStart);
+    const cache = snap1.nodes[1].prefixCache!;
+    expect(value(first.samples, "studio_cluster_node_prefix_cache_ram_bytes", beta)).toBe(cache.ramBytes);
+    expect(value(first.samples, "studio_cluster_node_prefix_cache_disk_bytes", beta)).toBe(cache.diskBytes);
+    expect(value(first.samples, "studio_cluster_node_prefix_cache_disk_budget_bytes", beta)).toBe(
+      cache.diskBudgetBytes,
+    );
+    const served = cache.ramHitTokens + cache.diskHitTokens + cache.computedTokens;
+    expect(value(first.samples, "studio_cluster_node_prefix_cache_ram_hit_ratio", beta)).toBeCloseTo(
+      cache.ramHitTokens / served,
+    );
+    expect(value(first.samples, "studio_cluster_node_prefix_cache_disk_hit_ratio", beta)).toBeCloseTo(
+      cache.diskHitTokens / served,
+    );
+    expect(value(first.samples, "studio_cluster_node_prompt_tokens_computed", beta)).toBe(
+      cache.computedTokens,
+    );
     expect(value(first.samples, "studio_cluster_node_layer_end", beta)).toBe(snap1.nodes[1].layerEnd);
     expect(value(first.samples, "studio_cluster_node_memory_total_bytes", beta)).toBe(512 * 1024 ** 3);
     expect(value(first.samples, "studio_cluster_node_link_latency_seconds", beta)).toBeCloseTo(190e-6);

@@ -2,6 +2,7 @@
 // the node agent's Stage objects around real engines of the tiny model, frames through the wire's serializer).
 // Outputs equal one whole-model engine; admission keeps arrival order within the KV budget and refuses beyond
 // the queue; a cancel frees the sequence on every stage; a lost node fails every sequence in flight at once.
+import { totalmem } from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Engine } from "../../common/engine-api.js";
 import { ClusterError } from "../../common/errors.js";
@@ -195,8 +196,43 @@ describe("scheduler over an in-process pipeline", () => {
       if (e.type === "admitted") cached = e.cachedTokens;
       if (e.type === "token") tokens.push(e.token);
     }
-    expect(local.forks).toBe(1);
+    expect(local.assemblies).toBe(1);
     expect(cached).toBeGreaterThanOrEqual(base.length);
     expect(tokens).toEqual(await referenceRun(reference!, 960, longer, 6, {}));
+  });
+
+  it("the prefix cache's RAM tier takes what sequences leave, and gives it back first under memory pressure", async () => {
+    const local = await pipeline("p-pressure");
+    const perToken = Math.max(...local.kvBytesPerToken);
+    // KV room for 400 positions on each stage: a 300-position request leaves the cache 100 while it runs.
+    const kvBytes = local.kvBytesPerToken.map((b) => 400 * b);
+    const auto = new Scheduler({
+      contextWindow: 4096,
+      prefixCacheBytesPerNode: "auto",
+      prefixBlockTokens: 16,
+    });
+    auto.attach(local, kvBytes, [0, 0]);
+    await collect(auto.generate(request(promptOf(200, 8), 4)));
+    // The finished sequence's blocks are stashed behind the request.
+    await until("the first request's blocks in RAM", () => auto.cachedPrefixTokens === 203);
+    // The next request reserves 290 + 10 positions: the cache keeps at most the 100 left, before it starts.
+    let during = -1;
+    for await (const e of auto.generate(request(promptOf(290, 9), 10)))
+      if (e.type === "admitted") during = auto.cachedPrefixTokens;
+    expect(during).toBeLessThanOrEqual(100);
+    expect(auto.cachedPrefixTokens).toBeLessThanOrEqual(400);
+    await auto.detach("next");
+    const fresh = await pipeline("p-squeezed");
+    // A stage whose free memory is below its headroom (here: all of this machine's memory) sheds the cache.
+    const squeezed = new Scheduler({
+      contextWindow: 4096,
+      prefixCacheBytesPerNode: 400 * perToken,
+      prefixBlockTokens: 16,
+    });
+    squeezed.attach(fresh, kvBytes, [totalmem(), totalmem()]);
+    const out = await collect(squeezed.generate(request(promptOf(50, 10), 4)));
+    expect(out.tokens).toEqual(await referenceRun(reference!, 970, promptOf(50, 10), 4, {}));
+    await until("the cache to give its RAM back", () => squeezed.cachedPrefixTokens === 0);
+    await until("the stages to free the blocks", () => fresh.held().every((h) => h.blockBytes === 0));
   });
 });

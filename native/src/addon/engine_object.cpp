@@ -1,5 +1,6 @@
 #include "addon/engine_object.h"
 
+#include "addon/block_convert.h"
 #include "addon/js_convert.h"
 
 #include <cmath>
@@ -40,6 +41,11 @@ Napi::Function EngineObject::define(Napi::Env env) {
   return DefineClass(env, "Engine",
                      {InstanceMethod<&EngineObject::load>("load"), InstanceMethod<&EngineObject::forward>("forward"),
                       InstanceMethod<&EngineObject::release>("release"), InstanceMethod<&EngineObject::fork>("fork"),
+                      InstanceMethod<&EngineObject::stash_blocks>("stashBlocks"),
+                      InstanceMethod<&EngineObject::assemble>("assemble"),
+                      InstanceMethod<&EngineObject::drop_blocks>("dropBlocks"),
+                      InstanceMethod<&EngineObject::export_block>("exportBlock"),
+                      InstanceMethod<&EngineObject::import_block>("importBlock"),
                       InstanceMethod<&EngineObject::stats>("stats"), InstanceMethod<&EngineObject::close>("close")});
 }
 
@@ -141,6 +147,8 @@ void EngineObject::publish_figures() {
   kv_bytes_ = static_cast<double>(shard_->kv_bytes());
   sequences_ = static_cast<double>(shard_->sequences());
   weight_bytes_read_ = shard_->weight_bytes_read();
+  block_bytes_ = static_cast<double>(shard_->block_bytes());
+  blocks_ = static_cast<double>(shard_->blocks());
 }
 
 void EngineObject::check_open(Napi::Env env) const {
@@ -172,6 +180,7 @@ Napi::Value EngineObject::load(const Napi::CallbackInfo& info) {
         wire_ = shard_->backend().activation_dtype() == "bf16" ? WireDtype::BF16 : WireDtype::F32;
         weight_bytes_ = static_cast<double>(shard_->weight_bytes());
         kv_bytes_per_token_ = static_cast<double>(shard_->kv_bytes_per_token());
+        kv_bytes_per_position_per_layer_ = static_cast<double>(shard_->kv_bytes_per_position_per_layer());
         backend_threads_ = shard_->backend().threads();
       },
       [this](Napi::Env env) -> Napi::Value {
@@ -212,6 +221,50 @@ Napi::Value EngineObject::fork(const Napi::CallbackInfo& info) {
   return submit(env, [this, seq, new_seq, prefix] { shard_->fork(seq, new_seq, prefix); }, nullptr);
 }
 
+Napi::Value EngineObject::stash_blocks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_open(env);
+  const uint32_t seq = info[0].ToNumber().Uint32Value();
+  auto slices = std::make_shared<std::vector<model::BlockSlice>>(parse_block_slices(env, info[1]));
+  return submit(env, [this, seq, slices] { shard_->stash_blocks(seq, *slices); }, nullptr);
+}
+
+Napi::Value EngineObject::assemble(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_open(env);
+  const uint32_t new_seq = info[0].ToNumber().Uint32Value();
+  auto takes = std::make_shared<std::vector<model::BlockTake>>(parse_block_takes(env, info[1]));
+  return submit(env, [this, new_seq, takes] { shard_->assemble(new_seq, *takes); }, nullptr);
+}
+
+Napi::Value EngineObject::drop_blocks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_open(env);
+  auto ids = std::make_shared<std::vector<std::string>>(parse_block_ids(env, info[0]));
+  return submit(env, [this, ids] {
+    for (const std::string& id : *ids) shard_->drop_block(id);
+  }, nullptr);
+}
+
+Napi::Value EngineObject::export_block(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_open(env);
+  const std::string id = parse_block_id(env, info[0], "exportBlock: id");
+  auto layers = std::make_shared<std::vector<std::vector<uint8_t>>>();
+  return submit(
+      env, [this, id, layers] { *layers = shard_->export_block(id); },
+      [layers](Napi::Env env) -> Napi::Value { return layer_bytes_to_js(env, std::move(*layers)); });
+}
+
+Napi::Value EngineObject::import_block(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_open(env);
+  const std::string id = parse_block_id(env, info[0], "importBlock: id");
+  const int64_t length = info[1].ToNumber().Int64Value();
+  auto layers = std::make_shared<std::vector<std::vector<uint8_t>>>(parse_layer_bytes(env, info[2]));
+  return submit(env, [this, id, length, layers] { shard_->import_block(id, length, *layers); }, nullptr);
+}
+
 Napi::Value EngineObject::stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -229,6 +282,9 @@ Napi::Value EngineObject::stats(const Napi::CallbackInfo& info) {
   o.Set("kvBytesPerToken", kv_bytes_per_token_.load());
   o.Set("sequences", sequences_.load());
   o.Set("weightBytesRead", weight_bytes_read_.load());
+  o.Set("blockBytes", block_bytes_.load());
+  o.Set("blocks", blocks_.load());
+  o.Set("kvBytesPerPositionPerLayer", kv_bytes_per_position_per_layer_.load());
   return o;
 }
 

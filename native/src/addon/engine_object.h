@@ -34,6 +34,11 @@ class EngineObject : public Napi::ObjectWrap<EngineObject> {
   Napi::Value forward(const Napi::CallbackInfo& info);
   Napi::Value release(const Napi::CallbackInfo& info);
   Napi::Value fork(const Napi::CallbackInfo& info);
+  Napi::Value stash_blocks(const Napi::CallbackInfo& info);
+  Napi::Value assemble(const Napi::CallbackInfo& info);
+  Napi::Value drop_blocks(const Napi::CallbackInfo& info);
+  Napi::Value export_block(const Napi::CallbackInfo& info);
+  Napi::Value import_block(const Napi::CallbackInfo& info);
   Napi::Value stats(const Napi::CallbackInfo& info);
   Napi::Value close(const Napi::CallbackInfo& info);
 
@@ -70,6 +75,9 @@ class EngineObject : public Napi::ObjectWrap<EngineObject> {
   std::atomic<double> sequences_{0};
   std::atomic<double> weight_bytes_{0};
   std::atomic<double> kv_bytes_per_token_{0};
+  std::atomic<double> block_bytes_{0};
+  std::atomic<double> blocks_{0};
+  std::atomic<double> kv_bytes_per_position_per_layer_{0};
   std::atomic<int> backend_threads_{0};
 };
 

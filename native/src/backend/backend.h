@@ -63,6 +63,24 @@ class KvCache {
   virtual size_t bytes() const = 0;
   /** A new cache holding the first n positions of this one. */
   virtual std::unique_ptr<KvCache> clone_prefix(int64_t n) const = 0;
+
+  // Prefix-cache blocks (model/block_pool.h) and their exchange with the node's disk. kv_heads splits the cache's
+  // kv width into heads of head_dim = kv width / kv_heads.
+
+  /**
+   * Copies positions [from, from + n) of every layer of `src` (a cache of the same backend and shape holding
+   * them) to positions [to, to + n) of this one, reserving room; the caller commits.
+   */
+  virtual void copy_from(const KvCache& src, int64_t from, int64_t to, int64_t n, int kv_heads) = 0;
+  /**
+   * Positions [start, end) of `layer` as bytes in the exchange layout: position-major, each position its keys
+   * then its values ([k | v][kv width]), elements of the cache's own type (f32 cpu, bf16 mlx).
+   */
+  virtual void read_range(int layer, int64_t start, int64_t end, int kv_heads, uint8_t* out) const = 0;
+  /** Writes positions [start, end) of `layer` from the exchange layout (reserve(end) first; the caller commits). */
+  virtual void write_range(int layer, int64_t start, int64_t end, int kv_heads, const uint8_t* in) = 0;
+  /** Gives back room past length(): for a cache block, which never grows again. */
+  virtual void shrink_to_fit() {}
 };
 
 /** Rows [row, row + rows) of the batch belong to a sequence whose first row sits at `position`. */

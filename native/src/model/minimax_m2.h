@@ -5,10 +5,12 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
 #include "io/checkpoint.h"
+#include "model/block_pool.h"
 #include "model/config.h"
 #include "model/kv_store.h"
 #include "model/sampler.h"
@@ -33,6 +35,19 @@ struct ForwardResult {
   std::vector<float> logits;  // when asked for
 };
 
+/** Positions [start, start + length) of a sequence, to keep as cache block `id`. */
+struct BlockSlice {
+  std::string id;
+  int64_t start = 0;
+  int64_t length = 0;
+};
+
+/** The first `take` positions of cache block `id`. */
+struct BlockTake {
+  std::string id;
+  int64_t take = 0;
+};
+
 class MinimaxM2Shard {
  public:
   MinimaxM2Shard(const std::string& model_dir, ModelConfig config, ShardRange range, std::unique_ptr<Backend> backend,
@@ -42,6 +57,21 @@ class MinimaxM2Shard {
   std::vector<ForwardResult> forward(std::vector<ForwardItem>& batch);
   void release(uint32_t seq) { sequences_.release(seq); }
   void fork(uint32_t seq, uint32_t new_seq, int64_t prefix) { sequences_.fork(seq, new_seq, prefix); }
+
+  // Prefix-cache blocks (block_pool.h); shard_blocks.cpp. Each checks every argument before changing anything.
+  /** Keeps positions of seq as cache blocks (an id already held is left as it is). */
+  void stash_blocks(uint32_t seq, const std::vector<BlockSlice>& slices);
+  /** new_seq holds, in order, the first `take` positions of each block. */
+  void assemble(uint32_t new_seq, const std::vector<BlockTake>& takes);
+  void drop_block(const std::string& id) { blocks_.erase(id); }
+  /** A block's positions, one byte array per layer of the shard in KvCache's exchange layout. */
+  std::vector<std::vector<uint8_t>> export_block(const std::string& id) const;
+  /** Makes block `id` of `length` positions from export_block's arrays (an id already held is left as it is). */
+  void import_block(const std::string& id, int64_t length, const std::vector<std::vector<uint8_t>>& layers);
+  size_t block_bytes() const { return blocks_.bytes(); }
+  size_t blocks() const { return blocks_.size(); }
+  /** Bytes one position of one layer takes in the exchange layout. */
+  size_t kv_bytes_per_position_per_layer() const { return 2 * config_.kv_width() * backend_->kv_element_bytes(); }
 
   const Backend& backend() const { return *backend_; }
   const ModelConfig& config() const { return config_; }
@@ -68,6 +98,7 @@ class MinimaxM2Shard {
   io::Checkpoint checkpoint_;
   ShardWeights weights_;
   KvStore sequences_;
+  BlockPool blocks_;
   double weight_bytes_read_ = 0;
 };
 

@@ -3,6 +3,7 @@
 // head's keys (and values) are contiguous within a block and attention reads them as one sequential stream.
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -34,6 +35,38 @@ class CpuKvCache final : public KvCache {
     return copy;
   }
 
+  void copy_from(const KvCache& other, int64_t from, int64_t to, int64_t n, int kv_heads) override {
+    const auto& src = static_cast<const CpuKvCache&>(other);
+    const int head_dim = kv_width_ / kv_heads;
+    reserve(to + n);
+    // A kv head's positions are contiguous within a block: copy runs that stay inside one block on both sides.
+    for (int64_t done = 0; done < n;) {
+      const int64_t run = std::min({n - done, kBlock - (from + done) % kBlock, kBlock - (to + done) % kBlock});
+      for (int layer = 0; layer < layers_; ++layer)
+        for (int which = 0; which < 2; ++which)
+          for (int head = 0; head < kv_heads; ++head)
+            std::memcpy(slot(layer, which, to + done, head, head_dim),
+                        src.slot(layer, which, from + done, head, head_dim), run * head_dim * sizeof(float));
+      done += run;
+    }
+  }
+  void read_range(int layer, int64_t start, int64_t end, int kv_heads, uint8_t* out) const override {
+    const int head_dim = kv_width_ / kv_heads;
+    const size_t bytes = head_dim * sizeof(float);
+    for (int64_t pos = start; pos < end; ++pos)
+      for (int which = 0; which < 2; ++which)
+        for (int head = 0; head < kv_heads; ++head, out += bytes)
+          std::memcpy(out, slot(layer, which, pos, head, head_dim), bytes);
+  }
+  void write_range(int layer, int64_t start, int64_t end, int kv_heads, const uint8_t* in) override {
+    const int head_dim = kv_width_ / kv_heads;
+    const size_t bytes = head_dim * sizeof(float);
+    for (int64_t pos = start; pos < end; ++pos)
+      for (int which = 0; which < 2; ++which)
+        for (int head = 0; head < kv_heads; ++head, in += bytes)
+          std::memcpy(slot(layer, which, pos, head, head_dim), in, bytes);
+  }
+
   /** The key of kv head `head` at `pos`: head_dim floats (head_dim * kv heads = the cache's kv width). */
   float* key(int layer, int64_t pos, int head, int head_dim) { return slot(layer, 0, pos, head, head_dim); }
   float* value(int layer, int64_t pos, int head, int head_dim) { return slot(layer, 1, pos, head, head_dim); }
@@ -41,7 +74,7 @@ class CpuKvCache final : public KvCache {
 
  private:
   size_t block_floats() const { return static_cast<size_t>(layers_) * 2 * kBlock * kv_width_; }
-  float* slot(int layer, int which, int64_t pos, int head, int head_dim) {
+  float* slot(int layer, int which, int64_t pos, int head, int head_dim) const {
     float* block = blocks_[pos / kBlock].get();
     const size_t heads = static_cast<size_t>(kv_width_ / head_dim);
     return block + (((static_cast<size_t>(layer) * 2 + which) * heads + head) * kBlock + pos % kBlock) * head_dim;

@@ -1,5 +1,6 @@
 #include "backend/mlx/mlx_kv_cache.h"
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -8,6 +9,25 @@ namespace studio::mlxb {
 namespace {
 
 int64_t round_up(int64_t n, int64_t step) { return (n + step - 1) / step * step; }
+
+/** n elements of `dtype` from raw bytes, copied into a new array of `shape`. */
+mx::array array_from_bytes(const uint8_t* in, const mx::Shape& shape, mx::Dtype dtype) {
+  size_t n = 1;
+  for (int d : shape) n *= static_cast<size_t>(d);
+  if (dtype == mx::bfloat16) {
+    std::vector<mx::bfloat16_t> v(n);
+    std::memcpy(v.data(), in, n * sizeof(mx::bfloat16_t));
+    return mx::array(v.begin(), shape, dtype);
+  }
+  if (dtype == mx::float16) {
+    std::vector<mx::float16_t> v(n);
+    std::memcpy(v.data(), in, n * sizeof(mx::float16_t));
+    return mx::array(v.begin(), shape, dtype);
+  }
+  std::vector<float> v(n);
+  std::memcpy(v.data(), in, n * sizeof(float));
+  return mx::array(v.begin(), shape, mx::float32);
+}
 
 }  // namespace
 
@@ -78,6 +98,64 @@ std::pair<mx::array, mx::array> MlxKvCache::append(int layer_index, const mx::ar
   layer.values = mx::slice_update(*layer.values, v, start, stop, stream_);
   return {mx::slice(*layer.keys, {0, 0, 0, 0}, {1, kv_heads, p1, head_dim}, stream_),
           mx::slice(*layer.values, {0, 0, 0, 0}, {1, kv_heads, p1, head_dim}, stream_)};
+}
+
+void MlxKvCache::copy_from(const KvCache& other, int64_t from, int64_t to, int64_t n, int kv_heads) {
+  const auto& src = static_cast<const MlxKvCache&>(other);
+  if (src.layers_.size() != layers_.size())
+    throw std::logic_error("mlx kv cache: copy between caches of different layer counts");
+  reserve(to + n);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& s = src.layers_[l];
+    if (!s.keys) throw std::logic_error("mlx kv cache: copy from a layer that holds nothing");
+    const int heads = s.keys->shape(1);
+    const int dim = s.keys->shape(3);
+    const mx::Shape start{0, 0, static_cast<int>(from), 0};
+    const mx::Shape stop{1, heads, static_cast<int>(from + n), dim};
+    append(static_cast<int>(l), mx::slice(*s.keys, start, stop, stream_), mx::slice(*s.values, start, stop, stream_), to);
+  }
+}
+
+void MlxKvCache::read_range(int layer, int64_t start, int64_t end, int kv_heads, uint8_t* out) const {
+  const Layer& l = layers_.at(layer);
+  if (!l.keys) throw std::logic_error("mlx kv cache: layer " + std::to_string(layer) + " holds nothing to read");
+  const int heads = l.keys->shape(1);
+  const int dim = l.keys->shape(3);
+  const mx::Shape a{0, 0, static_cast<int>(start), 0};
+  const mx::Shape b{1, heads, static_cast<int>(end), dim};
+  // [2, heads, n, dim] -> [n, 2, heads, dim]: each position's keys, then its values.
+  auto kv = mx::concatenate({mx::slice(*l.keys, a, b, stream_), mx::slice(*l.values, a, b, stream_)}, 0, stream_);
+  auto rows = mx::contiguous(mx::transpose(kv, {2, 0, 1, 3}, stream_), false, stream_);
+  mx::eval(rows);
+  std::memcpy(out, rows.data<uint8_t>(), rows.nbytes());
+}
+
+void MlxKvCache::write_range(int layer, int64_t start, int64_t end, int kv_heads, const uint8_t* in) {
+  const int n = static_cast<int>(end - start);
+  const int dim = kv_width_ / kv_heads;
+  // [n, 2, heads, dim] -> [2, heads, n, dim], then keys and values as [1, heads, n, dim] each.
+  auto kv = mx::transpose(array_from_bytes(in, {n, 2, kv_heads, dim}, dtype_), {1, 2, 0, 3}, stream_);
+  auto k = mx::slice(kv, {0, 0, 0, 0}, {1, kv_heads, n, dim}, stream_);
+  auto v = mx::slice(kv, {1, 0, 0, 0}, {2, kv_heads, n, dim}, stream_);
+  append(layer, k, v, start);
+}
+
+void MlxKvCache::shrink_to_fit() {
+  std::vector<mx::array> live;
+  for (Layer& layer : layers_) {
+    if (!layer.keys || layer.capacity <= length_) continue;
+    const int heads = layer.keys->shape(1);
+    const int dim = layer.keys->shape(3);
+    const mx::Shape stop{1, heads, static_cast<int>(length_), dim};
+    // A copy, not a view: the view would keep the whole capacity's buffer alive.
+    layer.keys = mx::contiguous(mx::slice(*layer.keys, {0, 0, 0, 0}, stop, stream_), false, stream_);
+    layer.values = mx::contiguous(mx::slice(*layer.values, {0, 0, 0, 0}, stop, stream_), false, stream_);
+    layer.capacity = length_;
+    live.push_back(*layer.keys);
+    live.push_back(*layer.values);
+  }
+  reserved_ = length_;
+  mx::eval(live);
 }
 
 }  // namespace studio::mlxb

@@ -28,6 +28,10 @@ class MlxKvCache final : public KvCache {
   void commit(int64_t n) override;
   size_t bytes() const override;
   std::unique_ptr<KvCache> clone_prefix(int64_t n) const override;
+  void copy_from(const KvCache& src, int64_t from, int64_t to, int64_t n, int kv_heads) override;
+  void read_range(int layer, int64_t start, int64_t end, int kv_heads, uint8_t* out) const override;
+  void write_range(int layer, int64_t start, int64_t end, int kv_heads, const uint8_t* in) override;
+  void shrink_to_fit() override;
 
   /**
    * Writes k, v ([1, kv_heads, rows, head_dim]) at positions [position, position + rows) of `layer` and

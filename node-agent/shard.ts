@@ -10,8 +10,8 @@ import type { DataFrameOut, LoadProgress, LoadShardRequest, ResultsRequest } fro
 import { openEngine } from "../native/index.js";
 import { BlockHost } from "./block-host.js";
 import { BlockStore } from "./block-store.js";
-import { DownstreamLink } from "./downstream.js";
 import { checkpointBytesHash } from "./checkpoint-bytes-hash.js";
+import { DownstreamLink } from "./downstream.js";
 import { type FrameSink, Stage } from "./stage.js";
 import type { WeightFetcher } from "./weight-fetch.js";
 

@@ -2,7 +2,6 @@
 // dtypes / shapes / offsets, missing tensors, broken index, config.json and tokenizer.json): every one is
 // refused with an error that names the file or the tensor, in this process and again in a child process
 // running the addon built with AddressSanitizer, which must report nothing.
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,6 +12,7 @@ import { asanEnv, buildAsanAddon } from "../helpers/asan-addon.js";
 import { type FuzzCase, makeFuzzCases } from "../helpers/checkpoint-fuzz-cases.js";
 import { type FuzzOutcome, tryCase } from "../helpers/checkpoint-fuzz-child.js";
 import { ensureModel } from "../helpers/pipeline-cluster.js";
+import { runCommand } from "../helpers/run-command.js";
 
 const COUNT = 200;
 const SEED = 0x5eed_0008;
@@ -69,7 +69,7 @@ describe("malformed checkpoints", () => {
   });
 
   it("the AddressSanitizer build of the addon refuses the same cases and reports nothing", async () => {
-    const build = buildAsanAddon((line) => console.log(line));
+    const build = await buildAsanAddon((line) => console.log(line));
     if (!build.ok) {
       console.warn(`skipped: ${build.reason}`);
       return;
@@ -79,16 +79,14 @@ describe("malformed checkpoints", () => {
     writeFileSync(list, JSON.stringify(engineCases));
     const entry = join(packageRoot(), "dist", "test", "helpers", "checkpoint-fuzz-child.js");
     if (!existsSync(entry)) throw new Error(`${entry} is missing: run \`npm run build\` before these tests`);
-    const child = spawnSync(process.execPath, [entry, list], {
+    const child = await runCommand(process.execPath, [entry, list], {
       env: asanEnv(build),
-      encoding: "utf8",
-      maxBuffer: 64 * 1024 * 1024,
-      timeout: 240_000,
+      timeoutMs: 240_000,
     });
     expect(child.stderr, "AddressSanitizer output").not.toMatch(
       /AddressSanitizer|LeakSanitizer|runtime error/,
     );
-    expect(child.status, child.stderr.slice(-3000)).toBe(0);
+    expect(child.code, child.stderr.slice(-3000)).toBe(0);
     const outcomes = child.stdout
       .split("\n")
       .filter((l) => l.startsWith("{"))

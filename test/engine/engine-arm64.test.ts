@@ -21,8 +21,8 @@ import {
   nodeHeadersDir,
   ownDiagnostics,
   parseSummary,
-  runCommand,
 } from "../helpers/engine-arm64-build.js";
+import { runCommand } from "../helpers/run-command.js";
 
 const CROSS = "aarch64-linux-gnu-g++";
 const QEMU = "qemu-aarch64";
@@ -92,7 +92,7 @@ const builds = {
 /** Runs a built kernel check and returns its summary, asserting it printed one and exited as it says. */
 async function runCheck(program: string, runner?: string[]): Promise<CheckSummary> {
   const [cmd, ...args] = runner ? [...runner, program] : [program];
-  const result = await runCommand(cmd, args, RUN_TIMEOUT);
+  const result = await runCommand(cmd, args, { timeoutMs: RUN_TIMEOUT });
   const summary = parseSummary(result.stdout);
   expect(summary, `kernels_check printed no summary:\n${result.stdout}\n${result.stderr}`).toBeDefined();
   const s = summary!;
@@ -155,7 +155,7 @@ for (const { build, skip } of armToolchains) {
             out,
             "-lpthread",
           ],
-          RUN_TIMEOUT,
+          { timeoutMs: RUN_TIMEOUT },
         );
         expect(link.code, link.stderr).toBe(0);
         const unresolved = [...link.stderr.matchAll(/undefined reference to `([^']+)'/g)]

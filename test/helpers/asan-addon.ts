@@ -2,11 +2,12 @@
 // from a copy of native/ under .cache/asan/<hash of the sources>/ (the normal build is never touched) and
 // reused while the sources stay the same. Node itself is not instrumented, so a process that loads it needs
 // LD_PRELOAD of the compiler's libasan (asanEnv() gives the environment).
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { packageRoot } from "../../common/paths.js";
+import { runCommand } from "./run-command.js";
 
 export type AsanBuild = { ok: true; addon: string; libasan: string } | { ok: false; reason: string };
 
@@ -54,7 +55,7 @@ function sanitizedGyp(text: string): string {
  * Builds (or finds in the cache) the ASan addon. Linux with g++ only: elsewhere, or when the build fails, the
  * reason says why, for a test that skips.
  */
-export function buildAsanAddon(log: (line: string) => void = () => undefined): AsanBuild {
+export async function buildAsanAddon(log: (line: string) => void = () => undefined): Promise<AsanBuild> {
   if (process.platform !== "linux")
     return { ok: false, reason: "the ASan build is set up for Linux/g++ only" };
   const libasan = findLibasan();
@@ -81,21 +82,20 @@ export function buildAsanAddon(log: (line: string) => void = () => undefined): A
   }
   log(`building the ASan addon in ${dir} (minutes; cached afterwards)`);
   const nodeGyp = join(packageRoot(), "node_modules", "node-gyp", "bin", "node-gyp.js");
-  const built = spawnSync(
+  const built = await runCommand(
     "nice",
     ["-n", "10", process.execPath, nodeGyp, "rebuild", "--directory", "native"],
     {
       cwd: dir,
       // MLX (if found) is left out: the fuzz runs on the cpu backend, and an uninstrumented GPU stack adds noise.
       env: { ...process.env, STUDIO_CLUSTER_MLX: "off", JOBS: "2" },
-      encoding: "utf8",
-      maxBuffer: 64 * 1024 * 1024,
+      timeoutMs: 900_000,
     },
   );
-  if (built.status !== 0 || !existsSync(addon)) {
-    const tail = `${built.stderr ?? ""}${built.stdout ?? ""}`.slice(-1500);
+  if (built.code !== 0 || !existsSync(addon)) {
+    const tail = `${built.stderr}${built.stdout}`.slice(-1500);
     rmSync(dir, { recursive: true, force: true });
-    return { ok: false, reason: `the ASan build failed (status ${built.status}): ${tail}` };
+    return { ok: false, reason: `the ASan build failed (status ${built.code}): ${tail}` };
   }
   return { ok: true, addon, libasan };
 }

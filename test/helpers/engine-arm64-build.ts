@@ -2,13 +2,14 @@
 // native/binding.gyp, and runs the standalone kernel check (native/test/kernels_check.cpp). Objects are cached
 // under .cache/engine-arm64/ by a hash of compiler, flags, the source and every header of native/src, so a
 // second run compiles only what changed.
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { availableParallelism, homedir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { packageRoot } from "../../common/paths.js";
+import { runCommand } from "./run-command.js";
 
 const root = packageRoot();
 const nativeDir = join(root, "native");
@@ -28,29 +29,6 @@ const GYP_FLAGS = [
   "-DNAPI_VERSION=8",
   "-DNAPI_CPP_EXCEPTIONS",
 ];
-
-export interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a command to completion (never throws for a non-zero exit; a timeout kills it and reports code null). */
-export function runCommand(cmd: string, args: string[], timeoutMs: number): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], timeout: timeoutMs });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => {
-      stdout += d.toString();
-    });
-    child.stderr.on("data", (d: Buffer) => {
-      stderr += d.toString();
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 export function hasCommand(cmd: string): boolean {
   return spawnSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" }).status === 0;
@@ -167,7 +145,7 @@ export class Build {
       runCommand(
         niceCommand(),
         [...niceArgs(), this.compiler, ...flags, "-c", join(nativeDir, source), "-o", partial],
-        300_000,
+        { timeoutMs: 300_000 },
       ),
     );
     const diagnostics = result.stderr.replaceAll(`${root}/`, "");
@@ -197,7 +175,7 @@ export class Build {
     const link = await runCommand(
       this.compiler,
       [...this.targetFlags, ...parts.map((p) => p.object), "-o", program],
-      120_000,
+      { timeoutMs: 120_000 },
     );
     if (link.code !== 0) throw new Error(`${this.name}: link failed:\n${link.stderr}`);
     return program;

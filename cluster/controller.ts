@@ -359,13 +359,19 @@ export class ClusterController {
   }
 }
 
-/** Memory a node can give a new shard: what is free plus what its current shard holds (LoadShard replaces it). */
-function availableMemory(member: Member): number {
+/**
+ * Memory a node can give a new shard: what the OS counts as available, plus what its current shard holds that the
+ * OS does not count there (LoadShard replaces it). The KV cache is anonymous memory; mlx copies the weights into
+ * its own buffers, but the cpu backend reads them from the mapped file, whose pages the OS already counts as
+ * reclaimable cache: adding them again counted them twice (a 25.3 GB machine reported 29.7 GB available).
+ */
+export function availableMemory(member: Member): number {
   const caps = member.capabilities;
   const status = member.status;
   if (!status) return caps.memory_free;
-  const free = Math.max(0, status.memory_total - status.memory_used);
-  return free + status.weight_bytes + status.kv_bytes;
+  const available = Math.max(0, status.memory_total - status.memory_used);
+  const held = status.kv_bytes + (status.backend === "mlx" ? status.weight_bytes : 0);
+  return Math.min(status.memory_total, available + held);
 }
 
 export function toPlannerNode(member: Member): PlannerNode {
@@ -379,6 +385,8 @@ export function toPlannerNode(member: Member): PlannerNode {
     memoryBandwidthBps: caps.memory_bandwidth_bps,
     chip: caps.chip,
     backends: caps.backends.filter((b): b is BackendName => b === "cpu" || b === "mlx"),
+    gpuWorkingSetLimitBytes: caps.gpu_working_set_limit,
+    gpuWorkingSetSource: caps.gpu_working_set_source,
   };
 }
 

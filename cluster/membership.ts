@@ -422,5 +422,8 @@ function emptyCapabilities(): Capabilities {
     model: null,
     platform: "",
     arch: "",
+    gpu_working_set_limit: 0,
+    gpu_working_set_source: "",
+    memory_source: "",
   };
 }

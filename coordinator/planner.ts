@@ -12,10 +12,15 @@
 //    this gives layers in proportion to bandwidth. Ties: the most even split (smallest sum of squared stage
 //    times), which also uses every node that can help.
 // 4. If no split fits, a ClusterError("cluster_not_ready") states the bytes needed and available per node.
+// 5. On the mlx backend a Mac's GPU keeps weights and KV wired, up to its working-set limit (the system default,
+//    about three quarters of memory, or `iogpu.wired_limit_mb`). A stage's weights + KV + GPU headroom must fit
+//    under that limit as well as in available memory. When only the limit stands in the way, the error prints
+//    the sysctl line that would make the plan fit.
 import { randomBytes } from "node:crypto";
 import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
 import type { BackendName } from "../common/engine-api.js";
 import { ClusterError } from "../common/errors.js";
+import { wiredLimitCommand } from "../common/wired-limit.js";
 import { kvBytesPerTokenPerLayer, type ModelFootprint } from "./model-footprint.js";
 
 export interface PlannerNode {
@@ -31,6 +36,10 @@ export interface PlannerNode {
   chip: string;
   /** Backends the node can run. */
   backends: BackendName[];
+  /** macOS: bytes the GPU may keep wired (0 = no such limit: not a Mac, or unknown). */
+  gpuWorkingSetLimitBytes?: number;
+  /** Where that limit came from ("sysctl iogpu.wired_limit_mb=N", "estimate: ..."). */
+  gpuWorkingSetSource?: string;
 }
 
 export interface PlanOptions {
@@ -75,6 +84,10 @@ export interface Plan {
 }
 
 const GIB = 1024 ** 3;
+/** What MLX needs beyond weights and KV inside the GPU's wired set: activations and scratch buffers. */
+export const GPU_HEADROOM_BYTES = GIB;
+/** What a Mac keeps for macOS and its apps when the user raises the wired limit. */
+const MAC_SYSTEM_RESERVE_BYTES = 8 * GIB;
 
 export function defaultHeadroomBytes(node: PlannerNode): number {
   return GIB + Math.round(node.memoryTotalBytes * 0.05);
@@ -227,14 +240,18 @@ export function planLayers(model: ModelFootprint, members: PlannerNode[], opts: 
   const headroomOf = opts.headroomBytes ?? defaultHeadroomBytes;
   const headroom = nodes.map(headroomOf);
   const bandwidth = nodes.map((n) => effectiveBandwidthBps(n.memoryBandwidthBps, n.chip));
-  const available = nodes.map((n) => n.memoryAvailableBytes);
+  const memory = nodes.map((n) => n.memoryAvailableBytes);
+  const available = nodes.map((n, i) => usableBytes(n, backend, headroom[i]));
   const kvPerLayer = kvBytesPerTokenPerLayer(model, backend) * opts.contextTokens;
   const costs = rangeCosts(model, headroom, bandwidth, kvPerLayer);
   const L = model.numLayers;
 
   const bottleneck = minBottleneck(nodes.length, L, costs, available);
-  if (bottleneck === Number.POSITIVE_INFINITY)
+  if (bottleneck === Number.POSITIVE_INFINITY) {
+    if (minBottleneck(nodes.length, L, costs, memory) < Number.POSITIVE_INFINITY)
+      throw overWiredLimit(nodes, costs, memory, L);
     throw notFitting(model, nodes, headroom, kvPerLayer, opts.contextTokens);
+  }
   const ranges = evenestSplit(nodes.length, L, costs, available, bottleneck * (1 + EPS));
 
   const stages: PlanStage[] = [];
@@ -271,6 +288,49 @@ export function planLayers(model: ModelFootprint, members: PlannerNode[], opts: 
     idle,
     bottleneckSecondsPerToken: bottleneck,
   };
+}
+
+/**
+ * What a node can give a stage, compared with weights + KV + headroom. On mlx under a GPU working-set limit,
+ * weights + KV + GPU headroom must also stay under the limit; expressed on the same scale as `need` (which
+ * includes the node's headroom), that is limit - GPU headroom + headroom.
+ */
+function usableBytes(node: PlannerNode, backend: BackendName, headroom: number): number {
+  const limit = node.gpuWorkingSetLimitBytes ?? 0;
+  if (backend !== "mlx" || limit <= 0) return node.memoryAvailableBytes;
+  return Math.min(node.memoryAvailableBytes, limit - GPU_HEADROOM_BYTES + headroom);
+}
+
+/**
+ * The model fits in memory but not under the GPU's wired limit: name each node's shortfall in bytes and the
+ * sysctl line that lifts it (it resets at reboot), or say the limit cannot go that high on that machine.
+ */
+function overWiredLimit(nodes: PlannerNode[], costs: RangeCosts, memory: number[], L: number): ClusterError {
+  const bottleneck = minBottleneck(nodes.length, L, costs, memory);
+  const ranges = evenestSplit(nodes.length, L, costs, memory, bottleneck * (1 + EPS));
+  const lines: string[] = [];
+  nodes.forEach((node, i) => {
+    const [start, end] = ranges[i];
+    if (start === end) return;
+    const wired = costs.weights(start, end) + costs.kv(start, end) + GPU_HEADROOM_BYTES;
+    const limit = node.gpuWorkingSetLimitBytes ?? 0;
+    if (limit <= 0 || wired <= limit) return;
+    const most = node.memoryTotalBytes - MAC_SYSTEM_RESERVE_BYTES;
+    const fix =
+      wired <= most
+        ? `run \`${wiredLimitCommand(wired)}\` on it (the setting resets at reboot)`
+        : `that is more than it can wire while keeping ${formatBytes(MAC_SYSTEM_RESERVE_BYTES)} for macOS`;
+    lines.push(
+      `${node.name} (${node.nodeId}) would hold layers [${start},${end}): ${formatBytes(wired)} of weights, ` +
+        `KV and GPU buffers over its GPU working-set limit of ${formatBytes(limit)} ` +
+        `(${node.gpuWorkingSetSource ?? "unknown source"}); ${fix}`,
+    );
+  });
+  return new ClusterError(
+    "cluster_not_ready",
+    `the model fits in the nodes' memory but not under their GPU working-set limit: ${lines.join("; ")}. ` +
+      `Or lower --context, or add a machine.`,
+  );
 }
 
 /** "node-a [0,31) embed | node-b [31,62) head": one line for logs and `cluster status`. */

@@ -1,12 +1,13 @@
 // What this node offers the cluster: memory, chip, cores, backends, bandwidth and the model it holds. Hello
 // answers with it; the planner splits layers by it.
-import { cpus, freemem, totalmem } from "node:os";
+import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
 import { errorMessage } from "../common/errors.js";
 import { modelIdOf, readModelConfig } from "../common/model-config.js";
 import { heldParts, modelFingerprint, readManifest, readModelTable } from "../common/model-table.js";
 import type { Capabilities, ModelInfo } from "../common/wire/types.js";
+import { systemMemory } from "./memory-gauge.js";
 
 const LAYER_TENSOR = /^model\.layers\.(\d+)\./;
 
@@ -104,12 +105,18 @@ export class CapabilityReader {
     }
   }
 
-  /** Current figures (free memory changes; the rest is read once). */
+  /** Current figures (available memory changes; the rest is read once). */
   read(): Capabilities {
     const chip = chipName();
+    const memory = systemMemory.read();
+    const gpuLimit = systemMemory.gpuLimit();
     return {
-      memory_total: totalmem(),
-      memory_free: freemem(),
+      memory_total: memory.totalBytes,
+      // Available as the OS counts it (reclaimable cache included), not only free pages: memory-readers.ts.
+      memory_free: memory.availableBytes,
+      memory_source: memory.source,
+      gpu_working_set_limit: gpuLimit?.bytes ?? 0,
+      gpu_working_set_source: gpuLimit?.source ?? "",
       chip,
       cores: cpus().length,
       backends: this.inputs.backends,

@@ -1,9 +1,9 @@
 // The figures a node reports on its Status stream (the heartbeat membership watches): its shard, its engine's
 // throughput and busy share over the last interval, its queue, memory and KV, and the latency of frames
 // arriving on its inbound data stream.
-import { freemem, totalmem } from "node:os";
 import { nowUs } from "../common/wire/frames.js";
 import type { NodeStatus } from "../common/wire/types.js";
+import { systemMemory } from "./memory-gauge.js";
 import type { LoadedShard } from "./shard.js";
 import type { StageCounters } from "./stage.js";
 
@@ -43,6 +43,7 @@ export class StatusReporter {
     const hops = shard?.stage.hopPercentiles(this.hopsSinceMs) ?? { p50: 0, p99: 0, count: 0 };
     const batches = delta("batches");
     const cache = shard?.blocks.figures();
+    const memory = systemMemory.read();
     return {
       node_id: this.nodeId,
       time_us: nowUs(),
@@ -57,8 +58,8 @@ export class StatusReporter {
       queue_depth: now?.queueDepth ?? 0,
       kv_bytes: stats?.kvBytes ?? 0,
       weight_bytes: shard?.weightBytes ?? 0,
-      memory_used: totalmem() - freemem(),
-      memory_total: totalmem(),
+      memory_used: memory.totalBytes - memory.availableBytes,
+      memory_total: memory.totalBytes,
       sequences: now?.sequences ?? 0,
       inbound_hop_p50_us: hops.p50,
       inbound_hop_p99_us: hops.p99,

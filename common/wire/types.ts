@@ -57,6 +57,10 @@ export interface Capabilities {
   model: ModelInfo | null;
   platform: string;
   arch: string;
+  /** macOS: bytes the GPU may keep wired (0 elsewhere). */
+  gpu_working_set_limit: number;
+  gpu_working_set_source: string;
+  memory_source: string;
 }
 
 export interface HelloReply {

@@ -2,6 +2,7 @@
 // The `cluster` command. Each subcommand lives in cli/commands/<name>.ts and registers itself here.
 import { Command } from "commander";
 import { packageVersion } from "../common/paths.js";
+import { register as registerDoctor } from "./commands/doctor.js";
 import { register as registerMakeModel } from "./commands/make-model.js";
 import { register as registerOpenClawConfig } from "./commands/openclaw-config.js";
 import { register as registerPull } from "./commands/pull.js";
@@ -21,5 +22,6 @@ registerUp(program);
 registerPull(program);
 registerStatus(program);
 registerService(program);
+registerDoctor(program);
 
 await program.parseAsync(process.argv);

@@ -21,6 +21,13 @@ export interface NodeView {
   apiUrl?: string;
   chip: string;
   cores: number;
+  /** Package version the node runs (absent for a lost stage). */
+  version?: string;
+  /**
+   * Its clock minus ours, in ms, from its last heartbeat's timestamp and when it arrived (includes the one-way
+   * delay, under a millisecond on a LAN). Absent before the first heartbeat.
+   */
+  clockSkewMs?: number;
   /** Backends it can run, and the one its shard runs on (the plan's). */
   backends: string[];
   backend: string;
@@ -190,6 +197,8 @@ function memberView(m: Member, inputs: HealthInputs, now: number): NodeView {
     apiUrl: apiUrlOf(m, inputs.localApiHost),
     chip: caps.chip,
     cores: caps.cores,
+    version: m.version,
+    clockSkewMs: status?.time_us ? Math.round(status.time_us / 1000 - m.lastSeen) : undefined,
     backends: caps.backends,
     backend: inputs.plan?.backend ?? status?.backend ?? caps.backends[0] ?? "",
     memoryTotalBytes: status?.memory_total || caps.memory_total,

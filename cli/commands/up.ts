@@ -21,6 +21,7 @@ import type { BackendChoice } from "../../common/engine-api.js";
 import { ClusterError, errorMessage } from "../../common/errors.js";
 import { modelIdOf, readModelConfig } from "../../common/model-config.js";
 import { modelFingerprint, readModelTable } from "../../common/model-table.js";
+import { probeMulticast } from "../../common/multicast-probe.js";
 import { packageVersion } from "../../common/paths.js";
 import { loadWireTls, useWireTls, wireTlsFilesOf } from "../../common/wire/tls.js";
 import { readModelFootprint } from "../../coordinator/model-footprint.js";
@@ -29,6 +30,7 @@ import { type Advertisement, advertiseNode } from "../../node-agent/advertise.js
 import { type NodeAgent, startNodeAgent } from "../../node-agent/server.js";
 import { hubEnv } from "../../weights/hub-env.js";
 import { resolveModel } from "../../weights/resolve.js";
+import { checkMulticast } from "../doctor/checks.js";
 import { makeModel } from "../make-model/index.js";
 import { createLoadProgress } from "../progress.js";
 
@@ -179,6 +181,16 @@ async function listenApi(...args: Parameters<typeof startApiServer>): Promise<Ap
   }
 }
 
+/**
+ * Bonjour fails silently where multicast is blocked (on macOS 15+, a process without the Local Network
+ * permission, often a launchd service): the node then just never finds anyone. Say so, with the fix.
+ */
+async function warnIfMulticastBlocked(interfaceAddress: string | undefined): Promise<void> {
+  const check = checkMulticast(process.platform, await probeMulticast(5000, interfaceAddress));
+  if (check.status === "fail")
+    process.stderr.write(`studio-cluster: warning: ${check.detail}\n  fix: ${check.fix}\n`);
+}
+
 function say(line: string): void {
   process.stdout.write(`studio-cluster: ${line}\n`);
 }
@@ -322,6 +334,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
         interfaceAddress,
       });
       cleanups.push(() => advertisement.stop());
+      void warnIfMulticastBlocked(interfaceAddress);
     }
 
     const progress = createLoadProgress();

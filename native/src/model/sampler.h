@@ -27,6 +27,12 @@ struct Sample {
 /** logits is modified (logit bias applied). position: the position whose logits these are. */
 Sample sample_token(std::span<float> logits, const SamplingParams& params, int64_t position);
 
+/** The random draw of sample_token (temperature > 0); argmax: the best token, whose logit is the reference. */
+int32_t draw(std::span<float> logits, const SamplingParams& params, int64_t position, int32_t argmax);
+
+/** The tokens top_p keeps at this temperature (the fewest best whose weights reach top_p of all), in id order. */
+std::vector<int32_t> top_p_nucleus(std::span<const float> logits, float top_p, float temperature);
+
 /** A uniform double in [0, 1) from (seed, counter). */
 double counter_uniform(uint64_t seed, uint64_t counter);
 

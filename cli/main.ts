@@ -2,6 +2,7 @@
 // The `cluster` command. Each subcommand lives in cli/commands/<name>.ts and registers itself here.
 import { Command } from "commander";
 import { packageVersion } from "../common/paths.js";
+import { register as registerBench } from "./commands/bench.js";
 import { register as registerDoctor } from "./commands/doctor.js";
 import { register as registerMakeModel } from "./commands/make-model.js";
 import { register as registerOpenClawConfig } from "./commands/openclaw-config.js";
@@ -23,5 +24,6 @@ registerPull(program);
 registerStatus(program);
 registerService(program);
 registerDoctor(program);
+registerBench(program);
 
 await program.parseAsync(process.argv);

@@ -12,6 +12,7 @@ import {
   type GenerationRun,
   newId,
   type OutputEvent,
+  usagePlaceholder,
 } from "../generation-run.js";
 import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { ChatCompletionsBody, validator } from "../request-schemas.js";
@@ -98,7 +99,8 @@ export function registerChatCompletions(app: FastifyInstance, deps: ApiDeps): vo
       cancelOnDisconnect(reply.raw, run);
       return reply.send(await complete(run, id, created, model));
     }
-    const chunk = (sse: SseStream, choices: unknown[], extra: Record<string, unknown> = {}) =>
+    const noUsage = usagePlaceholder(body);
+    const chunk = (sse: SseStream, choices: unknown[], extra: Record<string, unknown> = noUsage) =>
       sse.send({
         id,
         object: "chat.completion.chunk",

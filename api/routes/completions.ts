@@ -3,7 +3,7 @@ import type { FastifyInstance } from "fastify";
 import { stopStrings } from "../../chat/stop-strings.js";
 import { errorMessage } from "../../common/errors.js";
 import { toApiError } from "../errors.js";
-import { cancelOnDisconnect, completionsUsage, newId } from "../generation-run.js";
+import { cancelOnDisconnect, completionsUsage, newId, usagePlaceholder } from "../generation-run.js";
 import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { CompletionsBody, validator } from "../request-schemas.js";
 import { streamRun } from "../sse.js";
@@ -38,6 +38,7 @@ export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
         usage: completionsUsage(run.usage, false),
       });
     }
+    const noUsage = usagePlaceholder(body);
     await streamRun(reply, run, (sse) => ({
       doneMarker: true,
       event: (event) => {
@@ -45,12 +46,14 @@ export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
           sse.send({
             ...base,
             choices: [{ index: 0, text: event.delta, logprobs: null, finish_reason: null }],
+            ...noUsage,
           });
       },
       end: () => {
         sse.send({
           ...base,
           choices: [{ index: 0, text: "", logprobs: null, finish_reason: run.finishReason }],
+          ...noUsage,
         });
         sse.send({ ...base, choices: [], usage: completionsUsage(run.usage, false) });
       },

@@ -74,17 +74,13 @@ class ResponseBuilder {
     }
     const r = this.reasoning;
     r.text += delta;
-    // Both the summary and the full-text events: older clients read only the summary ones.
+    // Each piece once, as a summary delta: clients that append both summary and reasoning_text deltas
+    // (OpenClaw) showed it twice, and the openai SDK's accumulator needs a content part opened for
+    // reasoning_text deltas. The full text reaches the item's `content` on output_item.done.
     this.emit("response.reasoning_summary_text.delta", {
       output_index: r.index,
       item_id: r.item.id,
       summary_index: 0,
-      delta,
-    });
-    this.emit("response.reasoning_text.delta", {
-      output_index: r.index,
-      item_id: r.item.id,
-      content_index: 0,
       delta,
     });
   }
@@ -100,7 +96,6 @@ class ResponseBuilder {
       summary_index: 0,
       part: { type: "summary_text", text: r.text },
     });
-    this.emit("response.reasoning_text.done", { ...ids, content_index: 0, text: r.text });
     r.item.summary = [{ type: "summary_text", text: r.text }];
     r.item.content = [{ type: "reasoning_text", text: r.text }];
     this.emit("response.output_item.done", { output_index: r.index, item: r.item });

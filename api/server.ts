@@ -93,8 +93,7 @@ async function buildApp(
     const ready = typeof health?.ok === "boolean" ? health.ok : ctx.generator() !== undefined;
     return reply.code(ready ? 200 : 503).send(health ?? { ready });
   });
-  await app.register(v1Plugin, {
-    prefix: "/v1",
+  const v1Options = {
     generator: () => ctx.generator(),
     coordinatorUrl: () => ctx.coordinatorUrl(),
     modelDir: ctx.modelDir,
@@ -103,7 +102,10 @@ async function buildApp(
     requests,
     requestTimeoutMs: options.requestTimeoutMs,
     drain,
-  });
+  };
+  await app.register(v1Plugin, { prefix: "/v1", ...v1Options });
+  // GET /props at the root too: llama.cpp clients ask it beside the /v1 base URL.
+  await app.register(v1Plugin, { ...v1Options, propsOnly: true });
   const snapshot = ctx.snapshot?.bind(ctx);
   if (snapshot)
     await registerLiveViews(app, {

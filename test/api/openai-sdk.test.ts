@@ -463,4 +463,35 @@ describe("models", () => {
     const models = await client.models.list();
     expect(models.data.map((m) => m.id)).toEqual([cluster.modelId]);
   });
+
+  it("advertises the served window and the output limit, in the fields discovering clients read", async () => {
+    const window = cluster.scheduler.contextWindow; // 4096 here, not the model's maximum
+    const expected = {
+      context_length: window,
+      context_window: window,
+      max_model_len: window,
+      max_output_tokens: window / 4,
+      max_completion_tokens: window / 4,
+    };
+    const models = await client.models.list();
+    expect(models.data[0]).toMatchObject(expected);
+    expect(await client.models.retrieve(cluster.modelId)).toMatchObject(expected);
+  });
+
+  it("gives the window as n_ctx at GET /props, under the base URL and at the root, behind the API key", async () => {
+    const root = cluster.baseUrl.replace(/\/v1$/, "");
+    for (const url of [`${cluster.baseUrl}/props`, `${root}/props`]) {
+      const response = await fetch(url, { headers: { authorization: `Bearer ${cluster.apiKey}` } });
+      expect(response.status).toBe(200);
+      const props = (await response.json()) as {
+        n_ctx: number;
+        default_generation_settings: { n_ctx: number };
+      };
+      expect(props.n_ctx).toBe(cluster.scheduler.contextWindow);
+      expect(props.default_generation_settings.n_ctx).toBe(cluster.scheduler.contextWindow);
+      const denied = await fetch(url);
+      expect(denied.status).toBe(401);
+      expect(((await denied.json()) as { error: { code: string } }).error.code).toBe("invalid_api_key");
+    }
+  });
 });

@@ -40,6 +40,8 @@ export interface UpOptions {
   apiPort: number;
   apiHost: string;
   apiKey?: string;
+  /** Browser origins allowed to call the API (CORS); none by default. */
+  corsOrigin: string[];
   key?: string;
   peer: string[];
   backend: BackendChoice;
@@ -102,6 +104,23 @@ function collectPeer(value: string, previous: string[]): string[] {
     throw new InvalidArgumentError(errorMessage(err));
   }
   return [...previous, value];
+}
+
+/** "*", or an origin as browsers send it: scheme://host[:port], no path. */
+function collectOrigin(value: string, previous: string[]): string[] {
+  if (value !== "*") {
+    let origin: string | undefined;
+    try {
+      origin = new URL(value).origin;
+    } catch {
+      origin = undefined;
+    }
+    if (origin !== value.replace(/\/$/, ""))
+      throw new InvalidArgumentError(
+        `--cors-origin must be "*" or an origin such as http://localhost:3000 (got "${value}")`,
+      );
+  }
+  return [...previous, value.replace(/\/$/, "")];
 }
 
 /** An interface name (en0, bridge0) or one of this machine's IPv4 addresses -> that IPv4 address. */
@@ -251,6 +270,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
         port: opts.apiPort,
         apiKey: opts.apiKey,
         requestTimeoutMs: opts.requestTimeout ? opts.requestTimeout * 1000 : undefined,
+        corsOrigins: opts.corsOrigin,
       },
     );
     // Closed last (cleanups run in reverse); by then drainApi below has ended every stream with a terminal event.
@@ -401,6 +421,12 @@ export function register(program: Command): void {
     .option("--api-port <port>", "HTTP API port", intArg("--api-port", 0, 65535), 8080)
     .option("--api-host <host>", "HTTP API address (anything but loopback requires --api-key)", "127.0.0.1")
     .option("--api-key <key>", "require this bearer key on the HTTP API")
+    .option(
+      "--cors-origin <origin>",
+      'let web pages from this origin call the HTTP API, e.g. http://localhost:3000, or "*" for any (repeatable; default: none)',
+      collectOrigin,
+      [],
+    )
     .option("--key <key>", "the cluster key (printed by the first node); generated and stored when absent")
     .option(
       "--peer <host:port>",

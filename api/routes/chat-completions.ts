@@ -17,6 +17,7 @@ import {
 import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { ChatCompletionsBody, validator } from "../request-schemas.js";
 import { type SseStream, streamRun } from "../sse.js";
+import { refuseUnsupportedChat } from "../unsupported.js";
 
 const validate = validator(ChatCompletionsBody, "POST /v1/chat/completions");
 
@@ -76,6 +77,7 @@ function deltaOf(event: OutputEvent, toolIndex: number): Record<string, unknown>
 export function registerChatCompletions(app: FastifyInstance, deps: ApiDeps): void {
   app.post("/chat/completions", async (request, reply) => {
     const body = validate(request.body);
+    refuseUnsupportedChat(body);
     checkModel(deps, body.model);
     const conversation = fromChatCompletions(body.messages, body.tools);
     const run = await startRun(

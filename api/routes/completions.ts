@@ -7,12 +7,14 @@ import { cancelOnDisconnect, completionsUsage, newId, usagePlaceholder } from ".
 import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { CompletionsBody, validator } from "../request-schemas.js";
 import { streamRun } from "../sse.js";
+import { refuseUnsupportedCompletions } from "../unsupported.js";
 
 const validate = validator(CompletionsBody, "POST /v1/completions");
 
 export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
   app.post("/completions", async (request, reply) => {
     const body = validate(request.body);
+    refuseUnsupportedCompletions(body);
     checkModel(deps, body.model);
     const prompt = Array.isArray(body.prompt) ? body.prompt[0] : body.prompt;
     const run = await startRun(

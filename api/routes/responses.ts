@@ -10,6 +10,7 @@ import { cancelOnDisconnect, type GenerationRun, newId, type OutputEvent } from 
 import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { ResponsesBody, validator } from "../request-schemas.js";
 import { streamRun } from "../sse.js";
+import { refuseUnsupportedResponses } from "../unsupported.js";
 
 const validate = validator(ResponsesBody, "POST /v1/responses");
 
@@ -212,6 +213,7 @@ function conversationOf(body: ResponsesBody) {
 export function registerResponses(app: FastifyInstance, deps: ApiDeps): void {
   app.post("/responses", async (request, reply) => {
     const body = validate(request.body);
+    refuseUnsupportedResponses(body);
     checkModel(deps, body.model);
     const conversation = conversationOf(body);
     const constraints = {

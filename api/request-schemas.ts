@@ -50,6 +50,7 @@ export const ResponsesBody = Type.Object({
   tools: Tools,
   max_output_tokens: OptionalInteger,
   previous_response_id: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+  store: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
 });
 export type ResponsesBody = Static<typeof ResponsesBody>;
 

@@ -310,6 +310,60 @@ describe("responses through the openai SDK", () => {
   });
 });
 
+/** `store` is echoed in the response object, a field the SDK's Response type does not declare. */
+const storeOf = (response: object) => (response as { store?: unknown }).store;
+
+describe("stored responses (store, GET / DELETE /v1/responses/{id}, previous_response_id)", () => {
+  it("stores by default, continues from previous_response_id, and deletes", async () => {
+    const first = await client.responses.create({
+      model: cluster.modelId,
+      input: "Weather in Paris and the time in CET?",
+      tools: RESPONSES_TOOLS,
+    });
+    expect(storeOf(first)).toBe(true);
+    const fetched = await client.responses.retrieve(first.id);
+    expect(fetched).toMatchObject({ id: first.id, status: "completed", store: true });
+    expect(fetched.output).toEqual(first.output);
+    // The follow-up sends only the tool outputs: the server puts the first turn's input and output before them.
+    const outputs: OpenAI.Responses.ResponseInputItem[] = first.output
+      .filter((o): o is OpenAI.Responses.ResponseFunctionToolCall => o.type === "function_call")
+      .map((call) => ({ type: "function_call_output", call_id: call.call_id, output: `ok ${call.name}` }));
+    const second = await client.responses.create({
+      model: cluster.modelId,
+      previous_response_id: first.id,
+      input: outputs,
+      tools: RESPONSES_TOOLS,
+    });
+    expect(second.previous_response_id).toBe(first.id);
+    expect(second.usage!.input_tokens).toBeGreaterThan(
+      first.usage!.input_tokens + first.usage!.output_tokens,
+    );
+    await client.responses.delete(first.id);
+    await expect(client.responses.retrieve(first.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    await expect(client.responses.delete(first.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    const orphan = client.responses.create({
+      model: cluster.modelId,
+      previous_response_id: first.id,
+      input: outputs,
+    });
+    await expect(orphan).rejects.toMatchObject({ status: 400, param: "previous_response_id" });
+  });
+
+  it("a streamed response is stored when it completes; store: false is echoed and not stored", async () => {
+    const stored = await client.responses
+      .stream({ model: cluster.modelId, input: "Weather?" })
+      .finalResponse();
+    expect(storeOf(stored)).toBe(true);
+    expect((await client.responses.retrieve(stored.id)).status).toBe("completed");
+    const events = await responsesStream("Weather?");
+    const completed = events[events.length - 1] as OpenAI.Responses.ResponseCompletedEvent;
+    expect(storeOf(completed.response)).toBe(false);
+    await expect(client.responses.retrieve(completed.response.id)).rejects.toBeInstanceOf(
+      OpenAI.NotFoundError,
+    );
+  });
+});
+
 describe("the SDK's stream helpers", () => {
   const question = "Weather in Paris and the time in CET?";
 

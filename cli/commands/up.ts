@@ -147,15 +147,18 @@ function selfHost(interfaceAddress: string | undefined, peers: string[], bonjour
   return external?.address ?? "127.0.0.1";
 }
 
-/** The tiny demo model, made once under the studio-cluster home (atomically: several nodes may start at once). */
+/**
+ * The demo model (preset "demo": small, the real model's window, a fixed reply with reasoning then text), made
+ * once under the studio-cluster home (atomically: several nodes may start at once).
+ */
 async function demoModelDir(): Promise<string> {
-  const dir = join(clusterHome(), "models", "demo-tiny");
+  const dir = join(clusterHome(), "models", "demo");
   if (existsSync(join(dir, "config.json"))) return dir;
   mkdirSync(join(clusterHome(), "models"), { recursive: true });
   const scratch = `${dir}.tmp-${process.pid}`;
   rmSync(scratch, { recursive: true, force: true });
   process.stderr.write(`making the demo model in ${dir} ...\n`);
-  await makeModel({ dir: scratch, preset: "tiny" });
+  await makeModel({ dir: scratch, preset: "demo" });
   try {
     renameSync(scratch, dir);
   } catch (err) {
@@ -415,7 +418,7 @@ export function register(program: Command): void {
       "--model <dir|org/name[@rev]>",
       "the model: a checkpoint folder (MLX safetensors layout), or a Hugging Face model id found in the HF cache or LM Studio, else fetched (only this node's layers)",
     )
-    .option("--demo", "use a tiny generated demo model (made on first use)")
+    .option("--demo", "use the generated demo model, which gives one fixed reply (made on first use)")
     .option("--name <name>", "this node's name (default: one per gRPC port)")
     .option("--port <port>", "gRPC port of the node agent (0 = any free port)", intArg("--port", 0, 65535), 0)
     .option("--api-port <port>", "HTTP API port", intArg("--api-port", 0, 65535), 8080)

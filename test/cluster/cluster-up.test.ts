@@ -144,6 +144,7 @@ describe("cluster up --demo on one machine", () => {
       [["--demo", "--api-host", "0.0.0.0"], /--api-host 0\.0\.0\.0 is not loopback: it requires --api-key/],
       [["--demo", "--peer", "nonsense"], /--peer "nonsense" is not host:port/],
       [["--demo", "--key", "short"], /cluster key is invalid/],
+      [["--demo", "--cors-origin", "localhost:3000/app"], /--cors-origin must be "\*" or an origin/],
       [
         ["--model", join(home, "no-such-model")],
         /--model .*no-such-model: no such folder, and not a Hugging Face model id/,

@@ -3,6 +3,7 @@
 import { Readable } from "node:stream";
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { apiError } from "./errors.js";
+import { headersSetOn } from "./sse.js";
 
 /** Marks a forwarded request so that it is never forwarded twice. */
 export const FORWARDED_HEADER = "x-studio-cluster-forwarded";
@@ -50,7 +51,8 @@ export async function forwardRequest(
     return;
   }
   reply.hijack();
-  const responseHeaders: Record<string, string> = {};
+  // This node's own headers (CORS: the Origin header is not passed on, so the coordinator adds none).
+  const responseHeaders = headersSetOn(reply);
   upstream.headers.forEach((value, name) => {
     if (!DROPPED_RESPONSE_HEADERS.has(name)) responseHeaders[name] = value;
   });

@@ -56,6 +56,17 @@ export function completionsUsage(u: Usage, withReasoning: boolean): Record<strin
   };
 }
 
+/**
+ * The `usage` field of a streamed chunk that is not the usage chunk: OpenAI sends `"usage": null` on every
+ * other chunk when stream_options.include_usage asked for usage (clients tell the last chunk by it), and
+ * no field otherwise.
+ */
+export function usagePlaceholder(body: { stream_options?: { include_usage?: boolean | null } | null }): {
+  usage?: null;
+} {
+  return body.stream_options?.include_usage === true ? { usage: null } : {};
+}
+
 /** Cancels the run when the client closes the connection before the answer went out (non-streaming). */
 export function cancelOnDisconnect(
   raw: NodeJS.EventEmitter & { writableFinished: boolean; destroyed: boolean },

@@ -16,6 +16,12 @@ const ReplyShape = {
 const Sampling = {
   model: Type.Optional(Type.String()),
   stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
+  stream_options: Type.Optional(
+    Type.Union([
+      Type.Object({ include_usage: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])) }),
+      Type.Null(),
+    ]),
+  ),
   temperature: OptionalNumber,
   top_p: OptionalNumber,
   top_k: OptionalNumber,
@@ -44,6 +50,7 @@ export const ResponsesBody = Type.Object({
   tools: Tools,
   max_output_tokens: OptionalInteger,
   previous_response_id: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+  store: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
 });
 export type ResponsesBody = Static<typeof ResponsesBody>;
 

@@ -3,6 +3,7 @@
 // it with an ApiContext that follows the cluster: which generator serves, or which node coordinates when this
 // one does not.
 import { isIP } from "node:net";
+import cors from "@fastify/cors";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import { ChatFormatter } from "../chat/chat-formatter.js";
 import type { ClusterSnapshot } from "../cluster/snapshot.js";
@@ -39,6 +40,11 @@ export interface ApiServerOptions {
   bodyLimit?: number;
   /** Longest one generation may run end to end; it then ends with a "timeout" error event. Default: none. */
   requestTimeoutMs?: number;
+  /**
+   * Browser origins allowed to call the API (CORS), e.g. "http://localhost:3000"; "*" allows any. None (the
+   * default): no CORS headers, so a web page cannot read the API's answers.
+   */
+  corsOrigins?: string[];
 }
 
 export interface ApiServer {
@@ -58,6 +64,21 @@ export function isLoopback(host: string): boolean {
   return host === "::1" || host === "[::1]";
 }
 
+/**
+ * Opt-in CORS. Its hook is global and runs before the /v1 plugin's, so a preflight (OPTIONS, which a browser
+ * sends without the Authorization header) is answered before the API key is checked, and the answers to real
+ * requests, 401s included, carry the headers a page needs to read them.
+ */
+async function allowCors(app: FastifyInstance, origins: string[]): Promise<void> {
+  if (origins.length === 0) return;
+  await app.register(cors, {
+    origin: origins.includes("*") ? "*" : origins,
+    methods: ["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
+    exposedHeaders: ["retry-after"],
+    maxAge: 600,
+  });
+}
+
 async function buildApp(
   ctx: ApiContext,
   options: ApiServerOptions,
@@ -71,6 +92,7 @@ async function buildApp(
     forceCloseConnections: true,
   });
   useStrictJsonBodies(app);
+  await allowCors(app, options.corsOrigins ?? []);
   app.setErrorHandler((err: FastifyError, _request, reply) => {
     // Fastify's own rejections (bad JSON, body too large) carry a 4xx statusCode; ours are ClusterErrors.
     if (!(err instanceof ClusterError) && err.statusCode && err.statusCode < 500)
@@ -93,8 +115,7 @@ async function buildApp(
     const ready = typeof health?.ok === "boolean" ? health.ok : ctx.generator() !== undefined;
     return reply.code(ready ? 200 : 503).send(health ?? { ready });
   });
-  await app.register(v1Plugin, {
-    prefix: "/v1",
+  const v1Options = {
     generator: () => ctx.generator(),
     coordinatorUrl: () => ctx.coordinatorUrl(),
     modelDir: ctx.modelDir,
@@ -103,7 +124,10 @@ async function buildApp(
     requests,
     requestTimeoutMs: options.requestTimeoutMs,
     drain,
-  });
+  };
+  await app.register(v1Plugin, { prefix: "/v1", ...v1Options });
+  // GET /props at the root too: llama.cpp clients ask it beside the /v1 base URL.
+  await app.register(v1Plugin, { ...v1Options, propsOnly: true });
   const snapshot = ctx.snapshot?.bind(ctx);
   if (snapshot)
     await registerLiveViews(app, {

@@ -3,6 +3,14 @@
 import type { FastifyReply } from "fastify";
 import type { GenerationRun, OutputEvent } from "./generation-run.js";
 
+/** The headers set on a reply so far (CORS), for a hijacked reply that writes its own head. */
+export function headersSetOn(reply: FastifyReply): Record<string, string | number | string[]> {
+  const headers: Record<string, string | number | string[]> = {};
+  for (const [name, value] of Object.entries(reply.getHeaders()))
+    if (value !== undefined) headers[name] = value;
+  return headers;
+}
+
 export class SseStream {
   private ended = false;
 
@@ -12,7 +20,9 @@ export class SseStream {
   ) {
     reply.hijack();
     const raw = reply.raw;
+    // Headers set on the reply before the hijack (CORS) would be lost otherwise.
     raw.writeHead(200, {
+      ...headersSetOn(reply),
       "content-type": "text/event-stream; charset=utf-8",
       "cache-control": "no-cache",
       connection: "keep-alive",

@@ -11,7 +11,7 @@ import type { ApiDeps } from "./request-context.js";
 import type { RequestLog } from "./request-log.js";
 import { registerChatCompletions } from "./routes/chat-completions.js";
 import { registerCompletions } from "./routes/completions.js";
-import { registerModels } from "./routes/models.js";
+import { registerModels, registerProps } from "./routes/models.js";
 import { registerResponses } from "./routes/responses.js";
 
 export interface V1Options {
@@ -25,6 +25,11 @@ export interface V1Options {
   requests: RequestLog;
   requestTimeoutMs?: number;
   drain: Drain;
+  /**
+   * Register only GET /props, with the same hooks: the plugin is registered a second time at the root for
+   * clients that ask llama.cpp's /props beside, not under, the /v1 base URL.
+   */
+  propsOnly?: boolean;
 }
 
 export const v1Plugin: FastifyPluginAsync<V1Options> = async (app: FastifyInstance, options) => {
@@ -50,12 +55,6 @@ export const v1Plugin: FastifyPluginAsync<V1Options> = async (app: FastifyInstan
       );
     return forwardRequest(request, reply, coordinator);
   });
-  app.setNotFoundHandler((request, reply) =>
-    sendApiError(
-      reply,
-      apiError(404, `no route ${request.method} ${request.url.split("?")[0]}`, "not_found"),
-    ),
-  );
   const deps: ApiDeps = {
     generator: () => options.generator(),
     modelDir: options.modelDir,
@@ -64,6 +63,13 @@ export const v1Plugin: FastifyPluginAsync<V1Options> = async (app: FastifyInstan
     requestTimeoutMs: options.requestTimeoutMs,
     live: drain.live,
   };
+  if (options.propsOnly) return registerProps(app, deps);
+  app.setNotFoundHandler((request, reply) =>
+    sendApiError(
+      reply,
+      apiError(404, `no route ${request.method} ${request.url.split("?")[0]}`, "not_found"),
+    ),
+  );
   registerModels(app, deps);
   registerResponses(app, { ...deps, api: "responses" });
   registerChatCompletions(app, { ...deps, api: "chat.completions" });

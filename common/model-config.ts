@@ -155,3 +155,12 @@ export function modelIdOf(modelDir: string): string {
   }
   return basename(dir);
 }
+
+/**
+ * The longest reply a client should plan for, advertised by GET /v1/models and written by `cluster
+ * openclaw-config`: 32,768 tokens, and never more than a quarter of the window, so a reply cannot take the
+ * whole window from the conversation it answers.
+ */
+export function replyTokenLimit(contextWindow: number): number {
+  return Math.max(1, Math.min(32_768, Math.floor(contextWindow / 4)));
+}

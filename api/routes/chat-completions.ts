@@ -12,10 +12,12 @@ import {
   type GenerationRun,
   newId,
   type OutputEvent,
+  usagePlaceholder,
 } from "../generation-run.js";
 import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { ChatCompletionsBody, validator } from "../request-schemas.js";
 import { type SseStream, streamRun } from "../sse.js";
+import { refuseUnsupportedChat } from "../unsupported.js";
 
 const validate = validator(ChatCompletionsBody, "POST /v1/chat/completions");
 
@@ -75,6 +77,7 @@ function deltaOf(event: OutputEvent, toolIndex: number): Record<string, unknown>
 export function registerChatCompletions(app: FastifyInstance, deps: ApiDeps): void {
   app.post("/chat/completions", async (request, reply) => {
     const body = validate(request.body);
+    refuseUnsupportedChat(body);
     checkModel(deps, body.model);
     const conversation = fromChatCompletions(body.messages, body.tools);
     const run = await startRun(
@@ -98,7 +101,8 @@ export function registerChatCompletions(app: FastifyInstance, deps: ApiDeps): vo
       cancelOnDisconnect(reply.raw, run);
       return reply.send(await complete(run, id, created, model));
     }
-    const chunk = (sse: SseStream, choices: unknown[], extra: Record<string, unknown> = {}) =>
+    const noUsage = usagePlaceholder(body);
+    const chunk = (sse: SseStream, choices: unknown[], extra: Record<string, unknown> = noUsage) =>
       sse.send({
         id,
         object: "chat.completion.chunk",

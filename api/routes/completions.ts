@@ -3,16 +3,18 @@ import type { FastifyInstance } from "fastify";
 import { stopStrings } from "../../chat/stop-strings.js";
 import { errorMessage } from "../../common/errors.js";
 import { toApiError } from "../errors.js";
-import { cancelOnDisconnect, completionsUsage, newId } from "../generation-run.js";
+import { cancelOnDisconnect, completionsUsage, newId, usagePlaceholder } from "../generation-run.js";
 import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { CompletionsBody, validator } from "../request-schemas.js";
 import { streamRun } from "../sse.js";
+import { refuseUnsupportedCompletions } from "../unsupported.js";
 
 const validate = validator(CompletionsBody, "POST /v1/completions");
 
 export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
   app.post("/completions", async (request, reply) => {
     const body = validate(request.body);
+    refuseUnsupportedCompletions(body);
     checkModel(deps, body.model);
     const prompt = Array.isArray(body.prompt) ? body.prompt[0] : body.prompt;
     const run = await startRun(
@@ -38,6 +40,7 @@ export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
         usage: completionsUsage(run.usage, false),
       });
     }
+    const noUsage = usagePlaceholder(body);
     await streamRun(reply, run, (sse) => ({
       doneMarker: true,
       event: (event) => {
@@ -45,12 +48,14 @@ export function registerCompletions(app: FastifyInstance, deps: ApiDeps): void {
           sse.send({
             ...base,
             choices: [{ index: 0, text: event.delta, logprobs: null, finish_reason: null }],
+            ...noUsage,
           });
       },
       end: () => {
         sse.send({
           ...base,
           choices: [{ index: 0, text: "", logprobs: null, finish_reason: run.finishReason }],
+          ...noUsage,
         });
         sse.send({ ...base, choices: [], usage: completionsUsage(run.usage, false) });
       },

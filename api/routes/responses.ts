@@ -1,19 +1,28 @@
 // POST /v1/responses: the Responses API event sequence of docs/api.md, streamed or as one object.
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyReply } from "fastify";
 import { openAiResponseFormat, openAiToolChoice } from "../../chat/constraints.js";
 import { fromResponses, toolNames } from "../../chat/conversation.js";
 import { RequestError } from "../../chat/request-error.js";
 import { stopStrings } from "../../chat/stop-strings.js";
 import { errorMessage } from "../../common/errors.js";
-import { toApiError } from "../errors.js";
+import { apiError, sendApiError, toApiError } from "../errors.js";
 import { cancelOnDisconnect, type GenerationRun, newId, type OutputEvent } from "../generation-run.js";
 import { type ApiDeps, checkModel, samplingOf, startRun } from "../request-context.js";
 import { ResponsesBody, validator } from "../request-schemas.js";
+import { ResponseStore } from "../response-store.js";
 import { streamRun } from "../sse.js";
+import { refuseUnsupportedResponses } from "../unsupported.js";
 
 const validate = validator(ResponsesBody, "POST /v1/responses");
 
 type Item = Record<string, unknown> & { type: string; id: string };
+interface Echo {
+  tools: unknown[];
+  toolChoice: unknown;
+  parallelToolCalls: boolean;
+  store: boolean;
+  previousResponseId: string | null;
+}
 type Emit = (type: string, payload: Record<string, unknown>) => void;
 
 /** Builds the output items and the events that announce them, in the order docs/api.md lists. */
@@ -28,10 +37,12 @@ class ResponseBuilder {
     private readonly model: string,
     private readonly emit: Emit,
     /** Echoed in the response object as the request gave them. */
-    private readonly request: { tools: unknown[]; toolChoice: unknown; parallelToolCalls: boolean } = {
+    private readonly request: Echo = {
       tools: [],
       toolChoice: "auto",
       parallelToolCalls: true,
+      store: false,
+      previousResponseId: null,
     },
   ) {}
 
@@ -46,6 +57,8 @@ class ResponseBuilder {
       parallel_tool_calls: this.request.parallelToolCalls,
       tool_choice: this.request.toolChoice,
       tools: this.request.tools,
+      store: this.request.store,
+      previous_response_id: this.request.previousResponseId,
       error: null,
       incomplete_details: null,
       ...extra,
@@ -74,17 +87,13 @@ class ResponseBuilder {
     }
     const r = this.reasoning;
     r.text += delta;
-    // Both the summary and the full-text events: older clients read only the summary ones.
+    // Each piece once, as a summary delta: clients that append both summary and reasoning_text deltas
+    // (OpenClaw) showed it twice, and the openai SDK's accumulator needs a content part opened for
+    // reasoning_text deltas. The full text reaches the item's `content` on output_item.done.
     this.emit("response.reasoning_summary_text.delta", {
       output_index: r.index,
       item_id: r.item.id,
       summary_index: 0,
-      delta,
-    });
-    this.emit("response.reasoning_text.delta", {
-      output_index: r.index,
-      item_id: r.item.id,
-      content_index: 0,
       delta,
     });
   }
@@ -100,7 +109,6 @@ class ResponseBuilder {
       summary_index: 0,
       part: { type: "summary_text", text: r.text },
     });
-    this.emit("response.reasoning_text.done", { ...ids, content_index: 0, text: r.text });
     r.item.summary = [{ type: "summary_text", text: r.text }];
     r.item.content = [{ type: "reasoning_text", text: r.text }];
     this.emit("response.output_item.done", { output_index: r.index, item: r.item });
@@ -205,20 +213,51 @@ class ResponseBuilder {
   }
 }
 
-function conversationOf(body: ResponsesBody) {
-  if (body.previous_response_id)
+/**
+ * The request's input as items, after those of the response it continues (previous_response_id): that
+ * response's own input, then its output, as OpenAI chains them. Instructions and tools are the request's own.
+ */
+function inputOf(body: ResponsesBody, store: ResponseStore): unknown[] {
+  const own = typeof body.input === "string" ? [body.input] : body.input;
+  const previousId = body.previous_response_id;
+  if (!previousId) return own;
+  const previous = store.get(previousId);
+  if (!previous)
     throw new RequestError(
-      "previous_response_id is not supported (responses are not stored): send the whole input",
+      `Previous response with id '${previousId}' not found (previous_response_id): it was not stored (store: false), was deleted or evicted, or another node coordinated then; send the whole input`,
       "previous_response_id",
     );
-  return fromResponses(body.instructions, body.input, body.tools);
+  return [...previous.input, ...(previous.response.output as unknown[]), ...own];
+}
+
+function notFound(reply: FastifyReply, id: string): FastifyReply {
+  return sendApiError(
+    reply,
+    apiError(404, `Response with id '${id}' not found.`, "response_not_found", "response_id"),
+  );
+}
+
+/** GET and DELETE /v1/responses/{id}: the responses kept with store: true. */
+function registerStored(app: FastifyInstance, store: ResponseStore): void {
+  app.get<{ Params: { id: string } }>("/responses/:id", async (request, reply) => {
+    const stored = store.get(request.params.id);
+    return stored ? stored.response : notFound(reply, request.params.id);
+  });
+  app.delete<{ Params: { id: string } }>("/responses/:id", async (request, reply) => {
+    if (!store.delete(request.params.id)) return notFound(reply, request.params.id);
+    return { id: request.params.id, object: "response", deleted: true };
+  });
 }
 
 export function registerResponses(app: FastifyInstance, deps: ApiDeps): void {
+  const store = new ResponseStore();
+  registerStored(app, store);
   app.post("/responses", async (request, reply) => {
     const body = validate(request.body);
+    refuseUnsupportedResponses(body);
     checkModel(deps, body.model);
-    const conversation = conversationOf(body);
+    const input = inputOf(body, store);
+    const conversation = fromResponses(body.instructions, input, body.tools);
     const constraints = {
       toolChoice: openAiToolChoice(body.tool_choice, toolNames(conversation)),
       parallelToolCalls: body.parallel_tool_calls !== false,
@@ -235,17 +274,26 @@ export function registerResponses(app: FastifyInstance, deps: ApiDeps): void {
       },
     );
     const model = body.model ?? deps.modelId;
-    const echo = {
+    const echo: Echo = {
       tools: body.tools ?? [],
       toolChoice: body.tool_choice ?? "auto",
       parallelToolCalls: constraints.parallelToolCalls,
+      // OpenAI's default: stored unless the request says store: false.
+      store: body.store !== false,
+      previousResponseId: body.previous_response_id ?? null,
+    };
+    /** The finished response, kept when the request asked for it. */
+    const keep = (builder: ResponseBuilder, response: Record<string, unknown>) => {
+      if (echo.store) store.put(builder.id, { response, input });
     };
     if (!body.stream) {
       cancelOnDisconnect(reply.raw, run);
       const builder = new ResponseBuilder(model, () => undefined, echo);
       for await (const event of run.events()) builder.on(event);
       builder.closeAll();
-      return reply.send(builder.final(run).response);
+      const { response } = builder.final(run);
+      keep(builder, response);
+      return reply.send(response);
     }
     let sequence = 0;
     await streamRun(reply, run, (sse) => {
@@ -260,16 +308,17 @@ export function registerResponses(app: FastifyInstance, deps: ApiDeps): void {
         end: () => {
           builder.closeAll();
           const terminal = builder.final(run);
+          keep(builder, terminal.response);
           emit(terminal.type, { response: terminal.response });
         },
         fail: (err) => {
           const failure = toApiError(err);
           builder.closeAll();
-          emit("response.failed", {
-            response: builder.envelope("failed", {
-              error: { code: failure.body.error.code ?? "server_error", message: errorMessage(err) },
-            }),
+          const response = builder.envelope("failed", {
+            error: { code: failure.body.error.code ?? "server_error", message: errorMessage(err) },
           });
+          keep(builder, response);
+          emit("response.failed", { response });
         },
       };
     });

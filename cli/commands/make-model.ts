@@ -1,4 +1,4 @@
-// `cluster make-model DIR`: writes a synthetic MiniMax-M2 checkpoint (tiny / bench / scripted preset).
+// `cluster make-model DIR`: writes a synthetic MiniMax-M2 checkpoint (tiny / bench / scripted / demo preset).
 import { existsSync, readdirSync } from "node:fs";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
@@ -24,7 +24,7 @@ function integer(flag: string, value: string): number {
 
 async function run(dir: string, flags: MakeModelFlags): Promise<void> {
   if (!isPresetName(flags.preset))
-    throw new Error(`make-model: unknown preset "${flags.preset}" (use tiny, bench or scripted)`);
+    throw new Error(`make-model: unknown preset "${flags.preset}" (use tiny, bench, scripted or demo)`);
   if (existsSync(dir) && readdirSync(dir).length > 0 && !flags.force)
     throw new Error(`make-model: ${dir} is not empty (use --force to write into it anyway)`);
   const bar = new SingleBar({
@@ -59,7 +59,7 @@ export function register(program: Command): void {
     .command("make-model")
     .description("write a synthetic MiniMax-M2 checkpoint (MLX layout, trained tokenizer, chat template)")
     .argument("<dir>", "output directory")
-    .option("--preset <name>", "tiny | bench | scripted", "tiny")
+    .option("--preset <name>", "tiny | bench | scripted | demo", "tiny")
     .option("--bits <n>", "quantization bits: 2, 3, 4, 5, 6, 8, or 0 for unquantized", "4")
     .option("--group-size <n>", "quantization group size: 32, 64 or 128", "64")
     .option("--dtype <type>", "dtype of unquantized tensors: bf16, f16 or f32", "bf16")

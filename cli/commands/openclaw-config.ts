@@ -1,7 +1,7 @@
 // `cluster openclaw-config`: prints the provider block for ~/.openclaw/openclaw.json that points OpenClaw at
 // this cluster, with the model's real context window read from its config.json.
 import type { Command } from "commander";
-import { modelIdOf, readModelConfig } from "../../common/model-config.js";
+import { modelIdOf, readModelConfig, replyTokenLimit } from "../../common/model-config.js";
 
 export type OpenClawApi = "openai-responses" | "openai-completions";
 
@@ -10,7 +10,10 @@ export interface OpenClawConfigOptions {
   baseUrl: string;
   apiKey?: string;
   api: OpenClawApi | "both";
-  /** Largest reply OpenClaw asks for (default 32768, never more than the context window). */
+  /**
+   * Largest reply OpenClaw asks for (default replyTokenLimit: 32768, at most a quarter of the window, the
+   * limit GET /v1/models advertises; never more than the context window).
+   */
   maxTokens?: number;
 }
 
@@ -24,7 +27,7 @@ export function openClawConfig(opts: OpenClawConfigOptions): Record<string, unkn
   const config = readModelConfig(opts.modelDir);
   const modelId = modelIdOf(opts.modelDir);
   const contextWindow = config.maxPositionEmbeddings;
-  const maxTokens = Math.min(opts.maxTokens ?? 32_768, contextWindow);
+  const maxTokens = Math.min(opts.maxTokens ?? replyTokenLimit(contextWindow), contextWindow);
   const apis: OpenClawApi[] = opts.api === "both" ? ["openai-responses", "openai-completions"] : [opts.api];
   const providers: Record<string, unknown> = {};
   for (const api of apis) {

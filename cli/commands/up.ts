@@ -42,6 +42,8 @@ export interface UpOptions {
   apiPort: number;
   apiHost: string;
   apiKey?: string;
+  /** Browser origins allowed to call the API (CORS); none by default. */
+  corsOrigin: string[];
   key?: string;
   peer: string[];
   backend: BackendChoice;
@@ -106,6 +108,23 @@ function collectPeer(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
+/** "*", or an origin as browsers send it: scheme://host[:port], no path. */
+function collectOrigin(value: string, previous: string[]): string[] {
+  if (value !== "*") {
+    let origin: string | undefined;
+    try {
+      origin = new URL(value).origin;
+    } catch {
+      origin = undefined;
+    }
+    if (origin !== value.replace(/\/$/, ""))
+      throw new InvalidArgumentError(
+        `--cors-origin must be "*" or an origin such as http://localhost:3000 (got "${value}")`,
+      );
+  }
+  return [...previous, value.replace(/\/$/, "")];
+}
+
 /** An interface name (en0, bridge0) or one of this machine's IPv4 addresses -> that IPv4 address. */
 export function resolveInterfaceAddress(value: string): string {
   const interfaces = networkInterfaces();
@@ -130,15 +149,18 @@ function selfHost(interfaceAddress: string | undefined, peers: string[], bonjour
   return external?.address ?? "127.0.0.1";
 }
 
-/** The tiny demo model, made once under the studio-cluster home (atomically: several nodes may start at once). */
+/**
+ * The demo model (preset "demo": small, the real model's window, a fixed reply with reasoning then text), made
+ * once under the studio-cluster home (atomically: several nodes may start at once).
+ */
 async function demoModelDir(): Promise<string> {
-  const dir = join(clusterHome(), "models", "demo-tiny");
+  const dir = join(clusterHome(), "models", "demo");
   if (existsSync(join(dir, "config.json"))) return dir;
   mkdirSync(join(clusterHome(), "models"), { recursive: true });
   const scratch = `${dir}.tmp-${process.pid}`;
   rmSync(scratch, { recursive: true, force: true });
   process.stderr.write(`making the demo model in ${dir} ...\n`);
-  await makeModel({ dir: scratch, preset: "tiny" });
+  await makeModel({ dir: scratch, preset: "demo" });
   try {
     renameSync(scratch, dir);
   } catch (err) {
@@ -263,6 +285,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
         port: opts.apiPort,
         apiKey: opts.apiKey,
         requestTimeoutMs: opts.requestTimeout ? opts.requestTimeout * 1000 : undefined,
+        corsOrigins: opts.corsOrigin,
       },
     );
     // Closed last (cleanups run in reverse); by then drainApi below has ended every stream with a terminal event.
@@ -408,12 +431,18 @@ export function register(program: Command): void {
       "--model <dir|org/name[@rev]>",
       "the model: a checkpoint folder (MLX safetensors layout), or a Hugging Face model id found in the HF cache or LM Studio, else fetched (only this node's layers)",
     )
-    .option("--demo", "use a tiny generated demo model (made on first use)")
+    .option("--demo", "use the generated demo model, which gives one fixed reply (made on first use)")
     .option("--name <name>", "this node's name (default: one per gRPC port)")
     .option("--port <port>", "gRPC port of the node agent (0 = any free port)", intArg("--port", 0, 65535), 0)
     .option("--api-port <port>", "HTTP API port", intArg("--api-port", 0, 65535), 8080)
     .option("--api-host <host>", "HTTP API address (anything but loopback requires --api-key)", "127.0.0.1")
     .option("--api-key <key>", "require this bearer key on the HTTP API")
+    .option(
+      "--cors-origin <origin>",
+      'let web pages from this origin call the HTTP API, e.g. http://localhost:3000, or "*" for any (repeatable; default: none)',
+      collectOrigin,
+      [],
+    )
     .option("--key <key>", "the cluster key (printed by the first node); generated and stored when absent")
     .option(
       "--peer <host:port>",

@@ -7,7 +7,7 @@ import { BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN, SPECIAL_TOKENS } from "./chat-temp
 import { generateCorpus } from "./corpus.js";
 import { isPresetName, type ModelShape, PRESETS, type PresetName } from "./presets.js";
 import { SUPPORTED_BITS, SUPPORTED_GROUP_SIZES } from "./quantize.js";
-import { SCRIPT_ADDED_TOKENS, scriptedValues } from "./scripted.js";
+import { isScripted, scriptAddedTokens, scriptedValues } from "./scripted.js";
 import { type AddedToken, type TrainedBpe, tokenizerJson, trainBpe } from "./tokenizer-trainer.js";
 import {
   encodeModule,
@@ -52,7 +52,7 @@ export function resolveOptions(opts: MakeModelOptions): ResolvedOptions {
   const dtype = opts.dtype ?? "bf16";
   const seed = opts.seed ?? 0;
   if (!isPresetName(opts.preset))
-    throw new Error(`make-model: unknown preset "${opts.preset}" (use tiny, bench or scripted)`);
+    throw new Error(`make-model: unknown preset "${opts.preset}" (use tiny, bench, scripted or demo)`);
   if (bits !== 0 && !(SUPPORTED_BITS as readonly number[]).includes(bits))
     throw new Error(
       `make-model: --bits must be 0 (unquantized) or one of ${SUPPORTED_BITS.join(", ")} (got ${bits})`,
@@ -75,7 +75,7 @@ function corpusChars(vocabSize: number): number {
 
 function addedTokens(preset: PresetName): AddedToken[] {
   const special = SPECIAL_TOKENS.map((content) => ({ content, special: true }));
-  return preset === "scripted" ? [...special, ...SCRIPT_ADDED_TOKENS] : special;
+  return isScripted(preset) ? [...special, ...scriptAddedTokens(preset)] : special;
 }
 
 interface BuiltTokenizer {
@@ -210,10 +210,9 @@ export async function makeModel(opts: MakeModelOptions): Promise<void> {
   writeTokenizerFiles(o.dir, tok, shape);
 
   const defs = weightDefs({ shape, bits: o.bits, groupSize: o.groupSize, dtype: o.dtype });
-  const valuesOf =
-    o.preset === "scripted"
-      ? scriptedValues(shape, o.seed, (t) => tok.idOf(t), tok.bpe)
-      : (def: WeightDef) => seededValues(def, o.seed);
+  const valuesOf = isScripted(o.preset)
+    ? scriptedValues(shape, o.seed, (t) => tok.idOf(t), tok.bpe, o.preset)
+    : (def: WeightDef) => seededValues(def, o.seed);
   const encode = (def: WeightDef) =>
     shape.randomPacked ? randomPackedModule(def, o.seed) : encodeModule(def, valuesOf(def));
   const shards = assignShards(defs, shape.shards);

@@ -3,7 +3,7 @@
 // bench and scripted use a 10k vocabulary: with 8k, our synthetic corpus compresses real English prompts to
 // only ~3.44 characters per token; 10k reaches the ~3.5 of a real tokenizer.
 
-export type PresetName = "tiny" | "bench" | "scripted";
+export type PresetName = "tiny" | "bench" | "scripted" | "demo";
 
 export interface ModelShape {
   hiddenSize: number;
@@ -24,6 +24,23 @@ export interface ModelShape {
   /** bench writes random packed words directly instead of quantizing generated floats. */
   randomPacked: boolean;
 }
+
+const SCRIPTED: ModelShape = {
+  hiddenSize: 256,
+  numLayers: 2,
+  numHeads: 2,
+  numKvHeads: 1,
+  headDim: 64,
+  rotaryDim: 32,
+  intermediateSize: 128,
+  numExperts: 4,
+  expertsPerToken: 2,
+  maxPositionEmbeddings: 65_536,
+  ropeTheta: 5_000_000,
+  vocabSize: 10240,
+  shards: 2,
+  randomPacked: false,
+};
 
 export const PRESETS: Record<PresetName, ModelShape> = {
   tiny: {
@@ -58,22 +75,10 @@ export const PRESETS: Record<PresetName, ModelShape> = {
     shards: 4,
     randomPacked: true,
   },
-  scripted: {
-    hiddenSize: 256,
-    numLayers: 2,
-    numHeads: 2,
-    numKvHeads: 1,
-    headDim: 64,
-    rotaryDim: 32,
-    intermediateSize: 128,
-    numExperts: 4,
-    expertsPerToken: 2,
-    maxPositionEmbeddings: 65_536,
-    ropeTheta: 5_000_000,
-    vocabSize: 10240,
-    shards: 2,
-    randomPacked: false,
-  },
+  scripted: SCRIPTED,
+  // demo: the scripted shape playing the demo script (reasoning, then text), with the real model's window so
+  // that OpenClaw's ~20k-token first prompt fits.
+  demo: { ...SCRIPTED, maxPositionEmbeddings: 196_608 },
 };
 
 export function isPresetName(name: string): name is PresetName {

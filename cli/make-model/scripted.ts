@@ -34,6 +34,32 @@ const PIECES: Piece[] = [
   { special: "</minimax:tool_call>" },
 ];
 
+// The demo preset (`cluster up --demo`): reasoning that ends, then visible text, then EOS, so that a client
+// such as OpenClaw completes a turn and shows a reply. No tool calls: the demo cannot know a client's tools.
+const DEMO_REASONING =
+  "This is the studio-cluster demo model: generated weights that give one fixed reply. No real model runs here, so the reasoning ends.";
+const DEMO_CONTENT =
+  "Hello from studio-cluster! This demo model always gives this same reply; serve MiniMax M2.1 with `cluster up --model mlx-community/MiniMax-M2.1-4bit` for real answers.";
+
+const DEMO_PIECES: Piece[] = [
+  { added: "This is the studio-cluster demo model: generated weights that give one fixed reply." },
+  { added: " No real model runs here, so the reasoning ends.\n" },
+  { special: "</think>" },
+  { added: "\n\nHello from studio-cluster!" },
+  { added: " This demo model always gives this same reply;" },
+  {
+    added: " serve MiniMax M2.1 with `cluster up --model mlx-community/MiniMax-M2.1-4bit` for real answers.",
+  },
+];
+
+/** The presets whose weights play a script, and their scripts. */
+export type ScriptName = "scripted" | "demo";
+const SCRIPTS: Record<ScriptName, Piece[]> = { scripted: PIECES, demo: DEMO_PIECES };
+
+export function isScripted(preset: string): preset is ScriptName {
+  return Object.hasOwn(SCRIPTS, preset);
+}
+
 function pieceText(p: Piece): string {
   if ("added" in p) return p.added;
   if ("special" in p) return p.special;
@@ -56,20 +82,36 @@ export const SCRIPTED_REPLY = {
   eos: "[e~[",
 } as const;
 
-/** Non-special added tokens the scripted tokenizer needs. */
-export const SCRIPT_ADDED_TOKENS = PIECES.flatMap((p) =>
-  "added" in p ? [{ content: p.added, special: false }] : [],
-);
+/** The demo preset's fixed reply, as the API returns it. */
+export const DEMO_REPLY = {
+  reasoning: DEMO_REASONING,
+  content: DEMO_CONTENT,
+  pieces: DEMO_PIECES.map(pieceText),
+} as const;
+
+/** Non-special added tokens a scripted tokenizer needs. */
+export function scriptAddedTokens(name: ScriptName): Array<{ content: string; special: false }> {
+  return SCRIPTS[name].flatMap((p) => ("added" in p ? [{ content: p.added, special: false as const }] : []));
+}
+
+/** Non-special added tokens the scripted preset's tokenizer needs. */
+export const SCRIPT_ADDED_TOKENS = scriptAddedTokens("scripted");
 
 /** Token ids of the script, in order, then EOS; the id before it ("\n") is the prompt's last token. */
-export function scriptTokenIds(idOf: (content: string) => number, bpe: TrainedBpe): number[] {
+export function scriptTokenIds(
+  idOf: (content: string) => number,
+  bpe: TrainedBpe,
+  name: ScriptName = "scripted",
+): number[] {
   const bytes = byteToUnicode();
   const idOfByte = (b: number) => {
     const id = bpe.vocab.get(bytes[b]);
     if (id === undefined) throw new Error(`scripted: no byte token for 0x${b.toString(16)}`);
     return id;
   };
-  const ids = PIECES.map((p) => ("byte" in p ? idOfByte(p.byte) : idOf("added" in p ? p.added : p.special)));
+  const ids = SCRIPTS[name].map((p) =>
+    "byte" in p ? idOfByte(p.byte) : idOf("added" in p ? p.added : p.special),
+  );
   return [idOfByte(10), ...ids, idOf(SCRIPTED_REPLY.eos)];
 }
 
@@ -79,8 +121,9 @@ export function scriptedValues(
   seed: number,
   idOf: (content: string) => number,
   bpe: TrainedBpe,
+  name: ScriptName = "scripted",
 ): (def: WeightDef) => Float32Array {
-  const chain = scriptTokenIds(idOf, bpe);
+  const chain = scriptTokenIds(idOf, bpe, name);
   if (new Set(chain).size !== chain.length) throw new Error("scripted: a token occurs twice in the script");
   const h = shape.hiddenSize;
   return (def) => {

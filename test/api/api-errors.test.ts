@@ -157,6 +157,42 @@ async function waitForStages(
   }
 }
 
+describe("what the cluster cannot honour is refused, naming the field, not ignored", () => {
+  const cases: Array<[string, Json, string]> = [
+    ["/chat/completions", { messages: HELLO, n: 2 }, "n"],
+    ["/chat/completions", { messages: HELLO, logprobs: true }, "logprobs"],
+    ["/chat/completions", { messages: HELLO, logprobs: true, top_logprobs: 3 }, "logprobs"],
+    ["/chat/completions", { messages: HELLO, top_logprobs: 3 }, "top_logprobs"],
+    ["/completions", { prompt: "hi", n: 3 }, "n"],
+    ["/completions", { prompt: "hi", best_of: 2 }, "best_of"],
+    ["/completions", { prompt: "hi", logprobs: 2 }, "logprobs"],
+    ["/responses", { input: "hi", include: ["message.output_text.logprobs"] }, "include"],
+    ["/responses", { input: "hi", top_logprobs: 2 }, "top_logprobs"],
+  ];
+  for (const [path, body, param] of cases)
+    it(`${path} ${JSON.stringify(body).slice(0, 80)} -> 400 param ${param}`, async () => {
+      const response = await post(path, { ...body, stream: true });
+      expect(response.status).toBe(400);
+      const error = await errorOf(response);
+      expect(error).toMatchObject({ type: "invalid_request_error", param });
+      expect(error.message).toMatch(/not supported/);
+    });
+
+  it("the values that ask for nothing more pass", async () => {
+    const c = await post(
+      "/chat/completions",
+      chat({ n: 1, logprobs: false, top_logprobs: null, max_tokens: 1 }),
+    );
+    expect(c.status).toBe(200);
+    const r = await post("/responses", {
+      input: "hi",
+      include: ["reasoning.encrypted_content"],
+      max_output_tokens: 1,
+    });
+    expect(r.status).toBe(200);
+  });
+});
+
 describe("generation control", () => {
   it("stop strings end the completion before the stop text", async () => {
     const plain = (await (

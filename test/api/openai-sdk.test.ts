@@ -4,7 +4,7 @@
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SCRIPTED_REPLY } from "../../cli/make-model/scripted.js";
-import { type ApiCluster, startApiCluster } from "../helpers/api-cluster.js";
+import { type ApiCluster, readSse, startApiCluster } from "../helpers/api-cluster.js";
 
 let cluster: ApiCluster;
 let client: OpenAI;
@@ -199,18 +199,23 @@ function checkResponsesStream(events: ResponseEvent[]): OpenAI.Responses.Respons
   for (const e of events) if ("delta" in e) expect(typeof e.delta).toBe("string");
   const at = (type: string, index: number) =>
     events.filter((e) => e.type === type && "output_index" in e && e.output_index === index);
-  // 0: reasoning, with both the summary and the full-text deltas.
+  // 0: reasoning, each piece once as a summary delta (a client appending every reasoning delta it meets shows
+  // it once), the full text in the item's content on output_item.done.
   const added0 = at("response.output_item.added", 0)[0] as OpenAI.Responses.ResponseOutputItemAddedEvent;
   expect(added0.item.type).toBe("reasoning");
   expect(at("response.reasoning_summary_part.added", 0)).toHaveLength(1);
-  const summary = at("response.reasoning_summary_text.delta", 0)
+  const reasoningDeltas = events
+    .filter((e) => e.type.startsWith("response.reasoning") && e.type.endsWith(".delta"))
     .map((e) => (e as { delta: string }).delta)
     .join("");
-  const full = at("response.reasoning_text.delta", 0)
-    .map((e) => (e as { delta: string }).delta)
-    .join("");
-  expect(summary).toBe(SCRIPTED_REPLY.reasoning);
-  expect(full).toBe(SCRIPTED_REPLY.reasoning);
+  expect(reasoningDeltas).toBe(SCRIPTED_REPLY.reasoning);
+  expect(at("response.reasoning_text.delta", 0)).toHaveLength(0);
+  const done0 = at("response.output_item.done", 0)[0] as OpenAI.Responses.ResponseOutputItemDoneEvent;
+  expect(done0.item).toMatchObject({
+    type: "reasoning",
+    summary: [{ type: "summary_text", text: SCRIPTED_REPLY.reasoning }],
+    content: [{ type: "reasoning_text", text: SCRIPTED_REPLY.reasoning }],
+  });
   // 1: the message.
   expect(
     (at("response.output_item.added", 1)[0] as OpenAI.Responses.ResponseOutputItemAddedEvent).item.type,
@@ -305,9 +310,242 @@ describe("responses through the openai SDK", () => {
   });
 });
 
+/** `store` is echoed in the response object, a field the SDK's Response type does not declare. */
+const storeOf = (response: object) => (response as { store?: unknown }).store;
+
+describe("stored responses (store, GET / DELETE /v1/responses/{id}, previous_response_id)", () => {
+  it("stores by default, continues from previous_response_id, and deletes", async () => {
+    const first = await client.responses.create({
+      model: cluster.modelId,
+      input: "Weather in Paris and the time in CET?",
+      tools: RESPONSES_TOOLS,
+    });
+    expect(storeOf(first)).toBe(true);
+    const fetched = await client.responses.retrieve(first.id);
+    expect(fetched).toMatchObject({ id: first.id, status: "completed", store: true });
+    expect(fetched.output).toEqual(first.output);
+    // The follow-up sends only the tool outputs: the server puts the first turn's input and output before them.
+    const outputs: OpenAI.Responses.ResponseInputItem[] = first.output
+      .filter((o): o is OpenAI.Responses.ResponseFunctionToolCall => o.type === "function_call")
+      .map((call) => ({ type: "function_call_output", call_id: call.call_id, output: `ok ${call.name}` }));
+    const second = await client.responses.create({
+      model: cluster.modelId,
+      previous_response_id: first.id,
+      input: outputs,
+      tools: RESPONSES_TOOLS,
+    });
+    expect(second.previous_response_id).toBe(first.id);
+    expect(second.usage!.input_tokens).toBeGreaterThan(
+      first.usage!.input_tokens + first.usage!.output_tokens,
+    );
+    await client.responses.delete(first.id);
+    await expect(client.responses.retrieve(first.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    await expect(client.responses.delete(first.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    const orphan = client.responses.create({
+      model: cluster.modelId,
+      previous_response_id: first.id,
+      input: outputs,
+    });
+    await expect(orphan).rejects.toMatchObject({ status: 400, param: "previous_response_id" });
+  });
+
+  it("a streamed response is stored when it completes; store: false is echoed and not stored", async () => {
+    const stored = await client.responses
+      .stream({ model: cluster.modelId, input: "Weather?" })
+      .finalResponse();
+    expect(storeOf(stored)).toBe(true);
+    expect((await client.responses.retrieve(stored.id)).status).toBe("completed");
+    const events = await responsesStream("Weather?");
+    const completed = events[events.length - 1] as OpenAI.Responses.ResponseCompletedEvent;
+    expect(storeOf(completed.response)).toBe(false);
+    await expect(client.responses.retrieve(completed.response.id)).rejects.toBeInstanceOf(
+      OpenAI.NotFoundError,
+    );
+  });
+});
+
+describe("the SDK's stream helpers", () => {
+  const question = "Weather in Paris and the time in CET?";
+
+  it("responses.stream().finalResponse() accumulates reasoning, message and calls", async () => {
+    const stream = client.responses.stream({
+      model: cluster.modelId,
+      input: question,
+      tools: RESPONSES_TOOLS,
+      max_output_tokens: 200,
+      reasoning: { effort: "medium", summary: "auto" },
+    });
+    let reasoningShown = "";
+    stream.on("response.reasoning_summary_text.delta", (e) => {
+      reasoningShown += e.delta;
+    });
+    stream.on("response.reasoning_text.delta", (e) => {
+      reasoningShown += e.delta;
+    });
+    const response = (await stream.finalResponse()) as OpenAI.Responses.Response;
+    expect(reasoningShown).toBe(SCRIPTED_REPLY.reasoning);
+    const reasoning = response.output[0] as OpenAI.Responses.ResponseReasoningItem;
+    expect(reasoning.type).toBe("reasoning");
+    expect(reasoning.summary).toEqual([{ type: "summary_text", text: SCRIPTED_REPLY.reasoning }]);
+    expect(reasoning.content).toEqual([{ type: "reasoning_text", text: SCRIPTED_REPLY.reasoning }]);
+    expect(response.output_text).toBe(SCRIPTED_REPLY.content);
+    const calls = response.output.filter(
+      (o): o is OpenAI.Responses.ResponseFunctionToolCall => o.type === "function_call",
+    );
+    expect(calls.map((c) => ({ name: c.name, arguments: JSON.parse(c.arguments) }))).toEqual(EXPECTED_CALLS);
+  });
+
+  it("chat.completions.stream().finalChatCompletion() accumulates text, reasoning and calls", async () => {
+    const stream = client.chat.completions.stream({
+      model: cluster.modelId,
+      messages: [{ role: "user", content: question }],
+      tools: CHAT_TOOLS,
+      max_completion_tokens: 200,
+      stream_options: { include_usage: true },
+    });
+    // The SDK's accumulator overwrites fields it does not know (reasoning_content) instead of appending them,
+    // so the reasoning is read from the chunks, as clients do.
+    let reasoning = "";
+    stream.on("chunk", (chunk) => {
+      const delta = chunk.choices[0]?.delta as { reasoning_content?: string } | undefined;
+      reasoning += delta?.reasoning_content ?? "";
+    });
+    const completion = await stream.finalChatCompletion();
+    const message = completion.choices[0].message;
+    expect(message.content).toBe(SCRIPTED_REPLY.content);
+    expect(reasoning).toBe(SCRIPTED_REPLY.reasoning);
+    const calls = (message.tool_calls ?? []) as OpenAI.Chat.ChatCompletionMessageFunctionToolCall[];
+    expect(
+      calls.map((c) => ({ name: c.function.name, arguments: JSON.parse(c.function.arguments) })),
+    ).toEqual(EXPECTED_CALLS);
+    expect(completion.choices[0].finish_reason).toBe("tool_calls");
+    expect(completion.usage?.completion_tokens).toBeGreaterThan(0);
+  });
+
+  it("runTools calls the tools with the parsed arguments and sends their results back", async () => {
+    const seen: unknown[] = [];
+    const tool = (name: string) => ({
+      type: "function" as const,
+      function: {
+        name,
+        description: `tool ${name}`,
+        parameters: CHAT_TOOLS.find((t) => t.function.name === name)!.function.parameters!,
+        parse: JSON.parse,
+        function: (args: unknown) => {
+          seen.push({ name, arguments: args });
+          return `result of ${name}`;
+        },
+      },
+    });
+    // The scripted model calls both tools on every turn: two completions are one round trip.
+    const runner = client.chat.completions.runTools(
+      {
+        model: cluster.modelId,
+        messages: [{ role: "user", content: question }],
+        tools: [tool("get_weather"), tool("get_time")],
+        max_completion_tokens: 200,
+      },
+      { maxChatCompletions: 2 },
+    );
+    await runner.done();
+    const completions = runner.allChatCompletions();
+    expect(completions).toHaveLength(2);
+    expect(seen.slice(0, 2)).toEqual(EXPECTED_CALLS);
+    const toolMessages = runner.messages.filter((m) => m.role === "tool");
+    expect(toolMessages.map((m) => (m as { content: string }).content).slice(0, 2)).toEqual([
+      "result of get_weather",
+      "result of get_time",
+    ]);
+    // The second request carried the results: its prompt is longer than the first's.
+    expect(completions[1].usage!.prompt_tokens).toBeGreaterThan(completions[0].usage!.prompt_tokens);
+  });
+});
+
+describe("stream_options.include_usage", () => {
+  async function chunksOf(path: string, body: Record<string, unknown>): Promise<Record<string, unknown>[]> {
+    const response = await fetch(`${cluster.baseUrl}${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${cluster.apiKey}` },
+      body: JSON.stringify({ model: cluster.modelId, stream: true, ...body }),
+    });
+    expect(response.status).toBe(200);
+    const events = await readSse(response);
+    expect(events[events.length - 1].data).toBe("[DONE]");
+    return events.slice(0, -1).map((e) => JSON.parse(e.data));
+  }
+
+  function checkUsageNullExceptLast(chunks: Record<string, unknown>[]): void {
+    expect(chunks.length).toBeGreaterThan(2);
+    for (const chunk of chunks.slice(0, -1)) expect(chunk).toHaveProperty("usage", null);
+    const last = chunks[chunks.length - 1];
+    expect(last.choices).toEqual([]);
+    expect((last.usage as { total_tokens: number }).total_tokens).toBeGreaterThan(0);
+  }
+
+  it('chat chunks carry "usage": null until the usage chunk', async () => {
+    checkUsageNullExceptLast(
+      await chunksOf("/chat/completions", {
+        messages: [{ role: "user", content: "Weather?" }],
+        max_tokens: 8,
+        stream_options: { include_usage: true },
+      }),
+    );
+  });
+
+  it('completion chunks carry "usage": null until the usage chunk', async () => {
+    checkUsageNullExceptLast(
+      await chunksOf("/completions", {
+        prompt: "Weather",
+        max_tokens: 4,
+        stream_options: { include_usage: true },
+      }),
+    );
+  });
+
+  it("without include_usage the chunks have no usage field, and the usage chunk still comes", async () => {
+    const chunks = await chunksOf("/chat/completions", {
+      messages: [{ role: "user", content: "Weather?" }],
+      max_tokens: 8,
+    });
+    for (const chunk of chunks.slice(0, -1)) expect(chunk).not.toHaveProperty("usage");
+    expect(chunks[chunks.length - 1].usage).toBeTruthy();
+  });
+});
+
 describe("models", () => {
   it("lists the served model", async () => {
     const models = await client.models.list();
     expect(models.data.map((m) => m.id)).toEqual([cluster.modelId]);
+  });
+
+  it("advertises the served window and the output limit, in the fields discovering clients read", async () => {
+    const window = cluster.scheduler.contextWindow; // 4096 here, not the model's maximum
+    const expected = {
+      context_length: window,
+      context_window: window,
+      max_model_len: window,
+      max_output_tokens: window / 4,
+      max_completion_tokens: window / 4,
+    };
+    const models = await client.models.list();
+    expect(models.data[0]).toMatchObject(expected);
+    expect(await client.models.retrieve(cluster.modelId)).toMatchObject(expected);
+  });
+
+  it("gives the window as n_ctx at GET /props, under the base URL and at the root, behind the API key", async () => {
+    const root = cluster.baseUrl.replace(/\/v1$/, "");
+    for (const url of [`${cluster.baseUrl}/props`, `${root}/props`]) {
+      const response = await fetch(url, { headers: { authorization: `Bearer ${cluster.apiKey}` } });
+      expect(response.status).toBe(200);
+      const props = (await response.json()) as {
+        n_ctx: number;
+        default_generation_settings: { n_ctx: number };
+      };
+      expect(props.n_ctx).toBe(cluster.scheduler.contextWindow);
+      expect(props.default_generation_settings.n_ctx).toBe(cluster.scheduler.contextWindow);
+      const denied = await fetch(url);
+      expect(denied.status).toBe(401);
+      expect(((await denied.json()) as { error: { code: string } }).error.code).toBe("invalid_api_key");
+    }
   });
 });

@@ -62,6 +62,8 @@ export async function startApiCluster(opts: {
   cacheRoot?: string;
   /** Where the scheduler logs what each request took from the cache. */
   log?: (line: string) => void;
+  /** Origins the API allows (CORS); none when absent. */
+  corsOrigins?: string[];
 }): Promise<ApiCluster> {
   const modelDir = await ensureModel(`${opts.preset}-4bit`, opts.preset);
   const key = newClusterKey();
@@ -95,7 +97,7 @@ export async function startApiCluster(opts: {
         health: () => ({ ready: true }),
         coordinatorUrl: () => undefined,
       },
-      { host: "127.0.0.1", port: 0, apiKey },
+      { host: "127.0.0.1", port: 0, apiKey, corsOrigins: opts.corsOrigins },
     );
     const running = pipeline;
     return {

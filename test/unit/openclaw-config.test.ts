@@ -97,6 +97,19 @@ describe("cluster openclaw-config", () => {
     expect(providers.studio.models[0].maxTokens).toBe(196608);
   });
 
+  it("keeps the default output limit to a quarter of a small window, not the whole window", () => {
+    const smallDir = join(root, "small-window");
+    mkdirSync(smallDir);
+    writeFileSync(
+      join(smallDir, "config.json"),
+      JSON.stringify({ ...config, max_position_embeddings: 8192 }),
+    );
+    const block = openClawConfig({ modelDir: smallDir, baseUrl: "http://127.0.0.1:8080/v1", api: "both" });
+    const providers = (block.models as { providers: Record<string, Provider> }).providers;
+    for (const p of Object.values(providers))
+      expect(p.models[0]).toMatchObject({ contextWindow: 8192, maxTokens: 2048 });
+  });
+
   it("names the bad option value", async () => {
     await expect(runCli(["--model", modelDir, "--api", "grpc"])).rejects.toThrow(/--api must be/);
     expect(() => openClawConfig({ modelDir: join(root, "missing"), baseUrl: "x", api: "both" })).toThrow(

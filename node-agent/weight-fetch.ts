@@ -40,6 +40,8 @@ export interface WeightFetcherOptions {
   log: (line: string) => void;
   /** Tries per source before the next (default 4). */
   attemptsPerSource?: number;
+  /** Chunk size asked of the source (0 or absent: the source's default, 1 MiB). */
+  chunkBytes?: number;
 }
 
 /** A chunk failed its check: fetched again from its first byte. */
@@ -138,10 +140,13 @@ export class WeightFetcher {
       model_id: this.opts.modelId(),
       fingerprint: this.opts.fingerprint(),
       tensors: sink.wants(),
-      chunk_bytes: 0,
+      chunk_bytes: this.opts.chunkBytes ?? 0,
     });
     return new Promise<void>((resolve, reject) => {
       let failed = false;
+      let queued = 0;
+      // Where each tensor continues, counting the chunks still queued for the disk.
+      const next = new Map<string, number>();
       let writing = Promise.resolve();
       const fail = (err: unknown): void => {
         if (failed) return;
@@ -154,18 +159,20 @@ export class WeightFetcher {
       };
       call.on("data", (chunk: TensorChunk) => {
         if (failed) return;
-        const problem = chunkProblem(sink, chunk);
+        const problem = chunkProblem(sink, chunk, next.get(chunk.name) ?? sink.nextOffset(chunk.name) ?? -1);
         if (problem) {
           fail(new BadChunk(problem));
           return;
         }
-        // Writes run in order; the stream pauses while one is pending so memory stays bounded.
-        call.pause();
+        next.set(chunk.name, chunk.offset + chunk.payload.length);
+        // Writes run in order; the stream pauses while a few are queued so memory stays bounded (a few MiB),
+        // and the disk and the network keep working at the same time.
+        if (++queued >= MAX_QUEUED_WRITES) call.pause();
         writing = writing
           .then(() => sink.write(chunk.name, chunk.offset, chunk.payload))
           .then(() => {
             onBytes(chunk.payload.length);
-            call.resume();
+            if (--queued === RESUME_BELOW && call.isPaused()) call.resume();
           }, fail);
       });
       call.on("error", fail);
@@ -199,15 +206,18 @@ export class WeightFetcher {
   }
 }
 
+/** Chunks (1 MiB each by default) queued for the disk before the stream pauses, and when it resumes. */
+const MAX_QUEUED_WRITES = 8;
+const RESUME_BELOW = 4;
+
 /** Why a chunk cannot be written: not the tensor it claims, not where it continues, or corrupted. */
-function chunkProblem(sink: TensorSink, chunk: TensorChunk): string | undefined {
+function chunkProblem(sink: TensorSink, chunk: TensorChunk, expected: number): string | undefined {
   const tensor = sink.tensor(chunk.name);
   if (!tensor) return `a chunk of "${chunk.name}", which was not asked for`;
   if (chunk.total !== tensor.byteLength)
     return `"${chunk.name}" is ${chunk.total} bytes at the source, ${tensor.byteLength} in the model's table`;
   if (crc32(chunk.payload) !== chunk.crc32)
     return `chunk of "${chunk.name}" at byte ${chunk.offset} (${chunk.payload.length} bytes) failed its crc32 check`;
-  const expected = sink.nextOffset(chunk.name);
   if (expected !== chunk.offset)
     return `chunk of "${chunk.name}" starts at byte ${chunk.offset}, expected ${expected}`;
   return undefined;

@@ -39,6 +39,9 @@ export class TensorSink {
   private readonly states = new Map<string, TensorState>();
   private unsynced = 0;
   private lastCheckpoint = Date.now();
+  /** A checkpoint running behind the writes, and what it failed with (thrown by the next write). */
+  private background: Promise<void> | undefined;
+  private backgroundError: unknown;
 
   private constructor(
     private readonly store: PartialStore,
@@ -101,6 +104,7 @@ export class TensorSink {
 
   /** Writes verified bytes of a tensor, which must continue exactly where it stands. */
   async write(name: string, offset: number, payload: Uint8Array): Promise<void> {
+    if (this.backgroundError) throw this.backgroundError;
     const state = this.states.get(name);
     if (!state) throw new Error(`tensor "${name}" was not asked for`);
     if (offset !== state.done)
@@ -123,23 +127,52 @@ export class TensorSink {
     state.done += payload.byteLength;
     this.unsynced += payload.byteLength;
     if (this.unsynced >= checkpointBytes || Date.now() - this.lastCheckpoint >= checkpointMs)
-      await this.checkpoint();
+      this.checkpointBehind();
+  }
+
+  /**
+   * Starts a checkpoint without waiting for it: the disk flushes while the next chunks arrive (waiting on each
+   * 64 MB flush stalled the stream). One at a time; a write that finds one running leaves it be.
+   */
+  private checkpointBehind(): void {
+    if (this.background) return;
+    this.background = this.syncNow()
+      .catch((err: unknown) => {
+        this.backgroundError = err;
+      })
+      .finally(() => {
+        this.background = undefined;
+      });
   }
 
   /** Syncs the files and records how far each tensor got. */
   async checkpoint(): Promise<void> {
+    await this.background;
+    if (this.backgroundError) throw this.backgroundError;
+    await this.syncNow();
+  }
+
+  /**
+   * The progress recorded is what was written before the flush began: datasync makes at least those bytes
+   * durable, so a crash resumes from a verified offset whatever was written meanwhile.
+   */
+  private async syncNow(): Promise<void> {
     this.unsynced = 0;
     this.lastCheckpoint = Date.now();
-    for (const g of this.groups) {
-      if (!g.handle) continue;
-      await g.handle.datasync();
-      const done = Object.fromEntries(g.tensors.map((s) => [s.tensor.name, s.done]));
+    const open = this.groups.flatMap((g) =>
+      g.handle
+        ? [{ g, handle: g.handle, done: Object.fromEntries(g.tensors.map((s) => [s.tensor.name, s.done])) }]
+        : [],
+    );
+    for (const { g, handle, done } of open) {
+      await handle.datasync();
       writeAtomic(g.sidecar, JSON.stringify({ layout: g.layout, done }));
     }
   }
 
   /** Completes every file whose tensors are all in; returns the number of tensors that became available. */
   async finish(): Promise<number> {
+    await this.background;
     let added = 0;
     for (const g of this.groups) {
       if (!g.handle || g.tensors.some((s) => s.done < s.tensor.byteLength)) continue;

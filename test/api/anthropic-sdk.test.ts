@@ -230,11 +230,13 @@ describe("messages.stream", () => {
   });
 
   it("sends the events as named SSE events with a ping after message_start", async () => {
-    const response = await fetch(`${cluster.server.url}/v1/messages`, {
+    // Claude Code posts to /v1/messages?beta=true with anthropic-beta headers.
+    const response = await fetch(`${cluster.server.url}/v1/messages?beta=true`, {
       method: "POST",
       headers: {
         "x-api-key": cluster.apiKey,
         "anthropic-version": "2023-06-01",
+        "anthropic-beta": "interleaved-thinking-2025-05-14",
         "content-type": "application/json",
       },
       body: JSON.stringify({

@@ -37,6 +37,19 @@ const MARKUP = /<\/?(think|minimax|invoke|parameter)|\[e~\[/;
 // Long enough (well over one 256-token block) for the follow-up turn to find it in the prefix cache.
 const SYSTEM = "You are a careful weather assistant. Answer briefly and call tools when needed. ".repeat(24);
 
+/**
+ * An SDK client that sends the key as `x-api-key` only, as Claude Code does with ANTHROPIC_API_KEY and as
+ * Anthropic's SDKs did before 1.x (1.x sends `apiKey` as a Bearer token).
+ */
+function keyClient(baseURL: string, key: string): Anthropic {
+  return new Anthropic({
+    baseURL,
+    apiKey: "unused",
+    defaultHeaders: { "x-api-key": key, authorization: null },
+    maxRetries: 0,
+  });
+}
+
 beforeAll(async () => {
   cluster = await startApiCluster({
     preset: "scripted",
@@ -45,7 +58,7 @@ beforeAll(async () => {
     prefixCacheBytesPerNode: 64 * 1024 * 1024,
   });
   // The SDK appends /v1/messages to its base URL, as Claude Code does with ANTHROPIC_BASE_URL.
-  client = new Anthropic({ baseURL: cluster.server.url, apiKey: cluster.apiKey, maxRetries: 0 });
+  client = keyClient(cluster.server.url, cluster.apiKey);
 });
 afterAll(async () => {
   await cluster?.stop();
@@ -375,7 +388,7 @@ describe("errors and auth through the SDK", () => {
   });
 
   it("401 authentication_error for a wrong or missing key; x-api-key and Bearer both pass", async () => {
-    const wrong = new Anthropic({ baseURL: cluster.server.url, apiKey: "nope", maxRetries: 0 });
+    const wrong = keyClient(cluster.server.url, "nope");
     const denied = await rejection(wrong.messages.create(valid()));
     expect(denied).toBeInstanceOf(Anthropic.AuthenticationError);
     expect(denied.status).toBe(401);
@@ -393,9 +406,15 @@ describe("errors and auth through the SDK", () => {
     expect(none.status).toBe(401);
     expect(await none.json()).toMatchObject({ type: "error", error: { type: "authentication_error" } });
 
-    // ANTHROPIC_AUTH_TOKEN in Claude Code: the key as a Bearer token.
+    // ANTHROPIC_AUTH_TOKEN in Claude Code, and `apiKey` in the 1.x SDK: the key as a Bearer token.
     const bearer = new Anthropic({ baseURL: cluster.server.url, authToken: cluster.apiKey, maxRetries: 0 });
     expect((await bearer.messages.create(valid())).type).toBe("message");
+    const sdkDefault = new Anthropic({ baseURL: cluster.server.url, apiKey: cluster.apiKey, maxRetries: 0 });
+    expect((await sdkDefault.messages.create(valid())).type).toBe("message");
+    const wrongBearer = new Anthropic({ baseURL: cluster.server.url, authToken: "nope", maxRetries: 0 });
+    expect(await rejection(wrongBearer.messages.create(valid()))).toBeInstanceOf(
+      Anthropic.AuthenticationError,
+    );
     // The key as x-api-key opens the OpenAI routes too: one key, one rule for /v1.
     const models = await fetch(`${cluster.baseUrl}/models`, { headers: { "x-api-key": cluster.apiKey } });
     expect(models.status).toBe(200);
@@ -446,7 +465,7 @@ describe("a server that cannot take the request", () => {
       { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey, bodyLimit: 4096 },
     );
     try {
-      const idle = new Anthropic({ baseURL: server.url, apiKey: cluster.apiKey, maxRetries: 0 });
+      const idle = keyClient(server.url, cluster.apiKey);
       const busy = await rejection(
         idle.messages.create({
           model: cluster.modelId,
@@ -473,6 +492,50 @@ describe("a server that cannot take the request", () => {
         messages: [{ role: "user", content: "hi" }],
       });
       expect(counted.input_tokens).toBeGreaterThan(0);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe("a node that is not the coordinator", () => {
+  it("forwards /v1/messages with the key from x-api-key, streams included, and checks the key first", async () => {
+    const server = await startApiServer(
+      {
+        generator: () => undefined,
+        modelDir: cluster.modelDir,
+        modelId: cluster.modelId,
+        health: () => ({}),
+        coordinatorUrl: () => cluster.server.url,
+      },
+      { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey },
+    );
+    try {
+      const other = keyClient(server.url, cluster.apiKey);
+      const message = await other.messages
+        .stream({
+          model: cluster.modelId,
+          max_tokens: 200,
+          tools: TOOLS,
+          messages: [{ role: "user", content: "Weather?" }],
+        })
+        .finalMessage();
+      checkReply(message);
+      const counted = await other.messages.countTokens({
+        model: cluster.modelId,
+        messages: [{ role: "user", content: "Weather?" }],
+      });
+      expect(counted.input_tokens).toBeGreaterThan(0);
+      const wrong = keyClient(server.url, "nope");
+      expect(
+        await rejection(
+          wrong.messages.create({
+            model: cluster.modelId,
+            max_tokens: 4,
+            messages: [{ role: "user", content: "hi" }],
+          }),
+        ),
+      ).toBeInstanceOf(Anthropic.AuthenticationError);
     } finally {
       await server.close();
     }

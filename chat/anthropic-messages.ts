@@ -138,8 +138,8 @@ function userBlocks(content: unknown, param: string, out: TemplateMessage[]): vo
       // The template has no error flag: say it in words the model reads.
       out.push({
         role: "tool",
-        tool_call_id: id,
         content: block.is_error === true ? `Error: ${result}` : result,
+        tool_call_id: id,
       });
       return;
     }
@@ -166,8 +166,11 @@ export function anthropicTools(tools: unknown): TemplateTool[] {
     if (tool.type !== undefined && tool.type !== null && tool.type !== "custom") return;
     if (typeof tool.name !== "string" || tool.name === "") throw bad("a tool needs a `name`", `${p}.name`);
     if (!isObject(tool.input_schema)) throw bad("a tool needs an `input_schema` object", `${p}.input_schema`);
-    const fn: TemplateTool["function"] = { name: tool.name, parameters: tool.input_schema };
+    // Keys in the order the OpenAI mapping gives them: the template prints the object as JSON, so the same
+    // tool renders the same prompt (and the same cached prefix) whichever API it came through.
+    const fn: TemplateTool["function"] = { name: tool.name };
     if (typeof tool.description === "string") fn.description = tool.description;
+    fn.parameters = tool.input_schema;
     out.push({ type: "function", function: fn });
   });
   return out;

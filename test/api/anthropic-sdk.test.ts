@@ -3,6 +3,8 @@
 // and two tool calls: POST /v1/messages streamed and not (thinking, text, tool_use blocks; the tool_result
 // follow-up reads its prefix from the cache), count_tokens, stop_sequences, and Anthropic-shaped errors through
 // the SDK's own error classes, with the key as x-api-key or as a Bearer token.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import Anthropic, { type APIError } from "@anthropic-ai/sdk";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startApiServer } from "../../api/server.js";
@@ -338,6 +340,87 @@ describe("count_tokens", () => {
   });
 });
 
+interface ChatMessage {
+  role: string;
+  content: string | Array<{ type: string; text?: string }> | null;
+  reasoning_content?: string;
+  tool_calls?: Array<{ id: string; function: { name: string; arguments: string } }>;
+  tool_call_id?: string;
+}
+interface ChatTool {
+  function: { name: string; description?: string; parameters: Anthropic.Tool.InputSchema };
+}
+
+/** An OpenAI chat body as an Anthropic client would send the same conversation. */
+function asAnthropic(messages: ChatMessage[], tools: ChatTool[]): Anthropic.MessageCountTokensParams {
+  const text = (c: ChatMessage["content"]) =>
+    typeof c === "string" ? c : (c ?? []).map((p) => p.text ?? "").join("");
+  const out: Anthropic.MessageParam[] = [];
+  let system = "";
+  for (const m of messages) {
+    if (m.role === "system") system += text(m.content);
+    else if (m.role === "user") out.push({ role: "user", content: text(m.content) });
+    else if (m.role === "tool")
+      out.push({
+        role: "user",
+        content: [{ type: "tool_result", tool_use_id: m.tool_call_id ?? "", content: text(m.content) }],
+      });
+    else {
+      const blocks: Anthropic.ContentBlockParam[] = [];
+      if (m.reasoning_content)
+        blocks.push({ type: "thinking", thinking: m.reasoning_content, signature: "" });
+      if (text(m.content)) blocks.push({ type: "text", text: text(m.content) });
+      for (const call of m.tool_calls ?? [])
+        blocks.push({
+          type: "tool_use",
+          id: call.id,
+          name: call.function.name,
+          input: JSON.parse(call.function.arguments) as Record<string, unknown>,
+        });
+      out.push({ role: "assistant", content: blocks });
+    }
+  }
+  return {
+    model: cluster.modelId,
+    system,
+    messages: out,
+    tools: tools.map((t) => ({
+      name: t.function.name,
+      description: t.function.description,
+      input_schema: t.function.parameters,
+    })),
+  };
+}
+
+describe("OpenClaw's recorded conversation, sent the Anthropic way", () => {
+  const fixture = join(
+    process.cwd(),
+    "..",
+    "shared",
+    "fixtures",
+    "openclaw",
+    "chat-turn2-tool-result-request.json",
+  );
+  const present = existsSync(fixture);
+  if (!present) console.warn(`anthropic-sdk: skipping the recorded-conversation test, no ${fixture}`);
+
+  it.skipIf(!present)(
+    "renders the same prompt as the same conversation through Chat Completions",
+    async () => {
+      const body = JSON.parse(readFileSync(fixture, "utf8")) as {
+        messages: ChatMessage[];
+        tools: ChatTool[];
+      };
+      const counted = await client.messages.countTokens(asAnthropic(body.messages, body.tools));
+      const formatter = ChatFormatter.forModelDir(cluster.modelDir);
+      const chat = formatter.encode(formatter.render(fromChatCompletions(body.messages, body.tools))).length;
+      // ~15k tokens: the ~48k-character system prompt, 12 tools, a tool round trip.
+      expect(chat).toBeGreaterThan(5000);
+      expect(counted.input_tokens).toBe(chat);
+    },
+  );
+});
+
 describe("errors and auth through the SDK", () => {
   const valid = () => ({
     model: cluster.modelId,
@@ -385,6 +468,10 @@ describe("errors and auth through the SDK", () => {
       client.messages.create({ ...valid(), tools: TOOLS, tool_choice: { type: "tool", name: "launch" } }),
     );
     expect(choice.message).toMatch(/tool_choice\.name: names the tool 'launch'/);
+    const hot = await rejection(
+      client.messages.create({ ...valid(), temperature: 1.5 } as Anthropic.MessageCreateParamsNonStreaming),
+    );
+    expect(hot.message).toMatch(/temperature: Expected number to be less or equal to 1/);
   });
 
   it("401 authentication_error for a wrong or missing key; x-api-key and Bearer both pass", async () => {

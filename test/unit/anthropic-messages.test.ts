@@ -5,6 +5,7 @@ import { describe, expect, it } from "vitest";
 import { fromApiError, toAnthropicError } from "../../api/anthropic-errors.js";
 import { apiError, contextLengthError } from "../../api/errors.js";
 import { anthropicToolChoice, fromAnthropicMessages } from "../../chat/anthropic-messages.js";
+import { fromChatCompletions } from "../../chat/conversation.js";
 import { RequestError } from "../../chat/request-error.js";
 import { ClusterError } from "../../common/errors.js";
 
@@ -81,6 +82,56 @@ describe("fromAnthropicMessages", () => {
         },
       },
     ]);
+  });
+
+  it("gives the same conversation, key order included, as the same exchange through Chat Completions", () => {
+    // The template prints tools and arguments as JSON: a different key order is a different prompt.
+    const anthropic = fromAnthropicMessages({
+      system: "Be brief.",
+      tools: [WEATHER],
+      messages: [
+        { role: "user", content: "Weather in Paris?" },
+        {
+          role: "assistant",
+          content: [
+            { type: "thinking", thinking: "Call it.", signature: "s" },
+            { type: "text", text: "Checking." },
+            { type: "tool_use", id: "toolu_1", name: "get_weather", input: { city: "Paris" } },
+          ],
+        },
+        { role: "user", content: [{ type: "tool_result", tool_use_id: "toolu_1", content: "sunny" }] },
+      ],
+    }).conversation;
+    const chat = fromChatCompletions(
+      [
+        { role: "system", content: "Be brief." },
+        { role: "user", content: "Weather in Paris?" },
+        {
+          role: "assistant",
+          content: "Checking.",
+          reasoning_content: "Call it.",
+          tool_calls: [
+            {
+              id: "toolu_1",
+              type: "function",
+              function: { name: "get_weather", arguments: '{"city":"Paris"}' },
+            },
+          ],
+        },
+        { role: "tool", tool_call_id: "toolu_1", content: "sunny" },
+      ],
+      [
+        {
+          type: "function",
+          function: {
+            name: WEATHER.name,
+            description: WEATHER.description,
+            parameters: WEATHER.input_schema,
+          },
+        },
+      ],
+    );
+    expect(JSON.stringify(anthropic)).toBe(JSON.stringify(chat));
   });
 
   it("starts a new assistant step for text after calls and for thinking after text", () => {

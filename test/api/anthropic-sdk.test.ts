@@ -139,6 +139,13 @@ describe("messages.create", () => {
     expect(second.usage.input_tokens + (second.usage.cache_read_input_tokens ?? 0)).toBeGreaterThan(
       first.usage.input_tokens + (first.usage.cache_read_input_tokens ?? 0),
     );
+    // The dashboard and /metrics see it as a Messages request, with the same figures.
+    expect(cluster.server.requests.figures().recent[0]).toMatchObject({
+      api: "messages",
+      status: "completed",
+      cachedTokens: second.usage.cache_read_input_tokens,
+      outputTokens: second.usage.output_tokens,
+    });
   });
 
   it("ends with max_tokens, and leaves the reasoning out when thinking is disabled", async () => {

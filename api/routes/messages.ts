@@ -27,27 +27,29 @@ import { streamRun } from "../sse.js";
 
 const Block = Type.Object({ type: Type.String() });
 const Content = Type.Union([Type.String(), Type.Array(Block)]);
+/** An optional field, which some clients send as null rather than leave out. */
+const Opt = <T extends TSchema>(schema: T) => Type.Optional(Type.Union([schema, Type.Null()]));
 const Conversation = {
   model: Type.String({ minLength: 1 }),
-  system: Type.Optional(Content),
+  system: Opt(Content),
   messages: Type.Array(
     Type.Object({ role: Type.Union([Type.Literal("user"), Type.Literal("assistant")]), content: Content }),
     { minItems: 1 },
   ),
-  tools: Type.Optional(Type.Array(Type.Object({ name: Type.String() }))),
-  tool_choice: Type.Optional(Type.Object({ type: Type.String() })),
-  thinking: Type.Optional(Type.Object({ type: Type.String() })),
+  tools: Opt(Type.Array(Type.Object({ name: Type.String() }))),
+  tool_choice: Opt(Type.Object({ type: Type.String() })),
+  thinking: Opt(Type.Object({ type: Type.String() })),
 };
 
 export const MessagesBody = Type.Object({
   ...Conversation,
   max_tokens: Type.Integer({ minimum: 1 }),
-  stream: Type.Optional(Type.Boolean()),
-  temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
-  top_p: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1 })),
-  top_k: Type.Optional(Type.Integer({ minimum: 0 })),
-  stop_sequences: Type.Optional(Type.Array(Type.String())),
-  metadata: Type.Optional(Type.Object({})),
+  stream: Opt(Type.Boolean()),
+  temperature: Opt(Type.Number({ minimum: 0, maximum: 1 })),
+  top_p: Opt(Type.Number({ exclusiveMinimum: 0, maximum: 1 })),
+  top_k: Opt(Type.Integer({ minimum: 0 })),
+  stop_sequences: Opt(Type.Array(Type.String())),
+  metadata: Opt(Type.Object({})),
 });
 export type MessagesBody = Static<typeof MessagesBody>;
 
@@ -179,9 +181,14 @@ function schemaMessage(error: ValueError | undefined): string {
   if (!error) return "body: invalid";
   const at = pathOf(error.path) || "body";
   if (error.type === ValueErrorType.ObjectRequiredProperty) return `${at}: Field required`;
-  const literals = (error.schema.anyOf as TSchema[] | undefined)?.map((s) => s.const);
-  if (error.type === ValueErrorType.Union && literals?.every((v) => typeof v === "string"))
-    return `${at}: Input should be ${literals.map((v) => `'${v}'`).join(" or ")}`;
+  if (error.type === ValueErrorType.Union) {
+    const branches = (error.schema.anyOf ?? []) as TSchema[];
+    const literals = branches.map((b) => b.const);
+    if (literals.length > 0 && literals.every((v) => typeof v === "string"))
+      return `${at}: Input should be ${literals.map((v) => `'${v}'`).join(" or ")}`;
+    // An optional field (T or null): say what is wrong with it as a T.
+    if (branches.length === 2 && branches[1].type === "null") return schemaMessage(error.errors[0]?.First());
+  }
   return `${at}: ${error.message}`;
 }
 

@@ -535,6 +535,21 @@ describe("errors and auth through the SDK", () => {
     expect(long.message).toMatch(/prompt is too long: \d+ tokens > 4096 maximum/);
   });
 
+  it("takes null for every optional field, as some clients send it", async () => {
+    const nulls = Object.fromEntries(
+      ["system", "tools", "tool_choice", "thinking", "stream", "temperature", "top_p", "top_k"]
+        .concat(["stop_sequences", "metadata"])
+        .map((k) => [k, null]),
+    );
+    const response = await fetch(`${cluster.server.url}/v1/messages`, {
+      method: "POST",
+      headers: { "x-api-key": cluster.apiKey, "content-type": "application/json" },
+      body: JSON.stringify({ ...valid(), ...nulls }),
+    });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ type: "message", stop_reason: "max_tokens" });
+  });
+
   it("400 for a body that is not JSON", async () => {
     const response = await fetch(`${cluster.server.url}/v1/messages`, {
       method: "POST",

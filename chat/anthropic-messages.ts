@@ -153,6 +153,19 @@ function userBlocks(content: unknown, param: string, out: TemplateMessage[]): vo
 }
 
 /**
+ * A system message inside `messages` (Claude Code sends them mid-conversation, under the
+ * "mid-conversation-system" beta, so the prompt before them stays cacheable): in front of every turn it joins
+ * the system prompt; later it stays where it is, as a user turn, since the template honours a system message
+ * only in front (the same rule as chat/conversation.ts for OpenAI's system and developer messages).
+ */
+function systemMessage(text: string, out: TemplateMessage[]): void {
+  const first = out[0];
+  if (out.length === 0) out.push({ role: "system", content: text });
+  else if (out.length === 1 && first.role === "system") first.content = `${first.content}\n\n${text}`;
+  else out.push({ role: "user", content: text });
+}
+
+/**
  * Tools with `input_schema` → the template's function list. Anthropic's server tools (a `type` such as
  * "web_search_20250305") run on Anthropic's side; nothing here can run them, so they are left out.
  */
@@ -240,7 +253,12 @@ export function fromAnthropicMessages(body: AnthropicRequest): {
     if (!isObject(raw)) throw bad("must be an object", p);
     if (raw.role === "user") userBlocks(raw.content, `${p}.content`, out);
     else if (raw.role === "assistant") assistantBlocks(raw.content, `${p}.content`, out);
-    else throw bad(`Input should be 'user' or 'assistant' (got ${JSON.stringify(raw.role)})`, `${p}.role`);
+    else if (raw.role === "system") systemMessage(blocksText(raw.content, `${p}.content`), out);
+    else
+      throw bad(
+        `Input should be 'user', 'assistant' or 'system' (got ${JSON.stringify(raw.role)})`,
+        `${p}.role`,
+      );
   });
   return {
     conversation: { messages: out, tools: choice.toolChoice.mode === "none" ? [] : tools },

@@ -33,7 +33,11 @@ const Conversation = {
   model: Type.String({ minLength: 1 }),
   system: Opt(Content),
   messages: Type.Array(
-    Type.Object({ role: Type.Union([Type.Literal("user"), Type.Literal("assistant")]), content: Content }),
+    Type.Object({
+      // "system": Claude Code's mid-conversation system messages (chat/anthropic-messages.ts).
+      role: Type.Union([Type.Literal("user"), Type.Literal("assistant"), Type.Literal("system")]),
+      content: Content,
+    }),
     { minItems: 1 },
   ),
   tools: Opt(Type.Array(Type.Object({ name: Type.String() }))),
@@ -185,7 +189,10 @@ function schemaMessage(error: ValueError | undefined): string {
     const branches = (error.schema.anyOf ?? []) as TSchema[];
     const literals = branches.map((b) => b.const);
     if (literals.length > 0 && literals.every((v) => typeof v === "string"))
-      return `${at}: Input should be ${literals.map((v) => `'${v}'`).join(" or ")}`;
+      return `${at}: Input should be ${literals
+        .map((v) => `'${v}'`)
+        .join(", ")
+        .replace(/, ([^,]*)$/, " or $1")}`;
     // An optional field (T or null): say what is wrong with it as a T.
     if (branches.length === 2 && branches[1].type === "null") return schemaMessage(error.errors[0]?.First());
   }

@@ -444,11 +444,11 @@ describe("errors and auth through the SDK", () => {
       error: { type: "invalid_request_error", message: "max_tokens: Field required" },
     });
     const role = await rejection(
-      client.messages.create({ ...valid(), messages: [{ role: "system", content: "x" }] } as never),
+      client.messages.create({ ...valid(), messages: [{ role: "tool", content: "x" }] } as never),
     );
     expect(role).toBeInstanceOf(Anthropic.BadRequestError);
     expect((role.error as { error: { message: string } }).error.message).toBe(
-      "messages.0.role: Input should be 'user' or 'assistant'",
+      "messages.0.role: Input should be 'user', 'assistant' or 'system'",
     );
     const orphan = await rejection(
       client.messages.create({

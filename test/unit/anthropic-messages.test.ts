@@ -162,6 +162,36 @@ describe("fromAnthropicMessages", () => {
     ]);
   });
 
+  it("joins a system message in front to the system prompt and keeps a later one in place as a user turn", () => {
+    // Claude Code's mid-conversation system messages: the prompt before them must not change.
+    const { conversation } = fromAnthropicMessages({
+      system: "Be brief.",
+      messages: [
+        { role: "system", content: [{ type: "text", text: "Date: today." }] },
+        { role: "user", content: "hi" },
+        { role: "system", content: "Agents: claude, Explore." },
+        { role: "assistant", content: "Hello." },
+      ],
+    });
+    expect(conversation.messages).toEqual([
+      { role: "system", content: "Be brief.\n\nDate: today." },
+      { role: "user", content: "hi" },
+      { role: "user", content: "Agents: claude, Explore." },
+      { role: "assistant", content: "Hello." },
+    ]);
+    const chat = fromChatCompletions(
+      [
+        { role: "system", content: "Be brief." },
+        { role: "system", content: "Date: today." },
+        { role: "user", content: "hi" },
+        { role: "system", content: "Agents: claude, Explore." },
+        { role: "assistant", content: "Hello." },
+      ],
+      [],
+    );
+    expect(JSON.stringify(conversation)).toBe(JSON.stringify(chat));
+  });
+
   it("leaves the tools out for tool_choice none and keeps them otherwise", () => {
     const messages = [{ role: "user", content: "hi" }];
     const none = fromAnthropicMessages({ tools: [WEATHER], tool_choice: { type: "none" }, messages });
@@ -174,8 +204,8 @@ describe("fromAnthropicMessages", () => {
   it.each([
     [{ messages: [] }, "messages: at least one message is required"],
     [
-      { messages: [{ role: "system", content: "x" }] },
-      "messages.0.role: Input should be 'user' or 'assistant'",
+      { messages: [{ role: "robot", content: "x" }] },
+      "messages.0.role: Input should be 'user', 'assistant' or 'system'",
     ],
     [
       { messages: [{ role: "user", content: [{ type: "image", source: {} }] }] },

@@ -38,10 +38,8 @@ function blocksText(value: unknown, param: string): string {
     .join("\n\n");
 }
 
-/** The assistant turn being built from consecutive thinking / text / tool_use blocks. */
-function assistantTurn(out: TemplateMessage[], startsNew: boolean): TemplateMessage {
-  const last = out[out.length - 1];
-  if (!startsNew && last?.role === "assistant") return last;
+/** A new assistant turn (a step of the reply the template renders on its own). */
+function assistantTurn(out: TemplateMessage[]): TemplateMessage {
   const fresh: TemplateMessage = { role: "assistant", content: "" };
   out.push(fresh);
   return fresh;
@@ -49,7 +47,7 @@ function assistantTurn(out: TemplateMessage[], startsNew: boolean): TemplateMess
 
 function assistantBlocks(content: unknown, param: string, out: TemplateMessage[]): void {
   // A new assistant message always starts a new turn, even right after another one.
-  let turn = assistantTurn(out, true);
+  let turn = assistantTurn(out);
   if (typeof content === "string") {
     turn.content = content;
     return;
@@ -62,7 +60,7 @@ function assistantBlocks(content: unknown, param: string, out: TemplateMessage[]
       case "thinking": {
         // Reasoning after text or calls belongs to the next step of the turn: the template renders one
         // reasoning per assistant message, in front.
-        if (turn.content !== "" || turn.tool_calls) turn = assistantTurn(out, true);
+        if (turn.content !== "" || turn.tool_calls) turn = assistantTurn(out);
         if (typeof block.thinking !== "string")
           throw bad("a thinking block needs `thinking`", `${p}.thinking`);
         turn.reasoning_content = (turn.reasoning_content ?? "") + block.thinking;
@@ -73,7 +71,7 @@ function assistantBlocks(content: unknown, param: string, out: TemplateMessage[]
       case "text": {
         if (typeof block.text !== "string") throw bad("a text block needs a string `text`", `${p}.text`);
         // Text after calls starts a new step: the template renders content before calls.
-        if (turn.tool_calls) turn = assistantTurn(out, true);
+        if (turn.tool_calls) turn = assistantTurn(out);
         turn.content += block.text;
         return;
       }

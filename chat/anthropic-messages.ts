@@ -18,8 +18,12 @@ function bad(message: string, param: string): RequestError {
 
 const UNSUPPORTED_MEDIA = new Set(["image", "document", "file", "container_upload", "search_result"]);
 
-/** A text field given as a string or as a list of text blocks (system, tool_result content). */
-function blocksText(value: unknown, param: string): string {
+/**
+ * A text field given as a string or as a list of text blocks (system, tool_result content). In a tool's result
+ * (`mediaInPlace`) an image or document becomes a note in the text: the client's tool read a file the model
+ * cannot see, and refusing the whole request would stop the agent's loop.
+ */
+function blocksText(value: unknown, param: string, mediaInPlace = false): string {
   if (value === undefined || value === null) return "";
   if (typeof value === "string") return value;
   if (!Array.isArray(value)) throw bad("must be a string or an array of content blocks", param);
@@ -31,8 +35,10 @@ function blocksText(value: unknown, param: string): string {
         if (typeof block.text !== "string") throw bad("a text block needs a string `text`", `${p}.text`);
         return block.text;
       }
-      if (typeof block.type === "string" && UNSUPPORTED_MEDIA.has(block.type))
+      if (typeof block.type === "string" && UNSUPPORTED_MEDIA.has(block.type)) {
+        if (mediaInPlace) return `[${block.type} omitted: this model reads text only]`;
         throw bad(`content of type "${block.type}" is not supported: this model is text-only`, `${p}.type`);
+      }
       throw bad(`unexpected content block type ${JSON.stringify(block.type)} here`, `${p}.type`);
     })
     .join("\n\n");
@@ -132,7 +138,7 @@ function userBlocks(content: unknown, param: string, out: TemplateMessage[]): vo
         throw bad("a tool_result block needs `tool_use_id`", `${p}.tool_use_id`);
       if (!callIdKnown(out, id))
         throw bad(`no earlier tool_use block has the id ${JSON.stringify(id)}`, `${p}.tool_use_id`);
-      const result = blocksText(block.content, `${p}.content`);
+      const result = blocksText(block.content, `${p}.content`, true);
       // The template has no error flag: say it in words the model reads.
       out.push({
         role: "tool",

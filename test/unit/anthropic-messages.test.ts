@@ -192,6 +192,40 @@ describe("fromAnthropicMessages", () => {
     expect(JSON.stringify(conversation)).toBe(JSON.stringify(chat));
   });
 
+  it("turns an image in a tool result into a note, and refuses one the user sends", () => {
+    const history = [
+      { role: "user", content: "Look at the chart." },
+      {
+        role: "assistant",
+        content: [{ type: "tool_use", id: "toolu_r", name: "read", input: { path: "chart.png" } }],
+      },
+    ];
+    const image = { type: "image", source: { type: "base64", media_type: "image/png", data: "AAAA" } };
+    const { conversation } = fromAnthropicMessages({
+      messages: [
+        ...history,
+        {
+          role: "user",
+          content: [
+            {
+              type: "tool_result",
+              tool_use_id: "toolu_r",
+              content: [{ type: "text", text: "chart.png:" }, image],
+            },
+          ],
+        },
+      ],
+    });
+    expect(conversation.messages[2]).toEqual({
+      role: "tool",
+      content: "chart.png:\n\n[image omitted: this model reads text only]",
+      tool_call_id: "toolu_r",
+    });
+    expect(() => fromAnthropicMessages({ messages: [{ role: "user", content: [image] }] })).toThrow(
+      /text-only/,
+    );
+  });
+
   it("leaves the tools out for tool_choice none and keeps them otherwise", () => {
     const messages = [{ role: "user", content: "hi" }];
     const none = fromAnthropicMessages({ tools: [WEATHER], tool_choice: { type: "none" }, messages });

@@ -21,3 +21,20 @@ export function checkBearer(
   if (match && sameKey(match[1].trim(), apiKey)) return undefined;
   return apiError(401, "Incorrect API key provided.", "invalid_api_key");
 }
+
+/**
+ * The /v1 rule: the key as `Authorization: Bearer KEY` (OpenAI's clients, Claude Code's ANTHROPIC_AUTH_TOKEN) or
+ * as `x-api-key: KEY` (Anthropic's SDK, Claude Code's ANTHROPIC_API_KEY). Either one that matches passes.
+ */
+export function checkApiKey(
+  headers: { authorization?: string; "x-api-key"?: string | string[] },
+  apiKey: string | undefined,
+): ApiError | undefined {
+  if (!apiKey) return undefined;
+  const xKey = headers["x-api-key"];
+  if (typeof xKey === "string" && xKey.trim() !== "") {
+    if (sameKey(xKey.trim(), apiKey)) return undefined;
+    if (!headers.authorization) return apiError(401, "Incorrect API key provided.", "invalid_api_key");
+  }
+  return checkBearer(headers.authorization, apiKey);
+}

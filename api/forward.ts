@@ -7,7 +7,16 @@ import { headersSetOn } from "./sse.js";
 
 /** Marks a forwarded request so that it is never forwarded twice. */
 export const FORWARDED_HEADER = "x-studio-cluster-forwarded";
-const PASSED_HEADERS = ["authorization", "content-type", "accept", "openai-organization", "openai-project"];
+const PASSED_HEADERS = [
+  "authorization",
+  "x-api-key",
+  "content-type",
+  "accept",
+  "openai-organization",
+  "openai-project",
+  "anthropic-version",
+  "anthropic-beta",
+];
 const DROPPED_RESPONSE_HEADERS = new Set([
   "content-length",
   "transfer-encoding",

@@ -214,6 +214,11 @@ export class GenerationRun {
     this.live?.delete(this);
   }
 
+  /** The client's stop string that ended the reply, if one did. */
+  get stopSequence(): string | undefined {
+    return this.stopMatcher.matched;
+  }
+
   get cancelled(): boolean {
     return this.controller.signal.aborted;
   }

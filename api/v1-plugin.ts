@@ -3,7 +3,7 @@
 // (and decoded) the path, so no spelling of a URL reaches a /v1 route around them.
 import type { FastifyInstance, FastifyPluginAsync } from "fastify";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
-import { checkBearer } from "./auth.js";
+import { checkApiKey } from "./auth.js";
 import type { Drain } from "./drain.js";
 import { apiError, sendApiError } from "./errors.js";
 import { FORWARDED_HEADER, forwardRequest } from "./forward.js";
@@ -11,6 +11,7 @@ import type { ApiDeps } from "./request-context.js";
 import type { RequestLog } from "./request-log.js";
 import { registerChatCompletions } from "./routes/chat-completions.js";
 import { registerCompletions } from "./routes/completions.js";
+import { messagesPlugin } from "./routes/messages.js";
 import { registerModels, registerProps } from "./routes/models.js";
 import { registerResponses } from "./routes/responses.js";
 
@@ -41,7 +42,7 @@ export const v1Plugin: FastifyPluginAsync<V1Options> = async (app: FastifyInstan
         apiError(503, "this node is shutting down; retry on another node", "cluster_not_ready"),
       );
     drain.track(reply.raw);
-    const denied = checkBearer(request.headers.authorization, options.apiKey);
+    const denied = checkApiKey(request.headers, options.apiKey);
     if (denied) return sendApiError(reply, denied);
   });
   app.addHook("preHandler", async (request, reply) => {
@@ -74,4 +75,6 @@ export const v1Plugin: FastifyPluginAsync<V1Options> = async (app: FastifyInstan
   registerResponses(app, { ...deps, api: "responses" });
   registerChatCompletions(app, { ...deps, api: "chat.completions" });
   registerCompletions(app, { ...deps, api: "completions" });
+  // Its own encapsulated context: Anthropic-shaped errors for its routes only, under the hooks above.
+  await app.register(messagesPlugin, { ...deps, api: "messages", prefix: "/messages" });
 };

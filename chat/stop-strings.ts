@@ -3,6 +3,8 @@
 export class StopStringMatcher {
   private held = "";
   private stopped = false;
+  /** The stop string that ended the text (Anthropic's stop_sequence). */
+  matched: string | undefined;
 
   constructor(private readonly stops: string[]) {}
 
@@ -18,7 +20,10 @@ export class StopStringMatcher {
     let cut = -1;
     for (const stop of this.stops) {
       const at = combined.indexOf(stop);
-      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+      if (at >= 0 && (cut < 0 || at < cut)) {
+        cut = at;
+        this.matched = stop;
+      }
     }
     if (cut >= 0) {
       this.stopped = true;

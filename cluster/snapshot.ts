@@ -4,7 +4,7 @@ import type { ClusterHealth, NodeView } from "./health.js";
 
 export interface RequestSnapshot {
   id: string;
-  api: "responses" | "chat.completions" | "completions";
+  api: "responses" | "chat.completions" | "completions" | "messages";
   startedAt: number;
   status: "prefill" | "decoding" | "completed" | "incomplete" | "failed" | "cancelled";
   promptTokens: number;

@@ -113,6 +113,9 @@ export class WaveQueue<T extends QueuedWork> {
       const prefill = item.count > 1;
       const full = batch.length > 0 && prefill && prefillTokens + item.count > this.limits.maxPrefillTokens;
       if (seen.has(item.seq) || full || item.wave !== wave) {
+        // A sequence whose oldest item waits waits whole: a later chunk that would still fit must not run
+        // before it (the stage would see position 256 of a sequence that holds none).
+        if (item.wave === wave) seen.add(item.seq);
         i++;
         continue;
       }

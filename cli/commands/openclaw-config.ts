@@ -3,13 +3,15 @@
 import type { Command } from "commander";
 import { modelIdOf, readModelConfig, replyTokenLimit } from "../../common/model-config.js";
 
-export type OpenClawApi = "openai-responses" | "openai-completions";
+export type OpenClawApi = "openai-responses" | "openai-completions" | "anthropic-messages";
+/** What --api takes: one kind ("anthropic" names anthropic-messages), both OpenAI kinds, or all three. */
+export type OpenClawApiChoice = OpenClawApi | "both" | "all";
 
 export interface OpenClawConfigOptions {
   modelDir: string;
   baseUrl: string;
   apiKey?: string;
-  api: OpenClawApi | "both";
+  api: OpenClawApiChoice;
   /**
    * Largest reply OpenClaw asks for (default replyTokenLimit: 32768, at most a quarter of the window, the
    * limit GET /v1/models advertises; never more than the context window).
@@ -20,7 +22,26 @@ export interface OpenClawConfigOptions {
 const PROVIDER_NAMES: Record<OpenClawApi, string> = {
   "openai-responses": "studio",
   "openai-completions": "studio-chat",
+  "anthropic-messages": "studio-anthropic",
 };
+
+const APIS_OF: Record<OpenClawApiChoice, OpenClawApi[]> = {
+  "openai-responses": ["openai-responses"],
+  "openai-completions": ["openai-completions"],
+  "anthropic-messages": ["anthropic-messages"],
+  both: ["openai-responses", "openai-completions"],
+  all: ["openai-responses", "openai-completions", "anthropic-messages"],
+};
+
+/**
+ * The base URL a provider of this kind wants. OpenAI clients append `/responses` to `…/v1`; Anthropic's SDK
+ * (which OpenClaw's anthropic-messages providers use, as Claude Code does) appends `/v1/messages` itself, so
+ * its base is the server's root.
+ */
+function baseUrlFor(api: OpenClawApi, baseUrl: string): string {
+  if (api !== "anthropic-messages") return baseUrl;
+  return baseUrl.replace(/\/+$/, "").replace(/\/v1$/, "");
+}
 
 /** The JSON to merge into openclaw.json: one provider per API kind, and the first one as default model. */
 export function openClawConfig(opts: OpenClawConfigOptions): Record<string, unknown> {
@@ -28,11 +49,11 @@ export function openClawConfig(opts: OpenClawConfigOptions): Record<string, unkn
   const modelId = modelIdOf(opts.modelDir);
   const contextWindow = config.maxPositionEmbeddings;
   const maxTokens = Math.min(opts.maxTokens ?? replyTokenLimit(contextWindow), contextWindow);
-  const apis: OpenClawApi[] = opts.api === "both" ? ["openai-responses", "openai-completions"] : [opts.api];
+  const apis = APIS_OF[opts.api];
   const providers: Record<string, unknown> = {};
   for (const api of apis) {
     providers[PROVIDER_NAMES[api]] = {
-      baseUrl: opts.baseUrl,
+      baseUrl: baseUrlFor(api, opts.baseUrl),
       // OpenClaw always sends a key; the server ignores it unless it was started with --api-key.
       apiKey: opts.apiKey ?? "studio-cluster-local",
       api,
@@ -55,9 +76,12 @@ export function openClawConfig(opts: OpenClawConfigOptions): Record<string, unkn
   };
 }
 
-function parseApi(value: string): OpenClawApi | "both" {
-  if (value === "openai-responses" || value === "openai-completions" || value === "both") return value;
-  throw new Error(`--api must be openai-responses, openai-completions or both (got "${value}")`);
+function parseApi(value: string): OpenClawApiChoice {
+  if (value === "anthropic") return "anthropic-messages";
+  if (Object.hasOwn(APIS_OF, value)) return value as OpenClawApiChoice;
+  throw new Error(
+    `--api must be openai-responses, openai-completions, anthropic (anthropic-messages), both or all (got "${value}")`,
+  );
 }
 
 function parseMaxTokens(value: string): number {
@@ -74,16 +98,25 @@ export function register(program: Command): void {
       "print the provider block for ~/.openclaw/openclaw.json that points OpenClaw at this cluster",
     )
     .option("--model <dir>", "model directory (for its id and context window)", ".")
-    .option("--base-url <url>", "the cluster's OpenAI endpoint", "http://127.0.0.1:8080/v1")
+    .option(
+      "--base-url <url>",
+      "the cluster's OpenAI endpoint (an anthropic-messages provider gets it without /v1)",
+      "http://127.0.0.1:8080/v1",
+    )
     .option("--api-key <key>", "API key the cluster was started with")
-    .option("--api <kind>", "openai-responses, openai-completions or both", parseApi, "openai-responses")
+    .option(
+      "--api <kind>",
+      "openai-responses, openai-completions, anthropic (OpenClaw's anthropic-messages), both (the two OpenAI kinds) or all",
+      parseApi,
+      "openai-responses",
+    )
     .option("--max-tokens <n>", "largest reply OpenClaw may ask for", parseMaxTokens)
     .action(
       (options: {
         model: string;
         baseUrl: string;
         apiKey?: string;
-        api: OpenClawApi | "both";
+        api: OpenClawApiChoice;
         maxTokens?: number;
       }) => {
         const block = openClawConfig({

@@ -110,6 +110,38 @@ describe("cluster openclaw-config", () => {
       expect(p.models[0]).toMatchObject({ contextWindow: 8192, maxTokens: 2048 });
   });
 
+  it("prints an anthropic-messages provider at the server's root for --api anthropic", async () => {
+    const out = await runCli([
+      "--model",
+      modelDir,
+      "--base-url",
+      "http://10.0.0.5:9000/v1/",
+      "--api",
+      "anthropic",
+    ]);
+    const parsed = JSON.parse(out) as { models: { providers: Record<string, Provider> }; agents: unknown };
+    expect(Object.keys(parsed.models.providers)).toEqual(["studio-anthropic"]);
+    const provider = parsed.models.providers["studio-anthropic"];
+    // Anthropic's SDK appends /v1/messages itself.
+    expect(provider).toMatchObject({ api: "anthropic-messages", baseUrl: "http://10.0.0.5:9000" });
+    expect(provider.models[0]).toMatchObject({
+      id: "MiniMax-M2.1-4bit",
+      reasoning: true,
+      contextWindow: 196608,
+    });
+    expect(parsed.agents).toEqual({ defaults: { model: { primary: "studio-anthropic/MiniMax-M2.1-4bit" } } });
+  });
+
+  it("--api all gives the three kinds, each with its own base URL", () => {
+    const block = openClawConfig({ modelDir, baseUrl: "http://127.0.0.1:8080/v1", api: "all" });
+    const providers = (block.models as { providers: Record<string, Provider> }).providers;
+    expect(Object.entries(providers).map(([name, p]) => [name, p.api, p.baseUrl])).toEqual([
+      ["studio", "openai-responses", "http://127.0.0.1:8080/v1"],
+      ["studio-chat", "openai-completions", "http://127.0.0.1:8080/v1"],
+      ["studio-anthropic", "anthropic-messages", "http://127.0.0.1:8080"],
+    ]);
+  });
+
   it("names the bad option value", async () => {
     await expect(runCli(["--model", modelDir, "--api", "grpc"])).rejects.toThrow(/--api must be/);
     expect(() => openClawConfig({ modelDir: join(root, "missing"), baseUrl: "x", api: "both" })).toThrow(

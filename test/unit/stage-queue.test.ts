@@ -32,6 +32,18 @@ function names(next: ReturnType<WaveQueue<Item>["next"]>): string[] {
 }
 
 describe("WaveQueue", () => {
+  it("never runs a sequence's later prefill chunk before an earlier one the token cap held back", () => {
+    // Three prompts of one wave: 900 tokens, then 256 + 44 (two chunks of one sequence). The cap of 1024 holds
+    // back the 256-token chunk; its 44-token tail fits but must wait with it.
+    const q = new WaveQueue<Item>(limits);
+    q.push(item("a1", 1, 0, 0, 900));
+    q.push(item("b1", 2, 0, 0, 256));
+    q.push(item("b2", 2, 0, 0, 44));
+    expect(names(q.next(live, 0))).toEqual(["a1"]);
+    expect(names(q.next(live, 10))).toEqual(["b1"]);
+    expect(names(q.next(live, 20))).toEqual(["b2"]);
+  });
+
   it("runs the oldest wave, one item per sequence, and leaves later steps and other waves queued", () => {
     const q = new WaveQueue<Item>(limits);
     q.push(item("a1", 1, 0, 0));

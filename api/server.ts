@@ -11,7 +11,7 @@ import type { TokenGenerator } from "../coordinator/token-generator.js";
 import { Drain } from "./drain.js";
 import { apiError, sendApiError, toApiError } from "./errors.js";
 import { useStrictJsonBodies } from "./json-body.js";
-import { registerLiveViews } from "./live-views.js";
+import { checkDashboardKey, registerLiveViews } from "./live-views.js";
 import { RequestLog } from "./request-log.js";
 import { v1Plugin } from "./v1-plugin.js";
 
@@ -58,6 +58,26 @@ export function isLoopback(host: string): boolean {
   return host === "::1" || host === "[::1]";
 }
 
+/** Route config that exempts a route from the API key (only /health and the dashboard's static assets). */
+export interface OpenRouteConfig {
+  open?: boolean;
+}
+
+/**
+ * With an API key, every request needs it unless the route it matched says `config: { open: true }`. The hook
+ * is the root's onRequest, which runs after the router matched (and percent-decoded) the path, for every route
+ * of every plugin and for the not-found handler: a route added later, or any spelling of a URL, is under the
+ * key by default. Plugins keep their own stricter checks (/v1 takes only the Bearer header).
+ */
+function denyByDefault(app: FastifyInstance, apiKey: string | undefined): void {
+  if (!apiKey) return;
+  app.addHook("onRequest", async (request, reply) => {
+    if ((request.routeOptions.config as OpenRouteConfig | undefined)?.open === true) return;
+    const denied = checkDashboardKey(request.raw, apiKey);
+    if (denied) return sendApiError(reply, denied);
+  });
+}
+
 async function buildApp(
   ctx: ApiContext,
   options: ApiServerOptions,
@@ -71,6 +91,7 @@ async function buildApp(
     forceCloseConnections: true,
   });
   useStrictJsonBodies(app);
+  denyByDefault(app, options.apiKey);
   app.setErrorHandler((err: FastifyError, _request, reply) => {
     // Fastify's own rejections (bad JSON, body too large) carry a 4xx statusCode; ours are ClusterErrors.
     if (!(err instanceof ClusterError) && err.statusCode && err.statusCode < 500)
@@ -88,7 +109,7 @@ async function buildApp(
   );
   // Open to health checks; 503 while the node cannot serve. The health JSON's own "ok" decides when it has one
   // (a node that forwards to the coordinator serves without a generator).
-  app.get("/health", async (_request, reply) => {
+  app.get("/health", { config: { open: true } }, async (_request, reply) => {
     const health = ctx.health() as { ok?: unknown } | undefined;
     const ready = typeof health?.ok === "boolean" ? health.ok : ctx.generator() !== undefined;
     return reply.code(ready ? 200 : 503).send(health ?? { ready });

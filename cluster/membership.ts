@@ -1,13 +1,16 @@
 // Membership: the live nodes of our cluster, as this node sees them.
 //
 // Candidates are gRPC addresses from four sources: this node itself, `--peer`, Bonjour, and nodes that said
-// Hello to us. Each candidate is probed with Hello (carrying the cluster key: a node with another key refuses us,
-// one with another cluster id is ignored); a node that answers becomes a member and stays one only while its
+// Hello to us. Each candidate must first prove it holds the cluster key (common/wire/auth.ts: an HMAC over our
+// nonce; the key never travels). One of another cluster is ignored; one that claims our cluster id and cannot
+// prove the key is logged as an impostor and never probed again (a --peer address only after a long pause).
+// A node that proves it and answers the signed Hello becomes a member and stays one only while its
 // Status stream keeps beating (a NodeStatus at least every `heartbeatTimeoutMs`). Several addresses may lead to
 // one node (Bonjour and --peer, localhost and 127.0.0.1): members are keyed by node id, extra addresses wait.
 import { EventEmitter } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../common/errors.js";
+import { PeerProofError } from "../common/wire/auth.js";
 import { NodeClient } from "../common/wire/client.js";
 import type { Capabilities, HelloReply, NodeStatus } from "../common/wire/types.js";
 import type { NodeLiveness } from "../coordinator/pipeline.js";
@@ -58,7 +61,7 @@ export interface MembershipEvents {
   status: [member: Member];
 }
 
-type CandidateState = "idle" | "probing" | "live" | "alias" | "closed";
+type CandidateState = "idle" | "probing" | "live" | "alias" | "refused" | "closed";
 
 interface Candidate {
   address: string;
@@ -200,9 +203,12 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     candidate.client ??= new NodeClient(candidate.address, this.opts.clusterKey);
     let reply: HelloReply;
     try {
+      // The handshake first: nothing signed goes to a node that has not proved the key.
+      await candidate.client.prove();
       reply = await candidate.client.hello(this.helloRequest(), Math.max(1000, this.heartbeatTimeoutMs));
     } catch (err) {
-      this.probeFailed(candidate, describeCallError(candidate.address, err));
+      if (err instanceof PeerProofError && err.kind === "impostor") this.refuse(candidate, err);
+      else this.probeFailed(candidate, describeCallError(candidate.address, err));
       return;
     }
     if (candidate.state !== "probing") return; // closed or dropped meanwhile
@@ -226,11 +232,27 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     this.scheduleProbe(candidate, this.retryDelay(candidate));
   }
 
+  /**
+   * A node that claims our cluster without proving the key: logged, never followed, never probed again; an
+   * address the operator gave with --peer is tried again only after the longest back-off.
+   */
+  private refuse(candidate: Candidate, err: PeerProofError): void {
+    if (candidate.state === "closed") return;
+    this.dropClient(candidate);
+    if (err.message !== candidate.lastProblem) this.log(`membership: REFUSED ${err.message}`);
+    candidate.lastProblem = err.message;
+    candidate.state = "refused";
+    if (!candidate.sources.has("peer")) return;
+    clearTimeout(candidate.timer);
+    candidate.timer = setTimeout(() => {
+      candidate.state = "idle";
+      void this.probe(candidate);
+    }, this.retryMs * 8);
+    candidate.timer.unref();
+  }
+
   private admit(candidate: Candidate, reply: HelloReply): void {
-    if (reply.cluster_id !== this.opts.clusterId) {
-      this.probeFailed(candidate, `${candidate.address} belongs to cluster ${reply.cluster_id}, not ours`);
-      return;
-    }
+    // The cluster id was checked with the proof (NodeClient.hello): it is the digest of our key.
     const isSelf = reply.node_id === this.opts.nodeId;
     if (isSelf && !candidate.sources.has("self")) {
       // Our own advertisement or a --peer pointing back at us: nothing to track.
@@ -403,8 +425,9 @@ export function parseHostPort(value: string, what = "address"): { host: string; 
 
 function describeCallError(address: string, err: unknown): string {
   const code = (err as { code?: number }).code;
+  if (err instanceof PeerProofError) return `${address}: ${err.message} (join it with its --key)`;
   if (code === grpc.status.UNAUTHENTICATED)
-    return `${address} refused our cluster key (it belongs to another cluster; join with --key)`;
+    return `${address} refused our call: ${errorMessage(err)} (another cluster key, or another version)`;
   if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED)
     return `${address} is not reachable (${errorMessage(err)})`;
   return `${address}: Hello failed: ${errorMessage(err)}`;

@@ -155,9 +155,12 @@ class NodeAgentServer {
   }
 
   async listen(): Promise<number> {
-    const surface = new KeyedSurface(this.opts.clusterKey, this.log);
+    const surface = new KeyedSurface(
+      { clusterKey: this.opts.clusterKey, nodeId: this.opts.nodeId },
+      this.log,
+    );
     this.server.addService(studioNodeService(), {
-      Hello: surface.unary("Hello", (req: HelloRequest, call) => this.hello(req, call.getPeer())),
+      Hello: surface.hello((req: HelloRequest, call) => this.hello(req, call.getPeer())),
       Release: surface.unary("Release", (req: SeqsRequest) => this.release(req)),
       Cancel: surface.unary("Cancel", async (req: SeqsRequest) => this.cancel(req)),
       Fork: surface.unary("Fork", (req: ForkRequest) => this.fork(req)),

@@ -2,6 +2,7 @@
 // GET /health, and with a snapshot provider the dashboard and GET /metrics (live-views.ts). `cluster up` starts
 // it with an ApiContext that follows the cluster: which generator serves, or which node coordinates when this
 // one does not.
+import { createServer } from "node:http";
 import { isIP } from "node:net";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import { ChatFormatter } from "../chat/chat-formatter.js";
@@ -39,6 +40,31 @@ export interface ApiServerOptions {
   bodyLimit?: number;
   /** Longest one generation may run end to end; it then ends with a "timeout" error event. Default: none. */
   requestTimeoutMs?: number;
+  /**
+   * Longest a client may take to send a whole request, headers and body (default 30 s); a slower one gets 408
+   * and its connection is closed. Responses (streams) are not bounded by it.
+   */
+  bodyTimeoutMs?: number;
+}
+
+export const DEFAULT_BODY_TIMEOUT_MS = 30_000;
+
+/**
+ * The HTTP server with its receive timeouts: without them a client sending one byte a second holds a socket
+ * (and its buffered body) forever, and a few hundred such clients exhaust the node. Node checks these timeouts
+ * only every connectionsCheckingInterval (30 s by default), so that is tightened to match.
+ */
+function httpServerFactory(bodyTimeoutMs: number) {
+  return (handler: Parameters<typeof createServer>[1]) =>
+    createServer(
+      {
+        requestTimeout: bodyTimeoutMs,
+        headersTimeout: Math.min(10_000, bodyTimeoutMs),
+        connectionsCheckingInterval: Math.max(100, Math.min(1000, bodyTimeoutMs / 4)),
+        keepAliveTimeout: 72_000,
+      },
+      handler,
+    );
 }
 
 export interface ApiServer {
@@ -89,6 +115,7 @@ async function buildApp(
     bodyLimit: options.bodyLimit ?? 64 * 1024 * 1024,
     logger: false,
     forceCloseConnections: true,
+    serverFactory: httpServerFactory(options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS),
   });
   useStrictJsonBodies(app);
   denyByDefault(app, options.apiKey);
@@ -145,6 +172,8 @@ export async function startApiServer(ctx: ApiContext, options: ApiServerOptions)
   // Load tokenizer and template now: a broken model directory fails at start, not on the first request.
   ChatFormatter.forModelDir(ctx.modelDir);
   const requests = new RequestLog();
+  if (options.bodyTimeoutMs !== undefined && !(options.bodyTimeoutMs > 0))
+    throw new Error(`bodyTimeoutMs must be a positive number of milliseconds (got ${options.bodyTimeoutMs})`);
   if (options.requestTimeoutMs !== undefined && !(options.requestTimeoutMs > 0))
     throw new Error(
       `requestTimeoutMs must be a positive number of milliseconds (got ${options.requestTimeoutMs})`,

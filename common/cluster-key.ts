@@ -9,6 +9,7 @@ import {
   openSync,
   readFileSync,
   rmSync,
+  statSync,
   writeSync,
 } from "node:fs";
 import { homedir } from "node:os";
@@ -96,6 +97,51 @@ export function loadOrCreateClusterKey(opts: { home?: string; key?: string } = {
   const key = generateClusterKey();
   writePrivateFile(file, `${key}\n`);
   return { key, clusterId: clusterIdOf(key), created: true, file };
+}
+
+/** The environment variable a node reads its cluster key from (never seen by `ps`, unlike --key). */
+export const CLUSTER_KEY_ENV = "STUDIO_CLUSTER_KEY";
+
+export interface GivenKey {
+  key?: string;
+  /** Where it came from, for messages: "--key", "--key-file PATH" or the environment variable. */
+  from?: string;
+}
+
+/**
+ * The key the operator gave, if any: --key, else --key-file PATH (its first line), else $STUDIO_CLUSTER_KEY.
+ * --key and --key-file together are refused; a key file others can read is refused like ssh refuses one.
+ */
+export function givenClusterKey(
+  opts: { key?: string; keyFile?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): GivenKey {
+  if (opts.key !== undefined && opts.keyFile !== undefined)
+    throw new Error("give the cluster key once: --key or --key-file, not both");
+  if (opts.key !== undefined) return { key: opts.key, from: "--key" };
+  if (opts.keyFile !== undefined)
+    return { key: readKeyFile(opts.keyFile), from: `--key-file ${opts.keyFile}` };
+  const fromEnv = env[CLUSTER_KEY_ENV];
+  if (fromEnv !== undefined && fromEnv.trim() !== "") return { key: fromEnv, from: CLUSTER_KEY_ENV };
+  return {};
+}
+
+function readKeyFile(file: string): string {
+  let text: string;
+  try {
+    if ((statSync(file).mode & 0o077) !== 0)
+      throw new Error(
+        `others can read it (mode ${(statSync(file).mode & 0o777).toString(8)}); chmod 600 ${file}`,
+      );
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new Error(`--key-file ${file}: ${(err as Error).message}`);
+  }
+  try {
+    return validateClusterKey(text.split("\n")[0] ?? "");
+  } catch (err) {
+    throw new Error(`--key-file ${file}: ${(err as Error).message}`);
+  }
 }
 
 function pidAlive(pid: number): boolean {

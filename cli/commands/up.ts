@@ -12,8 +12,10 @@ import { BonjourDiscovery } from "../../cluster/discovery.js";
 import { humanBytes } from "../../cluster/health.js";
 import { Membership, parseHostPort } from "../../cluster/membership.js";
 import {
+  CLUSTER_KEY_ENV,
   claimNodeId,
   clusterHome,
+  givenClusterKey,
   loadOrCreateClusterKey,
   type NodeIdentity,
 } from "../../common/cluster-key.js";
@@ -41,6 +43,7 @@ export interface UpOptions {
   apiHost: string;
   apiKey?: string;
   key?: string;
+  keyFile?: string;
   peer: string[];
   backend: BackendChoice;
   threads?: number;
@@ -54,6 +57,8 @@ export interface UpOptions {
   maxQueue?: number;
   /** Seconds one request may run end to end. */
   requestTimeout?: number;
+  /** Seconds a client may take to send a whole request (headers and body). */
+  bodyTimeout: number;
   /** Seconds SIGINT/SIGTERM lets generations in flight finish before failing them. */
   drainTimeout: number;
   /** MB/s this node may send to peers fetching weights from it. */
@@ -208,11 +213,19 @@ export async function runUp(opts: UpOptions): Promise<void> {
   const fingerprint = modelFingerprint(readModelTable(modelDir));
   const version = packageVersion();
 
-  const key = loadOrCreateClusterKey({ key: opts.key });
+  const given = givenClusterKey(opts);
+  if (given.from === "--key")
+    process.stderr.write(
+      `warning: a key given with --key is visible to every user of this machine (ps); use --key-file FILE or ${CLUSTER_KEY_ENV}\n`,
+    );
+  const key = loadOrCreateClusterKey({ key: given.key });
   if (key.created) {
+    const model = opts.demo ? "--demo" : "--model DIR";
     process.stderr.write(
       `\nA new cluster key was generated and stored in ${key.file} (it is shown only this once):\n\n  ${key.key}\n\n` +
-        `Join other machines to this cluster with:\n\n  cluster up --key ${key.key} ${opts.demo ? "--demo" : "--model DIR"}\n\n`,
+        "Join other machines to this cluster with one of (the key stays out of `ps`; a key file must be chmod 600):\n\n" +
+        `  ${CLUSTER_KEY_ENV}=${key.key} cluster up ${model}\n` +
+        `  cluster up --key-file FILE ${model}\n\n`,
     );
   }
   const identity: NodeIdentity = claimNodeId({
@@ -251,6 +264,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
         port: opts.apiPort,
         apiKey: opts.apiKey,
         requestTimeoutMs: opts.requestTimeout ? opts.requestTimeout * 1000 : undefined,
+        bodyTimeoutMs: opts.bodyTimeout * 1000,
       },
     );
     // Closed last (cleanups run in reverse); by then drainApi below has ended every stream with a terminal event.
@@ -401,7 +415,14 @@ export function register(program: Command): void {
     .option("--api-port <port>", "HTTP API port", intArg("--api-port", 0, 65535), 8080)
     .option("--api-host <host>", "HTTP API address (anything but loopback requires --api-key)", "127.0.0.1")
     .option("--api-key <key>", "require this bearer key on the HTTP API")
-    .option("--key <key>", "the cluster key (printed by the first node); generated and stored when absent")
+    .option(
+      "--key <key>",
+      "the cluster key (printed by the first node); visible in ps: prefer --key-file or $STUDIO_CLUSTER_KEY",
+    )
+    .option(
+      "--key-file <file>",
+      "read the cluster key from this file (mode 600); else $STUDIO_CLUSTER_KEY, else the stored key, else a new one",
+    )
     .option(
       "--peer <host:port>",
       "another node's gRPC address, where multicast does not reach (repeatable)",
@@ -438,6 +459,12 @@ export function register(program: Command): void {
       "--request-timeout <seconds>",
       "longest a request may run end to end; it then ends with a timeout error (default: no limit)",
       positiveNumber("--request-timeout"),
+    )
+    .option(
+      "--body-timeout <seconds>",
+      "longest a client may take to send a whole request (headers and body); slower ones get 408",
+      positiveNumber("--body-timeout"),
+      30,
     )
     .option(
       "--drain-timeout <seconds>",

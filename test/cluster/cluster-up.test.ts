@@ -71,7 +71,10 @@ describe("cluster up --demo on one machine", () => {
 
     // The key: generated, printed once with the command that joins others, stored owner-only.
     const key = readFileSync(join(home, "cluster.key"), "utf8").trim();
-    expect(node.stderr.join("\n")).toContain(`cluster up --key ${key} --demo`);
+    // In forms that keep it out of `ps` (the environment, a key file), never as --key.
+    expect(node.stderr.join("\n")).toContain(`STUDIO_CLUSTER_KEY=${key} cluster up --demo`);
+    expect(node.stderr.join("\n")).toContain("cluster up --key-file FILE --demo");
+    expect(node.stderr.join("\n")).not.toContain(`--key ${key}`);
     expect(statSync(join(home, "cluster.key")).mode & 0o777).toBe(0o600);
 
     const reply = await complete(apiUrl, "Hello, cluster!", 8);
@@ -110,6 +113,7 @@ describe("cluster up --demo on one machine", () => {
       [["--demo", "--api-host", "0.0.0.0"], /--api-host 0\.0\.0\.0 is not loopback: it requires --api-key/],
       [["--demo", "--peer", "nonsense"], /--peer "nonsense" is not host:port/],
       [["--demo", "--key", "short"], /cluster key is invalid/],
+      [["--demo", "--key-file", join(home, "no-such-key")], /--key-file .*no-such-key: ENOENT/],
       [
         ["--model", join(home, "no-such-model")],
         /--model .*no-such-model: no such folder, and not a Hugging Face model id/,

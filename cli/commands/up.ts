@@ -24,6 +24,7 @@ import { ClusterError, errorMessage } from "../../common/errors.js";
 import { modelIdOf, readModelConfig } from "../../common/model-config.js";
 import { modelFingerprint, readModelTable } from "../../common/model-table.js";
 import { packageVersion } from "../../common/paths.js";
+import { checkLayerCount } from "../../common/weight-check.js";
 import { loadWireTls, useWireTls, wireTlsFilesOf } from "../../common/wire/tls.js";
 import { readModelFootprint } from "../../coordinator/model-footprint.js";
 import { availableBackends } from "../../native/index.js";
@@ -210,7 +211,9 @@ export async function runUp(opts: UpOptions): Promise<void> {
       `--context ${contextTokens} exceeds the model's max_position_embeddings ${config.maxPositionEmbeddings}`,
     );
   const modelId = modelIdOf(modelDir);
-  const fingerprint = modelFingerprint(readModelTable(modelDir));
+  const table = readModelTable(modelDir);
+  checkLayerCount(modelDir, config.numLayers, table.tensors.keys());
+  const fingerprint = modelFingerprint(table);
   const version = packageVersion();
 
   const given = givenClusterKey(opts);

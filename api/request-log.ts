@@ -100,6 +100,7 @@ export class RequestLog {
   /** The series start here: no invented zeros from before the server existed. */
   private readonly startSecond: number;
   private count = 0;
+  private readonly finishListeners = new Set<(request: RequestSnapshot) => void>();
 
   constructor(options: RequestLogOptions = {}) {
     this.now = options.now ?? Date.now;
@@ -128,8 +129,19 @@ export class RequestLog {
 
   finished(tracker: RequestTracker): void {
     this.inFlight.delete(tracker);
-    this.recent.unshift(tracker.snapshot(this.now()));
+    const snapshot = tracker.snapshot(this.now());
+    this.recent.unshift(snapshot);
     if (this.recent.length > this.recentLimit) this.recent.length = this.recentLimit;
+    for (const listener of this.finishListeners) listener(snapshot);
+  }
+
+  /**
+   * Calls `listener` with every request as it finishes: counters counted here miss none, whereas `recent` keeps
+   * only the last `recentLimit` and a scrape may come after more than that have scrolled out.
+   */
+  onFinished(listener: (request: RequestSnapshot) => void): () => void {
+    this.finishListeners.add(listener);
+    return () => this.finishListeners.delete(listener);
   }
 
   /** The request part of the cluster snapshot, as of now. */

@@ -3,7 +3,8 @@
 // Candidates are gRPC addresses from four sources: this node itself, `--peer`, Bonjour, and nodes that said
 // Hello to us. Each candidate must first prove it holds the cluster key (common/wire/auth.ts: an HMAC over our
 // nonce; the key never travels). One of another cluster is ignored; one that claims our cluster id and cannot
-// prove the key is logged as an impostor and never probed again (a --peer address only after a long pause).
+// prove the key is logged as an impostor and not probed again (a --peer address, or one announced again, only
+// after a long pause).
 // A node that proves it and answers the signed Hello becomes a member and stays one only while its
 // Status stream keeps beating (a NodeStatus at least every `heartbeatTimeoutMs`). Several addresses may lead to
 // one node (Bonjour and --peer, localhost and 127.0.0.1): members are keyed by node id, extra addresses wait.
@@ -77,6 +78,8 @@ interface Candidate {
   /** When capabilities were last read with Hello, and whether a refresh is under way. */
   helloAt?: number;
   refreshing?: boolean;
+  /** When it last failed to prove the cluster key. */
+  refusedAt?: number;
 }
 
 /** Capabilities change after start (a node measures its memory bandwidth in the background): re-read them. */
@@ -143,8 +146,11 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     const existing = this.candidates.get(normalized);
     if (existing) {
       existing.sources.add(source);
-      // Someone just told us about it again: an idle candidate is worth probing now.
-      if (existing.state === "idle") this.scheduleProbe(existing, 0);
+      // Someone just told us about it again: an idle candidate is worth probing now; a refused one only after
+      // forgetAfterMs (the address may since belong to a real node that restarted with the right key).
+      const refusedLongAgo =
+        existing.state === "refused" && Date.now() - (existing.refusedAt ?? 0) > this.forgetAfterMs;
+      if (existing.state === "idle" || refusedLongAgo) this.scheduleProbe(existing, 0);
       return;
     }
     const candidate: Candidate = {
@@ -233,8 +239,9 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
   }
 
   /**
-   * A node that claims our cluster without proving the key: logged, never followed, never probed again; an
-   * address the operator gave with --peer is tried again only after the longest back-off.
+   * A node that claims our cluster without proving the key: logged, never followed, not probed again; an
+   * address the operator gave with --peer is tried again after the longest back-off, one announced again by
+   * Bonjour or a caller after forgetAfterMs.
    */
   private refuse(candidate: Candidate, err: PeerProofError): void {
     if (candidate.state === "closed") return;
@@ -242,6 +249,7 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     if (err.message !== candidate.lastProblem) this.log(`membership: REFUSED ${err.message}`);
     candidate.lastProblem = err.message;
     candidate.state = "refused";
+    candidate.refusedAt = Date.now();
     if (!candidate.sources.has("peer")) return;
     clearTimeout(candidate.timer);
     candidate.timer = setTimeout(() => {

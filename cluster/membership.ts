@@ -93,6 +93,9 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
   /** node id -> who wants to hear that it is lost (pipelines of a plan it serves in). */
   private readonly watchers = new Map<string, Set<(reason: string) => void>>();
   private readonly watchdog: NodeJS.Timeout;
+  private readonly checkIntervalMs: number;
+  /** When the watchdog last ran: a late run means this process's event loop was busy, not the members. */
+  private lastCheckAt: number;
   private readonly heartbeatTimeoutMs: number;
   private readonly retryMs: number;
   private readonly forgetAfterMs: number;
@@ -105,7 +108,9 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     this.retryMs = opts.retryMs ?? 1000;
     this.forgetAfterMs = opts.forgetAfterMs ?? 60_000;
     this.log = opts.log ?? ((line) => console.error(line));
-    this.watchdog = setInterval(() => this.checkHeartbeats(), Math.min(500, this.heartbeatTimeoutMs / 2));
+    this.checkIntervalMs = Math.min(500, this.heartbeatTimeoutMs / 2);
+    this.lastCheckAt = Date.now();
+    this.watchdog = setInterval(() => this.checkHeartbeats(), this.checkIntervalMs);
     this.watchdog.unref();
   }
 
@@ -320,6 +325,12 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
 
   private checkHeartbeats(): void {
     const now = Date.now();
+    const late = now - this.lastCheckAt > 2 * this.checkIntervalMs + 100;
+    this.lastCheckAt = now;
+    // Our own event loop was stalled (a busy moment, a GC): the members' heartbeats are waiting in the sockets,
+    // read only after this timer. Judge them on the next run, once they had their turn; silence during our
+    // stall is not theirs.
+    if (late) return;
     for (const [nodeId, member] of this.members) {
       const carrier = this.carriers.get(nodeId);
       if (!carrier) continue;

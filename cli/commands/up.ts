@@ -124,6 +124,17 @@ export function resolveInterfaceAddress(value: string): string {
 }
 
 /** The host other nodes reach this one at: the chosen interface, loopback for a loopback-only cluster, else the first external IPv4. */
+/**
+ * Where the node agent listens: the --interface address; loopback when Bonjour is off and every --peer is on
+ * loopback (a cluster of one machine: no port open to the network); else all interfaces, since peers on the LAN
+ * may name this node with their --peer or find it over Bonjour.
+ */
+function grpcBindHost(interfaceAddress: string | undefined, peers: string[], bonjour: boolean): string {
+  if (interfaceAddress) return interfaceAddress;
+  const loopbackOnly = !bonjour && peers.length > 0 && peers.every((p) => isLoopback(parseHostPort(p).host));
+  return loopbackOnly ? "127.0.0.1" : "0.0.0.0";
+}
+
 function selfHost(interfaceAddress: string | undefined, peers: string[], bonjour: boolean): string {
   if (interfaceAddress) return interfaceAddress;
   const loopbackOnly = peers.length > 0 && peers.every((p) => isLoopback(parseHostPort(p).host));
@@ -279,7 +290,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
     let onPeerHello: ((address: string) => void) | undefined;
     const agent: NodeAgent = await startNodeAgent({
       modelDir,
-      grpcHost: interfaceAddress ?? "0.0.0.0",
+      grpcHost: grpcBindHost(interfaceAddress, opts.peer, opts.bonjour),
       grpcPort: opts.port,
       clusterKey: key.key,
       nodeId: identity.nodeId,

@@ -333,6 +333,30 @@ describe("two cluster up processes joined with --peer", () => {
     expect(forwarded.text).toBe(direct.text);
   });
 
+  it.skipIf(process.platform !== "linux")(
+    "listen for gRPC on loopback when Bonjour is off and every --peer is on loopback, on all interfaces otherwise",
+    async () => {
+      const modelDir = await ensureModel("tiny", "tiny");
+      const { a, b, apiA, args } = await startPair(modelDir, ["lo-a", "lo-b"]);
+      await waitForHealth(`http://127.0.0.1:${apiA}`, (h) => liveNodes(h).length === 2, "two members", [
+        a,
+        b,
+      ]);
+      const portOf = (list: string[]) => Number(list[list.indexOf("--port") + 1]);
+      // /proc/net/tcp: local address as hex IPv4:port, state 0A = LISTEN.
+      const listening = readFileSync("/proc/net/tcp", "utf8")
+        .split("\n")
+        .map((l) => l.trim().split(/\s+/))
+        .filter((f) => f[3] === "0A")
+        .map((f) => f[1]);
+      const hex = (port: number) => port.toString(16).toUpperCase().padStart(4, "0");
+      // a names no peer: others may --peer it from the LAN. b's only peer is 127.0.0.1.
+      expect(listening).toContain(`00000000:${hex(portOf(args[0]))}`);
+      expect(listening).toContain(`0100007F:${hex(portOf(args[1]))}`);
+      expect(listening).not.toContain(`00000000:${hex(portOf(args[1]))}`);
+    },
+  );
+
   it("lose their coordinator: the other node takes the role, plans on itself and serves", async () => {
     const modelDir = await ensureModel("tiny", "tiny");
     const { a, b, apiA, apiB } = await startPair(modelDir, ["gamma", "delta"]);

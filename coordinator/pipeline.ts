@@ -130,6 +130,7 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
           opts.plan.planId,
           opts.plan.stages.map((s) => s.name),
           pipeline.log,
+          lost,
         ),
         lost,
       ]);

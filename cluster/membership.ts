@@ -35,6 +35,13 @@ export interface Member {
   lastSeen: number;
 }
 
+/** A member that was lost: kept (for the dashboard and /health) until it returns or says goodbye. */
+export interface DepartedMember {
+  member: Member;
+  lostAt: number;
+  reason: string;
+}
+
 export interface MembershipOptions {
   nodeId: string;
   clusterId: string;
@@ -92,6 +99,8 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
   private readonly carriers = new Map<string, Candidate>();
   /** node id -> who wants to hear that it is lost (pipelines of a plan it serves in). */
   private readonly watchers = new Map<string, Set<(reason: string) => void>>();
+  /** node id -> the member as it was when lost, until it is admitted again or its address says goodbye. */
+  private readonly gone = new Map<string, DepartedMember>();
   private readonly watchdog: NodeJS.Timeout;
   private readonly checkIntervalMs: number;
   /** When the watchdog last ran: a late run means this process's event loop was busy, not the members. */
@@ -119,6 +128,11 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     return [...this.members.values()].sort((a, b) =>
       a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0,
     );
+  }
+
+  /** Members lost and not back, newest loss first. */
+  departed(): DepartedMember[] {
+    return [...this.gone.values()].sort((a, b) => b.lostAt - a.lostAt);
   }
 
   get(nodeId: string): Member | undefined {
@@ -299,6 +313,7 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
       lastSeen: now,
     };
     this.members.set(member.nodeId, member);
+    this.gone.delete(member.nodeId);
     this.carriers.set(member.nodeId, candidate);
     this.watchStatus(candidate, member);
     this.log(`membership: ${member.name} (${member.nodeId}) at ${member.address} joined`);
@@ -380,6 +395,7 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     const member = this.members.get(nodeId);
     this.carriers.delete(nodeId);
     this.members.delete(nodeId);
+    if (member && !member.self) this.gone.set(nodeId, { member, lostAt: Date.now(), reason });
     this.log(`membership: ${member?.name ?? nodeId} (${nodeId}) at ${candidate.address} lost: ${reason}`);
     const listeners = this.watchers.get(nodeId);
     this.watchers.delete(nodeId);
@@ -422,6 +438,8 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
   private dropCandidate(candidate: Candidate, reason: string): void {
     const carried = candidate.nodeId !== undefined && this.carriers.get(candidate.nodeId) === candidate;
     if (carried) this.lose(candidate, reason);
+    // A node that said goodbye (or was forgotten) left on purpose: it is no longer shown as lost.
+    if (candidate.nodeId !== undefined) this.gone.delete(candidate.nodeId);
     this.shutCandidate(candidate);
     this.candidates.delete(candidate.address);
   }

@@ -205,6 +205,14 @@ function nodeCard(n, snap, color) {
       `${n.chip} · ${n.backend} · ${n.cores} cores · `,
       h("span", { class: "addr" }, n.address),
     ),
+    // A lost node stays on the page, saying since when and why, until it returns.
+    n.health === "lost" && n.lostAt
+      ? h(
+          "div",
+          { class: "node-sub lost-reason", "data-testid": "node-lost" },
+          `lost ${fmtAge(Date.now() - n.lostAt)} ago: ${n.lostReason ?? "no reason given"}`,
+        )
+      : null,
     h(
       "div",
       { class: "figures" },

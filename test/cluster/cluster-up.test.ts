@@ -392,6 +392,14 @@ describe("two cluster up processes joined with --peer", () => {
       [a, b][survivorIndex],
     );
     expect(survivor.coordinator?.id).toBe(survivor.node.id);
+    // The dead node stays visible, marked lost, with when and why (no longer a card that just vanishes).
+    const dead = survivor.nodes.find((n) => n.id === ready.coordinator!.id);
+    expect(dead?.health, JSON.stringify(survivor.nodes)).toBe("lost");
+    expect(dead?.lostReason).toMatch(
+      /no heartbeat|Status stream|stopped responding|data stream|results stream/,
+    );
+    expect(Date.now() - (dead?.lostAt ?? 0)).toBeLessThan(30_000);
+    expect(liveNodes(survivor).map((n) => n.id)).toEqual([survivor.node.id]);
     const after = await complete(urls[survivorIndex], "Who coordinates now?", 6);
     expect(after.status, JSON.stringify(after.body)).toBe(200);
     expect(after.text).toBe(before.text);

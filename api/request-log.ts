@@ -26,6 +26,7 @@ export class RequestTracker {
   private status: RequestSnapshot["status"] = "prefill";
   private cachedTokens = 0;
   private outputTokens = 0;
+  private error: string | undefined;
 
   constructor(
     private readonly log: RequestLog,
@@ -53,10 +54,12 @@ export class RequestTracker {
     this.log.outputToken(now);
   }
 
-  finish(status: FinalStatus): void {
+  /** `error`: why a failed request failed, shown with it on the dashboard. */
+  finish(status: FinalStatus, error?: string): void {
     if (this.finishedAt !== undefined) return;
     this.finishedAt = this.log.now();
     this.status = status;
+    if (status === "failed") this.error = error;
     this.log.finished(this);
   }
 
@@ -76,6 +79,7 @@ export class RequestTracker {
       outputTokens: this.outputTokens,
       ttftMs: ttft,
       tokensPerSecond: this.decodeRate(this.finishedAt ?? now),
+      ...(this.error ? { error: this.error } : {}),
     };
   }
 

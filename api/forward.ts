@@ -46,7 +46,9 @@ export async function forwardRequest(
   } catch (err) {
     const failure = apiError(
       503,
-      `the coordinator at ${coordinatorUrl} cannot be reached: ${(err as Error).message}`,
+      `the coordinator at ${coordinatorUrl} cannot be reached: ${(err as Error).message}. ` +
+        "Its API must listen where this node can reach it: start every node with --api-host 0.0.0.0 (or its LAN " +
+        "address) and the same --api-key.",
       "cluster_not_ready",
     );
     reply.code(failure.status).header("retry-after", String(failure.retryAfter)).send(failure.body);

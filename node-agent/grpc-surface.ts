@@ -5,6 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { clusterIdOf } from "../common/cluster-key.js";
 import { errorMessage } from "../common/errors.js";
 import {
+  BODY_DIGEST,
   CallVerifier,
   ClusterSecret,
   callAuthHeader,
@@ -45,7 +46,14 @@ export class KeyedSurface {
   }
 
   private refused(method: string, call: SurfaceCall): grpc.ServiceError | undefined {
-    const problem = this.verifier.problem(call.metadata, call.getPath());
+    // A single-request call's MAC covers its request's bytes (withBodyDigests put their digest on it).
+    const request = (call as { request?: Record<symbol, unknown> }).request;
+    const body = request?.[BODY_DIGEST];
+    const problem = this.verifier.problem(
+      call.metadata,
+      call.getPath(),
+      Buffer.isBuffer(body) ? body : undefined,
+    );
     if (!problem) return undefined;
     this.log(`refused ${method} from ${call.getPeer()}: ${problem}`);
     return unauthenticatedStatus(problem);

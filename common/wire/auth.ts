@@ -6,12 +6,13 @@
 //    id, clock). The client checks the proof before it sends anything else: a peer that cannot produce it
 //    learns a nonce and nothing more, and is never called again on that client.
 // 2. Every later call carries "x-cluster-auth: v1.<time ms>.<nonce>.<mac>", mac = HMAC(callKey, label, the
-//    proven server's node id and epoch, the method's path, time, nonce). The server accepts it only for itself
+//    proven server's node id and epoch, the method's path, the request's bytes when the call has a single
+//    request, time, nonce). The server accepts it only for itself
 //    (its id and this process's epoch), for that method, within ±30 s of its own clock (the client corrects by
 //    the offset it measured in the handshake), and only once (a nonce cache covering the window). A captured
 //    call cannot be replayed, sent to another node, to another method, or to the same node after a restart.
 // helloKey and callKey are derived from the key with distinct labels, so no value serves in two places.
-import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import type { HelloReply, HelloRequest } from "./types.js";
 
@@ -131,15 +132,57 @@ function callMac(
   path: string,
   t: string,
   n: string,
+  body: Buffer,
 ) {
-  return mac(secret.callKey, [`${LABEL} call`, peer.nodeId, peer.epoch, path, t, n]);
+  return mac(secret.callKey, [`${LABEL} call`, peer.nodeId, peer.epoch, path, t, n, body]);
 }
 
-/** The x-cluster-auth value for one call to a proven peer. */
-export function signCall(secret: ClusterSecret, peer: ProvenPeer, path: string): string {
+/** sha256 of a request message's wire bytes: what binds a call's MAC to its contents. */
+export function bodyDigest(bytes: Uint8Array): Buffer {
+  return createHash("sha256").update(bytes).digest();
+}
+
+/**
+ * The x-cluster-auth value for one call to a proven peer. `body`: the digest of the call's one request message
+ * (unary and server-streaming calls), so an on-path change of the request fails the MAC; empty for a call that
+ * streams its requests (Data), whose messages the call's MAC does not cover.
+ */
+export function signCall(
+  secret: ClusterSecret,
+  peer: ProvenPeer,
+  path: string,
+  body: Buffer = Buffer.alloc(0),
+): string {
   const time = String(Math.round(Date.now() + peer.clockOffsetMs));
   const nonce = randomBytes(16).toString("base64url");
-  return `v1.${time}.${nonce}.${callMac(secret, peer, path, time, nonce).toString("base64url")}`;
+  return `v1.${time}.${nonce}.${callMac(secret, peer, path, time, nonce, body).toString("base64url")}`;
+}
+
+/** Where a server's deserializer leaves the digest of a request's wire bytes (withBodyDigests). */
+export const BODY_DIGEST = Symbol("studio-cluster request body digest");
+
+/**
+ * The service definition with every single-request method's deserializer noting the digest of the bytes it
+ * decoded on the request object, for the MAC check (the handler sees only the decoded object).
+ */
+export function withBodyDigests(service: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, method] of Object.entries(service)) {
+    if (method.requestStream) {
+      out[name] = method;
+      continue;
+    }
+    const decode = method.requestDeserialize;
+    out[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        const request = decode(bytes) as object;
+        Object.defineProperty(request, BODY_DIGEST, { value: bodyDigest(bytes), enumerable: false });
+        return request;
+      },
+    };
+  }
+  return out;
 }
 
 /**
@@ -174,7 +217,7 @@ export class CallVerifier {
   }
 
   /** Why the call is refused, or undefined when it is a fresh, valid call to this node for this method. */
-  problem(metadata: grpc.Metadata, path: string): string | undefined {
+  problem(metadata: grpc.Metadata, path: string, body: Buffer = Buffer.alloc(0)): string | undefined {
     const value = metadata.get(callAuthHeader)[0];
     if (value === undefined)
       return `missing ${callAuthHeader} metadata (a caller without the cluster key, or an older version)`;
@@ -182,9 +225,9 @@ export class CallVerifier {
     const parts = value.split(".");
     if (parts.length !== 4 || parts[0] !== "v1") return `${callAuthHeader} is malformed`;
     const [, time, nonce, given] = parts;
-    const expected = callMac(this.secret, this, path, time, nonce);
+    const expected = callMac(this.secret, this, path, time, nonce, body);
     if (!sameBytes(Buffer.from(given, "base64url"), expected))
-      return "the call's MAC is wrong (another cluster key, another node or process, or another method)";
+      return "the call's MAC is wrong (another cluster key, another node or process, another method, or a request altered on the way)";
     const skew = Number(time) - Date.now();
     if (!Number.isFinite(skew) || Math.abs(skew) > this.windowMs)
       return `the call is ${Math.round(skew / 1000)} s off this node's clock (replayed, or clocks drifted mid-session)`;
@@ -255,8 +298,10 @@ export class PeerSession {
 
   /** Signs every call made through the client once the server is proven; fails it if it cannot be. */
   interceptor(): grpc.Interceptor {
-    return (options, nextCall) =>
-      new grpc.InterceptingCall(nextCall(options), {
+    return (options, nextCall) => {
+      /** For a single-request call: signs it once its message is known (metadata waits until then). */
+      let signBody: ((message: unknown) => Promise<boolean>) | undefined;
+      return new grpc.InterceptingCall(nextCall(options), {
         start: (metadata, listener, next) => {
           // A refusal may mean the node restarted (new epoch): prove it again before the next call.
           const watched = {
@@ -271,21 +316,37 @@ export class PeerSession {
             next(metadata, watched);
             return;
           }
-          const path = options.method_definition.path;
-          this.proven().then(
-            (peer) => {
-              metadata.set(callAuthHeader, signCall(this.secret, peer, path));
-              next(metadata, watched);
-            },
-            (err: Error & { code?: number }) =>
-              listener.onReceiveStatus({
-                code: typeof err.code === "number" ? err.code : grpc.status.UNAVAILABLE,
-                details: `${this.address}: ${err.message}`,
-                metadata: new grpc.Metadata(),
-              }),
-          );
+          const definition = options.method_definition;
+          const sign = (body?: Buffer) =>
+            this.proven().then(
+              (peer) => {
+                metadata.set(callAuthHeader, signCall(this.secret, peer, definition.path, body));
+                next(metadata, watched);
+                return true;
+              },
+              (err: Error & { code?: number }) => {
+                listener.onReceiveStatus({
+                  code: typeof err.code === "number" ? err.code : grpc.status.UNAVAILABLE,
+                  details: `${this.address}: ${err.message}`,
+                  metadata: new grpc.Metadata(),
+                });
+                return false;
+              },
+            );
+          // A call that streams its requests is signed now; one with a single request waits for it (below).
+          if (definition.requestStream) void sign();
+          else signBody = (message) => sign(bodyDigest(definition.requestSerialize(message)));
+        },
+        sendMessage: (message, next) => {
+          const signing = signBody;
+          signBody = undefined;
+          if (!signing) return next(message);
+          void signing(message).then((ok) => {
+            if (ok) next(message);
+          });
         },
       });
+    };
   }
 }
 

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Engine, SamplingParams } from "../../common/engine-api.js";
 import { ClusterError } from "../../common/errors.js";
 import { readModelConfig } from "../../common/model-config.js";
-import { ClusterSecret, callAuthHeader, signCall } from "../../common/wire/auth.js";
+import { bodyDigest, ClusterSecret, callAuthHeader, signCall } from "../../common/wire/auth.js";
 import { NodeClient } from "../../common/wire/client.js";
 import { nowUs } from "../../common/wire/frames.js";
 import { channelOptions, studioNodeClientConstructor } from "../../common/wire/proto.js";
@@ -374,10 +374,15 @@ describe("cluster key", () => {
       ]);
     }
     // A call signed with the key goes through once; the same metadata replayed is refused.
-    const once = await signedFor(address, "Release");
+    const empty = bodyDigest(new Uint8Array(0)); // the wire bytes of the {} request callStatus sends
+    const once = await signedFor(address, "Release", empty);
     expect(await callStatus(address, once, "Release")).toBe(grpc.status.OK);
     expect(await callStatus(address, once, "Release")).toBe(grpc.status.UNAUTHENTICATED);
     expect(agents[1].log.some((l) => /refused Release from .*replayed/.test(l))).toBe(true);
+    // A MAC made for one request does not pass with another (a request altered on the way).
+    const forOther = await signedFor(address, "Release", bodyDigest(Buffer.from([0x0a, 0x01, 0x78])));
+    expect(await callStatus(address, forOther, "Release")).toBe(grpc.status.UNAUTHENTICATED);
+    expect(agents[1].log.some((l) => /refused Release from .*altered on the way/.test(l))).toBe(true);
     // Every refusal is logged by the node, naming the method (the log arrives over the agent's stderr pipe).
     const logged = () => methods.filter((m) => !agents[1].log.some((l) => l.includes(`refused ${m} from`)));
     for (let i = 0; i < 50 && logged().length > 0; i++) await new Promise((r) => setTimeout(r, 20));
@@ -393,13 +398,16 @@ function pathOf(method: string): string {
   return `/studio.cluster.v1.StudioNode/${method}`;
 }
 
-/** Metadata for one call to `method` on the node at address, signed as a NodeClient signs it. */
-async function signedFor(address: string, method: string): Promise<grpc.Metadata> {
+/**
+ * Metadata for one call to `method` on the node at address, signed as a NodeClient signs it; `body`: the digest of
+ * the request's wire bytes (single-request methods), absent for Data.
+ */
+async function signedFor(address: string, method: string, body?: Buffer): Promise<grpc.Metadata> {
   const client = new NodeClient(address, key);
   const peer = await client.prove();
   client.close();
   const metadata = new grpc.Metadata();
-  metadata.set(callAuthHeader, signCall(new ClusterSecret(key), peer, pathOf(method)));
+  metadata.set(callAuthHeader, signCall(new ClusterSecret(key), peer, pathOf(method), body));
   return metadata;
 }
 

@@ -3,6 +3,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
 import {
+  bodyDigest,
   CallVerifier,
   ClusterSecret,
   callAuthHeader,
@@ -187,6 +188,13 @@ describe("cluster key on the wire (HMAC handshake and signed calls)", () => {
     forged.set(callAuthHeader, signCall(otherKey, peer, path));
     expect(verifier.problem(forged, path)).toMatch(/MAC is wrong/);
     expect(verifier.problem(new grpc.Metadata(), path)).toMatch(/missing x-cluster-auth/);
+    // A MAC over one request's bytes does not pass for other bytes.
+    const bodyA = bodyDigest(Buffer.from("a"));
+    const withBody = new grpc.Metadata();
+    const peerA = { nodeId: "node-a", clusterId: "c", epoch: verifier.epoch, clockOffsetMs: 0 };
+    withBody.set(callAuthHeader, signCall(secret, peerA, path, bodyA));
+    expect(verifier.problem(withBody, path, bodyDigest(Buffer.from("b")))).toMatch(/altered on the way/);
+    expect(verifier.problem(withBody, path, bodyA)).toBeUndefined();
     // The key itself never appears in what travels.
     expect(signed(verifier).get(callAuthHeader)[0]).not.toContain(key);
   });

@@ -8,7 +8,7 @@ import type { IncrementalDetokenizer } from "../chat/detokenizer.js";
 import { ReplyParser } from "../chat/reply-parser.js";
 import { StopStringMatcher } from "../chat/stop-strings.js";
 import type { SamplingParams } from "../common/engine-api.js";
-import { ClusterError } from "../common/errors.js";
+import { ClusterError, errorMessage } from "../common/errors.js";
 import type { GenerationEvent, TokenGenerator } from "../coordinator/token-generator.js";
 import { contextLengthError } from "./errors.js";
 import type { RequestTracker } from "./request-log.js";
@@ -175,7 +175,7 @@ export class GenerationRun {
     try {
       await Promise.race([run.pending, waited]);
     } catch (err) {
-      run.track?.finish(finalStatusOf(err));
+      run.track?.finish(finalStatusOf(err), errorMessage(err));
       run.settle();
       // A timeout (or shutdown) that struck during admission reports itself, not the cancel it caused.
       throw run.failure ?? err;
@@ -204,7 +204,7 @@ export class GenerationRun {
   fail(error: ClusterError): void {
     if (this.finished || this.controller.signal.aborted) return;
     this.failure = error;
-    this.track?.finish("failed");
+    this.track?.finish("failed", error.message);
     this.cancel();
   }
 
@@ -228,7 +228,7 @@ export class GenerationRun {
       yield* this.consume();
       this.track?.finish(this.finishReason === "length" ? "incomplete" : "completed");
     } catch (err) {
-      this.track?.finish(finalStatusOf(err));
+      this.track?.finish(finalStatusOf(err), errorMessage(err));
       throw err;
     } finally {
       this.settle();

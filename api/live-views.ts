@@ -50,6 +50,6 @@ export async function registerLiveViews(app: FastifyInstance, options: LiveViews
       const denied = checkDashboardKey(request.raw, options.apiKey);
       if (denied) return sendApiError(reply, denied);
     });
-    registerMetrics(metrics, { snapshot });
+    registerMetrics(metrics, { snapshot, finished: (listener) => options.requests.onFinished(listener) });
   });
 }

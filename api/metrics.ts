@@ -1,6 +1,7 @@
 // GET /metrics: the cluster snapshot in Prometheus text format.
 // Gauges are read from the snapshot at scrape time (so a node that leaves drops its series); request counters
-// and the TTFT histogram count each finished request once, as it shows up in the snapshot's `recent` list.
+// and the TTFT histogram count each finished request once: at the moment it finishes when the API's request log
+// reports it (`finished`), else as it shows up in the snapshot's `recent` list (which keeps only the latest).
 import type { FastifyInstance } from "fastify";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import { type NodeHealth, type NodeView, prefixCacheHitRates } from "../cluster/health.js";
@@ -10,6 +11,11 @@ export interface MetricsOptions {
   snapshot: () => ClusterSnapshot;
   /** Also export Node.js process metrics (heap, event loop lag, ...). Default true. */
   processMetrics?: boolean;
+  /**
+   * Subscribes to every request as it finishes (RequestLog.onFinished): the counters then count at the event,
+   * and none is missed however many finish between scrapes. Without it they fold in the snapshot's `recent`.
+   */
+  finished?: (listener: (request: RequestSnapshot) => void) => void;
 }
 
 const PREFIX = "studio_cluster_";
@@ -113,6 +119,8 @@ export class ClusterMetrics {
   private readonly outputTokens: Counter<"api">;
   private readonly ttft: Histogram<"api">;
   private current: ClusterSnapshot | undefined;
+  /** Counted as requests finish (no folding of `recent` at scrape time). */
+  private readonly atEvent: boolean;
 
   constructor(options: MetricsOptions) {
     this.snapshot = options.snapshot;
@@ -140,12 +148,14 @@ export class ClusterMetrics {
       registers,
     });
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+    this.atEvent = options.finished !== undefined;
+    options.finished?.((r) => this.countOne(r));
   }
 
   /** Takes one snapshot, folds its finished requests into the counters and renders every metric. */
   async render(): Promise<string> {
     this.current = this.snapshot();
-    this.countFinished(this.current.recent);
+    if (!this.atEvent) this.countFinished(this.current.recent);
     try {
       return await this.registry.metrics();
     } finally {
@@ -162,14 +172,18 @@ export class ClusterMetrics {
     for (const r of recent) {
       if (!FINISHED.has(r.status)) continue;
       stillRecent.add(r.id);
-      if (this.counted.has(r.id)) continue;
-      this.requests.inc({ api: r.api, status: r.status });
-      this.promptTokens.inc({ api: r.api }, r.promptTokens);
-      this.cachedTokens.inc({ api: r.api }, r.cachedTokens);
-      this.outputTokens.inc({ api: r.api }, r.outputTokens);
-      if (r.ttftMs !== undefined) this.ttft.observe({ api: r.api }, r.ttftMs / 1000);
+      if (!this.counted.has(r.id)) this.countOne(r);
     }
     this.counted = stillRecent;
+  }
+
+  private countOne(r: RequestSnapshot): void {
+    if (!FINISHED.has(r.status)) return;
+    this.requests.inc({ api: r.api, status: r.status });
+    this.promptTokens.inc({ api: r.api }, r.promptTokens);
+    this.cachedTokens.inc({ api: r.api }, r.cachedTokens);
+    this.outputTokens.inc({ api: r.api }, r.outputTokens);
+    if (r.ttftMs !== undefined) this.ttft.observe({ api: r.api }, r.ttftMs / 1000);
   }
 
   private tokenCounter(name: string, help: string): Counter<"api"> {

@@ -4,6 +4,7 @@
 import { ChatFormatter } from "../chat/chat-formatter.js";
 import { type ReplyConstraints, unconstrained } from "../chat/constraints.js";
 import type { Conversation } from "../chat/conversation.js";
+import { PromptEncoder } from "../chat/prompt-encoder.js";
 import { RequestError } from "../chat/request-error.js";
 import type { SamplingParams } from "../common/engine-api.js";
 import { ClusterError } from "../common/errors.js";
@@ -94,7 +95,8 @@ export async function startRun(
   const generator = requireGenerator(deps);
   const formatter = ChatFormatter.forModelDir(deps.modelDir);
   const chat = "conversation" in input;
-  const prompt = formatter.encode(chat ? formatter.render(input.conversation) : input.text);
+  // On a worker thread: a prompt of megabytes must not stall the event loop (and the heartbeats with it).
+  const prompt = await PromptEncoder.forModelDir(deps.modelDir).encode(input);
   if (prompt.length === 0) throw new RequestError("prompt must not be empty", "prompt");
   // A completion without max_tokens writes 16 tokens (OpenAI's default); a chat reply may fill the window.
   const requested = chat ? options.maxTokens : (options.maxTokens ?? 16);

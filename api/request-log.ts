@@ -26,6 +26,7 @@ export class RequestTracker {
   private status: RequestSnapshot["status"] = "prefill";
   private cachedTokens = 0;
   private outputTokens = 0;
+  private error: string | undefined;
 
   constructor(
     private readonly log: RequestLog,
@@ -53,10 +54,12 @@ export class RequestTracker {
     this.log.outputToken(now);
   }
 
-  finish(status: FinalStatus): void {
+  /** `error`: why a failed request failed, shown with it on the dashboard. */
+  finish(status: FinalStatus, error?: string): void {
     if (this.finishedAt !== undefined) return;
     this.finishedAt = this.log.now();
     this.status = status;
+    if (status === "failed") this.error = error;
     this.log.finished(this);
   }
 
@@ -76,6 +79,7 @@ export class RequestTracker {
       outputTokens: this.outputTokens,
       ttftMs: ttft,
       tokensPerSecond: this.decodeRate(this.finishedAt ?? now),
+      ...(this.error ? { error: this.error } : {}),
     };
   }
 
@@ -100,6 +104,7 @@ export class RequestLog {
   /** The series start here: no invented zeros from before the server existed. */
   private readonly startSecond: number;
   private count = 0;
+  private readonly finishListeners = new Set<(request: RequestSnapshot) => void>();
 
   constructor(options: RequestLogOptions = {}) {
     this.now = options.now ?? Date.now;
@@ -128,8 +133,19 @@ export class RequestLog {
 
   finished(tracker: RequestTracker): void {
     this.inFlight.delete(tracker);
-    this.recent.unshift(tracker.snapshot(this.now()));
+    const snapshot = tracker.snapshot(this.now());
+    this.recent.unshift(snapshot);
     if (this.recent.length > this.recentLimit) this.recent.length = this.recentLimit;
+    for (const listener of this.finishListeners) listener(snapshot);
+  }
+
+  /**
+   * Calls `listener` with every request as it finishes: counters counted here miss none, whereas `recent` keeps
+   * only the last `recentLimit` and a scrape may come after more than that have scrolled out.
+   */
+  onFinished(listener: (request: RequestSnapshot) => void): () => void {
+    this.finishListeners.add(listener);
+    return () => this.finishListeners.delete(listener);
   }
 
   /** The request part of the cluster snapshot, as of now. */

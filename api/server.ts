@@ -2,6 +2,7 @@
 // GET /health, and with a snapshot provider the dashboard and GET /metrics (live-views.ts). `cluster up` starts
 // it with an ApiContext that follows the cluster: which generator serves, or which node coordinates when this
 // one does not.
+import { createServer } from "node:http";
 import { isIP } from "node:net";
 import cors from "@fastify/cors";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
@@ -9,10 +10,11 @@ import { ChatFormatter } from "../chat/chat-formatter.js";
 import type { ClusterSnapshot } from "../cluster/snapshot.js";
 import { ClusterError } from "../common/errors.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
+import { checkApiKey } from "./auth.js";
 import { Drain } from "./drain.js";
 import { apiError, sendApiError, toApiError } from "./errors.js";
 import { useStrictJsonBodies } from "./json-body.js";
-import { registerLiveViews } from "./live-views.js";
+import { checkDashboardKey, registerLiveViews } from "./live-views.js";
 import { RequestLog } from "./request-log.js";
 import { v1Plugin } from "./v1-plugin.js";
 
@@ -45,6 +47,31 @@ export interface ApiServerOptions {
    * default): no CORS headers, so a web page cannot read the API's answers.
    */
   corsOrigins?: string[];
+  /**
+   * Longest a client may take to send a whole request, headers and body (default 30 s); a slower one gets 408
+   * and its connection is closed. Responses (streams) are not bounded by it.
+   */
+  bodyTimeoutMs?: number;
+}
+
+export const DEFAULT_BODY_TIMEOUT_MS = 30_000;
+
+/**
+ * The HTTP server with its receive timeouts: without them a client sending one byte a second holds a socket
+ * (and its buffered body) forever, and a few hundred such clients exhaust the node. Node checks these timeouts
+ * only every connectionsCheckingInterval (30 s by default), so that is tightened to match.
+ */
+function httpServerFactory(bodyTimeoutMs: number) {
+  return (handler: Parameters<typeof createServer>[1]) =>
+    createServer(
+      {
+        requestTimeout: bodyTimeoutMs,
+        headersTimeout: Math.min(10_000, bodyTimeoutMs),
+        connectionsCheckingInterval: Math.max(100, Math.min(1000, bodyTimeoutMs / 4)),
+        keepAliveTimeout: 72_000,
+      },
+      handler,
+    );
 }
 
 export interface ApiServer {
@@ -79,6 +106,29 @@ async function allowCors(app: FastifyInstance, origins: string[]): Promise<void>
   });
 }
 
+/** Route config that exempts a route from the API key (only /health and the dashboard's static assets). */
+export interface OpenRouteConfig {
+  open?: boolean;
+}
+
+/**
+ * With an API key, every request needs it unless the route it matched says `config: { open: true }`. The hook
+ * is the root's onRequest, which runs after the router matched (and percent-decoded) the path, for every route
+ * of every plugin and for the not-found handler: a route added later, or any spelling of a URL, is under the
+ * key by default. Plugins keep their own checks (/v1 takes Bearer or x-api-key; the dashboard Bearer or ?key=).
+ */
+function denyByDefault(app: FastifyInstance, apiKey: string | undefined): void {
+  if (!apiKey) return;
+  app.addHook("onRequest", async (request, reply) => {
+    if ((request.routeOptions.config as OpenRouteConfig | undefined)?.open === true) return;
+    // x-api-key is how Anthropic's clients send the key (/v1 takes it; the dashboard's own check does not).
+    const denied = request.headers["x-api-key"]
+      ? checkApiKey(request.headers, apiKey)
+      : checkDashboardKey(request.raw, apiKey);
+    if (denied) return sendApiError(reply, denied);
+  });
+}
+
 async function buildApp(
   ctx: ApiContext,
   options: ApiServerOptions,
@@ -90,9 +140,11 @@ async function buildApp(
     bodyLimit: options.bodyLimit ?? 64 * 1024 * 1024,
     logger: false,
     forceCloseConnections: true,
+    serverFactory: httpServerFactory(options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS),
   });
   useStrictJsonBodies(app);
   await allowCors(app, options.corsOrigins ?? []);
+  denyByDefault(app, options.apiKey);
   app.setErrorHandler((err: FastifyError, _request, reply) => {
     // Fastify's own rejections (bad JSON, body too large) carry a 4xx statusCode; ours are ClusterErrors.
     if (!(err instanceof ClusterError) && err.statusCode && err.statusCode < 500)
@@ -110,7 +162,7 @@ async function buildApp(
   );
   // Open to health checks; 503 while the node cannot serve. The health JSON's own "ok" decides when it has one
   // (a node that forwards to the coordinator serves without a generator).
-  app.get("/health", async (_request, reply) => {
+  app.get("/health", { config: { open: true } }, async (_request, reply) => {
     const health = ctx.health() as { ok?: unknown } | undefined;
     const ready = typeof health?.ok === "boolean" ? health.ok : ctx.generator() !== undefined;
     return reply.code(ready ? 200 : 503).send(health ?? { ready });
@@ -148,6 +200,8 @@ export async function startApiServer(ctx: ApiContext, options: ApiServerOptions)
   // Load tokenizer and template now: a broken model directory fails at start, not on the first request.
   ChatFormatter.forModelDir(ctx.modelDir);
   const requests = new RequestLog();
+  if (options.bodyTimeoutMs !== undefined && !(options.bodyTimeoutMs > 0))
+    throw new Error(`bodyTimeoutMs must be a positive number of milliseconds (got ${options.bodyTimeoutMs})`);
   if (options.requestTimeoutMs !== undefined && !(options.requestTimeoutMs > 0))
     throw new Error(
       `requestTimeoutMs must be a positive number of milliseconds (got ${options.requestTimeoutMs})`,

@@ -9,11 +9,11 @@ import { randomBytes } from "node:crypto";
 import { connect, createServer, type Socket } from "node:net";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import { clusterKeyProblem } from "../common/wire/auth.js";
 import { NodeClient } from "../common/wire/client.js";
 import { nowUs } from "../common/wire/frames.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
 import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
+import { KeyedSurface } from "../node-agent/grpc-surface.js";
 import { median, round } from "./stats.js";
 
 export interface HopFloorOptions {
@@ -188,21 +188,21 @@ function portOf(address: ReturnType<ReturnType<typeof createServer>["address"]>)
 function serveGrpc(messages: number, key: string): Promise<number> {
   const latencies: number[] = [];
   const server = new grpc.Server(serverOptions);
+  // The node agent's rule (node-agent/grpc-surface.ts): the handshake Hello, then the MAC checked once per
+  // Data call.
+  const surface = new KeyedSurface({ clusterKey: key, nodeId: "hop-floor" }, () => {});
   server.addService(studioNodeService(), {
-    Data: (call: grpc.ServerDuplexStream<DataFrame, DataFrameOut>) => {
-      // The node agent's rule: the key is checked once per Data call.
-      const problem = clusterKeyProblem(call.metadata, key);
-      if (problem) {
-        call.emit("error", { code: grpc.status.UNAUTHENTICATED, details: problem });
-        return;
-      }
+    Hello: surface.hello(async () => {
+      throw new Error("hop-floor serves only the handshake");
+    }),
+    Data: surface.stream("Data", (call: grpc.ServerDuplexStream<DataFrame, DataFrameOut>) => {
       call.on("data", (frame: DataFrame) => {
         latencies.push(nowUs() - frame.sent_at_us);
         if (latencies.length === messages) process.send?.({ link: "grpc", latencies });
       });
       call.on("end", () => call.end());
       call.on("error", () => {});
-    },
+    }),
   });
   return new Promise((resolve, reject) =>
     server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, port) =>

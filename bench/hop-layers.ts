@@ -18,6 +18,7 @@ import { NodeClient } from "../common/wire/client.js";
 import { nowUs } from "../common/wire/frames.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
 import type { DataFrame, DataFrameOut } from "../common/wire/types.js";
+import { KeyedSurface } from "../node-agent/grpc-surface.js";
 import { decodeStepFrame } from "./hop-floor.js";
 import { median, round } from "./stats.js";
 
@@ -76,7 +77,13 @@ async function receiver(messages: number): Promise<void> {
     },
   };
   const server = new grpc.Server(serverOptions);
+  // The handshake Hello the client makes before its Data call (node-agent/grpc-surface.ts); Data itself is
+  // not checked here, so the timings show the transport alone.
+  const surface = new KeyedSurface({ clusterKey: "hop-layers", nodeId: "hop-layers" }, () => {});
   server.addService(timed, {
+    Hello: surface.hello(async () => {
+      throw new Error("hop-layers serves only the handshake");
+    }),
     Data: (call: grpc.ServerDuplexStream<DataFrame, DataFrameOut>) => {
       call.on("data", (frame: DataFrame) => {
         rows.push({ ...(row as ReceiverRow), handler: nowUs(), sent: frame.sent_at_us });
@@ -105,7 +112,7 @@ async function sender(messages: number, gapMs: number, payloadBytes: number): Pr
   try {
     const { port } = await new Promise<{ port: number }>((resolve) => child.once("message", resolve));
     const rowsPromise = new Promise<ReceiverRow[]>((resolve) => child.once("message", resolve));
-    // The receiver does not check the key (no interceptor there); the sender still sends one, as stages do.
+    // The receiver does not check the MAC; the sender still signs its call, as stages do.
     const client = new NodeClient(`127.0.0.1:${port}`, "hop-layers");
     const stream = client.data();
     stream.on("error", () => {});

@@ -36,6 +36,8 @@ import { type ClusterSnapshot, snapshotOf } from "./snapshot.js";
  * liveness the pipeline watches. */
 export interface MemberSource extends NodeLiveness {
   live(): Member[];
+  /** Members lost and not back (optional: test doubles may have none). */
+  departed?(): Array<{ member: Member; lostAt: number; reason: string }>;
   get(nodeId: string): Member | undefined;
   /** The pipeline found the node dead: drop it now (membership probes it again later). */
   markLost(nodeId: string, reason: string): void;
@@ -346,6 +348,7 @@ export class ClusterController {
       self: this.opts.self,
       coordinator: this.coordinator,
       members: this.opts.membership.live(),
+      departed: this.opts.membership.departed?.(),
       plan: this.plan,
       loadProgress: this.loadProgress,
       fetchProgress: this.fetchProgress,

@@ -61,6 +61,9 @@ export interface NodeView {
   lastSeenMs?: number;
   /** Its prefix cache, from its heartbeat (absent for a lost node). */
   prefixCache?: PrefixCacheView;
+  /** For a lost node: when it was lost (ms since the epoch) and why. */
+  lostAt?: number;
+  lostReason?: string;
 }
 
 /** A node's prefix cache (docs/architecture.md "Prefix cache"). */
@@ -139,6 +142,8 @@ export interface HealthInputs {
   fetchProgress?: ReadonlyMap<string, { doneBytes: number; totalBytes: number; source: string }>;
   /** Host for the APIs of members on this machine (see apiUrlOf). */
   localApiHost?: string;
+  /** Members lost and not back: shown as lost, with when and why. */
+  departed?: Array<{ member: Member; lostAt: number; reason: string }>;
 }
 
 /** A member whose heartbeat is older than this shows as degraded. */
@@ -156,7 +161,14 @@ export function buildClusterHealth(inputs: HealthInputs): ClusterHealth {
     node.linkLatencyUs = downstream?.inboundHopP50Us || undefined;
   });
   const live = new Set(nodes.map((n) => n.id));
-  for (const stage of stages) if (!live.has(stage.nodeId)) nodes.push(lostStageView(stage, plan!));
+  const departed = new Map((inputs.departed ?? []).map((d) => [d.member.nodeId, d]));
+  for (const stage of stages)
+    if (!live.has(stage.nodeId))
+      nodes.push(withLoss(lostStageView(stage, plan!), departed.get(stage.nodeId)));
+  // Lost members outside the plan (or after a re-plan without them) stay visible until they return.
+  const shown = new Set(nodes.map((n) => n.id));
+  for (const d of departed.values())
+    if (!shown.has(d.member.nodeId)) nodes.push(withLoss(lostMemberView(d.member, inputs, now), d));
   const ok = inputs.state === "ready" || (inputs.state === "following" && coordinator !== undefined);
   return {
     ok,
@@ -228,6 +240,25 @@ function memberView(m: Member, inputs: HealthInputs, now: number): NodeView {
       diskHitTokens: status.cache_disk_hit_tokens ?? 0,
       computedTokens: status.prompt_tokens_computed ?? 0,
     },
+  };
+}
+
+function withLoss(view: NodeView, loss: { lostAt: number; reason: string } | undefined): NodeView {
+  return loss ? { ...view, lostAt: loss.lostAt, lostReason: loss.reason } : view;
+}
+
+/** A member that was lost, as it was last seen: marked lost, no live figures. */
+function lostMemberView(m: Member, inputs: HealthInputs, now: number): NodeView {
+  const view = memberView(m, inputs, now);
+  return {
+    ...view,
+    health: "lost",
+    loaded: false,
+    tokensPerSecond: 0,
+    busyFraction: 0,
+    queueDepth: 0,
+    lastSeenMs: undefined,
+    prefixCache: undefined,
   };
 }
 

@@ -1,13 +1,17 @@
 // Membership: the live nodes of our cluster, as this node sees them.
 //
 // Candidates are gRPC addresses from four sources: this node itself, `--peer`, Bonjour, and nodes that said
-// Hello to us. Each candidate is probed with Hello (carrying the cluster key: a node with another key refuses us,
-// one with another cluster id is ignored); a node that answers becomes a member and stays one only while its
+// Hello to us. Each candidate must first prove it holds the cluster key (common/wire/auth.ts: an HMAC over our
+// nonce; the key never travels). One of another cluster is ignored; one that claims our cluster id and cannot
+// prove the key is logged as an impostor and not probed again (a --peer address, or one announced again, only
+// after a long pause).
+// A node that proves it and answers the signed Hello becomes a member and stays one only while its
 // Status stream keeps beating (a NodeStatus at least every `heartbeatTimeoutMs`). Several addresses may lead to
 // one node (Bonjour and --peer, localhost and 127.0.0.1): members are keyed by node id, extra addresses wait.
 import { EventEmitter } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../common/errors.js";
+import { PeerProofError } from "../common/wire/auth.js";
 import { NodeClient } from "../common/wire/client.js";
 import type { Capabilities, HelloReply, NodeStatus } from "../common/wire/types.js";
 import type { NodeLiveness } from "../coordinator/pipeline.js";
@@ -29,6 +33,13 @@ export interface Member {
   self: boolean;
   joinedAt: number;
   lastSeen: number;
+}
+
+/** A member that was lost: kept (for the dashboard and /health) until it returns or says goodbye. */
+export interface DepartedMember {
+  member: Member;
+  lostAt: number;
+  reason: string;
 }
 
 export interface MembershipOptions {
@@ -58,7 +69,7 @@ export interface MembershipEvents {
   status: [member: Member];
 }
 
-type CandidateState = "idle" | "probing" | "live" | "alias" | "closed";
+type CandidateState = "idle" | "probing" | "live" | "alias" | "refused" | "closed";
 
 interface Candidate {
   address: string;
@@ -74,6 +85,8 @@ interface Candidate {
   /** When capabilities were last read with Hello, and whether a refresh is under way. */
   helloAt?: number;
   refreshing?: boolean;
+  /** When it last failed to prove the cluster key. */
+  refusedAt?: number;
 }
 
 /** Capabilities change after start (a node measures its memory bandwidth in the background): re-read them. */
@@ -86,7 +99,12 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
   private readonly carriers = new Map<string, Candidate>();
   /** node id -> who wants to hear that it is lost (pipelines of a plan it serves in). */
   private readonly watchers = new Map<string, Set<(reason: string) => void>>();
+  /** node id -> the member as it was when lost, until it is admitted again or its address says goodbye. */
+  private readonly gone = new Map<string, DepartedMember>();
   private readonly watchdog: NodeJS.Timeout;
+  private readonly checkIntervalMs: number;
+  /** When the watchdog last ran: a late run means this process's event loop was busy, not the members. */
+  private lastCheckAt: number;
   private readonly heartbeatTimeoutMs: number;
   private readonly retryMs: number;
   private readonly forgetAfterMs: number;
@@ -99,7 +117,9 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     this.retryMs = opts.retryMs ?? 1000;
     this.forgetAfterMs = opts.forgetAfterMs ?? 60_000;
     this.log = opts.log ?? ((line) => console.error(line));
-    this.watchdog = setInterval(() => this.checkHeartbeats(), Math.min(500, this.heartbeatTimeoutMs / 2));
+    this.checkIntervalMs = Math.min(500, this.heartbeatTimeoutMs / 2);
+    this.lastCheckAt = Date.now();
+    this.watchdog = setInterval(() => this.checkHeartbeats(), this.checkIntervalMs);
     this.watchdog.unref();
   }
 
@@ -108,6 +128,11 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     return [...this.members.values()].sort((a, b) =>
       a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0,
     );
+  }
+
+  /** Members lost and not back, newest loss first. */
+  departed(): DepartedMember[] {
+    return [...this.gone.values()].sort((a, b) => b.lostAt - a.lostAt);
   }
 
   get(nodeId: string): Member | undefined {
@@ -140,8 +165,11 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     const existing = this.candidates.get(normalized);
     if (existing) {
       existing.sources.add(source);
-      // Someone just told us about it again: an idle candidate is worth probing now.
-      if (existing.state === "idle") this.scheduleProbe(existing, 0);
+      // Someone just told us about it again: an idle candidate is worth probing now; a refused one only after
+      // forgetAfterMs (the address may since belong to a real node that restarted with the right key).
+      const refusedLongAgo =
+        existing.state === "refused" && Date.now() - (existing.refusedAt ?? 0) > this.forgetAfterMs;
+      if (existing.state === "idle" || refusedLongAgo) this.scheduleProbe(existing, 0);
       return;
     }
     const candidate: Candidate = {
@@ -200,9 +228,12 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     candidate.client ??= new NodeClient(candidate.address, this.opts.clusterKey);
     let reply: HelloReply;
     try {
+      // The handshake first: nothing signed goes to a node that has not proved the key.
+      await candidate.client.prove();
       reply = await candidate.client.hello(this.helloRequest(), Math.max(1000, this.heartbeatTimeoutMs));
     } catch (err) {
-      this.probeFailed(candidate, describeCallError(candidate.address, err));
+      if (err instanceof PeerProofError && err.kind === "impostor") this.refuse(candidate, err);
+      else this.probeFailed(candidate, describeCallError(candidate.address, err));
       return;
     }
     if (candidate.state !== "probing") return; // closed or dropped meanwhile
@@ -226,11 +257,29 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     this.scheduleProbe(candidate, this.retryDelay(candidate));
   }
 
+  /**
+   * A node that claims our cluster without proving the key: logged, never followed, not probed again; an
+   * address the operator gave with --peer is tried again after the longest back-off, one announced again by
+   * Bonjour or a caller after forgetAfterMs.
+   */
+  private refuse(candidate: Candidate, err: PeerProofError): void {
+    if (candidate.state === "closed") return;
+    this.dropClient(candidate);
+    if (err.message !== candidate.lastProblem) this.log(`membership: REFUSED ${err.message}`);
+    candidate.lastProblem = err.message;
+    candidate.state = "refused";
+    candidate.refusedAt = Date.now();
+    if (!candidate.sources.has("peer")) return;
+    clearTimeout(candidate.timer);
+    candidate.timer = setTimeout(() => {
+      candidate.state = "idle";
+      void this.probe(candidate);
+    }, this.retryMs * 8);
+    candidate.timer.unref();
+  }
+
   private admit(candidate: Candidate, reply: HelloReply): void {
-    if (reply.cluster_id !== this.opts.clusterId) {
-      this.probeFailed(candidate, `${candidate.address} belongs to cluster ${reply.cluster_id}, not ours`);
-      return;
-    }
+    // The cluster id was checked with the proof (NodeClient.hello): it is the digest of our key.
     const isSelf = reply.node_id === this.opts.nodeId;
     if (isSelf && !candidate.sources.has("self")) {
       // Our own advertisement or a --peer pointing back at us: nothing to track.
@@ -264,6 +313,7 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
       lastSeen: now,
     };
     this.members.set(member.nodeId, member);
+    this.gone.delete(member.nodeId);
     this.carriers.set(member.nodeId, candidate);
     this.watchStatus(candidate, member);
     this.log(`membership: ${member.name} (${member.nodeId}) at ${member.address} joined`);
@@ -290,6 +340,12 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
 
   private checkHeartbeats(): void {
     const now = Date.now();
+    const late = now - this.lastCheckAt > 2 * this.checkIntervalMs + 100;
+    this.lastCheckAt = now;
+    // Our own event loop was stalled (a busy moment, a GC): the members' heartbeats are waiting in the sockets,
+    // read only after this timer. Judge them on the next run, once they had their turn; silence during our
+    // stall is not theirs.
+    if (late) return;
     for (const [nodeId, member] of this.members) {
       const carrier = this.carriers.get(nodeId);
       if (!carrier) continue;
@@ -339,6 +395,7 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     const member = this.members.get(nodeId);
     this.carriers.delete(nodeId);
     this.members.delete(nodeId);
+    if (member && !member.self) this.gone.set(nodeId, { member, lostAt: Date.now(), reason });
     this.log(`membership: ${member?.name ?? nodeId} (${nodeId}) at ${candidate.address} lost: ${reason}`);
     const listeners = this.watchers.get(nodeId);
     this.watchers.delete(nodeId);
@@ -381,6 +438,8 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
   private dropCandidate(candidate: Candidate, reason: string): void {
     const carried = candidate.nodeId !== undefined && this.carriers.get(candidate.nodeId) === candidate;
     if (carried) this.lose(candidate, reason);
+    // A node that said goodbye (or was forgotten) left on purpose: it is no longer shown as lost.
+    if (candidate.nodeId !== undefined) this.gone.delete(candidate.nodeId);
     this.shutCandidate(candidate);
     this.candidates.delete(candidate.address);
   }
@@ -403,8 +462,9 @@ export function parseHostPort(value: string, what = "address"): { host: string; 
 
 function describeCallError(address: string, err: unknown): string {
   const code = (err as { code?: number }).code;
+  if (err instanceof PeerProofError) return `${address}: ${err.message} (join it with its --key)`;
   if (code === grpc.status.UNAUTHENTICATED)
-    return `${address} refused our cluster key (it belongs to another cluster; join with --key)`;
+    return `${address} refused our call: ${errorMessage(err)} (another cluster key, or another version)`;
   if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED)
     return `${address} is not reachable (${errorMessage(err)})`;
   return `${address}: Hello failed: ${errorMessage(err)}`;

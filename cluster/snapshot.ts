@@ -12,6 +12,8 @@ export interface RequestSnapshot {
   outputTokens: number;
   ttftMs?: number;
   tokensPerSecond?: number;
+  /** Why a failed request failed (its error's message). */
+  error?: string;
 }
 
 export interface SeriesPoint {

@@ -23,6 +23,8 @@ function healthOf(n: NodeView): string {
   if (n.health === "loading" && n.fetch) return `fetching ${Math.round((n.loadProgress ?? 0) * 100)}%`;
   if (n.health === "loading" && n.loadProgress !== undefined)
     return `loading ${Math.round(n.loadProgress * 100)}%`;
+  if (n.health === "lost" && n.lostAt !== undefined)
+    return `lost ${Math.max(0, Math.round((Date.now() - n.lostAt) / 1000))}s ago`;
   return n.health;
 }
 

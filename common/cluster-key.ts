@@ -1,5 +1,6 @@
 // The cluster key (the shared secret every gRPC call carries) and the node's own stable id, both kept in the
 // studio-cluster home folder ($STUDIO_CLUSTER_HOME or ~/.studio-cluster) with owner-only permissions.
+import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import {
   chmodSync,
@@ -9,6 +10,7 @@ import {
   openSync,
   readFileSync,
   rmSync,
+  statSync,
   writeSync,
 } from "node:fs";
 import { homedir } from "node:os";
@@ -98,6 +100,51 @@ export function loadOrCreateClusterKey(opts: { home?: string; key?: string } = {
   return { key, clusterId: clusterIdOf(key), created: true, file };
 }
 
+/** The environment variable a node reads its cluster key from (never seen by `ps`, unlike --key). */
+export const CLUSTER_KEY_ENV = "STUDIO_CLUSTER_KEY";
+
+export interface GivenKey {
+  key?: string;
+  /** Where it came from, for messages: "--key", "--key-file PATH" or the environment variable. */
+  from?: string;
+}
+
+/**
+ * The key the operator gave, if any: --key, else --key-file PATH (its first line), else $STUDIO_CLUSTER_KEY.
+ * --key and --key-file together are refused; a key file others can read is refused like ssh refuses one.
+ */
+export function givenClusterKey(
+  opts: { key?: string; keyFile?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): GivenKey {
+  if (opts.key !== undefined && opts.keyFile !== undefined)
+    throw new Error("give the cluster key once: --key or --key-file, not both");
+  if (opts.key !== undefined) return { key: opts.key, from: "--key" };
+  if (opts.keyFile !== undefined)
+    return { key: readKeyFile(opts.keyFile), from: `--key-file ${opts.keyFile}` };
+  const fromEnv = env[CLUSTER_KEY_ENV];
+  if (fromEnv !== undefined && fromEnv.trim() !== "") return { key: fromEnv, from: CLUSTER_KEY_ENV };
+  return {};
+}
+
+function readKeyFile(file: string): string {
+  let text: string;
+  try {
+    if ((statSync(file).mode & 0o077) !== 0)
+      throw new Error(
+        `others can read it (mode ${(statSync(file).mode & 0o777).toString(8)}); chmod 600 ${file}`,
+      );
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new Error(`--key-file ${file}: ${(err as Error).message}`);
+  }
+  try {
+    return validateClusterKey(text.split("\n")[0] ?? "");
+  } catch (err) {
+    throw new Error(`--key-file ${file}: ${(err as Error).message}`);
+  }
+}
+
 function pidAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
@@ -109,19 +156,52 @@ function pidAlive(pid: number): boolean {
   }
 }
 
-/** Takes the lock file for an instance unless a live process holds it. */
+/**
+ * What identifies one process for its whole life: its start time as the system reports it, or "zombie" for a
+ * process that has exited but was not reaped yet, or undefined when there is no such process. A pid alone is
+ * not enough: after `kill -9` (or a reboot) the old pid may be a zombie, or belong to another process.
+ */
+export function processStamp(pid: number): string | undefined {
+  if (!pidAlive(pid)) return undefined;
+  if (process.platform === "linux") {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      // Fields after "(comm)": state is the 3rd field of the line, starttime the 22nd.
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      return fields[0] === "Z" || fields[0] === "X" ? "zombie" : `linux:${fields[19]}`;
+    } catch {
+      return undefined; // gone meanwhile
+    }
+  }
+  const ps = spawnSync("ps", ["-o", "stat=,lstart=", "-p", String(pid)], { encoding: "utf8" });
+  const line = ps.stdout?.trim() ?? "";
+  if (ps.status !== 0 || line === "") return ps.error ? "unknown" : undefined;
+  return line.startsWith("Z") ? "zombie" : `ps:${line.slice(line.indexOf(" ") + 1).trim()}`;
+}
+
+/** Whether the lock file's holder ("pid stamp", or a bare pid from older versions) is still that process. */
+function holderAlive(text: string): boolean {
+  const [pidText, ...stampParts] = text.trim().split(" ");
+  const pid = Number.parseInt(pidText ?? "", 10);
+  const now = processStamp(pid);
+  if (now === undefined || now === "zombie") return false;
+  const recorded = stampParts.join(" ");
+  return recorded === "" || now === "unknown" || now === recorded;
+}
+
+/** Takes the lock file for an instance unless the live process that wrote it holds it. */
 function tryLock(lockFile: string): boolean {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fd = openSync(lockFile, "wx", 0o600);
-      writeSync(fd, String(process.pid));
+      writeSync(fd, `${process.pid} ${processStamp(process.pid) ?? ""}`.trim());
       closeSync(fd);
       return true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      const holder = Number.parseInt(readFileSync(lockFile, "utf8"), 10);
-      if (holder === process.pid || pidAlive(holder)) return false;
-      // A stale lock from a process that died without cleaning up.
+      const text = readFileSync(lockFile, "utf8");
+      if (Number.parseInt(text, 10) === process.pid || holderAlive(text)) return false;
+      // A stale lock: its process died (kill -9) and its pid is gone, a zombie, or another process's now.
       rmSync(lockFile, { force: true });
     }
   }

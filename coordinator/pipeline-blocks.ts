@@ -39,8 +39,22 @@ export class PipelineBlocks implements BlockPort {
     private readonly planId: string,
     private readonly names: string[],
     private readonly log: (line: string) => void,
+    lost: Promise<never> = new Promise<never>(() => {}),
   ) {
     this.disk = clients.map(() => new Map());
+    // Once a node is lost, calls still waiting on a hung stage answer at once, as failed on every stage: a
+    // request that hit the cache must not wait out a call's deadline (a minute) when streams end within seconds.
+    this.whenLost = lost.then(
+      () => [],
+      (reason: unknown) => clients.map(() => ({ status: "rejected", reason }) as PromiseRejectedResult),
+    );
+  }
+
+  private readonly whenLost: Promise<PromiseSettledResult<never>[]>;
+
+  /** Every stage's outcome of one call, or a failure on every stage as soon as a node of the pipeline is lost. */
+  private everyStage<T>(call: (client: NodeClient) => Promise<T>): Promise<PromiseSettledResult<T>[]> {
+    return Promise.race([Promise.allSettled(this.clients.map(call)), this.whenLost]);
   }
 
   /**
@@ -53,8 +67,9 @@ export class PipelineBlocks implements BlockPort {
     planId: string,
     names: string[],
     log: (line: string) => void,
+    lost?: Promise<never>,
   ): Promise<PipelineBlocks | undefined> {
-    const blocks = new PipelineBlocks(clients, planId, names, log);
+    const blocks = new PipelineBlocks(clients, planId, names, log, lost);
     const outcomes = await Promise.allSettled(clients.map((_, i) => blocks.watch(i)));
     const unsupported = outcomes.findIndex(
       (o) => o.status === "rejected" && (o.reason as grpc.ServiceError)?.code === grpc.status.UNIMPLEMENTED,
@@ -122,7 +137,7 @@ export class PipelineBlocks implements BlockPort {
 
   async stash(seq: number, chain: KvBlock[], drop: string[]): Promise<void> {
     const request = { plan_id: this.planId, seq, blocks: chain, drop };
-    const outcomes = await Promise.allSettled(this.clients.map((c) => c.stashBlocks(request)));
+    const outcomes = await this.everyStage((c) => c.stashBlocks(request));
     const failed = outcomes.findIndex((o) => o.status === "rejected");
     if (failed >= 0)
       throw new Error(
@@ -132,7 +147,7 @@ export class PipelineBlocks implements BlockPort {
 
   async assemble(newSeq: number, uses: BlockUse[]): Promise<StageAssembly[]> {
     const request = { plan_id: this.planId, new_seq: newSeq, blocks: uses };
-    const outcomes = await Promise.allSettled(this.clients.map((c) => c.assembleBlocks(request)));
+    const outcomes = await this.everyStage((c) => c.assembleBlocks(request));
     return outcomes.map((o) => (o.status === "fulfilled" ? o.value : { error: grpcMessage(o.reason) }));
   }
 

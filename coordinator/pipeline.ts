@@ -130,10 +130,12 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
           opts.plan.planId,
           opts.plan.stages.map((s) => s.name),
           pipeline.log,
+          lost,
         ),
         lost,
       ]);
       if (pipeline.lostNode) throw new Error(describeLoss(pipeline.lostNode));
+      pipeline.watchShards();
       return pipeline;
     } catch (err) {
       pipeline.close();
@@ -259,6 +261,32 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
     this.unwatch = this.plan.stages.map((stage, i) =>
       this.opts.liveness.watch(stage.nodeId, (reason) => this.streamBroke(i, reason)),
     );
+  }
+
+  /**
+   * A stage that answers its heartbeat but no longer holds this plan's shard (another coordinator's LoadShard,
+   * or a failed load that closed it) is as lost as a silent one: every request would wait on it for minutes.
+   * Judged on heartbeats that arrived after the start (the one held then may predate the load), and only when
+   * two in a row say so (one sent just before the load ended may arrive just after).
+   */
+  private watchShards(): void {
+    const seen = this.plan.stages.map((s) => this.opts.liveness.latestStatus(s.nodeId));
+    const strikes = this.plan.stages.map(() => 0);
+    const timer = setInterval(() => {
+      this.plan.stages.forEach((stage, i) => {
+        const status = this.opts.liveness.latestStatus(stage.nodeId);
+        if (!status || status === seen[i]) return;
+        seen[i] = status;
+        strikes[i] = status.plan_id === this.plan.planId ? 0 : strikes[i] + 1;
+        if (strikes[i] >= 2)
+          this.streamBroke(
+            i,
+            `it no longer holds this plan's shard (it holds ${status.plan_id ? `plan ${status.plan_id}` : "none"}: another coordinator loaded it, or a load failed)`,
+          );
+      });
+    }, 250);
+    timer.unref();
+    this.unwatch.push(() => clearInterval(timer));
   }
 
   private streamBroke(stageIndex: number, reason: string): void {

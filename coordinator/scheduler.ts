@@ -413,9 +413,11 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     const restored = await cache.restore(request.prompt, () => this.allocateSeq());
     const problem = request.signal?.aborted
       ? new ClusterError("cancelled", "the request was cancelled before it started")
-      : this.pipeline !== pipeline || pipeline.lost
-        ? new ClusterError("cluster_not_ready", `the cluster is not ready: ${this.notReadyReason}`)
-        : undefined;
+      : pipeline.lost
+        ? new ClusterError("node_lost", `${describeLoss(pipeline.lost)}; the request was stopped.`)
+        : this.pipeline !== pipeline
+          ? new ClusterError("cluster_not_ready", `the cluster is not ready: ${this.notReadyReason}`)
+          : undefined;
     if (!problem) return restored;
     if (restored.positions > 0) void pipeline.cancel([restored.seq]);
     this.admission.release(kvTokens);

@@ -71,8 +71,9 @@ export function registerDashboard(app: FastifyInstance, options: DashboardOption
     if (coordinator) return reply.redirect(`${coordinator.replace(/\/+$/, "")}/${query}`, 302);
     return sendAsset(reply, "index.html");
   });
+  // The only routes open without the API key (see api/server.ts denyByDefault): static files, no data.
   for (const name of Object.keys(ASSETS))
-    app.get(`/dashboard/${name}`, (_request, reply) => sendAsset(reply, name));
+    app.get(`/dashboard/${name}`, { config: { open: true } }, (_request, reply) => sendAsset(reply, name));
   app.get("/dashboard/snapshot.json", guarded, (_request, reply) => reply.send(options.snapshot()));
 
   const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {

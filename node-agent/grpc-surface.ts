@@ -1,28 +1,115 @@
-// What every StudioNode method shares on the server side: the cluster-key check before the method runs (a
-// refused call is logged with its peer), errors as gRPC statuses, and small helpers for peers and frames.
+// What every StudioNode method shares on the server side: the check of the call's MAC before the method runs (a
+// refused call is logged with its peer; common/wire/auth.ts), the handshake Hello, errors as gRPC statuses,
+// and small helpers for peers and frames.
 import * as grpc from "@grpc/grpc-js";
+import { clusterIdOf } from "../common/cluster-key.js";
 import { errorMessage } from "../common/errors.js";
-import { clusterKeyProblem, unauthenticatedStatus } from "../common/wire/auth.js";
+import {
+  BODY_DIGEST,
+  CallVerifier,
+  ClusterSecret,
+  callAuthHeader,
+  NONCE_BYTES,
+  unauthenticatedStatus,
+} from "../common/wire/auth.js";
 import { nowUs } from "../common/wire/frames.js";
-import { type DataFrame, type DataFrameOut, FrameKind } from "../common/wire/types.js";
+import {
+  type DataFrame,
+  type DataFrameOut,
+  FrameKind,
+  type HelloReply,
+  type HelloRequest,
+} from "../common/wire/types.js";
 
 /** What every server call offers (grpc-js does not export its own name for it). */
 export interface SurfaceCall {
   readonly metadata: grpc.Metadata;
   getPeer(): string;
+  getPath(): string;
+}
+
+export interface SurfaceIdentity {
+  clusterKey: string;
+  nodeId: string;
 }
 
 export class KeyedSurface {
+  private readonly verifier: CallVerifier;
+
   constructor(
-    private readonly clusterKey: string,
+    identity: SurfaceIdentity,
     private readonly log: (line: string) => void,
-  ) {}
+  ) {
+    const secret = new ClusterSecret(identity.clusterKey);
+    // The cluster id is the key's public digest, whatever the caller configured: the proof covers it.
+    this.verifier = new CallVerifier(secret, identity.nodeId, clusterIdOf(identity.clusterKey));
+  }
 
   private refused(method: string, call: SurfaceCall): grpc.ServiceError | undefined {
-    const problem = clusterKeyProblem(call.metadata, this.clusterKey);
+    // A single-request call's MAC covers its request's bytes (withBodyDigests put their digest on it).
+    const request = (call as { request?: Record<symbol, unknown> }).request;
+    const body = request?.[BODY_DIGEST];
+    const problem = this.verifier.problem(
+      call.metadata,
+      call.getPath(),
+      Buffer.isBuffer(body) ? body : undefined,
+    );
     if (!problem) return undefined;
     this.log(`refused ${method} from ${call.getPeer()}: ${problem}`);
     return unauthenticatedStatus(problem);
+  }
+
+  /**
+   * Hello: unsigned, it is the handshake and gets only the node's id, cluster id and proof (nothing a caller
+   * without the key may learn more of); signed, it runs body for the full identity and capabilities. Both
+   * replies carry the proof over the caller's nonce.
+   */
+  hello(
+    body: (req: HelloRequest, call: grpc.ServerUnaryCall<HelloRequest, HelloReply>) => Promise<HelloReply>,
+  ): grpc.handleUnaryCall<HelloRequest, HelloReply> {
+    return (call, callback) => {
+      const nonce = call.request.nonce;
+      if (!nonce || nonce.length !== NONCE_BYTES) {
+        const problem = `Hello needs a ${NONCE_BYTES}-byte nonce (the caller runs an older version)`;
+        this.log(`refused Hello from ${call.getPeer()}: ${problem}`);
+        callback(grpcStatus(grpc.status.UNAUTHENTICATED, problem));
+        return;
+      }
+      const proof = this.verifier.proofFields(call.request);
+      if (call.metadata.get(callAuthHeader).length === 0) {
+        callback(null, this.handshakeReply(proof));
+        return;
+      }
+      const refusal = this.refused("Hello", call);
+      if (refusal) {
+        callback(refusal);
+        return;
+      }
+      body(call.request, call).then(
+        (reply) =>
+          callback(null, {
+            ...reply,
+            node_id: this.verifier.nodeId,
+            cluster_id: this.verifier.clusterId,
+            ...proof,
+          }),
+        (err) => callback(asStatus(err)),
+      );
+    };
+  }
+
+  private handshakeReply(proof: Pick<HelloReply, "nonce" | "proof" | "time_ms">): HelloReply {
+    return {
+      version: "",
+      node_id: this.verifier.nodeId,
+      name: "",
+      capabilities: null,
+      api_port: 0,
+      grpc_port: 0,
+      cluster_id: this.verifier.clusterId,
+      plan_id: "",
+      ...proof,
+    };
   }
 
   /** A unary handler that runs body only for a caller holding the key; body's rejection becomes a status. */

@@ -1,11 +1,13 @@
 // The node agent: a gRPC StudioNode server around this node's one engine shard (shard.ts). Every call must
 // carry the cluster key (grpc-surface.ts). This file is the glue: it maps each method onto the shard, the Status
 // stream onto node-status.ts, and inbound Data frames onto the shard's stage.
+
 import { cpus } from "node:os";
 import * as grpc from "@grpc/grpc-js";
 import type { BackendChoice } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
+import { withBodyDigests } from "../common/wire/auth.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
 import { serverCredentials } from "../common/wire/tls.js";
 import type {
@@ -155,9 +157,12 @@ class NodeAgentServer {
   }
 
   async listen(): Promise<number> {
-    const surface = new KeyedSurface(this.opts.clusterKey, this.log);
-    this.server.addService(studioNodeService(), {
-      Hello: surface.unary("Hello", (req: HelloRequest, call) => this.hello(req, call.getPeer())),
+    const surface = new KeyedSurface(
+      { clusterKey: this.opts.clusterKey, nodeId: this.opts.nodeId },
+      this.log,
+    );
+    this.server.addService(withBodyDigests(studioNodeService()), {
+      Hello: surface.hello((req: HelloRequest, call) => this.hello(req, call.getPeer())),
       Release: surface.unary("Release", (req: SeqsRequest) => this.release(req)),
       Cancel: surface.unary("Cancel", async (req: SeqsRequest) => this.cancel(req)),
       Fork: surface.unary("Fork", (req: ForkRequest) => this.fork(req)),

@@ -2,9 +2,12 @@
 // model directory; one load at a time, each replacing the last), wires the stage to its downstream neighbour or,
 // on the last stage, to the coordinators subscribed to Results; Release, Cancel and Fork act on it. Each shard has
 // its prefix-cache host (block-host.ts); the disk tier (block-store.ts) lives as long as the node.
+
 import type * as grpc from "@grpc/grpc-js";
 import type { BackendChoice, Engine } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
+import { readModelTable, stageTensors } from "../common/model-table.js";
+import { findNonFiniteTensor } from "../common/weight-check.js";
 import { dtypeOfActivation } from "../common/wire/frames.js";
 import type { DataFrameOut, LoadProgress, LoadShardRequest, ResultsRequest } from "../common/wire/types.js";
 import { openEngine } from "../native/index.js";
@@ -82,6 +85,20 @@ export class ShardHost {
     return next;
   }
 
+  /** A NaN or infinity in the stage's float tensors would poison every token: refuse the load, naming it. */
+  private async refuseNonFinite(req: LoadShardRequest): Promise<void> {
+    const table = readModelTable(this.opts.modelDir);
+    const names = stageTensors(table, {
+      layerStart: req.layer_start,
+      layerEnd: req.layer_end,
+      embed: req.embed,
+      head: req.head,
+    }).map((t) => t.name);
+    const problem = await findNonFiniteTensor(this.opts.modelDir, names);
+    if (problem)
+      throw new Error(`${problem}: refusing to load (the checkpoint is damaged or was converted wrongly)`);
+  }
+
   private async open(req: LoadShardRequest, onProgress: (p: LoadProgress) => void): Promise<LoadProgress> {
     let lastFetch = 0;
     const fetched = await this.opts.fetcher?.ensure(req, (p) => {
@@ -98,6 +115,8 @@ export class ShardHost {
       );
     });
     if (fetched?.bytes) this.opts.onWeightsChanged?.();
+    // Before the current shard closes: a damaged checkpoint must not cost the node the shard it serves.
+    await this.refuseNonFinite(req);
     await this.close();
     let lastProgress = 0;
     const engine = await openEngine({

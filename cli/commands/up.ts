@@ -12,8 +12,10 @@ import { BonjourDiscovery } from "../../cluster/discovery.js";
 import { humanBytes } from "../../cluster/health.js";
 import { Membership, parseHostPort } from "../../cluster/membership.js";
 import {
+  CLUSTER_KEY_ENV,
   claimNodeId,
   clusterHome,
+  givenClusterKey,
   loadOrCreateClusterKey,
   type NodeIdentity,
 } from "../../common/cluster-key.js";
@@ -23,6 +25,7 @@ import { modelIdOf, readModelConfig } from "../../common/model-config.js";
 import { modelFingerprint, readModelTable } from "../../common/model-table.js";
 import { probeMulticast } from "../../common/multicast-probe.js";
 import { packageVersion } from "../../common/paths.js";
+import { checkLayerCount } from "../../common/weight-check.js";
 import { loadWireTls, useWireTls, wireTlsFilesOf } from "../../common/wire/tls.js";
 import { readModelFootprint } from "../../coordinator/model-footprint.js";
 import { availableBackends } from "../../native/index.js";
@@ -45,6 +48,7 @@ export interface UpOptions {
   /** Browser origins allowed to call the API (CORS); none by default. */
   corsOrigin: string[];
   key?: string;
+  keyFile?: string;
   peer: string[];
   backend: BackendChoice;
   threads?: number;
@@ -58,6 +62,8 @@ export interface UpOptions {
   maxQueue?: number;
   /** Seconds one request may run end to end. */
   requestTimeout?: number;
+  /** Seconds a client may take to send a whole request (headers and body). */
+  bodyTimeout: number;
   /** Seconds SIGINT/SIGTERM lets generations in flight finish before failing them. */
   drainTimeout: number;
   /** MB/s this node may send to peers fetching weights from it. */
@@ -139,6 +145,17 @@ export function resolveInterfaceAddress(value: string): string {
 }
 
 /** The host other nodes reach this one at: the chosen interface, loopback for a loopback-only cluster, else the first external IPv4. */
+/**
+ * Where the node agent listens: the --interface address; loopback when Bonjour is off and every --peer is on
+ * loopback (a cluster of one machine: no port open to the network); else all interfaces, since peers on the LAN
+ * may name this node with their --peer or find it over Bonjour.
+ */
+function grpcBindHost(interfaceAddress: string | undefined, peers: string[], bonjour: boolean): string {
+  if (interfaceAddress) return interfaceAddress;
+  const loopbackOnly = !bonjour && peers.length > 0 && peers.every((p) => isLoopback(parseHostPort(p).host));
+  return loopbackOnly ? "127.0.0.1" : "0.0.0.0";
+}
+
 function selfHost(interfaceAddress: string | undefined, peers: string[], bonjour: boolean): string {
   if (interfaceAddress) return interfaceAddress;
   const loopbackOnly = peers.length > 0 && peers.every((p) => isLoopback(parseHostPort(p).host));
@@ -239,14 +256,24 @@ export async function runUp(opts: UpOptions): Promise<void> {
       `--context ${contextTokens} exceeds the model's max_position_embeddings ${config.maxPositionEmbeddings}`,
     );
   const modelId = modelIdOf(modelDir);
-  const fingerprint = modelFingerprint(readModelTable(modelDir));
+  const table = readModelTable(modelDir);
+  checkLayerCount(modelDir, config.numLayers, table.tensors.keys());
+  const fingerprint = modelFingerprint(table);
   const version = packageVersion();
 
-  const key = loadOrCreateClusterKey({ key: opts.key });
+  const given = givenClusterKey(opts);
+  if (given.from === "--key")
+    process.stderr.write(
+      `warning: a key given with --key is visible to every user of this machine (ps); use --key-file FILE or ${CLUSTER_KEY_ENV}\n`,
+    );
+  const key = loadOrCreateClusterKey({ key: given.key });
   if (key.created) {
+    const model = opts.demo ? "--demo" : "--model DIR";
     process.stderr.write(
       `\nA new cluster key was generated and stored in ${key.file} (it is shown only this once):\n\n  ${key.key}\n\n` +
-        `Join other machines to this cluster with:\n\n  cluster up --key ${key.key} ${opts.demo ? "--demo" : "--model DIR"}\n\n`,
+        "Join other machines to this cluster with one of (the key stays out of `ps`; a key file must be chmod 600):\n\n" +
+        `  ${CLUSTER_KEY_ENV}=${key.key} cluster up ${model}\n` +
+        `  cluster up --key-file FILE ${model}\n\n`,
     );
   }
   const identity: NodeIdentity = claimNodeId({
@@ -286,6 +313,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
         apiKey: opts.apiKey,
         requestTimeoutMs: opts.requestTimeout ? opts.requestTimeout * 1000 : undefined,
         corsOrigins: opts.corsOrigin,
+        bodyTimeoutMs: opts.bodyTimeout * 1000,
       },
     );
     // Closed last (cleanups run in reverse); by then drainApi below has ended every stream with a terminal event.
@@ -297,7 +325,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
     let onPeerHello: ((address: string) => void) | undefined;
     const agent: NodeAgent = await startNodeAgent({
       modelDir,
-      grpcHost: interfaceAddress ?? "0.0.0.0",
+      grpcHost: grpcBindHost(interfaceAddress, opts.peer, opts.bonjour),
       grpcPort: opts.port,
       clusterKey: key.key,
       nodeId: identity.nodeId,
@@ -443,7 +471,14 @@ export function register(program: Command): void {
       collectOrigin,
       [],
     )
-    .option("--key <key>", "the cluster key (printed by the first node); generated and stored when absent")
+    .option(
+      "--key <key>",
+      "the cluster key (printed by the first node); visible in ps: prefer --key-file or $STUDIO_CLUSTER_KEY",
+    )
+    .option(
+      "--key-file <file>",
+      "read the cluster key from this file (mode 600); else $STUDIO_CLUSTER_KEY, else the stored key, else a new one",
+    )
     .option(
       "--peer <host:port>",
       "another node's gRPC address, where multicast does not reach (repeatable)",
@@ -480,6 +515,12 @@ export function register(program: Command): void {
       "--request-timeout <seconds>",
       "longest a request may run end to end; it then ends with a timeout error (default: no limit)",
       positiveNumber("--request-timeout"),
+    )
+    .option(
+      "--body-timeout <seconds>",
+      "longest a client may take to send a whole request (headers and body); slower ones get 408",
+      positiveNumber("--body-timeout"),
+      30,
     )
     .option(
       "--drain-timeout <seconds>",

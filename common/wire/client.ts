@@ -1,7 +1,10 @@
-// A typed StudioNode client: every call carries the cluster key; unary calls return Promises, streams stay
-// grpc-js streams. Used by the coordinator (control + data) and by stages (their downstream Data stream).
-import type * as grpc from "@grpc/grpc-js";
-import { clusterKeyInterceptor } from "./auth.js";
+// A typed StudioNode client: the server proves the cluster key before any call goes out, and every call is signed
+// for that server (auth.ts; the key itself never travels); unary calls return Promises, streams stay grpc-js
+// streams. Used by the coordinator (control + data) and by stages (their downstream Data stream).
+import { randomBytes } from "node:crypto";
+import * as grpc from "@grpc/grpc-js";
+import { clusterIdOf } from "../cluster-key.js";
+import { ClusterSecret, NONCE_BYTES, PeerSession, type ProvenPeer, verifyHelloReply } from "./auth.js";
 import { channelOptions, studioNodeClientConstructor } from "./proto.js";
 import { channelCredentials } from "./tls.js";
 import type {
@@ -26,6 +29,13 @@ import type {
   StashBlocksRequest,
   StatusRequest,
 } from "./types.js";
+
+type MetadataUnary = (
+  request: object,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions,
+  callback: (err: grpc.ServiceError | null, reply: unknown) => void,
+) => grpc.ClientUnaryCall;
 
 type UnaryMethod = (
   request: object,
@@ -58,27 +68,60 @@ const unaryDeadlineMs = 10_000;
 export class NodeClient {
   readonly address: string;
   private readonly raw: RawClient;
+  private readonly secret: ClusterSecret;
+  private readonly clusterId: string;
+  private readonly session: PeerSession;
 
   constructor(address: string, clusterKey: string) {
     this.address = address;
+    this.secret = new ClusterSecret(clusterKey);
+    this.clusterId = clusterIdOf(clusterKey);
+    this.session = new PeerSession(this.secret, this.clusterId, address, (request, metadata, deadlineMs) =>
+      this.unary(this.raw.Hello, request, deadlineMs, metadata),
+    );
     const Ctor = studioNodeClientConstructor();
     this.raw = new Ctor(address, channelCredentials(), {
       ...channelOptions,
-      interceptors: [clusterKeyInterceptor(clusterKey)],
+      interceptors: [this.session.interceptor()],
     }) as unknown as RawClient;
   }
 
-  private unary<T>(method: UnaryMethod, request: object, deadlineMs: number): Promise<T> {
+  private unary<T>(
+    method: UnaryMethod,
+    request: object,
+    deadlineMs: number,
+    metadata = new grpc.Metadata(),
+  ): Promise<T> {
     return new Promise((resolve, reject) => {
-      method.call(this.raw, request, { deadline: Date.now() + deadlineMs }, (err, reply) => {
+      const callback = (err: grpc.ServiceError | null, reply: unknown) => {
         if (err) reject(err);
         else resolve(reply as T);
-      });
+      };
+      (method as unknown as MetadataUnary).call(
+        this.raw,
+        request,
+        metadata,
+        { deadline: Date.now() + deadlineMs },
+        callback,
+      );
     });
   }
 
-  hello(request: HelloRequest = {}, deadlineMs = unaryDeadlineMs): Promise<HelloReply> {
-    return this.unary(this.raw.Hello, request, deadlineMs);
+  /**
+   * The handshake alone: resolves with the server's proven identity, rejects with PeerProofError when it is of
+   * another cluster or cannot prove the key (or with the call's error when it is unreachable).
+   */
+  prove(): Promise<ProvenPeer> {
+    return this.session.proven();
+  }
+
+  /** Identity and capabilities (a signed call), its reply checked against a fresh nonce of ours. */
+  async hello(request: HelloRequest = {}, deadlineMs = unaryDeadlineMs): Promise<HelloReply> {
+    const nonce = randomBytes(NONCE_BYTES);
+    const reply = await this.unary<HelloReply>(this.raw.Hello, { ...request, nonce }, deadlineMs);
+    const clientId = request.node_id ?? "";
+    verifyHelloReply(this.secret, this.clusterId, this.address, { nonce, clientId }, reply);
+    return reply;
   }
 
   release(request: SeqsRequest, deadlineMs = unaryDeadlineMs): Promise<ReleaseReply> {

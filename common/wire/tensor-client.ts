@@ -1,17 +1,24 @@
 // The FetchTensors call (weights moving between nodes, docs/weights.md) on a channel of its own: the same
-// credentials and cluster key as every other call (tls.ts, auth.ts), but its own HTTP/2 connection with a large
+// credentials and key handshake as every other call (tls.ts, auth.ts), but its own HTTP/2 connection with a large
 // flow-control window, so a bulk transfer neither shares a window with the latency-bound Data streams nor
 // stalls on the 64 KiB default.
 import type * as grpc from "@grpc/grpc-js";
-import { clusterKeyInterceptor } from "./auth.js";
+import { clusterIdOf } from "../cluster-key.js";
+import { ClusterSecret, PeerSession } from "./auth.js";
 import { channelOptions, studioNodeClientConstructor } from "./proto.js";
 import { channelCredentials } from "./tls.js";
-import type { FetchTensorsRequest, TensorChunk } from "./types.js";
+import type { FetchTensorsRequest, HelloReply, HelloRequest, TensorChunk } from "./types.js";
 
 /** Receive window of the bulk channel: several chunks in flight on a fast link. */
 const bulkWindowBytes = 16 * 1024 * 1024;
 
 interface RawTensorClient extends grpc.Client {
+  Hello(
+    request: HelloRequest,
+    metadata: grpc.Metadata,
+    options: grpc.CallOptions,
+    callback: (err: grpc.ServiceError | null, reply: unknown) => void,
+  ): grpc.ClientUnaryCall;
   FetchTensors(
     request: FetchTensorsRequest,
     options?: grpc.CallOptions,
@@ -25,13 +32,25 @@ export class TensorClient {
     readonly address: string,
     clusterKey: string,
   ) {
+    // Its own handshake on its own connection: the Hello goes over the bulk channel too.
+    const session = new PeerSession(
+      new ClusterSecret(clusterKey),
+      clusterIdOf(clusterKey),
+      address,
+      (request, metadata, deadlineMs) =>
+        new Promise((resolve, reject) => {
+          this.raw.Hello(request, metadata, { deadline: Date.now() + deadlineMs }, (err, reply) =>
+            err ? reject(err) : resolve(reply as HelloReply),
+          );
+        }),
+    );
     const Ctor = studioNodeClientConstructor();
     this.raw = new Ctor(address, channelCredentials(), {
       ...channelOptions,
       "grpc-node.flow_control_window": bulkWindowBytes,
       // A connection of its own, never the pooled one the control and data calls use.
       "grpc.use_local_subchannel_pool": 1,
-      interceptors: [clusterKeyInterceptor(clusterKey)],
+      interceptors: [session.interceptor()],
     }) as unknown as RawTensorClient;
   }
 

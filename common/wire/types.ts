@@ -21,6 +21,8 @@ export interface HelloRequest {
   cluster_id?: string;
   /** The caller's gRPC port when it is a node (0 otherwise). */
   grpc_port?: number;
+  /** The caller's fresh nonce, which the reply's proof covers (common/wire/auth.ts). */
+  nonce?: Uint8Array;
 }
 
 export interface ModelInfo {
@@ -72,6 +74,12 @@ export interface HelloReply {
   grpc_port: number;
   cluster_id: string;
   plan_id: string;
+  /** The server's epoch (16 random bytes per process), covered by every call's MAC. */
+  nonce?: Uint8Array;
+  /** HMAC proving the server holds the cluster key, over the caller's nonce (common/wire/auth.ts). */
+  proof?: Uint8Array;
+  /** The server's clock when it answered (ms since the epoch); the caller signs its calls in this clock. */
+  time_ms?: number;
 }
 
 export interface LoadShardRequest {

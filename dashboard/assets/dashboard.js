@@ -205,6 +205,14 @@ function nodeCard(n, snap, color) {
       `${n.chip} · ${n.backend} · ${n.cores} cores · `,
       h("span", { class: "addr" }, n.address),
     ),
+    // A lost node stays on the page, saying since when and why, until it returns.
+    n.health === "lost" && n.lostAt
+      ? h(
+          "div",
+          { class: "node-sub lost-reason", "data-testid": "node-lost" },
+          `lost ${fmtAge(Date.now() - n.lostAt)} ago: ${n.lostReason ?? "no reason given"}`,
+        )
+      : null,
     h(
       "div",
       { class: "figures" },
@@ -404,7 +412,15 @@ function requestRow(r, now) {
     { "data-testid": "request-row", "data-request-id": r.id },
     h("td", { class: "id" }, r.id),
     h("td", {}, r.api),
-    h("td", {}, h("span", { class: `pill ${statusClass[r.status] ?? ""}` }, r.status)),
+    // A failed request says why (hover for the whole message).
+    h(
+      "td",
+      {},
+      h("span", { class: `pill ${statusClass[r.status] ?? ""}`, title: r.error ?? "" }, r.status),
+      r.error
+        ? h("span", { class: "why", "data-testid": "request-error" }, ` ${r.error.slice(0, 60)}`)
+        : null,
+    ),
     h("td", { class: "num" }, fmtCount(r.promptTokens)),
     h("td", { class: "num" }, r.cachedTokens > 0 ? fmtCount(r.cachedTokens) : "—"),
     h("td", { class: "num", "data-testid": "request-output" }, fmtCount(r.outputTokens)),

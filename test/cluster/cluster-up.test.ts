@@ -109,7 +109,10 @@ describe("cluster up --demo on one machine", () => {
 
     // The key: generated, printed once with the command that joins others, stored owner-only.
     const key = readFileSync(join(home, "cluster.key"), "utf8").trim();
-    expect(node.stderr.join("\n")).toContain(`cluster up --key ${key} --demo`);
+    // In forms that keep it out of `ps` (the environment, a key file), never as --key.
+    expect(node.stderr.join("\n")).toContain(`STUDIO_CLUSTER_KEY=${key} cluster up --demo`);
+    expect(node.stderr.join("\n")).toContain("cluster up --key-file FILE --demo");
+    expect(node.stderr.join("\n")).not.toContain(`--key ${key}`);
     expect(statSync(join(home, "cluster.key")).mode & 0o777).toBe(0o600);
 
     await checkDemoServesOpenClaw(apiUrl);
@@ -145,6 +148,7 @@ describe("cluster up --demo on one machine", () => {
       [["--demo", "--peer", "nonsense"], /--peer "nonsense" is not host:port/],
       [["--demo", "--key", "short"], /cluster key is invalid/],
       [["--demo", "--cors-origin", "localhost:3000/app"], /--cors-origin must be "\*" or an origin/],
+      [["--demo", "--key-file", join(home, "no-such-key")], /--key-file .*no-such-key: ENOENT/],
       [
         ["--model", join(home, "no-such-model")],
         /--model .*no-such-model: no such folder, and not a Hugging Face model id/,
@@ -364,6 +368,30 @@ describe("two cluster up processes joined with --peer", () => {
     expect(forwarded.text).toBe(direct.text);
   });
 
+  it.skipIf(process.platform !== "linux")(
+    "listen for gRPC on loopback when Bonjour is off and every --peer is on loopback, on all interfaces otherwise",
+    async () => {
+      const modelDir = await ensureModel("tiny", "tiny");
+      const { a, b, apiA, args } = await startPair(modelDir, ["lo-a", "lo-b"]);
+      await waitForHealth(`http://127.0.0.1:${apiA}`, (h) => liveNodes(h).length === 2, "two members", [
+        a,
+        b,
+      ]);
+      const portOf = (list: string[]) => Number(list[list.indexOf("--port") + 1]);
+      // /proc/net/tcp: local address as hex IPv4:port, state 0A = LISTEN.
+      const listening = readFileSync("/proc/net/tcp", "utf8")
+        .split("\n")
+        .map((l) => l.trim().split(/\s+/))
+        .filter((f) => f[3] === "0A")
+        .map((f) => f[1]);
+      const hex = (port: number) => port.toString(16).toUpperCase().padStart(4, "0");
+      // a names no peer: others may --peer it from the LAN. b's only peer is 127.0.0.1.
+      expect(listening).toContain(`00000000:${hex(portOf(args[0]))}`);
+      expect(listening).toContain(`0100007F:${hex(portOf(args[1]))}`);
+      expect(listening).not.toContain(`00000000:${hex(portOf(args[1]))}`);
+    },
+  );
+
   it("lose their coordinator: the other node takes the role, plans on itself and serves", async () => {
     const modelDir = await ensureModel("tiny", "tiny");
     const { a, b, apiA, apiB } = await startPair(modelDir, ["gamma", "delta"]);
@@ -399,6 +427,14 @@ describe("two cluster up processes joined with --peer", () => {
       [a, b][survivorIndex],
     );
     expect(survivor.coordinator?.id).toBe(survivor.node.id);
+    // The dead node stays visible, marked lost, with when and why (no longer a card that just vanishes).
+    const dead = survivor.nodes.find((n) => n.id === ready.coordinator!.id);
+    expect(dead?.health, JSON.stringify(survivor.nodes)).toBe("lost");
+    expect(dead?.lostReason).toMatch(
+      /no heartbeat|Status stream|stopped responding|data stream|results stream/,
+    );
+    expect(Date.now() - (dead?.lostAt ?? 0)).toBeLessThan(30_000);
+    expect(liveNodes(survivor).map((n) => n.id)).toEqual([survivor.node.id]);
     const after = await complete(urls[survivorIndex], "Who coordinates now?", 6);
     expect(after.status, JSON.stringify(after.body)).toBe(200);
     expect(after.text).toBe(before.text);

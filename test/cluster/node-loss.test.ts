@@ -4,6 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Engine } from "../../common/engine-api.js";
 import { ClusterError } from "../../common/errors.js";
+import { NodeClient } from "../../common/wire/client.js";
 import type { Pipeline } from "../../coordinator/pipeline.js";
 import { Scheduler } from "../../coordinator/scheduler.js";
 
@@ -126,10 +127,41 @@ describe("losing a stage", () => {
     frozen.child.kill("SIGCONT");
     expect(error).toBeInstanceOf(ClusterError);
     expect((error as ClusterError).code).toBe("node_lost");
-    expect((error as ClusterError).message).toMatch(
+    expect((error as ClusterError).message, (error as Error).message).toMatch(
       /stage-2 at .* stopped responding \(stage 1: no heartbeat for \d+ ms\)/,
     );
     expect(elapsedMs).toBeLessThan(5000);
     console.log(`frozen stage declared lost ${elapsedMs.toFixed(0)} ms after SIGSTOP`);
+  });
+
+  it("a stage whose shard another coordinator replaced is declared lost from its heartbeat", async () => {
+    const pipeline = await startPipeline({
+      plan: evenPlan("shard-kept", [agents[0], agents[2]], numLayers),
+      clusterKey: key,
+    });
+    pipelines.push(pipeline);
+    const lost = new Promise<{ reason: string; at: number }>((resolve) =>
+      pipeline.once("nodeLost", (node) => resolve({ reason: node.reason, at: performance.now() })),
+    );
+    // Another coordinator (emulated: the same LoadShard call) loads its own plan on stage 0's node. (On the last
+    // stage the Results stream would end and tell; stage 0's Data stream stays open to a node without the shard.)
+    const intruder = new NodeClient(agents[0].address, key);
+    const loadedAt = performance.now();
+    await intruder.loadShard({
+      plan_id: "intruder",
+      layer_start: 0,
+      layer_end: numLayers,
+      embed: true,
+      head: true,
+      downstream: "",
+      stage_index: 0,
+      stage_count: 1,
+    });
+    intruder.close();
+    const { reason, at } = await lost;
+    expect(reason).toMatch(/no longer holds this plan's shard \(it holds plan intruder/);
+    // Two heartbeats (one a second) and a check.
+    expect(at - loadedAt).toBeLessThan(4000);
+    pipeline.close();
   });
 });

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Engine, SamplingParams } from "../../common/engine-api.js";
 import { ClusterError } from "../../common/errors.js";
 import { readModelConfig } from "../../common/model-config.js";
+import { bodyDigest, ClusterSecret, callAuthHeader, signCall } from "../../common/wire/auth.js";
 import { NodeClient } from "../../common/wire/client.js";
 import { nowUs } from "../../common/wire/frames.js";
 import { channelOptions, studioNodeClientConstructor } from "../../common/wire/proto.js";
@@ -227,8 +228,7 @@ describe("three-stage pipeline over loopback", () => {
 
     // Bytes that are no DataFrame at all: the call fails, the process lives on.
     const raw = new grpc.Client(agents[1].address, grpc.credentials.createInsecure());
-    const metadata = new grpc.Metadata();
-    metadata.set("x-cluster-key", key);
+    const metadata = await signedFor(agents[1].address, "Data");
     const garbage = raw.makeBidiStreamRequest(
       "/studio.cluster.v1.StudioNode/Data",
       (b: Buffer) => b,
@@ -357,19 +357,32 @@ describe("cluster key", () => {
     }
   }
 
-  it("every method refuses a missing key and a wrong key with UNAUTHENTICATED", async () => {
-    const wrong = new grpc.Metadata();
-    wrong.set("x-cluster-key", newClusterKey());
+  it("every method refuses a missing MAC, one made with another key, and a replayed one with UNAUTHENTICATED", async () => {
+    const address = agents[1].address;
+    const proven = await new NodeClient(address, key).prove();
     for (const method of methods) {
-      expect([method, await callStatus(agents[1].address, new grpc.Metadata(), method)]).toEqual([
+      expect([method, await callStatus(address, new grpc.Metadata(), method)]).toEqual([
         method,
         grpc.status.UNAUTHENTICATED,
       ]);
-      expect([method, await callStatus(agents[1].address, wrong, method)]).toEqual([
+      // The right node id and epoch, the wrong key.
+      const forged = new grpc.Metadata();
+      forged.set(callAuthHeader, signCall(new ClusterSecret(newClusterKey()), proven, pathOf(method)));
+      expect([method, await callStatus(address, forged, method)]).toEqual([
         method,
         grpc.status.UNAUTHENTICATED,
       ]);
     }
+    // A call signed with the key goes through once; the same metadata replayed is refused.
+    const empty = bodyDigest(new Uint8Array(0)); // the wire bytes of the {} request callStatus sends
+    const once = await signedFor(address, "Release", empty);
+    expect(await callStatus(address, once, "Release")).toBe(grpc.status.OK);
+    expect(await callStatus(address, once, "Release")).toBe(grpc.status.UNAUTHENTICATED);
+    expect(agents[1].log.some((l) => /refused Release from .*replayed/.test(l))).toBe(true);
+    // A MAC made for one request does not pass with another (a request altered on the way).
+    const forOther = await signedFor(address, "Release", bodyDigest(Buffer.from([0x0a, 0x01, 0x78])));
+    expect(await callStatus(address, forOther, "Release")).toBe(grpc.status.UNAUTHENTICATED);
+    expect(agents[1].log.some((l) => /refused Release from .*altered on the way/.test(l))).toBe(true);
     // Every refusal is logged by the node, naming the method (the log arrives over the agent's stderr pipe).
     const logged = () => methods.filter((m) => !agents[1].log.some((l) => l.includes(`refused ${m} from`)));
     for (let i = 0; i < 50 && logged().length > 0; i++) await new Promise((r) => setTimeout(r, 20));
@@ -380,6 +393,23 @@ describe("cluster key", () => {
     expect(hello.capabilities?.model?.num_layers).toBe(numLayersOf(modelDir));
   });
 });
+
+function pathOf(method: string): string {
+  return `/studio.cluster.v1.StudioNode/${method}`;
+}
+
+/**
+ * Metadata for one call to `method` on the node at address, signed as a NodeClient signs it; `body`: the digest of
+ * the request's wire bytes (single-request methods), absent for Data.
+ */
+async function signedFor(address: string, method: string, body?: Buffer): Promise<grpc.Metadata> {
+  const client = new NodeClient(address, key);
+  const peer = await client.prove();
+  client.close();
+  const metadata = new grpc.Metadata();
+  metadata.set(callAuthHeader, signCall(new ClusterSecret(key), peer, pathOf(method), body));
+  return metadata;
+}
 
 function statusOnce(address: string, hopsSinceUs = 0): Promise<NodeStatus> {
   const client = new NodeClient(address, key);

@@ -3,6 +3,7 @@
 import Fastify, { type FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerMetrics } from "../../api/metrics.js";
+import { RequestLog } from "../../api/request-log.js";
 import { fixtureSnapshot } from "../helpers/dashboard-fixture.js";
 
 interface Sample {
@@ -148,5 +149,42 @@ describe("/metrics", () => {
     const without = await scrape();
     expect(without.samples.some((s) => s.labels.node_id === "node-2")).toBe(false);
     expect(value(without.samples, "studio_cluster_nodes")).toBe(2);
+  });
+});
+
+describe("/metrics request counters, counted as requests finish", () => {
+  it("miss none of the requests that scrolled out of the recent list between two scrapes", async () => {
+    const requests = new RequestLog({ recentLimit: 5 });
+    const app = Fastify();
+    registerMetrics(app, {
+      snapshot: () => ({ ...fixtureSnapshot(1, { nodes: 1 }), ...requests.figures() }),
+      finished: (listener) => requests.onFinished(listener),
+      processMetrics: false,
+    });
+    await app.ready();
+    const scrape = async () =>
+      parseExposition((await app.inject({ method: "GET", url: "/metrics" })).body).samples;
+    const finish = (n: number, status: "completed" | "failed") => {
+      for (let i = 0; i < n; i++) {
+        const t = requests.begin("chat.completions", 10);
+        t.token();
+        t.token();
+        t.finish(status);
+      }
+    };
+    finish(3, "completed");
+    await scrape();
+    finish(20, "completed"); // 20 between scrapes: only the last 5 are still listed
+    finish(2, "failed");
+    const samples = await scrape();
+    const api = { api: "chat.completions" };
+    expect(value(samples, "studio_cluster_requests_total", { ...api, status: "completed" })).toBe(23);
+    expect(value(samples, "studio_cluster_requests_total", { ...api, status: "failed" })).toBe(2);
+    expect(value(samples, "studio_cluster_prompt_tokens_total", api)).toBe(250);
+    expect(value(samples, "studio_cluster_output_tokens_total", api)).toBe(50);
+    expect(value(samples, "studio_cluster_time_to_first_token_seconds_count", api)).toBe(25);
+    // A second scrape counts nothing twice.
+    expect(value(await scrape(), "studio_cluster_requests_total", { ...api, status: "completed" })).toBe(23);
+    await app.close();
   });
 });

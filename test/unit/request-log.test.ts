@@ -65,3 +65,19 @@ describe("RequestLog", () => {
     expect(new Set(recent.map((r) => r.id)).size).toBe(3);
   });
 });
+
+describe("a failed request's reason", () => {
+  it("is kept with it in the recent list (the dashboard shows it), and only for failures", () => {
+    const log = new RequestLog();
+    const failed = log.begin("chat.completions", 10);
+    failed.finish("failed", "stage-1 at 10.0.0.2:7100 stopped responding (no heartbeat for 3012 ms)");
+    failed.finish("completed"); // a later finish changes nothing
+    const done = log.begin("responses", 5);
+    done.finish("completed", "ignored");
+    const [second, first] = log.figures().recent;
+    expect(first.status).toBe("failed");
+    expect(first.error).toMatch(/stopped responding/);
+    expect(second.status).toBe("completed");
+    expect(second.error).toBeUndefined();
+  });
+});

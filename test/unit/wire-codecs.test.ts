@@ -2,7 +2,15 @@
 // grpc metadata that the processes use).
 import * as grpc from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
-import { clusterKeyHeader, clusterKeyProblem } from "../../common/wire/auth.js";
+import {
+  bodyDigest,
+  CallVerifier,
+  ClusterSecret,
+  callAuthHeader,
+  PeerProofError,
+  signCall,
+  verifyHelloReply,
+} from "../../common/wire/auth.js";
 import {
   chunkFrames,
   decodeTokens,
@@ -150,16 +158,76 @@ describe("chunked activations", () => {
   });
 });
 
-describe("cluster key check", () => {
+describe("cluster key on the wire (HMAC handshake and signed calls)", () => {
   const key = "k".repeat(43);
-  it("accepts the key and refuses a missing or wrong one", () => {
-    const good = new grpc.Metadata();
-    good.set(clusterKeyHeader, key);
-    expect(clusterKeyProblem(good, key)).toBeUndefined();
-    expect(clusterKeyProblem(new grpc.Metadata(), key)).toMatch(/missing x-cluster-key/);
-    const wrong = new grpc.Metadata();
-    wrong.set(clusterKeyHeader, `${key}x`);
-    expect(clusterKeyProblem(wrong, key)).toMatch(/wrong x-cluster-key/);
+  const secret = new ClusterSecret(key);
+  const path = "/studio.cluster.v1.StudioNode/Status";
+
+  function signed(verifier: CallVerifier, p = path, offsetMs = 0): grpc.Metadata {
+    const peer = { nodeId: verifier.nodeId, clusterId: "c", epoch: verifier.epoch, clockOffsetMs: offsetMs };
+    const metadata = new grpc.Metadata();
+    metadata.set(callAuthHeader, signCall(secret, peer, p));
+    return metadata;
+  }
+
+  it("accepts a signed call once, for its node, method and process only", () => {
+    const verifier = new CallVerifier(secret, "node-a", "c");
+    const call = signed(verifier);
+    expect(verifier.problem(call, path)).toBeUndefined();
+    expect(verifier.problem(call, path)).toMatch(/replayed/);
+    expect(verifier.problem(signed(verifier), "/studio.cluster.v1.StudioNode/LoadShard")).toMatch(
+      /MAC is wrong/,
+    );
+    // Another node, or the same node id after a restart (a new epoch), refuses it.
+    expect(new CallVerifier(secret, "node-b", "c").problem(signed(verifier), path)).toMatch(/MAC is wrong/);
+    expect(new CallVerifier(secret, "node-a", "c").problem(signed(verifier), path)).toMatch(/MAC is wrong/);
+    // A call signed with another key is refused; no header at all is named.
+    const otherKey = new ClusterSecret("o".repeat(43));
+    const forged = new grpc.Metadata();
+    const peer = { nodeId: "node-a", clusterId: "c", epoch: verifier.epoch, clockOffsetMs: 0 };
+    forged.set(callAuthHeader, signCall(otherKey, peer, path));
+    expect(verifier.problem(forged, path)).toMatch(/MAC is wrong/);
+    expect(verifier.problem(new grpc.Metadata(), path)).toMatch(/missing x-cluster-auth/);
+    // A MAC over one request's bytes does not pass for other bytes.
+    const bodyA = bodyDigest(Buffer.from("a"));
+    const withBody = new grpc.Metadata();
+    const peerA = { nodeId: "node-a", clusterId: "c", epoch: verifier.epoch, clockOffsetMs: 0 };
+    withBody.set(callAuthHeader, signCall(secret, peerA, path, bodyA));
+    expect(verifier.problem(withBody, path, bodyDigest(Buffer.from("b")))).toMatch(/altered on the way/);
+    expect(verifier.problem(withBody, path, bodyA)).toBeUndefined();
+    // The key itself never appears in what travels.
+    expect(signed(verifier).get(callAuthHeader)[0]).not.toContain(key);
+  });
+
+  it("refuses a call outside the replay window, and the client's clock offset brings it back in", () => {
+    const verifier = new CallVerifier(secret, "node-a", "c", 30_000);
+    expect(verifier.problem(signed(verifier, path, -60_000), path)).toMatch(/-60 s off this node's clock/);
+    expect(verifier.problem(signed(verifier, path, 0), path)).toBeUndefined();
+  });
+
+  it("the Hello proof checks only with the key, the nonce sent and the cluster id", () => {
+    const verifier = new CallVerifier(secret, "node-a", "cid");
+    const nonce = Buffer.alloc(32, 7);
+    const reply = {
+      version: "",
+      node_id: "node-a",
+      name: "",
+      capabilities: null,
+      api_port: 0,
+      grpc_port: 0,
+      cluster_id: "cid",
+      plan_id: "",
+      ...verifier.proofFields({ nonce }),
+    };
+    const check =
+      (s: ClusterSecret, n: Buffer, r = reply) =>
+      () =>
+        verifyHelloReply(s, "cid", "x:1", { nonce: n, clientId: "" }, r);
+    expect(check(secret, nonce)).not.toThrow();
+    expect(check(secret, Buffer.alloc(32, 8))).toThrow(/did not prove it holds the cluster key/);
+    expect(check(new ClusterSecret("o".repeat(43)), nonce)).toThrow(PeerProofError);
+    expect(check(secret, nonce, { ...reply, node_id: "node-0" })).toThrow(/did not prove/);
+    expect(check(secret, nonce, { ...reply, cluster_id: "other" })).toThrow(/belongs to another cluster/);
   });
 });
 

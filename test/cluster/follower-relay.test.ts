@@ -1,0 +1,152 @@
+// A follower relaying streams when the coordinator dies: two real `cluster up` processes joined with --peer; two
+// streams (Chat Completions and Responses) go through the follower's API, and the coordinator is killed (SIGKILL)
+// once both are generating. Each stream must end with its API's terminal error event (and `[DONE]` on chat)
+// within 5 s, never with a socket torn down mid-event.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { ChatFormatter } from "../../chat/chat-formatter.js";
+import { liveNodes } from "../../cluster/health.js";
+import { generateClusterKey } from "../../common/cluster-key.js";
+import { type CliProcess, freePort, runCli, waitForHealth } from "../helpers/cluster-up.js";
+import { ensureModel } from "../helpers/pipeline-cluster.js";
+
+const home = mkdtempSync(join(tmpdir(), "follower-relay-"));
+const running: CliProcess[] = [];
+
+afterAll(async () => {
+  await Promise.all(running.map((p) => p.stop("SIGKILL")));
+  rmSync(home, { recursive: true, force: true });
+});
+
+interface StreamEnd {
+  events: string[];
+  /** ms from `killedAt()` to the end of the response. */
+  endedAfterKillMs: number;
+  error?: string;
+}
+
+/** Reads an SSE response to its end; resolves `started` at the first delta. */
+async function readStream(
+  response: Response,
+  started: () => void,
+  killedAt: () => number,
+): Promise<StreamEnd> {
+  const events: string[] = [];
+  let buffer = "";
+  const decoder = new TextDecoder();
+  let sawDelta = false;
+  try {
+    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += decoder.decode(chunk, { stream: true });
+      let cut = buffer.indexOf("\n\n");
+      while (cut >= 0) {
+        events.push(buffer.slice(0, cut));
+        buffer = buffer.slice(cut + 2);
+        if (!sawDelta && /delta/.test(events.at(-1) ?? "")) {
+          sawDelta = true;
+          started();
+        }
+        cut = buffer.indexOf("\n\n");
+      }
+    }
+  } catch (err) {
+    return { events, endedAfterKillMs: Date.now() - killedAt(), error: (err as Error).message };
+  }
+  if (buffer.trim()) events.push(`(partial) ${buffer}`);
+  return { events, endedAfterKillMs: Date.now() - killedAt() };
+}
+
+describe("a follower relaying streams", () => {
+  it("ends each with the terminal error event (and [DONE] on chat) when the coordinator dies", async () => {
+    const modelDir = await ensureModel("tiny", "tiny");
+    const [grpcA, grpcB, apiA, apiB] = [
+      await freePort(),
+      await freePort(),
+      await freePort(),
+      await freePort(),
+    ];
+    const common = ["--model", modelDir, "--key", generateClusterKey(), "--no-bonjour", "--threads", "1"];
+    common.push("--memory-bandwidth", "50");
+    const env = { STUDIO_CLUSTER_HOME: home };
+    const a = runCli(["up", ...common, "--name", "ra", "--port", `${grpcA}`, "--api-port", `${apiA}`], env);
+    const bArgs = ["up", ...common, "--name", "rb", "--port", `${grpcB}`, "--api-port", `${apiB}`];
+    const b = runCli([...bArgs, "--peer", `127.0.0.1:${grpcA}`], env);
+    running.push(a, b);
+    const urls = [`http://127.0.0.1:${apiA}`, `http://127.0.0.1:${apiB}`];
+    const view = await waitForHealth(
+      urls[0],
+      (h) =>
+        liveNodes(h).length === 2 &&
+        h.coordinator?.id ===
+          liveNodes(h)
+            .map((m) => m.id)
+            .sort()[0],
+      "two members",
+      [a, b],
+    );
+    const coordinator = view.coordinator!.id === view.node.id ? 0 : 1;
+    const follower = 1 - coordinator;
+    await waitForHealth(urls[coordinator], (h) => h.state === "ready", "the plan", [a, b]);
+    await waitForHealth(urls[follower], (h) => h.ok === true, "the follower to serve", [a, b]);
+
+    // Stop tokens banned: each stream runs its whole budget, long enough to be cut off.
+    const bias = Object.fromEntries(
+      ChatFormatter.forModelDir(modelDir).stopTokenIds.map((id) => [String(id), -100]),
+    );
+    const post = (path: string, body: object) =>
+      fetch(`${urls[follower]}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ ...body, stream: true, logit_bias: bias }),
+        signal: AbortSignal.timeout(60_000),
+      });
+    let killedAt = 0;
+    let startedCount = 0;
+    let bothStarted: () => void = () => {};
+    const generating = new Promise<void>((r) => {
+      bothStarted = r;
+    });
+    const onStart = () => {
+      startedCount++;
+      if (startedCount === 2) bothStarted();
+    };
+    const chat = post("/v1/chat/completions", {
+      messages: [{ role: "user", content: "go on" }],
+      max_tokens: 4000,
+    });
+    const resp = post("/v1/responses", { input: "go on", max_output_tokens: 4000, logit_bias: undefined });
+    const [chatRes, respRes] = await Promise.all([chat, resp]);
+    expect([chatRes.status, respRes.status]).toEqual([200, 200]);
+    const ends = Promise.all([
+      readStream(chatRes, onStart, () => killedAt),
+      readStream(respRes, onStart, () => killedAt),
+    ]);
+    await generating;
+    killedAt = Date.now();
+    [a, b][coordinator].child.kill("SIGKILL");
+    const [chatEnd, respEnd] = await ends;
+    const show = (e: StreamEnd) => JSON.stringify({ ...e, events: e.events.slice(-3) });
+
+    expect(chatEnd.error, show(chatEnd)).toBeUndefined();
+    expect(chatEnd.endedAfterKillMs, show(chatEnd)).toBeLessThan(5000);
+    expect(chatEnd.events.at(-1)).toBe("data: [DONE]");
+    const chatError = JSON.parse(chatEnd.events.at(-2)!.slice("data: ".length)) as {
+      error?: { code?: string };
+    };
+    expect(chatError.error?.code, show(chatEnd)).toBe("node_lost");
+    expect(chatEnd.events.some((e) => e.startsWith("(partial)"))).toBe(false);
+
+    expect(respEnd.error, show(respEnd)).toBeUndefined();
+    expect(respEnd.endedAfterKillMs, show(respEnd)).toBeLessThan(5000);
+    const last = respEnd.events.at(-1)!;
+    expect(last.split("\n")[0], show(respEnd)).toBe("event: response.failed");
+    const failed = JSON.parse(last.split("\n")[1].slice("data: ".length)) as {
+      response: { id: string; status: string; error: { code: string } };
+    };
+    expect(failed.response.status).toBe("failed");
+    expect(failed.response.error.code).toBe("node_lost");
+    expect(failed.response.id).toMatch(/^resp_/);
+  });
+});

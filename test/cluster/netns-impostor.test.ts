@@ -1,0 +1,212 @@
+// An impostor on the LAN (test/helpers/fake-node.ts, built from the project's wire code) in its own network
+// namespace, next to two real `cluster up` nodes in two others (one bridge, Bonjour only, no --peer). It
+// advertises the cluster's public id with the smallest node id, says Hello to the real nodes and answers theirs
+// as attractively as it can. It must learn nothing (no call carries the key, no signed call reaches it, what it
+// captured replays to nothing), no real node may follow it (it is never a member, never the coordinator), and
+// the real nodes log it as refused while they serve. Needs root and iproute2; skips with the reason otherwise.
+import { spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ClusterHealth, liveNodes } from "../../cluster/health.js";
+import { clusterIdOf, generateClusterKey } from "../../common/cluster-key.js";
+import { packageRoot } from "../../common/paths.js";
+import { type CliProcess, cliEntry, runCli } from "../helpers/cluster-up.js";
+import { ensureModel } from "../helpers/pipeline-cluster.js";
+
+const tag = randomBytes(3).toString("hex");
+const bridgeNs = `si${tag}br`;
+const nodeNs = [1, 2, 3].map((i) => `si${tag}n${i}`);
+const address = (i: number) => `10.78.0.${i + 1}`;
+const API_KEY = "netns-impostor-api-key";
+const FAKE = 2; // the third namespace holds the impostor
+const IMPOSTOR_ID = "0000000000000000"; // test/helpers/fake-node.ts: the smallest id there is
+
+function ip(args: string[]): { ok: boolean; out: string } {
+  const r = spawnSync("ip", args, { encoding: "utf8" });
+  return { ok: r.status === 0, out: `${r.stdout ?? ""}${r.stderr ?? ""}${r.error ? String(r.error) : ""}` };
+}
+
+function must(args: string[]): void {
+  const r = ip(args);
+  if (!r.ok) throw new Error(`ip ${args.join(" ")} failed: ${r.out}`);
+}
+
+function skipReason(): string | undefined {
+  if (process.platform !== "linux") return "network namespaces need Linux";
+  if (process.getuid?.() !== 0) return "network namespaces need root";
+  if (spawnSync("ip", ["-V"]).status !== 0) return "the `ip` command (iproute2) is not installed";
+  const probe = `si${tag}probe`;
+  const added = ip(["netns", "add", probe]);
+  ip(["netns", "delete", probe]);
+  if (!added.ok) return `cannot create a network namespace here: ${added.out.trim()}`;
+  return undefined;
+}
+
+const reason = skipReason();
+if (reason) console.warn(`skipping netns impostor test: ${reason}`);
+
+function setUpNetwork(): void {
+  for (const ns of [bridgeNs, ...nodeNs]) must(["netns", "add", ns]);
+  must(["-n", bridgeNs, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
+  must(["-n", bridgeNs, "link", "set", "br0", "up"]);
+  nodeNs.forEach((ns, i) => {
+    const hostSide = `w${tag}${i}`;
+    must(["link", "add", hostSide, "netns", bridgeNs, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+    must(["-n", bridgeNs, "link", "set", hostSide, "master", "br0"]);
+    must(["-n", bridgeNs, "link", "set", hostSide, "up"]);
+    must(["-n", ns, "link", "set", "lo", "up"]);
+    must(["-n", ns, "addr", "add", `${address(i)}/24`, "dev", "eth0"]);
+    must(["-n", ns, "link", "set", "eth0", "up"]);
+    must(["-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+  });
+}
+
+function tearDownNetwork(): void {
+  for (const ns of [...nodeNs, bridgeNs]) ip(["netns", "delete", ns]);
+}
+
+function health(i: number): ClusterHealth | undefined {
+  const url = `http://${address(i)}:8080/health`;
+  const script =
+    `const r = await fetch(${JSON.stringify(url)}).catch(() => undefined);` +
+    `console.log(r ? await r.text() : "null");`;
+  const r = spawnSync(
+    "ip",
+    ["netns", "exec", nodeNs[i], process.execPath, "--input-type=module", "-e", script],
+    {
+      encoding: "utf8",
+      timeout: 30_000,
+    },
+  );
+  try {
+    return JSON.parse(r.stdout) ?? undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+interface FakeEvent {
+  event: string;
+  method?: string;
+  metadata?: Record<string, string>;
+  request?: Record<string, unknown>;
+  code?: number;
+  capabilities?: unknown;
+}
+
+describe.skipIf(reason !== undefined)("an impostor node in its own network namespace", () => {
+  const procs: CliProcess[] = [];
+  const homes: string[] = [];
+  const fakeEvents: FakeEvent[] = [];
+  const fakeLines: string[] = [];
+  let stopFake = () => {};
+  const key = generateClusterKey();
+
+  beforeAll(async () => {
+    cliEntry();
+    setUpNetwork();
+    const modelDir = await ensureModel("tiny", "tiny");
+    for (const i of [0, 1]) {
+      const home = mkdtempSync(join(tmpdir(), `impostor-node${i + 1}-`));
+      homes.push(home);
+      const args = ["up", "--model", modelDir, "--key", key, "--name", `real${i + 1}`, "--port", "7100"];
+      args.push("--api-port", "8080", "--api-host", address(i), "--api-key", API_KEY, "--threads", "1");
+      args.push("--memory-bandwidth", "50");
+      procs.push(runCli(args, { STUDIO_CLUSTER_HOME: home }, ["ip", "netns", "exec", nodeNs[i]]));
+    }
+    // The cluster id is public (every node's TXT record carries it); the impostor is handed it to save a browse.
+    const fakeScript = join(packageRoot(), "dist", "test", "helpers", "fake-node.js");
+    const fakeArgs = [
+      fakeScript,
+      clusterIdOf(key),
+      address(FAKE),
+      "7100",
+      `${address(0)}:7100`,
+      `${address(1)}:7100`,
+    ];
+    const fake = spawn("ip", ["netns", "exec", nodeNs[FAKE], process.execPath, ...fakeArgs], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    createInterface({ input: fake.stdout! }).on("line", (line) => {
+      fakeLines.push(line);
+      try {
+        fakeEvents.push(JSON.parse(line) as FakeEvent);
+      } catch {
+        // not an event line
+      }
+    });
+    createInterface({ input: fake.stderr! }).on("line", (line) => fakeLines.push(`stderr: ${line}`));
+    stopFake = () => fake.kill("SIGKILL");
+  });
+
+  afterAll(async () => {
+    stopFake();
+    await Promise.all(procs.map((p) => p.stop("SIGKILL")));
+    tearDownNetwork();
+    for (const home of homes) rmSync(home, { recursive: true, force: true });
+  });
+
+  it("learns nothing, is followed by no one, and is logged as refused while the real nodes serve", async () => {
+    let views: Array<ClusterHealth | undefined> = [];
+    const started = Date.now();
+    const dump = () =>
+      `views: ${JSON.stringify(views, null, 1)}\nfake:\n${fakeLines.slice(-40).join("\n")}\n${procs.map((p) => p.output()).join("\n")}`;
+    const probedByBoth = () =>
+      [0, 1].every((i) =>
+        fakeEvents.some(
+          (e) => e.event === "call" && String((e as { peer?: string }).peer).includes(address(i)),
+        ),
+      );
+    const ready = () =>
+      views.every((h) => h !== undefined && liveNodes(h).length === 2) &&
+      views.some((h) => h?.state === "ready") &&
+      probedByBoth();
+    while (Date.now() - started < 60_000) {
+      for (const p of procs) if (p.child.exitCode !== null) throw new Error(`a node exited:\n${dump()}`);
+      views = [0, 1].map(health);
+      if (ready()) break;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    expect(ready(), dump()).toBe(true);
+    // A few more seconds of the impostor's pestering (Bonjour re-announcements, its Hellos, its replays).
+    await new Promise((r) => setTimeout(r, 5000));
+    views = [0, 1].map(health);
+
+    // No one follows it: it is no member anywhere and the coordinator is the smallest real id.
+    for (const h of views) {
+      expect(
+        liveNodes(h!).map((m) => m.id),
+        dump(),
+      ).not.toContain(IMPOSTOR_ID);
+      expect(h!.coordinator?.id, dump()).not.toBe(IMPOSTOR_ID);
+    }
+    const realIds = liveNodes(views[0]!)
+      .map((m) => m.id)
+      .sort();
+    expect(views.map((h) => h!.coordinator?.id)).toEqual([realIds[0], realIds[0]]);
+
+    // It learned nothing: only unsigned handshake Hellos reached it, none carried the key or a MAC.
+    const calls = fakeEvents.filter((e) => e.event === "call");
+    expect(calls.length).toBeGreaterThan(0);
+    expect([...new Set(calls.map((c) => c.method))]).toEqual(["Hello"]);
+    for (const call of calls) {
+      expect(
+        Object.keys(call.metadata ?? {}).filter((k) => k.startsWith("x-cluster")),
+        dump(),
+      ).toEqual([]);
+      expect(call.request?.grpc_port ?? 0, "a handshake Hello says nothing about the caller").toBe(0);
+    }
+    expect(fakeLines.join("\n")).not.toContain(key);
+    // What it captured replays to nothing, and its own Hellos get no capabilities.
+    for (const e of fakeEvents.filter((x) => x.event === "replay" || x.event === "hello-sent"))
+      expect(e.capabilities, JSON.stringify(e)).toBeNull();
+
+    // Both real nodes logged it as refused, naming its address.
+    for (const p of procs)
+      expect(p.output(), dump()).toMatch(new RegExp(`REFUSED ${address(FAKE).replace(/\./g, "\\.")}:7100`));
+  });
+});

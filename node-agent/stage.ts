@@ -14,6 +14,9 @@ import type {
   SamplingParams,
 } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
+import { loadVocabulary } from "../common/token-vocabulary.js";
+import type { ToolConstraintSpec } from "../common/tool-grammar.js";
+import { type TokenMask, ToolConstraint, ToolGrammar } from "../common/tool-grammar.js";
 import {
   type AssembledItem,
   chunkFrames,
@@ -39,6 +42,8 @@ export interface StageConfig {
   hiddenSize: number;
   /** Dtype of HIDDEN payloads this stage takes and sends. */
   activationDtype: Dtype;
+  /** The model folder: its tokenizer.json gives the last stage the token bytes a constraint masks by. */
+  modelDir?: string;
 }
 
 /** Where a stage's frames go: the next stage's Data stream, or the coordinator's Results stream. */
@@ -78,6 +83,8 @@ interface SequenceState {
   forked?: boolean;
   /** Its prompt is done: an item that wanted a result (the prompt's last chunk) has run. */
   prefilled?: boolean;
+  /** Last stage: the reply's tool-call constraint, fed every sampled token, masking the next. */
+  constraint?: ToolConstraint;
 }
 
 /**
@@ -103,6 +110,8 @@ export class Stage {
   private gatherTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly counters = { tokens: 0, batches: 0, items: 0, busyMs: 0, promptTokens: 0 };
+  /** Grammars by their spec's JSON, with the masks their states gave (shared by the sequences of one spec). */
+  private readonly grammars = new Map<string, { grammar: ToolGrammar; masks: Map<string, TokenMask> }>();
 
   constructor(
     engine: Engine,
@@ -210,7 +219,14 @@ export class Stage {
       // A forked sequence already holds its prefix's KV; its first item says how to sample.
       if (state) state.forked = false;
       else state = { sampling: {}, nextPosition: frame.position };
-      state.sampling = fromWireSampling(frame.sampling);
+      try {
+        state.sampling = fromWireSampling(frame.sampling);
+        if (this.config.head && state.sampling.constraint)
+          state.constraint = this.constraintFor(state.sampling.constraint);
+      } catch (err) {
+        this.fail(frame, "bad_request", `seq ${frame.seq}: bad constraint: ${errorMessage(err)}`);
+        return;
+      }
       this.sequences.set(frame.seq, state);
     } else if (!state) {
       this.fail(
@@ -311,11 +327,36 @@ export class Stage {
     if (item.wantResult) state.prefilled = true;
   }
 
+  /** One ToolConstraint per sequence; the grammar and its masks are shared by every sequence of the same spec. */
+  private constraintFor(spec: ToolConstraintSpec): ToolConstraint {
+    if (!this.config.modelDir)
+      throw new Error("this stage knows no model folder to read the vocabulary from");
+    const vocabulary = loadVocabulary(this.config.modelDir);
+    const key = JSON.stringify(spec);
+    let entry = this.grammars.get(key);
+    if (!entry) {
+      if (!Array.isArray(spec.tools) || typeof spec.parallel !== "boolean" || spec.choice === undefined)
+        throw new Error("the spec needs choice, tools and parallel");
+      entry = { grammar: new ToolGrammar(spec), masks: new Map() };
+      if (this.grammars.size >= 64) this.grammars.delete(this.grammars.keys().next().value as string);
+      this.grammars.set(key, entry);
+    }
+    return new ToolConstraint(entry.grammar, vocabulary, entry.masks);
+  }
+
   private forwardItem(item: QueuedItem): ForwardItem {
     const input: ForwardItem = { seq: item.seq, position: item.position };
     if (item.tokens) input.tokens = item.tokens;
     if (item.hidden) input.hidden = item.hidden;
-    if (this.config.head) input.sampling = this.sequences.get(item.seq)?.sampling ?? {};
+    if (this.config.head) {
+      const state = this.sequences.get(item.seq);
+      const { constraint: _spec, ...sampling } = state?.sampling ?? {};
+      // The token this item samples is masked by the sequence's grammar, from its own tokens so far.
+      const mask = item.wantResult ? state?.constraint?.mask() : undefined;
+      if (mask && "allow" in mask) sampling.allowTokens = mask.allow;
+      else if (mask) sampling.banTokens = mask.ban;
+      input.sampling = sampling;
+    }
     return input;
   }
 
@@ -331,6 +372,7 @@ export class Stage {
         );
         return;
       }
+      this.sequences.get(item.seq)?.constraint?.accept(output.token);
       this.forward([
         {
           kind: FrameKind.RESULT,

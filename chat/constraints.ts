@@ -97,7 +97,15 @@ export function toolConstraintSpec(
   tools: readonly TemplateTool[],
 ): ToolConstraintSpec {
   const choice = constraints.toolChoice;
+  const format = constraints.responseFormat;
+  if (format.type !== "text" && (choice.mode === "required" || choice.mode === "function"))
+    throw new RequestError(
+      `tool_choice "${choice.mode === "function" ? choice.name : "required"}" cannot be combined with a ${format.type} response format: the reply is either JSON text or tool calls`,
+      "tool_choice",
+    );
   return {
+    ...(format.type === "json_object" ? { format: { type: "json_object" } } : {}),
+    ...(format.type === "json_schema" ? { format: { type: "json_schema", schema: format.schema } } : {}),
     choice: choice.mode === "function" ? { name: choice.name } : choice.mode,
     parallel: constraints.parallelToolCalls,
     tools: tools.map((tool) => {

@@ -12,6 +12,8 @@ export interface TokenVocabulary {
   byFirstByte: Int32Array[];
   /** End-of-turn ids ([e~[ and the eos_token). */
   stopIds: number[];
+  /** Each id as tokenizer.json writes it (byte-level alphabet; added tokens as their text), for xgrammar. */
+  pieces: string[];
 }
 
 /** GPT-2's byte-level alphabet: the printable char each byte is written as in the vocabulary. */
@@ -54,6 +56,7 @@ export function vocabularyOf(
   for (const id of Object.values(vocab)) size = Math.max(size, id + 1);
   for (const a of added) size = Math.max(size, a.id + 1);
   const bytes = new Array<string>(size).fill("");
+  const pieces = new Array<string>(size).fill("");
   const alphabet = unicodeToByte();
   for (const [piece, id] of Object.entries(vocab)) {
     let out = "";
@@ -62,10 +65,12 @@ export function vocabularyOf(
       out += b === undefined ? latin1OfUtf8(ch) : String.fromCharCode(b);
     }
     bytes[id] = out;
+    pieces[id] = piece;
   }
   const ids = new Map<string, number>();
   for (const a of added) {
     bytes[a.id] = latin1OfUtf8(a.content);
+    pieces[a.id] = a.content;
     ids.set(a.content, a.id);
   }
   const stopIds = [...new Set([ids.get("[e~["), ids.get(tokenContent(config.eos_token) ?? "")])].filter(
@@ -82,6 +87,7 @@ export function vocabularyOf(
     withGt: Int32Array.from(withGt.filter((id) => !stopIds.includes(id))),
     byFirstByte: first.map((list) => Int32Array.from(list)),
     stopIds,
+    pieces,
   };
 }
 

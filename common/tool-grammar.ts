@@ -28,6 +28,11 @@ export interface ToolConstraintSpec {
   tools: ToolConstraintTool[];
   /** false: one <invoke> per reply. */
   parallel: boolean;
+  /**
+   * The visible text must be JSON (response_format / text.format): after </think> the reply is handed to a
+   * JSON grammar (node-agent/json-format.ts, xgrammar), and no tool block is possible.
+   */
+  format?: { type: "json_object" } | { type: "json_schema"; schema: Record<string, unknown> };
 }
 
 export const THINK_CLOSE = "</think>";
@@ -63,7 +68,9 @@ type State =
   /** A parameter name the schema does not list: any bytes but `"` and `>`, then `">`. */
   | { k: "freeName"; tool: string; seen: string[]; typed: string }
   | { k: "value"; tail: string; tool: string; seen: string[] }
-  | { k: "end"; ws: number };
+  | { k: "end"; ws: number }
+  /** The JSON text of a response format: another grammar takes over (no byte is fed here). */
+  | { k: "json" };
 
 function isWs(c: string): boolean {
   return c === " " || c === "\n" || c === "\t" || c === "\r";
@@ -76,7 +83,7 @@ export class ToolGrammar {
   constructor(readonly spec: ToolConstraintSpec) {
     const choice = spec.choice;
     this.callable =
-      choice === "none"
+      choice === "none" || spec.format
         ? []
         : typeof choice === "object"
           ? spec.tools.filter((t) => t.name === choice.name)
@@ -112,8 +119,10 @@ export class ToolGrammar {
     switch (s.k) {
       case "reason": {
         const tail = (s.tail + c).slice(-TAIL);
-        if (c === ">" && tail.endsWith(THINK_CLOSE))
+        if (c === ">" && tail.endsWith(THINK_CLOSE)) {
+          if (this.spec.format) return { k: "json" };
           return this.mustCall ? this.enter({ to: "block" }, true) : { k: "text", tail: "" };
+        }
         return { k: "reason", tail };
       }
       case "text": {
@@ -147,6 +156,9 @@ export class ToolGrammar {
       }
       case "end":
         return isWs(c) && s.ws > 0 ? { k: "end", ws: s.ws - 1 } : null;
+      case "json":
+        // A token that runs on past </think> is refused: the JSON grammar sees whole tokens only.
+        return null;
     }
   }
 
@@ -237,6 +249,11 @@ export class ToolConstraint {
     this.cache = cache ?? new Map();
   }
 
+  /** The reasoning is over and a response format's JSON grammar decides from here. */
+  get inJson(): boolean {
+    return this.state?.k === "json";
+  }
+
   /** False once a token the grammar forbids was fed (the mask was not applied): no mask from then on. */
   get alive(): boolean {
     return this.state !== null;
@@ -245,7 +262,7 @@ export class ToolConstraint {
   /** The mask for the next token, or undefined when nothing is constrained any more. */
   mask(): TokenMask | undefined {
     const s = this.state;
-    if (!s) return undefined;
+    if (!s || s.k === "json") return undefined;
     const key = this.grammar.key(s);
     let mask = this.cache.get(key);
     if (!mask) {

@@ -14,7 +14,7 @@ import type {
   SamplingParams,
 } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
-import { loadVocabulary } from "../common/token-vocabulary.js";
+import { loadVocabulary, type TokenVocabulary } from "../common/token-vocabulary.js";
 import type { ToolConstraintSpec } from "../common/tool-grammar.js";
 import { type TokenMask, ToolConstraint, ToolGrammar } from "../common/tool-grammar.js";
 import {
@@ -31,6 +31,7 @@ import {
 } from "../common/wire/frames.js";
 import { LatencyWindow } from "../common/wire/latency.js";
 import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
+import { JsonFormat } from "./json-format.js";
 import { WaveQueue } from "./stage-queue.js";
 
 export interface StageConfig {
@@ -85,6 +86,8 @@ interface SequenceState {
   prefilled?: boolean;
   /** Last stage: the reply's tool-call constraint, fed every sampled token, masking the next. */
   constraint?: ToolConstraint;
+  /** Last stage: a response format's JSON grammar, which takes over from `constraint` after </think>. */
+  json?: JsonFormat;
 }
 
 /**
@@ -221,8 +224,11 @@ export class Stage {
       else state = { sampling: {}, nextPosition: frame.position };
       try {
         state.sampling = fromWireSampling(frame.sampling);
-        if (this.config.head && state.sampling.constraint)
+        if (this.config.head && state.sampling.constraint) {
           state.constraint = this.constraintFor(state.sampling.constraint);
+          const format = state.sampling.constraint.format;
+          if (format) state.json = new JsonFormat(this.vocabulary(), format);
+        }
       } catch (err) {
         this.fail(frame, "bad_request", `seq ${frame.seq}: bad constraint: ${errorMessage(err)}`);
         return;
@@ -296,8 +302,25 @@ export class Stage {
     }
   }
 
-  private async runBatch(batch: QueuedItem[]): Promise<void> {
-    const inputs: ForwardItem[] = batch.map((item) => this.forwardItem(item));
+  private async runBatch(all: QueuedItem[]): Promise<void> {
+    // Masks first (a response format's JSON grammar answers asynchronously); a grammar that fails (a schema
+    // xgrammar cannot compile) fails its sequence only.
+    const masks: Array<TokenMask | undefined> = [];
+    const batch: QueuedItem[] = [];
+    for (const item of all) {
+      try {
+        masks.push(await this.maskFor(item));
+        batch.push(item);
+      } catch (err) {
+        this.failItem(
+          item,
+          "bad_request",
+          `seq ${item.seq}: the response format cannot be enforced: ${errorMessage(err)}`,
+        );
+      }
+    }
+    if (batch.length === 0) return;
+    const inputs: ForwardItem[] = batch.map((item, i) => this.forwardItem(item, masks[i]));
     const started = performance.now();
     let outputs: ForwardOutput[];
     try {
@@ -327,11 +350,23 @@ export class Stage {
     if (item.wantResult) state.prefilled = true;
   }
 
-  /** One ToolConstraint per sequence; the grammar and its masks are shared by every sequence of the same spec. */
-  private constraintFor(spec: ToolConstraintSpec): ToolConstraint {
+  private vocabulary(): TokenVocabulary {
     if (!this.config.modelDir)
       throw new Error("this stage knows no model folder to read the vocabulary from");
-    const vocabulary = loadVocabulary(this.config.modelDir);
+    return loadVocabulary(this.config.modelDir);
+  }
+
+  /** The mask of the token this item samples, from the sequence's own tokens so far (none: unconstrained). */
+  private async maskFor(item: QueuedItem): Promise<TokenMask | undefined> {
+    if (!this.config.head || !item.wantResult) return undefined;
+    const state = this.sequences.get(item.seq);
+    if (state?.json && state.constraint?.inJson) return { allow: await state.json.allowed() };
+    return state?.constraint?.mask();
+  }
+
+  /** One ToolConstraint per sequence; the grammar and its masks are shared by every sequence of the same spec. */
+  private constraintFor(spec: ToolConstraintSpec): ToolConstraint {
+    const vocabulary = this.vocabulary();
     const key = JSON.stringify(spec);
     let entry = this.grammars.get(key);
     if (!entry) {
@@ -344,15 +379,13 @@ export class Stage {
     return new ToolConstraint(entry.grammar, vocabulary, entry.masks);
   }
 
-  private forwardItem(item: QueuedItem): ForwardItem {
+  private forwardItem(item: QueuedItem, mask: TokenMask | undefined): ForwardItem {
     const input: ForwardItem = { seq: item.seq, position: item.position };
     if (item.tokens) input.tokens = item.tokens;
     if (item.hidden) input.hidden = item.hidden;
     if (this.config.head) {
       const state = this.sequences.get(item.seq);
       const { constraint: _spec, ...sampling } = state?.sampling ?? {};
-      // The token this item samples is masked by the sequence's grammar, from its own tokens so far.
-      const mask = item.wantResult ? state?.constraint?.mask() : undefined;
       if (mask && "allow" in mask) sampling.allowTokens = mask.allow;
       else if (mask) sampling.banTokens = mask.ban;
       input.sampling = sampling;
@@ -372,7 +405,9 @@ export class Stage {
         );
         return;
       }
-      this.sequences.get(item.seq)?.constraint?.accept(output.token);
+      const state = this.sequences.get(item.seq);
+      if (state?.json && state.constraint?.inJson) state.json.accept(output.token);
+      else state?.constraint?.accept(output.token);
       this.forward([
         {
           kind: FrameKind.RESULT,
@@ -455,6 +490,7 @@ export class Stage {
 
   /** Forgets a sequence: drops its queued work, frees its KV, ignores its late frames for a while. */
   private drop(seq: number): boolean {
+    this.sequences.get(seq)?.json?.dispose();
     const known = this.sequences.delete(seq);
     this.queue.removeSeq(seq);
     this.pruneTombstones();
@@ -535,6 +571,7 @@ export class Stage {
   async release(seqs: number[]): Promise<number> {
     let count = 0;
     for (const seq of seqs) {
+      this.sequences.get(seq)?.json?.dispose();
       if (!this.sequences.delete(seq)) continue;
       count++;
       await this.engine.release(seq);

@@ -2,6 +2,7 @@
 // choice"). Two real clusters: the scripted model (two stages), which calls get_weather and get_time in every
 // reply unless a mask stops it, and the random tiny model, which never calls a tool by itself, so only a mask
 // can make it call the named or a required function; many seeds, so nothing passes by luck.
+import { Ajv } from "ajv";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ModelTokenizer } from "../../chat/tokenizer.js";
 import { type ApiCluster, readSse, startApiCluster } from "../helpers/api-cluster.js";
@@ -225,6 +226,55 @@ describe("the random tiny model (which calls no tool by itself)", () => {
       }
     });
   }
+
+  const SCHEMA = {
+    type: "object",
+    properties: {
+      city: { type: "string", maxLength: 8 },
+      days: { type: "integer", minimum: 1, maximum: 7 },
+      sunny: { type: "boolean" },
+    },
+    required: ["city", "days", "sunny"],
+    additionalProperties: false,
+  };
+
+  for (const [api, call] of APIS) {
+    it(`${api}: a json_schema response format gives JSON that validates, at every seed`, async () => {
+      const ajv = new Ajv({ strict: false });
+      const format =
+        api === "responses"
+          ? { text: { format: { type: "json_schema", name: "weather", schema: SCHEMA, strict: true } } }
+          : {
+              response_format: {
+                type: "json_schema",
+                json_schema: { name: "weather", schema: SCHEMA, strict: true },
+              },
+            };
+      for (let seed = 21; seed <= 26; seed++) {
+        const reply = await call(
+          cluster,
+          { messages: USER, max_tokens: 400, ...format, ...sampled(seed) },
+          seed % 2 === 0,
+        );
+        expect(reply.calls).toEqual([]);
+        expect(reply.finish).toBe(api === "responses" ? "completed" : "stop");
+        const value = JSON.parse(reply.content) as unknown;
+        expect(ajv.validate(SCHEMA, value), `${reply.content}: ${ajv.errorsText()}`).toBe(true);
+      }
+    });
+  }
+
+  it("json_object gives a JSON object", async () => {
+    for (let seed = 31; seed <= 34; seed++) {
+      const reply = await chat(cluster, {
+        messages: USER,
+        max_tokens: 400,
+        response_format: { type: "json_object" },
+        ...sampled(seed),
+      });
+      if (reply.finish === "stop") expect(JSON.parse(reply.content)).toBeTypeOf("object");
+    }
+  });
 
   it("the same seed gives the same constrained reply", async () => {
     const body = {

@@ -9,6 +9,7 @@ import { fromChatCompletions, type TemplateTool } from "../chat/conversation.js"
 import type { SamplingParams } from "../common/engine-api.js";
 import { loadVocabulary } from "../common/token-vocabulary.js";
 import { ToolConstraint, type ToolConstraintSpec, ToolGrammar } from "../common/tool-grammar.js";
+import { JsonFormat } from "../node-agent/json-format.js";
 import { startApiCluster } from "../test/helpers/api-cluster.js";
 import { median } from "./stats.js";
 
@@ -36,6 +37,19 @@ const BENCH_TOOLS: TemplateTool[] = [
   },
   { type: "function", function: { name: "ls", parameters: { type: "object", properties: {} } } },
 ];
+/** The json_schema row's format. */
+const JSON_FORMAT = {
+  type: "json_schema" as const,
+  schema: {
+    type: "object",
+    properties: {
+      city: { type: "string" },
+      days: { type: "integer" },
+      hourly: { type: "array", items: { type: "number" } },
+    },
+    required: ["city", "days", "hourly"],
+  },
+};
 const MESSAGES = [{ role: "user", content: "Tell me everything about the weather in Paris in spring." }];
 
 /** Reads the SSE body to the end; returns the number of data events (tokens are counted by usage). */
@@ -141,6 +155,7 @@ async function main(): Promise<void> {
     for (const [name, sampling] of [
       ["auto_tools", { constraint: toolSpec("auto") }],
       ["required_tools", { constraint: toolSpec("required"), logitBias: bias }],
+      ["json_schema", { constraint: { ...toolSpec("auto"), format: JSON_FORMAT }, logitBias: bias }],
     ] as const) {
       const base: number[] = [];
       const masked: number[] = [];
@@ -152,12 +167,21 @@ async function main(): Promise<void> {
       const maskRuns: number[] = [];
       for (let r = 0; r < 5; r++) {
         const constraint = new ToolConstraint(new ToolGrammar(sampling.constraint), vocabulary);
+        const json = sampling.constraint.format
+          ? new JsonFormat(vocabulary, sampling.constraint.format)
+          : undefined;
         const t0 = performance.now();
         for (const id of warm.ids) {
-          constraint.mask();
-          constraint.accept(id);
+          if (json && constraint.inJson) {
+            await json.allowed();
+            json.accept(id);
+          } else {
+            constraint.mask();
+            constraint.accept(id);
+          }
         }
         maskRuns.push((performance.now() - t0) / warm.ids.length);
+        json?.dispose();
       }
       maskRows[name] = Math.min(...maskRuns);
       for (let i = 0; i < repeats; i++) {
@@ -179,11 +203,12 @@ async function main(): Promise<void> {
         constrained_overhead_ms_per_token: {
           auto_tools: Number(constrainedRows.auto_tools.toFixed(4)),
           required_tools: Number(constrainedRows.required_tools.toFixed(4)),
-          json_schema: null,
+          json_schema: Number(constrainedRows.json_schema.toFixed(4)),
         },
         constrained_mask_ms_per_token: {
           auto_tools: Number(maskRows.auto_tools.toFixed(4)),
           required_tools: Number(maskRows.required_tools.toFixed(4)),
+          json_schema: Number(maskRows.json_schema.toFixed(4)),
         },
         overhead_ms_per_token: Number(overhead.toFixed(4)),
         completions_overhead_ms_per_token: Number((plain1 - direct1).toFixed(4)),

@@ -2,7 +2,7 @@
 // render + tokenize, fit the prompt in the window, then start the run.
 
 import { ChatFormatter } from "../chat/chat-formatter.js";
-import { type ReplyConstraints, unconstrained } from "../chat/constraints.js";
+import { type ReplyConstraints, toolConstraintSpec, unconstrained } from "../chat/constraints.js";
 import type { Conversation } from "../chat/conversation.js";
 import { PromptEncoder } from "../chat/prompt-encoder.js";
 import { RequestError } from "../chat/request-error.js";
@@ -103,7 +103,14 @@ export async function startRun(
   const prepared: PreparedGeneration = {
     prompt,
     maxTokens: budgetTokens(generator.contextWindow, prompt.length, requested),
-    sampling: options.sampling,
+    // A chat reply is constrained where it is sampled (the last stage): tool_choice, parallel_tool_calls and
+    // only declared tools. Plain completions are not.
+    sampling: chat
+      ? {
+          ...options.sampling,
+          constraint: toolConstraintSpec(options.constraints ?? unconstrained, input.conversation.tools),
+        }
+      : options.sampling,
     stopStrings: options.stopStrings,
     tools: chat ? input.conversation.tools : [],
     parseReply: chat,

@@ -1,14 +1,55 @@
 // API benchmark: what the HTTP layer adds per generated token. The same greedy request on the tiny model runs
 // through the scheduler directly and through POST /v1/chat/completions and /v1/completions (streaming SSE,
 // read by a fetch client in this process), alternately, in one run. Overhead per token = (API time - direct
-// time) / tokens, medians over the repeats. Target: < 0.5 ms/token. Ends with ONE JSON line of figures.
+// time) / tokens, medians over the repeats. Target: < 0.5 ms/token. Then the cost of constrained decoding: the
+// direct run with a tool constraint against the same run without (target < 1 ms/token). Ends with ONE JSON line.
 import { ChatFormatter } from "../chat/chat-formatter.js";
-import { fromChatCompletions } from "../chat/conversation.js";
+import { toolConstraintSpec } from "../chat/constraints.js";
+import { fromChatCompletions, type TemplateTool } from "../chat/conversation.js";
+import type { SamplingParams } from "../common/engine-api.js";
+import { loadVocabulary } from "../common/token-vocabulary.js";
+import { ToolConstraint, type ToolConstraintSpec, ToolGrammar } from "../common/tool-grammar.js";
+import { JsonFormat } from "../node-agent/json-format.js";
 import { startApiCluster } from "../test/helpers/api-cluster.js";
 import { median } from "./stats.js";
 
 const maxTokens = Number(process.env.BENCH_TOKENS ?? 200);
 const repeats = Number(process.env.BENCH_REPEATS ?? 9);
+/** A tool schema for the constrained rows: two functions with parameters, one without. */
+const BENCH_TOOLS: TemplateTool[] = [
+  {
+    type: "function",
+    function: {
+      name: "get_weather",
+      parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] },
+    },
+  },
+  {
+    type: "function",
+    function: {
+      name: "get_time",
+      parameters: {
+        type: "object",
+        properties: { zone: { type: "string" }, utc_offset: { type: "integer" } },
+        required: ["zone"],
+      },
+    },
+  },
+  { type: "function", function: { name: "ls", parameters: { type: "object", properties: {} } } },
+];
+/** The json_schema row's format. */
+const JSON_FORMAT = {
+  type: "json_schema" as const,
+  schema: {
+    type: "object",
+    properties: {
+      city: { type: "string" },
+      days: { type: "integer" },
+      hourly: { type: "array", items: { type: "number" } },
+    },
+    required: ["city", "days", "hourly"],
+  },
+};
 const MESSAGES = [{ role: "user", content: "Tell me everything about the weather in Paris in spring." }];
 
 /** Reads the SSE body to the end; returns the number of data events (tokens are counted by usage). */
@@ -32,17 +73,24 @@ async function main(): Promise<void> {
     const formatter = ChatFormatter.forModelDir(cluster.modelDir);
     const prompt = formatter.encode(formatter.render(fromChatCompletions(MESSAGES, undefined)));
     const headers = { authorization: `Bearer ${cluster.apiKey}`, "content-type": "application/json" };
-    const direct = async (): Promise<{ ms: number; tokens: number }> => {
+    const direct = async (
+      sampling: SamplingParams = {},
+    ): Promise<{ ms: number; tokens: number; ids: number[] }> => {
       const start = performance.now();
       let tokens = 0;
+      const ids: number[] = [];
       const events = cluster.scheduler.generate({
         prompt,
         maxTokens,
-        sampling: {},
+        sampling,
         stopTokenIds: formatter.stopTokenIds,
       });
-      for await (const e of events) if (e.type === "token") tokens++;
-      return { ms: performance.now() - start, tokens };
+      for await (const e of events)
+        if (e.type === "token") {
+          tokens++;
+          ids.push(e.token);
+        }
+      return { ms: performance.now() - start, tokens, ids };
     };
     const viaApi = async (path: string, body: unknown): Promise<{ ms: number; tokens: number }> => {
       const start = performance.now();
@@ -88,9 +136,80 @@ async function main(): Promise<void> {
       `overhead: chat ${overhead.toFixed(3)} ms/token (ratio ${(chat1 / direct1).toFixed(3)}), completions ` +
         `${(plain1 - direct1).toFixed(3)} ms/token; target < 0.5 ms/token: ${overhead < 0.5 ? "met" : "NOT met"}`,
     );
+    // Constrained decoding: the same direct run with a tool constraint (masks computed and applied on the last
+    // stage) against the run without it, each per its own tokens. The bias ends the reasoning at once in both, so
+    // the constrained run spends its tokens in the tool block (forced literals, names, free argument values).
+    const thinkClose = formatter.encode("</think>")[0];
+    const bias: Array<[number, number]> = [[thinkClose, 100]];
+    const toolSpec = (choice: ToolConstraintSpec["choice"]): ToolConstraintSpec =>
+      toolConstraintSpec(
+        {
+          toolChoice: typeof choice === "object" ? { mode: "function", name: choice.name } : { mode: choice },
+          parallelToolCalls: true,
+          responseFormat: { type: "text" },
+        },
+        BENCH_TOOLS,
+      );
+    const constrainedRows: Record<string, number> = {};
+    const maskRows: Record<string, number> = {};
+    for (const [name, sampling] of [
+      ["auto_tools", { constraint: toolSpec("auto") }],
+      ["required_tools", { constraint: toolSpec("required"), logitBias: bias }],
+      ["json_schema", { constraint: { ...toolSpec("auto"), format: JSON_FORMAT }, logitBias: bias }],
+    ] as const) {
+      const base: number[] = [];
+      const masked: number[] = [];
+      const baseSampling = "logitBias" in sampling ? { logitBias: bias } : {};
+      const warm = await direct(sampling); // warm-up: the grammar's first masks
+      // The stage's own work, apart from the noise of whole runs: the masks (no cache, as for a new
+      // grammar) and the feeding of the same tokens, in this process.
+      const vocabulary = loadVocabulary(cluster.modelDir);
+      const maskRuns: number[] = [];
+      for (let r = 0; r < 5; r++) {
+        const constraint = new ToolConstraint(new ToolGrammar(sampling.constraint), vocabulary);
+        const json = sampling.constraint.format
+          ? new JsonFormat(vocabulary, sampling.constraint.format)
+          : undefined;
+        const t0 = performance.now();
+        for (const id of warm.ids) {
+          if (json && constraint.inJson) {
+            await json.allowed();
+            json.accept(id);
+          } else {
+            constraint.mask();
+            constraint.accept(id);
+          }
+        }
+        maskRuns.push((performance.now() - t0) / warm.ids.length);
+        json?.dispose();
+      }
+      maskRows[name] = Math.min(...maskRuns);
+      for (let i = 0; i < repeats; i++) {
+        const b = await direct(baseSampling);
+        const m = await direct(sampling);
+        base.push(b.ms / b.tokens);
+        masked.push(m.ms / m.tokens);
+      }
+      constrainedRows[name] = median(masked) - median(base);
+      console.log(
+        `constrained ${name}: ${median(masked).toFixed(3)} ms/token vs ${median(base).toFixed(3)} unconstrained: ` +
+          `overhead ${constrainedRows[name].toFixed(3)} ms/token (masks alone ${maskRows[name].toFixed(4)} ms/token); ` +
+          `target < 1 ms: ${constrainedRows[name] < 1 ? "met" : "NOT met"}`,
+      );
+    }
     console.log(
       JSON.stringify({
         bench: "api",
+        constrained_overhead_ms_per_token: {
+          auto_tools: Number(constrainedRows.auto_tools.toFixed(4)),
+          required_tools: Number(constrainedRows.required_tools.toFixed(4)),
+          json_schema: Number(constrainedRows.json_schema.toFixed(4)),
+        },
+        constrained_mask_ms_per_token: {
+          auto_tools: Number(maskRows.auto_tools.toFixed(4)),
+          required_tools: Number(maskRows.required_tools.toFixed(4)),
+          json_schema: Number(maskRows.json_schema.toFixed(4)),
+        },
         overhead_ms_per_token: Number(overhead.toFixed(4)),
         completions_overhead_ms_per_token: Number((plain1 - direct1).toFixed(4)),
         direct_ms_per_token: Number(direct1.toFixed(4)),

@@ -2,6 +2,8 @@
 // model may call (OpenAI tool_choice and parallel_tool_calls, Anthropic tool_choice) and the format of the
 // visible text (OpenAI response_format / text.format). The routes parse their fields into ReplyConstraints;
 // generation enforces them.
+import type { ToolConstraintSpec } from "../common/tool-grammar.js";
+import type { TemplateTool } from "./conversation.js";
 import { RequestError } from "./request-error.js";
 
 export type ToolChoice =
@@ -42,7 +44,12 @@ export function openAiToolChoice(
   param = "tool_choice",
 ): ToolChoice {
   if (value === undefined || value === null || value === "auto") return { mode: "auto" };
-  if (value === "none" || value === "required") return { mode: value };
+  if (value === "none") return { mode: value };
+  if (value === "required") {
+    if (declared.length === 0)
+      throw new RequestError(`${param} is "required" but the request declares no tools`, param);
+    return { mode: value };
+  }
   if (isObject(value) && value.type === "function") {
     const inner = isObject(value.function) ? value.function : value;
     const name = inner.name;
@@ -77,5 +84,39 @@ export function openAiResponseFormat(value: unknown, param: string): ResponseFor
     name: typeof spec.name === "string" ? spec.name : "response",
     schema: spec.schema,
     strict: spec.strict === true,
+  };
+}
+
+/**
+ * What the last stage enforces while it samples (common/tool-grammar.ts): the tool choice, parallel_tool_calls,
+ * and that only the declared functions (and their declared parameter names) can be called at all, so a call to
+ * an undeclared function cannot be generated, with or without tools.
+ */
+export function toolConstraintSpec(
+  constraints: ReplyConstraints,
+  tools: readonly TemplateTool[],
+): ToolConstraintSpec {
+  const choice = constraints.toolChoice;
+  const format = constraints.responseFormat;
+  if (format.type !== "text" && (choice.mode === "required" || choice.mode === "function"))
+    throw new RequestError(
+      `tool_choice "${choice.mode === "function" ? choice.name : "required"}" cannot be combined with a ${format.type} response format: the reply is either JSON text or tool calls`,
+      "tool_choice",
+    );
+  return {
+    ...(format.type === "json_object" ? { format: { type: "json_object" } } : {}),
+    ...(format.type === "json_schema" ? { format: { type: "json_schema", schema: format.schema } } : {}),
+    choice: choice.mode === "function" ? { name: choice.name } : choice.mode,
+    parallel: constraints.parallelToolCalls,
+    tools: tools.map((tool) => {
+      const schema = tool.function.parameters;
+      const properties =
+        isObject(schema) && isObject(schema.properties) ? Object.keys(schema.properties) : null;
+      const required =
+        isObject(schema) && Array.isArray(schema.required)
+          ? schema.required.filter((p): p is string => typeof p === "string")
+          : [];
+      return { name: tool.function.name, parameters: properties, required };
+    }),
   };
 }

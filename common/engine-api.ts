@@ -2,6 +2,8 @@
 // One engine holds a contiguous layer range of one model, plus the embedding (first stage) and the final
 // norm + lm_head (last stage). Every call that touches engine state runs on the engine's own thread.
 
+import type { ToolConstraintSpec } from "./tool-grammar.js";
+
 export type BackendChoice = "auto" | "cpu" | "mlx";
 export type BackendName = "cpu" | "mlx";
 /** Activations cross stages in the backend's compute dtype: f32 on cpu, bf16 on mlx. */
@@ -35,6 +37,16 @@ export interface SamplingParams {
   topLogprobs?: number;
   /** Added to the logits before sampling. */
   logitBias?: Array<[token: number, bias: number]>;
+  /**
+   * The reply's tool-call constraint (common/tool-grammar.ts). It travels with the other parameters to the last
+   * stage, which keeps one state machine per sequence and turns it into allowTokens / banTokens for each token;
+   * the engine ignores it.
+   */
+  constraint?: ToolConstraintSpec;
+  /** This token only: when given, only these ids may be drawn (a constraint's mask, after logitBias). */
+  allowTokens?: Int32Array;
+  /** This token only: these ids are never drawn. */
+  banTokens?: Int32Array;
 }
 
 export interface ForwardItem {

@@ -149,6 +149,7 @@ export class ShardHost {
         head: req.head,
         hiddenSize: stats.hiddenSize,
         activationDtype: dtypeOfActivation(stats.activationDtype),
+        modelDir: this.opts.modelDir,
       },
       sink,
       this.opts.log,

@@ -14,6 +14,9 @@ import type {
   SamplingParams,
 } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
+import { loadVocabulary, type TokenVocabulary } from "../common/token-vocabulary.js";
+import type { ToolConstraintSpec } from "../common/tool-grammar.js";
+import { type TokenMask, ToolConstraint, ToolGrammar } from "../common/tool-grammar.js";
 import {
   type AssembledItem,
   chunkFrames,
@@ -28,6 +31,7 @@ import {
 } from "../common/wire/frames.js";
 import { LatencyWindow } from "../common/wire/latency.js";
 import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
+import { JsonFormat } from "./json-format.js";
 import { WaveQueue } from "./stage-queue.js";
 
 export interface StageConfig {
@@ -39,6 +43,8 @@ export interface StageConfig {
   hiddenSize: number;
   /** Dtype of HIDDEN payloads this stage takes and sends. */
   activationDtype: Dtype;
+  /** The model folder: its tokenizer.json gives the last stage the token bytes a constraint masks by. */
+  modelDir?: string;
 }
 
 /** Where a stage's frames go: the next stage's Data stream, or the coordinator's Results stream. */
@@ -78,6 +84,10 @@ interface SequenceState {
   forked?: boolean;
   /** Its prompt is done: an item that wanted a result (the prompt's last chunk) has run. */
   prefilled?: boolean;
+  /** Last stage: the reply's tool-call constraint, fed every sampled token, masking the next. */
+  constraint?: ToolConstraint;
+  /** Last stage: a response format's JSON grammar, which takes over from `constraint` after </think>. */
+  json?: JsonFormat;
 }
 
 /**
@@ -103,6 +113,8 @@ export class Stage {
   private gatherTimer: NodeJS.Timeout | undefined;
   private closed = false;
   private readonly counters = { tokens: 0, batches: 0, items: 0, busyMs: 0, promptTokens: 0 };
+  /** Grammars by their spec's JSON, with the masks their states gave (shared by the sequences of one spec). */
+  private readonly grammars = new Map<string, { grammar: ToolGrammar; masks: Map<string, TokenMask> }>();
 
   constructor(
     engine: Engine,
@@ -210,7 +222,17 @@ export class Stage {
       // A forked sequence already holds its prefix's KV; its first item says how to sample.
       if (state) state.forked = false;
       else state = { sampling: {}, nextPosition: frame.position };
-      state.sampling = fromWireSampling(frame.sampling);
+      try {
+        state.sampling = fromWireSampling(frame.sampling);
+        if (this.config.head && state.sampling.constraint) {
+          state.constraint = this.constraintFor(state.sampling.constraint);
+          const format = state.sampling.constraint.format;
+          if (format) state.json = new JsonFormat(this.vocabulary(), format);
+        }
+      } catch (err) {
+        this.fail(frame, "bad_request", `seq ${frame.seq}: bad constraint: ${errorMessage(err)}`);
+        return;
+      }
       this.sequences.set(frame.seq, state);
     } else if (!state) {
       this.fail(
@@ -280,8 +302,25 @@ export class Stage {
     }
   }
 
-  private async runBatch(batch: QueuedItem[]): Promise<void> {
-    const inputs: ForwardItem[] = batch.map((item) => this.forwardItem(item));
+  private async runBatch(all: QueuedItem[]): Promise<void> {
+    // Masks first (a response format's JSON grammar answers asynchronously); a grammar that fails (a schema
+    // xgrammar cannot compile) fails its sequence only.
+    const masks: Array<TokenMask | undefined> = [];
+    const batch: QueuedItem[] = [];
+    for (const item of all) {
+      try {
+        masks.push(await this.maskFor(item));
+        batch.push(item);
+      } catch (err) {
+        this.failItem(
+          item,
+          "bad_request",
+          `seq ${item.seq}: the response format cannot be enforced: ${errorMessage(err)}`,
+        );
+      }
+    }
+    if (batch.length === 0) return;
+    const inputs: ForwardItem[] = batch.map((item, i) => this.forwardItem(item, masks[i]));
     const started = performance.now();
     let outputs: ForwardOutput[];
     try {
@@ -311,11 +350,46 @@ export class Stage {
     if (item.wantResult) state.prefilled = true;
   }
 
-  private forwardItem(item: QueuedItem): ForwardItem {
+  private vocabulary(): TokenVocabulary {
+    if (!this.config.modelDir)
+      throw new Error("this stage knows no model folder to read the vocabulary from");
+    return loadVocabulary(this.config.modelDir);
+  }
+
+  /** The mask of the token this item samples, from the sequence's own tokens so far (none: unconstrained). */
+  private async maskFor(item: QueuedItem): Promise<TokenMask | undefined> {
+    if (!this.config.head || !item.wantResult) return undefined;
+    const state = this.sequences.get(item.seq);
+    if (state?.json && state.constraint?.inJson) return { allow: await state.json.allowed() };
+    return state?.constraint?.mask();
+  }
+
+  /** One ToolConstraint per sequence; the grammar and its masks are shared by every sequence of the same spec. */
+  private constraintFor(spec: ToolConstraintSpec): ToolConstraint {
+    const vocabulary = this.vocabulary();
+    const key = JSON.stringify(spec);
+    let entry = this.grammars.get(key);
+    if (!entry) {
+      if (!Array.isArray(spec.tools) || typeof spec.parallel !== "boolean" || spec.choice === undefined)
+        throw new Error("the spec needs choice, tools and parallel");
+      entry = { grammar: new ToolGrammar(spec), masks: new Map() };
+      if (this.grammars.size >= 64) this.grammars.delete(this.grammars.keys().next().value as string);
+      this.grammars.set(key, entry);
+    }
+    return new ToolConstraint(entry.grammar, vocabulary, entry.masks);
+  }
+
+  private forwardItem(item: QueuedItem, mask: TokenMask | undefined): ForwardItem {
     const input: ForwardItem = { seq: item.seq, position: item.position };
     if (item.tokens) input.tokens = item.tokens;
     if (item.hidden) input.hidden = item.hidden;
-    if (this.config.head) input.sampling = this.sequences.get(item.seq)?.sampling ?? {};
+    if (this.config.head) {
+      const state = this.sequences.get(item.seq);
+      const { constraint: _spec, ...sampling } = state?.sampling ?? {};
+      if (mask && "allow" in mask) sampling.allowTokens = mask.allow;
+      else if (mask) sampling.banTokens = mask.ban;
+      input.sampling = sampling;
+    }
     return input;
   }
 
@@ -331,6 +405,9 @@ export class Stage {
         );
         return;
       }
+      const state = this.sequences.get(item.seq);
+      if (state?.json && state.constraint?.inJson) state.json.accept(output.token);
+      else state?.constraint?.accept(output.token);
       this.forward([
         {
           kind: FrameKind.RESULT,
@@ -413,6 +490,7 @@ export class Stage {
 
   /** Forgets a sequence: drops its queued work, frees its KV, ignores its late frames for a while. */
   private drop(seq: number): boolean {
+    this.sequences.get(seq)?.json?.dispose();
     const known = this.sequences.delete(seq);
     this.queue.removeSeq(seq);
     this.pruneTombstones();
@@ -493,6 +571,7 @@ export class Stage {
   async release(seqs: number[]): Promise<number> {
     let count = 0;
     for (const seq of seqs) {
+      this.sequences.get(seq)?.json?.dispose();
       if (!this.sequences.delete(seq)) continue;
       count++;
       await this.engine.release(seq);

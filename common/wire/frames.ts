@@ -1,6 +1,7 @@
 // Codecs of the data plane: token payloads, sampling parameters, chunking of large activations and their
 // reassembly with size checks. Pure functions and one small class; no I/O.
 import type { SamplingParams, TokenLogprob } from "../engine-api.js";
+import type { ToolConstraintSpec } from "../tool-grammar.js";
 import { type DataFrame, type DataFrameOut, Dtype, type WireSampling } from "./types.js";
 
 /** Payload bytes per frame when an item is split (the brief's 1-4 MiB band). */
@@ -63,6 +64,7 @@ export function toWireSampling(s: SamplingParams): WireSampling {
     logit_bias: (s.logitBias ?? []).map(([token, bias]) => ({ token, bias })),
   };
   if (s.seed !== undefined) wire.seed = s.seed;
+  if (s.constraint) wire.constraint = JSON.stringify(s.constraint);
   return wire;
 }
 
@@ -76,6 +78,8 @@ export function fromWireSampling(w: WireSampling | null | undefined): SamplingPa
   if (w.seed !== undefined && w.seed !== null) s.seed = w.seed;
   if (w.top_logprobs) s.topLogprobs = w.top_logprobs;
   if (w.logit_bias && w.logit_bias.length > 0) s.logitBias = w.logit_bias.map((b) => [b.token, b.bias]);
+  // Checked where it is used (the last stage), which fails the sequence when it is malformed.
+  if (w.constraint) s.constraint = JSON.parse(w.constraint) as ToolConstraintSpec;
   return s;
 }
 

@@ -205,6 +205,8 @@ export interface WireSampling {
   seed?: number;
   top_logprobs?: number;
   logit_bias?: Array<{ token: number; bias: number }>;
+  /** ToolConstraintSpec as JSON; "" or absent: unconstrained. */
+  constraint?: string;
 }
 
 export interface WireTokenLogprob {

@@ -44,6 +44,27 @@ function post(path: string, body: string): Promise<Response> {
   });
 }
 
+/**
+ * The recorded body plus the two functions the scripted model calls: only declared functions can be called
+ * (docs/api.md "Tool choice"), and OpenClaw's own tools do not include them. Everything else goes in as recorded.
+ */
+function withScriptedTools(body: Json): Json {
+  const fns = [
+    { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } } } },
+    {
+      name: "get_time",
+      parameters: {
+        type: "object",
+        properties: { zone: { type: "string" }, utc_offset: { type: "integer" } },
+      },
+    },
+  ];
+  const extra = body.messages
+    ? fns.map((f) => ({ type: "function", function: f }))
+    : fns.map((f) => ({ type: "function", ...f }));
+  return { ...body, tools: [...((body.tools as unknown[] | undefined) ?? []), ...extra] };
+}
+
 function promptTokensOf(body: Json): number {
   const formatter = ChatFormatter.forModelDir(cluster.modelDir);
   const conversation = body.messages
@@ -114,10 +135,9 @@ function checkResponses(events: Array<{ event?: string; data: string }>, promptT
 describe.skipIf(files.length === 0)("OpenClaw's recorded requests", () => {
   for (const file of files) {
     it(`answers ${file} with a stream that satisfies docs/api.md`, async () => {
-      const raw = readFileSync(join(FIXTURES, file), "utf8");
-      const body = JSON.parse(raw) as Json;
+      const body = withScriptedTools(JSON.parse(readFileSync(join(FIXTURES, file), "utf8")) as Json);
       const path = body.messages ? "/chat/completions" : "/responses";
-      const response = await post(path, raw);
+      const response = await post(path, JSON.stringify(body));
       expect(response.status).toBe(200);
       expect(response.headers.get("content-type")).toMatch(/text\/event-stream/);
       // The first event must come while the ~17k-token prompt is still in prefill: the request is in flight

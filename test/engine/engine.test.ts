@@ -408,6 +408,39 @@ describe("determinism", () => {
     );
   });
 
+  it("a constraint's mask (allowTokens / banTokens) decides which ids can be drawn, after logitBias", async () => {
+    const greedy = await one(engine, { seq: 130, position: 0, tokens: tokens(PROMPT), sampling: {} });
+    const best = greedy.token!;
+    // The best id banned, even with a huge bias: another is picked, greedy or at any seed.
+    for (const sampling of [{}, { temperature: 2, seed: 3 }, { temperature: 1, topP: 0.5, seed: 4 }]) {
+      const r = await one(engine, {
+        seq: 131,
+        position: 0,
+        tokens: tokens(PROMPT),
+        sampling: { ...sampling, logitBias: [[best, 100]], banTokens: Int32Array.of(best) },
+      });
+      expect(r.token).not.toBe(best);
+      await engine.release(131);
+    }
+    // Only the allowed ids, at every seed; the same draw on a fresh run (a pure function of the mask too).
+    const allow = Int32Array.of(7, 11, 300);
+    for (let seed = 0; seed < 8; seed++) {
+      const sampling = { temperature: 3, seed, allowTokens: allow, topLogprobs: 2 };
+      const a = await one(engine, { seq: 140 + seed, position: 0, tokens: tokens(PROMPT), sampling });
+      expect([...allow]).toContain(a.token);
+      for (const t of a.topLogprobs ?? []) expect([...allow]).toContain(t.token);
+      const b = await one(engine, { seq: 160 + seed, position: 0, tokens: tokens(PROMPT), sampling });
+      expect(b.token).toBe(a.token);
+    }
+    await Promise.all(
+      [
+        130,
+        ...Array.from({ length: 8 }, (_, i) => 140 + i),
+        ...Array.from({ length: 8 }, (_, i) => 160 + i),
+      ].map((s) => engine.release(s)),
+    );
+  });
+
   it("reports load progress on the JS thread, ending at the bytes it maps", async () => {
     const reports: Array<[number, number]> = [];
     const shard = await openEngine({

@@ -101,6 +101,16 @@ static model::SamplingParams parse_sampling(Napi::Env env, Napi::Value v, const 
       s.logit_bias.emplace_back(p.Get(0u).ToNumber().Int32Value(), p.Get(1u).ToNumber().FloatValue());
     }
   }
+  // A constraint's mask for this token (node-agent/stage.ts): Int32Arrays of ids.
+  for (const auto& [key, out] : {std::pair<const char*, std::vector<int32_t>*>{"allowTokens", &s.allow},
+                                 std::pair<const char*, std::vector<int32_t>*>{"banTokens", &s.ban}}) {
+    Napi::Value ids = o.Get(key);
+    if (ids.IsUndefined() || ids.IsNull()) continue;
+    if (!ids.IsTypedArray() || ids.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw Napi::TypeError::New(env, where + ".sampling." + key + " must be an Int32Array");
+    Napi::Int32Array a = ids.As<Napi::Int32Array>();
+    out->assign(a.Data(), a.Data() + a.ElementLength());
+  }
   return s;
 }
 

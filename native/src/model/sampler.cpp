@@ -169,10 +169,51 @@ double counter_uniform(uint64_t seed, uint64_t counter) {
   return static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0);
 }
 
+namespace {
+
+// The ids a mask leaves, in id order (empty when it leaves none: the mask is then ignored).
+std::vector<int32_t> unmasked_ids(int32_t vocab, const SamplingParams& params) {
+  std::vector<int32_t> ids;
+  if (!params.allow.empty()) {
+    for (const int32_t id : params.allow)
+      if (id >= 0 && id < vocab) ids.push_back(id);
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    std::erase_if(ids, [&](int32_t id) { return std::find(params.ban.begin(), params.ban.end(), id) != params.ban.end(); });
+  } else {
+    std::vector<char> banned(vocab, 0);
+    for (const int32_t id : params.ban)
+      if (id >= 0 && id < vocab) banned[id] = 1;
+    ids.reserve(vocab);
+    for (int32_t i = 0; i < vocab; ++i)
+      if (!banned[i]) ids.push_back(i);
+  }
+  return ids;
+}
+
+}  // namespace
+
 Sample sample_token(std::span<float> logits, const SamplingParams& params, int64_t position) {
   const int32_t vocab = static_cast<int32_t>(logits.size());
   for (const auto& [token, bias] : params.logit_bias)
     if (token >= 0 && token < vocab) logits[token] += bias;
+
+  if (!params.allow.empty() || !params.ban.empty()) {
+    // Sample over the ids the mask leaves, gathered in id order, then map the picks back to vocabulary ids.
+    const std::vector<int32_t> ids = unmasked_ids(vocab, params);
+    if (!ids.empty() && static_cast<int32_t>(ids.size()) < vocab) {
+      std::vector<float> kept(ids.size());
+      for (size_t i = 0; i < ids.size(); ++i) kept[i] = logits[ids[i]];
+      SamplingParams inner = params;
+      inner.logit_bias.clear();
+      inner.allow.clear();
+      inner.ban.clear();
+      Sample out = sample_token(kept, inner, position);
+      out.token = ids[out.token];
+      for (auto& [id, lp] : out.top) id = ids[id];
+      return out;
+    }
+  }
 
   int32_t argmax = 0;
   for (int32_t i = 1; i < vocab; ++i)

@@ -16,6 +16,11 @@ struct SamplingParams {
   uint64_t seed = 0;
   int top_logprobs = 0;
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // A constraint's mask for this one token (applied after logit_bias): when allow is not empty only its ids may
+  // be drawn, and ids in ban never are. The draw then runs over the remaining ids in id order, so it stays a pure
+  // function of (logits, params, position); log-probabilities are over the remaining ids.
+  std::vector<int32_t> allow;
+  std::vector<int32_t> ban;
 };
 
 struct Sample {

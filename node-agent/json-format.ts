@@ -1,0 +1,205 @@
+// The JSON part of a response format (json_object / json_schema), masked by xgrammar (@mlc-ai/web-xgrammar:
+// xgrammar compiled to WebAssembly). The grammar is compiled against the model's vocabulary on the last stage;
+// one matcher per sequence is fed the tokens sampled after </think> and gives the mask of the next one.
+//
+// The package is a UMD bundle that, loaded as an ES module in Node, looks for CommonJS's `require` and
+// `__filename` and publishes itself as globalThis.xgrammar; loadXgrammar() gives it those once.
+import { createRequire } from "node:module";
+import { dirname } from "node:path";
+import type { TokenVocabulary } from "../common/token-vocabulary.js";
+import type { ToolConstraintSpec } from "../common/tool-grammar.js";
+
+interface XgMatcher {
+  acceptToken(token: number): boolean;
+  getNextTokenBitmask(): Promise<Int32Array>;
+  isTerminated(): boolean;
+  dispose(): void;
+}
+interface XgCompiled {
+  dispose(): void;
+}
+interface XgCompiler {
+  compileJSONSchema(
+    schema: string,
+    anyWhitespace?: boolean,
+    indent?: number,
+    separators?: [string, string],
+    strictMode?: boolean,
+    maxWhitespaceCnt?: number,
+  ): Promise<XgCompiled>;
+  compileBuiltinJSONGrammar(): Promise<XgCompiled>;
+}
+interface Xgrammar {
+  TokenizerInfo: {
+    createTokenizerInfo(
+      vocab: string[],
+      vocabType: string,
+      prependSpace: boolean,
+      vocabSize: number,
+      stopTokenIds: number[],
+    ): Promise<unknown>;
+  };
+  GrammarCompiler: { createGrammarCompiler(info: unknown, cache?: boolean): Promise<XgCompiler> };
+  GrammarMatcher: { createGrammarMatcher(compiled: XgCompiled): Promise<XgMatcher> };
+}
+
+let loading: Promise<Xgrammar> | undefined;
+
+function loadXgrammar(): Promise<Xgrammar> {
+  loading ??= (async () => {
+    const require = createRequire(import.meta.url);
+    const file = require.resolve("@mlc-ai/web-xgrammar");
+    const g = globalThis as Record<string, unknown>;
+    g.require ??= require;
+    g.__filename ??= file;
+    g.__dirname ??= dirname(file);
+    await import("@mlc-ai/web-xgrammar");
+    const xg = g.xgrammar as Xgrammar | undefined;
+    if (!xg?.GrammarCompiler) throw new Error("@mlc-ai/web-xgrammar did not load");
+    return xg;
+  })();
+  return loading;
+}
+
+const compilers = new Map<TokenVocabulary, Promise<XgCompiler>>();
+const grammars = new Map<string, Promise<XgCompiled>>();
+
+function compilerFor(vocab: TokenVocabulary): Promise<XgCompiler> {
+  let compiler = compilers.get(vocab);
+  if (!compiler) {
+    compiler = (async () => {
+      const xg = await loadXgrammar();
+      const info = await xg.TokenizerInfo.createTokenizerInfo(
+        vocab.pieces,
+        "BYTE_LEVEL",
+        false,
+        vocab.pieces.length,
+        vocab.stopIds,
+      );
+      return xg.GrammarCompiler.createGrammarCompiler(info, true);
+    })();
+    compilers.set(vocab, compiler);
+  }
+  return compiler;
+}
+
+/** The compiled grammar of a format, shared by every sequence that asks for the same one. */
+function grammarFor(
+  vocab: TokenVocabulary,
+  format: NonNullable<ToolConstraintSpec["format"]>,
+): Promise<XgCompiled> {
+  const key = JSON.stringify(format);
+  let grammar = grammars.get(key);
+  if (!grammar) {
+    grammar = compilerFor(vocab).then((c) =>
+      // One line, ", " and ": " between items: a model cannot stall in whitespace.
+      format.type === "json_schema"
+        ? c.compileJSONSchema(JSON.stringify(format.schema), false, -1, [", ", ": "], true)
+        : c.compileBuiltinJSONGrammar(),
+    );
+    grammar.catch(() => grammars.delete(key));
+    if (grammars.size >= 64) grammars.delete(grammars.keys().next().value as string);
+    grammars.set(key, grammar);
+  }
+  return grammar;
+}
+
+const controlSets = new WeakMap<TokenVocabulary, Uint8Array>();
+const utf8Tables = new WeakMap<TokenVocabulary, Int8Array>();
+
+/** Continuation bytes still owed after `bytes`, when `owed` were owed before; -1: not valid UTF-8. */
+function utf8After(bytes: string, owed: number): number {
+  let need = owed;
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes.charCodeAt(i);
+    if (need > 0) {
+      if ((b & 0xc0) !== 0x80) return -1;
+      need--;
+    } else if (b < 0x80) need = 0;
+    else if (b >= 0xc2 && b <= 0xdf) need = 1;
+    else if (b >= 0xe0 && b <= 0xef) need = 2;
+    else if (b >= 0xf0 && b <= 0xf4) need = 3;
+    else return -1;
+  }
+  return need;
+}
+
+/**
+ * table[id * 4 + owed]: the bytes owed after token id when `owed` were owed before it (-1: invalid UTF-8).
+ * xgrammar lets a string take any byte tokens, so a reply could hold broken characters (which also break
+ * maxLength); the JSON's UTF-8 is kept whole here.
+ */
+function utf8Table(vocab: TokenVocabulary): Int8Array {
+  let table = utf8Tables.get(vocab);
+  if (!table) {
+    const t = new Int8Array(vocab.bytes.length * 4);
+    vocab.bytes.forEach((b, id) => {
+      for (let owed = 0; owed < 4; owed++) t[id * 4 + owed] = utf8After(b, owed);
+    });
+    table = t;
+    utf8Tables.set(vocab, t);
+  }
+  return table;
+}
+
+/**
+ * Tokens holding a control byte (below 0x20): never valid in the one-line JSON asked for, but xgrammar's
+ * string rule lets some through (a raw backspace came out in a string), so they are masked here as well.
+ */
+function controlTokens(vocab: TokenVocabulary): Uint8Array {
+  let set = controlSets.get(vocab);
+  if (!set) {
+    set = new Uint8Array(vocab.bytes.length);
+    vocab.bytes.forEach((b, id) => {
+      for (let i = 0; i < b.length; i++) if (b.charCodeAt(i) < 0x20) set![id] = 1;
+    });
+    controlSets.set(vocab, set);
+  }
+  return set;
+}
+
+/** One sequence's JSON text: the allowed ids before each token, then the token sampled. */
+export class JsonFormat {
+  private matcher: XgMatcher | undefined;
+  /** UTF-8 continuation bytes the text so far still owes. */
+  private owed = 0;
+
+  constructor(
+    private readonly vocab: TokenVocabulary,
+    private readonly format: NonNullable<ToolConstraintSpec["format"]>,
+  ) {}
+
+  /** The ids the JSON grammar allows next (the end-of-turn ids once the JSON is complete). */
+  async allowed(): Promise<Int32Array> {
+    this.matcher ??= await (await loadXgrammar()).GrammarMatcher.createGrammarMatcher(
+      await grammarFor(this.vocab, this.format),
+    );
+    if (this.matcher.isTerminated()) return Int32Array.from(this.vocab.stopIds);
+    const bitmask = await this.matcher.getNextTokenBitmask();
+    const ids: number[] = [];
+    const size = this.vocab.pieces.length;
+    const controls = controlTokens(this.vocab);
+    const utf8 = utf8Table(this.vocab);
+    for (let word = 0; word < bitmask.length; word++) {
+      let bits = bitmask[word];
+      while (bits !== 0) {
+        const low = bits & -bits;
+        const id = word * 32 + (31 - Math.clz32(low));
+        if (id < size && !controls[id] && utf8[id * 4 + this.owed] >= 0) ids.push(id);
+        bits ^= low;
+      }
+    }
+    return Int32Array.from(ids);
+  }
+
+  accept(token: number): void {
+    if (this.matcher && !this.matcher.isTerminated()) this.matcher.acceptToken(token);
+    if (!this.vocab.stopIds.includes(token))
+      this.owed = Math.max(0, utf8After(this.vocab.bytes[token] ?? "", this.owed));
+  }
+
+  dispose(): void {
+    this.matcher?.dispose();
+    this.matcher = undefined;
+  }
+}

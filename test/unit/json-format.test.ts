@@ -1,0 +1,103 @@
+// Response formats (node-agent/json-format.ts, xgrammar over the real tokenizer of a generated model): random
+// walks that only pick tokens the masks allow, over 200 seeded random JSON schemas, always end in JSON that
+// parses and that ajv validates against its schema; json_object gives a JSON object.
+import { Ajv } from "ajv";
+import { beforeAll, describe, expect, it } from "vitest";
+import { loadVocabulary, type TokenVocabulary } from "../../common/token-vocabulary.js";
+import { JsonFormat } from "../../node-agent/json-format.js";
+import { ensureModel } from "../helpers/pipeline-cluster.js";
+
+let vocab: TokenVocabulary;
+beforeAll(async () => {
+  vocab = loadVocabulary(await ensureModel("tiny-4bit", "tiny"));
+}, 120_000);
+
+function rng(seed: number): () => number {
+  let x = (seed * 2654435761 + 7) % 2147483648;
+  return () => {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    return x / 2147483648;
+  };
+}
+
+/** A random schema: objects of strings, integers, numbers, booleans, enums, arrays and nested objects. */
+function randomSchema(rand: () => number, depth = 0): Record<string, unknown> {
+  const pick = Math.floor(rand() * (depth >= 2 ? 5 : 7));
+  switch (pick) {
+    case 0:
+      return { type: "string", maxLength: 1 + Math.floor(rand() * 6) };
+    case 1:
+      return { type: "integer", minimum: 0, maximum: 10 + Math.floor(rand() * 1000) };
+    case 2:
+      return { type: "boolean" };
+    case 3:
+      return { enum: ["red", "green", "blue"].slice(0, 1 + Math.floor(rand() * 3)) };
+    case 4:
+      return { type: "null" };
+    case 5:
+      return { type: "array", items: randomSchema(rand, depth + 1), maxItems: 1 + Math.floor(rand() * 2) };
+    default:
+      return objectSchema(rand, depth + 1);
+  }
+}
+
+function objectSchema(rand: () => number, depth = 0): Record<string, unknown> {
+  const properties: Record<string, unknown> = {};
+  const count = 1 + Math.floor(rand() * 3);
+  for (let i = 0; i < count; i++) properties[`k${i}`] = randomSchema(rand, depth);
+  const keys = Object.keys(properties);
+  return { type: "object", properties, required: keys, additionalProperties: false };
+}
+
+/** Picks among the allowed ids (half the time among those holding JSON punctuation, so values end). */
+async function walk(format: JsonFormat, rand: () => number, steps = 300): Promise<string | undefined> {
+  const punct = /["{}[\],:]/;
+  let text = "";
+  for (let n = 0; n < steps; n++) {
+    const allowed = [...(await format.allowed())];
+    expect(allowed.length).toBeGreaterThan(0);
+    const favoured = allowed.filter((id) => punct.test(vocab.bytes[id]) || vocab.stopIds.includes(id));
+    const pool = favoured.length > 0 && rand() < 0.5 ? favoured : allowed;
+    const token = pool[Math.floor(rand() * pool.length)];
+    format.accept(token);
+    if (vocab.stopIds.includes(token)) return Buffer.from(text, "latin1").toString("utf8");
+    text += vocab.bytes[token];
+  }
+  return undefined;
+}
+
+describe("response formats through xgrammar", () => {
+  it("json_schema: 200 random schemas, every finished output parses and validates", async () => {
+    const ajv = new Ajv({ strict: false });
+    let finished = 0;
+    for (let seed = 1; seed <= 200; seed++) {
+      const rand = rng(seed);
+      const schema = objectSchema(rand);
+      const format = new JsonFormat(vocab, { type: "json_schema", schema });
+      const text = await walk(format, rand);
+      format.dispose();
+      if (text === undefined) continue;
+      finished++;
+      let value: unknown;
+      try {
+        value = JSON.parse(text);
+      } catch (err) {
+        throw new Error(`seed ${seed}: ${JSON.stringify(text)}: ${(err as Error).message}`);
+      }
+      const valid = ajv.validate(schema, value);
+      if (!valid)
+        throw new Error(`seed ${seed}: ${text} fails ${JSON.stringify(schema)}: ${ajv.errorsText()}`);
+    }
+    expect(finished).toBeGreaterThan(150);
+  }, 300_000);
+
+  it("json_object: a JSON object", async () => {
+    for (let seed = 1; seed <= 20; seed++) {
+      const format = new JsonFormat(vocab, { type: "json_object" });
+      const text = await walk(format, rng(seed), 400);
+      format.dispose();
+      if (text === undefined) continue;
+      expect(JSON.parse(text)).toBeTypeOf("object");
+    }
+  }, 120_000);
+});

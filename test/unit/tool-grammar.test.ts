@@ -1,0 +1,189 @@
+// The tool-call grammar the last stage masks by (common/tool-grammar.ts), on the real tokenizer of a generated
+// model: the scripted reply passes it, and random walks that only ever pick tokens its masks allow always give
+// replies that obey tool_choice none / required / a named function and parallel_tool_calls: false, as the
+// reply parser reads them.
+import { beforeAll, describe, expect, it } from "vitest";
+import { type ReplyConstraints, toolConstraintSpec } from "../../chat/constraints.js";
+import type { TemplateTool } from "../../chat/conversation.js";
+import { type ReplyEvent, ReplyParser } from "../../chat/reply-parser.js";
+import { ModelTokenizer } from "../../chat/tokenizer.js";
+import { SCRIPTED_REPLY } from "../../cli/make-model/scripted.js";
+import { loadVocabulary, type TokenVocabulary } from "../../common/token-vocabulary.js";
+import {
+  type TokenMask,
+  ToolConstraint,
+  type ToolConstraintSpec,
+  ToolGrammar,
+} from "../../common/tool-grammar.js";
+import { ensureModel } from "../helpers/pipeline-cluster.js";
+
+const TOOLS: TemplateTool[] = [
+  {
+    type: "function",
+    function: {
+      name: "get_weather",
+      parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] },
+    },
+  },
+  {
+    type: "function",
+    function: {
+      name: "get_time",
+      parameters: {
+        type: "object",
+        properties: { zone: { type: "string" }, utc_offset: { type: "integer" } },
+        required: ["zone"],
+      },
+    },
+  },
+  { type: "function", function: { name: "ls", parameters: { type: "object", properties: {} } } },
+];
+
+function spec(over: Partial<ReplyConstraints>, tools = TOOLS): ToolConstraintSpec {
+  return toolConstraintSpec(
+    { toolChoice: { mode: "auto" }, parallelToolCalls: true, responseFormat: { type: "text" }, ...over },
+    tools,
+  );
+}
+
+function allows(mask: TokenMask | undefined, id: number): boolean {
+  if (!mask) return true;
+  return "allow" in mask ? mask.allow.includes(id) : !mask.ban.includes(id);
+}
+
+let tokenizer: ModelTokenizer;
+let vocab: TokenVocabulary;
+beforeAll(async () => {
+  const dir = await ensureModel("tiny-4bit", "tiny");
+  tokenizer = ModelTokenizer.fromModelDir(dir);
+  vocab = loadVocabulary(dir);
+}, 120_000);
+
+/** A seeded stand-in for a model: picks among the ids a mask allows, favouring tags so replies end. */
+function randomWalk(s: ToolConstraintSpec, seed: number, steps = 600): number[] {
+  let x = seed * 2654435761 + 1;
+  const rand = () => {
+    x = (x * 1103515245 + 12345) % 2147483648;
+    return x / 2147483648;
+  };
+  const constraint = new ToolConstraint(new ToolGrammar(s), vocab);
+  const tagIds = vocab.bytes.flatMap((b, id) => (b.startsWith("<") || b.startsWith("</") ? [id] : []));
+  const out: number[] = [];
+  for (let n = 0; n < steps; n++) {
+    const mask = constraint.mask();
+    const banned = new Set(mask && "ban" in mask ? mask.ban : []);
+    const allowed =
+      mask && "allow" in mask
+        ? [...mask.allow]
+        : vocab.bytes.map((_, id) => id).filter((id) => !banned.has(id));
+    expect(allowed.length).toBeGreaterThan(0);
+    const favoured = allowed.filter((id) => tagIds.includes(id) || vocab.stopIds.includes(id));
+    const pool = favoured.length > 0 && rand() < 0.4 ? favoured : allowed;
+    const token = pool[Math.floor(rand() * pool.length)];
+    out.push(token);
+    constraint.accept(token);
+    expect(constraint.alive).toBe(true);
+    if (vocab.stopIds.includes(token)) break;
+  }
+  return out;
+}
+
+function parse(ids: number[], tools = TOOLS): { events: ReplyEvent[]; ended: boolean } {
+  const ended = vocab.stopIds.includes(ids[ids.length - 1]);
+  const text = tokenizer.decode(ended ? ids.slice(0, -1) : ids);
+  const parser = new ReplyParser(tools);
+  return { events: [...parser.push(text), ...parser.finish()], ended };
+}
+
+const calls = (events: ReplyEvent[]) => events.filter((e) => e.type === "tool_call");
+
+describe("token vocabulary", () => {
+  it("gives each token's bytes as the tokenizer decodes them", () => {
+    const text = 'Hello <think>wörld</think>\n<minimax:tool_call>\n<invoke name="ls">\n';
+    const ids = tokenizer.encode(text);
+    const bytes = ids.map((id) => vocab.bytes[id]).join("");
+    expect(Buffer.from(bytes, "latin1").toString("utf8")).toBe(text);
+    expect(vocab.stopIds).toContain(tokenizer.stopTokenIds[0]);
+  });
+});
+
+describe("tool grammar", () => {
+  it("lets the scripted reply through under auto with its tools, token by token", () => {
+    const constraint = new ToolConstraint(new ToolGrammar(spec({})), vocab);
+    for (const id of [...tokenizer.encode(SCRIPTED_REPLY.text), tokenizer.stopTokenIds[0]]) {
+      expect(allows(constraint.mask(), id)).toBe(true);
+      constraint.accept(id);
+      expect(constraint.alive).toBe(true);
+    }
+  });
+
+  it("masks the tool block under none, and without tools, however it is spelled", () => {
+    const toolOpen = tokenizer.encode("<minimax:tool_call>");
+    expect(toolOpen).toHaveLength(1);
+    for (const s of [spec({ toolChoice: { mode: "none" } }), spec({}, [])]) {
+      const constraint = new ToolConstraint(new ToolGrammar(s), vocab);
+      for (const id of tokenizer.encode("thinking</think>\n\nSome text ")) constraint.accept(id);
+      expect(allows(constraint.mask(), toolOpen[0])).toBe(false);
+      // Spelled byte by byte, the last byte is what the mask refuses.
+      const grammar = new ToolGrammar(s);
+      const state = grammar.feed(grammar.start, "x</think>\n<minimax:tool_call");
+      expect(state).not.toBeNull();
+      expect(grammar.feed(state, ">")).toBeNull();
+    }
+  });
+
+  it("refuses an undeclared function name and a second invoke when parallel_tool_calls is false", () => {
+    const g = new ToolGrammar(spec({ parallelToolCalls: false }));
+    const head = g.feed(g.start, 'r</think>\n<minimax:tool_call>\n<invoke name="');
+    expect(g.feed(head, 'rm">')).toBeNull();
+    const one = g.feed(head, 'ls">\n</invoke>\n');
+    expect(one).not.toBeNull();
+    expect(g.feed(one, '<invoke name="')).toBeNull();
+    expect(g.feed(one, "</minimax:tool_call>")).not.toBeNull();
+    // A required parameter must come before </invoke>; an undeclared one never.
+    const weather = g.feed(head, 'get_weather">\n');
+    expect(g.feed(weather, "</invoke>")).toBeNull();
+    expect(g.feed(weather, '<parameter name="town">')).toBeNull();
+    expect(g.feed(weather, '<parameter name="city">Paris</parameter>\n</invoke>')).not.toBeNull();
+  });
+
+  const seeds = Array.from({ length: 40 }, (_, i) => i + 1);
+
+  it("random walks under none never call a tool", () => {
+    for (const seed of seeds)
+      expect(calls(parse(randomWalk(spec({ toolChoice: { mode: "none" } }), seed)).events)).toEqual([]);
+  });
+
+  it("random walks under a named function call only it, once when parallel is off", () => {
+    let ended = 0;
+    for (const seed of seeds) {
+      const s = spec({ toolChoice: { mode: "function", name: "ls" }, parallelToolCalls: false });
+      const reply = parse(randomWalk(s, seed));
+      if (!reply.ended) continue;
+      ended++;
+      const made = calls(reply.events);
+      expect(made).toHaveLength(1);
+      expect(made[0]).toMatchObject({ name: "ls", arguments: "{}" });
+    }
+    expect(ended).toBeGreaterThan(seeds.length / 2);
+  });
+
+  it("random walks under required end only after a call to a declared tool with its required arguments", () => {
+    let ended = 0;
+    for (const seed of seeds) {
+      const reply = parse(randomWalk(spec({ toolChoice: { mode: "required" } }), seed));
+      if (!reply.ended) continue;
+      ended++;
+      const made = calls(reply.events);
+      expect(made.length).toBeGreaterThan(0);
+      for (const call of made) {
+        expect(["get_weather", "get_time", "ls"]).toContain(call.type === "tool_call" && call.name);
+        const args = JSON.parse(call.type === "tool_call" ? call.arguments : "{}");
+        if (call.type === "tool_call" && call.name === "get_weather") expect(args).toHaveProperty("city");
+        if (call.type === "tool_call" && call.name === "get_time") expect(args).toHaveProperty("zone");
+      }
+    }
+    // Free-text argument values may run past the walk's length; enough walks end to make the point.
+    expect(ended).toBeGreaterThan(5);
+  });
+});

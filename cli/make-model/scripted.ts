@@ -200,8 +200,9 @@ export function scriptedValues(
  * tool-result marker (M) is anywhere in the context. Layer 0 has one attention path and nothing else:
  * - k and v of head 0, dimension 32 (past the rotary half, so position does not matter), read M's embedding;
  *   the other k dimensions keep their random weights so that QK-norm leaves M's k large and the rest small;
- * - head 0's q, dimension 32, reads the conditional tokens' embeddings; the QK-norm weights keep only
- *   dimension 32 (scaled up), so a conditional token attends to M and nearly nothing else;
+ * - head 0's q, dimension 32, reads the conditional tokens' embeddings (and is orthogonal to every other
+ *   generated token's); the QK-norm weights keep only dimension 32 (scaled up), so a conditional token
+ *   attends to M and nearly nothing else, and no other generated token attends to it;
  * - o_proj writes 2 x M's unit embedding into the residual. A conditional token C then carries e_C + 2|e_M| e^_M.
  * The lm_head row of C's plain successor is e^_C (score ~|e|), that of its with-a-result successor
  * (e^_C + e^_M)/sqrt(2) (score ~3|e|/sqrt(2) with M in context, |e|/sqrt(2) without). A token both chains
@@ -252,6 +253,23 @@ function toolTurnValues(
       for (const id of conditional) {
         const e = unit(def, id);
         for (let k = 0; k < h; k++) row[k] += e[k];
+      }
+      // Every other token the model generates must not query the marker, however short the prompt (where
+      // even a weak query would find it): the row is made orthogonal to their embeddings.
+      const basis: Float32Array[] = [];
+      for (const id of all) {
+        if (conditional.includes(id) || id === eos || id === marker) continue;
+        const v = Float32Array.from(unit(def, id));
+        for (const b of basis) {
+          const dot = v.reduce((n, x, k) => n + x * b[k], 0);
+          for (let k = 0; k < h; k++) v[k] -= dot * b[k];
+        }
+        const norm = Math.sqrt(v.reduce((n, x) => n + x * x, 0));
+        basis.push(v.map((x) => x / norm));
+      }
+      for (const b of basis) {
+        const dot = row.reduce((n, x, k) => n + x * b[k], 0);
+        for (let k = 0; k < h; k++) row[k] -= dot * b[k];
       }
       return out;
     }

@@ -32,6 +32,7 @@ const marker = `studio-marker-${randomBytes(4).toString("hex")}.txt`;
 let cli: OpenClawCli | undefined;
 let skipReason = "";
 let modelDir = "";
+let modelId = "";
 let coordinatorUrl = "";
 let followerUrl = "";
 
@@ -43,7 +44,8 @@ beforeAll(async () => {
     return;
   }
   cli = install.cli;
-  modelDir = await ensureModel("scripted-tool", "scripted-tool");
+  // The same checkpoint test/api/scripted-tool-model.test.ts checks without OpenClaw.
+  modelDir = await ensureModel("scripted-tool-4bit", "scripted-tool");
   const [grpcA, grpcB, apiA, apiB] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const common = ["--model", modelDir, "--key", generateClusterKey(), "--no-bonjour", "--threads", "1"];
   common.push("--memory-bandwidth", "50");
@@ -97,6 +99,10 @@ beforeAll(async () => {
   expect(await config.exited, config.output()).toBe(0);
   mkdirSync(join(openclawHome, ".openclaw", "workspace"), { recursive: true });
   writeFileSync(join(openclawHome, ".openclaw", "openclaw.json"), config.stdout.join("\n"));
+  const block = JSON.parse(config.stdout.join("\n")) as {
+    agents: { defaults: { model: { primary: string } } };
+  };
+  modelId = block.agents.defaults.model.primary.split("/").slice(1).join("/");
   writeFileSync(join(openclawHome, ".openclaw", "workspace", marker), "listed by the ls tool\n");
 }, 25 * 60_000);
 
@@ -150,7 +156,7 @@ function userEnv(): NodeJS.ProcessEnv {
  */
 async function agentTurn(provider: string, sessionId: string): Promise<Record<string, unknown>> {
   const args = [cli!.entry, "agent", "--local", "--session-id", sessionId, "--json", "--timeout", "280"];
-  args.push("--model", `${provider}/scripted-tool`, "--message", "List the files here");
+  args.push("--model", `${provider}/${modelId}`, "--message", "List the files here");
   const outFile = join(openclawHome, `${sessionId}.json`);
   const out = openSync(outFile, "w");
   const r = await runCommand(cli!.node, args, {
@@ -217,7 +223,7 @@ describe(`openclaw ${OPENCLAW_VERSION} (Node ${OPENCLAW_NODE_VERSION}) against a
     const probe = await fetch(`${coordinatorUrl}/v1/messages`, {
       method: "POST",
       headers: { "content-type": "application/json", "anthropic-version": "2023-06-01" },
-      body: JSON.stringify({ model: "scripted-tool", max_tokens: 1, messages: [] }),
+      body: JSON.stringify({ model: modelId, max_tokens: 1, messages: [] }),
     });
     if (probe.status === 404) {
       console.warn("openclaw-cli: skipping anthropic-messages, the cluster has no POST /v1/messages (404)");

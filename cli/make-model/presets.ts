@@ -3,7 +3,7 @@
 // bench and scripted use a 10k vocabulary: with 8k, our synthetic corpus compresses real English prompts to
 // only ~3.44 characters per token; 10k reaches the ~3.5 of a real tokenizer.
 
-export type PresetName = "tiny" | "bench" | "scripted" | "demo";
+export type PresetName = "tiny" | "bench" | "scripted" | "demo" | "scripted-tool";
 
 export interface ModelShape {
   hiddenSize: number;
@@ -79,6 +79,8 @@ export const PRESETS: Record<PresetName, ModelShape> = {
   // demo: the scripted shape playing the demo script (reasoning, then text), with the real model's window so
   // that OpenClaw's ~20k-token first prompt fits.
   demo: { ...SCRIPTED, maxPositionEmbeddings: 196_608 },
+  // scripted-tool: the scripted shape playing an agent's tool turn (a call to OpenClaw's ls, then an answer).
+  "scripted-tool": SCRIPTED,
 };
 
 export function isPresetName(name: string): name is PresetName {

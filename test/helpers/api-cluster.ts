@@ -50,7 +50,7 @@ function statusOnce(address: string, key: string): Promise<NodeStatus> {
 }
 
 export async function startApiCluster(opts: {
-  preset: "scripted" | "tiny";
+  preset: "scripted" | "scripted-tool" | "tiny";
   stages: number;
   contextWindow: number;
   apiKey?: string;

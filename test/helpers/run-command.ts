@@ -14,6 +14,8 @@ export interface RunOptions {
   cwd?: string;
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
+  /** A file descriptor to write the child's stdout to instead of collecting it (then `stdout` is ""). */
+  stdout?: number;
 }
 
 /** Never throws for a non-zero exit; a timeout kills the child and reports code null. */
@@ -22,15 +24,15 @@ export function runCommand(cmd: string, args: string[], options: RunOptions = {}
     const child = spawn(cmd, args, {
       cwd: options.cwd,
       env: options.env,
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: ["ignore", options.stdout ?? "pipe", "pipe"],
       timeout: options.timeoutMs,
     });
     let stdout = "";
     let stderr = "";
-    child.stdout.on("data", (d: Buffer) => {
+    child.stdout?.on("data", (d: Buffer) => {
       stdout += d.toString();
     });
-    child.stderr.on("data", (d: Buffer) => {
+    child.stderr?.on("data", (d: Buffer) => {
       stderr += d.toString();
     });
     child.on("error", reject);

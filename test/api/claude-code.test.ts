@@ -2,8 +2,8 @@
 // a real 2-stage cluster serving the scripted model, configured only the documented way (ANTHROPIC_BASE_URL at
 // the server's root, the key, the served id as every model): it sends its own requests (?beta=true, its beta
 // headers, adaptive thinking, a mid-conversation system message, cache_control everywhere), reads our stream
-// (thinking, text, tool_use), runs its tool loop (the scripted model calls tools it does not have, so it sends
-// is_error tool_results back), and reports the prefix cache's reads. Skips, saying why, where npm cannot
+// (thinking, text), never sees a call to a tool it did not declare (the scripted model would call two; the
+// last stage's tool grammar masks them), and reports the prefix cache's reads. Skips, saying why, where npm cannot
 // install the CLI or it ships no binary for this platform.
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { arch, platform, tmpdir } from "node:os";
@@ -70,7 +70,8 @@ interface StreamLine {
   subtype?: string;
   message?: { role: string; content: Array<Record<string, unknown>> };
   num_turns?: number;
-  api_error_status?: number;
+  api_error_status?: number | null;
+  is_error?: boolean;
   usage?: { input_tokens: number; output_tokens: number; cache_read_input_tokens: number };
 }
 
@@ -112,9 +113,11 @@ function blocksOf(lines: StreamLine[], role: "assistant" | "user"): Array<Record
 }
 
 describe("Claude Code against the cluster", () => {
-  it("runs its tool loop on our stream with thinking, text and tool_use, and reads its prefix from the cache", async (ctx) => {
+  it("reads our stream with thinking and text, and the scripted model's calls to tools it never declared are not made", async (ctx) => {
     if (skipReason || !cluster) return ctx.skip();
-    // The Agent tool brings Claude Code's mid-conversation system message (its list of agent types).
+    // The Agent tool brings Claude Code's mid-conversation system message (its list of agent types). The scripted
+    // model would call get_weather and get_time, which Claude Code does not declare: the last stage's tool
+    // grammar masks those calls (only declared tools can be called), so the turn ends with text.
     const lines = await claude({ ANTHROPIC_AUTH_TOKEN: cluster.apiKey }, [
       "--system-prompt",
       "Be brief.",
@@ -124,26 +127,18 @@ describe("Claude Code against the cluster", () => {
       "2",
     ]);
     const result = lines[lines.length - 1];
-    expect(result).toMatchObject({ type: "result", subtype: "error_max_turns" });
-    expect(result.api_error_status).toBeUndefined();
+    expect(result).toMatchObject({ type: "result", subtype: "success", is_error: false });
+    expect(result.api_error_status ?? undefined).toBeUndefined();
     const assistant = blocksOf(lines, "assistant");
-    expect(assistant.slice(0, 4)).toMatchObject([
-      { type: "thinking", thinking: SCRIPTED_REPLY.reasoning },
-      { type: "text", text: SCRIPTED_REPLY.content },
-      { type: "tool_use", name: "get_weather", input: { city: "Paris" } },
-      { type: "tool_use", name: "get_time", input: { zone: "CET" } },
-    ]);
-    // Two turns, each answered with one tool_result per call (the tools are unknown to Claude Code).
-    expect(assistant.filter((b) => b.type === "tool_use")).toHaveLength(4);
-    const results = blocksOf(lines, "user").filter((b) => b.type === "tool_result");
-    expect(results).toHaveLength(4);
-    for (const r of results)
-      expect(r).toMatchObject({ is_error: true, content: expect.stringMatching(/No such tool/) });
-    // The second turn's prompt begins with the first one's: Claude Code sees the cache reads.
-    expect(result.usage?.cache_read_input_tokens).toBeGreaterThan(256);
+    expect(assistant[0]).toMatchObject({ type: "thinking", thinking: SCRIPTED_REPLY.reasoning });
+    expect(assistant[1]).toMatchObject({
+      type: "text",
+      text: expect.stringContaining(SCRIPTED_REPLY.content),
+    });
+    expect(assistant.filter((b) => b.type === "tool_use")).toHaveLength(0);
     expect(result.usage?.output_tokens).toBeGreaterThan(0);
     const served = cluster.server.requests.figures().recent.filter((r) => r.api === "messages");
-    expect(served.length).toBeGreaterThanOrEqual(2);
+    expect(served.length).toBeGreaterThanOrEqual(1);
     for (const r of served) expect(r.status).toBe("completed");
   });
 
@@ -158,8 +153,13 @@ describe("Claude Code against the cluster", () => {
       "1",
     ]);
     const result = lines[lines.length - 1];
-    expect(result.type).toBe("result");
-    expect(result.api_error_status).toBeUndefined();
-    expect(blocksOf(lines, "assistant")[1]).toMatchObject({ type: "text", text: SCRIPTED_REPLY.content });
+    expect(result).toMatchObject({ type: "result", is_error: false });
+    expect(result.api_error_status ?? undefined).toBeUndefined();
+    expect(blocksOf(lines, "assistant")[1]).toMatchObject({
+      type: "text",
+      text: expect.stringContaining(SCRIPTED_REPLY.content),
+    });
+    // Its prompt begins as the previous test's did: Claude Code sees the prefix cache's reads.
+    expect(result.usage?.cache_read_input_tokens).toBeGreaterThan(0);
   });
 });

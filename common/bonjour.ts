@@ -46,6 +46,17 @@ export function createBonjour(opts: BonjourOptions): BonjourInstance {
   return bonjour;
 }
 
+/** Sends goodbye packets for everything this instance published (or gives up after a second). */
+export function unpublishAll(bonjour: BonjourInstance): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, 1000);
+    bonjour.unpublishAll(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
 /** Destroys an instance, resolving once its socket is closed (or after a short grace period). */
 export function destroyBonjour(bonjour: BonjourInstance): Promise<void> {
   return new Promise((resolve) => {

@@ -3,7 +3,7 @@
 // Network privacy permission (a launchd service, often) sends nothing and sees no one, with no error at all; this
 // is how `cluster doctor` and `cluster up` notice.
 import { randomBytes } from "node:crypto";
-import { createBonjour, destroyBonjour, SERVICE_TYPE } from "./bonjour.js";
+import { createBonjour, destroyBonjour, SERVICE_TYPE, unpublishAll } from "./bonjour.js";
 
 /** Its own type, so nodes browsing `_studio-cluster._tcp` never take a probe for a node. */
 const PROBE_TYPE = "studio-cluster-probe";
@@ -53,13 +53,7 @@ export async function probeMulticast(
     });
     return { seen, elapsedMs: Math.round(performance.now() - started), error, nodes: [...nodes] };
   } finally {
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, 500);
-      bonjour.unpublishAll(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    await unpublishAll(bonjour);
     await destroyBonjour(bonjour);
   }
 }

@@ -89,8 +89,13 @@ export const GPU_HEADROOM_BYTES = GIB;
 /** What a Mac keeps for macOS and its apps when the user raises the wired limit. */
 const MAC_SYSTEM_RESERVE_BYTES = 8 * GIB;
 
+/** Memory kept free on a machine of `totalBytes`: 1 GiB + 5% of it. */
+export function headroomForMemory(totalBytes: number): number {
+  return GIB + Math.round(totalBytes * 0.05);
+}
+
 export function defaultHeadroomBytes(node: PlannerNode): number {
-  return GIB + Math.round(node.memoryTotalBytes * 0.05);
+  return headroomForMemory(node.memoryTotalBytes);
 }
 
 /** "128.7 GB (128700000000 B)": readable and exact. */

@@ -1,10 +1,10 @@
 // The node's Bonjour advertisement: `_studio-cluster._tcp` on its gRPC port with TXT {id, grpc, v, cid}.
 import {
-  type BonjourInstance,
   createBonjour,
   destroyBonjour,
   type NodeTxt,
   SERVICE_TYPE,
+  unpublishAll,
 } from "../common/bonjour.js";
 
 export interface AdvertiseOptions {
@@ -21,16 +21,6 @@ export interface AdvertiseOptions {
 export interface Advertisement {
   /** Sends the goodbye packets (so browsers see the node leave at once) and closes the socket. */
   stop(): Promise<void>;
-}
-
-function unpublish(bonjour: BonjourInstance): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, 1000);
-    bonjour.unpublishAll(() => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
 }
 
 export function advertiseNode(opts: AdvertiseOptions): Advertisement {
@@ -50,7 +40,7 @@ export function advertiseNode(opts: AdvertiseOptions): Advertisement {
   let stopped: Promise<void> | undefined;
   return {
     stop() {
-      stopped ??= unpublish(bonjour).then(() => destroyBonjour(bonjour));
+      stopped ??= unpublishAll(bonjour).then(() => destroyBonjour(bonjour));
       return stopped;
     },
   };

@@ -4,15 +4,7 @@ import { type Command, InvalidArgumentError } from "commander";
 import { errorMessage } from "../../common/errors.js";
 import { runClusterBench } from "../cluster-bench/measure.js";
 import { benchJson, renderBench } from "../cluster-bench/report.js";
-
-function positiveInt(name: string) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n <= 0)
-      throw new InvalidArgumentError(`${name} must be a positive integer (got "${value}")`);
-    return n;
-  };
-}
+import { positiveInt } from "../options.js";
 
 function sizes(value: string): number[] {
   const list = value.split(",").map((s) => Number(s.trim()));

@@ -4,7 +4,7 @@ import { statfsSync } from "node:fs";
 import { connect } from "node:net";
 import { networkInterfaces } from "node:os";
 import { dirname, resolve } from "node:path";
-import { type Command, InvalidArgumentError } from "commander";
+import type { Command } from "commander";
 import { type ClusterHealth, isClusterHealth } from "../../cluster/health.js";
 import { clusterHome } from "../../common/cluster-key.js";
 import { errorMessage } from "../../common/errors.js";
@@ -13,6 +13,7 @@ import { heldParts, readManifest, readModelTable } from "../../common/model-tabl
 import { probeMulticast } from "../../common/multicast-probe.js";
 import { packageVersion } from "../../common/paths.js";
 import { kvBytesPerTokenPerLayer, readModelFootprint } from "../../coordinator/model-footprint.js";
+import { headroomForMemory } from "../../coordinator/planner.js";
 import { systemMemory } from "../../node-agent/memory-gauge.js";
 import { checkpointProblem } from "../../weights/checkpoint-check.js";
 import { hubEnv } from "../../weights/hub-env.js";
@@ -35,6 +36,7 @@ import {
   type PeerProbe,
   renderChecks,
 } from "../doctor/checks.js";
+import { positiveInt } from "../options.js";
 
 interface DoctorOptions {
   model?: string;
@@ -179,7 +181,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<CheckResult[]> {
   const mlxGpu = engine.mlx?.device === "gpu";
   const model = opts.model ? await modelFacts(opts.model, opts.context, mlxGpu) : undefined;
   const memory = systemMemory.read();
-  const usable = memory.availableBytes - (1024 ** 3 + Math.round(memory.totalBytes * 0.05));
+  const usable = memory.availableBytes - headroomForMemory(memory.totalBytes);
   const machines = model?.needs ? machinesNeeded(model.needs, usable) : 1;
   const disk = freeDiskBytes(model?.dir ?? clusterHome());
   const probe = opts.bonjour ? await probeMulticast(opts.timeout) : undefined;
@@ -202,15 +204,6 @@ export async function runDoctor(opts: DoctorOptions): Promise<CheckResult[]> {
     checkPeers(process.platform, peers),
     checkCluster(opts.api, await clusterHealth(opts.api, opts.apiKey), packageVersion()),
   ];
-}
-
-function positiveInt(name: string) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n <= 0)
-      throw new InvalidArgumentError(`${name} must be a positive integer (got "${value}")`);
-    return n;
-  };
 }
 
 export function register(program: Command): void {

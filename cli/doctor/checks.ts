@@ -5,7 +5,7 @@ import type { NetworkInterfaceInfo } from "node:os";
 import type { ClusterHealth } from "../../cluster/health.js";
 import type { MulticastProbeResult } from "../../common/multicast-probe.js";
 import { wiredLimitCommand } from "../../common/wired-limit.js";
-import { formatBytes } from "../../coordinator/planner.js";
+import { formatBytes, headroomForMemory } from "../../coordinator/planner.js";
 import type { GpuWorkingSetLimit, MemoryReading } from "../../node-agent/memory-readers.js";
 
 export type CheckStatus = "ok" | "warn" | "fail" | "skip";
@@ -102,7 +102,6 @@ export interface ModelNeeds {
 }
 
 const GIB = 1024 ** 3;
-const headroomOf = (total: number) => GIB + Math.round(total * 0.05);
 
 /** How many machines like this one the model needs: the plan spreads weights + KV over them. */
 export function machinesNeeded(needs: ModelNeeds, usablePerMachine: number): number {
@@ -115,7 +114,7 @@ export function checkMemory(memory: MemoryReading, needs: ModelNeeds | undefined
   const title = "Memory";
   const have = `${formatBytes(memory.availableBytes)} available of ${formatBytes(memory.totalBytes)} (${memory.source})`;
   if (!needs) return ok(id, title, `${have}; pass --model to compare with a model's needs`);
-  const usable = memory.availableBytes - headroomOf(memory.totalBytes);
+  const usable = memory.availableBytes - headroomForMemory(memory.totalBytes);
   const machines = machinesNeeded(needs, usable);
   const want = `the model needs ${formatBytes(needs.weightBytes + needs.kvBytes)} (weights ${formatBytes(needs.weightBytes)} + KV ${formatBytes(needs.kvBytes)} for ${needs.contextTokens} tokens)`;
   if (machines <= 1) return ok(id, title, `${have}; ${want}: it fits on this machine alone`);
@@ -124,7 +123,7 @@ export function checkMemory(memory: MemoryReading, needs: ModelNeeds | undefined
       id,
       title,
       status: "fail",
-      detail: `${have}: nothing left after ${formatBytes(headroomOf(memory.totalBytes))} of headroom`,
+      detail: `${have}: nothing left after ${formatBytes(headroomForMemory(memory.totalBytes))} of headroom`,
       fix: "close what holds memory (Activity Monitor / top), or restart the machine",
     };
   return {

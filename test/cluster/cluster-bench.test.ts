@@ -53,7 +53,12 @@ describe("cluster bench", () => {
     const apiUrl = `http://127.0.0.1:${apiA}`;
     const twoStages = (h: { state: string; plan?: { stages: unknown[] } }) =>
       h.state === "ready" && (h.plan?.stages.length ?? 0) === 2;
-    await waitForHealth(apiUrl, twoStages, "a two-stage plan", [a, b], 90_000);
+    // Either node may coordinate (the smaller random id does), and only the coordinator knows the plan.
+    await Promise.any(
+      [apiUrl, `http://127.0.0.1:${apiB}`].map((url) =>
+        waitForHealth(url, twoStages, "a two-stage plan", [a, b], 90_000),
+      ),
+    );
     // Asked of the follower: it finds the coordinator's plan itself.
     const follower = `http://127.0.0.1:${apiB}`;
     const run = await runCommand(

@@ -10,20 +10,22 @@ namespace studio::cpu {
 
 namespace {
 
-/** Positions whose values are weighted together (16 KiB of one kv head's values at head_dim 128: L1). */
-constexpr int64_t kPositionBlock = 32;
-// Position blocks start at multiples of kPositionBlock, so each lies within one cache block.
-static_assert(CpuKvCache::kBlock % kPositionBlock == 0);
-/** Consecutive query rows of one sequence (a prefill chunk) that share each read of the cache. */
-constexpr int64_t kRowBlock = 16;
-/** Bound on one work item's scores (rows x heads x positions floats), so long contexts take fewer rows. */
-constexpr int64_t kMaxScoreFloats = int64_t{4} << 20;
+/** Cached positions per step of the online softmax: one cache block (its keys are stored transposed). */
+constexpr int64_t kPositions = CpuKvCache::kBlock;
+constexpr int kPositionVectors = static_cast<int>(kPositions / simd::kLanes);
+static_assert(kPositions % simd::kLanes == 0);
+/** Query vectors (rows x heads of one kv head) per work item: each cached block is read once for all of them. */
+constexpr int64_t kQueryVectors = 128;
+/** Query vectors per register tile: scores (x kPositionVectors accumulators) and weighted values (x dims). */
+constexpr int kScoreTile = simd::kLanes == 16 ? 6 : 1;
+constexpr int kValueTile = simd::kLanes == 16 ? 3 : 1;
+/** Vectors of head dims per register tile of the weighted values. */
+constexpr int kDimVectors = 8;
 
 /**
  * One work item: query heads [first, first + heads) of rows [row, row + rows) of one sequence, whose positions
  * are consecutive (row i attends to positions 0..last + i). The heads share one kv head and the rows one cache,
- * so each cached key and value is read once for all of them (at long contexts the cache, not the weights, is
- * what a token reads most, and a prefill chunk would otherwise read it once per row and per head).
+ * so each cached key and value block is read once for all of them.
  */
 struct Block {
   const AttentionSegment* segment = nullptr;
@@ -35,9 +37,14 @@ struct Block {
 };
 
 /**
- * Computes a Block. Per row and head the arithmetic and its order are those of that head alone: scores
- * p = dot(q, k_p) * scale in position order, then exp(s - max), their sum in order, acc[d] += w_p * v_p[d] in
- * order of p, and out = acc * (1 / sum).
+ * Computes a Block with an online softmax over blocks of kPositions cached positions (starting at multiples of
+ * kPositions, whatever the rows). Per query vector (row i, head h) and per block, in this order:
+ *   s_p = fma-chain over dims d = 0.. of q[d] * k_p[d], times scale; s_p = -inf past the row's position;
+ *   m' = max(m, max_p s_p); alpha = exp(m - m'); e_p = exp(s_p - m');
+ *   sum = sum * alpha + (the block's e_p added lane-wise, then across lanes);
+ *   acc[d] = acc[d] * alpha, then acc[d] = fma(e_p, v_p[d], acc[d]) for the row's positions in order;
+ * and finally out = acc * (1 / sum). None of it depends on the other rows or heads of the item, on where the
+ * item's rows start, or on the thread: a decode step and any prefill chunk give the same bits for a row.
  */
 class BlockAttention {
  public:
@@ -46,97 +53,156 @@ class BlockAttention {
   void run(const Block& b, const float* q, int layer, float* out) {
     const int dim = shape_.head_dim;
     const int64_t width = static_cast<int64_t>(shape_.heads) * dim;
-    auto& cache = *static_cast<CpuKvCache*>(b.segment->cache);
+    const auto& cache = *static_cast<const CpuKvCache*>(b.segment->cache);
     const int kv = b.first / (shape_.heads / shape_.kv_heads);
-    const int64_t n = b.last + b.rows;  // positions the block's last row attends to
-    n_ = n;
-    scores_.resize(static_cast<size_t>(b.rows * heads_ * n));
-    for (int64_t p = 0; p < n; ++p) {
-      const float* k = cache.key(layer, p, kv, dim);
-      // Row i sees positions up to last + i.
-      for (int64_t i = std::max<int64_t>(0, p - b.last); i < b.rows; ++i) {
-        const float* q_row = q + (b.row + i) * width + static_cast<int64_t>(b.first) * dim;
-        for (int h = 0; h < heads_; ++h) score(i, h)[p] = simd::dot(q_row + h * dim, k, dim) * shape_.scale;
-      }
+    const int64_t vectors = b.rows * heads_;
+    query_.resize(vectors);
+    for (int64_t i = 0; i < b.rows; ++i)
+      for (int h = 0; h < heads_; ++h)
+        query_[i * heads_ + h] = q + (b.row + i) * width + static_cast<int64_t>(b.first + h) * dim;
+    scores_.resize(vectors * kPositions);
+    acc_.assign(vectors * dim, 0.0f);
+    max_.assign(vectors, -INFINITY);
+    sum_.assign(vectors, 0.0f);
+    alpha_.resize(vectors);
+    valid_.resize(vectors);
+    const int64_t end = b.last + b.rows;  // positions the last row attends to
+    for (int64_t p0 = 0; p0 < end; p0 += kPositions) {
+      // Rows whose position is below p0 see nothing of this block.
+      const int64_t first = std::max<int64_t>(0, p0 - b.last) * heads_;
+      scores(cache.key_block(layer, p0, kv, dim), first, vectors);
+      for (int64_t v = first; v < vectors; ++v)
+        softmax_step(v, std::min<int64_t>(kPositions, b.last + v / heads_ - p0 + 1));
+      weighted_values(cache.value_at(layer, p0, kv, dim), first, vectors);
     }
-    inv_denom_.resize(b.rows * heads_);
-    for (int64_t i = 0; i < b.rows; ++i)
-      for (int h = 0; h < heads_; ++h) inv_denom_[i * heads_ + h] = 1.0f / softmax_numerators(score(i, h), b.last + i + 1);
-    acc_.assign(static_cast<size_t>(b.rows * heads_ * dim), 0.0f);
-    for (int64_t p0 = 0; p0 < n; p0 += kPositionBlock)
-      for (int64_t i = 0; i < b.rows; ++i) {
-        const int64_t p1 = std::min(p0 + kPositionBlock, b.last + i + 1);
-        if (p1 > p0) weighted_values(cache, layer, kv, i, p0, p1);
-      }
-    for (int64_t i = 0; i < b.rows; ++i)
-      for (int h = 0; h < heads_; ++h) {
-        float* dst = out + (b.row + i) * width + static_cast<int64_t>(b.first + h) * dim;
-        const float* acc = accumulator(i, h);
-        const float inv = inv_denom_[i * heads_ + h];
-        for (int d = 0; d < dim; ++d) dst[d] = acc[d] * inv;
-      }
+    for (int64_t v = 0; v < vectors; ++v) {
+      float* dst = out + (b.row + v / heads_) * width + static_cast<int64_t>(b.first + v % heads_) * dim;
+      const float* acc = acc_.data() + v * dim;
+      const float inv = 1.0f / sum_[v];
+      for (int d = 0; d < dim; ++d) dst[d] = acc[d] * inv;
+    }
   }
 
  private:
-  float* score(int64_t i, int h) { return scores_.data() + (i * heads_ + h) * n_; }
-  float* accumulator(int64_t i, int h) { return acc_.data() + (i * heads_ + h) * shape_.head_dim; }
+  /** Scores of query vectors [begin, end) against the block's keys (kt: head_dim rows of kPositions). */
+  void scores(const float* kt, int64_t begin, int64_t end) {
+    int64_t v = begin;
+    for (; v + kScoreTile <= end; v += kScoreTile) scores_of<kScoreTile>(kt, v);
+    for (; v < end; ++v) scores_of<1>(kt, v);
+  }
 
-  /**
-   * acc += w_p * v_p for row i's heads over positions [p0, p1): per vector of dims, the heads' accumulators stay
-   * in registers while the positions' values (in L1 for the block, and for the next rows) are read once for all.
-   */
-  void weighted_values(CpuKvCache& cache, int layer, int kv, int64_t i, int64_t p0, int64_t p1) {
-    switch (heads_) {
-      case 1: return weighted_values_of<1>(cache, layer, kv, i, 0, p0, p1);
-      case 2: return weighted_values_of<2>(cache, layer, kv, i, 0, p0, p1);
-      case 3: return weighted_values_of<3>(cache, layer, kv, i, 0, p0, p1);
-      case 4: return weighted_values_of<4>(cache, layer, kv, i, 0, p0, p1);
-      case 6: return weighted_values_of<6>(cache, layer, kv, i, 0, p0, p1);
-      case 8: return weighted_values_of<8>(cache, layer, kv, i, 0, p0, p1);
-      default:
-        for (int h = 0; h < heads_; ++h) weighted_values_of<1>(cache, layer, kv, i, h, p0, p1);
+  template <int NQ>
+  void scores_of(const float* kt, int64_t v0) {
+    simd::V acc[NQ][kPositionVectors];
+    for (int q = 0; q < NQ; ++q)
+      for (int p = 0; p < kPositionVectors; ++p) acc[q][p] = simd::zero();
+    const float* qv[NQ];
+    for (int q = 0; q < NQ; ++q) qv[q] = query_[v0 + q];
+    for (int d = 0; d < shape_.head_dim; ++d) {
+      simd::V k[kPositionVectors];
+      for (int p = 0; p < kPositionVectors; ++p) k[p] = simd::load(kt + d * kPositions + p * simd::kLanes);
+      for (int q = 0; q < NQ; ++q) {
+        const simd::V x = simd::set1(qv[q][d]);
+        for (int p = 0; p < kPositionVectors; ++p) acc[q][p] = simd::fma(x, k[p], acc[q][p]);
+      }
+    }
+    const simd::V scale = simd::set1(shape_.scale);
+    for (int q = 0; q < NQ; ++q)
+      for (int p = 0; p < kPositionVectors; ++p)
+        simd::store(scores_.data() + (v0 + q) * kPositions + p * simd::kLanes, simd::mul(acc[q][p], scale));
+  }
+
+  /** Online-softmax step of query vector v over a block whose first `valid` positions it sees. */
+  void softmax_step(int64_t v, int64_t valid) {
+    float* s = scores_.data() + v * kPositions;
+    for (int64_t p = valid; p < kPositions; ++p) s[p] = -INFINITY;
+    simd::V top = simd::load(s);
+    for (int p = 1; p < kPositionVectors; ++p) top = simd::max(top, simd::load(s + p * simd::kLanes));
+    const float next = std::max(max_[v], simd::hmax(top));
+    alignas(64) float alpha[simd::kLanes];
+    simd::store(alpha, simd::exp_nonpositive(simd::set1(max_[v] - next)));
+    const simd::V shift = simd::set1(-next);
+    simd::V total = simd::zero();
+    for (int p = 0; p < kPositionVectors; ++p) {
+      const simd::V e = simd::exp_nonpositive(simd::add(simd::load(s + p * simd::kLanes), shift));
+      simd::store(s + p * simd::kLanes, e);
+      total = simd::add(total, e);
+    }
+    const float scaled = sum_[v] * alpha[0];
+    sum_[v] = scaled + simd::hsum(total);
+    max_[v] = next;
+    alpha_[v] = alpha[0];
+    valid_[v] = valid;
+  }
+
+  /** acc = acc * alpha + the block's weighted values, for query vectors [begin, end) (values: kPositions rows). */
+  void weighted_values(const float* values, int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; v += kValueTile) {
+      const int n = static_cast<int>(std::min<int64_t>(kValueTile, end - v));
+      int64_t common = kPositions;
+      for (int q = 0; q < n; ++q) common = std::min(common, valid_[v + q]);
+      switch (n) {
+        case 1: weighted_dims<1>(values, v, 0, common, true); break;
+        case 2: weighted_dims<2>(values, v, 0, common, true); break;
+        default: weighted_dims<kValueTile>(values, v, 0, common, true); break;
+      }
+      // The block holding a row's own position: its later positions, one query vector at a time.
+      for (int q = 0; q < n; ++q)
+        if (valid_[v + q] > common) weighted_dims<1>(values, v + q, common, valid_[v + q], false);
     }
   }
 
-  /** weighted_values for heads [h0, h0 + H) of row i (per element: acc + w * v, in position order). */
-  template <int H>
-  void weighted_values_of(CpuKvCache& cache, int layer, int kv, int64_t i, int h0, int64_t p0, int64_t p1) {
+  /** Positions [p0, p1) into the accumulators of query vectors [v0, v0 + NQ), rescaling them first if asked. */
+  template <int NQ>
+  void weighted_dims(const float* values, int64_t v0, int64_t p0, int64_t p1, bool rescale) {
     const int dim = shape_.head_dim;
-    // The block's positions lie in one cache block, where a kv head's values are consecutive rows of dim floats.
-    const float* values = cache.value(layer, p0, kv, dim) - p0 * dim;
-    int d = 0;
-    for (; d + simd::kLanes <= dim; d += simd::kLanes) {
-      simd::V acc[H];
-      for (int h = 0; h < H; ++h) acc[h] = simd::load(accumulator(i, h0 + h) + d);
-      for (int64_t p = p0; p < p1; ++p) {
-        const simd::V v = simd::load(values + p * dim + d);
-        for (int h = 0; h < H; ++h) acc[h] = simd::add(acc[h], simd::mul(simd::set1(score(i, h0 + h)[p]), v));
-      }
-      for (int h = 0; h < H; ++h) simd::store(accumulator(i, h0 + h) + d, acc[h]);
-    }
-    for (; d < dim; ++d)
-      for (int h = 0; h < H; ++h) {
-        float& a = accumulator(i, h0 + h)[d];
-        for (int64_t p = p0; p < p1; ++p) a += score(i, h0 + h)[p] * values[p * dim + d];
+    const int vectors = dim / simd::kLanes;
+    int c = 0;
+    for (; c + kDimVectors <= vectors; c += kDimVectors) weighted_tile<NQ, kDimVectors>(values, v0, c, p0, p1, rescale);
+    for (; c + 4 <= vectors; c += 4) weighted_tile<NQ, 4>(values, v0, c, p0, p1, rescale);
+    for (; c < vectors; ++c) weighted_tile<NQ, 1>(values, v0, c, p0, p1, rescale);
+    // Dims past the last whole vector (head_dim not a multiple of the lanes): the same operations, one by one.
+    for (int d = vectors * simd::kLanes; d < dim; ++d)
+      for (int q = 0; q < NQ; ++q) {
+        float a = acc_[(v0 + q) * dim + d];
+        if (rescale) a = a * alpha_[v0 + q];
+        const float* e = scores_.data() + (v0 + q) * kPositions;
+        for (int64_t p = p0; p < p1; ++p) a = std::fma(e[p], values[p * dim + d], a);
+        acc_[(v0 + q) * dim + d] = a;
       }
   }
 
-  /** Replaces scores with exp(score - max) and returns their sum (both in position order). */
-  static float softmax_numerators(float* s, int64_t n) {
-    float max_score = -INFINITY;
-    for (int64_t p = 0; p < n; ++p) max_score = std::max(max_score, s[p]);
-    float denom = 0;
-    for (int64_t p = 0; p < n; ++p) {
-      s[p] = std::exp(s[p] - max_score);
-      denom += s[p];
+  template <int NQ, int DV>
+  void weighted_tile(const float* values, int64_t v0, int c, int64_t p0, int64_t p1, bool rescale) {
+    const int dim = shape_.head_dim;
+    const int d0 = c * simd::kLanes;
+    simd::V acc[NQ][DV];
+    const float* e[NQ];
+    for (int q = 0; q < NQ; ++q) {
+      e[q] = scores_.data() + (v0 + q) * kPositions;
+      const simd::V alpha = simd::set1(alpha_[v0 + q]);
+      for (int j = 0; j < DV; ++j) {
+        acc[q][j] = simd::load(acc_.data() + (v0 + q) * dim + d0 + j * simd::kLanes);
+        if (rescale) acc[q][j] = simd::mul(acc[q][j], alpha);
+      }
     }
-    return denom;
+    for (int64_t p = p0; p < p1; ++p) {
+      simd::V val[DV];
+      for (int j = 0; j < DV; ++j) val[j] = simd::load(values + p * dim + d0 + j * simd::kLanes);
+      for (int q = 0; q < NQ; ++q) {
+        const simd::V w = simd::set1(e[q][p]);
+        for (int j = 0; j < DV; ++j) acc[q][j] = simd::fma(w, val[j], acc[q][j]);
+      }
+    }
+    for (int q = 0; q < NQ; ++q)
+      for (int j = 0; j < DV; ++j) simd::store(acc_.data() + (v0 + q) * dim + d0 + j * simd::kLanes, acc[q][j]);
   }
 
   const AttentionShape& shape_;
   const int heads_;
-  int64_t n_ = 0;
-  std::vector<float> scores_, inv_denom_, acc_;
+  std::vector<const float*> query_;
+  std::vector<float> scores_, acc_, max_, sum_, alpha_;
+  std::vector<int64_t> valid_;
 };
 
 /**
@@ -152,13 +218,13 @@ int heads_per_item(const AttentionShape& shape, int64_t rows, int threads) {
 /** The batch's rows in blocks of consecutive rows of one sequence (one block per decode step). */
 std::vector<Block> row_blocks(std::span<const AttentionSegment> segments, int heads_per_item) {
   std::vector<Block> blocks;
-  for (const AttentionSegment& s : segments) {
-    const int64_t positions = s.position + s.rows;
-    const int64_t fit = kMaxScoreFloats / (static_cast<int64_t>(heads_per_item) * positions);
-    const int64_t per_block = std::clamp<int64_t>(fit, 1, kRowBlock);
+  const int64_t per_block = std::max<int64_t>(1, kQueryVectors / heads_per_item);
+  for (const AttentionSegment& s : segments)
     for (int64_t r = 0; r < s.rows; r += per_block)
       blocks.push_back({&s, s.row + r, std::min(per_block, s.rows - r), 0, s.position + r});
-  }
+  // Longest first (later rows of a chunk attend to more positions), so the last items to start are short ones.
+  std::stable_sort(blocks.begin(), blocks.end(),
+                   [](const Block& a, const Block& b) { return a.last + a.rows > b.last + b.rows; });
   return blocks;
 }
 
@@ -171,11 +237,11 @@ void grouped_attention(ThreadPool& pool, const float* q, int64_t rows, int layer
   const std::vector<Block> blocks = row_blocks(segments, per);
   const int64_t head_items = shape.heads / per;
   pool.parallel_for(static_cast<int64_t>(blocks.size()) * head_items, 1, [&](int64_t begin, int64_t end) {
-    BlockAttention attention(shape, per);
+    BlockAttention local(shape, per);
     for (int64_t item = begin; item < end; ++item) {
       Block b = blocks[item / head_items];
       b.first = static_cast<int>(item % head_items) * per;
-      attention.run(b, q, layer, out);
+      local.run(b, q, layer, out);
     }
   });
 }

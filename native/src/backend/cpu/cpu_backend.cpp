@@ -177,8 +177,7 @@ void CpuBackend::attention(const Activations& q, const Activations& k, const Act
     auto* cache = static_cast<CpuKvCache*>(s.cache);
     for (int64_t t = 0; t < s.rows; ++t)
       for (int h = 0; h < shape.kv_heads; ++h) {
-        std::memcpy(cache->key(layer, s.position + t, h, dim), ka.row(s.row + t) + h * dim, dim * sizeof(float));
-        std::memcpy(cache->value(layer, s.position + t, h, dim), va.row(s.row + t) + h * dim, dim * sizeof(float));
+        cache->store(layer, s.position + t, h, dim, ka.row(s.row + t) + h * dim, va.row(s.row + t) + h * dim);
       }
   }
   grouped_attention(pool_, qa.data.data(), qa.rows, layer, segments, shape, oa.data.data());

@@ -41,6 +41,16 @@ inline float hsum(V a) {
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
   return _mm_cvtss_f32(s);
 }
+inline V max(V a, V b) { return {_mm512_max_ps(a.v, b.v)}; }
+inline V round(V a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+/** 2^n for integral n in [-126, 127] given as floats. */
+inline V pow2i(V n) {
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23))};
+}
+/** a where keep >= floor, else 0. */
+inline V zero_below(V a, V keep, float floor) {
+  return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(keep.v, _mm512_set1_ps(floor), _CMP_GE_OQ), a.v)};
+}
 /** kLanes bytes of 4-bit pairs -> lo = low nibbles (even elements), hi = high nibbles (odd elements). */
 inline void decode4(const uint8_t* p, V& lo, V& hi) {
   __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -71,6 +81,14 @@ inline float hsum(V a) {
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));                                            // 0 + 1
   return _mm_cvtss_f32(s);
 }
+inline V max(V a, V b) { return {_mm256_max_ps(a.v, b.v)}; }
+inline V round(V a) { return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+inline V pow2i(V n) {
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23))};
+}
+inline V zero_below(V a, V keep, float floor) {
+  return {_mm256_and_ps(a.v, _mm256_cmp_ps(keep.v, _mm256_set1_ps(floor), _CMP_GE_OQ))};
+}
 inline void decode4(const uint8_t* p, V& lo, V& hi) {
   __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   lo.v = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(15)));
@@ -100,6 +118,19 @@ inline float hsum(V a) {
   float32x4_t s = vaddq_f32(a.lo, a.hi);
   float32x2_t t = vadd_f32(vget_low_f32(s), vget_high_f32(s));
   return vget_lane_f32(t, 0) + vget_lane_f32(t, 1);
+}
+inline V max(V a, V b) { return {vmaxq_f32(a.lo, b.lo), vmaxq_f32(a.hi, b.hi)}; }
+inline V round(V a) { return {vrndnq_f32(a.lo), vrndnq_f32(a.hi)}; }
+inline V pow2i(V n) {
+  auto one = [](float32x4_t x) {
+    return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(x), vdupq_n_s32(127)), 23));
+  };
+  return {one(n.lo), one(n.hi)};
+}
+inline V zero_below(V a, V keep, float floor) {
+  const float32x4_t f = vdupq_n_f32(floor);
+  return {vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a.lo), vcgeq_f32(keep.lo, f))),
+          vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a.hi), vcgeq_f32(keep.hi, f)))};
 }
 inline void decode4(const uint8_t* p, V& lo, V& hi) {
   uint16x8_t w = vmovl_u8(vld1_u8(p));
@@ -152,6 +183,29 @@ inline float hsum(V a) {
   float t0 = s[0] + s[2], t1 = s[1] + s[3];
   return t0 + t1;
 }
+inline V max(V a, V b) {
+  V r;
+  for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
+  return r;
+}
+inline V round(V a) {
+  V r;
+  for (int i = 0; i < 8; ++i) r.v[i] = std::nearbyint(a.v[i]);
+  return r;
+}
+inline V pow2i(V n) {
+  V r;
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n.v[i]) + 127) << 23;
+    std::memcpy(&r.v[i], &bits, 4);
+  }
+  return r;
+}
+inline V zero_below(V a, V keep, float floor) {
+  V r;
+  for (int i = 0; i < 8; ++i) r.v[i] = keep.v[i] >= floor ? a.v[i] : 0.0f;
+  return r;
+}
 inline void decode4(const uint8_t* p, V& lo, V& hi) {
   for (int i = 0; i < 8; ++i) {
     lo.v[i] = static_cast<float>(p[i] & 15);
@@ -185,6 +239,37 @@ inline float dot(const float* a, const float* b, int64_t n) {
   float s = hsum(dot_lanes(a, b, body));
   for (int64_t i = body; i < n; ++i) s += a[i] * b[i];
   return s;
+}
+
+/** The largest lane (exact: the order of comparisons does not matter). */
+inline float hmax(V a) {
+  alignas(64) float f[kLanes];
+  store(f, a);
+  float m = f[0];
+  for (int i = 1; i < kLanes; ++i) m = f[i] > m ? f[i] : m;
+  return m;
+}
+
+/**
+ * exp(x) for x <= 0 (softmax numerators), vectorised: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial
+ * for e^r (the single-precision minimax coefficients of the Cephes library's expf; relative error ~2e-7), times
+ * 2^n; exactly 0 below -87 (where 2^n would leave the normal range) and for -inf. The same fused operations
+ * in every build's lanes, so a lane's result never depends on its neighbours.
+ */
+inline V exp_nonpositive(V x) {
+  constexpr float kFloor = -87.0f;
+  const V xc = max(x, set1(kFloor));
+  const V n = round(mul(xc, set1(1.44269504088896341f)));
+  V r = fma(n, set1(-0.693359375f), xc);
+  r = fma(n, set1(2.12194440e-4f), r);
+  V p = set1(1.9875691500e-4f);
+  p = fma(p, r, set1(1.3981999507e-3f));
+  p = fma(p, r, set1(8.3334519073e-3f));
+  p = fma(p, r, set1(4.1665795894e-2f));
+  p = fma(p, r, set1(1.6666665459e-1f));
+  p = fma(p, r, set1(5.0000001201e-1f));
+  const V y = add(fma(p, mul(r, r), r), set1(1.0f));
+  return zero_below(mul(y, pow2i(n)), x, kFloor);
 }
 
 }  // namespace studio::cpu::simd

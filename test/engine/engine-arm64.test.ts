@@ -20,6 +20,7 @@ import {
   hasCommand,
   nodeHeadersDir,
   ownDiagnostics,
+  parseAttentionSummary,
   parseSummary,
 } from "../helpers/engine-arm64-build.js";
 import { runCommand } from "../helpers/run-command.js";
@@ -105,6 +106,26 @@ async function runCheck(program: string, runner?: string[]): Promise<CheckSummar
 
 const qemu = [QEMU, "-L", SYSROOT];
 
+/**
+ * Runs a built attention check (native/test/attention_check.cpp): blocked online-softmax attention against a
+ * double-precision softmax on several head layouts, and the same bits across prefill chunkings, thread counts
+ * and shared batches.
+ */
+async function runAttentionCheck(
+  program: string,
+  simd: (s: string) => void,
+  runner?: string[],
+): Promise<void> {
+  const [cmd, ...args] = runner ? [...runner, program] : [program];
+  const result = await runCommand(cmd, args, { timeoutMs: RUN_TIMEOUT });
+  const summary = parseAttentionSummary(result.stdout);
+  expect(summary, `attention_check printed no summary:\n${result.stdout}\n${result.stderr}`).toBeDefined();
+  expect(summary!.failures, result.stdout).toBe(0);
+  expect(result.code, result.stdout).toBe(0);
+  expect(summary!.cases).toBeGreaterThan(100);
+  simd(summary!.simd);
+}
+
 describe.skipIf(hostSkip)("cpu kernels on the host's SIMD path", () => {
   it(
     "match the formula for every weight format, with per-row bits independent of batch size and row split",
@@ -116,6 +137,14 @@ describe.skipIf(hostSkip)("cpu kernels on the host's SIMD path", () => {
     },
     BUILD_TIMEOUT,
   );
+
+  it(
+    "attention matches a double-precision softmax, with the same bits across chunkings, threads and batches",
+    async () => {
+      await runAttentionCheck(await builds.host!.attentionCheck(), (simd) => expect(simd).toBeTruthy());
+    },
+    BUILD_TIMEOUT,
+  );
 });
 
 describe.skipIf(portableSkip)("cpu kernels on the portable (scalar) path", () => {
@@ -124,6 +153,16 @@ describe.skipIf(portableSkip)("cpu kernels on the portable (scalar) path", () =>
     async () => {
       const s = await runCheck(await builds.portable!.kernelsCheck());
       expect(s.simd).toBe("portable");
+    },
+    BUILD_TIMEOUT,
+  );
+
+  it(
+    "attention matches a double-precision softmax, with the same bits across chunkings, threads and batches",
+    async () => {
+      await runAttentionCheck(await builds.portable!.attentionCheck(), (simd) =>
+        expect(simd).toBe("portable"),
+      );
     },
     BUILD_TIMEOUT,
   );
@@ -172,6 +211,14 @@ for (const { build, skip } of armToolchains) {
         const s = await runCheck(await build.kernelsCheck(), qemu);
         expect(s.simd).toBe("neon");
         console.log(`${build.name} under qemu: ${s.simd} worst error/bound ${s.worst}`);
+      },
+      BUILD_TIMEOUT,
+    );
+
+    it(
+      "NEON attention matches a double-precision softmax, with the same bits across chunkings and threads",
+      async () => {
+        await runAttentionCheck(await build.attentionCheck(), (simd) => expect(simd).toBe("neon"), qemu);
       },
       BUILD_TIMEOUT,
     );

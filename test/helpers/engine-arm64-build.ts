@@ -159,22 +159,33 @@ export class Build {
   }
 
   /** Links the kernel check (native/test/kernels_check.cpp + the kernels it tests); throws on a compile error. */
-  async kernelsCheck(): Promise<string> {
-    const parts = await Promise.all(
-      [
-        "test/kernels_check.cpp",
-        "src/backend/cpu/kernels.cpp",
-        "src/backend/cpu/kernels_int16.cpp",
-        "src/io/tensor.cpp",
-      ].map((s) => this.compile(s)),
-    );
+  kernelsCheck(): Promise<string> {
+    return this.checkProgram("kernels_check", [
+      "test/kernels_check.cpp",
+      "src/backend/cpu/kernels.cpp",
+      "src/backend/cpu/kernels_int16.cpp",
+      "src/io/tensor.cpp",
+    ]);
+  }
+
+  /** Links the attention check (native/test/attention_check.cpp + the attention and its thread pool). */
+  attentionCheck(): Promise<string> {
+    return this.checkProgram("attention_check", [
+      "test/attention_check.cpp",
+      "src/backend/cpu/attention.cpp",
+      "src/backend/cpu/thread_pool.cpp",
+    ]);
+  }
+
+  private async checkProgram(name: string, sources: string[]): Promise<string> {
+    const parts = await Promise.all(sources.map((s) => this.compile(s)));
     const failed = parts.filter((p) => !p.ok);
     if (failed.length > 0)
       throw new Error(`${this.name}: compile failed:\n${failed.map((p) => p.diagnostics).join("\n")}`);
-    const program = join(cacheDir, this.name, "kernels_check");
+    const program = join(cacheDir, this.name, name);
     const link = await runCommand(
       this.compiler,
-      [...this.targetFlags, ...parts.map((p) => p.object), "-o", program],
+      [...this.targetFlags, ...parts.map((p) => p.object), "-o", program, "-lpthread"],
       { timeoutMs: 120_000 },
     );
     if (link.code !== 0) throw new Error(`${this.name}: link failed:\n${link.stderr}`);
@@ -198,6 +209,20 @@ export interface CheckSummary {
   failures: number;
   worst: number;
   digest: string;
+}
+
+/** What attention_check printed: its SIMD path, case and failure counts and worst error/bound. */
+export interface AttentionSummary {
+  simd: string;
+  cases: number;
+  failures: number;
+  worst: number;
+}
+
+export function parseAttentionSummary(stdout: string): AttentionSummary | undefined {
+  const m = /attention_check: (\w+) cases=(\d+) failures=(\d+) worst=([\d.]+)/.exec(stdout);
+  if (!m) return undefined;
+  return { simd: m[1], cases: Number(m[2]), failures: Number(m[3]), worst: Number(m[4]) };
 }
 
 export function parseSummary(stdout: string): CheckSummary | undefined {

@@ -9,6 +9,7 @@ import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
 import { withBodyDigests } from "../common/wire/auth.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
+import { type EncodedTensorChunk, withTensorChunkCodec } from "../common/wire/tensor-chunk.js";
 import { serverCredentials } from "../common/wire/tls.js";
 import type {
   AssembleBlocksRequest,
@@ -161,7 +162,7 @@ class NodeAgentServer {
       { clusterKey: this.opts.clusterKey, nodeId: this.opts.nodeId },
       this.log,
     );
-    this.server.addService(withBodyDigests(studioNodeService()), {
+    this.server.addService(withTensorChunkCodec(withBodyDigests(studioNodeService())), {
       Hello: surface.hello((req: HelloRequest, call) => this.hello(req, call.getPeer())),
       Release: surface.unary("Release", (req: SeqsRequest) => this.release(req)),
       Cancel: surface.unary("Cancel", async (req: SeqsRequest) => this.cancel(req)),
@@ -174,8 +175,10 @@ class NodeAgentServer {
         this.subscribe(call),
       ),
       Data: surface.stream("Data", (call: Duplex) => this.data(call)),
-      FetchTensors: surface.stream("FetchTensors", (call: ServerStream<FetchTensorsRequest, TensorChunk>) =>
-        this.tensorSource.serve(call),
+      FetchTensors: surface.stream(
+        "FetchTensors",
+        (call: ServerStream<FetchTensorsRequest, TensorChunk | EncodedTensorChunk>) =>
+          this.tensorSource.serve(call),
       ),
       StashBlocks: surface.unary("StashBlocks", (req: StashBlocksRequest) => stashBlocks(this.shards, req)),
       AssembleBlocks: surface.unary("AssembleBlocks", (req: AssembleBlocksRequest) =>

@@ -144,18 +144,42 @@ export class WeightFetcher {
     });
     return new Promise<void>((resolve, reject) => {
       let failed = false;
-      let queued = 0;
-      // Where each tensor continues, counting the chunks still queued for the disk.
+      // Checked chunks waiting for the disk, and their bytes.
+      let pending: TensorChunk[] = [];
+      let pendingBytes = 0;
+      // Where each tensor continues, counting the chunks still waiting for the disk.
       const next = new Map<string, number>();
-      let writing = Promise.resolve();
+      let writing: Promise<void> | undefined;
       const fail = (err: unknown): void => {
         if (failed) return;
         failed = true;
         call.cancel();
-        writing.then(
+        (writing ?? Promise.resolve()).then(
           () => reject(err),
           () => reject(err),
         );
+      };
+      // One batch at a time: whatever arrived while the last one was written goes down next, in one writev
+      // per run of contiguous bytes, so the disk and the network keep working at the same time.
+      const drain = async (): Promise<void> => {
+        while (pending.length > 0 && !failed) {
+          const batch = pending;
+          pending = [];
+          await sink.writeMany(batch);
+          let bytes = 0;
+          for (const c of batch) bytes += c.payload.length;
+          pendingBytes -= bytes;
+          onBytes(bytes);
+          if (pendingBytes < RESUME_BELOW_BYTES && call.isPaused()) call.resume();
+        }
+      };
+      const startWriting = (): void => {
+        writing ??= drain()
+          .catch(fail)
+          .finally(() => {
+            writing = undefined;
+            if (pending.length > 0 && !failed) startWriting();
+          });
       };
       call.on("data", (chunk: TensorChunk) => {
         if (failed) return;
@@ -165,24 +189,23 @@ export class WeightFetcher {
           return;
         }
         next.set(chunk.name, chunk.offset + chunk.payload.length);
-        // Writes run in order; the stream pauses while a few are queued so memory stays bounded (a few MiB),
-        // and the disk and the network keep working at the same time.
-        if (++queued >= MAX_QUEUED_WRITES) call.pause();
-        writing = writing
-          .then(() => sink.write(chunk.name, chunk.offset, chunk.payload))
-          .then(() => {
-            onBytes(chunk.payload.length);
-            if (--queued === RESUME_BELOW && call.isPaused()) call.resume();
-          }, fail);
+        pending.push(chunk);
+        pendingBytes += chunk.payload.length;
+        // Memory stays bounded: the stream pauses while a few MiB wait for the disk.
+        if (pendingBytes >= MAX_QUEUED_BYTES) call.pause();
+        startWriting();
       });
       call.on("error", fail);
-      call.on("end", () => {
-        writing.then(() => {
-          if (failed) return;
-          if (sink.wants().length > 0)
-            reject(new BadChunk(`the stream ended with ${sink.remainingBytes()} bytes still to come`));
-          else resolve();
-        }, fail);
+      call.on("end", async () => {
+        try {
+          while (writing) await writing;
+        } catch {
+          // fail() already has the reason.
+        }
+        if (failed) return;
+        if (sink.wants().length > 0)
+          reject(new BadChunk(`the stream ended with ${sink.remainingBytes()} bytes still to come`));
+        else resolve();
       });
     });
   }
@@ -206,9 +229,9 @@ export class WeightFetcher {
   }
 }
 
-/** Chunks (1 MiB each by default) queued for the disk before the stream pauses, and when it resumes. */
-const MAX_QUEUED_WRITES = 8;
-const RESUME_BELOW = 4;
+/** Bytes of checked chunks waiting for the disk before the stream pauses, and below which it resumes. */
+const MAX_QUEUED_BYTES = 8 * 1024 * 1024;
+const RESUME_BELOW_BYTES = 4 * 1024 * 1024;
 
 /** Why a chunk cannot be written: not the tensor it claims, not where it continues, or corrupted. */
 function chunkProblem(sink: TensorSink, chunk: TensorChunk, expected: number): string | undefined {

@@ -17,6 +17,7 @@ import {
   symlinkSync,
   writeFileSync,
 } from "node:fs";
+import { rename, writeFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import {
   type ManifestTable,
@@ -130,6 +131,15 @@ export function writeAtomic(file: string, data: string | Buffer): void {
   const tmp = `${file}.${process.pid}.tmp`;
   writeFileSync(tmp, data);
   renameSync(tmp, file);
+}
+
+let atomicWrites = 0;
+
+/** writeAtomic without blocking the event loop; concurrent writes of one file each use a temporary of their own. */
+export async function writeAtomicAsync(file: string, data: string | Buffer): Promise<void> {
+  const tmp = `${file}.${process.pid}.${++atomicWrites}.tmp`;
+  await writeFile(tmp, data);
+  await rename(tmp, file);
 }
 
 /** Refuses a transfer that would not fit, naming the bytes needed and free. */

@@ -2,10 +2,11 @@
 // credentials and key handshake as every other call (tls.ts, auth.ts), but its own HTTP/2 connection with a large
 // flow-control window, so a bulk transfer neither shares a window with the latency-bound Data streams nor
 // stalls on the 64 KiB default.
-import type * as grpc from "@grpc/grpc-js";
+import * as grpc from "@grpc/grpc-js";
 import { clusterIdOf } from "../cluster-key.js";
 import { ClusterSecret, PeerSession } from "./auth.js";
-import { channelOptions, studioNodeClientConstructor } from "./proto.js";
+import { channelOptions, studioNodeService } from "./proto.js";
+import { withTensorChunkCodec } from "./tensor-chunk.js";
 import { channelCredentials } from "./tls.js";
 import type { FetchTensorsRequest, HelloReply, HelloRequest, TensorChunk } from "./types.js";
 
@@ -44,7 +45,8 @@ export class TensorClient {
           );
         }),
     );
-    const Ctor = studioNodeClientConstructor();
+    // Chunks decoded by hand: the payload stays a view of the received message (common/wire/tensor-chunk.ts).
+    const Ctor = grpc.makeGenericClientConstructor(withTensorChunkCodec(studioNodeService()), "StudioNode");
     this.raw = new Ctor(address, channelCredentials(), {
       ...channelOptions,
       "grpc-node.flow_control_window": bulkWindowBytes,

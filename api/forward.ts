@@ -10,6 +10,8 @@ import { headersSetOn } from "./sse.js";
 
 /** Marks a forwarded request so that it is never forwarded twice. */
 export const FORWARDED_HEADER = "x-studio-cluster-forwarded";
+/** On a relayed response: the coordinator API that answered it, so a client (or a test) can tell. */
+export const RELAYED_FROM_HEADER = "x-studio-cluster-relayed-from";
 const PASSED_HEADERS = [
   "authorization",
   "x-api-key",
@@ -70,6 +72,7 @@ export async function forwardRequest(
   upstream.headers.forEach((value, name) => {
     if (!DROPPED_RESPONSE_HEADERS.has(name)) responseHeaders[name] = value;
   });
+  responseHeaders[RELAYED_FROM_HEADER] = coordinatorUrl;
   reply.raw.writeHead(upstream.status, responseHeaders);
   reply.raw.flushHeaders();
   if (!upstream.body) {

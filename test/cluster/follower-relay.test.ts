@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { RELAYED_FROM_HEADER } from "../../api/forward.js";
 import { ChatFormatter } from "../../chat/chat-formatter.js";
 import { liveNodes } from "../../cluster/health.js";
 import { generateClusterKey } from "../../common/cluster-key.js";
@@ -89,7 +90,13 @@ describe("a follower relaying streams", () => {
     const coordinator = view.coordinator!.id === view.node.id ? 0 : 1;
     const follower = 1 - coordinator;
     await waitForHealth(urls[coordinator], (h) => h.state === "ready", "the plan", [a, b]);
-    await waitForHealth(urls[follower], (h) => h.ok === true, "the follower to serve", [a, b]);
+    // The follower must see the same coordinator (on a loaded machine its view can lag a's).
+    await waitForHealth(
+      urls[follower],
+      (h) => h.ok === true && h.coordinator?.id === view.coordinator!.id,
+      "the follower to serve through the coordinator",
+      [a, b],
+    );
 
     // Stop tokens banned: each stream runs its whole budget, long enough to be cut off.
     const bias = Object.fromEntries(
@@ -114,22 +121,35 @@ describe("a follower relaying streams", () => {
     };
     const chat = post("/v1/chat/completions", {
       messages: [{ role: "user", content: "go on" }],
-      max_tokens: 3000,
+      max_tokens: 6500,
     });
     // Both must fit in one window's KV at once (8,192 positions on the tiny model, rounded up to blocks), or
-    // admission holds the second until the first is done and the kill comes too late.
-    const resp = post("/v1/responses", { input: "go on", max_output_tokens: 3000, logit_bias: undefined });
+    // admission holds the second until the first is done and the kill comes too late. The kill comes at the
+    // second stream's first delta; under a loaded machine that can be seconds after the first began, so the
+    // first is the long one (the tiny model decodes about a thousand tokens a second).
+    const resp = post("/v1/responses", { input: "go on", max_output_tokens: 1200, logit_bias: undefined });
     const [chatRes, respRes] = await Promise.all([chat, resp]);
     expect([chatRes.status, respRes.status]).toEqual([200, 200]);
+    // Both relayed, not served by the follower itself.
+    for (const res of [chatRes, respRes]) expect(res.headers.get(RELAYED_FROM_HEADER)).toBeTruthy();
     const ends = Promise.all([
       readStream(chatRes, onStart, () => killedAt),
       readStream(respRes, onStart, () => killedAt),
     ]);
-    await generating;
+    // Each stream must still be generating when the coordinator dies; one that ended first fails here, with
+    // what both nodes printed.
+    const endedEarly = ends.then((e) => {
+      throw new Error(
+        `a stream ended before both generated: ${JSON.stringify(e).slice(0, 2000)}\n${a.output()}\n${b.output()}`,
+      );
+    });
+    endedEarly.catch(() => {});
+    await Promise.race([generating, endedEarly]);
     killedAt = Date.now();
     [a, b][coordinator].child.kill("SIGKILL");
     const [chatEnd, respEnd] = await ends;
-    const show = (e: StreamEnd) => JSON.stringify({ ...e, events: e.events.slice(-3) });
+    const show = (e: StreamEnd) =>
+      `${JSON.stringify({ ...e, events: e.events.slice(-3) })}\n${a.output()}\n${b.output()}`;
 
     expect(chatEnd.error, show(chatEnd)).toBeUndefined();
     expect(chatEnd.endedAfterKillMs, show(chatEnd)).toBeLessThan(5000);

@@ -27,7 +27,8 @@ import {
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
 import { weightSources } from "../coordinator/weight-sources.js";
-import { electCoordinator } from "./election.js";
+import { electCoordinator, reachableMembers, seesUs } from "./election.js";
+import { epochOf, nextTerm } from "./epoch.js";
 import { apiUrlOf, buildClusterHealth, type ClusterHealth, type ClusterState } from "./health.js";
 import type { Member } from "./membership.js";
 import { type ClusterSnapshot, snapshotOf } from "./snapshot.js";
@@ -68,6 +69,11 @@ export interface ControllerOptions {
   /** Loads a plan's shards and wires them (default Pipeline.start: the nodes over gRPC). */
   startPipeline?: (options: PipelineOptions) => Promise<PipelinePort>;
   settleMs?: number;
+  /**
+   * How long a member with a smaller id that does not list us yet is waited for before this node coordinates
+   * without it (default 3000 ms; see awaitSmallerMembers).
+   */
+  reachGraceMs?: number;
   /** Delay before trying again after a failed load. */
   retryMs?: number;
   onProgress?(stage: PlanStage, bytesRead: number, bytesTotal: number): void;
@@ -101,6 +107,8 @@ export class ClusterController {
   private state: ClusterState = "planning";
   private message: string | undefined = "waiting for members";
   private coordinator: Member | undefined;
+  /** Our coordinator term while we coordinate without a break (epoch.ts); undefined while we do not. */
+  private term: number | undefined;
   private serving: Serving | undefined;
   private plan: Plan | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -190,9 +198,14 @@ export class ClusterController {
 
   private async reconcile(): Promise<void> {
     if (this.closed) return;
+    // Only members that see us too (their gossiped member list names us) can take part: one coordinator per
+    // group of mutually reachable nodes (election.ts).
     const live = this.opts.membership.live();
-    const coordinator = electCoordinator(live);
+    const reachable = reachableMembers(live, this.opts.self.nodeId);
+    const coordinator = electCoordinator(reachable);
+    if (coordinator?.nodeId === this.opts.self.nodeId && this.awaitSmallerMembers(live)) return;
     this.coordinator = coordinator;
+    if (coordinator?.nodeId !== this.opts.self.nodeId) this.term = undefined;
     if (!coordinator) {
       this.stopServing("waiting for members");
       this.setState("planning", "waiting for members");
@@ -204,10 +217,39 @@ export class ClusterController {
       this.setState("following", undefined);
       return;
     }
-    await this.coordinate(live);
+    await this.coordinate(reachable);
+  }
+
+  /**
+   * A member with a smaller id that joined a moment ago and does not list us yet is most likely still probing us
+   * back (it learned of us from our Hello or from gossip): coordinating meanwhile would load a plan only to
+   * replace it a second later. Wait for it up to `reachGraceMs` after it joined; then it counts as unreachable.
+   */
+  private awaitSmallerMembers(live: Member[]): boolean {
+    const grace = this.opts.reachGraceMs ?? 3000;
+    const now = Date.now();
+    const waiting = live.filter(
+      (m) =>
+        m.nodeId < this.opts.self.nodeId && !seesUs(m, this.opts.self.nodeId) && now - m.joinedAt < grace,
+    );
+    if (waiting.length === 0) return false;
+    const remaining = Math.max(...waiting.map((m) => m.joinedAt + grace - now));
+    this.schedule(Math.max(50, remaining));
+    if (this.state !== "ready" && this.state !== "following")
+      this.setState("planning", `waiting for ${waiting.map((m) => m.name).join(", ")} to see this node`);
+    return true;
   }
 
   private async coordinate(live: Member[]): Promise<void> {
+    // Our term: one above any other coordinator's our members serve (kept while we coordinate), so they accept
+    // our LoadShard once they elect us too (epoch.ts).
+    const term = nextTerm(
+      this.term,
+      this.opts.self.nodeId,
+      live.map((m) => (m.status ? epochOf(m.status) : undefined)),
+    );
+    if (term !== this.term) this.log(`controller: coordinating under term ${term}`);
+    this.term = term;
     const usable = live.filter((m) => this.holdsOurModel(m));
     let plan: Plan;
     try {
@@ -231,6 +273,7 @@ export class ClusterController {
         plan,
         clusterKey: this.opts.clusterKey,
         liveness: this.opts.membership,
+        epoch: { term, coordinatorId: this.opts.self.nodeId },
         threads: this.opts.threads,
         modelId: this.opts.modelId,
         sources: plan.stages.map((stage) =>

@@ -4,6 +4,13 @@
 
 import { cpus } from "node:os";
 import * as grpc from "@grpc/grpc-js";
+import {
+  type CoordinatorEpoch,
+  type CoordinatorView,
+  describeEpoch,
+  epochOf,
+  judgeLoadShard,
+} from "../cluster/epoch.js";
 import type { BackendChoice } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
@@ -24,6 +31,7 @@ import type {
   HelloRequest,
   LoadProgress,
   LoadShardRequest,
+  MemberRef,
   NodeStatus,
   ReleaseReply,
   ResultsRequest,
@@ -77,6 +85,13 @@ export interface NodeAgentOptions {
    * node that found us through `--peer` while we did not know it.
    */
   onPeerHello?: (peer: { nodeId: string; clusterId: string; address: string }) => void;
+  /** The live members this node knows, gossiped in every NodeStatus (absent: none are listed). */
+  gossip?: () => MemberRef[];
+  /**
+   * This node's membership and election, which LoadShard from a new coordinator is judged against (epoch.ts);
+   * absent (a bare agent): only the terms decide.
+   */
+  coordinatorView?: CoordinatorView;
 }
 
 export interface NodeAgent {
@@ -99,6 +114,8 @@ class NodeAgentServer {
   private readonly tensorSource: TensorSource;
   private readonly statusTimers = new Set<NodeJS.Timeout>();
   private readonly openCalls = new Set<{ end(): void }>();
+  /** The coordinator whose LoadShard this node accepted last: it serves that one until a newer epoch wins. */
+  private served: CoordinatorEpoch | undefined;
   port = 0;
 
   constructor(opts: NodeAgentOptions) {
@@ -229,6 +246,18 @@ class NodeAgentServer {
       call.emit("error", grpcStatus(grpc.status.INVALID_ARGUMENT, problem));
       return;
     }
+    // One coordinator at a time: judged before anything is touched, so a refused call leaves the shard as it is.
+    const offered = epochOf(req);
+    const verdict = judgeLoadShard(this.served, offered, this.opts.coordinatorView);
+    if (!verdict.accept) {
+      const message = `REFUSED LoadShard of plan ${req.plan_id} from ${describeEpoch(offered)}: ${verdict.reason}`;
+      this.log(message);
+      call.emit("error", grpcStatus(grpc.status.FAILED_PRECONDITION, message));
+      return;
+    }
+    if (offered && offered.coordinatorId !== this.served?.coordinatorId)
+      this.log(`now serving ${describeEpoch(offered)} (was ${describeEpoch(this.served)})`);
+    if (offered) this.served = offered;
     call.on("error", (err) => this.log(`LoadShard call failed: ${errorMessage(err)}`));
     this.shards
       .load(req, (p) => {
@@ -286,7 +315,12 @@ class NodeAgentServer {
     const intervalMs = Math.max(50, call.request.interval_ms || 1000);
     const reporter = new StatusReporter(this.opts.nodeId, (call.request.hops_since_us || 0) / 1000);
     const send = (): void => {
-      call.write(reporter.next(this.shards.shard));
+      call.write({
+        ...reporter.next(this.shards.shard),
+        members: this.opts.gossip?.() ?? [],
+        coordinator_term: this.served?.term ?? 0,
+        coordinator_id: this.served?.coordinatorId ?? "",
+      });
     };
     send();
     const timer = setInterval(send, intervalMs);

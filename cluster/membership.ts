@@ -200,13 +200,8 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
   private learn(listed: readonly MemberRef[], from: Member): void {
     for (const entry of listed.slice(0, GOSSIP_MAX_ENTRIES)) {
       if (!entry.address || entry.node_id === this.opts.nodeId || this.members.has(entry.node_id)) continue;
-      let normalized: string;
-      try {
-        parseHostPort(entry.address);
-        normalized = normalizeAddress(entry.address);
-      } catch {
-        continue;
-      }
+      const normalized = gossipedAddress(entry.address, from.address);
+      if (!normalized) continue;
       const known = this.candidates.get(normalized);
       if (known) {
         known.sources.add("gossip");
@@ -491,6 +486,28 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
 export function normalizeAddress(address: string): string {
   const trimmed = address.trim();
   return trimmed.startsWith("localhost:") ? `127.0.0.1:${trimmed.slice("localhost:".length)}` : trimmed;
+}
+
+/**
+ * Where a gossiped address leads from here: the sender lists members as it reaches them, so a loopback address
+ * from a sender on another machine means the sender's own machine (its host, that port). Undefined when it is
+ * not host:port.
+ */
+export function gossipedAddress(listed: string, senderAddress: string): string | undefined {
+  let entry: { host: string; port: number };
+  let sender: { host: string; port: number };
+  try {
+    entry = parseHostPort(listed);
+    sender = parseHostPort(senderAddress);
+  } catch {
+    return undefined;
+  }
+  if (isLoopbackHost(entry.host) && !isLoopbackHost(sender.host)) return `${sender.host}:${entry.port}`;
+  return normalizeAddress(listed);
+}
+
+function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || host === "[::1]" || host.startsWith("127.");
 }
 
 /** Parses "host:port" (IPv6 in brackets), throwing a message that names the bad value. */

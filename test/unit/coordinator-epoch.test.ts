@@ -9,6 +9,7 @@ import {
   judgeLoadShard,
   nextTerm,
 } from "../../cluster/epoch.js";
+import { gossipedAddress } from "../../cluster/membership.js";
 
 /** A member whose heartbeat lists `sees` (undefined: no heartbeat yet). */
 const member = (nodeId: string, sees?: string[]) => ({
@@ -100,5 +101,15 @@ describe("the term a coordinator takes", () => {
     expect(nextTerm(3, "b", [epoch(3, "b"), epoch(2, "a")])).toBe(3);
     expect(nextTerm(3, "b", [epoch(3, "b"), epoch(3, "a")])).toBe(4);
     expect(nextTerm(3, "b", [epoch(7, "c")])).toBe(8);
+  });
+});
+
+describe("a gossiped address", () => {
+  it("is taken as listed, except loopback from a sender on another machine, which means the sender's host", () => {
+    expect(gossipedAddress("10.0.0.7:7100", "10.0.0.5:7100")).toBe("10.0.0.7:7100");
+    expect(gossipedAddress("localhost:7101", "127.0.0.1:7100")).toBe("127.0.0.1:7101");
+    expect(gossipedAddress("127.0.0.1:7101", "10.0.0.5:7100")).toBe("10.0.0.5:7101");
+    expect(gossipedAddress("[::1]:7101", "[fd00::5]:7100")).toBe("[fd00::5]:7101");
+    expect(gossipedAddress("not an address", "10.0.0.5:7100")).toBeUndefined();
   });
 });

@@ -109,6 +109,8 @@ export class ClusterController {
   private coordinator: Member | undefined;
   /** Our coordinator term while we coordinate without a break (epoch.ts); undefined while we do not. */
   private term: number | undefined;
+  /** Loads refused in a row by a node serving another coordinator (they back off the retries). */
+  private refusals = 0;
   private serving: Serving | undefined;
   private plan: Plan | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -314,9 +316,13 @@ export class ClusterController {
       const message = `loading plan ${plan.planId} failed: ${errorMessage(err)}`;
       void this.scheduler.detach(message);
       this.setState("not_ready", message);
-      this.schedule(this.opts.retryMs ?? 3000);
+      // A node that serves another coordinator refuses us until that one is lost to it (epoch.ts): in a partial
+      // partition that may last, so retry less and less often (a change of membership still re-plans at once).
+      this.refusals = /REFUSED LoadShard/.test(message) ? this.refusals + 1 : 0;
+      this.schedule((this.opts.retryMs ?? 3000) * 2 ** Math.min(3, Math.max(0, this.refusals - 1)));
       return;
     }
+    this.refusals = 0;
     this.loadProgress.clear();
     this.fetchProgress.clear();
     for (const stage of plan.stages) this.opts.onStageLoaded?.(stage, stage.weightBytes);

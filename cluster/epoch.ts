@@ -2,8 +2,11 @@
 // back and forth between two coordinators (a partial partition where two of them each see it): a node serves
 // one coordinator at a time and refuses a LoadShard from another unless
 //   - its term is newer than the one the node serves, and
-//   - the node's current coordinator is no longer a live member in its own view, or is no longer the node's own
-//     choice (election.ts) while the newcomer is.
+//   - the node's current coordinator is no longer a live member in its own view, or the newcomer is the node's
+//     own choice (election.ts), or the newcomer is a live member with a smaller id than the current one (the
+//     choice the node is about to make: its view of the newcomer may lag a heartbeat behind the newcomer's).
+// Every way of moving goes towards a coordinator that is lost to nobody or has a smaller id, so a node cannot be
+// passed back and forth between two coordinators that both reach it.
 // A coordinator takes its term when it starts coordinating: one above every term its members report serving
 // (NodeStatus.coordinator_term), and keeps it while it coordinates without a break; it moves above a term only
 // when a member reports serving another coordinator at that term or later. Terms therefore grow only when the
@@ -61,6 +64,8 @@ export function judgeLoadShard(
   if (!view?.isLive(current.coordinatorId)) return { accept: true };
   const choice = view.choice();
   if (choice === offered.coordinatorId && choice !== current.coordinatorId) return { accept: true };
+  if (view.isLive(offered.coordinatorId) && offered.coordinatorId < current.coordinatorId)
+    return { accept: true };
   return {
     accept: false,
     reason: `this node serves ${describeEpoch(current)}, which is still live here, and elects ${choice ?? "nobody"} (not ${offered.coordinatorId})`,

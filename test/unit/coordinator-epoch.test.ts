@@ -80,6 +80,14 @@ describe("a node judging a LoadShard's epoch", () => {
     expect(judgeLoadShard(epoch(2, "a"), epoch(3, "b"), view(["b", "c"], "b"))).toEqual({ accept: true });
     // Its coordinator is still live but a smaller id came back: it elects the newcomer.
     expect(judgeLoadShard(epoch(2, "b"), epoch(3, "a"), view(["a", "b"], "a"))).toEqual({ accept: true });
+    // Its view of the newcomer lags (it does not elect it yet), but the newcomer is live with a smaller id.
+    expect(judgeLoadShard(epoch(1, "b"), epoch(2, "a"), view(["a", "b"], "b"))).toEqual({ accept: true });
+    // The reverse is refused: a larger id does not take a node from a live coordinator it still elects...
+    expect(judgeLoadShard(epoch(2, "a"), epoch(3, "b"), view(["a", "b"], "a"))).toMatchObject({
+      accept: false,
+    });
+    // ...unless the node elects it (a is live but no longer sees the node).
+    expect(judgeLoadShard(epoch(2, "a"), epoch(3, "b"), view(["a", "b"], "b"))).toEqual({ accept: true });
     // A bare node (no membership view): only the terms decide.
     expect(judgeLoadShard(epoch(2, "a"), epoch(3, "b"), undefined)).toEqual({ accept: true });
   });

@@ -6,6 +6,8 @@
 // gives one plan. A lost node (heartbeat silence, or the pipeline's nodeLost) leaves membership, which brings
 // a new plan on the rest if it fits, a clear cluster_not_ready state otherwise; a node that answers again is
 // re-admitted and the next plan includes it.
+
+import { epochOf, nextTerm } from "../common/coordinator-epoch.js";
 import type { BackendName } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import type { ModelFootprint } from "../coordinator/model-footprint.js";
@@ -28,7 +30,6 @@ import { Scheduler } from "../coordinator/scheduler.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
 import { weightSources } from "../coordinator/weight-sources.js";
 import { electCoordinator, reachableMembers, seesUs } from "./election.js";
-import { epochOf, nextTerm } from "./epoch.js";
 import { apiUrlOf, buildClusterHealth, type ClusterHealth, type ClusterState } from "./health.js";
 import type { Member } from "./membership.js";
 import { type ClusterSnapshot, snapshotOf } from "./snapshot.js";
@@ -107,7 +108,7 @@ export class ClusterController {
   private state: ClusterState = "planning";
   private message: string | undefined = "waiting for members";
   private coordinator: Member | undefined;
-  /** Our coordinator term while we coordinate without a break (epoch.ts); undefined while we do not. */
+  /** Our coordinator term while we coordinate without a break (common/coordinator-epoch.ts), else undefined. */
   private term: number | undefined;
   /** Loads refused in a row by a node serving another coordinator (they back off the retries). */
   private refusals = 0;
@@ -244,7 +245,7 @@ export class ClusterController {
 
   private async coordinate(live: Member[]): Promise<void> {
     // Our term: one above any other coordinator's our members serve (kept while we coordinate), so they accept
-    // our LoadShard once they elect us too (epoch.ts).
+    // our LoadShard once they elect us too (common/coordinator-epoch.ts).
     const term = nextTerm(
       this.term,
       this.opts.self.nodeId,
@@ -316,8 +317,9 @@ export class ClusterController {
       const message = `loading plan ${plan.planId} failed: ${errorMessage(err)}`;
       void this.scheduler.detach(message);
       this.setState("not_ready", message);
-      // A node that serves another coordinator refuses us until that one is lost to it (epoch.ts): in a partial
-      // partition that may last, so retry less and less often (a change of membership still re-plans at once).
+      // A node that serves another coordinator refuses us until that one is lost to it
+      // (common/coordinator-epoch.ts): in a partial partition that may last, so retry less and less often (a
+      // change of membership still re-plans at once).
       this.refusals = /REFUSED LoadShard/.test(message) ? this.refusals + 1 : 0;
       this.schedule((this.opts.retryMs ?? 3000) * 2 ** Math.min(3, Math.max(0, this.refusals - 1)));
       return;

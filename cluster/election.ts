@@ -8,7 +8,7 @@
 // its Status heartbeat every other node drops it and the next smallest id takes the role. Node ids are random at
 // first start and then stable (common/cluster-key.ts), so the same machines elect the same coordinator again.
 // Where views differ (a partial partition), two nodes may each pick a different coordinator; the coordinator
-// epoch (epoch.ts) keeps each third node serving one of them instead of alternating.
+// epoch (common/coordinator-epoch.ts) keeps each third node serving one of them instead of alternating.
 
 export interface Candidate {
   nodeId: string;

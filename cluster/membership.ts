@@ -2,8 +2,9 @@
 //
 // Candidates are gRPC addresses from five sources: this node itself, `--peer`, Bonjour, nodes that said Hello
 // to us, and gossip: every member's heartbeat (NodeStatus.members) lists the live members it knows, so nodes
-// that each joined through one `--peer` learn each other, and keep each other when that peer dies. Each candidate must first prove it holds the cluster key (common/wire/auth.ts: an HMAC over our
-// nonce; the key never travels). One of another cluster is ignored; one that claims our cluster id and cannot
+// that each joined through one `--peer` learn each other, and keep each other when that peer dies. Each
+// candidate must first prove it holds the cluster key (common/wire/auth.ts: an HMAC over our nonce; the key
+// never travels). One of another cluster is ignored; one that claims our cluster id and cannot
 // prove the key is logged as an impostor and not probed again (a --peer address, or one announced again, only
 // after a long pause).
 // A node that proves it and answers the signed Hello becomes a member and stays one only while its

@@ -40,7 +40,7 @@ export interface PipelineOptions {
   modelId?: string;
   /** Per stage: the nodes a stage lacking some of its tensors fetches them from, best first. */
   sources?: string[][];
-  /** The coordinator epoch sent with every LoadShard (cluster/epoch.ts; absent: none, as older coordinators). */
+  /** The coordinator epoch sent with every LoadShard (common/coordinator-epoch.ts; absent: none, as before). */
   epoch?: { term: number; coordinatorId: string };
   /** Load progress of one stage (for the CLI's bars): fetching missing weights, then mapping them. */
   onProgress?: (stageIndex: number, progress: LoadProgress) => void;

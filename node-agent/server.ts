@@ -10,7 +10,7 @@ import {
   describeEpoch,
   epochOf,
   judgeLoadShard,
-} from "../cluster/epoch.js";
+} from "../common/coordinator-epoch.js";
 import type { BackendChoice } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
@@ -88,8 +88,8 @@ export interface NodeAgentOptions {
   /** The live members this node knows, gossiped in every NodeStatus (absent: none are listed). */
   gossip?: () => MemberRef[];
   /**
-   * This node's membership and election, which LoadShard from a new coordinator is judged against (epoch.ts);
-   * absent (a bare agent): only the terms decide.
+   * This node's membership and election, which LoadShard from a new coordinator is judged against
+   * (common/coordinator-epoch.ts); absent (a bare agent): only the terms decide.
    */
   coordinatorView?: CoordinatorView;
 }

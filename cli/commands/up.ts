@@ -351,7 +351,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
       onPeerHello: (peer) => {
         if (peer.clusterId === key.clusterId) onPeerHello?.(peer.address);
       },
-      // Gossip of the member list, and the view a LoadShard from a new coordinator is judged by (epoch.ts).
+      // Gossip of the member list, and the view a LoadShard from a new coordinator is judged by
+      // (common/coordinator-epoch.ts).
       gossip: () => membership?.gossip() ?? [],
       coordinatorView: {
         isLive: (nodeId) => membership?.get(nodeId) !== undefined,

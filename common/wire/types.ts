@@ -96,7 +96,7 @@ export interface LoadShardRequest {
   stage_count?: number;
   /** Nodes holding this stage's tensors, best first (where a node lacking some fetches them). */
   sources?: string[];
-  /** The coordinator epoch (cluster/epoch.ts): term and node id of the coordinator sending it (0/"": none). */
+  /** The coordinator epoch (common/coordinator-epoch.ts): term and node id of the coordinator sending it (0/"": none). */
   coordinator_term?: number;
   coordinator_id?: string;
 }

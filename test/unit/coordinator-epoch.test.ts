@@ -1,15 +1,16 @@
 // The pure rules against split brain: the election over mutually reachable members (cluster/election.ts), the
-// node-side judgement of a LoadShard's coordinator epoch, and the term a coordinator takes (cluster/epoch.ts).
+// node-side judgement of a LoadShard's coordinator epoch and the term a coordinator takes
+// (common/coordinator-epoch.ts), and where a gossiped address leads (cluster/membership.ts).
 import { describe, expect, it } from "vitest";
 import { electCoordinator, reachableMembers, seesUs } from "../../cluster/election.js";
+import { gossipedAddress } from "../../cluster/membership.js";
 import {
   type CoordinatorEpoch,
   type CoordinatorView,
   epochOf,
   judgeLoadShard,
   nextTerm,
-} from "../../cluster/epoch.js";
-import { gossipedAddress } from "../../cluster/membership.js";
+} from "../../common/coordinator-epoch.js";
 
 /** A member whose heartbeat lists `sees` (undefined: no heartbeat yet). */
 const member = (nodeId: string, sees?: string[]) => ({

@@ -29,7 +29,7 @@ import {
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
 import { weightSources } from "../coordinator/weight-sources.js";
-import { electCoordinator, reachableMembers, seesUs } from "./election.js";
+import { electCoordinator, seesUs } from "./election.js";
 import { apiUrlOf, buildClusterHealth, type ClusterHealth, type ClusterState } from "./health.js";
 import type { Member } from "./membership.js";
 import { type ClusterSnapshot, snapshotOf } from "./snapshot.js";
@@ -203,10 +203,8 @@ export class ClusterController {
     if (this.closed) return;
     // Only members that see us too (their gossiped member list names us) can take part: one coordinator per
     // group of mutually reachable nodes (election.ts).
-    const live = this.opts.membership.live();
-    const reachable = reachableMembers(live, this.opts.self.nodeId);
+    const reachable = this.reachable(this.opts.membership.live());
     const coordinator = electCoordinator(reachable);
-    if (coordinator?.nodeId === this.opts.self.nodeId && this.awaitSmallerMembers(live)) return;
     this.coordinator = coordinator;
     if (coordinator?.nodeId !== this.opts.self.nodeId) this.term = undefined;
     if (!coordinator) {
@@ -224,23 +222,20 @@ export class ClusterController {
   }
 
   /**
-   * A member with a smaller id that joined a moment ago and does not list us yet is most likely still probing us
-   * back (it learned of us from our Hello or from gossip): coordinating meanwhile would load a plan only to
-   * replace it a second later. Wait for it up to `reachGraceMs` after it joined; then it counts as unreachable.
+   * The live members that see us (election.ts). One that joined a moment ago and does not list us yet is most
+   * likely still probing us back (it learned of us from our Hello or from gossip): it keeps the benefit of the
+   * doubt for `reachGraceMs` after it joined, as it had before gossip, so a starting node follows the coordinator
+   * at once instead of loading a plan of its own only to drop it a second later. When the grace ends, a reconcile
+   * looks again.
    */
-  private awaitSmallerMembers(live: Member[]): boolean {
+  private reachable(live: Member[]): Member[] {
     const grace = this.opts.reachGraceMs ?? 3000;
     const now = Date.now();
-    const waiting = live.filter(
-      (m) =>
-        m.nodeId < this.opts.self.nodeId && !seesUs(m, this.opts.self.nodeId) && now - m.joinedAt < grace,
-    );
-    if (waiting.length === 0) return false;
-    const remaining = Math.max(...waiting.map((m) => m.joinedAt + grace - now));
-    this.schedule(Math.max(50, remaining));
-    if (this.state !== "ready" && this.state !== "following")
-      this.setState("planning", `waiting for ${waiting.map((m) => m.name).join(", ")} to see this node`);
-    return true;
+    const self = this.opts.self.nodeId;
+    const pending = live.filter((m) => !seesUs(m, self) && now - m.joinedAt < grace);
+    if (pending.length > 0)
+      this.schedule(Math.max(50, Math.max(...pending.map((m) => m.joinedAt + grace - now))));
+    return live.filter((m) => pending.includes(m) || seesUs(m, self));
   }
 
   private async coordinate(live: Member[]): Promise<void> {

@@ -15,6 +15,7 @@ import type { BackendChoice } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
 import { withBodyDigests } from "../common/wire/auth.js";
+import { nowUs } from "../common/wire/frames.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
 import { type EncodedTensorChunk, withTensorChunkCodec } from "../common/wire/tensor-chunk.js";
 import { serverCredentials } from "../common/wire/tls.js";
@@ -96,6 +97,8 @@ export interface NodeAgentOptions {
 
 export interface NodeAgent {
   port: number;
+  /** The gossiped member list changed: every Status stream sends a NodeStatus now rather than at its tick. */
+  membersChanged(): void;
   close(): Promise<void>;
 }
 
@@ -113,6 +116,8 @@ class NodeAgentServer {
   private readonly shards: ShardHost;
   private readonly tensorSource: TensorSource;
   private readonly statusTimers = new Set<NodeJS.Timeout>();
+  /** Sends one NodeStatus now on each open Status stream. */
+  private readonly statusSenders = new Set<() => void>();
   private readonly openCalls = new Set<{ end(): void }>();
   /** The coordinator whose LoadShard this node accepted last: it serves that one until a newer epoch wins. */
   private served: CoordinatorEpoch | undefined;
@@ -314,21 +319,30 @@ class NodeAgentServer {
   private status(call: ServerStream<StatusRequest, NodeStatus>): void {
     const intervalMs = Math.max(50, call.request.interval_ms || 1000);
     const reporter = new StatusReporter(this.opts.nodeId, (call.request.hops_since_us || 0) / 1000);
-    const send = (): void => {
+    let figures = reporter.next(this.shards.shard);
+    const write = (): void => {
       call.write({
-        ...reporter.next(this.shards.shard),
+        ...figures,
+        time_us: nowUs(),
         members: this.opts.gossip?.() ?? [],
         coordinator_term: this.served?.term ?? 0,
         coordinator_id: this.served?.coordinatorId ?? "",
       });
     };
-    send();
-    const timer = setInterval(send, intervalMs);
+    const tick = (): void => {
+      figures = reporter.next(this.shards.shard);
+      write();
+    };
+    write();
+    const timer = setInterval(tick, intervalMs);
     this.statusTimers.add(timer);
+    // A push between ticks repeats the tick's figures (rates over a few ms would be noise) with the news.
+    this.statusSenders.add(write);
     this.openCalls.add(call);
     const stop = (): void => {
       clearInterval(timer);
       this.statusTimers.delete(timer);
+      this.statusSenders.delete(write);
       this.openCalls.delete(call);
     };
     call.on("cancelled", stop);
@@ -387,8 +401,13 @@ class NodeAgentServer {
     });
   }
 
+  membersChanged(): void {
+    for (const send of this.statusSenders) send();
+  }
+
   async close(): Promise<void> {
     for (const timer of this.statusTimers) clearInterval(timer);
+    this.statusSenders.clear();
     this.statusTimers.clear();
     for (const call of this.openCalls) {
       try {
@@ -432,5 +451,5 @@ export async function startNodeAgent(opts: NodeAgentOptions): Promise<NodeAgent>
   const agent = new NodeAgentServer(opts);
   const port = await agent.listen();
   agent.measureBandwidth();
-  return { port, close: () => agent.close() };
+  return { port, membersChanged: () => agent.membersChanged(), close: () => agent.close() };
 }

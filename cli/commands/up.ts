@@ -377,6 +377,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
     });
     const members = membership;
     cleanups.push(() => members.close());
+    // Gossip travels at once: members hear of a change with the next NodeStatus, sent now rather than at its tick.
+    members.on("change", () => agent.membersChanged());
     members.addCandidate(`${interfaceAddress ?? "127.0.0.1"}:${agent.port}`, "self");
     for (const peer of opts.peer) members.addCandidate(peer, "peer");
     onPeerHello = (address) => members.addCandidate(address, "caller");

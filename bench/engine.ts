@@ -10,8 +10,11 @@
 //   under the same load; this matters on a shared machine);
 // - each figure also per layer, so presets with different layer counts compare (and a full model's figure is
 //   about the per-layer rate / its layer count): prefill per layer = tokens/s x layers (the lm_head runs on one
-//   row per chunk, a small share, printed); decode per layer comes from a second engine without the head
-//   (embedding + layers), whose time also gives the head's cost per token.
+//   row per chunk: chunks x the head's cost per token, a small share); decode per layer comes from a second
+//   engine without the head (embedding + layers), its runs paired with the full model's, which also gives the
+//   head's cost per token;
+// - cpu time per token (all threads) next to wall time: on a shared machine wall time includes waiting for a
+//   core, cpu time is what the kernels cost.
 // Prints readable lines, then ONE JSON line of figures (medians over the runs): the first preset's figures at
 // the top level (the keys older runs had) and every preset's under "presets".
 //
@@ -19,6 +22,7 @@
 //                         --context 2048 --model DIR]
 //   BENCH_PRESETS=bench,m2-shapes BENCH_TTFT=8192 npm run bench:engine
 import { existsSync } from "node:fs";
+import { loadavg } from "node:os";
 import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { makeModel } from "../cli/make-model/index.js";
@@ -95,8 +99,9 @@ async function prefill(
   seq: number,
   prompt: Int32Array,
   chunk: number,
-): Promise<{ seconds: number; token: number }> {
+): Promise<{ seconds: number; cpuSeconds: number; token: number }> {
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   let token = 0;
   for (let start = 0; start < prompt.length; start += chunk) {
     const [out] = await engine.forward([
@@ -104,7 +109,8 @@ async function prefill(
     ]);
     token = out.token ?? 0;
   }
-  return { seconds: (performance.now() - t0) / 1000, token };
+  const cpu = process.cpuUsage(cpu0);
+  return { seconds: (performance.now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, token };
 }
 
 /** Greedy decode of `tokens` tokens from `position` on; with no head, the ids fed are a fixed pattern. */
@@ -156,19 +162,22 @@ async function prefillFigures(engine: StudioEngine, config: ModelConfig, s: Sett
   for (const size of s.prefillSizes) {
     const prompt = promptOf(size, config.vocabSize);
     const rates: number[] = [];
+    const cpuMs: number[] = [];
     const after: number[] = [];
     for (let run = 0; run < s.prefillRuns; run++) {
-      const { seconds, token } = await prefill(engine, ++seq, prompt, s.chunk);
+      const { seconds, cpuSeconds, token } = await prefill(engine, ++seq, prompt, s.chunk);
       rates.push(size / seconds);
+      cpuMs.push((cpuSeconds * 1000) / size);
       if (size === s.context) after.push(await decode(engine, seq, size, token, s.tokens, config.vocabSize));
       await engine.release(seq);
     }
     const tps = median(rates);
     figures[`prefill_${size}_tps`] = round(tps, 2);
     figures[`prefill_${size}_layer_tps`] = round(tps * layers, 1);
+    figures[`prefill_${size}_cpu_ms_per_token`] = round(median(cpuMs), 2);
     console.log(
       `  prefill ${size} tokens (chunks of ${s.chunk}): ${tps.toFixed(1)} tokens/s = ${(tps * layers).toFixed(0)} tokens/s per layer ` +
-        `(median of ${rates.map((r) => r.toFixed(1)).join(", ")})`,
+        `(median of ${rates.map((r) => r.toFixed(1)).join(", ")}); ${median(cpuMs).toFixed(1)} ms cpu per token (all threads)`,
     );
     if (after.length > 0) {
       figures.context = size;
@@ -189,17 +198,45 @@ async function prefillFigures(engine: StudioEngine, config: ModelConfig, s: Sett
   return figures;
 }
 
-async function decodeFigures(engine: StudioEngine, config: ModelConfig, s: Settings): Promise<Figures> {
+/** Decode on embedding + layers only (the ids fed are a fixed pattern): tokens/s. */
+async function headlessRun(
+  engine: StudioEngine,
+  seq: number,
+  s: Settings,
+  vocabSize: number,
+): Promise<number> {
+  await engine.forward([{ seq, position: 0, tokens: PROMPT }]);
+  const tps = await decode(engine, seq, PROMPT.length, 7, s.tokens, vocabSize);
+  await engine.release(seq);
+  return tps;
+}
+
+/**
+ * Decode runs of the whole model, each followed by one of the engine without the head: paired runs see about
+ * the same load, so a pair's difference is the head's cost per token (on a busy machine, medians of separate
+ * series taken minutes apart disagree by more than the head costs).
+ */
+async function decodeFigures(
+  engine: StudioEngine,
+  headless: StudioEngine,
+  config: ModelConfig,
+  s: Settings,
+): Promise<Figures> {
   const results: Run[] = [];
+  const layerRates: number[] = [];
+  const headMs: number[] = [];
   // Run 0 warms the caches and page tables and is not counted.
   for (let run = 0; run <= s.runs; run++) {
     const r = await decodeRun(engine, run + 1, s, config.vocabSize);
+    const layersOnly = await headlessRun(headless, run + 1, s, config.vocabSize);
     if (run === 0) continue;
     results.push(r);
+    layerRates.push(layersOnly);
+    headMs.push(1000 / r.tokensPerSecond - 1000 / layersOnly);
     console.log(
       `  run ${run}: copy ${(r.bandwidth / 1e9).toFixed(2)} GB/s, read ${(r.readBandwidth / 1e9).toFixed(2)} GB/s, decode ${r.tokensPerSecond.toFixed(2)} tokens/s x ` +
         `${(r.bytesPerToken / 1e6).toFixed(1)} MB = ${((r.tokensPerSecond * r.bytesPerToken) / 1e9).toFixed(2)} GB/s ` +
-        `(${(r.fraction * 100).toFixed(1)}%), ${(r.cpuSecondsPerToken * 1000).toFixed(1)} ms cpu per token`,
+        `(${(r.fraction * 100).toFixed(1)}%), ${(r.cpuSecondsPerToken * 1000).toFixed(1)} ms cpu per token; without the head ${layersOnly.toFixed(2)} tokens/s`,
     );
   }
   const of = (f: (r: Run) => number) => median(results.map(f));
@@ -217,6 +254,13 @@ async function decodeFigures(engine: StudioEngine, config: ModelConfig, s: Setti
       `${(of((r) => r.fraction) * 100).toFixed(1)}% of copy, ` +
       `${(of((r) => (r.tokensPerSecond * r.bytesPerToken) / r.readBandwidth) * 100).toFixed(1)}% of read-only`,
   );
+  const layersTps = median(layerRates);
+  const layerMs = 1000 / layersTps / config.numLayers;
+  console.log(
+    `  decode without the head (embedding + ${config.numLayers} layers): ${layersTps.toFixed(2)} tokens/s = ` +
+      `${layerMs.toFixed(2)} ms per layer per token (${(1000 / layerMs).toFixed(1)} tokens/s per layer); ` +
+      `norm + lm_head ${median(headMs).toFixed(2)} ms per token (median of the paired differences)`,
+  );
   return {
     tokens_per_s: round(tokensPerSecond, 3),
     bytes_per_token: Math.round(bytesPerToken),
@@ -225,61 +269,30 @@ async function decodeFigures(engine: StudioEngine, config: ModelConfig, s: Setti
       of((r) => r.fraction),
       4,
     ),
+    cpu_ms_per_token: round(cpuPerToken * 1000, 2),
+    decode_layer_tps: round(layersTps * config.numLayers, 2),
+    decode_layer_ms: round(layerMs, 3),
+    decode_head_ms: round(median(headMs), 3),
   };
-}
-
-/** Decode on embedding + layers only: per-layer rate, and the head's share of the full model's token. */
-async function layerDecodeFigures(
-  target: Target,
-  config: ModelConfig,
-  s: Settings,
-  fullTps: number,
-): Promise<Figures> {
-  const engine = await openEngine({
-    modelDir: target.dir,
-    layerStart: 0,
-    layerEnd: config.numLayers,
-    embed: true,
-    head: false,
-    threads: s.threads,
-  });
-  try {
-    const rates: number[] = [];
-    for (let run = 0; run <= s.runs; run++) {
-      await engine.forward([{ seq: run + 1, position: 0, tokens: PROMPT }]);
-      const tps = await decode(engine, run + 1, PROMPT.length, 7, s.tokens, config.vocabSize);
-      await engine.release(run + 1);
-      if (run > 0) rates.push(tps);
-    }
-    const tps = median(rates);
-    const layerMs = 1000 / tps / config.numLayers;
-    const headMs = 1000 / fullTps - 1000 / tps;
-    console.log(
-      `  decode without the head (embedding + ${config.numLayers} layers): ${tps.toFixed(2)} tokens/s = ` +
-        `${layerMs.toFixed(2)} ms per layer per token (${(1000 / layerMs).toFixed(1)} tokens/s per layer); ` +
-        `norm + lm_head ${headMs.toFixed(2)} ms per token`,
-    );
-    return {
-      decode_layer_tps: round(tps * config.numLayers, 2),
-      decode_layer_ms: round(layerMs, 3),
-      decode_head_ms: round(headMs, 3),
-    };
-  } finally {
-    await engine.close();
-  }
 }
 
 async function benchTarget(target: Target, s: Settings): Promise<Figures> {
   await ensureModel(target);
   const config = readModelConfig(target.dir);
   const started = performance.now();
-  const engine = await openEngine({
-    modelDir: target.dir,
-    layerStart: 0,
-    layerEnd: config.numLayers,
-    embed: true,
-    head: true,
-    threads: s.threads,
+  const open = (head: boolean) =>
+    openEngine({
+      modelDir: target.dir,
+      layerStart: 0,
+      layerEnd: config.numLayers,
+      embed: true,
+      head,
+      threads: s.threads,
+    });
+  const engine = await open(true);
+  const headless = await open(false).catch(async (err: unknown) => {
+    await engine.close();
+    throw err;
   });
   console.log(
     `${target.name}: ${target.dir} (${config.numLayers} layers, hidden ${config.hiddenSize}, ${config.numExperts} experts top-${config.expertsPerToken}, ` +
@@ -287,15 +300,15 @@ async function benchTarget(target: Target, s: Settings): Promise<Figures> {
   );
   let figures: Figures;
   try {
-    const decoded = await decodeFigures(engine, config, s);
+    const decoded = await decodeFigures(engine, headless, config, s);
     const prefilled = await prefillFigures(engine, config, s);
     figures = { layers: config.numLayers, ...decoded, ...prefilled };
   } finally {
+    await headless.close();
     await engine.close();
   }
   if (figures.context_decode_tps !== undefined)
     figures.context_decode_ratio = round(figures.context_decode_tps / figures.tokens_per_s, 3);
-  Object.assign(figures, await layerDecodeFigures(target, config, s, figures.tokens_per_s));
   return figures;
 }
 
@@ -340,12 +353,18 @@ async function main(): Promise<void> {
   if (s.context > 0 && !s.prefillSizes.includes(s.context)) s.prefillSizes.push(s.context);
   const targets = targetsOf(values.model);
   const presets: Record<string, Figures> = {};
+  // The machine may be shared: the load before and after says how much the figures were disturbed.
+  const loadBefore = loadavg()[0];
   for (const target of targets) presets[target.name] = await benchTarget(target, s);
+  const loadAfter = loadavg()[0];
+  console.log(`load average (1 min): ${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after`);
   console.log(
     JSON.stringify({
       bench: "engine",
       threads: s.threads,
       chunk_tokens: s.chunk,
+      load_before: round(loadBefore, 2),
+      load_after: round(loadAfter, 2),
       ...presets[targets[0].name],
       presets,
     }),

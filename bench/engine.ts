@@ -1,25 +1,59 @@
-// Decode speed of the cpu engine against this machine's memory bandwidth. Decode of one sequence reads every
-// active weight once per token, so tokens/s x weight bytes per token / copy bandwidth says how close the kernels
-// get to the memory limit. Each run measures the copy bandwidth right before its decode, so a run's ratio
-// compares figures taken under the same load (this matters on a shared machine). Then the same decode after a
-// long prompt (--context tokens, prefilled in 256-token chunks): at long contexts attention reads the KV cache,
-// which grows with every token, so decode slows down; its rate over the short-context rate says by how much.
-// Prints readable lines, then ONE JSON line of figures (medians over the runs).
+// The cpu engine's speed on one or more generated checkpoints: prefill, time to first token and decode.
 //
-//   npm run bench:engine [-- --threads 2 --tokens 32 --runs 5 --context 2048 --model DIR]
+// Per preset (BENCH_PRESETS, default "bench"; "bench,m2-shapes" adds MiniMax-M2.1's real shapes in 2 layers):
+// - prefill tokens/s of a fresh prompt of 512 and 2,048 tokens (--prefill), fed in chunks of --chunk tokens as
+//   the scheduler does (256 by default), median of --prefill-runs runs; after the --context-sized prompt, decode;
+// - time to first token of an 8k prompt (one run, opt-in: BENCH_TTFT=8192, it takes minutes);
+// - decode of one sequence against this machine's memory bandwidth: decode reads every active weight once per
+//   token, so tokens/s x weight bytes per token / copy bandwidth says how close the kernels get to the memory
+//   limit (each run measures the copy bandwidth right before its decode, so a ratio compares figures taken
+//   under the same load; this matters on a shared machine);
+// - each figure also per layer, so presets with different layer counts compare (and a full model's figure is
+//   about the per-layer rate / its layer count): prefill per layer = tokens/s x layers (the lm_head runs on one
+//   row per chunk: chunks x the head's cost per token, a small share); decode per layer comes from a second
+//   engine without the head (embedding + layers), its runs paired with the full model's, which also gives the
+//   head's cost per token;
+// - cpu time per token (all threads) next to wall time: on a shared machine wall time includes waiting for a
+//   core, cpu time is what the kernels cost.
+// Prints readable lines, then ONE JSON line of figures (medians over the runs): the first preset's figures at
+// the top level (the keys older runs had) and every preset's under "presets".
+//
+//   npm run bench:engine [-- --threads 2 --tokens 32 --runs 5 --prefill 512,2048 --prefill-runs 3 --chunk 256
+//                         --context 2048 --model DIR]
+//   BENCH_PRESETS=bench,m2-shapes BENCH_TTFT=8192 npm run bench:engine
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { loadavg } from "node:os";
+import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { makeModel } from "../cli/make-model/index.js";
-import { readModelConfig } from "../common/model-config.js";
+import { isPresetName, type PresetName } from "../cli/make-model/presets.js";
+import { type ModelConfig, readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import type { StudioEngine } from "../native/index.js";
 import { measureMemoryBandwidth, openEngine } from "../native/index.js";
-import { median } from "./stats.js";
+import { median, round } from "./stats.js";
 
 const PROMPT = Int32Array.from([11, 42, 7, 300, 1200, 5, 64, 900, 17, 2048, 33, 8, 4000, 12, 99, 640]);
 // Copy buffers far larger than any cache, so the copy kernel measures memory, not L3.
 const BANDWIDTH_BYTES = 256 * 1024 * 1024;
+/** Presets this bench can make when their checkpoint is missing. */
+const BENCH_PRESETS: readonly PresetName[] = ["bench", "m2-shapes"];
+
+interface Settings {
+  threads: number;
+  tokens: number;
+  runs: number;
+  prefillSizes: number[];
+  prefillRuns: number;
+  chunk: number;
+  context: number;
+  ttft: number;
+}
+
+interface Target {
+  name: string;
+  dir: string;
+}
 
 interface Run {
   tokensPerSecond: number;
@@ -30,71 +64,278 @@ interface Run {
   fraction: number;
 }
 
-async function ensureBenchModel(dir: string): Promise<void> {
-  if (existsSync(join(dir, "model.safetensors.index.json"))) return;
-  console.log(`making the bench model (4-bit, gs64) in ${dir} ...`);
-  await makeModel({ dir, preset: "bench", bits: 4, groupSize: 64 });
+function positive(flag: string, value: string, allowZero = false): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < (allowZero ? 0 : 1))
+    throw new Error(
+      `bench:engine: ${flag} must be a ${allowZero ? "non-negative" : "positive"} integer (got "${value}")`,
+    );
+  return n;
 }
 
-/** Greedy decode of `tokens` tokens after the prompt on a fresh sequence. */
-async function decodeRun(engine: StudioEngine, seq: number, tokens: number, threads: number): Promise<Run> {
-  const bandwidth = await measureMemoryBandwidth(threads, BANDWIDTH_BYTES, "copy");
-  const readBandwidth = await measureMemoryBandwidth(threads, BANDWIDTH_BYTES, "read");
-  const [first] = await engine.forward([{ seq, position: 0, tokens: PROMPT }]);
-  let token = first.token!;
-  const bytesBefore = engine.stats().weightBytesRead;
+function modelDirOf(preset: PresetName): string {
+  const name = preset === "bench" ? "bench-4bit" : `${preset}-4bit`;
+  return join(packageRoot(), ".cache", "models", name);
+}
+
+async function ensureModel(target: Target): Promise<void> {
+  if (existsSync(join(target.dir, "model.safetensors.index.json"))) return;
+  if (!isPresetName(target.name) || !BENCH_PRESETS.includes(target.name))
+    throw new Error(`bench:engine: no checkpoint in ${target.dir}`);
+  console.log(`making the ${target.name} model (4-bit, gs64) in ${target.dir} ...`);
+  const t0 = performance.now();
+  await makeModel({ dir: target.dir, preset: target.name, bits: 4, groupSize: 64 });
+  console.log(`  made in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+}
+
+/** A deterministic prompt of `length` ids spread over the vocabulary. */
+function promptOf(length: number, vocabSize: number): Int32Array {
+  return Int32Array.from({ length }, (_, i) => (i * 131 + 7) % vocabSize);
+}
+
+/** Feeds `prompt` in chunks on a fresh sequence; returns seconds and the token after it (first stage + head). */
+async function prefill(
+  engine: StudioEngine,
+  seq: number,
+  prompt: Int32Array,
+  chunk: number,
+): Promise<{ seconds: number; cpuSeconds: number; token: number }> {
+  const t0 = performance.now();
   const cpu0 = process.cpuUsage();
+  let token = 0;
+  for (let start = 0; start < prompt.length; start += chunk) {
+    const [out] = await engine.forward([
+      { seq, position: start, tokens: prompt.subarray(start, start + chunk) },
+    ]);
+    token = out.token ?? 0;
+  }
+  const cpu = process.cpuUsage(cpu0);
+  return { seconds: (performance.now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, token };
+}
+
+/** Greedy decode of `tokens` tokens from `position` on; with no head, the ids fed are a fixed pattern. */
+async function decode(
+  engine: StudioEngine,
+  seq: number,
+  position: number,
+  first: number,
+  tokens: number,
+  vocabSize: number,
+): Promise<number> {
+  let token = first;
   const t0 = performance.now();
   for (let i = 0; i < tokens; i++) {
-    const [out] = await engine.forward([{ seq, position: PROMPT.length + i, tokens: Int32Array.of(token) }]);
-    token = out.token!;
+    const [out] = await engine.forward([{ seq, position: position + i, tokens: Int32Array.of(token) }]);
+    token = out.token ?? (token * 131 + 7) % vocabSize;
   }
-  const seconds = (performance.now() - t0) / 1000;
+  return tokens / ((performance.now() - t0) / 1000);
+}
+
+/** Short-prompt decode against the memory bandwidth measured right before it. */
+async function decodeRun(engine: StudioEngine, seq: number, s: Settings, vocabSize: number): Promise<Run> {
+  const bandwidth = await measureMemoryBandwidth(s.threads, BANDWIDTH_BYTES, "copy");
+  const readBandwidth = await measureMemoryBandwidth(s.threads, BANDWIDTH_BYTES, "read");
+  const [first] = await engine.forward([{ seq, position: 0, tokens: PROMPT }]);
+  const bytesBefore = engine.stats().weightBytesRead;
+  const cpu0 = process.cpuUsage();
+  const tokensPerSecond = await decode(engine, seq, PROMPT.length, first.token!, s.tokens, vocabSize);
   const cpu = process.cpuUsage(cpu0);
-  const bytesPerToken = (engine.stats().weightBytesRead - bytesBefore) / tokens;
+  const bytesPerToken = (engine.stats().weightBytesRead - bytesBefore) / s.tokens;
   await engine.release(seq);
-  const tokensPerSecond = tokens / seconds;
   return {
     tokensPerSecond,
     bytesPerToken,
-    cpuSecondsPerToken: (cpu.user + cpu.system) / 1e6 / tokens,
+    cpuSecondsPerToken: (cpu.user + cpu.system) / 1e6 / s.tokens,
     bandwidth,
     readBandwidth,
     fraction: (tokensPerSecond * bytesPerToken) / bandwidth,
   };
 }
 
-interface LongContext {
-  prefillTokensPerSecond: number;
-  tokensPerSecond: number;
+type Figures = Record<string, number>;
+
+/** Prefill at each size (median of runs), decode after the --context-sized prompt, and the opt-in TTFT. */
+async function prefillFigures(engine: StudioEngine, config: ModelConfig, s: Settings): Promise<Figures> {
+  const layers = config.numLayers;
+  const figures: Figures = {};
+  let seq = 10_000;
+  for (const size of s.prefillSizes) {
+    const prompt = promptOf(size, config.vocabSize);
+    const rates: number[] = [];
+    const cpuMs: number[] = [];
+    const after: number[] = [];
+    for (let run = 0; run < s.prefillRuns; run++) {
+      const { seconds, cpuSeconds, token } = await prefill(engine, ++seq, prompt, s.chunk);
+      rates.push(size / seconds);
+      cpuMs.push((cpuSeconds * 1000) / size);
+      if (size === s.context) after.push(await decode(engine, seq, size, token, s.tokens, config.vocabSize));
+      await engine.release(seq);
+    }
+    const tps = median(rates);
+    figures[`prefill_${size}_tps`] = round(tps, 2);
+    figures[`prefill_${size}_layer_tps`] = round(tps * layers, 1);
+    figures[`prefill_${size}_cpu_ms_per_token`] = round(median(cpuMs), 2);
+    console.log(
+      `  prefill ${size} tokens (chunks of ${s.chunk}): ${tps.toFixed(1)} tokens/s = ${(tps * layers).toFixed(0)} tokens/s per layer ` +
+        `(median of ${rates.map((r) => r.toFixed(1)).join(", ")}); ${median(cpuMs).toFixed(1)} ms cpu per token (all threads)`,
+    );
+    if (after.length > 0) {
+      figures.context = size;
+      figures.context_prefill_tps = round(tps, 2);
+      figures.context_decode_tps = round(median(after), 3);
+      console.log(`  decode after the ${size}-token prompt: ${median(after).toFixed(2)} tokens/s`);
+    }
+  }
+  if (s.ttft > 0) {
+    const { seconds, cpuSeconds } = await prefill(engine, ++seq, promptOf(s.ttft, config.vocabSize), s.chunk);
+    await engine.release(seq);
+    figures[`ttft_${s.ttft}_s`] = round(seconds, 2);
+    figures[`ttft_${s.ttft}_layer_s`] = round(seconds / layers, 2);
+    figures[`ttft_${s.ttft}_cpu_s`] = round(cpuSeconds, 1);
+    console.log(
+      `  time to first token of a ${s.ttft}-token prompt: ${seconds.toFixed(1)} s = ${(seconds / layers).toFixed(2)} s per layer ` +
+        `(${cpuSeconds.toFixed(0)} s of cpu, all threads)`,
+    );
+  }
+  return figures;
 }
 
-/** Prefills `context` tokens in chunks of 256, then decodes `tokens` tokens after them. */
-async function longContextRun(
+/** Decode on embedding + layers only (the ids fed are a fixed pattern): tokens/s. */
+async function headlessRun(
   engine: StudioEngine,
   seq: number,
-  context: number,
-  tokens: number,
+  s: Settings,
   vocabSize: number,
-): Promise<LongContext> {
-  const prompt = Int32Array.from({ length: context }, (_, i) => (i * 131 + 7) % vocabSize);
-  const p0 = performance.now();
-  let token = 0;
-  for (let start = 0; start < context; start += 256) {
-    const [out] = await engine.forward([
-      { seq, position: start, tokens: prompt.subarray(start, start + 256) },
-    ]);
-    token = out.token!;
-  }
-  const prefillSeconds = (performance.now() - p0) / 1000;
-  const t0 = performance.now();
-  for (let i = 0; i < tokens; i++) {
-    const [out] = await engine.forward([{ seq, position: context + i, tokens: Int32Array.of(token) }]);
-    token = out.token!;
-  }
-  const seconds = (performance.now() - t0) / 1000;
+): Promise<number> {
+  await engine.forward([{ seq, position: 0, tokens: PROMPT }]);
+  const tps = await decode(engine, seq, PROMPT.length, 7, s.tokens, vocabSize);
   await engine.release(seq);
-  return { prefillTokensPerSecond: context / prefillSeconds, tokensPerSecond: tokens / seconds };
+  return tps;
+}
+
+/**
+ * Decode runs of the whole model, each followed by one of the engine without the head: paired runs see about
+ * the same load, so a pair's difference is the head's cost per token (on a busy machine, medians of separate
+ * series taken minutes apart disagree by more than the head costs).
+ */
+async function decodeFigures(
+  engine: StudioEngine,
+  headless: StudioEngine,
+  config: ModelConfig,
+  s: Settings,
+): Promise<Figures> {
+  const results: Run[] = [];
+  const layerRates: number[] = [];
+  const headMs: number[] = [];
+  // Run 0 warms the caches and page tables and is not counted.
+  for (let run = 0; run <= s.runs; run++) {
+    const r = await decodeRun(engine, run + 1, s, config.vocabSize);
+    const layersOnly = await headlessRun(headless, run + 1, s, config.vocabSize);
+    if (run === 0) continue;
+    results.push(r);
+    layerRates.push(layersOnly);
+    headMs.push(1000 / r.tokensPerSecond - 1000 / layersOnly);
+    console.log(
+      `  run ${run}: copy ${(r.bandwidth / 1e9).toFixed(2)} GB/s, read ${(r.readBandwidth / 1e9).toFixed(2)} GB/s, decode ${r.tokensPerSecond.toFixed(2)} tokens/s x ` +
+        `${(r.bytesPerToken / 1e6).toFixed(1)} MB = ${((r.tokensPerSecond * r.bytesPerToken) / 1e9).toFixed(2)} GB/s ` +
+        `(${(r.fraction * 100).toFixed(1)}%), ${(r.cpuSecondsPerToken * 1000).toFixed(1)} ms cpu per token; without the head ${layersOnly.toFixed(2)} tokens/s`,
+    );
+  }
+  const of = (f: (r: Run) => number) => median(results.map(f));
+  const tokensPerSecond = of((r) => r.tokensPerSecond);
+  const bytesPerToken = of((r) => r.bytesPerToken);
+  const cpuPerToken = of((r) => r.cpuSecondsPerToken);
+  console.log(
+    `  decode: ${tokensPerSecond.toFixed(2)} tokens/s (median of ${s.runs} runs of ${s.tokens} tokens), ` +
+      `${(bytesPerToken / 1e6).toFixed(1)} MB of weights per token, copy bandwidth ${(of((r) => r.bandwidth) / 1e9).toFixed(2)} GB/s`,
+  );
+  // On a shared machine wall time includes waiting for a core; cpu time shows what the kernels themselves cost.
+  console.log(
+    `  cpu: ${(cpuPerToken * 1000).toFixed(1)} ms per token (all threads) -> ` +
+      `${(bytesPerToken / cpuPerToken / 1e9).toFixed(2)} GB of weights per cpu-second; bandwidth fraction ` +
+      `${(of((r) => r.fraction) * 100).toFixed(1)}% of copy, ` +
+      `${(of((r) => (r.tokensPerSecond * r.bytesPerToken) / r.readBandwidth) * 100).toFixed(1)}% of read-only`,
+  );
+  const layersTps = median(layerRates);
+  const layerMs = 1000 / layersTps / config.numLayers;
+  console.log(
+    `  decode without the head (embedding + ${config.numLayers} layers): ${layersTps.toFixed(2)} tokens/s = ` +
+      `${layerMs.toFixed(2)} ms per layer per token (${(1000 / layerMs).toFixed(1)} tokens/s per layer); ` +
+      `norm + lm_head ${median(headMs).toFixed(2)} ms per token (median of the paired differences)`,
+  );
+  return {
+    tokens_per_s: round(tokensPerSecond, 3),
+    bytes_per_token: Math.round(bytesPerToken),
+    bandwidth_gbs: round(of((r) => r.bandwidth) / 1e9, 3),
+    bandwidth_fraction: round(
+      of((r) => r.fraction),
+      4,
+    ),
+    cpu_ms_per_token: round(cpuPerToken * 1000, 2),
+    decode_layer_tps: round(layersTps * config.numLayers, 2),
+    decode_layer_ms: round(layerMs, 3),
+    decode_head_ms: round(median(headMs), 3),
+  };
+}
+
+async function benchTarget(target: Target, s: Settings): Promise<Figures> {
+  await ensureModel(target);
+  const config = readModelConfig(target.dir);
+  const started = performance.now();
+  const open = (head: boolean) =>
+    openEngine({
+      modelDir: target.dir,
+      layerStart: 0,
+      layerEnd: config.numLayers,
+      embed: true,
+      head,
+      threads: s.threads,
+    });
+  const engine = await open(true);
+  const headless = await open(false).catch(async (err: unknown) => {
+    await engine.close();
+    throw err;
+  });
+  console.log(
+    `${target.name}: ${target.dir} (${config.numLayers} layers, hidden ${config.hiddenSize}, ${config.numExperts} experts top-${config.expertsPerToken}, ` +
+      `vocab ${config.vocabSize}), ${(engine.stats().weightBytes / 1e9).toFixed(2)} GB mapped, loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+  );
+  let figures: Figures;
+  try {
+    const decoded = await decodeFigures(engine, headless, config, s);
+    const prefilled = await prefillFigures(engine, config, s);
+    figures = { layers: config.numLayers, ...decoded, ...prefilled };
+  } finally {
+    await headless.close();
+    await engine.close();
+  }
+  if (figures.context_decode_tps !== undefined)
+    figures.context_decode_ratio = round(figures.context_decode_tps / figures.tokens_per_s, 3);
+  return figures;
+}
+
+function settingsOf(values: Record<string, string | undefined>): Settings {
+  const prefillSizes = (values.prefill ?? "").split(",").map((v) => positive("--prefill", v.trim()));
+  return {
+    threads: positive("--threads", values.threads!),
+    tokens: positive("--tokens", values.tokens!),
+    runs: positive("--runs", values.runs!),
+    prefillSizes,
+    prefillRuns: positive("--prefill-runs", values["prefill-runs"]!),
+    chunk: positive("--chunk", values.chunk!),
+    context: positive("--context", values.context!, true),
+    ttft: positive("BENCH_TTFT", process.env.BENCH_TTFT ?? "0", true),
+  };
+}
+
+function targetsOf(model: string | undefined): Target[] {
+  if (model) return [{ name: basename(model), dir: model }];
+  const names = (process.env.BENCH_PRESETS ?? "bench").split(",").map((n) => n.trim());
+  return names.map((name) => {
+    if (!isPresetName(name) || !BENCH_PRESETS.includes(name))
+      throw new Error(`bench:engine: BENCH_PRESETS names ${BENCH_PRESETS.join(" and ")} (got "${name}")`);
+    return { name, dir: modelDirOf(name) };
+  });
 }
 
 async function main(): Promise<void> {
@@ -103,103 +344,31 @@ async function main(): Promise<void> {
       threads: { type: "string", default: "2" },
       tokens: { type: "string", default: "32" },
       runs: { type: "string", default: "5" },
+      prefill: { type: "string", default: "512,2048" },
+      "prefill-runs": { type: "string", default: "3" },
+      chunk: { type: "string", default: "256" },
       context: { type: "string", default: "2048" },
       model: { type: "string" },
     },
   });
-  const threads = Number(values.threads);
-  const tokens = Number(values.tokens);
-  const runs = Number(values.runs);
-  const context = Number(values.context);
-  const dir = values.model ?? join(packageRoot(), ".cache", "models", "bench-4bit");
-  await ensureBenchModel(dir);
-  const config = readModelConfig(dir);
-
-  const started = performance.now();
-  const engine = await openEngine({
-    modelDir: dir,
-    layerStart: 0,
-    layerEnd: config.numLayers,
-    embed: true,
-    head: true,
-    threads,
-  });
-  console.log(
-    `model: ${dir} (${config.numLayers} layers, hidden ${config.hiddenSize}, ${config.numExperts} experts top-${config.expertsPerToken}), ` +
-      `${(engine.stats().weightBytes / 1e9).toFixed(2)} GB mapped, loaded in ${((performance.now() - started) / 1000).toFixed(1)} s`,
-  );
-
-  const results: Run[] = [];
-  let long: LongContext | undefined;
-  try {
-    // Prefill throughput, for the record (the JSON figures are about decode).
-    const chunk = Int32Array.from({ length: 256 }, (_, i) => (i * 131 + 7) % config.vocabSize);
-    const p0 = performance.now();
-    await engine.forward([{ seq: 1_000, position: 0, tokens: chunk }]);
-    const prefillSeconds = (performance.now() - p0) / 1000;
-    await engine.release(1_000);
-    console.log(
-      `prefill: ${chunk.length} tokens in ${prefillSeconds.toFixed(2)} s = ${(chunk.length / prefillSeconds).toFixed(1)} tokens/s`,
-    );
-    // Run 0 warms the caches and page tables and is not counted.
-    for (let run = 0; run <= runs; run++) {
-      const r = await decodeRun(engine, run + 1, tokens, threads);
-      if (run === 0) continue;
-      results.push(r);
-      console.log(
-        `run ${run}: copy ${(r.bandwidth / 1e9).toFixed(2)} GB/s, read ${(r.readBandwidth / 1e9).toFixed(2)} GB/s, decode ${r.tokensPerSecond.toFixed(2)} tokens/s x ` +
-          `${(r.bytesPerToken / 1e6).toFixed(1)} MB = ${((r.tokensPerSecond * r.bytesPerToken) / 1e9).toFixed(2)} GB/s ` +
-          `(${(r.fraction * 100).toFixed(1)}%), ${(r.cpuSecondsPerToken * 1000).toFixed(1)} ms cpu per token`,
-      );
-    }
-    if (context > 0) {
-      long = await longContextRun(engine, 2_000, context, tokens, config.vocabSize);
-      console.log(
-        `after a ${context}-token prompt (prefilled at ${long.prefillTokensPerSecond.toFixed(1)} tokens/s): decode ${long.tokensPerSecond.toFixed(2)} tokens/s`,
-      );
-    }
-  } finally {
-    await engine.close();
-  }
-
-  const tokensPerSecond = median(results.map((r) => r.tokensPerSecond));
-  const bytesPerToken = median(results.map((r) => r.bytesPerToken));
-  const bandwidth = median(results.map((r) => r.bandwidth));
-  const fraction = median(results.map((r) => r.fraction));
-  const cpuPerToken = median(results.map((r) => r.cpuSecondsPerToken));
-  console.log(`memory bandwidth (copy, ${threads} threads): ${(bandwidth / 1e9).toFixed(2)} GB/s (median)`);
-  console.log(
-    `decode: ${tokensPerSecond.toFixed(2)} tokens/s (median of ${runs} runs of ${tokens} tokens, ${threads} threads), ` +
-      `${(bytesPerToken / 1e6).toFixed(1)} MB of weights per token`,
-  );
-  // On a shared machine wall time includes waiting for a core; cpu time shows what the kernels themselves cost.
-  console.log(
-    `cpu: ${(cpuPerToken * 1000).toFixed(1)} ms per token (all threads) -> ` +
-      `${(bytesPerToken / cpuPerToken / 1e9).toFixed(2)} GB of weights per cpu-second`,
-  );
-  const readFraction = median(results.map((r) => (r.tokensPerSecond * r.bytesPerToken) / r.readBandwidth));
-  console.log(
-    `bandwidth fraction: ${(fraction * 100).toFixed(1)}% of the copy bandwidth (read + written bytes), ` +
-      `${(readFraction * 100).toFixed(1)}% of the read-only bandwidth (medians of the per-run ratios)`,
-  );
-  if (long)
-    console.log(
-      `decode after ${context} tokens of context: ${long.tokensPerSecond.toFixed(2)} tokens/s = ${(long.tokensPerSecond / tokensPerSecond).toFixed(2)} of the short-context rate`,
-    );
+  const s = settingsOf(values);
+  if (s.context > 0 && !s.prefillSizes.includes(s.context)) s.prefillSizes.push(s.context);
+  const targets = targetsOf(values.model);
+  const presets: Record<string, Figures> = {};
+  // The machine may be shared: the load before and after says how much the figures were disturbed.
+  const loadBefore = loadavg()[0];
+  for (const target of targets) presets[target.name] = await benchTarget(target, s);
+  const loadAfter = loadavg()[0];
+  console.log(`load average (1 min): ${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after`);
   console.log(
     JSON.stringify({
       bench: "engine",
-      tokens_per_s: Number(tokensPerSecond.toFixed(3)),
-      bytes_per_token: Math.round(bytesPerToken),
-      bandwidth_gbs: Number((bandwidth / 1e9).toFixed(3)),
-      bandwidth_fraction: Number(fraction.toFixed(4)),
-      threads,
-      ...(long && {
-        context,
-        context_prefill_tps: Number(long.prefillTokensPerSecond.toFixed(2)),
-        context_decode_tps: Number(long.tokensPerSecond.toFixed(3)),
-        context_decode_ratio: Number((long.tokensPerSecond / tokensPerSecond).toFixed(3)),
-      }),
+      threads: s.threads,
+      chunk_tokens: s.chunk,
+      load_before: round(loadBefore, 2),
+      load_after: round(loadAfter, 2),
+      ...presets[targets[0].name],
+      presets,
     }),
   );
 }

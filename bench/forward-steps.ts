@@ -3,6 +3,8 @@
 // its instruction count does not depend on the machine's load, so two builds compare exactly:
 //   valgrind --tool=callgrind --collect-atstart=no --toggle-collect='studio::model::MinimaxM2Shard::forward*' \
 //     node dist/bench/forward-steps.js --model .cache/models/tiny-4bit
+// With --chunk N the prompt is fed in chunks of N tokens as the scheduler does, and --threads sets the engine's
+// threads: `perf record` of a prefill as served (e.g. --prompt 512 --chunk 256 --threads 2 --steps 0).
 import { parseArgs } from "node:util";
 import { readModelConfig } from "../common/model-config.js";
 import { openEngine } from "../native/index.js";
@@ -12,22 +14,29 @@ const { values } = parseArgs({
     model: { type: "string", default: ".cache/models/tiny-4bit" },
     prompt: { type: "string", default: "64" },
     steps: { type: "string", default: "16" },
+    chunk: { type: "string", default: "0" },
+    threads: { type: "string", default: "1" },
   },
 });
 const modelDir = values.model;
 const promptTokens = Number(values.prompt);
 const steps = Number(values.steps);
+const chunk = Number(values.chunk) || promptTokens;
 const engine = await openEngine({
   modelDir,
   layerStart: 0,
   layerEnd: readModelConfig(modelDir).numLayers,
   embed: true,
   head: true,
-  threads: 1,
+  threads: Number(values.threads),
 });
 const prompt = Int32Array.from({ length: promptTokens }, (_, i) => 3 + ((i * 37) % 900));
 const started = performance.now();
-let [out] = await engine.forward([{ seq: 1, position: 0, tokens: prompt, sampling: {} }]);
+let [out] = await engine.forward([{ seq: 1, position: 0, tokens: prompt.subarray(0, chunk), sampling: {} }]);
+for (let start = chunk; start < promptTokens; start += chunk)
+  [out] = await engine.forward([
+    { seq: 1, position: start, tokens: prompt.subarray(start, start + chunk), sampling: {} },
+  ]);
 const prefilled = performance.now();
 for (let i = 0; i < steps; i++)
   [out] = await engine.forward([

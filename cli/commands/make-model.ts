@@ -1,9 +1,9 @@
-// `cluster make-model DIR`: writes a synthetic MiniMax-M2 checkpoint (tiny / bench / scripted / demo preset).
+// `cluster make-model DIR`: writes a synthetic MiniMax-M2 checkpoint (one of the presets of presets.ts).
 import { existsSync, readdirSync } from "node:fs";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import { makeModel } from "../make-model/index.js";
-import { isPresetName } from "../make-model/presets.js";
+import { isPresetName, PRESET_NAMES } from "../make-model/presets.js";
 import type { FloatDtype } from "../make-model/weights.js";
 
 interface MakeModelFlags {
@@ -12,6 +12,7 @@ interface MakeModelFlags {
   groupSize: string;
   dtype: string;
   seed: string;
+  layers?: string;
   force?: boolean;
 }
 
@@ -24,7 +25,7 @@ function integer(flag: string, value: string): number {
 
 async function run(dir: string, flags: MakeModelFlags): Promise<void> {
   if (!isPresetName(flags.preset))
-    throw new Error(`make-model: unknown preset "${flags.preset}" (use tiny, bench, scripted or demo)`);
+    throw new Error(`make-model: unknown preset "${flags.preset}" (use ${PRESET_NAMES.join(", ")})`);
   if (existsSync(dir) && readdirSync(dir).length > 0 && !flags.force)
     throw new Error(`make-model: ${dir} is not empty (use --force to write into it anyway)`);
   const bar = new SingleBar({
@@ -41,6 +42,7 @@ async function run(dir: string, flags: MakeModelFlags): Promise<void> {
     groupSize: integer("--group-size", flags.groupSize),
     dtype: flags.dtype as FloatDtype,
     seed: integer("--seed", flags.seed),
+    layers: flags.layers === undefined ? undefined : integer("--layers", flags.layers),
     onProgress: (done, total) => {
       if (!started) {
         bar.start(Math.max(1, mib(total)), 0);
@@ -59,11 +61,15 @@ export function register(program: Command): void {
     .command("make-model")
     .description("write a synthetic MiniMax-M2 checkpoint (MLX layout, trained tokenizer, chat template)")
     .argument("<dir>", "output directory")
-    .option("--preset <name>", "tiny | bench | scripted | demo", "tiny")
+    .option("--preset <name>", PRESET_NAMES.join(" | "), "tiny")
     .option("--bits <n>", "quantization bits: 2, 3, 4, 5, 6, 8, or 0 for unquantized", "4")
     .option("--group-size <n>", "quantization group size: 32, 64 or 128", "64")
     .option("--dtype <type>", "dtype of unquantized tensors: bf16, f16 or f32", "bf16")
     .option("--seed <n>", "random seed (same seed, same checkpoint)", "0")
+    .option(
+      "--layers <n>",
+      "number of transformer layers (default: the preset's; m2-shapes: 2, ~2 GB each at 4 bits)",
+    )
     .option("--force", "write into a directory that is not empty")
     .action(async (dir: string, flags: MakeModelFlags) => {
       try {

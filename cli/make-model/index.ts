@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { type TensorSpec, tensorBytes, writeSafetensorsFile } from "../../common/safetensors.js";
 import { BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN, SPECIAL_TOKENS } from "./chat-template.js";
 import { generateCorpus } from "./corpus.js";
-import { isPresetName, type ModelShape, PRESETS, type PresetName } from "./presets.js";
+import { isPresetName, type ModelShape, PRESET_NAMES, PRESETS, type PresetName } from "./presets.js";
 import { SUPPORTED_BITS, SUPPORTED_GROUP_SIZES } from "./quantize.js";
 import { isScripted, scriptAddedTokens, scriptedValues } from "./scripted.js";
 import { type AddedToken, type TrainedBpe, tokenizerJson, trainBpe } from "./tokenizer-trainer.js";
@@ -34,6 +34,8 @@ export interface MakeModelOptions {
   dtype?: FloatDtype;
   /** default 0 */
   seed?: number;
+  /** Number of transformer layers; default: the preset's. */
+  layers?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -44,7 +46,11 @@ interface ResolvedOptions {
   groupSize: number;
   dtype: FloatDtype;
   seed: number;
+  layers: number;
 }
+
+/** Most layers `--layers` accepts (MiniMax-M2.1 has 62). */
+export const MAX_LAYERS = 256;
 
 export function resolveOptions(opts: MakeModelOptions): ResolvedOptions {
   const bits = opts.bits ?? 4;
@@ -52,7 +58,7 @@ export function resolveOptions(opts: MakeModelOptions): ResolvedOptions {
   const dtype = opts.dtype ?? "bf16";
   const seed = opts.seed ?? 0;
   if (!isPresetName(opts.preset))
-    throw new Error(`make-model: unknown preset "${opts.preset}" (use tiny, bench, scripted or demo)`);
+    throw new Error(`make-model: unknown preset "${opts.preset}" (use ${PRESET_NAMES.join(", ")})`);
   if (bits !== 0 && !(SUPPORTED_BITS as readonly number[]).includes(bits))
     throw new Error(
       `make-model: --bits must be 0 (unquantized) or one of ${SUPPORTED_BITS.join(", ")} (got ${bits})`,
@@ -65,12 +71,20 @@ export function resolveOptions(opts: MakeModelOptions): ResolvedOptions {
     throw new Error(`make-model: --dtype must be bf16, f16 or f32 (got ${dtype})`);
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff)
     throw new Error(`make-model: --seed must be an integer in 0..4294967295 (got ${seed})`);
-  return { dir: opts.dir, preset: opts.preset, bits, groupSize, dtype, seed };
+  const layers = opts.layers ?? PRESETS[opts.preset].numLayers;
+  if (!Number.isInteger(layers) || layers < 1 || layers > MAX_LAYERS)
+    throw new Error(`make-model: --layers must be an integer in 1..${MAX_LAYERS} (got ${layers})`);
+  return { dir: opts.dir, preset: opts.preset, bits, groupSize, dtype, seed, layers };
 }
 
 /** Tokenizer corpus size: enough text that every merge up to the target vocabulary has real support. */
-function corpusChars(vocabSize: number): number {
-  return vocabSize <= 2048 ? 400_000 : 2_500_000;
+function corpusChars(tokenizerSize: number): number {
+  return tokenizerSize <= 2048 ? 400_000 : 2_500_000;
+}
+
+/** Tokens the trained tokenizer holds (added tokens included). */
+function tokenizerSizeOf(shape: ModelShape): number {
+  return shape.tokenizerSize ?? shape.vocabSize;
 }
 
 function addedTokens(preset: PresetName): AddedToken[] {
@@ -89,10 +103,8 @@ interface BuiltTokenizer {
 export function buildTokenizer(preset: PresetName, seed: number): BuiltTokenizer {
   const shape = PRESETS[preset];
   const added = addedTokens(preset);
-  const bpe = trainBpe(
-    generateCorpus(seed, corpusChars(shape.vocabSize)),
-    shape.vocabSize - 256 - added.length,
-  );
+  const size = tokenizerSizeOf(shape);
+  const bpe = trainBpe(generateCorpus(seed, corpusChars(size)), size - 256 - added.length);
   const idOf = (content: string) => {
     const i = added.findIndex((t) => t.content === content);
     if (i >= 0) return bpe.vocab.size + i;
@@ -194,30 +206,61 @@ function assignShards(defs: WeightDef[], count: number): WeightDef[][] {
   return shards;
 }
 
-export async function makeModel(opts: MakeModelOptions): Promise<void> {
+/** Shards stay under this many bytes (real MLX conversions write ~5 GB shards). */
+const MAX_SHARD_BYTES = 4e9;
+
+/** What a checkpoint will hold, decided before any weight is made: options, shape, tokenizer, config, modules. */
+export interface CheckpointPlan {
+  options: ResolvedOptions;
+  shape: ModelShape;
+  tokenizer: BuiltTokenizer;
+  config: Record<string, unknown>;
+  defs: WeightDef[];
+  /** Bytes of all tensors. */
+  totalBytes: number;
+  shards: number;
+}
+
+export function planCheckpoint(opts: MakeModelOptions): CheckpointPlan {
   const o = resolveOptions(opts);
   const tok = buildTokenizer(o.preset, o.seed);
-  const shape: ModelShape = { ...PRESETS[o.preset], vocabSize: tok.size };
+  const preset = PRESETS[o.preset];
+  // A preset without its own tokenizer size takes the trained tokenizer's (it may end a few merges short).
+  const vocabSize = preset.tokenizerSize === undefined ? tok.size : preset.vocabSize;
+  const shape: ModelShape = { ...preset, vocabSize, numLayers: o.layers };
+  const config = configJson(o, shape, tok.idOf(BOS_TOKEN), tok.idOf(EOS_TOKEN));
+  const defs = weightDefs({ shape, bits: o.bits, groupSize: o.groupSize, dtype: o.dtype });
+  const totalBytes = defs.flatMap((d) => tensorSpecs(d)).reduce((n, s) => n + tensorBytes(s), 0);
+  const shards = Math.max(shape.shards, Math.ceil(totalBytes / MAX_SHARD_BYTES));
+  return { options: o, shape, tokenizer: tok, config, defs, totalBytes, shards };
+}
+
+export async function makeModel(opts: MakeModelOptions): Promise<void> {
+  const {
+    options: o,
+    shape,
+    tokenizer: tok,
+    config,
+    defs,
+    totalBytes: total,
+    shards: shardCount,
+  } = planCheckpoint(opts);
   mkdirSync(o.dir, { recursive: true });
-  const bos = tok.idOf(BOS_TOKEN);
-  const eos = tok.idOf(EOS_TOKEN);
-  writeJson(join(o.dir, "config.json"), configJson(o, shape, bos, eos));
+  writeJson(join(o.dir, "config.json"), config);
   writeJson(join(o.dir, "generation_config.json"), {
-    bos_token_id: bos,
-    eos_token_id: eos,
+    bos_token_id: config.bos_token_id,
+    eos_token_id: config.eos_token_id,
     do_sample: false,
   });
   writeTokenizerFiles(o.dir, tok, shape);
 
-  const defs = weightDefs({ shape, bits: o.bits, groupSize: o.groupSize, dtype: o.dtype });
   const valuesOf = isScripted(o.preset)
     ? scriptedValues(shape, o.seed, (t) => tok.idOf(t), tok.bpe, o.preset)
     : (def: WeightDef) => seededValues(def, o.seed);
   const encode = (def: WeightDef) =>
     shape.randomPacked ? randomPackedModule(def, o.seed) : encodeModule(def, valuesOf(def));
-  const shards = assignShards(defs, shape.shards);
+  const shards = assignShards(defs, shardCount);
   const specsOf = (group: WeightDef[]) => group.flatMap((d) => tensorSpecs(d));
-  const total = defs.flatMap((d) => tensorSpecs(d)).reduce((n, s) => n + tensorBytes(s), 0);
   const weightMap: Record<string, string> = {};
   let done = 0;
   opts.onProgress?.(0, total);

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { Command } from "commander";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { register } from "../../cli/commands/make-model.js";
-import { buildTokenizer, makeModel } from "../../cli/make-model/index.js";
+import { buildTokenizer, makeModel, planCheckpoint } from "../../cli/make-model/index.js";
 import { PRESETS } from "../../cli/make-model/presets.js";
 import { randomPackedModule, tensorSpecs, weightDefs } from "../../cli/make-model/weights.js";
 import { readModelConfig } from "../../common/model-config.js";
@@ -269,6 +269,83 @@ describe("bench preset", () => {
   });
 });
 
+describe("m2-shapes preset (planned only: its 4.8 GB of weights are made by bench:engine)", () => {
+  let plan: ReturnType<typeof planCheckpoint>;
+  beforeAll(() => {
+    plan = planCheckpoint({ dir: join(work, "never-m2"), preset: "m2-shapes" });
+  });
+  const shapeOf = (path: string) => plan.defs.find((d) => d.path === path)?.shape;
+
+  it("has MiniMax-M2.1's sizes in config.json, 2 layers by default, the router at 8 bits", () => {
+    expect(plan.config).toMatchObject({
+      model_type: "minimax_m2",
+      hidden_size: 3072,
+      num_hidden_layers: 2,
+      num_attention_heads: 48,
+      num_key_value_heads: 8,
+      head_dim: 128,
+      rotary_dim: 64,
+      partial_rotary_factor: 0.5,
+      intermediate_size: 1536,
+      num_local_experts: 256,
+      num_experts_per_tok: 8,
+      vocab_size: 200_064,
+      max_position_embeddings: 196_608,
+    });
+    const quant = plan.config.quantization as Record<string, unknown>;
+    expect(quant).toMatchObject({ bits: 4, group_size: 64 });
+    for (const l of [0, 1])
+      expect(quant[`model.layers.${l}.block_sparse_moe.gate`]).toEqual({ bits: 8, group_size: 64 });
+    expect(quant["model.layers.2.block_sparse_moe.gate"]).toBeUndefined();
+  });
+
+  it("plans the real tensor shapes", () => {
+    expect(shapeOf("model.embed_tokens")).toEqual([200_064, 3072]);
+    expect(shapeOf("lm_head")).toEqual([200_064, 3072]);
+    expect(shapeOf("model.layers.1.self_attn.q_proj")).toEqual([6144, 3072]);
+    expect(shapeOf("model.layers.1.self_attn.k_proj")).toEqual([1024, 3072]);
+    expect(shapeOf("model.layers.1.self_attn.o_proj")).toEqual([3072, 6144]);
+    expect(shapeOf("model.layers.1.block_sparse_moe.gate")).toEqual([256, 3072]);
+    expect(shapeOf("model.layers.1.block_sparse_moe.switch_mlp.gate_proj")).toEqual([256, 1536, 3072]);
+    expect(shapeOf("model.layers.1.block_sparse_moe.switch_mlp.down_proj")).toEqual([256, 3072, 1536]);
+    expect(shapeOf("model.layers.2.self_attn.q_proj")).toBeUndefined();
+  });
+
+  it("pads the 10k bench tokenizer to the 200,064-id vocabulary", () => {
+    expect(plan.tokenizer.size).toBe(PRESETS["m2-shapes"].tokenizerSize);
+    expect(plan.tokenizer.size).toBeLessThan(200_064);
+    expect(plan.config.eos_token_id as number).toBeLessThan(plan.tokenizer.size);
+  });
+
+  it("costs ~2.06 GB per 4-bit layer, shards under 4 GB; --layers changes the count", () => {
+    const three = planCheckpoint({ dir: join(work, "never-m2"), preset: "m2-shapes", layers: 3 });
+    expect(three.config.num_hidden_layers).toBe(3);
+    const perLayer = three.totalBytes - plan.totalBytes;
+    expect(perLayer / 1e9).toBeCloseTo(2.06, 2);
+    expect(plan.totalBytes / 1e9).toBeCloseTo(4.82, 2);
+    expect(plan.shards).toBe(2);
+    expect(three.shards).toBe(2);
+    expect(planCheckpoint({ dir: "x", preset: "m2-shapes", layers: 4 }).shards).toBe(3);
+  });
+});
+
+describe("--layers", () => {
+  it("writes a checkpoint with that many layers and refuses counts out of range", async () => {
+    const dir = join(work, "tiny-2-layers");
+    await makeModel({ dir, preset: "tiny", layers: 2 });
+    expect(readModelConfig(dir).numLayers).toBe(2);
+    const names = [...shardHeaders(dir).values()].flatMap((h) => [...h.tensors.keys()]);
+    expect(names.filter((n) => n.endsWith("q_proj.weight")).sort()).toEqual([
+      "model.layers.0.self_attn.q_proj.weight",
+      "model.layers.1.self_attn.q_proj.weight",
+    ]);
+    for (const layers of [0, 1.5, 1000])
+      await expect(makeModel({ dir: join(work, "never"), preset: "tiny", layers })).rejects.toThrow(
+        /--layers must be an integer in 1\.\.256/,
+      );
+  });
+});
+
 describe("cluster make-model", () => {
   const runCli = async (...args: string[]) => {
     const program = new Command().exitOverride();
@@ -309,7 +386,10 @@ describe("cluster make-model", () => {
       /--group-size must be one of/,
     );
     expect((await runCli(join(work, "cli-bad-4"), "--preset", "giant")).stderr).toMatch(
-      /unknown preset "giant"/,
+      /unknown preset "giant" \(use tiny, bench, scripted, demo, scripted-tool, m2-shapes\)/,
+    );
+    expect((await runCli(join(work, "cli-bad-5"), "--layers", "two")).stderr).toMatch(
+      /--layers must be a whole number/,
     );
   });
 

@@ -9,7 +9,7 @@ import { crc32 } from "node:zlib";
 import * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../common/errors.js";
 import { readIndex, readSafetensorsHeader, type TensorInfo } from "../common/safetensors.js";
-import { ChunkSlot, type EncodedTensorChunk } from "../common/wire/tensor-chunk.js";
+import { ChunkSlot, type EncodedTensorChunk, slotBytes } from "../common/wire/tensor-chunk.js";
 import type { FetchTensorsRequest, ModelInfo, TensorChunk } from "../common/wire/types.js";
 import { grpcStatus } from "./grpc-surface.js";
 
@@ -23,6 +23,10 @@ const defaultChunkBytes = 64 * 1024;
 const maxChunkBytes = 4 * 1024 * 1024;
 /** Bytes per read from the checkpoint, split into chunks. */
 const readBytes = 1024 * 1024;
+/** Reads whose chunks may be in grpc-js's hands at once (the slot buffers a stream keeps). */
+const readsInFlight = 4;
+/** Tensor names up to this many bytes fit a pooled slot (longer ones get a buffer of their own). */
+const pooledNameBytes = 1024;
 
 export interface TensorSourceOptions {
   modelDir: string;
@@ -126,6 +130,7 @@ export class TensorSource {
     const pace = new Pacer(this.opts.maxBytesPerSecond ?? 0);
     // Chunks read with one readv: fewer trips to the thread pool than one read per (small) chunk.
     const perRead = Math.max(1, Math.floor(readBytes / chunkBytes));
+    const buffers = new SlotBuffers(slotBytes(pooledNameBytes, chunkBytes), perRead * readsInFlight);
     try {
       for (const { want, at } of located) {
         let fh = files.get(at.file);
@@ -140,7 +145,9 @@ export class TensorSource {
         if (pos >= total && total > 0) continue;
         do {
           if (stopped()) return;
-          const slots = chunkSlots(name, pos, total, chunkBytes, perRead);
+          if (name.length <= pooledNameBytes) await buffers.available(perRead, call, stopped);
+          if (stopped()) return;
+          const slots = chunkSlots(name, pos, total, chunkBytes, perRead, buffers);
           const n = await readvFully(
             fh,
             slots.map((s) => s.payload),
@@ -148,7 +155,11 @@ export class TensorSource {
             at.file,
           );
           let ok = true;
-          for (const slot of slots) ok = call.write(slot.seal(crc32(slot.payload))) && ok;
+          for (const slot of slots) {
+            const encoded = slot.seal(crc32(slot.payload));
+            // grpc-js has copied the message into its own frame by the time the write completes.
+            ok = call.write(encoded, () => buffers.release(slot.buffer)) && ok;
+          }
           if (!ok) await drained(call, stopped);
           await pace.sent(n);
           pos += n;
@@ -161,12 +172,66 @@ export class TensorSource {
 }
 
 /** The chunks of one read: up to `count` of `size` bytes from pos (an empty tensor: its one empty chunk). */
-function chunkSlots(name: Buffer, pos: number, total: number, size: number, count: number): ChunkSlot[] {
-  if (total === 0) return [new ChunkSlot(name, 0, 0, 0)];
+function chunkSlots(
+  name: Buffer,
+  pos: number,
+  total: number,
+  size: number,
+  count: number,
+  buffers: SlotBuffers,
+): ChunkSlot[] {
+  // A name too long for a pooled slot gets buffers of its own (a pooled one taken would never come back).
+  const take = () => (name.length <= pooledNameBytes ? buffers.take() : undefined);
+  if (total === 0) return [new ChunkSlot(name, 0, 0, 0, take())];
   const slots: ChunkSlot[] = [];
   for (let p = pos; p < total && slots.length < count; p += size)
-    slots.push(new ChunkSlot(name, p, total, Math.min(size, total - p)));
+    slots.push(new ChunkSlot(name, p, total, Math.min(size, total - p), take()));
   return slots;
+}
+
+/**
+ * The buffers a stream's chunks are encoded in, each back in the pool once grpc-js is done with it (its write
+ * callback). A transfer allocates a few MiB once instead of a buffer per 64 KiB chunk: the allocations (and the
+ * garbage collections they caused) took more of the sender's time than reading the files.
+ */
+class SlotBuffers {
+  private readonly free: Buffer[] = [];
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly size: number,
+    count: number,
+  ) {
+    for (let i = 0; i < count; i++) this.free.push(Buffer.allocUnsafe(size));
+  }
+
+  /** A pooled buffer, or undefined when none is free (the slot then allocates its own). */
+  take(): Buffer | undefined {
+    return this.free.pop();
+  }
+
+  release(buffer: Buffer): void {
+    if (buffer.length !== this.size) return;
+    this.free.push(buffer);
+    this.wake?.();
+  }
+
+  /** Resolves once `count` buffers are free, or when the caller went away. */
+  async available(count: number, call: FetchCall, stopped: () => boolean): Promise<void> {
+    while (this.free.length < count && !stopped()) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.wake = undefined;
+          call.off("cancelled", done);
+          call.off("close", done);
+          resolve();
+        };
+        this.wake = done;
+        call.on("cancelled", done);
+        call.on("close", done);
+      });
+    }
+  }
 }
 
 /** Fills the buffers in order from the file at position; the bytes read. */

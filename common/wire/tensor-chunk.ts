@@ -19,6 +19,11 @@ const maxFixedBytes = 1 + 5 + 1 + 10 + 1 + 10 + 1 + 5;
 /** What follows the payload: the crc32 field. */
 const maxTailBytes = 1 + 5;
 
+/** Bytes a slot needs for a payload of `length` under a name of `nameBytes`: what `backing` must hold. */
+export function slotBytes(nameBytes: number, length: number): number {
+  return maxFixedBytes + nameBytes + length + maxTailBytes;
+}
+
 /** A chunk already encoded: the FetchTensors serializer passes its bytes through (withTensorChunkCodec). */
 export class EncodedTensorChunk {
   constructor(readonly bytes: Buffer) {}
@@ -30,16 +35,18 @@ export class EncodedTensorChunk {
  */
 export class ChunkSlot {
   readonly payload: Buffer;
-  private readonly buffer: Buffer;
+  /** The memory the encoding lives in: `backing` when it was given and large enough, else a new buffer. */
+  readonly buffer: Buffer;
   private readonly headStart: number;
 
-  constructor(name: Buffer, offset: number, total: number, length: number) {
+  constructor(name: Buffer, offset: number, total: number, length: number, backing?: Buffer) {
     let head = 1 + varintLength(name.length) + name.length;
     head += 1 + varintLength(offset) + 1 + varintLength(total) + 1 + varintLength(length);
     // The head ends where the payload starts; its room is sized for the largest varints so the layout of
     // every slot of a read is the same shape.
     const room = maxFixedBytes + name.length;
-    this.buffer = Buffer.allocUnsafe(room + length + maxTailBytes);
+    const size = slotBytes(name.length, length);
+    this.buffer = backing && backing.length >= size ? backing : Buffer.allocUnsafe(size);
     this.headStart = room - head;
     let at = this.headStart;
     this.buffer[at++] = NAME;

@@ -8,9 +8,9 @@ import type { BackendChoice } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
 import { withBodyDigests } from "../common/wire/auth.js";
+import { listenNodeServer, type NodeListener } from "../common/wire/listen.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
 import { type EncodedTensorChunk, withTensorChunkCodec } from "../common/wire/tensor-chunk.js";
-import { serverCredentials } from "../common/wire/tls.js";
 import type {
   AssembleBlocksRequest,
   BlockEvents,
@@ -99,6 +99,7 @@ class NodeAgentServer {
   private readonly tensorSource: TensorSource;
   private readonly statusTimers = new Set<NodeJS.Timeout>();
   private readonly openCalls = new Set<{ end(): void }>();
+  private listener: NodeListener | undefined;
   port = 0;
 
   constructor(opts: NodeAgentOptions) {
@@ -189,14 +190,13 @@ class NodeAgentServer {
         watchBlocks(this.shards, call, this.openCalls),
       ),
     });
-    const host = this.opts.grpcHost ?? "127.0.0.1";
-    const address = `${host.includes(":") ? `[${host}]` : host}:${this.opts.grpcPort ?? 0}`;
-    this.port = await new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(address, serverCredentials(), (err, port) => {
-        if (err) reject(new Error(`node agent cannot listen on ${address}: ${err.message}`));
-        else resolve(port);
-      });
-    });
+    this.listener = await listenNodeServer(
+      this.server,
+      this.opts.grpcHost ?? "127.0.0.1",
+      this.opts.grpcPort ?? 0,
+      this.log,
+    );
+    this.port = this.listener.port;
     return this.port;
   }
 
@@ -364,6 +364,7 @@ class NodeAgentServer {
       }
     }
     this.openCalls.clear();
+    this.listener?.close();
     await this.shards.close();
     await new Promise<void>((resolve) => {
       const force = setTimeout(() => {

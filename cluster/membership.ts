@@ -473,7 +473,9 @@ function tlsRefusalOf(address: string, err: unknown): PeerProofError | undefined
   if (!TLS_REFUSAL_PATTERN.test(details)) return undefined;
   const why = details
     .replace(/^No connection established\. Last error: (Error: )?/, "")
-    .replace(/\. Resolution note:.*$/s, "");
+    .replace(/\. Resolution note:.*$/s, "")
+    // OpenSSL's "<hex>:error:<code>:SSL routines:<function>:<reason>:<file>:<line>:" -> its reason.
+    .replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:[^:]*:([^:]+):.*$/s, "$1");
   return new PeerProofError(
     `${address}: TLS handshake failed (${why}): it does not hold this cluster's key, or does not speak TLS (--no-cluster-tls on one side?)`,
     "impostor",

@@ -44,11 +44,20 @@ export async function listenNodeServer(
   return listenMixed(server, host, port, security.tls, log);
 }
 
+/**
+ * Who a TLS socket talked to. After a failed handshake it no longer knows (its handle is gone); the TCP socket it
+ * wrapped still does (Node keeps it as _parent, not in its typings).
+ */
+function peerOf(socket: tls.TLSSocket): { remoteAddress?: string; remotePort?: number } {
+  const raw = (socket as unknown as { _parent?: net.Socket })._parent;
+  return socket.remoteAddress ? socket : (raw ?? socket);
+}
+
 class RefusalLog {
   private readonly last = new Map<string, number>();
   constructor(private readonly log: (line: string) => void) {}
 
-  refused(socket: net.Socket, why: string): void {
+  refused(socket: { remoteAddress?: string; remotePort?: number }, why: string): void {
     const host = socket.remoteAddress ?? "?";
     const now = Date.now();
     if (now - (this.last.get(host) ?? 0) < refusalLogEveryMs) return;
@@ -78,8 +87,7 @@ async function listenMixed(
   });
   tlsServer.on("secureConnection", (socket: tls.TLSSocket) => {
     // OpenSSL checked the chain ends at the cluster's certificate; the pin makes it exactly that certificate.
-    const peer = socket.getPeerCertificate();
-    if (peer?.fingerprint256 !== cluster.fingerprint256) {
+    if (socket.getPeerCertificate()?.fingerprint256 !== cluster.fingerprint256) {
       refusals.refused(socket, "its TLS certificate is not this cluster's");
       socket.destroy();
       return;
@@ -88,15 +96,17 @@ async function listenMixed(
   });
   tlsServer.on("tlsClientError", (err: Error, socket: tls.TLSSocket) => {
     refusals.refused(
-      socket,
+      peerOf(socket),
       `TLS handshake failed (${errorMessage(err)}): it does not hold this cluster's key`,
     );
   });
 
   const route = (socket: net.Socket, first: Buffer): void => {
+    // Read now, so that the socket keeps it for a refusal logged after its handshake failed (peerOf).
+    const from = socket.remoteAddress ?? "";
     if (first[0] === TLS_HANDSHAKE_RECORD) {
       tlsServer.emit("connection", socket);
-    } else if (isLoopbackAddress(socket.remoteAddress ?? "")) {
+    } else if (isLoopbackAddress(from)) {
       inject.injectConnection(socket);
     } else {
       refusals.refused(

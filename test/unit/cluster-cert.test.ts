@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateClusterKey } from "../../common/cluster-key.js";
 import { type ClusterTls, clusterTlsOf, deriveClusterTls } from "../../common/wire/cluster-cert.js";
 import { listenNodeServer, type NodeListener } from "../../common/wire/listen.js";
-import { studioNodeClientConstructor, studioNodeService } from "../../common/wire/proto.js";
+import { channelOptions, studioNodeClientConstructor, studioNodeService } from "../../common/wire/proto.js";
 import {
   channelCredentials,
   dialsTls,
@@ -80,6 +80,7 @@ describe("a node listener on the cluster's TLS", () => {
   async function hello(): Promise<{ code: number; details: string; name?: string }> {
     const Ctor = studioNodeClientConstructor();
     const client = new Ctor(address, channelCredentials(address), {
+      ...channelOptions,
       "grpc.use_local_subchannel_pool": 1,
     });
     const call = client.Hello as unknown as (

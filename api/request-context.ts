@@ -95,8 +95,9 @@ export async function startRun(
   const generator = requireGenerator(deps);
   const formatter = ChatFormatter.forModelDir(deps.modelDir);
   const chat = "conversation" in input;
-  // On a worker thread: a prompt of megabytes must not stall the event loop (and the heartbeats with it).
-  const prompt = await PromptEncoder.forModelDir(deps.modelDir).encode(input);
+  // On a worker thread: a prompt of megabytes must not stall the event loop (and the heartbeats with it); one
+  // that cannot fit the window is refused once a window's worth of it is counted.
+  const prompt = await PromptEncoder.forModelDir(deps.modelDir).encode(input, generator.contextWindow);
   if (prompt.length === 0) throw new RequestError("prompt must not be empty", "prompt");
   // A completion without max_tokens writes 16 tokens (OpenAI's default); a chat reply may fill the window.
   const requested = chat ? options.maxTokens : (options.maxTokens ?? 16);

@@ -2,6 +2,7 @@
 // Loaded once per directory: the tokenizer of a ~200k vocabulary takes a while to build.
 import type { Conversation } from "./conversation.js";
 import { IncrementalDetokenizer } from "./detokenizer.js";
+import { encodeWithin } from "./prompt-budget.js";
 import { ChatTemplate } from "./template.js";
 import { ModelTokenizer } from "./tokenizer.js";
 
@@ -33,6 +34,12 @@ export class ChatFormatter {
 
   encode(text: string): number[] {
     return this.tokenizer.encode(text);
+  }
+
+  /** A conversation (rendered) or a plain text as token ids; with `limit`, within that budget (prompt-budget.ts). */
+  encodePrompt(input: { conversation: Conversation } | { text: string }, limit?: number): number[] {
+    const text = "conversation" in input ? this.render(input.conversation) : input.text;
+    return limit === undefined ? this.encode(text) : encodeWithin((t) => this.encode(t), text, limit);
   }
 
   get stopTokenIds(): number[] {

@@ -9,6 +9,7 @@ import { Worker } from "node:worker_threads";
 import { ClusterError, type ClusterErrorCode } from "../common/errors.js";
 import { ChatFormatter } from "./chat-formatter.js";
 import type { Conversation } from "./conversation.js";
+import { PromptTooLongError } from "./prompt-budget.js";
 import { RequestError } from "./request-error.js";
 
 export type PromptInput = { conversation: Conversation } | { text: string };
@@ -16,6 +17,8 @@ export type PromptInput = { conversation: Conversation } | { text: string };
 export interface PromptJob {
   id: number;
   input: PromptInput;
+  /** The window: a prompt clearly longer is refused before it is tokenized whole (chat/prompt-budget.ts). */
+  limit?: number;
 }
 
 export type PromptResult =
@@ -25,6 +28,7 @@ export type PromptResult =
       error:
         | { kind: "request"; message: string; param: string | null }
         | { kind: "cluster"; message: string; code: ClusterErrorCode }
+        | { kind: "too_long"; contextWindow: number; moreThan: number }
         | { kind: "other"; message: string };
     };
 
@@ -52,14 +56,18 @@ export class PromptEncoder {
     return encoder;
   }
 
-  /** Token ids of the rendered conversation (generation prompt appended) or of the text. */
-  encode(input: PromptInput): Promise<number[]> {
-    if (!existsSync(workerFile)) return Promise.resolve().then(() => encodeInline(this.modelDir, input));
+  /**
+   * Token ids of the rendered conversation (generation prompt appended) or of the text; with `limit`, a prompt
+   * clearly longer than it is refused with PromptTooLongError before it is tokenized whole.
+   */
+  encode(input: PromptInput, limit?: number): Promise<number[]> {
+    if (!existsSync(workerFile))
+      return Promise.resolve().then(() => encodeInline(this.modelDir, input, limit));
     const worker = this.startWorker();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      worker.postMessage({ id, input } satisfies PromptJob);
+      worker.postMessage({ id, input, limit } satisfies PromptJob);
     });
   }
 
@@ -91,11 +99,12 @@ export class PromptEncoder {
     const { error } = result;
     if (error.kind === "request") pending.reject(new RequestError(error.message, error.param));
     else if (error.kind === "cluster") pending.reject(new ClusterError(error.code, error.message));
+    else if (error.kind === "too_long")
+      pending.reject(new PromptTooLongError(error.contextWindow, error.moreThan));
     else pending.reject(new Error(error.message));
   }
 }
 
-function encodeInline(modelDir: string, input: PromptInput): number[] {
-  const formatter = ChatFormatter.forModelDir(modelDir);
-  return formatter.encode("conversation" in input ? formatter.render(input.conversation) : input.text);
+function encodeInline(modelDir: string, input: PromptInput, limit: number | undefined): number[] {
+  return ChatFormatter.forModelDir(modelDir).encodePrompt(input, limit);
 }

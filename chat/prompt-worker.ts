@@ -3,6 +3,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { ClusterError } from "../common/errors.js";
 import { ChatFormatter } from "./chat-formatter.js";
+import { PromptTooLongError } from "./prompt-budget.js";
 import type { PromptJob, PromptResult } from "./prompt-encoder.js";
 import { RequestError } from "./request-error.js";
 
@@ -11,13 +12,17 @@ const formatter = ChatFormatter.forModelDir((workerData as { modelDir: string })
 parentPort?.on("message", (job: PromptJob) => {
   let result: PromptResult;
   try {
-    const text = "conversation" in job.input ? formatter.render(job.input.conversation) : job.input.text;
-    const ids = Int32Array.from(formatter.encode(text));
+    const ids = Int32Array.from(formatter.encodePrompt(job.input, job.limit));
     parentPort?.postMessage({ id: job.id, ids } satisfies PromptResult, [ids.buffer]);
     return;
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
-    if (err instanceof RequestError)
+    if (err instanceof PromptTooLongError)
+      result = {
+        id: job.id,
+        error: { kind: "too_long", contextWindow: err.contextWindow, moreThan: err.moreThan },
+      };
+    else if (err instanceof RequestError)
       result = { id: job.id, error: { kind: "request", message, param: err.param } };
     else if (err instanceof ClusterError)
       result = { id: job.id, error: { kind: "cluster", message, code: err.code } };

@@ -6,6 +6,8 @@
 // gives one plan. A lost node (heartbeat silence, or the pipeline's nodeLost) leaves membership, which brings
 // a new plan on the rest if it fits, a clear cluster_not_ready state otherwise; a node that answers again is
 // re-admitted and the next plan includes it.
+
+import { epochOf, nextTerm } from "../common/coordinator-epoch.js";
 import type { BackendName } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import type { ModelFootprint } from "../coordinator/model-footprint.js";
@@ -27,7 +29,7 @@ import {
 import { Scheduler } from "../coordinator/scheduler.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
 import { weightSources } from "../coordinator/weight-sources.js";
-import { electCoordinator } from "./election.js";
+import { electCoordinator, seesUs } from "./election.js";
 import { apiUrlOf, buildClusterHealth, type ClusterHealth, type ClusterState } from "./health.js";
 import type { Member } from "./membership.js";
 import { type ClusterSnapshot, snapshotOf } from "./snapshot.js";
@@ -68,6 +70,11 @@ export interface ControllerOptions {
   /** Loads a plan's shards and wires them (default Pipeline.start: the nodes over gRPC). */
   startPipeline?: (options: PipelineOptions) => Promise<PipelinePort>;
   settleMs?: number;
+  /**
+   * How long a member with a smaller id that does not list us yet is waited for before this node coordinates
+   * without it (default 3000 ms; see awaitSmallerMembers).
+   */
+  reachGraceMs?: number;
   /** Delay before trying again after a failed load. */
   retryMs?: number;
   onProgress?(stage: PlanStage, bytesRead: number, bytesTotal: number): void;
@@ -101,6 +108,10 @@ export class ClusterController {
   private state: ClusterState = "planning";
   private message: string | undefined = "waiting for members";
   private coordinator: Member | undefined;
+  /** Our coordinator term while we coordinate without a break (common/coordinator-epoch.ts), else undefined. */
+  private term: number | undefined;
+  /** Loads refused in a row by a node serving another coordinator (they back off the retries). */
+  private refusals = 0;
   private serving: Serving | undefined;
   private plan: Plan | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -190,9 +201,12 @@ export class ClusterController {
 
   private async reconcile(): Promise<void> {
     if (this.closed) return;
-    const live = this.opts.membership.live();
-    const coordinator = electCoordinator(live);
+    // Only members that see us too (their gossiped member list names us) can take part: one coordinator per
+    // group of mutually reachable nodes (election.ts).
+    const reachable = this.reachable(this.opts.membership.live());
+    const coordinator = electCoordinator(reachable);
     this.coordinator = coordinator;
+    if (coordinator?.nodeId !== this.opts.self.nodeId) this.term = undefined;
     if (!coordinator) {
       this.stopServing("waiting for members");
       this.setState("planning", "waiting for members");
@@ -204,10 +218,36 @@ export class ClusterController {
       this.setState("following", undefined);
       return;
     }
-    await this.coordinate(live);
+    await this.coordinate(reachable);
+  }
+
+  /**
+   * The live members that see us (election.ts). One that joined a moment ago and does not list us yet is most
+   * likely still probing us back (it learned of us from our Hello or from gossip): it keeps the benefit of the
+   * doubt for `reachGraceMs` after it joined, as it had before gossip, so a starting node follows the coordinator
+   * at once instead of loading a plan of its own only to drop it a second later. When the grace ends, a reconcile
+   * looks again.
+   */
+  private reachable(live: Member[]): Member[] {
+    const grace = this.opts.reachGraceMs ?? 3000;
+    const now = Date.now();
+    const self = this.opts.self.nodeId;
+    const pending = live.filter((m) => !seesUs(m, self) && now - m.joinedAt < grace);
+    if (pending.length > 0)
+      this.schedule(Math.max(50, Math.max(...pending.map((m) => m.joinedAt + grace - now))));
+    return live.filter((m) => pending.includes(m) || seesUs(m, self));
   }
 
   private async coordinate(live: Member[]): Promise<void> {
+    // Our term: one above any other coordinator's our members serve (kept while we coordinate), so they accept
+    // our LoadShard once they elect us too (common/coordinator-epoch.ts).
+    const term = nextTerm(
+      this.term,
+      this.opts.self.nodeId,
+      live.map((m) => (m.status ? epochOf(m.status) : undefined)),
+    );
+    if (term !== this.term) this.log(`controller: coordinating under term ${term}`);
+    this.term = term;
     const usable = live.filter((m) => this.holdsOurModel(m));
     let plan: Plan;
     try {
@@ -231,6 +271,7 @@ export class ClusterController {
         plan,
         clusterKey: this.opts.clusterKey,
         liveness: this.opts.membership,
+        epoch: { term, coordinatorId: this.opts.self.nodeId },
         threads: this.opts.threads,
         modelId: this.opts.modelId,
         sources: plan.stages.map((stage) =>
@@ -271,9 +312,14 @@ export class ClusterController {
       const message = `loading plan ${plan.planId} failed: ${errorMessage(err)}`;
       void this.scheduler.detach(message);
       this.setState("not_ready", message);
-      this.schedule(this.opts.retryMs ?? 3000);
+      // A node that serves another coordinator refuses us until that one is lost to it
+      // (common/coordinator-epoch.ts): in a partial partition that may last, so retry less and less often (a
+      // change of membership still re-plans at once).
+      this.refusals = /REFUSED LoadShard/.test(message) ? this.refusals + 1 : 0;
+      this.schedule((this.opts.retryMs ?? 3000) * 2 ** Math.min(3, Math.max(0, this.refusals - 1)));
       return;
     }
+    this.refusals = 0;
     this.loadProgress.clear();
     this.fetchProgress.clear();
     for (const stage of plan.stages) this.opts.onStageLoaded?.(stage, stage.weightBytes);

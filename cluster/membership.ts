@@ -1,8 +1,10 @@
 // Membership: the live nodes of our cluster, as this node sees them.
 //
-// Candidates are gRPC addresses from four sources: this node itself, `--peer`, Bonjour, and nodes that said
-// Hello to us. Each candidate must first prove it holds the cluster key (common/wire/auth.ts: an HMAC over our
-// nonce; the key never travels). One of another cluster is ignored; one that claims our cluster id and cannot
+// Candidates are gRPC addresses from five sources: this node itself, `--peer`, Bonjour, nodes that said Hello
+// to us, and gossip: every member's heartbeat (NodeStatus.members) lists the live members it knows, so nodes
+// that each joined through one `--peer` learn each other, and keep each other when that peer dies. Each
+// candidate must first prove it holds the cluster key (common/wire/auth.ts: an HMAC over our nonce; the key
+// never travels). One of another cluster is ignored; one that claims our cluster id and cannot
 // prove the key is logged as an impostor and not probed again (a --peer address, or one announced again, only
 // after a long pause).
 // A node that proves it and answers the signed Hello becomes a member and stays one only while its
@@ -14,10 +16,14 @@ import { errorMessage } from "../common/errors.js";
 import { PeerProofError } from "../common/wire/auth.js";
 import { NodeClient } from "../common/wire/client.js";
 import { dialsTls, TLS_REFUSAL_PATTERN } from "../common/wire/tls.js";
-import type { Capabilities, HelloReply, NodeStatus } from "../common/wire/types.js";
+import type { Capabilities, HelloReply, MemberRef, NodeStatus } from "../common/wire/types.js";
 import type { NodeLiveness } from "../coordinator/pipeline.js";
+import { seesUs } from "./election.js";
 
-export type CandidateSource = "self" | "peer" | "bonjour" | "caller";
+export type CandidateSource = "self" | "peer" | "bonjour" | "caller" | "gossip";
+
+/** Entries of one member's gossiped list that are looked at (a bound against a member that lists thousands). */
+const GOSSIP_MAX_ENTRIES = 64;
 
 export interface Member {
   nodeId: string;
@@ -131,6 +137,11 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     );
   }
 
+  /** What this node gossips in its heartbeat: its live members (itself included) and their addresses. */
+  gossip(): MemberRef[] {
+    return this.live().map((m) => ({ node_id: m.nodeId, address: m.address }));
+  }
+
   /** Members lost and not back, newest loss first. */
   departed(): DepartedMember[] {
     return [...this.gone.values()].sort((a, b) => b.lostAt - a.lostAt);
@@ -181,6 +192,28 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     };
     this.candidates.set(normalized, candidate);
     this.scheduleProbe(candidate, 0);
+  }
+
+  /**
+   * A member's gossiped list: addresses of nodes we do not know become candidates. They are probed like any
+   * other (the key proof first: a member can name an address, never vouch for it), without hurrying the
+   * back-off of candidates already known, and forgotten when unreachable for forgetAfterMs.
+   */
+  private learn(listed: readonly MemberRef[], from: Member): void {
+    for (const entry of listed.slice(0, GOSSIP_MAX_ENTRIES)) {
+      if (!entry.address || entry.node_id === this.opts.nodeId || this.members.has(entry.node_id)) continue;
+      const normalized = gossipedAddress(entry.address, from.address);
+      if (!normalized) continue;
+      const known = this.candidates.get(normalized);
+      if (known) {
+        known.sources.add("gossip");
+        continue;
+      }
+      this.log(
+        `membership: ${from.name} (${from.nodeId}) knows ${entry.node_id} at ${normalized}: probing it`,
+      );
+      this.addCandidate(normalized, "gossip");
+    }
   }
 
   /** Bonjour said goodbye: forget the address unless another source still names it. */
@@ -330,8 +363,13 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     stream.on("data", (status: NodeStatus) => {
       if (candidate.stream !== stream) return;
       member.lastSeen = Date.now();
+      const sawUs = seesUs(member, this.opts.nodeId);
       member.status = status;
+      if (status.members?.length) this.learn(status.members, member);
       this.emit("status", member);
+      // Whether it sees us decides whether it can be elected or planned with (election.ts): a change of that is
+      // a change of membership as the controller sees it.
+      if (seesUs(member, this.opts.nodeId) !== sawUs) this.emit("change", this.live());
     });
     const ended = (why: string) => {
       if (candidate.stream !== stream || candidate.state !== "live") return;
@@ -452,6 +490,28 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
 export function normalizeAddress(address: string): string {
   const trimmed = address.trim();
   return trimmed.startsWith("localhost:") ? `127.0.0.1:${trimmed.slice("localhost:".length)}` : trimmed;
+}
+
+/**
+ * Where a gossiped address leads from here: the sender lists members as it reaches them, so a loopback address
+ * from a sender on another machine means the sender's own machine (its host, that port). Undefined when it is
+ * not host:port.
+ */
+export function gossipedAddress(listed: string, senderAddress: string): string | undefined {
+  let entry: { host: string; port: number };
+  let sender: { host: string; port: number };
+  try {
+    entry = parseHostPort(listed);
+    sender = parseHostPort(senderAddress);
+  } catch {
+    return undefined;
+  }
+  if (isLoopbackHost(entry.host) && !isLoopbackHost(sender.host)) return `${sender.host}:${entry.port}`;
+  return normalizeAddress(listed);
+}
+
+function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || host === "[::1]" || host.startsWith("127.");
 }
 
 /** Parses "host:port" (IPv6 in brackets), throwing a message that names the bad value. */

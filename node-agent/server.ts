@@ -4,10 +4,18 @@
 
 import { cpus } from "node:os";
 import * as grpc from "@grpc/grpc-js";
+import {
+  type CoordinatorEpoch,
+  type CoordinatorView,
+  describeEpoch,
+  epochOf,
+  judgeLoadShard,
+} from "../common/coordinator-epoch.js";
 import type { BackendChoice } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
 import { withBodyDigests } from "../common/wire/auth.js";
+import { nowUs } from "../common/wire/frames.js";
 import { listenNodeServer, type NodeListener } from "../common/wire/listen.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
 import { type EncodedTensorChunk, withTensorChunkCodec } from "../common/wire/tensor-chunk.js";
@@ -24,6 +32,7 @@ import type {
   HelloRequest,
   LoadProgress,
   LoadShardRequest,
+  MemberRef,
   NodeStatus,
   ReleaseReply,
   ResultsRequest,
@@ -77,10 +86,19 @@ export interface NodeAgentOptions {
    * node that found us through `--peer` while we did not know it.
    */
   onPeerHello?: (peer: { nodeId: string; clusterId: string; address: string }) => void;
+  /** The live members this node knows, gossiped in every NodeStatus (absent: none are listed). */
+  gossip?: () => MemberRef[];
+  /**
+   * This node's membership and election, which LoadShard from a new coordinator is judged against
+   * (common/coordinator-epoch.ts); absent (a bare agent): only the terms decide.
+   */
+  coordinatorView?: CoordinatorView;
 }
 
 export interface NodeAgent {
   port: number;
+  /** The gossiped member list changed: every Status stream sends a NodeStatus now rather than at its tick. */
+  membersChanged(): void;
   close(): Promise<void>;
 }
 
@@ -98,8 +116,12 @@ class NodeAgentServer {
   private readonly shards: ShardHost;
   private readonly tensorSource: TensorSource;
   private readonly statusTimers = new Set<NodeJS.Timeout>();
+  /** Sends one NodeStatus now on each open Status stream. */
+  private readonly statusSenders = new Set<() => void>();
   private readonly openCalls = new Set<{ end(): void }>();
   private listener: NodeListener | undefined;
+  /** The coordinator whose LoadShard this node accepted last: it serves that one until a newer epoch wins. */
+  private served: CoordinatorEpoch | undefined;
   port = 0;
 
   constructor(opts: NodeAgentOptions) {
@@ -229,6 +251,18 @@ class NodeAgentServer {
       call.emit("error", grpcStatus(grpc.status.INVALID_ARGUMENT, problem));
       return;
     }
+    // One coordinator at a time: judged before anything is touched, so a refused call leaves the shard as it is.
+    const offered = epochOf(req);
+    const verdict = judgeLoadShard(this.served, offered, this.opts.coordinatorView);
+    if (!verdict.accept) {
+      const message = `REFUSED LoadShard of plan ${req.plan_id} from ${describeEpoch(offered)}: ${verdict.reason}`;
+      this.log(message);
+      call.emit("error", grpcStatus(grpc.status.FAILED_PRECONDITION, message));
+      return;
+    }
+    if (offered && offered.coordinatorId !== this.served?.coordinatorId)
+      this.log(`now serving ${describeEpoch(offered)} (was ${describeEpoch(this.served)})`);
+    if (offered) this.served = offered;
     call.on("error", (err) => this.log(`LoadShard call failed: ${errorMessage(err)}`));
     this.shards
       .load(req, (p) => {
@@ -285,16 +319,30 @@ class NodeAgentServer {
   private status(call: ServerStream<StatusRequest, NodeStatus>): void {
     const intervalMs = Math.max(50, call.request.interval_ms || 1000);
     const reporter = new StatusReporter(this.opts.nodeId, (call.request.hops_since_us || 0) / 1000);
-    const send = (): void => {
-      call.write(reporter.next(this.shards.shard));
+    let figures = reporter.next(this.shards.shard);
+    const write = (): void => {
+      call.write({
+        ...figures,
+        time_us: nowUs(),
+        members: this.opts.gossip?.() ?? [],
+        coordinator_term: this.served?.term ?? 0,
+        coordinator_id: this.served?.coordinatorId ?? "",
+      });
     };
-    send();
-    const timer = setInterval(send, intervalMs);
+    const tick = (): void => {
+      figures = reporter.next(this.shards.shard);
+      write();
+    };
+    write();
+    const timer = setInterval(tick, intervalMs);
     this.statusTimers.add(timer);
+    // A push between ticks repeats the tick's figures (rates over a few ms would be noise) with the news.
+    this.statusSenders.add(write);
     this.openCalls.add(call);
     const stop = (): void => {
       clearInterval(timer);
       this.statusTimers.delete(timer);
+      this.statusSenders.delete(write);
       this.openCalls.delete(call);
     };
     call.on("cancelled", stop);
@@ -353,8 +401,13 @@ class NodeAgentServer {
     });
   }
 
+  membersChanged(): void {
+    for (const send of this.statusSenders) send();
+  }
+
   async close(): Promise<void> {
     for (const timer of this.statusTimers) clearInterval(timer);
+    this.statusSenders.clear();
     this.statusTimers.clear();
     for (const call of this.openCalls) {
       try {
@@ -399,5 +452,5 @@ export async function startNodeAgent(opts: NodeAgentOptions): Promise<NodeAgent>
   const agent = new NodeAgentServer(opts);
   const port = await agent.listen();
   agent.measureBandwidth();
-  return { port, close: () => agent.close() };
+  return { port, membersChanged: () => agent.membersChanged(), close: () => agent.close() };
 }

@@ -9,7 +9,7 @@ import { TypeCompiler } from "@sinclair/typebox/compiler";
 import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
 import type { FastifyError, FastifyPluginAsync, FastifyReply } from "fastify";
 import { fromAnthropicMessages } from "../../chat/anthropic-messages.js";
-import { ChatFormatter } from "../../chat/chat-formatter.js";
+import { PromptEncoder } from "../../chat/prompt-encoder.js";
 import { RequestError } from "../../chat/request-error.js";
 import { stopStrings } from "../../chat/stop-strings.js";
 import { ClusterError } from "../../common/errors.js";
@@ -263,8 +263,9 @@ export const messagesPlugin: FastifyPluginAsync<ApiDeps> = async (app, deps) => 
       const body = request.body;
       checkModel(deps, body.model);
       const { conversation } = fromAnthropicMessages(body);
-      const formatter = ChatFormatter.forModelDir(deps.modelDir);
-      return { input_tokens: formatter.encode(formatter.render(conversation)).length };
+      // On the prompt worker, as for generation: counting a prompt of megabytes must not stall the event loop.
+      const ids = await PromptEncoder.forModelDir(deps.modelDir).encode({ conversation });
+      return { input_tokens: ids.length };
     },
   );
 

@@ -9,6 +9,7 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import { type ApiServer, isLoopback, startApiServer } from "../../api/server.js";
 import { ClusterController } from "../../cluster/controller.js";
 import { BonjourDiscovery } from "../../cluster/discovery.js";
+import { electCoordinator } from "../../cluster/election.js";
 import { humanBytes } from "../../cluster/health.js";
 import { Membership, parseHostPort } from "../../cluster/membership.js";
 import {
@@ -349,6 +350,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
 
     // Membership starts once the agent's port is known; until then a caller's Hello has nobody to tell.
     let onPeerHello: ((address: string) => void) | undefined;
+    let membership: Membership | undefined;
     const agent: NodeAgent = await startNodeAgent({
       modelDir,
       grpcHost: grpcBindHost(interfaceAddress, opts.peer, opts.bonjour),
@@ -375,6 +377,13 @@ export async function runUp(opts: UpOptions): Promise<void> {
       onPeerHello: (peer) => {
         if (peer.clusterId === key.clusterId) onPeerHello?.(peer.address);
       },
+      // Gossip of the member list, and the view a LoadShard from a new coordinator is judged by
+      // (common/coordinator-epoch.ts).
+      gossip: () => membership?.gossip() ?? [],
+      coordinatorView: {
+        isLive: (nodeId) => membership?.get(nodeId) !== undefined,
+        choice: () => (membership ? electCoordinator(membership.live(), identity.nodeId)?.nodeId : undefined),
+      },
     });
     cleanups.push(() => agent.close());
     const host = selfHost(interfaceAddress, opts.peer, opts.bonjour);
@@ -383,7 +392,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
       `node ${name} (${identity.nodeId}) gRPC ${selfAddress}, API ${api.url}, model ${modelId}, cluster ${key.clusterId}`,
     );
 
-    const membership = new Membership({
+    membership = new Membership({
       nodeId: identity.nodeId,
       clusterId: key.clusterId,
       clusterKey: key.key,
@@ -392,15 +401,18 @@ export async function runUp(opts: UpOptions): Promise<void> {
       selfAddress,
       log: (line) => process.stderr.write(`${line}\n`),
     });
-    cleanups.push(() => membership.close());
-    membership.addCandidate(`${interfaceAddress ?? "127.0.0.1"}:${agent.port}`, "self");
-    for (const peer of opts.peer) membership.addCandidate(peer, "peer");
-    onPeerHello = (address) => membership.addCandidate(address, "caller");
+    const members = membership;
+    cleanups.push(() => members.close());
+    // Gossip travels at once: members hear of a change with the next NodeStatus, sent now rather than at its tick.
+    members.on("change", () => agent.membersChanged());
+    members.addCandidate(`${interfaceAddress ?? "127.0.0.1"}:${agent.port}`, "self");
+    for (const peer of opts.peer) members.addCandidate(peer, "peer");
+    onPeerHello = (address) => members.addCandidate(address, "caller");
 
     if (opts.bonjour) {
       const discovery = new BonjourDiscovery({ clusterId: key.clusterId, interfaceAddress });
-      discovery.on("up", (node) => membership.addCandidate(node.address, "bonjour"));
-      discovery.on("down", (node) => membership.removeCandidate(node.address, "bonjour"));
+      discovery.on("up", (node) => members.addCandidate(node.address, "bonjour"));
+      discovery.on("down", (node) => members.removeCandidate(node.address, "bonjour"));
       cleanups.push(() => discovery.close());
       const advertisement: Advertisement = advertiseNode({
         nodeId: identity.nodeId,
@@ -431,7 +443,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
       maxQueue: opts.maxQueue,
       prefixCacheRamBytes:
         opts.prefixCacheRam === undefined ? undefined : Math.floor(opts.prefixCacheRam * 1e9),
-      membership,
+      membership: members,
       onProgress: (stage, read, total) => progress.update(stage.name, read, total),
       onFetchProgress: (stage, done, total, source) =>
         progress.update(`${stage.name} <- ${source}`, done, total),

@@ -96,6 +96,9 @@ export interface LoadShardRequest {
   stage_count?: number;
   /** Nodes holding this stage's tensors, best first (where a node lacking some fetches them). */
   sources?: string[];
+  /** The coordinator epoch (common/coordinator-epoch.ts): term and node id of the coordinator sending it (0/"": none). */
+  coordinator_term?: number;
+  coordinator_id?: string;
 }
 
 export interface LoadProgress {
@@ -174,6 +177,17 @@ export interface NodeStatus {
   cache_ram_hit_tokens: number;
   cache_disk_hit_tokens: number;
   prompt_tokens_computed: number;
+  /** Gossip: the live members the sender knows, itself included (absent or empty from an older node). */
+  members?: MemberRef[];
+  /** The coordinator epoch whose LoadShard the sender accepted last (0/"": none). */
+  coordinator_term?: number;
+  coordinator_id?: string;
+}
+
+export interface MemberRef {
+  node_id: string;
+  /** host:port of its gRPC endpoint, as the sender reaches it. */
+  address: string;
 }
 
 export interface SeqsRequest {

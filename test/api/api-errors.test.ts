@@ -128,11 +128,21 @@ describe("bad request bodies get 400 naming the field", () => {
     });
   }
 
-  it("400 context_length_exceeded with OpenAI's exact text", async () => {
-    const messages = [{ role: "user", content: "word ".repeat(3000) }];
+  const promptTokens = (content: string) => {
     const formatter = ChatFormatter.forModelDir(cluster.modelDir);
-    const tokens = formatter.encode(formatter.render(fromChatCompletions(messages, undefined))).length;
+    const messages = [{ role: "user", content }];
+    return formatter.encode(formatter.render(fromChatCompletions(messages, undefined))).length;
+  };
+
+  it("400 context_length_exceeded with OpenAI's exact text", async () => {
+    // Between the window and twice it: counted exactly.
+    const perWord = promptTokens("word ".repeat(101)) - promptTokens("word ");
+    const messages = [
+      { role: "user", content: "word ".repeat(Math.ceil((1.5 * CONTEXT) / (perWord / 100))) },
+    ];
+    const tokens = promptTokens(messages[0].content);
     expect(tokens).toBeGreaterThan(CONTEXT);
+    expect(tokens).toBeLessThan(2 * CONTEXT);
     const response = await post("/chat/completions", { model: cluster.modelId, messages, stream: true });
     expect(response.status).toBe(400);
     const error = await errorOf(response);
@@ -140,6 +150,20 @@ describe("bad request bodies get 400 naming the field", () => {
     expect(error.message).toBe(
       `This model's maximum context length is ${CONTEXT} tokens. However, your messages resulted in ${tokens} tokens.`,
     );
+  });
+
+  it('400 context_length_exceeded saying "more than" for a prompt past twice the window', async () => {
+    const content = "word ".repeat(40_000);
+    const response = await post("/chat/completions", {
+      model: cluster.modelId,
+      messages: [{ role: "user", content }],
+    });
+    expect(response.status).toBe(400);
+    const error = await errorOf(response);
+    expect(error.code).toBe("context_length_exceeded");
+    const moreThan = Number(/resulted in more than (\d+) tokens\.$/.exec(String(error.message))?.[1]);
+    expect(moreThan, String(error.message)).toBeGreaterThan(2 * CONTEXT);
+    expect(moreThan).toBeLessThan(promptTokens(content));
   });
 });
 

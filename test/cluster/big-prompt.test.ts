@@ -1,7 +1,9 @@
-// One huge request must not freeze the node: on a real `cluster up` process, while a chat request with a prompt of
-// megabytes is rendered and tokenized (then refused: it cannot fit the tiny model's window), /health keeps
-// answering within a fraction of a second. Rendering and tokenizing on the event loop stalled every other request
-// (and the heartbeats) for as long as they took.
+// One huge request must not freeze the node, nor keep it busy for long: on a real `cluster up` process,
+// - while a prompt of megabytes is rendered and tokenized whole (count_tokens must count it all), /health keeps
+//   answering within a fraction of a second: on the event loop, that work stalled every other request (and the
+//   heartbeats) for as long as it took;
+// - a chat request with the same prompt, which cannot fit the tiny model's window, is refused after about a
+//   window's worth of it is counted (twice the window), in a small share of the time counting it all takes.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -42,12 +44,27 @@ function bigText(bytes: number): string {
   return parts.join("");
 }
 
+/** POSTs a JSON body; resolves with the status, the reply and the time it took. */
+async function post(
+  path: string,
+  body: object,
+): Promise<{ status: number; reply: Record<string, unknown>; ms: number }> {
+  const t0 = Date.now();
+  const response = await fetch(`${apiUrl}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(120_000),
+  });
+  const reply = (await response.json()) as Record<string, unknown>;
+  return { status: response.status, reply, ms: Date.now() - t0 };
+}
+
 describe("a prompt of megabytes", () => {
+  const prompt = bigText(6 * 1024 * 1024);
+  let countMs = 0;
+
   it("is tokenized off the event loop: /health answers meanwhile", async () => {
-    const body = JSON.stringify({
-      messages: [{ role: "user", content: bigText(6 * 1024 * 1024) }],
-      max_tokens: 1,
-    });
     let polling = true;
     let slowestHealthMs = 0;
     let polls = 0;
@@ -60,26 +77,39 @@ describe("a prompt of megabytes", () => {
         await new Promise((r) => setTimeout(r, 50));
       }
     })();
-    const t0 = Date.now();
-    const response = await fetch(`${apiUrl}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body,
-      signal: AbortSignal.timeout(120_000),
+    const counted = await post("/v1/messages/count_tokens", {
+      model: "tiny",
+      messages: [{ role: "user", content: prompt }],
     });
-    const requestMs = Date.now() - t0;
-    const reply = (await response.json()) as { error?: { code?: string } };
     polling = false;
     await poller;
+    countMs = counted.ms;
     console.log(
-      `6 MiB prompt: answered in ${requestMs} ms; /health polled ${polls}x, slowest ${slowestHealthMs} ms`,
+      `6 MiB prompt: counted (${counted.reply.input_tokens} tokens) in ${counted.ms} ms; /health polled ${polls}x, slowest ${slowestHealthMs} ms`,
     );
-    expect(response.status).toBe(400);
-    expect(reply.error?.code).toBe("context_length_exceeded");
-    // The request took long (the work is real), and the loop stayed free meanwhile: no /health waited more than a
+    expect(counted.status, JSON.stringify(counted.reply)).toBe(200);
+    expect(counted.reply.input_tokens).toBeGreaterThan(1_000_000);
+    // The count took long (the work is real), and the loop stayed free meanwhile: no /health waited more than a
     // small share of it (on the event loop, one waited as long as the whole tokenization). The bound is loose
     // because this machine's cores are shared: the worker and the loop compete for them.
-    expect(requestMs).toBeGreaterThan(2000);
-    expect(slowestHealthMs).toBeLessThan(Math.min(3000, requestMs / 4));
+    expect(counted.ms).toBeGreaterThan(2000);
+    expect(slowestHealthMs).toBeLessThan(Math.min(3000, counted.ms / 4));
+  });
+
+  it("is refused for generation once twice the window is counted, not after tokenizing it all", async () => {
+    const refused = await post("/v1/chat/completions", {
+      messages: [{ role: "user", content: prompt }],
+      max_tokens: 1,
+    });
+    const error = refused.reply.error as { code?: string; message?: string } | undefined;
+    console.log(
+      `6 MiB prompt refused in ${refused.ms} ms (counting it whole took ${countMs} ms): ${error?.message}`,
+    );
+    expect(refused.status).toBe(400);
+    expect(error?.code).toBe("context_length_exceeded");
+    expect(error?.message).toMatch(
+      /maximum context length is 8192 tokens. However, your messages resulted in more than \d+ tokens/,
+    );
+    expect(refused.ms).toBeLessThan(countMs / 4);
   });
 });

@@ -51,6 +51,14 @@ class TestMembers extends EventEmitter<MembershipEvents> {
     this.emit("change", this.live());
   }
 
+  /** A heartbeat of the member: whom it lists (gossip) and the epoch it serves; "change" as membership emits
+   * when whether it lists us changes. */
+  heartbeat(nodeId: string, fields: Partial<NodeStatus>): void {
+    const member = this.members.get(nodeId)!;
+    member.status = { ...(member.status ?? ({} as NodeStatus)), ...fields };
+    this.emit("change", this.live());
+  }
+
   remove(nodeId: string): void {
     this.members.delete(nodeId);
     this.emit("change", this.live());
@@ -80,8 +88,10 @@ class TestMembers extends EventEmitter<MembershipEvents> {
 
 let controller: ClusterController | undefined;
 const pipelines: LocalPipeline[] = [];
+/** The epoch each plan was started under. */
+const epochs: Array<{ term: number; coordinatorId: string } | undefined> = [];
 
-function start(members: TestMembers, selfId: string): ClusterController {
+function start(members: TestMembers, selfId: string, reachGraceMs?: number): ClusterController {
   controller = new ClusterController({
     self: { nodeId: selfId, name: `node-${selfId}`, apiUrl: "http://127.0.0.1:8080" },
     clusterId: "c1",
@@ -92,12 +102,14 @@ function start(members: TestMembers, selfId: string): ClusterController {
     contextTokens: 2048,
     membership: members,
     startPipeline: async (options) => {
+      epochs.push(options.epoch);
       const pipeline = await LocalPipeline.start(modelDir, options.plan);
       pipelines.push(pipeline);
       return pipeline;
     },
     settleMs: 0,
     retryMs: 50,
+    reachGraceMs,
     log: () => {},
   });
   return controller;
@@ -122,6 +134,7 @@ beforeAll(async () => {
 afterEach(async () => {
   await controller?.close();
   for (const p of pipelines.splice(0)) p.close();
+  epochs.length = 0;
 });
 
 describe("the controller's reconcile loop", () => {
@@ -191,5 +204,46 @@ describe("the controller's reconcile loop", () => {
     members.add("c", 64 * GB);
     await until("a plan on the roomy node", () => state() === "ready");
     expect(stages()).toEqual(["c"]);
+  });
+
+  it("leaves out a smaller id that does not list it (after a grace), and follows it once it does", async () => {
+    const members = new TestMembers();
+    members.add("b", 64 * GB, true);
+    members.add("a");
+    members.heartbeat("a", { members: [{ node_id: "a", address: "10.0.0.2:7100" }] });
+    start(members, "b", 500);
+    // a joined a moment ago and may still be probing us back: b follows it meanwhile, loading nothing.
+    await until("following a", () => state() === "following");
+    expect(controller!.health().coordinator?.id).toBe("a");
+    expect(epochs).toEqual([]);
+    // a still does not see b after the grace: b coordinates the members that see it, itself alone.
+    await until("serving alone", () => state() === "ready");
+    expect(stages()).toEqual(["b"]);
+    expect(controller!.health().coordinator?.id).toBe("b");
+
+    members.heartbeat("a", {
+      members: [
+        { node_id: "a", address: "10.0.0.2:7100" },
+        { node_id: "b", address: "10.0.0.1:7100" },
+      ],
+    });
+    await until("following a", () => state() === "following");
+    expect(controller!.health().coordinator?.id).toBe("a");
+  });
+
+  it("plans under a term above any other coordinator's its members serve, and keeps it", async () => {
+    const members = new TestMembers();
+    members.add("b", 64 * GB, true);
+    members.add("c");
+    members.heartbeat("c", { coordinator_term: 4, coordinator_id: "a" });
+    start(members, "b");
+    await until("a two-stage plan", () => state() === "ready" && stages().length === 2);
+    expect(epochs.at(-1)).toEqual({ term: 5, coordinatorId: "b" });
+
+    // c now serves b (term 5); a new member brings a re-plan under the same term.
+    members.heartbeat("c", { coordinator_term: 5, coordinator_id: "b" });
+    members.add("d");
+    await until("a three-stage plan", () => state() === "ready" && stages().length === 3);
+    expect(epochs.at(-1)).toEqual({ term: 5, coordinatorId: "b" });
   });
 });

@@ -6,48 +6,12 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { loadVocabulary, type TokenVocabulary } from "../../common/token-vocabulary.js";
 import { JsonFormat } from "../../node-agent/json-format.js";
 import { ensureModel } from "../helpers/pipeline-cluster.js";
+import { objectSchema, rng } from "../helpers/random-schema.js";
 
 let vocab: TokenVocabulary;
 beforeAll(async () => {
   vocab = loadVocabulary(await ensureModel("tiny-4bit", "tiny"));
 }, 120_000);
-
-function rng(seed: number): () => number {
-  let x = (seed * 2654435761 + 7) % 2147483648;
-  return () => {
-    x = (x * 1103515245 + 12345) % 2147483648;
-    return x / 2147483648;
-  };
-}
-
-/** A random schema: objects of strings, integers, numbers, booleans, enums, arrays and nested objects. */
-function randomSchema(rand: () => number, depth = 0): Record<string, unknown> {
-  const pick = Math.floor(rand() * (depth >= 2 ? 5 : 7));
-  switch (pick) {
-    case 0:
-      return { type: "string", maxLength: 1 + Math.floor(rand() * 6) };
-    case 1:
-      return { type: "integer", minimum: 0, maximum: 10 + Math.floor(rand() * 1000) };
-    case 2:
-      return { type: "boolean" };
-    case 3:
-      return { enum: ["red", "green", "blue"].slice(0, 1 + Math.floor(rand() * 3)) };
-    case 4:
-      return { type: "null" };
-    case 5:
-      return { type: "array", items: randomSchema(rand, depth + 1), maxItems: 1 + Math.floor(rand() * 2) };
-    default:
-      return objectSchema(rand, depth + 1);
-  }
-}
-
-function objectSchema(rand: () => number, depth = 0): Record<string, unknown> {
-  const properties: Record<string, unknown> = {};
-  const count = 1 + Math.floor(rand() * 3);
-  for (let i = 0; i < count; i++) properties[`k${i}`] = randomSchema(rand, depth);
-  const keys = Object.keys(properties);
-  return { type: "object", properties, required: keys, additionalProperties: false };
-}
 
 /** Picks among the allowed ids (half the time among those holding JSON punctuation, so values end). */
 async function walk(format: JsonFormat, rand: () => number, steps = 300): Promise<string | undefined> {

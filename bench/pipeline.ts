@@ -219,7 +219,10 @@ async function main(): Promise<void> {
     // another of its pipeline for a core then).
     const hops = await Promise.all(clusters.map((c) => hopStatuses(c, measuredSince)));
     // The floor this machine allows, in the same run: raw TCP and the gRPC Data path between idle processes.
+    // Its bare server speaks plaintext: under TLS the floor is still plaintext's (our clients dial it so).
+    delete process.env[LOOPBACK_TLS_ENV];
     const floor = await measureHopFloor({ payloadBytes: hiddenBytesOf(modelDir) });
+    if (tlsOnLoopback) process.env[LOOPBACK_TLS_ENV] = "1";
     console.log(
       `hop floor (idle processes, one ${floor.payloadBytes}-byte message every ${floor.gapMs} ms): raw TCP p50 ${floor.tcp.p50_us} us p99 ${floor.tcp.p99_us} us, gRPC Data p50 ${floor.grpc.p50_us} us p99 ${floor.grpc.p99_us} us`,
     );

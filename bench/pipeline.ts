@@ -4,11 +4,15 @@
 // All three pipelines are up at once (the processes map the same files, so the page cache is shared) and
 // their runs are interleaved, so a change in the machine's load hits every configuration alike.
 // Prints a table, then ONE JSON line of figures.
+// STUDIO_CLUSTER_TLS_LOOPBACK=1: every hop on the cluster's TLS (the default between Macs), where loopback is
+// plaintext otherwise; the figures say which ("wire").
 
 import type { Engine } from "../common/engine-api.js";
 import { readModelConfig } from "../common/model-config.js";
 import { NodeClient } from "../common/wire/client.js";
+import { clusterTlsOf } from "../common/wire/cluster-cert.js";
 import { nowUs } from "../common/wire/frames.js";
+import { LOOPBACK_TLS_ENV, useClusterTls } from "../common/wire/tls.js";
 import { FrameKind, type NodeStatus } from "../common/wire/types.js";
 import type { Pipeline } from "../coordinator/pipeline.js";
 import { Scheduler } from "../coordinator/scheduler.js";
@@ -30,6 +34,9 @@ const decodeTokens = Number(process.env.BENCH_TOKENS ?? 32);
 const repeats = Number(process.env.BENCH_REPEATS ?? 5);
 const concurrency = Number(process.env.BENCH_CONCURRENCY ?? 3);
 const stageCounts = [1, 2, 3];
+const tlsOnLoopback = process.env[LOOPBACK_TLS_ENV] === "1";
+/** Under TLS every cluster shares one key: this process's clients hold one TLS identity (tls.ts). */
+const tlsKey = newClusterKey();
 
 interface Cluster {
   stages: number;
@@ -63,7 +70,7 @@ function generate(cluster: Cluster, salt: number, maxTokens: number) {
 }
 
 async function startCluster(modelDir: string, numLayers: number, stages: number): Promise<Cluster> {
-  const key = newClusterKey();
+  const key = tlsOnLoopback ? tlsKey : newClusterKey();
   const agents: AgentProcess[] = [];
   for (let i = 0; i < stages; i++)
     agents.push(await spawnAgent({ modelDir, key, name: `bench${stages}-${i}`, threads: 1 }));
@@ -172,8 +179,9 @@ function hiddenBytesOf(modelDir: string): number {
 async function main(): Promise<void> {
   const modelDir = await ensureModel("bench-4bit", "bench");
   const numLayers = numLayersOf(modelDir);
+  if (tlsOnLoopback) useClusterTls(await clusterTlsOf(tlsKey));
   console.log(
-    `pipeline bench: ${modelDir} (${numLayers} layers), ${decodeTokens} decode tokens x ${repeats} interleaved runs, threads=1 per stage`,
+    `pipeline bench: ${modelDir} (${numLayers} layers), ${decodeTokens} decode tokens x ${repeats} interleaved runs, threads=1 per stage, ${tlsOnLoopback ? "TLS" : "plaintext"} between processes`,
   );
   const clusters: Cluster[] = [];
   const direct: number[] = [];
@@ -211,7 +219,10 @@ async function main(): Promise<void> {
     // another of its pipeline for a core then).
     const hops = await Promise.all(clusters.map((c) => hopStatuses(c, measuredSince)));
     // The floor this machine allows, in the same run: raw TCP and the gRPC Data path between idle processes.
+    // Its bare server speaks plaintext: under TLS the floor is still plaintext's (our clients dial it so).
+    delete process.env[LOOPBACK_TLS_ENV];
     const floor = await measureHopFloor({ payloadBytes: hiddenBytesOf(modelDir) });
+    if (tlsOnLoopback) process.env[LOOPBACK_TLS_ENV] = "1";
     console.log(
       `hop floor (idle processes, one ${floor.payloadBytes}-byte message every ${floor.gapMs} ms): raw TCP p50 ${floor.tcp.p50_us} us p99 ${floor.tcp.p99_us} us, gRPC Data p50 ${floor.grpc.p50_us} us p99 ${floor.grpc.p99_us} us`,
     );
@@ -235,6 +246,7 @@ async function main(): Promise<void> {
     const hopP50 = round(median(allHops.map((s) => s.inbound_hop_p50_us)), 0);
     const figures = {
       bench: "pipeline",
+      wire: tlsOnLoopback ? "tls" : "plaintext",
       one_stage_tps: round(one),
       two_stage_ratio: round(two / one, 3),
       three_stage_ratio: round(three / one, 3),

@@ -15,6 +15,7 @@ import * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../common/errors.js";
 import { PeerProofError } from "../common/wire/auth.js";
 import { NodeClient } from "../common/wire/client.js";
+import { dialsTls, TLS_REFUSAL_PATTERN } from "../common/wire/tls.js";
 import type { Capabilities, HelloReply, MemberRef, NodeStatus } from "../common/wire/types.js";
 import type { NodeLiveness } from "../coordinator/pipeline.js";
 import { seesUs } from "./election.js";
@@ -265,7 +266,9 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
       await candidate.client.prove();
       reply = await candidate.client.hello(this.helloRequest(), Math.max(1000, this.heartbeatTimeoutMs));
     } catch (err) {
+      const tlsRefusal = tlsRefusalOf(candidate.address, err);
       if (err instanceof PeerProofError && err.kind === "impostor") this.refuse(candidate, err);
+      else if (tlsRefusal) this.refuse(candidate, tlsRefusal);
       else this.probeFailed(candidate, describeCallError(candidate.address, err));
       return;
     }
@@ -518,6 +521,26 @@ export function parseHostPort(value: string, what = "address"): { host: string; 
   if (!match || port < 1 || port > 65535)
     throw new Error(`${what} "${value}" is not host:port (e.g. 192.168.1.20:7100)`);
   return { host: match[1], port };
+}
+
+/**
+ * A TLS handshake that failed on the peer's certificate or protocol: the node does not hold our key (its
+ * certificate is not the cluster's), or does not speak TLS. Refused like a node that failed the key's proof.
+ */
+function tlsRefusalOf(address: string, err: unknown): PeerProofError | undefined {
+  const details = (err as { details?: string }).details ?? "";
+  if ((err as { code?: number }).code !== grpc.status.UNAVAILABLE || !dialsTls(address)) return undefined;
+  if (!TLS_REFUSAL_PATTERN.test(details)) return undefined;
+  const why = details
+    .replace(/^No connection established\. Last error: (Error: )?/, "")
+    .replace(/\. Resolution note:.*$/s, "")
+    // OpenSSL's "<hex>:error:<code>:SSL routines:<function>:<reason>:<file>:<line>:" -> its reason.
+    .replace(/^[0-9A-F]+:error:[0-9A-F]+:SSL routines:[^:]*:([^:]+):.*$/s, "$1");
+  return new PeerProofError(
+    `${address}: TLS handshake failed (${why}): it does not hold this cluster's key, or does not speak TLS (--no-cluster-tls on one side?)`,
+    "impostor",
+    "",
+  );
 }
 
 function describeCallError(address: string, err: unknown): string {

@@ -4,13 +4,14 @@
 // it out of `ps`).
 import { parseArgs } from "node:util";
 import type { BackendChoice } from "../common/engine-api.js";
-import { loadWireTls, useWireTls, wireTlsFilesOf } from "../common/wire/tls.js";
+import { clusterTlsOf } from "../common/wire/cluster-cert.js";
+import { loadWireTls, useClusterTls, useWireTls, wireTlsFilesOf } from "../common/wire/tls.js";
 import { startNodeAgent } from "./server.js";
 
 function usage(problem: string): never {
   console.error(`node-agent: ${problem}`);
   console.error(
-    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--cache-dir DIR [--cache-disk-bytes N]] [--stdin-lifeline] [--tls-cert PEM --tls-key PEM --tls-ca PEM]",
+    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--cache-dir DIR [--cache-disk-bytes N]] [--stdin-lifeline] [--tls-cert PEM --tls-key PEM --tls-ca PEM | --no-cluster-tls]",
   );
   process.exit(2);
 }
@@ -39,6 +40,7 @@ const { values } = parseArgs({
     "tls-cert": { type: "string" },
     "tls-key": { type: "string" },
     "tls-ca": { type: "string" },
+    "no-cluster-tls": { type: "boolean" },
   },
   strict: true,
 });
@@ -65,6 +67,8 @@ try {
 } catch (err) {
   usage((err as Error).message);
 }
+// The default, as with `cluster up`: TLS derived from the cluster key off loopback.
+if (!values["tls-cert"] && !values["no-cluster-tls"]) useClusterTls(await clusterTlsOf(key));
 
 const agent = await startNodeAgent({
   modelDir: values.model,

@@ -16,9 +16,9 @@ import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
 import { withBodyDigests } from "../common/wire/auth.js";
 import { nowUs } from "../common/wire/frames.js";
+import { listenNodeServer, type NodeListener } from "../common/wire/listen.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
 import { type EncodedTensorChunk, withTensorChunkCodec } from "../common/wire/tensor-chunk.js";
-import { serverCredentials } from "../common/wire/tls.js";
 import type {
   AssembleBlocksRequest,
   BlockEvents,
@@ -119,6 +119,7 @@ class NodeAgentServer {
   /** Sends one NodeStatus now on each open Status stream. */
   private readonly statusSenders = new Set<() => void>();
   private readonly openCalls = new Set<{ end(): void }>();
+  private listener: NodeListener | undefined;
   /** The coordinator whose LoadShard this node accepted last: it serves that one until a newer epoch wins. */
   private served: CoordinatorEpoch | undefined;
   port = 0;
@@ -211,14 +212,13 @@ class NodeAgentServer {
         watchBlocks(this.shards, call, this.openCalls),
       ),
     });
-    const host = this.opts.grpcHost ?? "127.0.0.1";
-    const address = `${host.includes(":") ? `[${host}]` : host}:${this.opts.grpcPort ?? 0}`;
-    this.port = await new Promise<number>((resolve, reject) => {
-      this.server.bindAsync(address, serverCredentials(), (err, port) => {
-        if (err) reject(new Error(`node agent cannot listen on ${address}: ${err.message}`));
-        else resolve(port);
-      });
-    });
+    this.listener = await listenNodeServer(
+      this.server,
+      this.opts.grpcHost ?? "127.0.0.1",
+      this.opts.grpcPort ?? 0,
+      this.log,
+    );
+    this.port = this.listener.port;
     return this.port;
   }
 
@@ -417,6 +417,7 @@ class NodeAgentServer {
       }
     }
     this.openCalls.clear();
+    this.listener?.close();
     await this.shards.close();
     await new Promise<void>((resolve) => {
       const force = setTimeout(() => {

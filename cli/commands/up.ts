@@ -27,7 +27,14 @@ import { modelFingerprint, readModelTable } from "../../common/model-table.js";
 import { probeMulticast } from "../../common/multicast-probe.js";
 import { packageVersion } from "../../common/paths.js";
 import { checkLayerCount } from "../../common/weight-check.js";
-import { loadWireTls, useWireTls, wireTlsFilesOf } from "../../common/wire/tls.js";
+import { clusterTlsOf } from "../../common/wire/cluster-cert.js";
+import {
+  loadWireTls,
+  useClusterTls,
+  useWireTls,
+  type WireTls,
+  wireTlsFilesOf,
+} from "../../common/wire/tls.js";
 import { readModelFootprint } from "../../coordinator/model-footprint.js";
 import { availableBackends } from "../../native/index.js";
 import { type Advertisement, advertiseNode } from "../../node-agent/advertise.js";
@@ -77,6 +84,8 @@ export interface UpOptions {
   tlsCert?: string;
   tlsKey?: string;
   tlsCa?: string;
+  /** false (--no-cluster-tls): plaintext gRPC between nodes even across the network. */
+  clusterTls: boolean;
 }
 
 function intArg(name: string, min: number, max: number) {
@@ -231,6 +240,22 @@ async function warnIfMulticastBlocked(interfaceAddress: string | undefined): Pro
     process.stderr.write(`studio-cluster: warning: ${check.detail}\n  fix: ${check.fix}\n`);
 }
 
+/** The gRPC plane's protection: the user's TLS files, else (by default) TLS derived from the cluster key. */
+async function secureWire(files: WireTls | undefined, clusterTls: boolean, key: string): Promise<void> {
+  if (files) {
+    useWireTls(files);
+    say("gRPC between nodes: mutual TLS with your --tls-* certificates, on every channel");
+  } else if (clusterTls) {
+    useClusterTls(await clusterTlsOf(key));
+    say("gRPC between nodes: mutual TLS with the cluster key's certificate (loopback stays plaintext)");
+  } else {
+    useWireTls(undefined);
+    process.stderr.write(
+      "warning: --no-cluster-tls: gRPC between nodes is plaintext; anyone on the network path can read prompts' tokens and activations\n",
+    );
+  }
+}
+
 function say(line: string): void {
   process.stdout.write(`studio-cluster: ${line}\n`);
 }
@@ -244,8 +269,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
       `--api-host ${opts.apiHost} is not loopback: it requires --api-key (anyone on the network could use the model otherwise)`,
     );
   const tlsFiles = wireTlsFilesOf(opts);
-  // Before any client or the agent's server exists: they all take their credentials from this setting.
-  if (tlsFiles) useWireTls(loadWireTls(tlsFiles));
+  const wireTls = tlsFiles ? loadWireTls(tlsFiles) : undefined;
   const interfaceAddress = opts.interface ? resolveInterfaceAddress(opts.interface) : undefined;
   const hub = hubEnv();
   const modelDir = opts.model ? await modelDirOf(opts.model, hub) : await demoModelDir();
@@ -277,6 +301,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
         `  cluster up --key-file FILE ${model}\n\n`,
     );
   }
+  // Before any client or the agent's server exists: they all take their credentials from this setting.
+  await secureWire(wireTls, opts.clusterTls, key.key);
   const identity: NodeIdentity = claimNodeId({
     instance: opts.name ?? (opts.port ? `port-${opts.port}` : "default"),
   });
@@ -565,6 +591,10 @@ export function register(program: Command): void {
     )
     .option("--tls-key <pem>", "this node's private key for TLS between nodes")
     .option("--tls-ca <pem>", "the cluster CA: peers must present a certificate it signed")
+    .option(
+      "--no-cluster-tls",
+      "plaintext gRPC between nodes (default: mutual TLS with a certificate derived from the cluster key, off loopback); only on a network you trust, and on every node",
+    )
     .action(async (opts: UpOptions) => {
       try {
         await runUp(opts);

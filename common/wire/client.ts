@@ -80,7 +80,7 @@ export class NodeClient {
       this.unary(this.raw.Hello, request, deadlineMs, metadata),
     );
     const Ctor = studioNodeClientConstructor();
-    this.raw = new Ctor(address, channelCredentials(), {
+    this.raw = new Ctor(address, channelCredentials(address), {
       ...channelOptions,
       interceptors: [this.session.interceptor()],
     }) as unknown as RawClient;

@@ -25,6 +25,9 @@ export const channelOptions: grpc.ChannelOptions = {
   "grpc.keepalive_timeout_ms": 5_000,
   "grpc.keepalive_permit_without_calls": 1,
   "grpc.http2.min_time_between_pings_ms": 10_000,
+  // TLS: the name a client asks for (SNI). Nodes are dialled by IP, which SNI may not carry (Node warns), and
+  // no certificate between nodes is checked by name (tls.ts): a fixed name, ignored by the server.
+  "grpc.ssl_target_name_override": "studio-cluster",
 };
 
 let loaded: protoLoader.PackageDefinition | undefined;

@@ -47,7 +47,7 @@ export class TensorClient {
     );
     // Chunks decoded by hand: the payload stays a view of the received message (common/wire/tensor-chunk.ts).
     const Ctor = grpc.makeGenericClientConstructor(withTensorChunkCodec(studioNodeService()), "StudioNode");
-    this.raw = new Ctor(address, channelCredentials(), {
+    this.raw = new Ctor(address, channelCredentials(address), {
       ...channelOptions,
       "grpc-node.flow_control_window": bulkWindowBytes,
       // A connection of its own, never the pooled one the control and data calls use.

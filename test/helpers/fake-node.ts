@@ -2,19 +2,29 @@
 // StudioNode service (proto/cluster.proto), advertises itself over Bonjour (node-agent/advertise.ts) with a
 // cluster's public id and the smallest possible node id, says Hello to the real nodes so they probe it back,
 // and answers every Hello as attractively as it can (all the memory, the model present), with a proof it has to
-// make up. It prints one JSON line per call it receives (method, metadata, request), and per attempt to replay
-// what it captured at a real node, so the test can check that it learned nothing and was followed by no one.
+// make up. It prints one JSON line per connection and per call it receives (method, metadata, request), and per
+// attempt to replay what it captured at a real node, so the test can check that it learned nothing and was
+// followed by no one.
+// Its wire, by the first argument: "tls": TLS with the certificate derived from ANOTHER cluster key (the real
+// certificate cannot be made without the real key), taking any client's certificate and not checking the real
+// nodes' (it goes as far as the real nodes let it); "plain": plaintext gRPC.
 //
-// usage: node fake-node.js <cluster id> <host> <grpc port> <real node host:port>...
+// usage: node fake-node.js <tls|plain> <cluster id> <host> <grpc port> <real node host:port>...
 import { randomBytes } from "node:crypto";
+import * as net from "node:net";
+import * as tls from "node:tls";
 import * as grpc from "@grpc/grpc-js";
+import { generateClusterKey } from "../../common/cluster-key.js";
+import { clusterTlsOf } from "../../common/wire/cluster-cert.js";
 import { studioNodeClientConstructor, studioNodeService } from "../../common/wire/proto.js";
 import type { HelloReply, HelloRequest } from "../../common/wire/types.js";
 import { advertiseNode } from "../../node-agent/advertise.js";
 
 const IMPOSTOR_ID = "0000000000000000";
 
-const [clusterId, host, portText, ...realNodes] = process.argv.slice(2);
+const [mode, clusterId, host, portText, ...realNodes] = process.argv.slice(2);
+if (mode !== "tls" && mode !== "plain") throw new Error(`fake-node: mode must be tls or plain (got ${mode})`);
+const ownTls = await clusterTlsOf(generateClusterKey());
 const captured: grpc.Metadata[] = [];
 
 function report(event: Record<string, unknown>): void {
@@ -126,7 +136,14 @@ server.addService(studioNodeService(), {
 /** Says Hello to a real node (so it adds us as a caller to probe), and replays whatever metadata we captured. */
 function pester(address: string): void {
   const Ctor = studioNodeClientConstructor();
-  const client = new Ctor(address, grpc.credentials.createInsecure());
+  const credentials =
+    mode === "tls"
+      ? grpc.credentials.createSsl(ownTls.cert, ownTls.key, ownTls.cert, {
+          checkServerIdentity: () => undefined,
+          rejectUnauthorized: false,
+        })
+      : grpc.credentials.createInsecure();
+  const client = new Ctor(address, credentials);
   const hello = client.Hello as unknown as (
     req: HelloRequest,
     md: grpc.Metadata,
@@ -151,8 +168,33 @@ function pester(address: string): void {
   });
 }
 
-server.bindAsync(`${host}:${portText}`, grpc.ServerCredentials.createInsecure(), (err) => {
-  if (err) throw err;
+/** Every connection is reported; over TLS, so is how far the handshake went. Then grpc-js serves it. */
+function listen(onListening: () => void): void {
+  const inject = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const tlsServer = tls.createServer({
+    key: ownTls.key,
+    cert: ownTls.cert,
+    requestCert: true,
+    rejectUnauthorized: false,
+    ALPNProtocols: ["h2"],
+  });
+  tlsServer.on("secureConnection", (socket: tls.TLSSocket) => {
+    report({ event: "tls-connected", peer: socket.remoteAddress });
+    inject.injectConnection(socket);
+  });
+  tlsServer.on("tlsClientError", (err: Error, socket: tls.TLSSocket) =>
+    report({ event: "tls-failed", peer: socket.remoteAddress, error: err.message }),
+  );
+  const listener = net.createServer((socket) => {
+    report({ event: "connection", peer: socket.remoteAddress });
+    socket.on("error", () => {});
+    if (mode === "tls") tlsServer.emit("connection", socket);
+    else inject.injectConnection(socket);
+  });
+  listener.listen(Number(portText), host, onListening);
+}
+
+listen(() => {
   advertiseNode({
     nodeId: IMPOSTOR_ID,
     name: "impostor",
@@ -160,7 +202,7 @@ server.bindAsync(`${host}:${portText}`, grpc.ServerCredentials.createInsecure(),
     clusterId,
     version: "0.1.0",
   });
-  report({ event: "listening" });
+  report({ event: "listening", mode });
   const tick = () => {
     for (const address of realNodes) pester(address);
   };

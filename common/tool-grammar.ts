@@ -11,6 +11,11 @@
 // required one before </invoke>; one <invoke> when parallel_tool_calls is false; "required" / a named function:
 // after </think> only whitespace and the tool block, and no end of turn before it. Values are free text (not
 // checked against the parameter's JSON schema): a value may not contain </invoke> or </minimax:tool_call>.
+// The visible text never holds tool markup: a token that stops inside `<minimax:tool_call>` (at 2 bytes or more)
+// commits the reply to the tool block, and where no block is allowed such a token is refused (else a mask would
+// cut the tag short and leave its start in the text). A stray `</minimax:tool_call>` or `</think>` in the text is
+// let through (a model refused its tag often closes it and ends its turn, where a ban would send it wandering)
+// and dropped by the reply parser.
 import type { TokenVocabulary } from "./token-vocabulary.js";
 
 export interface ToolConstraintTool {
@@ -108,11 +113,29 @@ export class ToolGrammar {
     return state;
   }
 
-  /** Fast path of free text: bytes without '>' cannot complete any tag, so only the tail changes. */
-  feedToken(s: State, bytes: string, hasGt: boolean): State | null {
-    if (!hasGt && (s.k === "reason" || s.k === "text" || s.k === "value"))
-      return { ...s, tail: (s.tail + bytes).slice(-TAIL) };
-    return this.feed(s, bytes);
+  /** A whole token's bytes: feed(), then the rule at the token boundary (settle). */
+  token(s: State | null, bytes: string, hasGt = bytes.includes(">")): State | null {
+    if (s && !hasGt && (s.k === "reason" || s.k === "text" || s.k === "value"))
+      // Fast path of free text: bytes without '>' cannot complete any tag, so only the tail changes.
+      return this.settle({ ...s, tail: (s.tail + bytes).slice(-TAIL) });
+    return this.settle(this.feed(s, bytes));
+  }
+
+  /** True when no tool block can open in the visible text (none, no tools, a response format). */
+  get noBlock(): boolean {
+    return this.callable.length === 0;
+  }
+
+  /**
+   * At a token boundary, text that ends in 2 or more bytes of `<minimax:tool_call>` is committed to the tag (an
+   * expect state, whose mask allows only its completion); refused where no tool block is allowed.
+   */
+  private settle(s: State | null): State | null {
+    if (s?.k !== "text") return s;
+    const typed = openingOf(s.tail);
+    if (typed.length < 2) return s;
+    if (this.noBlock) return null;
+    return { k: "expect", alts: [{ lit: TOOL_OPEN, next: { to: "block" } }], typed, ws: 0 };
   }
 
   private step(s: State, c: string): State | null {
@@ -231,6 +254,30 @@ function pending(tail: string): string {
   return "";
 }
 
+/** The start of `<minimax:tool_call>` that `tail` ends in ("" if none): every watched tag has its only '<' first. */
+function openingOf(tail: string): string {
+  const at = tail.lastIndexOf("<");
+  if (at < 0) return "";
+  const end = tail.slice(at);
+  return end.length < TOOL_OPEN.length && TOOL_OPEN.startsWith(end) ? end : "";
+}
+
+const withLtSets = new WeakMap<TokenVocabulary, Int32Array>();
+
+/** Ids whose bytes hold '<': with those holding '>', the only ones that can end inside a tag's start. */
+function withLt(vocab: TokenVocabulary): Int32Array {
+  let ids = withLtSets.get(vocab);
+  if (!ids) {
+    const list: number[] = [];
+    vocab.bytes.forEach((b, id) => {
+      if (b.includes("<") && !vocab.stopIds.includes(id)) list.push(id);
+    });
+    ids = Int32Array.from(list);
+    withLtSets.set(vocab, ids);
+  }
+  return ids;
+}
+
 /** The mask for one token: only `allow`, or everything but `ban`. */
 export type TokenMask = { allow: Int32Array } | { ban: Int32Array };
 
@@ -279,8 +326,7 @@ export class ToolConstraint {
       if (!this.grammar.acceptsEnd(this.state)) this.state = null;
       return;
     }
-    const bytes = this.vocab.bytes[token] ?? "";
-    this.state = this.grammar.feedToken(this.state, bytes, bytes.includes(">"));
+    this.state = this.grammar.token(this.state, this.vocab.bytes[token] ?? "");
   }
 
   private compute(s: State): TokenMask {
@@ -288,16 +334,25 @@ export class ToolConstraint {
     const { stopIds } = this.vocab;
     const end = g.acceptsEnd(s);
     if (s.k === "reason" || s.k === "text" || s.k === "value") {
-      // Free text: a token without '>' never completes a tag, so only tokens holding one are checked.
-      const ban: number[] = [];
-      for (const id of this.vocab.withGt) if (g.feed(s, this.vocab.bytes[id]) === null) ban.push(id);
-      if (!end) for (const id of stopIds) ban.push(id);
+      // Free text: a token without '>' never completes a tag, so only tokens holding one are checked; where no
+      // tool block can open, also those that could stop inside its start (holding '<', or going on from one).
+      const ban = new Set<number>();
+      const check = (ids: Iterable<number>) => {
+        for (const id of ids) if (g.token(s, this.vocab.bytes[id]) === null) ban.add(id);
+      };
+      check(this.vocab.withGt);
+      if (s.k === "text" && g.noBlock) {
+        check(withLt(this.vocab));
+        const typed = openingOf(s.tail);
+        if (typed !== "") check(this.vocab.byFirstByte[TOOL_OPEN.charCodeAt(typed.length)] ?? []);
+      }
+      if (!end) for (const id of stopIds) ban.add(id);
       return { ban: Int32Array.from(ban) };
     }
     const allow: number[] = [];
     for (const first of firstBytes(s))
       for (const id of this.vocab.byFirstByte[first.charCodeAt(0)] ?? [])
-        if (g.feed(s, this.vocab.bytes[id]) !== null) allow.push(id);
+        if (g.token(s, this.vocab.bytes[id]) !== null) allow.push(id);
     if (end) allow.push(...stopIds);
     return { allow: Int32Array.from(allow) };
   }

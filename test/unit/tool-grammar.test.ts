@@ -132,6 +132,56 @@ describe("tool grammar", () => {
     }
   });
 
+  it("never lets a token stop inside the tool tag where no block may open", () => {
+    const tag = "<minimax:tool_call>";
+    const endsInTagStart = (bytes: string) =>
+      Array.from({ length: tag.length - 2 }, (_, i) => tag.slice(0, i + 2)).some((p) => bytes.endsWith(p));
+    for (const s of [spec({ toolChoice: { mode: "none" } }), spec({}, [])]) {
+      const g = new ToolGrammar(s);
+      const text = g.feed(g.start, "r</think>\n\nSome text ");
+      expect(g.token(text, "<minimax:to")).toBeNull();
+      expect(g.token(g.token(text, "<"), "minimax:to")).toBeNull();
+      expect(g.token(g.token(text, "<"), "m")).toBeNull();
+      // Text that only looks like the tag's start a while is still text.
+      expect(g.token(g.token(text, "<"), "minimal")).not.toBeNull();
+      expect(g.token(text, "a < b <meta>")).not.toBeNull();
+      // Over the whole vocabulary: what the mask lets through never stops inside the tag.
+      const constraint = new ToolConstraint(g, vocab);
+      for (const id of tokenizer.encode("thinking</think>\n\nSome text <")) constraint.accept(id);
+      const mask = constraint.mask();
+      const inside = vocab.bytes.flatMap((b, id) => (endsInTagStart(`<${b}`) ? [id] : []));
+      expect(inside.length).toBeGreaterThan(0);
+      for (const id of inside) expect(allows(mask, id), JSON.stringify(vocab.bytes[id])).toBe(false);
+    }
+    // Where a block may open, stopping inside the tag commits to it: only its completion may follow.
+    const g = new ToolGrammar(spec({}));
+    const text = g.feed(g.start, "r</think>\n\nSome text ");
+    const cut = g.token(text, "<minimax:to");
+    expect(cut).not.toBeNull();
+    expect(g.token(cut, "</minimax:tool_call>")).toBeNull();
+    expect(g.token(cut, "x")).toBeNull();
+    expect(g.acceptsEnd(cut as NonNullable<typeof cut>)).toBe(false);
+    expect(g.token(cut, 'ol_call>\n<invoke name="ls">')).not.toBeNull();
+  });
+
+  it("under none, refuses the scripted model's cut tag start (the debris Claude Code saw)", async () => {
+    const dir = await ensureModel("scripted-4bit", "scripted");
+    const scripted = ModelTokenizer.fromModelDir(dir);
+    const words = loadVocabulary(dir);
+    const constraint = new ToolConstraint(new ToolGrammar(spec({ toolChoice: { mode: "none" } })), words);
+    // The script's text up to its "<minimax:to" token (an added token of that tokenizer), then that token.
+    const cut = words.bytes.indexOf("<minimax:to");
+    expect(cut).toBeGreaterThan(0);
+    for (const id of scripted.encode(
+      SCRIPTED_REPLY.text.slice(0, SCRIPTED_REPLY.text.indexOf("<minimax:")),
+    )) {
+      expect(allows(constraint.mask(), id)).toBe(true);
+      constraint.accept(id);
+    }
+    expect(allows(constraint.mask(), cut)).toBe(false);
+    expect(allows(constraint.mask(), scripted.stopTokenIds[0])).toBe(true);
+  }, 120_000);
+
   it("refuses an undeclared function name and a second invoke when parallel_tool_calls is false", () => {
     const g = new ToolGrammar(spec({ parallelToolCalls: false }));
     const head = g.feed(g.start, 'r</think>\n<minimax:tool_call>\n<invoke name="');
@@ -149,9 +199,12 @@ describe("tool grammar", () => {
 
   const seeds = Array.from({ length: 40 }, (_, i) => i + 1);
 
-  it("random walks under none never call a tool", () => {
-    for (const seed of seeds)
-      expect(calls(parse(randomWalk(spec({ toolChoice: { mode: "none" } }), seed)).events)).toEqual([]);
+  it("random walks under none never call a tool, and leave no tool markup in the text", () => {
+    for (const seed of seeds) {
+      const { events } = parse(randomWalk(spec({ toolChoice: { mode: "none" } }), seed));
+      expect(calls(events)).toEqual([]);
+      for (const e of events) if (e.type === "text") expect(e.delta).not.toMatch(/<\/?minimax|<\/think>/);
+    }
   });
 
   it("random walks under a named function call only it, once when parallel is off", () => {

@@ -11,11 +11,12 @@
 // required one before </invoke>; one <invoke> when parallel_tool_calls is false; "required" / a named function:
 // after </think> only whitespace and the tool block, and no end of turn before it. Values are free text (not
 // checked against the parameter's JSON schema): a value may not contain </invoke> or </minimax:tool_call>.
-// The visible text never holds tool markup: a token that stops inside `<minimax:tool_call>` (at 2 bytes or more)
-// commits the reply to the tool block, and where no block is allowed such a token is refused (else a mask would
-// cut the tag short and leave its start in the text). A stray `</minimax:tool_call>` or `</think>` in the text is
-// let through (a model refused its tag often closes it and ends its turn, where a ban would send it wandering)
-// and dropped by the reply parser.
+// No piece of a refused tag in the visible text: a token that stops inside `<minimax:tool_call>`, past its
+// `<minimax:` (text such as "<m" + "eta>" stays text), commits the reply: to the tool block where one may open
+// (only the tag's completion may follow), else to its end (the end of turn, or the tag's closer first), and the
+// reply parser drops the cut tag (and the closer). Without this, a mask that refused the rest of the tag left
+// its start in the text ("<minimax:to</minimax:tool_call>"). Refusing the token outright instead sends a model
+// that wanted to call wandering (the scripted model then wrote its call's parameters as text to the window's end).
 import type { TokenVocabulary } from "./token-vocabulary.js";
 
 export interface ToolConstraintTool {
@@ -43,6 +44,8 @@ export interface ToolConstraintSpec {
 export const THINK_CLOSE = "</think>";
 export const TOOL_OPEN = "<minimax:tool_call>";
 const TOOL_CLOSE = "</minimax:tool_call>";
+/** The part of the tool tag no ordinary text has: a token boundary past it is inside the tag. */
+const TAG_NAMESPACE = "<minimax:";
 const INVOKE_OPEN = '<invoke name="';
 const INVOKE_CLOSE = "</invoke>";
 const PARAM_OPEN = '<parameter name="';
@@ -68,6 +71,8 @@ interface Alt {
 type State =
   | { k: "reason"; tail: string }
   | { k: "text"; tail: string }
+  /** A refused tag cut short (where no block may open): the reply ends, at once or after `</minimax:tool_call>`. */
+  | { k: "cut"; typed: string }
   /** One of the literals, after at most `ws` whitespace bytes (only before the first byte of a literal). */
   | { k: "expect"; alts: Alt[]; typed: string; ws: number }
   /** A parameter name the schema does not list: any bytes but `"` and `>`, then `">`. */
@@ -103,7 +108,7 @@ export class ToolGrammar {
   /** May the reply end (the end-of-turn token) in this state? */
   acceptsEnd(s: State): boolean {
     if (s.k === "reason") return !this.mustCall;
-    return s.k === "text" || s.k === "end";
+    return s.k === "text" || s.k === "end" || (s.k === "cut" && s.typed === "");
   }
 
   /** Bytes (one char per byte) fed from state s; null when the grammar forbids them. */
@@ -121,20 +126,15 @@ export class ToolGrammar {
     return this.settle(this.feed(s, bytes));
   }
 
-  /** True when no tool block can open in the visible text (none, no tools, a response format). */
-  get noBlock(): boolean {
-    return this.callable.length === 0;
-  }
-
   /**
-   * At a token boundary, text that ends in 2 or more bytes of `<minimax:tool_call>` is committed to the tag (an
-   * expect state, whose mask allows only its completion); refused where no tool block is allowed.
+   * At a token boundary, text that ends inside `<minimax:tool_call>` past its `<minimax:` is committed: to the
+   * tag (an expect state, whose mask allows only its completion), or where no block may open, to the end.
    */
   private settle(s: State | null): State | null {
     if (s?.k !== "text") return s;
     const typed = openingOf(s.tail);
-    if (typed.length < 2) return s;
-    if (this.noBlock) return null;
+    if (typed.length < TAG_NAMESPACE.length) return s;
+    if (this.callable.length === 0) return { k: "cut", typed: "" };
     return { k: "expect", alts: [{ lit: TOOL_OPEN, next: { to: "block" } }], typed, ws: 0 };
   }
 
@@ -176,6 +176,11 @@ export class ToolGrammar {
           return c === ">" ? this.enter({ to: "value", tool: s.tool, seen: s.seen }) : null;
         if (c === ">" || (c === '"' && s.typed === "")) return null;
         return { ...s, typed: s.typed + c };
+      }
+      case "cut": {
+        const typed = s.typed + c;
+        if (!TOOL_CLOSE.startsWith(typed)) return null;
+        return typed === TOOL_CLOSE ? this.enter({ to: "end" }) : { k: "cut", typed };
       }
       case "end":
         return isWs(c) && s.ws > 0 ? { k: "end", ws: s.ws - 1 } : null;
@@ -262,22 +267,6 @@ function openingOf(tail: string): string {
   return end.length < TOOL_OPEN.length && TOOL_OPEN.startsWith(end) ? end : "";
 }
 
-const withLtSets = new WeakMap<TokenVocabulary, Int32Array>();
-
-/** Ids whose bytes hold '<': with those holding '>', the only ones that can end inside a tag's start. */
-function withLt(vocab: TokenVocabulary): Int32Array {
-  let ids = withLtSets.get(vocab);
-  if (!ids) {
-    const list: number[] = [];
-    vocab.bytes.forEach((b, id) => {
-      if (b.includes("<") && !vocab.stopIds.includes(id)) list.push(id);
-    });
-    ids = Int32Array.from(list);
-    withLtSets.set(vocab, ids);
-  }
-  return ids;
-}
-
 /** The mask for one token: only `allow`, or everything but `ban`. */
 export type TokenMask = { allow: Int32Array } | { ban: Int32Array };
 
@@ -334,19 +323,11 @@ export class ToolConstraint {
     const { stopIds } = this.vocab;
     const end = g.acceptsEnd(s);
     if (s.k === "reason" || s.k === "text" || s.k === "value") {
-      // Free text: a token without '>' never completes a tag, so only tokens holding one are checked; where no
-      // tool block can open, also those that could stop inside its start (holding '<', or going on from one).
-      const ban = new Set<number>();
-      const check = (ids: Iterable<number>) => {
-        for (const id of ids) if (g.token(s, this.vocab.bytes[id]) === null) ban.add(id);
-      };
-      check(this.vocab.withGt);
-      if (s.k === "text" && g.noBlock) {
-        check(withLt(this.vocab));
-        const typed = openingOf(s.tail);
-        if (typed !== "") check(this.vocab.byFirstByte[TOOL_OPEN.charCodeAt(typed.length)] ?? []);
-      }
-      if (!end) for (const id of stopIds) ban.add(id);
+      // Free text: a token without '>' never completes a tag, so only tokens holding one are checked (one that
+      // stops inside the tool tag is never refused here: it commits the reply, see settle).
+      const ban: number[] = [];
+      for (const id of this.vocab.withGt) if (g.token(s, this.vocab.bytes[id]) === null) ban.push(id);
+      if (!end) for (const id of stopIds) ban.push(id);
       return { ban: Int32Array.from(ban) };
     }
     const allow: number[] = [];
@@ -367,6 +348,7 @@ function firstBytes(s: State): Set<string> {
   } else if (s.k === "freeName") {
     if (s.typed.endsWith('"')) out.add(">");
     else for (let b = 0; b < 256; b++) out.add(String.fromCharCode(b));
-  } else if (s.k === "end" && s.ws > 0) for (const c of " \n\t\r") out.add(c);
+  } else if (s.k === "cut") out.add(TOOL_CLOSE[s.typed.length]);
+  else if (s.k === "end" && s.ws > 0) for (const c of " \n\t\r") out.add(c);
   return out;
 }

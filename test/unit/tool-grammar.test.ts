@@ -132,28 +132,38 @@ describe("tool grammar", () => {
     }
   });
 
-  it("never lets a token stop inside the tool tag where no block may open", () => {
-    const tag = "<minimax:tool_call>";
-    const endsInTagStart = (bytes: string) =>
-      Array.from({ length: tag.length - 2 }, (_, i) => tag.slice(0, i + 2)).some((p) => bytes.endsWith(p));
+  it("a token that stops inside the tool tag commits the reply: to its end where no block may open", () => {
     for (const s of [spec({ toolChoice: { mode: "none" } }), spec({}, [])]) {
       const g = new ToolGrammar(s);
       const text = g.feed(g.start, "r</think>\n\nSome text ");
-      expect(g.token(text, "<minimax:to")).toBeNull();
-      expect(g.token(g.token(text, "<"), "minimax:to")).toBeNull();
-      expect(g.token(g.token(text, "<"), "m")).toBeNull();
-      // Text that only looks like the tag's start a while is still text.
-      expect(g.token(g.token(text, "<"), "minimal")).not.toBeNull();
-      expect(g.token(text, "a < b <meta>")).not.toBeNull();
-      // Over the whole vocabulary: what the mask lets through never stops inside the tag.
+      for (const cut of [g.token(text, "<minimax:to"), g.token(g.token(text, "<mini"), "max:")]) {
+        expect(cut).not.toBeNull();
+        const state = cut as NonNullable<typeof cut>;
+        // Only the end of turn, or the tag's closer and then the end: nothing more for the text.
+        expect(g.acceptsEnd(state)).toBe(true);
+        for (const more of ["x", "ol_call>", "\n", " text"]) expect(g.token(state, more)).toBeNull();
+        const closed = g.token(state, "</minimax:tool_call>");
+        expect(closed).not.toBeNull();
+        expect(g.acceptsEnd(closed as NonNullable<typeof closed>)).toBe(true);
+        expect(g.token(closed, "more text")).toBeNull();
+      }
+      // Short of `<minimax:`, it is text: "<m" + "eta>" and "<minimax" + "ed" go on as text.
+      expect(g.token(g.token(g.token(text, "<m"), "eta>"), " more")).not.toBeNull();
+      expect(g.token(g.token(g.token(text, "<minimax"), "ed"), " more")).not.toBeNull();
+      // The mask after "<minimax:" (however the tokenizer splits it) allows only the closer's bytes and the end.
       const constraint = new ToolConstraint(g, vocab);
-      for (const id of tokenizer.encode("thinking</think>\n\nSome text <")) constraint.accept(id);
+      for (const id of tokenizer.encode("thinking</think>\n\nSome text <minimax:")) constraint.accept(id);
       const mask = constraint.mask();
-      const inside = vocab.bytes.flatMap((b, id) => (endsInTagStart(`<${b}`) ? [id] : []));
-      expect(inside.length).toBeGreaterThan(0);
-      for (const id of inside) expect(allows(mask, id), JSON.stringify(vocab.bytes[id])).toBe(false);
+      expect(mask && "allow" in mask).toBe(true);
+      const allowed = mask && "allow" in mask ? [...mask.allow] : [];
+      expect(allowed).toEqual(expect.arrayContaining(vocab.stopIds));
+      for (const id of allowed)
+        if (!vocab.stopIds.includes(id))
+          expect("</minimax:tool_call>".startsWith(vocab.bytes[id])).toBe(true);
     }
-    // Where a block may open, stopping inside the tag commits to it: only its completion may follow.
+  });
+
+  it("a token that stops inside the tool tag commits the reply to the block where one may open", () => {
     const g = new ToolGrammar(spec({}));
     const text = g.feed(g.start, "r</think>\n\nSome text ");
     const cut = g.token(text, "<minimax:to");
@@ -162,24 +172,37 @@ describe("tool grammar", () => {
     expect(g.token(cut, "x")).toBeNull();
     expect(g.acceptsEnd(cut as NonNullable<typeof cut>)).toBe(false);
     expect(g.token(cut, 'ol_call>\n<invoke name="ls">')).not.toBeNull();
+    // Text that only starts like the tag does not commit: "<m" + "eta>" stays text, and the reply may end.
+    const meta = g.token(g.token(text, "<m"), "eta>");
+    expect(meta).not.toBeNull();
+    expect(g.acceptsEnd(meta as NonNullable<typeof meta>)).toBe(true);
   });
 
-  it("under none, refuses the scripted model's cut tag start (the debris Claude Code saw)", async () => {
+  it("under none, the scripted model's cut tag ends the reply and leaves nothing in its text", async () => {
     const dir = await ensureModel("scripted-4bit", "scripted");
     const scripted = ModelTokenizer.fromModelDir(dir);
     const words = loadVocabulary(dir);
     const constraint = new ToolConstraint(new ToolGrammar(spec({ toolChoice: { mode: "none" } })), words);
     // The script's text up to its "<minimax:to" token (an added token of that tokenizer), then that token.
     const cut = words.bytes.indexOf("<minimax:to");
-    expect(cut).toBeGreaterThan(0);
-    for (const id of scripted.encode(
-      SCRIPTED_REPLY.text.slice(0, SCRIPTED_REPLY.text.indexOf("<minimax:")),
-    )) {
+    const closer = words.bytes.indexOf("</minimax:tool_call>");
+    const rest = words.bytes.indexOf('ol_call>\n<invoke name="get_weather">\n');
+    expect(Math.min(cut, closer, rest)).toBeGreaterThan(0);
+    const before = scripted.encode(SCRIPTED_REPLY.text.slice(0, SCRIPTED_REPLY.text.indexOf("<minimax:")));
+    for (const id of [...before, cut]) {
       expect(allows(constraint.mask(), id)).toBe(true);
       constraint.accept(id);
     }
-    expect(allows(constraint.mask(), cut)).toBe(false);
+    // What main let through here (its closer, then the end) is all that is left, and the parser drops it.
+    expect(allows(constraint.mask(), rest)).toBe(false);
+    expect(allows(constraint.mask(), closer)).toBe(true);
+    constraint.accept(closer);
     expect(allows(constraint.mask(), scripted.stopTokenIds[0])).toBe(true);
+    const parser = new ReplyParser(TOOLS);
+    const text = [...parser.push(scripted.decode([...before, cut, closer])), ...parser.finish()]
+      .map((e) => (e.type === "text" ? e.delta : ""))
+      .join("");
+    expect(text).toBe(SCRIPTED_REPLY.content);
   }, 120_000);
 
   it("refuses an undeclared function name and a second invoke when parallel_tool_calls is false", () => {

@@ -48,7 +48,7 @@ parentPort.on("message", async ({ schema, args }) => {
 
 let worker: Worker | undefined;
 let queue: Promise<unknown> = Promise.resolve();
-const results = new Map<string, Promise<string | undefined>>();
+const results = new Map<string, Promise<Answer>>();
 
 function startWorker(): Worker {
   const require = createRequire(import.meta.url);
@@ -63,23 +63,30 @@ function discardWorker(w: Worker): void {
   void w.terminate();
 }
 
+interface Answer {
+  problem: string | undefined;
+  /** False when the worker failed or ran out of time: not an answer about the schema, so not remembered. */
+  definite: boolean;
+}
+
 /** One schema through the worker: undefined when it compiles, else why not. */
-function runCheck(schema: string): Promise<string | undefined> {
+function runCheck(schema: string): Promise<Answer> {
   worker ??= startWorker();
   const w = worker;
   return new Promise((resolve) => {
-    const done = (problem: string | undefined, discard: boolean) => {
+    const done = (problem: string | undefined, definite: boolean) => {
       clearTimeout(timer);
       w.off("message", onMessage).off("error", onError).off("exit", onExit);
-      if (discard) discardWorker(w);
-      resolve(problem);
+      // A worker that saw an abort (or failed) is not trusted again.
+      if (problem !== undefined) discardWorker(w);
+      resolve({ problem, definite });
     };
     const onMessage = (m: { ok: boolean; message?: string }) =>
-      m.ok ? done(undefined, false) : done(m.message ?? "xgrammar could not compile it", true);
-    const onError = (err: Error) => done(`xgrammar failed: ${err.message}`, true);
-    const onExit = () => done("xgrammar's worker stopped", true);
+      done(m.ok ? undefined : (m.message ?? "xgrammar could not compile it"), true);
+    const onError = (err: Error) => done(`xgrammar failed: ${err.message}`, false);
+    const onExit = () => done("xgrammar's worker stopped", false);
     const timer = setTimeout(
-      () => done(`xgrammar did not compile it within ${CHECK_TIMEOUT_MS / 1000} s`, true),
+      () => done(`xgrammar did not compile it within ${CHECK_TIMEOUT_MS / 1000} s`, false),
       CHECK_TIMEOUT_MS,
     );
     w.on("message", onMessage).on("error", onError).on("exit", onExit);
@@ -89,16 +96,21 @@ function runCheck(schema: string): Promise<string | undefined> {
 
 /**
  * Why xgrammar cannot compile this JSON schema (its own message, e.g. "Regex parsing error at position 3:
- * Lookbehind is not supported yet."), or undefined when it can. One check at a time; answers are remembered.
+ * Lookbehind is not supported yet."), or undefined when it can. One check at a time; answers about the schema
+ * are remembered (a worker that failed or ran out of time is not an answer, and is asked again next time).
  */
 export function jsonSchemaProblem(schema: Record<string, unknown>): Promise<string | undefined> {
   const key = JSON.stringify(schema);
   let result = results.get(key);
   if (!result) {
-    result = queue.then(() => runCheck(key));
-    queue = result;
+    const answer = queue.then(() => runCheck(key));
+    queue = answer;
     if (results.size >= 256) results.delete(results.keys().next().value as string);
-    results.set(key, result);
+    results.set(key, answer);
+    void answer.then((a) => {
+      if (!a.definite && results.get(key) === answer) results.delete(key);
+    });
+    result = answer;
   }
-  return result;
+  return result.then((a) => a.problem);
 }

@@ -12,11 +12,12 @@
 // after </think> only whitespace and the tool block, and no end of turn before it. Values are free text (not
 // checked against the parameter's JSON schema): a value may not contain </invoke> or </minimax:tool_call>.
 // No piece of a refused tag in the visible text: a token that stops inside `<minimax:tool_call>`, past its
-// `<minimax:` (text such as "<m" + "eta>" stays text), commits the reply: to the tool block where one may open
-// (only the tag's completion may follow), else to its end (the end of turn, or the tag's closer first), and the
-// reply parser drops the cut tag (and the closer). Without this, a mask that refused the rest of the tag left
-// its start in the text ("<minimax:to</minimax:tool_call>"). Refusing the token outright instead sends a model
-// that wanted to call wandering (the scripted model then wrote its call's parameters as text to the window's end).
+// `<minimax:` (text such as "<m" + "eta>" stays text), commits the reply: to the tag's completion where a block
+// may open, or else to its end (the end of turn, or the tag's closer and then the end), and the reply parser
+// drops the cut tag (and the closer). Without this, text went on after a cut tag and the parser showed it
+// ("<minimax:to</minimax:tool_call>"). Refusing the token outright instead sends a model that wanted to call
+// wandering (the scripted model then wrote its call's parameters as text up to the window's end); forcing the
+// block where one may open made it call a tool it never meant (Claude Code's Agent) with endless arguments.
 import type { TokenVocabulary } from "./token-vocabulary.js";
 
 export interface ToolConstraintTool {
@@ -71,8 +72,11 @@ interface Alt {
 type State =
   | { k: "reason"; tail: string }
   | { k: "text"; tail: string }
-  /** A refused tag cut short (where no block may open): the reply ends, at once or after `</minimax:tool_call>`. */
-  | { k: "cut"; typed: string }
+  /**
+   * Text stopped inside the tool tag: the rest of the tag (`rest`, "" where no block may open) opens the block;
+   * else the reply ends, at once or after `</minimax:tool_call>` (`typed`: the bytes of either so far).
+   */
+  | { k: "cut"; rest: string; typed: string }
   /** One of the literals, after at most `ws` whitespace bytes (only before the first byte of a literal). */
   | { k: "expect"; alts: Alt[]; typed: string; ws: number }
   /** A parameter name the schema does not list: any bytes but `"` and `>`, then `">`. */
@@ -128,14 +132,13 @@ export class ToolGrammar {
 
   /**
    * At a token boundary, text that ends inside `<minimax:tool_call>` past its `<minimax:` is committed: to the
-   * tag (an expect state, whose mask allows only its completion), or where no block may open, to the end.
+   * tag's completion (where a block may open), or to the end of the reply (the parser drops the cut tag).
    */
   private settle(s: State | null): State | null {
     if (s?.k !== "text") return s;
-    const typed = openingOf(s.tail);
-    if (typed.length < TAG_NAMESPACE.length) return s;
-    if (this.callable.length === 0) return { k: "cut", typed: "" };
-    return { k: "expect", alts: [{ lit: TOOL_OPEN, next: { to: "block" } }], typed, ws: 0 };
+    const opened = openingOf(s.tail);
+    if (opened.length < TAG_NAMESPACE.length) return s;
+    return { k: "cut", rest: this.callable.length > 0 ? TOOL_OPEN.slice(opened.length) : "", typed: "" };
   }
 
   private step(s: State, c: string): State | null {
@@ -179,8 +182,10 @@ export class ToolGrammar {
       }
       case "cut": {
         const typed = s.typed + c;
-        if (!TOOL_CLOSE.startsWith(typed)) return null;
-        return typed === TOOL_CLOSE ? this.enter({ to: "end" }) : { k: "cut", typed };
+        if (s.rest !== "" && typed === s.rest) return this.enter({ to: "block" });
+        if (typed === TOOL_CLOSE) return this.enter({ to: "end" });
+        const opening = s.rest !== "" && s.rest.startsWith(typed);
+        return opening || TOOL_CLOSE.startsWith(typed) ? { ...s, typed } : null;
       }
       case "end":
         return isWs(c) && s.ws > 0 ? { k: "end", ws: s.ws - 1 } : null;
@@ -348,7 +353,9 @@ function firstBytes(s: State): Set<string> {
   } else if (s.k === "freeName") {
     if (s.typed.endsWith('"')) out.add(">");
     else for (let b = 0; b < 256; b++) out.add(String.fromCharCode(b));
-  } else if (s.k === "cut") out.add(TOOL_CLOSE[s.typed.length]);
-  else if (s.k === "end" && s.ws > 0) for (const c of " \n\t\r") out.add(c);
+  } else if (s.k === "cut") {
+    if (s.rest.length > s.typed.length && s.rest.startsWith(s.typed)) out.add(s.rest[s.typed.length]);
+    if (TOOL_CLOSE.startsWith(s.typed)) out.add(TOOL_CLOSE[s.typed.length]);
+  } else if (s.k === "end" && s.ws > 0) for (const c of " \n\t\r") out.add(c);
   return out;
 }

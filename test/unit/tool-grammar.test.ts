@@ -163,15 +163,18 @@ describe("tool grammar", () => {
     }
   });
 
-  it("a token that stops inside the tool tag commits the reply to the block where one may open", () => {
+  it("where a block may open, a token that stops inside the tool tag commits to the tag or to the end", () => {
     const g = new ToolGrammar(spec({}));
     const text = g.feed(g.start, "r</think>\n\nSome text ");
     const cut = g.token(text, "<minimax:to");
     expect(cut).not.toBeNull();
-    expect(g.token(cut, "</minimax:tool_call>")).toBeNull();
-    expect(g.token(cut, "x")).toBeNull();
-    expect(g.acceptsEnd(cut as NonNullable<typeof cut>)).toBe(false);
+    expect(g.acceptsEnd(cut as NonNullable<typeof cut>)).toBe(true);
+    for (const more of ["x", "\n", " text"]) expect(g.token(cut, more)).toBeNull();
+    expect(g.token(g.token(cut, "</minimax:tool_call>"), "more text")).toBeNull();
     expect(g.token(cut, 'ol_call>\n<invoke name="ls">')).not.toBeNull();
+    expect(g.token(g.token(cut, "ol_"), 'call>\n<invoke name="ls">')).not.toBeNull();
+    // Still only declared tools: the tag completed is the tool block.
+    expect(g.token(cut, 'ol_call>\n<invoke name="rm">')).toBeNull();
     // Text that only starts like the tag does not commit: "<m" + "eta>" stays text, and the reply may end.
     const meta = g.token(g.token(text, "<m"), "eta>");
     expect(meta).not.toBeNull();

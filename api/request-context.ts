@@ -2,12 +2,18 @@
 // render + tokenize, fit the prompt in the window, then start the run.
 
 import { ChatFormatter } from "../chat/chat-formatter.js";
-import { type ReplyConstraints, toolConstraintSpec, unconstrained } from "../chat/constraints.js";
+import {
+  type ReplyConstraints,
+  type ResponseFormat,
+  toolConstraintSpec,
+  unconstrained,
+} from "../chat/constraints.js";
 import type { Conversation } from "../chat/conversation.js";
 import { PromptEncoder } from "../chat/prompt-encoder.js";
 import { RequestError } from "../chat/request-error.js";
 import type { SamplingParams } from "../common/engine-api.js";
 import { ClusterError } from "../common/errors.js";
+import { jsonSchemaProblem } from "../common/json-schema-check.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
 import { ModelNotFoundError } from "./errors.js";
 import { budgetTokens, GenerationRun, type PreparedGeneration } from "./generation-run.js";
@@ -86,6 +92,20 @@ export interface StartOptions {
  * reasoning, text and tool calls) or plain text (a completion: no template, the reply raw). */
 export type RunInput = { conversation: Conversation } | { text: string };
 
+/**
+ * A json_schema format must compile before the request is accepted: xgrammar cannot do every schema (a regex
+ * `pattern` with a lookbehind, for one), and a schema it cannot compile is refused here with a 400 naming it.
+ */
+async function checkResponseFormat(format: ResponseFormat | undefined): Promise<void> {
+  if (format?.type !== "json_schema") return;
+  const problem = await jsonSchemaProblem(format.schema);
+  if (problem)
+    throw new RequestError(
+      `${format.param} cannot be enforced: the grammar engine (xgrammar) cannot compile it: ${problem} Remove or simplify what it names (a regex pattern may use no lookaround, backreference, word boundary or \\p{...} class).`,
+      format.param,
+    );
+}
+
 /** Request → a started run (or a thrown error with the right status). */
 export async function startRun(
   deps: ApiDeps,
@@ -93,6 +113,7 @@ export async function startRun(
   options: StartOptions,
 ): Promise<GenerationRun> {
   const generator = requireGenerator(deps);
+  await checkResponseFormat(options.constraints?.responseFormat);
   const formatter = ChatFormatter.forModelDir(deps.modelDir);
   const chat = "conversation" in input;
   // On a worker thread: a prompt of megabytes must not stall the event loop (and the heartbeats with it); one

@@ -15,7 +15,14 @@ export type ToolChoice =
 export type ResponseFormat =
   | { type: "text" }
   | { type: "json_object" }
-  | { type: "json_schema"; name: string; schema: Record<string, unknown>; strict: boolean };
+  | {
+      type: "json_schema";
+      name: string;
+      schema: Record<string, unknown>;
+      strict: boolean;
+      /** The request field the schema came in (for an error about it). */
+      param: string;
+    };
 
 export interface ReplyConstraints {
   toolChoice: ToolChoice;
@@ -84,6 +91,7 @@ export function openAiResponseFormat(value: unknown, param: string): ResponseFor
     name: typeof spec.name === "string" ? spec.name : "response",
     schema: spec.schema,
     strict: spec.strict === true,
+    param: value.json_schema === undefined ? `${param}.schema` : `${param}.json_schema.schema`,
   };
 }
 

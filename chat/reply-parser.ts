@@ -1,7 +1,10 @@
 // Splits the model's streamed reply into reasoning, visible text and tool calls (MiniMax-M2 format):
 //   {reasoning}</think>\n\n{text}\n<minimax:tool_call>\n<invoke name="f">\n<parameter name="k">v</parameter>\n</invoke>\n</minimax:tool_call>
 // The template opens the reasoning (`<think>\n`), so the reply starts inside it. A tag may arrive split across
-// tokens: any tail that could still become a tag is held back so no markup ever reaches the visible text.
+// tokens: any tail that could still become a tag is held back so no markup ever reaches the visible text. Markup
+// that has no place in the visible text (a stray `</minimax:tool_call>` or `</think>`) is dropped there, with the
+// start of a tool tag held just before it (a model cut short in the tag, then closing it), and a held start of a
+// tag that the reply ends in is dropped too.
 import type { TemplateTool } from "./conversation.js";
 import { convertArguments } from "./tool-arguments.js";
 
@@ -17,6 +20,8 @@ const THINK_CLOSE = "</think>";
 const TOOL_OPEN = "<minimax:tool_call>";
 const TOOL_CLOSE = "</minimax:tool_call>";
 const INVOKE_CLOSE = "</invoke>";
+/** Closers with no place in the visible text. */
+const STRAY = [TOOL_CLOSE, THINK_CLOSE];
 
 /** Length of the longest tail of `text` that is a proper prefix of `tag`. */
 function partialTagLength(text: string, tag: string): number {
@@ -86,19 +91,58 @@ export class ReplyParser {
 
   private step(events: ReplyEvent[]): boolean {
     if (this.state === "tool") return this.stepTool(events);
-    const tag = this.state === "reasoning" ? THINK_CLOSE : TOOL_OPEN;
-    const at = this.buffer.indexOf(tag);
+    if (this.state === "text") return this.stepText(events);
+    const at = this.buffer.indexOf(THINK_CLOSE);
     if (at >= 0) {
       this.emitSegment(this.buffer.slice(0, at), events);
-      this.buffer = this.buffer.slice(at + tag.length);
+      this.buffer = this.buffer.slice(at + THINK_CLOSE.length);
       this.endSegment();
-      this.state = this.state === "reasoning" ? "text" : "tool";
+      this.state = "text";
       return true;
     }
-    const keep = partialTagLength(this.buffer, tag);
+    this.emitAllBut(partialTagLength(this.buffer, THINK_CLOSE), events);
+    return false;
+  }
+
+  /** Visible text: a tool block opens at TOOL_OPEN; stray closers are dropped (see the header). */
+  private stepText(events: ReplyEvent[]): boolean {
+    const found = [TOOL_OPEN, ...STRAY]
+      .map((tag) => ({ tag, at: this.buffer.indexOf(tag) }))
+      .filter((f) => f.at >= 0)
+      .sort((a, b) => a.at - b.at)[0];
+    if (found?.tag === TOOL_OPEN) {
+      this.emitSegment(this.buffer.slice(0, found.at), events);
+      this.buffer = this.buffer.slice(found.at + TOOL_OPEN.length);
+      this.endSegment();
+      this.state = "tool";
+      return true;
+    }
+    if (found) {
+      const before = this.buffer.slice(0, found.at);
+      const cut = partialTagLength(before, TOOL_OPEN);
+      this.emitSegment(before.slice(0, before.length - (cut >= 2 ? cut : 0)), events);
+      this.buffer = this.buffer.slice(found.at + found.tag.length);
+      return true;
+    }
+    this.emitAllBut(this.heldInText(), events);
+    return false;
+  }
+
+  /** The tail of visible text held back: the start of a tag, or a cut tool tag start and the start of a closer. */
+  private heldInText(): number {
+    let keep = Math.max(...[TOOL_OPEN, ...STRAY].map((tag) => partialTagLength(this.buffer, tag)));
+    for (const tag of STRAY) {
+      const n = partialTagLength(this.buffer, tag);
+      const cut = n > 0 ? partialTagLength(this.buffer.slice(0, -n), TOOL_OPEN) : 0;
+      if (cut >= 2) keep = Math.max(keep, n + cut);
+    }
+    return keep;
+  }
+
+  /** Emits the buffer but its last `keep` chars (the start of a tag, held until it is told apart from text). */
+  private emitAllBut(keep: number, events: ReplyEvent[]): void {
     this.emitSegment(this.buffer.slice(0, this.buffer.length - keep), events);
     this.buffer = this.buffer.slice(this.buffer.length - keep);
-    return false;
   }
 
   private stepTool(events: ReplyEvent[]): boolean {

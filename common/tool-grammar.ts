@@ -11,6 +11,13 @@
 // required one before </invoke>; one <invoke> when parallel_tool_calls is false; "required" / a named function:
 // after </think> only whitespace and the tool block, and no end of turn before it. Values are free text (not
 // checked against the parameter's JSON schema): a value may not contain </invoke> or </minimax:tool_call>.
+// No piece of a refused tag in the visible text: a token that stops inside `<minimax:tool_call>`, past its
+// `<minimax:` (text such as "<m" + "eta>" stays text), commits the reply: to the tag's completion where a block
+// may open, or else to its end (the end of turn, or the tag's closer and then the end), and the reply parser
+// drops the cut tag (and the closer). Without this, text went on after a cut tag and the parser showed it
+// ("<minimax:to</minimax:tool_call>"). Refusing the token outright instead sends a model that wanted to call
+// wandering (the scripted model then wrote its call's parameters as text up to the window's end); forcing the
+// block where one may open made it call a tool it never meant (Claude Code's Agent) with endless arguments.
 import type { TokenVocabulary } from "./token-vocabulary.js";
 
 export interface ToolConstraintTool {
@@ -38,6 +45,8 @@ export interface ToolConstraintSpec {
 export const THINK_CLOSE = "</think>";
 export const TOOL_OPEN = "<minimax:tool_call>";
 const TOOL_CLOSE = "</minimax:tool_call>";
+/** The part of the tool tag no ordinary text has: a token boundary past it is inside the tag. */
+const TAG_NAMESPACE = "<minimax:";
 const INVOKE_OPEN = '<invoke name="';
 const INVOKE_CLOSE = "</invoke>";
 const PARAM_OPEN = '<parameter name="';
@@ -63,6 +72,11 @@ interface Alt {
 type State =
   | { k: "reason"; tail: string }
   | { k: "text"; tail: string }
+  /**
+   * Text stopped inside the tool tag: the rest of the tag (`rest`, "" where no block may open) opens the block;
+   * else the reply ends, at once or after `</minimax:tool_call>` (`typed`: the bytes of either so far).
+   */
+  | { k: "cut"; rest: string; typed: string }
   /** One of the literals, after at most `ws` whitespace bytes (only before the first byte of a literal). */
   | { k: "expect"; alts: Alt[]; typed: string; ws: number }
   /** A parameter name the schema does not list: any bytes but `"` and `>`, then `">`. */
@@ -98,7 +112,7 @@ export class ToolGrammar {
   /** May the reply end (the end-of-turn token) in this state? */
   acceptsEnd(s: State): boolean {
     if (s.k === "reason") return !this.mustCall;
-    return s.k === "text" || s.k === "end";
+    return s.k === "text" || s.k === "end" || (s.k === "cut" && s.typed === "");
   }
 
   /** Bytes (one char per byte) fed from state s; null when the grammar forbids them. */
@@ -108,11 +122,23 @@ export class ToolGrammar {
     return state;
   }
 
-  /** Fast path of free text: bytes without '>' cannot complete any tag, so only the tail changes. */
-  feedToken(s: State, bytes: string, hasGt: boolean): State | null {
-    if (!hasGt && (s.k === "reason" || s.k === "text" || s.k === "value"))
-      return { ...s, tail: (s.tail + bytes).slice(-TAIL) };
-    return this.feed(s, bytes);
+  /** A whole token's bytes: feed(), then the rule at the token boundary (settle). */
+  token(s: State | null, bytes: string, hasGt = bytes.includes(">")): State | null {
+    if (s && !hasGt && (s.k === "reason" || s.k === "text" || s.k === "value"))
+      // Fast path of free text: bytes without '>' cannot complete any tag, so only the tail changes.
+      return this.settle({ ...s, tail: (s.tail + bytes).slice(-TAIL) });
+    return this.settle(this.feed(s, bytes));
+  }
+
+  /**
+   * At a token boundary, text that ends inside `<minimax:tool_call>` past its `<minimax:` is committed: to the
+   * tag's completion (where a block may open), or to the end of the reply (the parser drops the cut tag).
+   */
+  private settle(s: State | null): State | null {
+    if (s?.k !== "text") return s;
+    const opened = openingOf(s.tail);
+    if (opened.length < TAG_NAMESPACE.length) return s;
+    return { k: "cut", rest: this.callable.length > 0 ? TOOL_OPEN.slice(opened.length) : "", typed: "" };
   }
 
   private step(s: State, c: string): State | null {
@@ -153,6 +179,13 @@ export class ToolGrammar {
           return c === ">" ? this.enter({ to: "value", tool: s.tool, seen: s.seen }) : null;
         if (c === ">" || (c === '"' && s.typed === "")) return null;
         return { ...s, typed: s.typed + c };
+      }
+      case "cut": {
+        const typed = s.typed + c;
+        if (s.rest !== "" && typed === s.rest) return this.enter({ to: "block" });
+        if (typed === TOOL_CLOSE) return this.enter({ to: "end" });
+        const opening = s.rest !== "" && s.rest.startsWith(typed);
+        return opening || TOOL_CLOSE.startsWith(typed) ? { ...s, typed } : null;
       }
       case "end":
         return isWs(c) && s.ws > 0 ? { k: "end", ws: s.ws - 1 } : null;
@@ -231,6 +264,14 @@ function pending(tail: string): string {
   return "";
 }
 
+/** The start of `<minimax:tool_call>` that `tail` ends in ("" if none): every watched tag has its only '<' first. */
+function openingOf(tail: string): string {
+  const at = tail.lastIndexOf("<");
+  if (at < 0) return "";
+  const end = tail.slice(at);
+  return end.length < TOOL_OPEN.length && TOOL_OPEN.startsWith(end) ? end : "";
+}
+
 /** The mask for one token: only `allow`, or everything but `ban`. */
 export type TokenMask = { allow: Int32Array } | { ban: Int32Array };
 
@@ -279,8 +320,7 @@ export class ToolConstraint {
       if (!this.grammar.acceptsEnd(this.state)) this.state = null;
       return;
     }
-    const bytes = this.vocab.bytes[token] ?? "";
-    this.state = this.grammar.feedToken(this.state, bytes, bytes.includes(">"));
+    this.state = this.grammar.token(this.state, this.vocab.bytes[token] ?? "");
   }
 
   private compute(s: State): TokenMask {
@@ -288,16 +328,17 @@ export class ToolConstraint {
     const { stopIds } = this.vocab;
     const end = g.acceptsEnd(s);
     if (s.k === "reason" || s.k === "text" || s.k === "value") {
-      // Free text: a token without '>' never completes a tag, so only tokens holding one are checked.
+      // Free text: a token without '>' never completes a tag, so only tokens holding one are checked (one that
+      // stops inside the tool tag is never refused here: it commits the reply, see settle).
       const ban: number[] = [];
-      for (const id of this.vocab.withGt) if (g.feed(s, this.vocab.bytes[id]) === null) ban.push(id);
+      for (const id of this.vocab.withGt) if (g.token(s, this.vocab.bytes[id]) === null) ban.push(id);
       if (!end) for (const id of stopIds) ban.push(id);
       return { ban: Int32Array.from(ban) };
     }
     const allow: number[] = [];
     for (const first of firstBytes(s))
       for (const id of this.vocab.byFirstByte[first.charCodeAt(0)] ?? [])
-        if (g.feed(s, this.vocab.bytes[id]) !== null) allow.push(id);
+        if (g.token(s, this.vocab.bytes[id]) !== null) allow.push(id);
     if (end) allow.push(...stopIds);
     return { allow: Int32Array.from(allow) };
   }
@@ -312,6 +353,9 @@ function firstBytes(s: State): Set<string> {
   } else if (s.k === "freeName") {
     if (s.typed.endsWith('"')) out.add(">");
     else for (let b = 0; b < 256; b++) out.add(String.fromCharCode(b));
+  } else if (s.k === "cut") {
+    if (s.rest.length > s.typed.length && s.rest.startsWith(s.typed)) out.add(s.rest[s.typed.length]);
+    if (TOOL_CLOSE.startsWith(s.typed)) out.add(TOOL_CLOSE[s.typed.length]);
   } else if (s.k === "end" && s.ws > 0) for (const c of " \n\t\r") out.add(c);
   return out;
 }

@@ -6,6 +6,7 @@
 // `__filename` and publishes itself as globalThis.xgrammar; loadXgrammar() gives it those once.
 import { createRequire } from "node:module";
 import { dirname } from "node:path";
+import { JSON_SCHEMA_ARGS, jsonSchemaProblem } from "../common/json-schema-check.js";
 import type { TokenVocabulary } from "../common/token-vocabulary.js";
 import type { ToolConstraintSpec } from "../common/tool-grammar.js";
 
@@ -91,12 +92,23 @@ function grammarFor(
   const key = JSON.stringify(format);
   let grammar = grammars.get(key);
   if (!grammar) {
-    grammar = compilerFor(vocab).then((c) =>
+    grammar = (async () => {
+      const compiler = await compilerFor(vocab);
+      if (format.type !== "json_schema") return compiler.compileBuiltinJSONGrammar();
+      // The API checked the schema already; checked again here (in a disposable copy of xgrammar), since an
+      // abort in this process's copy would leave it broken for every later request.
+      const problem = await jsonSchemaProblem(format.schema);
+      if (problem) throw new Error(`xgrammar cannot compile the JSON schema: ${problem}`);
       // One line, ", " and ": " between items: a model cannot stall in whitespace.
-      format.type === "json_schema"
-        ? c.compileJSONSchema(JSON.stringify(format.schema), false, -1, [", ", ": "], true)
-        : c.compileBuiltinJSONGrammar(),
-    );
+      const { anyWhitespace, indent, separators, strict } = JSON_SCHEMA_ARGS;
+      return compiler.compileJSONSchema(
+        JSON.stringify(format.schema),
+        anyWhitespace,
+        indent,
+        [...separators],
+        strict,
+      );
+    })();
     grammar.catch(() => grammars.delete(key));
     if (grammars.size >= 64) grammars.delete(grammars.keys().next().value as string);
     grammars.set(key, grammar);

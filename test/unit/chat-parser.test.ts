@@ -125,6 +125,24 @@ describe("ReplyParser", () => {
     expect(parser.finish()).toEqual([]);
   });
 
+  it("drops a tool tag cut short and then closed, stray closers, and a tag start the reply ends in", () => {
+    // What a model cut short in its tool tag (the mask forbade the call) wrote, at every split offset.
+    const cases: Array<[string, string]> = [
+      ["r</think>Checking.\n<minimax:to</minimax:tool_call>", "Checking."],
+      ["r</think>Checking.\n<minimax:to</minimax:tool_call>\nMore.", "Checking.\n\nMore."],
+      ["r</think>a </minimax:tool_call>b</think>c", "a bc"],
+      ["r</think>Checking.\n<minimax:tox", "Checking.\n<minimax:tox"],
+      ["r</think>Checking.\n<minimax:to", "Checking."],
+      ["r</think>a <m", "a "],
+      ["r</think>a < b </x> <", "a < b </x> <"],
+    ];
+    for (const [reply, text] of cases)
+      for (let at = 1; at < reply.length; at++) {
+        const out = parseInPieces([reply.slice(0, at), reply.slice(at)]);
+        expect(out, `${JSON.stringify(reply)} split at ${at}`).toEqual({ reasoning: "r", text, calls: [] });
+      }
+  });
+
   it("gives arguments {} for a call without parameters", () => {
     const out = parseInPieces(['</think><minimax:tool_call><invoke name="ls"></invoke></minimax:tool_call>']);
     expect(out.calls).toEqual([{ name: "ls", arguments: {} }]);

@@ -38,12 +38,13 @@ describe("OpenAI response formats", () => {
   it("reads Chat Completions' and Responses' json_schema spellings", () => {
     expect(
       openAiResponseFormat({ type: "json_schema", json_schema: { name: "r", schema, strict: true } }, "f"),
-    ).toEqual({ type: "json_schema", name: "r", schema, strict: true });
+    ).toEqual({ type: "json_schema", name: "r", schema, strict: true, param: "f.json_schema.schema" });
     expect(openAiResponseFormat({ type: "json_schema", name: "r", schema }, "f")).toEqual({
       type: "json_schema",
       name: "r",
       schema,
       strict: false,
+      param: "f.schema",
     });
     expect(openAiResponseFormat({ type: "json_object" }, "f")).toEqual({ type: "json_object" });
     expect(openAiResponseFormat(undefined, "f")).toEqual({ type: "text" });

@@ -132,6 +132,82 @@ describe("tool grammar", () => {
     }
   });
 
+  it("a token that stops inside the tool tag commits the reply: to its end where no block may open", () => {
+    for (const s of [spec({ toolChoice: { mode: "none" } }), spec({}, [])]) {
+      const g = new ToolGrammar(s);
+      const text = g.feed(g.start, "r</think>\n\nSome text ");
+      for (const cut of [g.token(text, "<minimax:to"), g.token(g.token(text, "<mini"), "max:")]) {
+        expect(cut).not.toBeNull();
+        const state = cut as NonNullable<typeof cut>;
+        // Only the end of turn, or the tag's closer and then the end: nothing more for the text.
+        expect(g.acceptsEnd(state)).toBe(true);
+        for (const more of ["x", "ol_call>", "\n", " text"]) expect(g.token(state, more)).toBeNull();
+        const closed = g.token(state, "</minimax:tool_call>");
+        expect(closed).not.toBeNull();
+        expect(g.acceptsEnd(closed as NonNullable<typeof closed>)).toBe(true);
+        expect(g.token(closed, "more text")).toBeNull();
+      }
+      // Short of `<minimax:`, it is text: "<m" + "eta>" and "<minimax" + "ed" go on as text.
+      expect(g.token(g.token(g.token(text, "<m"), "eta>"), " more")).not.toBeNull();
+      expect(g.token(g.token(g.token(text, "<minimax"), "ed"), " more")).not.toBeNull();
+      // The mask after "<minimax:" (however the tokenizer splits it) allows only the closer's bytes and the end.
+      const constraint = new ToolConstraint(g, vocab);
+      for (const id of tokenizer.encode("thinking</think>\n\nSome text <minimax:")) constraint.accept(id);
+      const mask = constraint.mask();
+      expect(mask && "allow" in mask).toBe(true);
+      const allowed = mask && "allow" in mask ? [...mask.allow] : [];
+      expect(allowed).toEqual(expect.arrayContaining(vocab.stopIds));
+      for (const id of allowed)
+        if (!vocab.stopIds.includes(id))
+          expect("</minimax:tool_call>".startsWith(vocab.bytes[id])).toBe(true);
+    }
+  });
+
+  it("where a block may open, a token that stops inside the tool tag commits to the tag or to the end", () => {
+    const g = new ToolGrammar(spec({}));
+    const text = g.feed(g.start, "r</think>\n\nSome text ");
+    const cut = g.token(text, "<minimax:to");
+    expect(cut).not.toBeNull();
+    expect(g.acceptsEnd(cut as NonNullable<typeof cut>)).toBe(true);
+    for (const more of ["x", "\n", " text"]) expect(g.token(cut, more)).toBeNull();
+    expect(g.token(g.token(cut, "</minimax:tool_call>"), "more text")).toBeNull();
+    expect(g.token(cut, 'ol_call>\n<invoke name="ls">')).not.toBeNull();
+    expect(g.token(g.token(cut, "ol_"), 'call>\n<invoke name="ls">')).not.toBeNull();
+    // Still only declared tools: the tag completed is the tool block.
+    expect(g.token(cut, 'ol_call>\n<invoke name="rm">')).toBeNull();
+    // Text that only starts like the tag does not commit: "<m" + "eta>" stays text, and the reply may end.
+    const meta = g.token(g.token(text, "<m"), "eta>");
+    expect(meta).not.toBeNull();
+    expect(g.acceptsEnd(meta as NonNullable<typeof meta>)).toBe(true);
+  });
+
+  it("under none, the scripted model's cut tag ends the reply and leaves nothing in its text", async () => {
+    const dir = await ensureModel("scripted-4bit", "scripted");
+    const scripted = ModelTokenizer.fromModelDir(dir);
+    const words = loadVocabulary(dir);
+    const constraint = new ToolConstraint(new ToolGrammar(spec({ toolChoice: { mode: "none" } })), words);
+    // The script's text up to its "<minimax:to" token (an added token of that tokenizer), then that token.
+    const cut = words.bytes.indexOf("<minimax:to");
+    const closer = words.bytes.indexOf("</minimax:tool_call>");
+    const rest = words.bytes.indexOf('ol_call>\n<invoke name="get_weather">\n');
+    expect(Math.min(cut, closer, rest)).toBeGreaterThan(0);
+    const before = scripted.encode(SCRIPTED_REPLY.text.slice(0, SCRIPTED_REPLY.text.indexOf("<minimax:")));
+    for (const id of [...before, cut]) {
+      expect(allows(constraint.mask(), id)).toBe(true);
+      constraint.accept(id);
+    }
+    // What main let through here (its closer, then the end) is all that is left, and the parser drops it.
+    expect(allows(constraint.mask(), rest)).toBe(false);
+    expect(allows(constraint.mask(), closer)).toBe(true);
+    constraint.accept(closer);
+    expect(allows(constraint.mask(), scripted.stopTokenIds[0])).toBe(true);
+    const parser = new ReplyParser(TOOLS);
+    const text = [...parser.push(scripted.decode([...before, cut, closer])), ...parser.finish()]
+      .map((e) => (e.type === "text" ? e.delta : ""))
+      .join("");
+    expect(text).toBe(SCRIPTED_REPLY.content);
+  }, 120_000);
+
   it("refuses an undeclared function name and a second invoke when parallel_tool_calls is false", () => {
     const g = new ToolGrammar(spec({ parallelToolCalls: false }));
     const head = g.feed(g.start, 'r</think>\n<minimax:tool_call>\n<invoke name="');
@@ -149,9 +225,12 @@ describe("tool grammar", () => {
 
   const seeds = Array.from({ length: 40 }, (_, i) => i + 1);
 
-  it("random walks under none never call a tool", () => {
-    for (const seed of seeds)
-      expect(calls(parse(randomWalk(spec({ toolChoice: { mode: "none" } }), seed)).events)).toEqual([]);
+  it("random walks under none never call a tool, and leave no tool markup in the text", () => {
+    for (const seed of seeds) {
+      const { events } = parse(randomWalk(spec({ toolChoice: { mode: "none" } }), seed));
+      expect(calls(events)).toEqual([]);
+      for (const e of events) if (e.type === "text") expect(e.delta).not.toMatch(/<\/?minimax|<\/think>/);
+    }
   });
 
   it("random walks under a named function call only it, once when parallel is off", () => {

@@ -29,10 +29,20 @@ const DROPPED_RESPONSE_HEADERS = new Set([
   "content-encoding",
 ]);
 
+/** How often a relay checks that its coordinator is still this node's coordinator. */
+const COORDINATOR_CHECK_MS = 250;
+
+/**
+ * `stillCoordinator` says whether `coordinatorUrl` is still this node's coordinator: once it is not (lost after
+ * a heartbeat timeout, or replaced), the relay is broken off and a stream ends with its terminal error event. A
+ * coordinator that hangs or is cut off never fails the TCP connection, so without this a relayed stream would
+ * wait forever.
+ */
 export async function forwardRequest(
   request: FastifyRequest,
   reply: FastifyReply,
   coordinatorUrl: string,
+  stillCoordinator: () => boolean = () => true,
 ): Promise<void> {
   const target = new URL(request.url, coordinatorUrl.endsWith("/") ? coordinatorUrl : `${coordinatorUrl}/`);
   const headers: Record<string, string> = { [FORWARDED_HEADER]: "1" };
@@ -41,7 +51,12 @@ export async function forwardRequest(
     if (typeof value === "string") headers[name] = value;
   }
   const controller = new AbortController();
+  const watch = setInterval(() => {
+    if (!stillCoordinator()) controller.abort(new Error("the coordinator was lost"));
+  }, COORDINATOR_CHECK_MS);
+  watch.unref();
   reply.raw.on("close", () => {
+    clearInterval(watch);
     if (!reply.raw.writableFinished) controller.abort();
   });
   let upstream: Response;

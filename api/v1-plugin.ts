@@ -54,7 +54,7 @@ export const v1Plugin: FastifyPluginAsync<V1Options> = async (app: FastifyInstan
         reply,
         apiError(503, "the cluster is electing its coordinator; retry shortly", "cluster_not_ready"),
       );
-    return forwardRequest(request, reply, coordinator);
+    return forwardRequest(request, reply, coordinator, () => options.coordinatorUrl() === coordinator);
   });
   const deps: ApiDeps = {
     generator: () => options.generator(),

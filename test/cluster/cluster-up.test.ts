@@ -416,6 +416,13 @@ describe("two cluster up processes joined with --peer", () => {
       "a two-stage plan",
       [a, b],
     );
+    // The follower serves once its own view names the coordinator (on a loaded machine that can lag a's).
+    await waitForHealth(
+      urls[survivorIndex],
+      (h) => h.ok === true && h.coordinator?.id === ready.coordinator!.id,
+      "the follower to serve through the coordinator",
+      [a, b],
+    );
     const before = await complete(urls[survivorIndex], "Who coordinates now?", 6);
     expect(before.status, JSON.stringify(before.body)).toBe(200);
 

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ClusterHealth, liveNodes } from "../../cluster/health.js";
 import { generateClusterKey } from "../../common/cluster-key.js";
 import { type CliProcess, cliEntry, runCli } from "../helpers/cluster-up.js";
+import { ip, must, netnsSkipReason } from "../helpers/netns.js";
 import { ensureModel } from "../helpers/pipeline-cluster.js";
 
 const tag = randomBytes(3).toString("hex");
@@ -19,29 +20,7 @@ const nodeNs = [1, 2, 3].map((i) => `sc${tag}n${i}`);
 const address = (i: number) => `10.77.0.${i + 1}`;
 const API_KEY = "netns-test-api-key";
 
-function ip(args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync("ip", args, { encoding: "utf8" });
-  return { ok: r.status === 0, out: `${r.stdout ?? ""}${r.stderr ?? ""}${r.error ? String(r.error) : ""}` };
-}
-
-function must(args: string[]): void {
-  const r = ip(args);
-  if (!r.ok) throw new Error(`ip ${args.join(" ")} failed: ${r.out}`);
-}
-
-/** Why this test cannot run here, or undefined when it can. */
-function skipReason(): string | undefined {
-  if (process.platform !== "linux") return "network namespaces need Linux";
-  if (process.getuid?.() !== 0) return "network namespaces need root";
-  if (spawnSync("ip", ["-V"]).status !== 0) return "the `ip` command (iproute2) is not installed";
-  const probe = `sc${tag}probe`;
-  const added = ip(["netns", "add", probe]);
-  ip(["netns", "delete", probe]);
-  if (!added.ok) return `cannot create a network namespace here: ${added.out.trim()}`;
-  return undefined;
-}
-
-const reason = skipReason();
+const reason = netnsSkipReason();
 if (reason) console.warn(`skipping netns discovery test: ${reason}`);
 
 function setUpNetwork(): void {

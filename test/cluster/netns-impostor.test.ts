@@ -17,17 +17,13 @@ import { type ClusterHealth, liveNodes } from "../../cluster/health.js";
 import { clusterIdOf, generateClusterKey } from "../../common/cluster-key.js";
 import { packageRoot } from "../../common/paths.js";
 import { type CliProcess, cliEntry, runCli } from "../helpers/cluster-up.js";
+import { ip, must, netnsSkipReason } from "../helpers/netns.js";
 import { ensureModel } from "../helpers/pipeline-cluster.js";
 
 const tag = randomBytes(3).toString("hex");
 const API_KEY = "netns-impostor-api-key";
 const FAKE = 2; // the third namespace holds the impostor
 const IMPOSTOR_ID = "0000000000000000"; // test/helpers/fake-node.ts: the smallest id there is
-
-function ip(args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync("ip", args, { encoding: "utf8" });
-  return { ok: r.status === 0, out: `${r.stdout ?? ""}${r.stderr ?? ""}${r.error ? String(r.error) : ""}` };
-}
 
 /** One set of namespaces per case: `mode` names them and picks their subnet. */
 function network(mode: "tls" | "plain") {
@@ -41,23 +37,7 @@ function network(mode: "tls" | "plain") {
 }
 type Network = ReturnType<typeof network>;
 
-function must(args: string[]): void {
-  const r = ip(args);
-  if (!r.ok) throw new Error(`ip ${args.join(" ")} failed: ${r.out}`);
-}
-
-function skipReason(): string | undefined {
-  if (process.platform !== "linux") return "network namespaces need Linux";
-  if (process.getuid?.() !== 0) return "network namespaces need root";
-  if (spawnSync("ip", ["-V"]).status !== 0) return "the `ip` command (iproute2) is not installed";
-  const probe = `si${tag}probe`;
-  const added = ip(["netns", "add", probe]);
-  ip(["netns", "delete", probe]);
-  if (!added.ok) return `cannot create a network namespace here: ${added.out.trim()}`;
-  return undefined;
-}
-
-const reason = skipReason();
+const reason = netnsSkipReason();
 if (reason) console.warn(`skipping netns impostor test: ${reason}`);
 
 function setUpNetwork({ bridgeNs, nodeNs, address, hostSide: hostSideOf }: Network): void {

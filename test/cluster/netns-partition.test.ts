@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ClusterHealth, liveNodes } from "../../cluster/health.js";
 import { generateClusterKey } from "../../common/cluster-key.js";
 import { type CliProcess, cliEntry, runCli } from "../helpers/cluster-up.js";
+import { ip, must, netnsSkipReason } from "../helpers/netns.js";
 import { ensureModel } from "../helpers/pipeline-cluster.js";
 
 const tag = randomBytes(3).toString("hex");
@@ -23,29 +24,7 @@ const address = (i: number) => `10.78.0.${i + 1}`;
 const ids = ["00000000000000a1", "00000000000000b2", "00000000000000c3"];
 const API_KEY = "netns-partition-api-key";
 
-function ip(args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync("ip", args, { encoding: "utf8" });
-  return { ok: r.status === 0, out: `${r.stdout ?? ""}${r.stderr ?? ""}${r.error ? String(r.error) : ""}` };
-}
-
-function must(args: string[]): void {
-  const r = ip(args);
-  if (!r.ok) throw new Error(`ip ${args.join(" ")} failed: ${r.out}`);
-}
-
-/** Why this test cannot run here, or undefined when it can. */
-function skipReason(): string | undefined {
-  if (process.platform !== "linux") return "network namespaces need Linux";
-  if (process.getuid?.() !== 0) return "network namespaces need root";
-  if (spawnSync("ip", ["-V"]).status !== 0) return "the `ip` command (iproute2) is not installed";
-  const probe = `sp${tag}probe`;
-  const added = ip(["netns", "add", probe]);
-  ip(["netns", "delete", probe]);
-  if (!added.ok) return `cannot create a network namespace here: ${added.out.trim()}`;
-  return undefined;
-}
-
-const reason = skipReason();
+const reason = netnsSkipReason();
 if (reason) console.warn(`skipping netns partition test: ${reason}`);
 
 function setUpNetwork(): void {

@@ -17,6 +17,7 @@ import type { ClusterHealth } from "../../cluster/health.js";
 import { generateClusterKey } from "../../common/cluster-key.js";
 import { packageRoot } from "../../common/paths.js";
 import { type CliProcess, cliEntry, runCli } from "../helpers/cluster-up.js";
+import { ip, must, netnsSkipReason } from "../helpers/netns.js";
 import { ensureModel } from "../helpers/pipeline-cluster.js";
 
 const tag = randomBytes(3).toString("hex");
@@ -27,28 +28,7 @@ const B = { ip: "10.79.2.2", proxySide: "10.79.2.3", port: 7102, name: "wire-nod
 const API_KEY = "netns-wire-tls-api-key";
 const PROMPT = "Tell me about the zanzibar ledger of quiet harbours and amber lighthouses";
 
-function ip(args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync("ip", args, { encoding: "utf8" });
-  return { ok: r.status === 0, out: `${r.stdout ?? ""}${r.stderr ?? ""}${r.error ? String(r.error) : ""}` };
-}
-
-function must(args: string[]): void {
-  const r = ip(args);
-  if (!r.ok) throw new Error(`ip ${args.join(" ")} failed: ${r.out}`);
-}
-
-function skipReason(): string | undefined {
-  if (process.platform !== "linux") return "network namespaces need Linux";
-  if (process.getuid?.() !== 0) return "network namespaces need root";
-  if (spawnSync("ip", ["-V"]).status !== 0) return "the `ip` command (iproute2) is not installed";
-  const probe = `sw${tag}probe`;
-  const added = ip(["netns", "add", probe]);
-  ip(["netns", "delete", probe]);
-  if (!added.ok) return `cannot create a network namespace here: ${added.out.trim()}`;
-  return undefined;
-}
-
-const reason = skipReason();
+const reason = netnsSkipReason();
 if (reason) console.warn(`skipping netns wire TLS test: ${reason}`);
 
 function setUpNetwork(): void {

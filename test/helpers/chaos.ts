@@ -8,7 +8,6 @@
 // Layout: one namespace per node plus one holding the bridge; a veth from the test's own namespace into the
 // bridge lets this process reach every node's API directly (partitions are blackhole routes between nodes
 // only, so the test always sees both sides). Needs root and iproute2: chaosSkipReason says why not.
-import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,6 +15,7 @@ import { join } from "node:path";
 import { type ClusterHealth, liveNodes } from "../../cluster/health.js";
 import { generateClusterKey } from "../../common/cluster-key.js";
 import { type CliProcess, cliEntry, getHealth, runCli } from "./cluster-up.js";
+import { ip, must, netnsSkipReason } from "./netns.js";
 import { Rng } from "./seeded-rng.js";
 
 export type FaultKind = "kill" | "hang" | "partition";
@@ -64,27 +64,8 @@ export const SERVE_AGAIN_LIMIT_MS = 10_000;
 const STREAM_GIVE_UP_MS = 15_000;
 const API_KEY = "chaos-test-api-key";
 
-function ip(args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync("ip", args, { encoding: "utf8" });
-  return { ok: r.status === 0, out: `${r.stdout ?? ""}${r.stderr ?? ""}${r.error ? String(r.error) : ""}` };
-}
-
-function must(args: string[]): void {
-  const r = ip(args);
-  if (!r.ok) throw new Error(`ip ${args.join(" ")} failed: ${r.out}`);
-}
-
 /** Why the chaos run cannot happen here, or undefined when it can. */
-export function chaosSkipReason(): string | undefined {
-  if (process.platform !== "linux") return "network namespaces need Linux";
-  if (process.getuid?.() !== 0) return "network namespaces need root";
-  if (spawnSync("ip", ["-V"]).status !== 0) return "the `ip` command (iproute2) is not installed";
-  const probe = `ch${randomBytes(3).toString("hex")}probe`;
-  const added = ip(["netns", "add", probe]);
-  ip(["netns", "delete", probe]);
-  if (!added.ok) return `cannot create a network namespace here: ${added.out.trim()}`;
-  return undefined;
-}
+export const chaosSkipReason = netnsSkipReason;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

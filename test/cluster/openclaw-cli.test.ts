@@ -5,23 +5,25 @@
 // OpenClaw itself prints (--json) and stores (its session transcript), and from the cluster's /metrics.
 // Skips only when npm cannot install the package, saying why.
 import { randomBytes } from "node:crypto";
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TOOL_TURN_REPLY } from "../../cli/make-model/scripted.js";
-import { liveNodes } from "../../cluster/health.js";
 import { generateClusterKey } from "../../common/cluster-key.js";
-import { type CliProcess, freePort, runCli, waitForHealth } from "../helpers/cluster-up.js";
+import { type CliProcess, runCli, startNodePair } from "../helpers/cluster-up.js";
 import {
+  blocksOf,
   ensureOpenClaw,
+  messagesOf,
   OPENCLAW_NODE_VERSION,
   OPENCLAW_VERSION,
   type OpenClawCli,
+  occurrences,
+  openClawAgentTurn,
   openClawTranscript,
 } from "../helpers/openclaw-cli.js";
 import { ensureModel } from "../helpers/pipeline-cluster.js";
-import { runCommand } from "../helpers/run-command.js";
 
 const clusterHome = mkdtempSync(join(tmpdir(), "openclaw-cli-cluster-"));
 const openclawHome = mkdtempSync(join(tmpdir(), "openclaw-cli-home-"));
@@ -34,7 +36,6 @@ let skipReason = "";
 let modelDir = "";
 let modelId = "";
 let coordinatorUrl = "";
-let followerUrl = "";
 
 beforeAll(async () => {
   const install = await ensureOpenClaw();
@@ -46,50 +47,7 @@ beforeAll(async () => {
   cli = install.cli;
   // The same checkpoint test/api/scripted-tool-model.test.ts checks without OpenClaw.
   modelDir = await ensureModel("scripted-tool-4bit", "scripted-tool");
-  const [grpcA, grpcB, apiA, apiB] = [await freePort(), await freePort(), await freePort(), await freePort()];
-  const common = ["--model", modelDir, "--key", generateClusterKey(), "--no-bonjour", "--threads", "1"];
-  common.push("--memory-bandwidth", "50");
-  const a = runCli(["up", ...common, "--name", "alpha", "--port", `${grpcA}`, "--api-port", `${apiA}`], env);
-  running.push(a);
-  // Only the second names the first (--peer); the first learns of it from its Hello.
-  const peer = ["--peer", `127.0.0.1:${grpcA}`];
-  const b = runCli(
-    ["up", ...common, "--name", "beta", "--port", `${grpcB}`, "--api-port", `${apiB}`, ...peer],
-    env,
-  );
-  running.push(b);
-  await waitForHealth(
-    `http://127.0.0.1:${apiA}`,
-    (h) => {
-      const elected =
-        h.coordinator?.id ===
-        liveNodes(h)
-          .map((m) => m.id)
-          .sort()[0];
-      if (h.coordinator?.apiUrl && liveNodes(h).length === 2 && elected)
-        coordinatorUrl = h.coordinator.apiUrl;
-      return coordinatorUrl !== "";
-    },
-    "alpha to see two members",
-    running,
-    120_000,
-  );
-  await waitForHealth(
-    coordinatorUrl,
-    (h) => h.state === "ready" && h.plan?.stages.length === 2,
-    "a two-stage plan",
-    running,
-    120_000,
-  );
-  followerUrl =
-    coordinatorUrl === `http://127.0.0.1:${apiA}` ? `http://127.0.0.1:${apiB}` : `http://127.0.0.1:${apiA}`;
-  await waitForHealth(
-    followerUrl,
-    (h) => h.state === "following",
-    "the other node to follow",
-    running,
-    60_000,
-  );
+  ({ coordinatorUrl } = await startNodePair(modelDir, env, running, generateClusterKey()));
 
   // OpenClaw's config is exactly what `cluster openclaw-config` prints for both OpenAI API kinds.
   const config = runCli(
@@ -120,62 +78,15 @@ async function requestsTotal(api: string): Promise<number> {
   return line ? Number(line.split(" ").pop()) : 0;
 }
 
-type Block = { type: string; thinking?: string; text?: string; name?: string; arguments?: unknown };
-interface StoredMessage {
-  role: string;
-  content: Block[] | string;
-  toolName?: string;
-  isError?: boolean;
-  usage?: { input: number; cacheRead: number };
-}
-
-function messagesOf(events: Array<Record<string, unknown>>): StoredMessage[] {
-  return events.filter((e) => e.type === "message").map((e) => e.message as StoredMessage);
-}
-
-function blocks(m: StoredMessage, type: string): Block[] {
-  return Array.isArray(m.content) ? m.content.filter((b) => b.type === type) : [];
-}
-
-function occurrences(haystack: string, needle: string): number {
-  return haystack.split(needle).length - 1;
-}
-
-/** This process's environment without vitest's own variables, which OpenClaw (tested with vitest) reacts to. */
-function userEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  for (const key of Object.keys(env))
-    if (key.startsWith("VITEST") || key === "NODE_ENV" || key === "TEST" || key === "NODE_OPTIONS")
-      delete env[key];
-  return env;
-}
-
-/**
- * One `openclaw agent --local` turn through the named provider; its --json result. Its stdout goes to a file:
- * OpenClaw exits right after writing the JSON, and into a pipe that write would be cut short.
- */
-async function agentTurn(provider: string, sessionId: string): Promise<Record<string, unknown>> {
-  const args = [cli!.entry, "agent", "--local", "--session-id", sessionId, "--json", "--timeout", "280"];
-  args.push("--model", `${provider}/${modelId}`, "--message", "List the files here");
-  const outFile = join(openclawHome, `${sessionId}.json`);
-  const out = openSync(outFile, "w");
-  const r = await runCommand(cli!.node, args, {
-    cwd: openclawHome,
-    env: { ...userEnv(), HOME: openclawHome, PATH: cli!.path },
-    timeoutMs: 300_000,
-    stdout: out,
-  });
-  closeSync(out);
-  const stdout = readFileSync(outFile, "utf8");
-  const diagnostics = `exit ${r.code}\n--- stdout\n${stdout.slice(-4000)}\n--- stderr\n${r.stderr.slice(-4000)}`;
-  expect(r.code, diagnostics).toBe(0);
-  expect(stdout, diagnostics).toMatch(/^\s*\{/);
-  return JSON.parse(stdout) as Record<string, unknown>;
-}
-
 async function checkToolTurn(provider: string, api: string, sessionId: string): Promise<void> {
   const before = await requestsTotal(api);
-  const result = await agentTurn(provider, sessionId);
+  const result = await openClawAgentTurn(
+    cli!,
+    openclawHome,
+    `${provider}/${modelId}`,
+    sessionId,
+    "List the files here",
+  );
   const meta = result.meta as Record<string, unknown>;
   // Two model calls reached the cluster for this API: the tool call and the follow-up with the tool's result.
   expect(await requestsTotal(api)).toBe(before + 2);
@@ -194,15 +105,15 @@ async function checkToolTurn(provider: string, api: string, sessionId: string): 
   const messages = messagesOf(await openClawTranscript(cli!, openclawHome, sessionId));
   expect(messages.map((m) => m.role)).toEqual(["user", "assistant", "toolResult", "assistant"]);
   const [, call, toolResult, answer] = messages;
-  expect(blocks(call, "thinking").map((b) => b.thinking)).toEqual([TOOL_TURN_REPLY.call.reasoning]);
-  expect(blocks(call, "text").map((b) => b.text)).toEqual([TOOL_TURN_REPLY.call.content]);
-  expect(blocks(call, "toolCall").map((b) => [b.name, b.arguments])).toEqual([["ls", { path: "." }]]);
+  expect(blocksOf(call, "thinking").map((b) => b.thinking)).toEqual([TOOL_TURN_REPLY.call.reasoning]);
+  expect(blocksOf(call, "text").map((b) => b.text)).toEqual([TOOL_TURN_REPLY.call.content]);
+  expect(blocksOf(call, "toolCall").map((b) => [b.name, b.arguments])).toEqual([["ls", { path: "." }]]);
   expect(toolResult.toolName).toBe("ls");
   expect(toolResult.isError).toBe(false);
   expect(JSON.stringify(toolResult.content)).toContain(marker);
-  expect(blocks(answer, "thinking").map((b) => b.thinking)).toEqual([TOOL_TURN_REPLY.answer.reasoning]);
-  expect(blocks(answer, "text").map((b) => b.text)).toEqual([TOOL_TURN_REPLY.answer.content]);
-  expect(blocks(answer, "toolCall")).toEqual([]);
+  expect(blocksOf(answer, "thinking").map((b) => b.thinking)).toEqual([TOOL_TURN_REPLY.answer.reasoning]);
+  expect(blocksOf(answer, "text").map((b) => b.text)).toEqual([TOOL_TURN_REPLY.answer.content]);
+  expect(blocksOf(answer, "toolCall")).toEqual([]);
   // The follow-up repeats the first call's prompt: the prefix cache serves it and usage says so.
   expect(answer.usage!.cacheRead, JSON.stringify(answer.usage)).toBeGreaterThan(0);
 }

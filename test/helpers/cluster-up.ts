@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import type { ClusterHealth } from "../../cluster/health.js";
+import { type ClusterHealth, liveNodes } from "../../cluster/health.js";
 import { packageRoot } from "../../common/paths.js";
 
 export function cliEntry(): string {
@@ -136,4 +136,63 @@ export async function complete(
     completionTokens: body.usage?.completion_tokens ?? 0,
     body,
   };
+}
+
+export interface NodePair {
+  running: CliProcess[];
+  coordinatorUrl: string;
+  followerUrl: string;
+}
+
+/**
+ * Two `cluster up` nodes on loopback serving `modelDir` as a two-stage pipeline; only the second names the first
+ * (--peer), the first learns of it from its Hello. Resolves once the elected coordinator is ready and the other
+ * node follows it. The processes are in `running` as soon as they start, so a failing caller can stop them.
+ */
+export async function startNodePair(
+  modelDir: string,
+  env: NodeJS.ProcessEnv,
+  running: CliProcess[],
+  clusterKey: string,
+): Promise<NodePair> {
+  const [grpcA, grpcB, apiA, apiB] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const common = ["--model", modelDir, "--key", clusterKey, "--no-bonjour", "--threads", "1"];
+  common.push("--memory-bandwidth", "50");
+  running.push(
+    runCli(["up", ...common, "--name", "alpha", "--port", `${grpcA}`, "--api-port", `${apiA}`], env),
+  );
+  const peer = ["--peer", `127.0.0.1:${grpcA}`];
+  running.push(
+    runCli(["up", ...common, "--name", "beta", "--port", `${grpcB}`, "--api-port", `${apiB}`, ...peer], env),
+  );
+  let coordinatorUrl = "";
+  await waitForHealth(
+    `http://127.0.0.1:${apiA}`,
+    (h) => {
+      const live = liveNodes(h).map((m) => m.id);
+      const elected = h.coordinator?.id === [...live].sort()[0];
+      if (h.coordinator?.apiUrl && live.length === 2 && elected) coordinatorUrl = h.coordinator.apiUrl;
+      return coordinatorUrl !== "";
+    },
+    "alpha to see two members",
+    running,
+    120_000,
+  );
+  await waitForHealth(
+    coordinatorUrl,
+    (h) => h.state === "ready" && h.plan?.stages.length === 2,
+    "a two-stage plan",
+    running,
+    120_000,
+  );
+  const followerUrl =
+    coordinatorUrl === `http://127.0.0.1:${apiA}` ? `http://127.0.0.1:${apiB}` : `http://127.0.0.1:${apiA}`;
+  await waitForHealth(
+    followerUrl,
+    (h) => h.state === "following",
+    "the other node to follow",
+    running,
+    60_000,
+  );
+  return { running, coordinatorUrl, followerUrl };
 }

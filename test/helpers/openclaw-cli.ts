@@ -1,7 +1,7 @@
 // The real OpenClaw CLI from npm, for end-to-end tests: a pinned `openclaw` and a Node it supports (the
 // `node-<platform>-<arch>` package: OpenClaw needs Node >= 24.16, this project runs on 20), installed once into
 // .cache/openclaw/ by ordinary `npm install` runs (async child processes: vitest kills a worker blocked > 60 s).
-import { existsSync, readdirSync, realpathSync } from "node:fs";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, realpathSync } from "node:fs";
 import { delimiter, dirname, join } from "node:path";
 import { packageRoot } from "../../common/paths.js";
 import { runCommand } from "./run-command.js";
@@ -105,4 +105,114 @@ export async function openClawTranscript(
   const r = await runCommand(cli.node, ["-e", script, db, sessionId], { timeoutMs: 60_000 });
   if (r.code !== 0) throw new Error(`reading OpenClaw's transcript failed (exit ${r.code}):\n${r.stderr}`);
   return JSON.parse(r.stdout) as Array<Record<string, unknown>>;
+}
+
+/** A block of an OpenClaw transcript message (thinking, text, toolCall). */
+export type TranscriptBlock = {
+  type: string;
+  thinking?: string;
+  text?: string;
+  name?: string;
+  arguments?: unknown;
+};
+export interface StoredMessage {
+  role: string;
+  content: TranscriptBlock[] | string;
+  toolName?: string;
+  isError?: boolean;
+  usage?: { input: number; cacheRead: number };
+}
+
+export function messagesOf(events: Array<Record<string, unknown>>): StoredMessage[] {
+  return events.filter((e) => e.type === "message").map((e) => e.message as StoredMessage);
+}
+
+export function blocksOf(m: StoredMessage, type: string): TranscriptBlock[] {
+  return Array.isArray(m.content) ? m.content.filter((b) => b.type === type) : [];
+}
+
+export function occurrences(haystack: string, needle: string): number {
+  return haystack.split(needle).length - 1;
+}
+
+/** This process's environment without vitest's own variables, which OpenClaw (tested with vitest) reacts to. */
+export function userEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const key of Object.keys(env))
+    if (key.startsWith("VITEST") || key === "NODE_ENV" || key === "TEST" || key === "NODE_OPTIONS")
+      delete env[key];
+  return env;
+}
+
+/**
+ * One `openclaw agent --local` turn with `model` ("provider/id"); its --json result, or a thrown error with
+ * OpenClaw's output. Its stdout goes to a file: OpenClaw exits right after writing the JSON, and into a pipe
+ * that write would be cut short.
+ */
+export async function openClawAgentTurn(
+  cli: OpenClawCli,
+  home: string,
+  model: string,
+  sessionId: string,
+  message: string,
+): Promise<Record<string, unknown>> {
+  const args = [cli.entry, "agent", "--local", "--session-id", sessionId, "--json", "--timeout", "280"];
+  args.push("--model", model, "--message", message);
+  const outFile = join(home, `${sessionId}.json`);
+  const out = openSync(outFile, "w");
+  const r = await runCommand(cli.node, args, {
+    cwd: home,
+    env: { ...userEnv(), HOME: home, PATH: cli.path },
+    timeoutMs: 300_000,
+    stdout: out,
+  });
+  closeSync(out);
+  const stdout = readFileSync(outFile, "utf8");
+  const diagnostics = `exit ${r.code}\n--- stdout\n${stdout.slice(-4000)}\n--- stderr\n${r.stderr.slice(-4000)}`;
+  if (r.code !== 0 || !/^\s*\{/.test(stdout)) throw new Error(`openclaw agent failed: ${diagnostics}`);
+  return JSON.parse(stdout) as Record<string, unknown>;
+}
+
+/** One event of OpenClaw's assistant stream (@openclaw/ai), without its `partial` snapshot. */
+export interface OpenClawStreamEvent {
+  type: string;
+  delta?: string;
+  content?: string;
+  reason?: string;
+  message?: { content: TranscriptBlock[]; stopReason?: string };
+  error?: { errorMessage?: string };
+}
+
+/** A model entry of `cluster openclaw-config`'s provider block, with its provider's base URL and API kind. */
+export interface OpenClawModel {
+  id: string;
+  api: string;
+  baseUrl: string;
+  apiKey: string;
+  [key: string]: unknown;
+}
+
+/**
+ * Streams one user message to `model` through OpenClaw's own streaming runtime (@openclaw/ai, the package its
+ * agent streams every reply through, from the installed CLI, on OpenClaw's Node) and returns every event in
+ * order: what OpenClaw's live display is built from.
+ */
+export async function openClawStream(
+  cli: OpenClawCli,
+  model: OpenClawModel,
+  message: string,
+): Promise<OpenClawStreamEvent[]> {
+  const driver = join(packageRoot(), "test", "helpers", "openclaw-stream-driver.mjs");
+  const hoisted = join(dirname(dirname(cli.entry)), "@openclaw", "ai", "dist");
+  const nested = join(dirname(cli.entry), "node_modules", "@openclaw", "ai", "dist");
+  const aiDist = existsSync(hoisted) ? hoisted : nested;
+  const r = await runCommand(cli.node, [driver, aiDist, JSON.stringify(model), message], {
+    env: { ...userEnv(), PATH: cli.path },
+    timeoutMs: 120_000,
+  });
+  if (r.code !== 0) throw new Error(`the OpenClaw stream driver failed (exit ${r.code}):\n${r.stderr}`);
+  return r.stdout
+    .trim()
+    .split("\n")
+    .map((line) => JSON.parse(line) as OpenClawStreamEvent);
 }

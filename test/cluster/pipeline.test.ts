@@ -308,6 +308,25 @@ describe("three-stage pipeline over loopback", () => {
     }
   });
 
+  it("LoadShard without a coordinator epoch (an older node) is refused and logged, and the shard is kept", async () => {
+    const client = new NodeClient(agents[1].address, key);
+    const numLayers = numLayersOf(modelDir);
+    const refused = client.loadShard({
+      plan_id: "no-epoch",
+      layer_start: 0,
+      layer_end: numLayers,
+      embed: true,
+      head: true,
+    });
+    await expect(refused).rejects.toThrow(
+      /REFUSED LoadShard of plan no-epoch .*carries no coordinator epoch/,
+    );
+    await expect(refused).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
+    expect(agents[1].log.join("\n")).toMatch(/REFUSED LoadShard of plan no-epoch .*no coordinator epoch/);
+    expect((await client.hello()).plan_id).toBe("plan-3");
+    client.close();
+  });
+
   it("LoadShard refuses a layer range outside the model, naming it, and keeps the loaded shard", async () => {
     const client = new NodeClient(agents[1].address, key);
     const numLayers = numLayersOf(modelDir);

@@ -46,9 +46,12 @@ export function checkApiKey(
 /** Requests this process's node agent relayed for a follower (checkRelay said "trusted"). */
 const relayed = new WeakSet<IncomingMessage>();
 
-/** Routes a relay may reach, by the route that matched (never the URL's text): the /v1 API and /props. */
+/**
+ * Routes a relay may reach, by the route that matched (never the URL's text): the /v1 API and /props, and no
+ * route at all (the not-found handlers, which answer 404 and nothing else: a follower relays unknown /v1 paths).
+ */
 function relayableRoute(route: string | undefined): boolean {
-  return route !== undefined && (route.startsWith("/v1/") || route === "/props");
+  return route === undefined || route.startsWith("/v1/") || route === "/props";
 }
 
 /**

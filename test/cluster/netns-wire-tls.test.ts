@@ -172,9 +172,13 @@ describe.skipIf(reason !== undefined)(
         const dump = () =>
           `proxy:\n${proxyLines.slice(-20).join("\n")}\n${procs.map((p) => p.output()).join("\n")}`;
         let views: Array<ClusterHealth | undefined> = [];
-        const ready = () =>
-          views.some((h) => h?.state === "ready" && h.plan?.stages.length === 2) &&
-          views.every((h) => h !== undefined && (h.state === "ready" || h.state === "following"));
+        // One coordinator with the two-stage plan, and the other node following it (the one the chat goes to):
+        // a node briefly coordinating alone before they joined is "ready" too.
+        const ready = () => {
+          const leader = views.find((h) => h?.state === "ready" && h.plan?.stages.length === 2);
+          const follower = views.find((h) => h !== leader);
+          return follower?.state === "following" && follower.coordinator?.id === leader?.node.id;
+        };
         const started = Date.now();
         while (Date.now() - started < 90_000) {
           for (const p of procs) if (p.child.exitCode !== null) throw new Error(`a node exited:\n${dump()}`);
@@ -184,7 +188,7 @@ describe.skipIf(reason !== undefined)(
         }
         expect(ready(), `views: ${JSON.stringify(views, null, 1)}\n${dump()}`).toBe(true);
         // Two stages on two nodes: activations (and the results) cross the proxy.
-        const coordinator = views.find((h) => h?.state === "ready")!;
+        const coordinator = views.find((h) => h?.state === "ready" && h.plan?.stages.length === 2)!;
         expect(new Set(coordinator.plan!.stages.map((s) => s.nodeId)).size).toBe(2);
         // Sent to the follower: the request (the prompt's text) crosses the proxy on RelayHttp.
         const answer = chat(coordinator.node.name === A.name ? "b" : "a");

@@ -1,6 +1,10 @@
 // Bearer-key check for the /v1 routes. Without a configured key any (dummy) key is accepted: the server
-// then listens on loopback only (see server.ts).
+// then listens on loopback only (see server.ts). And the one exemption: a follower's request relayed by this
+// process's own node agent (docs/architecture.md "Relayed requests").
 import { timingSafeEqual } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+import type { FastifyRequest } from "fastify";
+import { RELAY_TOKEN_HEADER } from "../common/wire/http-relay.js";
 import { type ApiError, apiError } from "./errors.js";
 
 function sameKey(given: string, expected: string): boolean {
@@ -37,4 +41,43 @@ export function checkApiKey(
     if (!headers.authorization) return apiError(401, "Incorrect API key provided.", "invalid_api_key");
   }
   return checkBearer(headers.authorization, apiKey);
+}
+
+/** Requests this process's node agent relayed for a follower (checkRelay said "trusted"). */
+const relayed = new WeakSet<IncomingMessage>();
+
+/**
+ * Routes a relay may reach, by the route that matched (never the URL's text): the /v1 API and /props, and no
+ * route at all (the not-found handlers, which answer 404 and nothing else: a follower relays unknown /v1 paths).
+ */
+function relayableRoute(route: string | undefined): boolean {
+  return route === undefined || route.startsWith("/v1/") || route === "/props";
+}
+
+/**
+ * A request carrying the relay header: "trusted" when it holds this process's relay secret (only the node
+ * agent, after the follower's gRPC call proved the cluster key, sends it) and matched a /v1 route; refused with
+ * 401 when it holds anything else, so a loopback client cannot pass for a relay. Without the header: "none",
+ * and the API key rules apply (a forwarded marker alone proves nothing).
+ */
+export function checkRelay(
+  request: FastifyRequest,
+  relayToken: string | undefined,
+): "none" | "trusted" | ApiError {
+  const given = request.headers[RELAY_TOKEN_HEADER];
+  if (given === undefined) return "none";
+  if (typeof given !== "string" || !relayToken || !sameKey(given, relayToken))
+    return apiError(
+      401,
+      `${RELAY_TOKEN_HEADER} is reserved for this node's own agent relaying a follower's request`,
+      "invalid_api_key",
+    );
+  if (!relayableRoute(request.routeOptions.url)) return "none";
+  relayed.add(request.raw);
+  return "trusted";
+}
+
+/** Whether checkRelay trusted this request as relayed by this process's node agent. */
+export function isRelayed(request: FastifyRequest): boolean {
+  return relayed.has(request.raw);
 }

@@ -1,27 +1,25 @@
-// A node that is not the coordinator passes every /v1 request on to the one that is, streaming the answer
-// back untouched (SSE included). Closing the client closes the upstream request, which cancels generation.
-// A stream the coordinator breaks off (it died) still ends as the README promises: whole events only are
-// relayed, then the API's terminal error event (and `[DONE]` on the chat APIs).
+// A node that is not the coordinator passes every /v1 request on to the one that is, over the cluster's gRPC
+// plane (RelayHttp: TLS and the cluster key's signed calls; docs/architecture.md "Relayed requests"), streaming
+// the answer back untouched (SSE included). The coordinator's API may listen on its loopback only. Closing the
+// client cancels the call, which aborts the coordinator's loopback request and so the generation. A stream the
+// coordinator breaks off (it died) still ends as the README promises: whole events only are relayed, then the
+// API's terminal error event (and `[DONE]` on the chat APIs).
 import type { ServerResponse } from "node:http";
 import { Readable } from "node:stream";
 import type { FastifyReply, FastifyRequest } from "fastify";
-import { apiError } from "./errors.js";
+import {
+  type CoordinatorRelay,
+  FORWARDED_HEADER,
+  RELAY_BODY_LIMIT,
+  RELAYED_REQUEST_HEADERS,
+} from "../common/wire/http-relay.js";
+import type { HttpHeader, RelayHttpChunk } from "../common/wire/types.js";
+import { apiError, sendApiError } from "./errors.js";
 import { headersSetOn } from "./sse.js";
 
-/** Marks a forwarded request so that it is never forwarded twice. */
-export const FORWARDED_HEADER = "x-studio-cluster-forwarded";
-/** On a relayed response: the coordinator API that answered it, so a client (or a test) can tell. */
+export { FORWARDED_HEADER };
+/** On a relayed response: the coordinator that answered it ("name (id) at host:port"), so a client can tell. */
 export const RELAYED_FROM_HEADER = "x-studio-cluster-relayed-from";
-const PASSED_HEADERS = [
-  "authorization",
-  "x-api-key",
-  "content-type",
-  "accept",
-  "openai-organization",
-  "openai-project",
-  "anthropic-version",
-  "anthropic-beta",
-];
 const DROPPED_RESPONSE_HEADERS = new Set([
   "content-length",
   "transfer-encoding",
@@ -32,82 +30,135 @@ const DROPPED_RESPONSE_HEADERS = new Set([
 /** How often a relay checks that its coordinator is still this node's coordinator. */
 const COORDINATOR_CHECK_MS = 250;
 
+/** A header value as HTTP allows it (a node's name is the user's text). */
+function headerSafe(value: string): string {
+  return value.replace(/[^\x20-\x7e]/g, "?");
+}
+
+/** The first message of a relay: status and headers, or why there is none. */
+function firstChunk(call: Readable): Promise<RelayHttpChunk> {
+  return new Promise((resolve, reject) => {
+    const onData = (chunk: RelayHttpChunk) => {
+      done();
+      call.pause();
+      resolve(chunk);
+    };
+    const onError = (err: Error) => {
+      done();
+      reject(err);
+    };
+    const onEnd = () => {
+      done();
+      reject(new Error("the relay ended before the coordinator's API answered"));
+    };
+    const done = () => {
+      call.off("data", onData);
+      call.off("error", onError);
+      call.off("end", onEnd);
+    };
+    call.on("data", onData);
+    call.once("error", onError);
+    call.once("end", onEnd);
+  });
+}
+
+/** gRPC's message for a failed call, without its "14 UNAVAILABLE: " prefix. */
+function callMessage(err: Error): string {
+  return (err as { details?: string }).details || err.message;
+}
+
 /**
- * `stillCoordinator` says whether `coordinatorUrl` is still this node's coordinator: once it is not (lost after
- * a heartbeat timeout, or replaced), the relay is broken off and a stream ends with its terminal error event. A
- * coordinator that hangs or is cut off never fails the TCP connection, so without this a relayed stream would
- * wait forever.
+ * `stillCoordinator` says whether the relay's coordinator is still this node's coordinator: once it is not (lost
+ * after a heartbeat timeout, or replaced), the relay is broken off and a stream ends with its terminal error
+ * event. A coordinator that hangs or is cut off never fails the connection, so without this a relayed stream
+ * would wait forever.
  */
 export async function forwardRequest(
   request: FastifyRequest,
   reply: FastifyReply,
-  coordinatorUrl: string,
+  relay: CoordinatorRelay,
   stillCoordinator: () => boolean = () => true,
 ): Promise<void> {
-  const target = new URL(request.url, coordinatorUrl.endsWith("/") ? coordinatorUrl : `${coordinatorUrl}/`);
-  const headers: Record<string, string> = { [FORWARDED_HEADER]: "1" };
-  for (const name of PASSED_HEADERS) {
-    const value = request.headers[name];
-    if (typeof value === "string") headers[name] = value;
+  const hasBody = request.method !== "GET" && request.method !== "HEAD";
+  const body = hasBody ? Buffer.from(JSON.stringify(request.body ?? {})) : Buffer.alloc(0);
+  if (body.length > RELAY_BODY_LIMIT) {
+    const failure = apiError(
+      413,
+      `the request body is ${body.length} bytes; a node that relays to the coordinator takes at most ` +
+        `${RELAY_BODY_LIMIT} (send larger requests to the coordinator's API)`,
+      "request_too_large",
+    );
+    sendApiError(reply, failure);
+    return;
   }
-  const controller = new AbortController();
+  const headers: HttpHeader[] = [];
+  for (const name of RELAYED_REQUEST_HEADERS) {
+    const value = request.headers[name];
+    if (typeof value === "string") headers.push({ name, value });
+  }
+  const call = relay.open({ method: request.method, path: request.url, headers, body });
+  // Set when the relay is broken off on purpose: the reason the client reads.
+  let brokenOff: string | undefined;
   const watch = setInterval(() => {
-    if (!stillCoordinator()) controller.abort(new Error("the coordinator was lost"));
+    if (stillCoordinator()) return;
+    brokenOff = "this node lost the coordinator";
+    call.cancel();
   }, COORDINATOR_CHECK_MS);
   watch.unref();
   reply.raw.on("close", () => {
     clearInterval(watch);
-    if (!reply.raw.writableFinished) controller.abort();
+    if (!reply.raw.writableFinished) call.cancel();
   });
-  let upstream: Response;
+  let head: RelayHttpChunk;
   try {
-    upstream = await fetch(target, {
-      method: request.method,
-      headers,
-      body:
-        request.method === "GET" || request.method === "HEAD"
-          ? undefined
-          : JSON.stringify(request.body ?? {}),
-      signal: controller.signal,
-    });
+    head = await firstChunk(call);
   } catch (err) {
+    clearInterval(watch);
+    const why = brokenOff ?? callMessage(err as Error);
     const failure = apiError(
       503,
-      `the coordinator at ${coordinatorUrl} cannot be reached: ${(err as Error).message}. ` +
-        "Its API must listen where this node can reach it: start every node with --api-host 0.0.0.0 (or its LAN " +
-        "address) and the same --api-key.",
+      `the coordinator ${relay.label} cannot be reached over the cluster's gRPC plane: ${why}. Retry shortly; ` +
+        "if it persists, check that this node and the coordinator reach each other's gRPC ports.",
       "cluster_not_ready",
     );
-    reply.code(failure.status).header("retry-after", String(failure.retryAfter)).send(failure.body);
+    if (!reply.raw.headersSent) sendApiError(reply, failure);
     return;
   }
   reply.hijack();
   // This node's own headers (CORS: the Origin header is not passed on, so the coordinator adds none).
   const responseHeaders = headersSetOn(reply);
-  upstream.headers.forEach((value, name) => {
+  for (const { name, value } of head.headers)
     if (!DROPPED_RESPONSE_HEADERS.has(name)) responseHeaders[name] = value;
-  });
-  responseHeaders[RELAYED_FROM_HEADER] = coordinatorUrl;
-  reply.raw.writeHead(upstream.status, responseHeaders);
+  responseHeaders[RELAYED_FROM_HEADER] = headerSafe(relay.label);
+  reply.raw.writeHead(head.status, responseHeaders);
   reply.raw.flushHeaders();
-  if (!upstream.body) {
-    reply.raw.end();
+  const bytes = bodyOf(call, () => brokenOff);
+  const contentType = head.headers.find((h) => h.name === "content-type")?.value ?? "";
+  if (!contentType.startsWith("text/event-stream")) {
+    bytes.on("error", () => reply.raw.destroy());
+    bytes.pipe(reply.raw);
     return;
   }
-  const body = Readable.fromWeb(upstream.body as import("node:stream/web").ReadableStream<Uint8Array>);
-  if (!(upstream.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
-    body.on("error", () => reply.raw.destroy());
-    body.pipe(reply.raw);
-    return;
-  }
-  relayEvents(body, reply.raw, request.url, coordinatorUrl);
+  relayEvents(bytes, reply.raw, request.url, relay.label);
+}
+
+/** The body messages of a relay as a byte stream (backpressure included); fails when the call does. */
+function bodyOf(call: Readable, brokenOff: () => string | undefined): Readable {
+  const bytes = new Readable({ read: () => call.resume() });
+  call.on("data", (chunk: RelayHttpChunk) => {
+    if (chunk.data.length > 0 && !bytes.push(chunk.data)) call.pause();
+  });
+  call.on("end", () => bytes.push(null));
+  call.on("error", (err: Error) => bytes.destroy(new Error(brokenOff() ?? callMessage(err))));
+  call.resume();
+  return bytes;
 }
 
 /**
  * Relays an SSE stream event by event (a broken-off event never reaches the client); if the upstream fails
  * before it ended, writes the terminal error event the API would have written, then ends the response.
  */
-function relayEvents(body: Readable, out: ServerResponse, url: string, coordinatorUrl: string): void {
+function relayEvents(body: Readable, out: ServerResponse, url: string, coordinator: string): void {
   const tracker = new SseTracker();
   let pending = "";
   let finished = false;
@@ -129,7 +180,7 @@ function relayEvents(body: Readable, out: ServerResponse, url: string, coordinat
   body.on("error", (err) => {
     if (finished || out.destroyed) return;
     finished = true;
-    const message = `the coordinator at ${coordinatorUrl} stopped mid-stream (${err.message}); retry the request`;
+    const message = `the coordinator ${coordinator} stopped mid-stream (${err.message}); retry the request`;
     out.end(tracker.terminalError(url, message));
   });
 }

@@ -9,8 +9,9 @@ import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import { ChatFormatter } from "../chat/chat-formatter.js";
 import type { ClusterSnapshot } from "../cluster/snapshot.js";
 import { ClusterError } from "../common/errors.js";
+import type { CoordinatorRelay } from "../common/wire/http-relay.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
-import { checkApiKey } from "./auth.js";
+import { checkApiKey, checkRelay } from "./auth.js";
 import { Drain } from "./drain.js";
 import { apiError, sendApiError, toApiError } from "./errors.js";
 import { useStrictJsonBodies } from "./json-body.js";
@@ -25,8 +26,13 @@ export interface ApiContext {
   modelId: string;
   /** JSON for GET /health, from membership. */
   health(): unknown;
-  /** Set when THIS node is not the coordinator: every /v1 request is forwarded there. */
+  /** The coordinator's API URL when THIS node is not the coordinator (shown on the dashboard). */
   coordinatorUrl(): string | undefined;
+  /**
+   * Set when THIS node is not the coordinator: every /v1 request is relayed there over the gRPC plane
+   * (api/forward.ts). Absent: this node never relays.
+   */
+  relay?(): CoordinatorRelay | undefined;
   /**
    * The cluster picture (nodes, plan, health) for the dashboard and /metrics; without it neither is served.
    * Its request lists and series are replaced by this API's own request log.
@@ -52,6 +58,12 @@ export interface ApiServerOptions {
    * and its connection is closed. Responses (streams) are not bounded by it.
    */
   bodyTimeoutMs?: number;
+  /**
+   * The secret this process's node agent puts on the requests it relays for followers (RelayHttp): such a
+   * request needs no API key (the follower checked its client's, and the call proved the cluster key). Absent:
+   * the relay header is refused.
+   */
+  relayToken?: string;
 }
 
 export const DEFAULT_BODY_TIMEOUT_MS = 30_000;
@@ -112,14 +124,22 @@ export interface OpenRouteConfig {
 }
 
 /**
- * With an API key, every request needs it unless the route it matched says `config: { open: true }`. The hook
- * is the root's onRequest, which runs after the router matched (and percent-decoded) the path, for every route
- * of every plugin and for the not-found handler: a route added later, or any spelling of a URL, is under the
- * key by default. Plugins keep their own checks (/v1 takes Bearer or x-api-key; the dashboard Bearer or ?key=).
+ * With an API key, every request needs it unless the route it matched says `config: { open: true }`, or it is
+ * a follower's request relayed by this process's node agent (checkRelay: /v1 routes only). The hook is the
+ * root's onRequest, which runs after the router matched (and percent-decoded) the path, for every route of
+ * every plugin and for the not-found handler: a route added later, or any spelling of a URL, is under the key
+ * by default. Plugins keep their own checks (/v1 takes Bearer or x-api-key; the dashboard Bearer or ?key=).
  */
-function denyByDefault(app: FastifyInstance, apiKey: string | undefined): void {
-  if (!apiKey) return;
+function denyByDefault(
+  app: FastifyInstance,
+  apiKey: string | undefined,
+  relayToken: string | undefined,
+): void {
   app.addHook("onRequest", async (request, reply) => {
+    const relay = checkRelay(request, relayToken);
+    if (relay === "trusted") return;
+    if (relay !== "none") return sendApiError(reply, relay);
+    if (!apiKey) return;
     if ((request.routeOptions.config as OpenRouteConfig | undefined)?.open === true) return;
     // x-api-key is how Anthropic's clients send the key (/v1 takes it; the dashboard's own check does not).
     const denied = request.headers["x-api-key"]
@@ -144,7 +164,7 @@ async function buildApp(
   });
   useStrictJsonBodies(app);
   await allowCors(app, options.corsOrigins ?? []);
-  denyByDefault(app, options.apiKey);
+  denyByDefault(app, options.apiKey, options.relayToken);
   app.setErrorHandler((err: FastifyError, _request, reply) => {
     // Fastify's own rejections (bad JSON, body too large) carry a 4xx statusCode; ours are ClusterErrors.
     if (!(err instanceof ClusterError) && err.statusCode && err.statusCode < 500)
@@ -169,7 +189,7 @@ async function buildApp(
   });
   const v1Options = {
     generator: () => ctx.generator(),
-    coordinatorUrl: () => ctx.coordinatorUrl(),
+    relay: () => ctx.relay?.(),
     modelDir: ctx.modelDir,
     modelId: ctx.modelId,
     apiKey: options.apiKey,

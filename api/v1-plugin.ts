@@ -2,8 +2,9 @@
 // coordinator) run for the routes it registered and for its own not-found handler, after the router matched
 // (and decoded) the path, so no spelling of a URL reaches a /v1 route around them.
 import type { FastifyInstance, FastifyPluginAsync } from "fastify";
+import type { CoordinatorRelay } from "../common/wire/http-relay.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
-import { checkApiKey } from "./auth.js";
+import { checkApiKey, isRelayed } from "./auth.js";
 import type { Drain } from "./drain.js";
 import { apiError, sendApiError } from "./errors.js";
 import { FORWARDED_HEADER, forwardRequest } from "./forward.js";
@@ -18,8 +19,8 @@ import { registerResponses } from "./routes/responses.js";
 export interface V1Options {
   /** undefined = cluster not ready → 503. */
   generator(): TokenGenerator | undefined;
-  /** Set when this node is not the coordinator: every /v1 request is forwarded there. */
-  coordinatorUrl(): string | undefined;
+  /** Set when this node is not the coordinator: every /v1 request is relayed there (api/forward.ts). */
+  relay(): CoordinatorRelay | undefined;
   modelDir: string;
   modelId: string;
   apiKey?: string;
@@ -42,11 +43,13 @@ export const v1Plugin: FastifyPluginAsync<V1Options> = async (app: FastifyInstan
         apiError(503, "this node is shutting down; retry on another node", "cluster_not_ready"),
       );
     drain.track(reply.raw);
+    // A relay from this process's node agent carries no key: the follower checked its client's (auth.ts).
+    if (isRelayed(request)) return;
     const denied = checkApiKey(request.headers, options.apiKey);
     if (denied) return sendApiError(reply, denied);
   });
   app.addHook("preHandler", async (request, reply) => {
-    const coordinator = options.coordinatorUrl();
+    const coordinator = options.relay();
     if (!coordinator) return;
     // Two nodes that each take the other for the coordinator (during an election) must not bounce a request.
     if (request.headers[FORWARDED_HEADER])
@@ -54,7 +57,7 @@ export const v1Plugin: FastifyPluginAsync<V1Options> = async (app: FastifyInstan
         reply,
         apiError(503, "the cluster is electing its coordinator; retry shortly", "cluster_not_ready"),
       );
-    return forwardRequest(request, reply, coordinator, () => options.coordinatorUrl() === coordinator);
+    return forwardRequest(request, reply, coordinator, () => options.relay()?.key === coordinator.key);
   });
   const deps: ApiDeps = {
     generator: () => options.generator(),

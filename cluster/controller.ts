@@ -10,6 +10,8 @@
 import { epochOf, nextTerm } from "../common/coordinator-epoch.js";
 import type { BackendName } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
+import { NodeClient } from "../common/wire/client.js";
+import { type CoordinatorRelay, nodeRelay, relayKey } from "../common/wire/http-relay.js";
 import type { ModelFootprint } from "../coordinator/model-footprint.js";
 import {
   describeLoss,
@@ -120,6 +122,8 @@ export class ClusterController {
   private again = false;
   private closed = false;
   private lastSummary = "";
+  /** The relay to the coordinator this node follows, with its own gRPC channel (heartbeats stay on theirs). */
+  private relayTo: { relay: CoordinatorRelay; client: NodeClient } | undefined;
 
   constructor(opts: ControllerOptions) {
     this.opts = opts;
@@ -151,6 +155,20 @@ export class ClusterController {
     return apiUrlOf(this.coordinator, this.opts.localApiHost);
   }
 
+  /**
+   * How this node's API reaches the coordinator while another node coordinates: RelayHttp over the gRPC plane
+   * (api/forward.ts). One client per coordinator; a new coordinator closes the last one's (its relays in flight
+   * were broken off already: they watch this).
+   */
+  coordinatorRelay(): CoordinatorRelay | undefined {
+    if (this.state !== "following" || !this.coordinator || this.closed) return undefined;
+    if (this.relayTo?.relay.key === relayKey(this.coordinator)) return this.relayTo.relay;
+    this.relayTo?.client.close();
+    const client = new NodeClient(this.coordinator.address, this.opts.clusterKey);
+    this.relayTo = { relay: nodeRelay(client, this.coordinator), client };
+    return this.relayTo.relay;
+  }
+
   currentPlan(): Plan | undefined {
     return this.plan;
   }
@@ -158,6 +176,8 @@ export class ClusterController {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
+    this.relayTo?.client.close();
+    this.relayTo = undefined;
     this.serving = undefined;
     // The prefix cache's last stashes reach the nodes (and their disks) before the pipeline closes.
     await this.scheduler.detach("this node is shutting down");

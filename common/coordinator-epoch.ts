@@ -41,14 +41,22 @@ export function epochOf(fields: {
 
 /**
  * The node-side rule: may `offered` load a shard on a node that serves `current`? A LoadShard without an epoch
- * (a tool, an older coordinator) is accepted as before; so is any when the node serves nobody yet.
+ * (a node older than epochs, or a tool) is refused: it could pull the node away from its coordinator with no
+ * term to judge. One with an epoch is accepted when the node serves nobody yet.
  */
 export function judgeLoadShard(
   current: CoordinatorEpoch | undefined,
   offered: CoordinatorEpoch | undefined,
   view: CoordinatorView | undefined,
 ): LoadShardVerdict {
-  if (!offered || !current) return { accept: true };
+  if (!offered)
+    return {
+      accept: false,
+      reason:
+        "it carries no coordinator epoch (coordinator_term, coordinator_id): the caller runs an older version " +
+        "(upgrade every node to the same version) or is a tool that does not name its coordinator",
+    };
+  if (!current) return { accept: true };
   if (offered.coordinatorId === current.coordinatorId) {
     if (offered.term >= current.term) return { accept: true };
     return {

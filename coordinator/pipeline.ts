@@ -40,8 +40,11 @@ export interface PipelineOptions {
   modelId?: string;
   /** Per stage: the nodes a stage lacking some of its tensors fetches them from, best first. */
   sources?: string[][];
-  /** The coordinator epoch sent with every LoadShard (common/coordinator-epoch.ts; absent: none, as before). */
-  epoch?: { term: number; coordinatorId: string };
+  /**
+   * The coordinator epoch sent with every LoadShard (common/coordinator-epoch.ts): nodes refuse a LoadShard
+   * without one, so every caller names itself, tools and benches included.
+   */
+  epoch: { term: number; coordinatorId: string };
   /** Load progress of one stage (for the CLI's bars): fetching missing weights, then mapping them. */
   onProgress?: (stageIndex: number, progress: LoadProgress) => void;
   /** A stage's final load message (weights fetched for it, its figures). */
@@ -225,8 +228,8 @@ export class Pipeline extends EventEmitter<PipelineEvents> implements PipelinePo
               stage_index: i,
               stage_count: plan.stages.length,
               sources: this.opts.sources?.[i] ?? [],
-              coordinator_term: this.opts.epoch?.term ?? 0,
-              coordinator_id: this.opts.epoch?.coordinatorId ?? "",
+              coordinator_term: this.opts.epoch.term,
+              coordinator_id: this.opts.epoch.coordinatorId,
             },
             (p) => this.opts.onProgress?.(i, p),
           );

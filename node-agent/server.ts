@@ -34,6 +34,8 @@ import type {
   LoadShardRequest,
   MemberRef,
   NodeStatus,
+  RelayHttpChunk,
+  RelayHttpRequest,
   ReleaseReply,
   ResultsRequest,
   SeqsRequest,
@@ -47,6 +49,7 @@ import type { HubEnv } from "../weights/hub-env.js";
 import { assembleBlocks, dropBlocks, stashBlocks, watchBlocks } from "./block-calls.js";
 import { CapabilityReader } from "./capabilities.js";
 import { grpcStatus, KeyedSurface, peerHost, refusalFrame } from "./grpc-surface.js";
+import { type HttpRelayTarget, relayHttp } from "./http-relay.js";
 import { StatusReporter } from "./node-status.js";
 import { progressMessage, ShardHost } from "./shard.js";
 import type { Stage } from "./stage.js";
@@ -93,6 +96,11 @@ export interface NodeAgentOptions {
    * (common/coordinator-epoch.ts); absent (a bare agent): only the terms decide.
    */
   coordinatorView?: CoordinatorView;
+  /**
+   * This process's HTTP API, for RelayHttp (a follower's requests); absent: RelayHttp answers UNIMPLEMENTED.
+   * Set by `cluster up`, where the API and this agent share one process.
+   */
+  httpRelay?: HttpRelayTarget;
 }
 
 export interface NodeAgent {
@@ -211,6 +219,9 @@ class NodeAgentServer {
       WatchBlocks: surface.stream("WatchBlocks", (call: ServerStream<WatchBlocksRequest, BlockEvents>) =>
         watchBlocks(this.shards, call, this.openCalls),
       ),
+      RelayHttp: surface.stream("RelayHttp", (call: ServerStream<RelayHttpRequest, RelayHttpChunk>) =>
+        relayHttp(call, this.opts.httpRelay, this.log),
+      ),
     });
     this.listener = await listenNodeServer(
       this.server,
@@ -254,15 +265,18 @@ class NodeAgentServer {
     // One coordinator at a time: judged before anything is touched, so a refused call leaves the shard as it is.
     const offered = epochOf(req);
     const verdict = judgeLoadShard(this.served, offered, this.opts.coordinatorView);
-    if (!verdict.accept) {
-      const message = `REFUSED LoadShard of plan ${req.plan_id} from ${describeEpoch(offered)}: ${verdict.reason}`;
+    if (!verdict.accept || !offered) {
+      const from = offered
+        ? describeEpoch(offered)
+        : `${peerHost(call.getPeer()) ?? call.getPeer()} without an epoch`;
+      const message = `REFUSED LoadShard of plan ${req.plan_id} from ${from}: ${verdict.accept ? "no epoch" : verdict.reason}`;
       this.log(message);
       call.emit("error", grpcStatus(grpc.status.FAILED_PRECONDITION, message));
       return;
     }
-    if (offered && offered.coordinatorId !== this.served?.coordinatorId)
+    if (offered.coordinatorId !== this.served?.coordinatorId)
       this.log(`now serving ${describeEpoch(offered)} (was ${describeEpoch(this.served)})`);
-    if (offered) this.served = offered;
+    this.served = offered;
     call.on("error", (err) => this.log(`LoadShard call failed: ${errorMessage(err)}`));
     this.shards
       .load(req, (p) => {

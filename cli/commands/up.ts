@@ -2,6 +2,7 @@
 // engine shard), advertises it over Bonjour, joins membership (Bonjour + --peer), and serves the HTTP API. The
 // elected coordinator plans, loads the shards (progress bars on stderr) and schedules; every other node's API
 // forwards to it.
+import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { networkInterfaces } from "node:os";
 import { join, resolve } from "node:path";
@@ -216,6 +217,14 @@ async function modelDirOf(value: string, hub: ReturnType<typeof hubEnv>): Promis
   return resolved.dir;
 }
 
+/** The API's URL as this process reaches it: a wildcard address (0.0.0.0, ::) is dialled on loopback. */
+export function loopbackUrlOf(apiUrl: string): string {
+  const url = new URL(apiUrl);
+  if (url.hostname === "0.0.0.0") url.hostname = "127.0.0.1";
+  else if (url.hostname === "[::]") url.hostname = "[::1]";
+  return url.origin;
+}
+
 /** startApiServer, with the usual cause of failure spelled out. */
 async function listenApi(...args: Parameters<typeof startApiServer>): Promise<ApiServer> {
   try {
@@ -321,6 +330,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
   let drainApi: () => Promise<void> = async () => {};
   try {
     let controller: ClusterController | undefined;
+    // Known to this process only: the agent's loopback requests for followers carry it (api/auth.ts checkRelay).
+    const relayToken = randomBytes(32).toString("base64url");
     const api: ApiServer = await listenApi(
       {
         generator: () => controller?.generator(),
@@ -328,6 +339,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
         modelId,
         health: () => controller?.health() ?? { ok: false, state: "planning", message: "starting" },
         coordinatorUrl: () => controller?.coordinatorUrl(),
+        relay: () => controller?.coordinatorRelay(),
         // Dashboard and /metrics (a 503, and an error line on the page, while this node is starting).
         snapshot: () => {
           if (!controller) throw new ClusterError("cluster_not_ready", "this node is still starting");
@@ -341,6 +353,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
         requestTimeoutMs: opts.requestTimeout ? opts.requestTimeout * 1000 : undefined,
         corsOrigins: opts.corsOrigin,
         bodyTimeoutMs: opts.bodyTimeout * 1000,
+        relayToken,
       },
     );
     // Closed last (cleanups run in reverse); by then drainApi below has ended every stream with a terminal event.
@@ -380,6 +393,8 @@ export async function runUp(opts: UpOptions): Promise<void> {
       // Gossip of the member list, and the view a LoadShard from a new coordinator is judged by
       // (common/coordinator-epoch.ts).
       gossip: () => membership?.gossip() ?? [],
+      // Followers' API requests (RelayHttp), performed against this process's API on this machine.
+      httpRelay: { url: loopbackUrlOf(api.url), token: relayToken },
       coordinatorView: {
         isLive: (nodeId) => membership?.get(nodeId) !== undefined,
         choice: () => (membership ? electCoordinator(membership.live(), identity.nodeId)?.nodeId : undefined),

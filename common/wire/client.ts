@@ -22,6 +22,8 @@ import type {
   LoadProgress,
   LoadShardRequest,
   NodeStatus,
+  RelayHttpChunk,
+  RelayHttpRequest,
   ReleaseReply,
   ResultsRequest,
   SeqsRequest,
@@ -59,6 +61,7 @@ interface RawClient extends grpc.Client {
     request: { plan_id: string },
     options?: grpc.CallOptions,
   ): grpc.ClientReadableStream<BlockEvents>;
+  RelayHttp(request: RelayHttpRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<RelayHttpChunk>;
 }
 
 export type DataStream = grpc.ClientDuplexStream<DataFrameOut, DataFrame>;
@@ -182,6 +185,11 @@ export class NodeClient {
 
   watchBlocks(planId: string): grpc.ClientReadableStream<BlockEvents> {
     return this.raw.WatchBlocks({ plan_id: planId });
+  }
+
+  /** A follower's HTTP request, performed by this node against its own API (common/wire/http-relay.ts). */
+  relayHttp(request: RelayHttpRequest): grpc.ClientReadableStream<RelayHttpChunk> {
+    return this.raw.RelayHttp(request);
   }
 
   close(): void {

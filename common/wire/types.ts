@@ -346,3 +346,22 @@ export interface BlockEvents {
   blocks: BlockState[];
   snapshot_done: boolean;
 }
+
+export interface HttpHeader {
+  name: string;
+  value: string;
+}
+
+export interface RelayHttpRequest {
+  method: string;
+  path: string;
+  headers: HttpHeader[];
+  body: Buffer | Uint8Array;
+}
+
+export interface RelayHttpChunk {
+  /** First message: the status (with headers); 0 on body messages. */
+  status: number;
+  headers: HttpHeader[];
+  data: Buffer;
+}

@@ -13,6 +13,7 @@ import { ChatFormatter } from "../../chat/chat-formatter.js";
 import { fromChatCompletions } from "../../chat/conversation.js";
 import { SCRIPTED_REPLY } from "../../cli/make-model/scripted.js";
 import { type ApiCluster, readSse, startApiCluster } from "../helpers/api-cluster.js";
+import { startRelayAgent } from "../helpers/relay-agent.js";
 
 const CONTEXT = 4096;
 let cluster: ApiCluster;
@@ -609,6 +610,12 @@ describe("a server that cannot take the request", () => {
 
 describe("a node that is not the coordinator", () => {
   it("forwards /v1/messages with the key from x-api-key, streams included, and checks the key first", async () => {
+    const agent = await startRelayAgent({
+      apiUrl: cluster.server.url,
+      relayToken: cluster.relayToken,
+      clusterKey: cluster.clusterKey,
+      modelDir: cluster.modelDir,
+    });
     const server = await startApiServer(
       {
         generator: () => undefined,
@@ -616,6 +623,7 @@ describe("a node that is not the coordinator", () => {
         modelId: cluster.modelId,
         health: () => ({}),
         coordinatorUrl: () => cluster.server.url,
+        relay: () => agent.relay,
       },
       { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey },
     );
@@ -647,6 +655,7 @@ describe("a node that is not the coordinator", () => {
       ).toBeInstanceOf(Anthropic.AuthenticationError);
     } finally {
       await server.close();
+      await agent.close();
     }
   });
 });

@@ -1,12 +1,15 @@
 // Failure paths of the HTTP API over a real 2-stage cluster serving the tiny model: auth, unknown model, bad
 // bodies, context overflow (OpenAI's exact text), not ready, overloaded, client disconnect (KV freed on every
 // stage), stop strings, forwarding from a non-coordinator node, and the loopback rule.
+import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startApiServer } from "../../api/server.js";
 import { ChatFormatter } from "../../chat/chat-formatter.js";
 import { fromChatCompletions } from "../../chat/conversation.js";
+import type { CoordinatorRelay } from "../../common/wire/http-relay.js";
 import { Scheduler } from "../../coordinator/scheduler.js";
 import { type ApiCluster, readSse, startApiCluster } from "../helpers/api-cluster.js";
+import { type RelayAgent, startRelayAgent } from "../helpers/relay-agent.js";
 
 const CONTEXT = 2048;
 let cluster: ApiCluster;
@@ -281,6 +284,16 @@ describe("generation control", () => {
   });
 });
 
+/** A real node agent of this process relaying to the cluster's API (RelayHttp), as a coordinator's does. */
+function relayAgent() {
+  return startRelayAgent({
+    apiUrl: cluster.server.url,
+    relayToken: cluster.relayToken,
+    clusterKey: cluster.clusterKey,
+    modelDir: cluster.modelDir,
+  });
+}
+
 describe("cluster states and other nodes", () => {
   it("503 with retry-after while the cluster is not ready", async () => {
     const server = await startApiServer(
@@ -307,6 +320,7 @@ describe("cluster states and other nodes", () => {
   });
 
   it("a node that is not the coordinator forwards requests, streams included", async () => {
+    const agent = await relayAgent();
     const server = await startApiServer(
       {
         generator: () => undefined,
@@ -314,6 +328,7 @@ describe("cluster states and other nodes", () => {
         modelId: cluster.modelId,
         health: () => ({}),
         coordinatorUrl: () => cluster.server.url,
+        relay: () => agent.relay,
       },
       { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey },
     );
@@ -328,33 +343,39 @@ describe("cluster states and other nodes", () => {
       expect(bad.status).toBe(404);
     } finally {
       await server.close();
+      await agent.close();
     }
   });
 
   it("a request is forwarded at most once (two nodes that each point at the other answer 503)", async () => {
-    const ctx = (target: () => string | undefined) => ({
+    // Each node with its agent (relaying to its own API), each taking the other for the coordinator.
+    const ctx = (target: () => CoordinatorRelay | undefined) => ({
       generator: () => undefined,
       modelDir: cluster.modelDir,
       modelId: cluster.modelId,
       health: () => ({}),
-      coordinatorUrl: target,
+      coordinatorUrl: () => undefined,
+      relay: target,
     });
-    let urlB = "";
+    const agents: RelayAgent[] = [];
+    const tokens = [randomBytes(32).toString("base64url"), randomBytes(32).toString("base64url")];
     const a = await startApiServer(
-      ctx(() => urlB),
-      { host: "127.0.0.1", port: 0 },
+      ctx(() => agents[1]?.relay),
+      { host: "127.0.0.1", port: 0, relayToken: tokens[0] },
     );
     const b = await startApiServer(
-      ctx(() => a.url),
-      { host: "127.0.0.1", port: 0 },
+      ctx(() => agents[0]?.relay),
+      { host: "127.0.0.1", port: 0, relayToken: tokens[1] },
     );
-    urlB = b.url;
+    const common = { clusterKey: cluster.clusterKey, modelDir: cluster.modelDir };
+    agents.push(await startRelayAgent({ ...common, apiUrl: a.url, relayToken: tokens[0] }));
+    agents.push(await startRelayAgent({ ...common, apiUrl: b.url, relayToken: tokens[1] }));
     try {
       const response = await post("/chat/completions", chat(), { base: `${a.url}/v1` });
       expect(response.status).toBe(503);
       expect((await errorOf(response)).code).toBe("cluster_not_ready");
     } finally {
-      await Promise.all([a.close(), b.close()]);
+      await Promise.all([a.close(), b.close(), ...agents.map((x) => x.close())]);
     }
   });
 

@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ApiServer, startApiServer } from "../../api/server.js";
 import { type ApiCluster, readSse, startApiCluster } from "../helpers/api-cluster.js";
+import { type RelayAgent, startRelayAgent } from "../helpers/relay-agent.js";
 
 const PAGE = "http://localhost:3000";
 let cluster: ApiCluster;
@@ -12,6 +13,7 @@ let cluster: ApiCluster;
 let plain: ApiServer;
 /** A node that is not the coordinator: it forwards every /v1 request to the cluster's server. */
 let forwarder: ApiServer;
+let relayAgent: RelayAgent;
 
 beforeAll(async () => {
   cluster = await startApiCluster({
@@ -28,13 +30,25 @@ beforeAll(async () => {
     coordinatorUrl: () => undefined,
   };
   plain = await startApiServer(ctx, { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey });
+  relayAgent = await startRelayAgent({
+    apiUrl: cluster.server.url,
+    relayToken: cluster.relayToken,
+    clusterKey: cluster.clusterKey,
+    modelDir: cluster.modelDir,
+  });
   forwarder = await startApiServer(
-    { ...ctx, generator: () => undefined, coordinatorUrl: () => cluster.server.url },
+    {
+      ...ctx,
+      generator: () => undefined,
+      coordinatorUrl: () => cluster.server.url,
+      relay: () => relayAgent.relay,
+    },
     { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey, corsOrigins: [PAGE] },
   );
 });
 afterAll(async () => {
   await forwarder?.close();
+  await relayAgent?.close();
   await plain?.close();
   await cluster?.stop();
 });

@@ -3,6 +3,8 @@
 // case variants, extra slashes and dot segments, the query-string key on /v1, and the dashboard's WebSocket are
 // each sent as raw request lines (node:http keeps the path byte for byte; fetch would normalise it). With the key
 // the encoded spellings do reach their routes, which is what made them a bypass when the check read URL text.
+// A loopback client cannot pass for a follower's relay (docs/architecture.md "Relayed requests"): the forwarded
+// marker proves nothing, and the relay header is refused unless it holds the process's own relay secret.
 
 import { mkdtempSync, rmSync } from "node:fs";
 import { request } from "node:http";
@@ -151,6 +153,38 @@ describe("cluster up --api-key", () => {
     expect((await raw("GET", `/%6detrics?key=${API_KEY}`)).status).toBe(200);
     const chat = await raw("POST", "/%761/chat/completions", { ...bearer, ...json }, chatBody);
     expect(chat.status, chat.body).toBe(200);
+  });
+
+  it("refuses a loopback request that passes for a relayed one without the key", async () => {
+    const forwarded = { "x-studio-cluster-forwarded": "1" };
+    const relay = (value: string) => ({ ...forwarded, "x-studio-cluster-relay": value });
+    const attempts: Array<[string, string, Record<string, string>]> = [
+      ["POST", "/v1/chat/completions", forwarded],
+      ["POST", "/%761/chat/completions", forwarded],
+      ["POST", "/v1/chat/completions", relay("guess")],
+      ["POST", "/v1/chat/completions", relay("")],
+      ["GET", "/%76%31/models", relay("guess")],
+      ["GET", "/metrics", relay("guess")],
+      ["GET", "/dashboard/snapshot.json", relay("guess")],
+    ];
+    const leaks: string[] = [];
+    for (const [method, path, headers] of attempts) {
+      const post = method === "POST";
+      const reply = await raw(
+        method,
+        path,
+        post ? { ...json, ...headers } : headers,
+        post ? chatBody : undefined,
+      );
+      if (reply.status !== 401) leaks.push(`${method} ${path} ${JSON.stringify(headers)} -> ${reply.status}`);
+    }
+    expect(leaks, `answered without the key:\n${leaks.join("\n")}`).toEqual([]);
+    // The relay header is reserved: a wrong one is refused even beside the right key, naming why.
+    const reserved = await raw("GET", "/v1/models", { ...bearer, ...relay("guess") });
+    expect(reserved.status).toBe(401);
+    expect(JSON.parse(reserved.body).error.message).toMatch(/reserved for this node's own agent/);
+    // The forwarded marker with the key is a request like any other (this node coordinates: no relay loop).
+    expect((await raw("GET", "/v1/models", { ...bearer, ...forwarded })).status).toBe(200);
   });
 
   it("keeps /health and the static dashboard files open, and the WebSocket under the key", async () => {

@@ -1,7 +1,10 @@
 // A follower relaying streams when the coordinator dies: two real `cluster up` processes joined with --peer; two
 // streams (Chat Completions and Responses) go through the follower's API, and the coordinator is killed (SIGKILL)
 // once both are generating. Each stream must end with its API's terminal error event (and `[DONE]` on chat)
-// within 5 s, never with a socket torn down mid-event.
+// within 5 s, never with a socket torn down mid-event. Both APIs listen on loopback only with one --api-key: the
+// follower relays over the gRPC plane (RelayHttp), checking the client's key itself first (the relay carries
+// none, and the coordinator takes it on the cluster key); a client that goes away cancels the coordinator's
+// generation.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,6 +17,7 @@ import { type CliProcess, freePort, runCli, waitForHealth } from "../helpers/clu
 import { ensureModel } from "../helpers/pipeline-cluster.js";
 
 const home = mkdtempSync(join(tmpdir(), "follower-relay-"));
+const API_KEY = "follower-relay-api-key";
 const running: CliProcess[] = [];
 
 afterAll(async () => {
@@ -59,6 +63,24 @@ async function readStream(
   return { events, endedAfterKillMs: Date.now() - killedAt() };
 }
 
+/** Waits (10 s at most) until the coordinator's dashboard lists a cancelled request; fails with both logs. */
+async function waitForCancelled(url: string, procs: CliProcess[]): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  let last = "";
+  while (Date.now() < deadline) {
+    const r = await fetch(`${url}/dashboard/snapshot.json`, {
+      headers: { authorization: `Bearer ${API_KEY}` },
+    });
+    last = await r.text();
+    const snapshot = JSON.parse(last) as { recent?: Array<{ status: string }> };
+    if (snapshot.recent?.some((q) => q.status === "cancelled")) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(
+    `no cancelled request on the coordinator: ${last.slice(0, 1500)}\n${procs.map((p) => p.output()).join("\n")}`,
+  );
+}
+
 describe("a follower relaying streams", () => {
   it("ends each with the terminal error event (and [DONE] on chat) when the coordinator dies", async () => {
     const modelDir = await ensureModel("tiny", "tiny");
@@ -69,7 +91,7 @@ describe("a follower relaying streams", () => {
       await freePort(),
     ];
     const common = ["--model", modelDir, "--key", generateClusterKey(), "--no-bonjour", "--threads", "1"];
-    common.push("--memory-bandwidth", "50");
+    common.push("--memory-bandwidth", "50", "--api-key", API_KEY);
     const env = { STUDIO_CLUSTER_HOME: home };
     const a = runCli(["up", ...common, "--name", "ra", "--port", `${grpcA}`, "--api-port", `${apiA}`], env);
     const bArgs = ["up", ...common, "--name", "rb", "--port", `${grpcB}`, "--api-port", `${apiB}`];
@@ -102,10 +124,42 @@ describe("a follower relaying streams", () => {
     const bias = Object.fromEntries(
       ChatFormatter.forModelDir(modelDir).stopTokenIds.map((id) => [String(id), -100]),
     );
+    const keyed = { authorization: `Bearer ${API_KEY}` };
+    // The follower checks the key before relaying: without it, 401 from the follower itself.
+    const unkeyed = await fetch(`${urls[follower]}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ messages: [{ role: "user", content: "hi" }], max_tokens: 2 }),
+    });
+    expect(unkeyed.status).toBe(401);
+    expect(unkeyed.headers.get(RELAYED_FROM_HEADER)).toBeNull();
+
+    // A client that goes away mid-stream: the relay's cancel reaches the coordinator's generation.
+    const abandoned = new AbortController();
+    const abandonedRes = await fetch(`${urls[follower]}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...keyed },
+      body: JSON.stringify({
+        messages: [{ role: "user", content: "abandon me" }],
+        max_tokens: 4000,
+        stream: true,
+        logit_bias: bias,
+      }),
+      signal: abandoned.signal,
+    });
+    expect(abandonedRes.status).toBe(200);
+    expect(abandonedRes.headers.get(RELAYED_FROM_HEADER)).toContain(
+      `(${view.coordinator!.id}) at 127.0.0.1:`,
+    );
+    const reader = (abandonedRes.body as ReadableStream<Uint8Array>).getReader();
+    await reader.read();
+    abandoned.abort();
+    await waitForCancelled(urls[coordinator], [a, b]);
+
     const post = (path: string, body: object) =>
       fetch(`${urls[follower]}${path}`, {
         method: "POST",
-        headers: { "content-type": "application/json" },
+        headers: { "content-type": "application/json", ...keyed },
         body: JSON.stringify({ ...body, stream: true, logit_bias: bias }),
         signal: AbortSignal.timeout(60_000),
       });

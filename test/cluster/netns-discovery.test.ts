@@ -1,6 +1,8 @@
 // Three machines simulated by three network namespaces on one bridge (10.77.0.0/24 exists only inside them):
 // `cluster up` in each, with NO --peer, must find the others over Bonjour multicast alone, elect one
 // coordinator, plan three stages and generate through the HTTP API (directly and forwarded by another node).
+// Every API listens on its namespace's loopback only (the default --api-host): a follower relays over the gRPC
+// plane, the one way between namespaces it has.
 // Needs root and iproute2; skips with the reason otherwise. Namespaces are removed in afterAll whatever happens.
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -54,8 +56,11 @@ function nsNode(ns: string, script: string): string {
   return r.stdout;
 }
 
+/** Each node's API, on its own namespace's loopback. */
+const API_URL = "http://127.0.0.1:8080";
+
 function health(i: number): ClusterHealth | undefined {
-  const url = `http://${address(i)}:8080/health`;
+  const url = `${API_URL}/health`;
   const out = nsNode(
     nodeNs[i],
     `const r = await fetch(${JSON.stringify(url)}, { headers: { authorization: "Bearer ${API_KEY}" } }).catch(() => undefined);` +
@@ -64,17 +69,27 @@ function health(i: number): ClusterHealth | undefined {
   return JSON.parse(out) ?? undefined;
 }
 
-function chat(ns: string, apiUrl: string, prompt: string): { status: number; text: string } {
+interface ChatResult {
+  status: number;
+  text: string;
+  relayedFrom: string | null;
+  /** Set when the API could not be reached at all. */
+  error?: string;
+}
+
+function chat(ns: string, apiUrl: string, prompt: string): ChatResult {
   const body = { messages: [{ role: "user", content: prompt }], max_tokens: 8, temperature: 0 };
   const out = nsNode(
     ns,
     `const r = await fetch(${JSON.stringify(`${apiUrl}/v1/chat/completions`)}, { method: "POST", ` +
       `headers: { "content-type": "application/json", authorization: "Bearer ${API_KEY}" }, ` +
-      `body: ${JSON.stringify(JSON.stringify(body))} });` +
+      `body: ${JSON.stringify(JSON.stringify(body))}, signal: AbortSignal.timeout(5000) }).catch((e) => e);` +
+      `if (r instanceof Error) { console.log(JSON.stringify({ status: 0, text: "", relayedFrom: null, error: String(r.cause ?? r) })); process.exit(0); }` +
       `const b = await r.json(); const m = b.choices?.[0]?.message ?? {};` +
-      `console.log(JSON.stringify({ status: r.status, text: (m.reasoning_content ?? "") + "|" + (m.content ?? ""), body: b }));`,
+      `console.log(JSON.stringify({ status: r.status, text: (m.reasoning_content ?? "") + "|" + (m.content ?? ""), ` +
+      `relayedFrom: r.headers.get("x-studio-cluster-relayed-from"), body: b }));`,
   );
-  return JSON.parse(out) as { status: number; text: string };
+  return JSON.parse(out) as ChatResult;
 }
 
 describe.skipIf(reason !== undefined)("Bonjour discovery across three network namespaces", () => {
@@ -90,7 +105,8 @@ describe.skipIf(reason !== undefined)("Bonjour discovery across three network na
       const home = mkdtempSync(join(tmpdir(), `netns-node${i + 1}-`));
       homes.push(home);
       const args = ["up", "--model", modelDir, "--key", key, "--name", `node${i + 1}`, "--port", "7100"];
-      args.push("--api-port", "8080", "--api-host", address(i), "--api-key", API_KEY, "--threads", "1");
+      // The default --api-host (127.0.0.1): nothing outside the namespace reaches the API.
+      args.push("--api-port", "8080", "--api-key", API_KEY, "--threads", "1");
       // Equal machines: a measured bandwidth on two busy cores is noise, and the split should not depend on it.
       args.push("--memory-bandwidth", "50");
       procs.push(runCli(args, { STUDIO_CLUSTER_HOME: home }, ["ip", "netns", "exec", ns]));
@@ -141,16 +157,16 @@ describe.skipIf(reason !== undefined)("Bonjour discovery across three network na
     expect(new Set(stages.map((s) => s.nodeId)).size).toBe(3);
     for (const h of views) expect(h!.state).toBe(h!.node.id === coordinatorId ? "ready" : "following");
 
-    const coordinatorUrl = `http://${address(coordinatorIndex)}:8080`;
-    const direct = chat(nodeNs[coordinatorIndex], coordinatorUrl, "Three machines, one model.");
+    const direct = chat(nodeNs[coordinatorIndex], API_URL, "Three machines, one model.");
     expect(direct.status, JSON.stringify(direct)).toBe(200);
+    expect(direct.relayedFrom).toBeNull();
     const followerIndex = (coordinatorIndex + 1) % 3;
-    const forwarded = chat(
-      nodeNs[followerIndex],
-      `http://${address(followerIndex)}:8080`,
-      "Three machines, one model.",
-    );
+    // The coordinator's API is out of the follower's reach: only the gRPC plane joins them.
+    const unreachable = chat(nodeNs[followerIndex], `http://${address(coordinatorIndex)}:8080`, "x");
+    expect(unreachable.status, JSON.stringify(unreachable)).toBe(0);
+    const forwarded = chat(nodeNs[followerIndex], API_URL, "Three machines, one model.");
     expect(forwarded.status, JSON.stringify(forwarded)).toBe(200);
     expect(forwarded.text).toBe(direct.text);
+    expect(forwarded.relayedFrom).toContain(`${coordinatorId}) at ${address(coordinatorIndex)}:7100`);
   });
 });

@@ -1,10 +1,12 @@
 // The data plane is encrypted by default off loopback. Two `cluster up` nodes in two network namespaces that can
 // reach each other only through a third, where a TCP proxy records every byte between them (helpers/
 // recording-proxy.ts): what an eavesdropper on the link sees. With no TLS option at all the cluster plans two
-// stages (activations cross the proxy) and serves a chat completion, while every connection through the proxy
-// is TLS from its first byte and the recording holds none of the prompt (text or token ids), the node names,
-// the model's path or a tensor name. A control run with --no-cluster-tls shows the same recording does expose
-// such things in plaintext, so the check can fail. Needs root and iproute2; skips with the reason otherwise.
+// stages (activations cross the proxy) and serves a chat completion sent to the follower's API, which relays
+// it to the coordinator over the gRPC plane (every API listens on its namespace's loopback only), while every
+// connection through the proxy is TLS from its first byte and the recording holds none of the prompt (text or
+// token ids), the node names, the model's path or a tensor name. A control run with --no-cluster-tls shows the
+// same recording does expose such things in plaintext, the relayed prompt's text included, so the check can
+// fail. Needs root and iproute2; skips with the reason otherwise.
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -75,8 +77,11 @@ function nsNode(name: string, script: string): string {
   return r.stdout;
 }
 
+/** Each node's API, on its own namespace's loopback (the default --api-host). */
+const API_URL = "http://127.0.0.1:8080";
+
 function health(side: "a" | "b"): ClusterHealth | undefined {
-  const url = `http://${(side === "a" ? A : B).ip}:8080/health`;
+  const url = `${API_URL}/health`;
   const out = nsNode(
     ns[side],
     `const r = await fetch(${JSON.stringify(url)}, { headers: { authorization: "Bearer ${API_KEY}" } }).catch(() => undefined);` +
@@ -85,17 +90,18 @@ function health(side: "a" | "b"): ClusterHealth | undefined {
   return JSON.parse(out) ?? undefined;
 }
 
-function chat(side: "a" | "b"): { status: number; body: unknown } {
-  const url = `http://${(side === "a" ? A : B).ip}:8080/v1/chat/completions`;
+function chat(side: "a" | "b"): { status: number; body: unknown; relayedFrom: string | null } {
+  const url = `${API_URL}/v1/chat/completions`;
   const body = { messages: [{ role: "user", content: PROMPT }], max_tokens: 8, temperature: 0 };
   const out = nsNode(
     ns[side],
     `const r = await fetch(${JSON.stringify(url)}, { method: "POST", ` +
       `headers: { "content-type": "application/json", authorization: "Bearer ${API_KEY}" }, ` +
       `body: ${JSON.stringify(JSON.stringify(body))} });` +
-      `console.log(JSON.stringify({ status: r.status, body: await r.json() }));`,
+      `console.log(JSON.stringify({ status: r.status, body: await r.json(), ` +
+      `relayedFrom: r.headers.get("x-studio-cluster-relayed-from") }));`,
   );
-  return JSON.parse(out) as { status: number; body: unknown };
+  return JSON.parse(out) as { status: number; body: unknown; relayedFrom: string | null };
 }
 
 interface Recording {
@@ -158,7 +164,7 @@ describe.skipIf(reason !== undefined)(
           const home = mkdtempSync(join(tmpdir(), `wire-tls-${side}-`));
           homes.push(home);
           const args = ["up", "--model", modelDir, "--name", node.name, "--port", String(node.port)];
-          args.push("--no-bonjour", "--peer", peer, "--api-port", "8080", "--api-host", node.ip);
+          args.push("--no-bonjour", "--peer", peer, "--api-port", "8080");
           args.push("--api-key", API_KEY, "--threads", "1", "--memory-bandwidth", "50", ...extra);
           const env = { STUDIO_CLUSTER_HOME: home, STUDIO_CLUSTER_KEY: key };
           procs.push(runCli(args, env, ["ip", "netns", "exec", ns[side]]));
@@ -166,9 +172,13 @@ describe.skipIf(reason !== undefined)(
         const dump = () =>
           `proxy:\n${proxyLines.slice(-20).join("\n")}\n${procs.map((p) => p.output()).join("\n")}`;
         let views: Array<ClusterHealth | undefined> = [];
-        const ready = () =>
-          views.some((h) => h?.state === "ready" && h.plan?.stages.length === 2) &&
-          views.every((h) => h !== undefined && (h.state === "ready" || h.state === "following"));
+        // One coordinator with the two-stage plan, and the other node following it (the one the chat goes to):
+        // a node briefly coordinating alone before they joined is "ready" too.
+        const ready = () => {
+          const leader = views.find((h) => h?.state === "ready" && h.plan?.stages.length === 2);
+          const follower = views.find((h) => h !== leader);
+          return follower?.state === "following" && follower.coordinator?.id === leader?.node.id;
+        };
         const started = Date.now();
         while (Date.now() - started < 90_000) {
           for (const p of procs) if (p.child.exitCode !== null) throw new Error(`a node exited:\n${dump()}`);
@@ -178,10 +188,12 @@ describe.skipIf(reason !== undefined)(
         }
         expect(ready(), `views: ${JSON.stringify(views, null, 1)}\n${dump()}`).toBe(true);
         // Two stages on two nodes: activations (and the results) cross the proxy.
-        const coordinator = views.find((h) => h?.state === "ready")!;
+        const coordinator = views.find((h) => h?.state === "ready" && h.plan?.stages.length === 2)!;
         expect(new Set(coordinator.plan!.stages.map((s) => s.nodeId)).size).toBe(2);
-        const answer = chat(coordinator.node.name === A.name ? "a" : "b");
+        // Sent to the follower: the request (the prompt's text) crosses the proxy on RelayHttp.
+        const answer = chat(coordinator.node.name === A.name ? "b" : "a");
         expect(answer.status, `${JSON.stringify(answer)}\n${dump()}`).toBe(200);
+        expect(answer.relayedFrom, dump()).toContain(`(${coordinator.node.id}) at `);
         return { recording: readRecording(dir), log: dump() };
       } finally {
         await Promise.all(procs.map((p) => p.stop("SIGKILL")));
@@ -198,9 +210,11 @@ describe.skipIf(reason !== undefined)(
       expect(text, log).toContain(A.name);
       expect(text, log).toContain(B.name);
       expect(text, log).toContain(modelDir);
+      // The relayed request's body, in the clear on the plaintext gRPC plane.
+      expect(text, log).toContain(PROMPT);
       const tokensSeen = recording.all.includes(promptTokenBytes(modelDir));
       console.log(
-        `plaintext control: ${recording.streams.length} streams, ${recording.all.length} bytes; node names and the model path visible; prompt token ids ${tokensSeen ? "visible" : "not on this link (the first stage is the coordinator's)"}`,
+        `plaintext control: ${recording.streams.length} streams, ${recording.all.length} bytes; node names, the model path and the relayed prompt visible; prompt token ids ${tokensSeen ? "visible" : "not on this link (the first stage is the coordinator's)"}`,
       );
     });
 

@@ -156,6 +156,9 @@ describe("losing a stage", () => {
       downstream: "",
       stage_index: 0,
       stage_count: 1,
+      // A newer term from another coordinator: the bare agent (no membership view) accepts it.
+      coordinator_term: 2,
+      coordinator_id: "intruder",
     });
     intruder.close();
     const { reason, at } = await lost;

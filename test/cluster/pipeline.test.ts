@@ -63,6 +63,15 @@ afterAll(async () => {
   await Promise.all(agents.map((a) => a.stop()));
 });
 
+/** Whether the agent logs a line matching `pattern` within 5 s: its log arrives over its stderr pipe, after the call's status. */
+async function agentLogged(agent: AgentProcess, pattern: RegExp): Promise<boolean> {
+  for (let i = 0; i < 250; i++) {
+    if (agent.log.some((l) => pattern.test(l))) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return false;
+}
+
 describe("three-stage pipeline over loopback", () => {
   it("greedy generation equals the single engine token for token (prompt spans two prefill chunks)", async () => {
     const prompt = promptOf(300, 1);
@@ -308,6 +317,27 @@ describe("three-stage pipeline over loopback", () => {
     }
   });
 
+  it("LoadShard without a coordinator epoch (an older node) is refused and logged, and the shard is kept", async () => {
+    const client = new NodeClient(agents[1].address, key);
+    const numLayers = numLayersOf(modelDir);
+    const refused = client.loadShard({
+      plan_id: "no-epoch",
+      layer_start: 0,
+      layer_end: numLayers,
+      embed: true,
+      head: true,
+    });
+    await expect(refused).rejects.toThrow(
+      /REFUSED LoadShard of plan no-epoch .*carries no coordinator epoch/,
+    );
+    await expect(refused).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
+    expect(await agentLogged(agents[1], /REFUSED LoadShard of plan no-epoch .*no coordinator epoch/)).toBe(
+      true,
+    );
+    expect((await client.hello()).plan_id).toBe("plan-3");
+    client.close();
+  });
+
   it("LoadShard refuses a layer range outside the model, naming it, and keeps the loaded shard", async () => {
     const client = new NodeClient(agents[1].address, key);
     const numLayers = numLayersOf(modelDir);
@@ -380,11 +410,11 @@ describe("cluster key", () => {
     const once = await signedFor(address, "Release", empty);
     expect(await callStatus(address, once, "Release")).toBe(grpc.status.OK);
     expect(await callStatus(address, once, "Release")).toBe(grpc.status.UNAUTHENTICATED);
-    expect(agents[1].log.some((l) => /refused Release from .*replayed/.test(l))).toBe(true);
+    expect(await agentLogged(agents[1], /refused Release from .*replayed/)).toBe(true);
     // A MAC made for one request does not pass with another (a request altered on the way).
     const forOther = await signedFor(address, "Release", bodyDigest(Buffer.from([0x0a, 0x01, 0x78])));
     expect(await callStatus(address, forOther, "Release")).toBe(grpc.status.UNAUTHENTICATED);
-    expect(agents[1].log.some((l) => /refused Release from .*altered on the way/.test(l))).toBe(true);
+    expect(await agentLogged(agents[1], /refused Release from .*altered on the way/)).toBe(true);
     // Every refusal is logged by the node, naming the method (the log arrives over the agent's stderr pipe).
     const logged = () => methods.filter((m) => !agents[1].log.some((l) => l.includes(`refused ${m} from`)));
     for (let i = 0; i < 50 && logged().length > 0; i++) await new Promise((r) => setTimeout(r, 20));

@@ -1,5 +1,6 @@
 // A real cluster for the API tests: node-agent processes (from dist/) serving a generated model, the
 // coordinator's Pipeline + Scheduler in this process, and the HTTP API on an ephemeral loopback port.
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { type ApiServer, startApiServer } from "../../api/server.js";
@@ -27,6 +28,8 @@ export interface ApiCluster {
   /** http://127.0.0.1:PORT/v1 */
   baseUrl: string;
   apiKey: string;
+  /** The API's relay secret (for startRelayAgent: a node that is not the coordinator reaches this API so). */
+  relayToken: string;
   /** The cluster key the agents were started with (for more agents and pipelines). */
   clusterKey: string;
   /** Each stage's current status (sequences and KV bytes held). */
@@ -89,6 +92,7 @@ export async function startApiCluster(opts: {
     scheduler.attach(pipeline);
     const modelId = opts.modelId ?? "minimax-test";
     const apiKey = opts.apiKey ?? "test-key";
+    const relayToken = randomBytes(32).toString("base64url");
     const server = await startApiServer(
       {
         generator: () => scheduler,
@@ -97,7 +101,7 @@ export async function startApiCluster(opts: {
         health: () => ({ ready: true }),
         coordinatorUrl: () => undefined,
       },
-      { host: "127.0.0.1", port: 0, apiKey, corsOrigins: opts.corsOrigins },
+      { host: "127.0.0.1", port: 0, apiKey, corsOrigins: opts.corsOrigins, relayToken },
     );
     const running = pipeline;
     return {
@@ -109,6 +113,7 @@ export async function startApiCluster(opts: {
       server,
       baseUrl: `${server.url}/v1`,
       apiKey,
+      relayToken,
       clusterKey: key,
       stageStatuses: () => Promise.all(agents.map((a) => statusOnce(a.address, key))),
       stop: async () => {

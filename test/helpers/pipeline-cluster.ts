@@ -218,7 +218,15 @@ export function openWholeModel(modelDir: string): Promise<Engine> {
 }
 
 /** Node-agent processes serving the tiny model as one even pipeline, and the whole model in one engine here. */
-export interface TestPipelineOptions extends Omit<PipelineOptions, "liveness"> {
+/**
+ * The epoch of every pipeline this process starts without its own: one coordinator id per process, so a test's
+ * later plan on the same nodes is the same coordinator's (accepted), as a real coordinator re-planning is.
+ */
+export const TEST_EPOCH = { term: 1, coordinatorId: `test-coordinator-${process.pid}` };
+
+export interface TestPipelineOptions extends Omit<PipelineOptions, "liveness" | "epoch"> {
+  /** The coordinator epoch of its LoadShards (default TEST_EPOCH). */
+  epoch?: PipelineOptions["epoch"];
   /** Membership's heartbeat settings for the plan's nodes (its defaults when absent). */
   heartbeatTimeoutMs?: number;
   statusIntervalMs?: number;
@@ -253,7 +261,11 @@ export async function startPipeline(opts: TestPipelineOptions): Promise<Pipeline
     await new Promise((r) => setTimeout(r, 20));
   }
   try {
-    const pipeline = await Pipeline.start({ ...pipelineOptions, liveness: membership });
+    const pipeline = await Pipeline.start({
+      ...pipelineOptions,
+      epoch: opts.epoch ?? TEST_EPOCH,
+      liveness: membership,
+    });
     pipeline.once("closed", () => void membership.close());
     return pipeline;
   } catch (err) {

@@ -52,9 +52,16 @@ describe("the election over mutually reachable members", () => {
 });
 
 describe("a node judging a LoadShard's epoch", () => {
-  it("accepts any LoadShard while it serves nobody, and one without an epoch (a tool, an older coordinator)", () => {
+  it("accepts any LoadShard with an epoch while it serves nobody", () => {
     expect(judgeLoadShard(undefined, epoch(1, "b"), view([], undefined))).toEqual({ accept: true });
-    expect(judgeLoadShard(epoch(3, "a"), undefined, view(["a"], "a"))).toEqual({ accept: true });
+  });
+
+  it("refuses a LoadShard without an epoch (an older node, a tool), serving someone or not, naming why", () => {
+    for (const current of [epoch(3, "a"), undefined]) {
+      const verdict = judgeLoadShard(current, undefined, view(["a"], "a"));
+      expect(verdict.accept).toBe(false);
+      expect(!verdict.accept && verdict.reason).toMatch(/carries no coordinator epoch.*older version/);
+    }
   });
 
   it("accepts its coordinator's re-plans, and refuses a stale term of it", () => {

@@ -115,6 +115,10 @@ export interface EngineStats {
   /** Bytes held by prefix-cache blocks, and how many there are. */
   blockBytes: number;
   blocks: number;
+  /** Bytes the backend keeps wired for its buffers (mlx on Metal: MLX's wired limit); 0 where none is set. */
+  wiredLimitBytes: number;
+  /** Seconds the load-time warm-up step took (mlx); 0 where the backend needs none. */
+  warmupSeconds: number;
 }
 
 export interface Engine {

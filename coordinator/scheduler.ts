@@ -17,7 +17,7 @@ export interface SchedulerOptions {
   contextWindow: number;
   /** Token ids must be below this (the model's vocab_size); unchecked when absent (the engine then refuses). */
   vocabSize?: number;
-  /** Prompt tokens per prefill item. Default 256. */
+  /** Prompt tokens per prefill item. Default: by the pipeline's backend (PREFILL_CHUNK_TOKENS). */
   prefillChunkTokens?: number;
   /** Sequences generating at once; more wait in the queue. Default 64. */
   maxSequences?: number;
@@ -121,10 +121,21 @@ class Run {
   }
 }
 
+/**
+ * Prompt tokens per prefill item, by the pipeline's backend. cpu: 256, where pipelined prefill gains from
+ * smaller chunks (stage 0 starts chunk k+1 while stage 1 computes chunk k; bench:prefill) and the cpu kernels
+ * reach their rate at 16-token tiles already. mlx: 2048, mlx-lm's prefill step: every chunk routes its tokens
+ * to nearly every expert and so reads nearly all expert weights again, and a GPU's matmuls grow faster with
+ * more rows per weight read (bench/RESULTS.md, "MLX backend").
+ */
+export const PREFILL_CHUNK_TOKENS: Readonly<Record<string, number>> = { cpu: 256, mlx: 2048 };
+const DEFAULT_PREFILL_CHUNK_TOKENS = 256;
+
 export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGenerator {
   readonly contextWindow: number;
   private readonly maxTokenId: number;
-  private readonly chunkTokens: number;
+  private readonly chunkOption: number | undefined;
+  private chunkTokens: number;
   private readonly admission: Admission;
   private readonly stepTimeoutMs: number;
   private readonly prefixCacheBytesPerNode: number | "auto";
@@ -144,7 +155,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
       throw new Error(`Scheduler: contextWindow must be an integer >= 2 (got ${opts.contextWindow})`);
     this.contextWindow = opts.contextWindow;
     this.maxTokenId = (opts.vocabSize ?? 0x8000_0000) - 1;
-    this.chunkTokens = opts.prefillChunkTokens ?? 256;
+    this.chunkOption = opts.prefillChunkTokens;
+    this.chunkTokens = opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK_TOKENS;
     this.admission = new Admission({ maxSequences: opts.maxSequences, maxQueue: opts.maxQueue });
     this.stepTimeoutMs = opts.stepTimeoutMs ?? 120_000;
     this.prefixCacheBytesPerNode = opts.prefixCacheBytesPerNode ?? 0;
@@ -152,6 +164,11 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     this.log = opts.log ?? (() => {});
     // Ids start at a random point so a restarted coordinator does not reuse the previous one's ids.
     this.nextSeq = 1 + Math.floor(Math.random() * 0x7fff_0000);
+  }
+
+  /** Prompt tokens per prefill item on the attached pipeline. */
+  get prefillChunkTokens(): number {
+    return this.chunkTokens;
   }
 
   get ready(): boolean {
@@ -182,6 +199,10 @@ export class Scheduler extends EventEmitter<SchedulerEvents> implements TokenGen
     if (this.pipeline === pipeline) return;
     if (this.pipeline) void this.detach("replaced by a new pipeline");
     this.pipeline = pipeline;
+    this.chunkTokens =
+      this.chunkOption ??
+      PREFILL_CHUNK_TOKENS[pipeline.plan.backend ?? "cpu"] ??
+      DEFAULT_PREFILL_CHUNK_TOKENS;
     this.admission.setBudget(kvTokenBudget(pipeline.kvBytesPerToken, kvBytesPerStage));
     this.cache = this.prefixCacheFor(pipeline, headroomBytesPerStage);
     this.unsubscribe = pipeline.onResult((frame) => this.route(frame));

@@ -86,8 +86,15 @@ export function availableBackends(): BackendName[] {
 
 /** The MLX the addon was built with: its version and the device the mlx backend computes on. */
 export interface MlxInfo {
+  /** The version of the MLX library loaded now. */
   version: string;
+  /** The version of the MLX headers the addon was compiled against. */
+  builtWith: string;
   device: "gpu" | "cpu";
+  /** The GPU's recommended maximum working set (Metal); absent on MLX's cpu device and on CUDA. */
+  maxRecommendedWorkingSetBytes?: number;
+  /** Set when the loaded MLX is not the one built against: loading an mlx engine then fails with this message. */
+  versionError?: string;
 }
 
 /** MLX's version and device when this build has the mlx backend, else null. */

@@ -7,7 +7,7 @@ import { errorMessage } from "../common/errors.js";
 import { modelIdOf, readModelConfig } from "../common/model-config.js";
 import { heldParts, modelFingerprint, readManifest, readModelTable } from "../common/model-table.js";
 import type { Capabilities, ModelInfo } from "../common/wire/types.js";
-import { systemMemory } from "./memory-gauge.js";
+import { type MemoryGauge, systemMemory } from "./memory-gauge.js";
 
 const LAYER_TENSOR = /^model\.layers\.(\d+)\./;
 
@@ -66,6 +66,13 @@ export interface CapabilityInputs {
   backends: string[];
   /** Measured bandwidth (0 = not measured: the chip table decides). */
   measuredBandwidthBps: number;
+  /**
+   * The GPU's recommended maximum working set as MLX reports it (`mlxInfo().maxRecommendedWorkingSetBytes`:
+   * Metal only; a CPU-only MLX has none). Counts only where the node offers the mlx backend.
+   */
+  mlxRecommendedWorkingSetBytes?: number;
+  /** Where memory is read (default: this machine's; a test hands it recorded outputs). */
+  memory?: MemoryGauge;
 }
 
 export class CapabilityReader {
@@ -108,8 +115,13 @@ export class CapabilityReader {
   /** Current figures (available memory changes; the rest is read once). */
   read(): Capabilities {
     const chip = chipName();
-    const memory = systemMemory.read();
-    const gpuLimit = systemMemory.gpuLimit();
+    const gauge = this.inputs.memory ?? systemMemory;
+    const memory = gauge.read();
+    // MLX's own figure replaces the estimate of the default limit where mlx computes (a raised sysctl still wins).
+    const mlxBytes = this.inputs.backends.includes("mlx")
+      ? this.inputs.mlxRecommendedWorkingSetBytes
+      : undefined;
+    const gpuLimit = gauge.gpuLimit(mlxBytes);
     return {
       memory_total: memory.totalBytes,
       // Available as the OS counts it (reclaimable cache included), not only free pages: memory-readers.ts.

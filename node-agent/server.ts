@@ -139,6 +139,7 @@ class NodeAgentServer {
       modelDir: opts.modelDir,
       backends: opts.backends ?? this.nativeBackends(),
       measuredBandwidthBps: opts.memoryBandwidthBps ?? 0,
+      mlxRecommendedWorkingSetBytes: this.mlxRecommendedWorkingSet(),
     });
     if (this.capabilities.problem) this.log(`model not usable: ${this.capabilities.problem}`);
     const model = () => this.capabilities.modelInfo;
@@ -166,6 +167,15 @@ class NodeAgentServer {
       maxBytesPerSecond: opts.maxPushBytesPerSecond,
       log: this.log,
     });
+  }
+
+  /** MLX's recommended GPU working set, where the addon has MLX and MLX reports one (Metal). */
+  private mlxRecommendedWorkingSet(): number | undefined {
+    try {
+      return mlxInfo()?.maxRecommendedWorkingSetBytes;
+    } catch {
+      return undefined; // no addon: nativeBackends() says so
+    }
   }
 
   private nativeBackends(): string[] {

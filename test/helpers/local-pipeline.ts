@@ -76,6 +76,8 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
           embed: s.embed,
           head: s.head,
           threads: 1,
+          // The plan's backend when it names one (as LoadShard passes it to the node), else the engine's auto.
+          backend: plan.backend === "mlx" || plan.backend === "cpu" ? plan.backend : undefined,
         }),
       ),
     );

@@ -11,7 +11,8 @@ import { ClusterError } from "../../common/errors.js";
 import type { NodeStatus } from "../../common/wire/types.js";
 import type { ModelFootprint } from "../../coordinator/model-footprint.js";
 import { type PlannerNode, planLayers } from "../../coordinator/planner.js";
-import { MemoryGauge, macFigures } from "../../node-agent/memory-gauge.js";
+import { CapabilityReader } from "../../node-agent/capabilities.js";
+import { MemoryGauge, type MemorySources, macFigures } from "../../node-agent/memory-gauge.js";
 import {
   gpuWorkingSetLimit,
   linuxMemory,
@@ -130,6 +131,49 @@ describe("memory as the platforms count it", () => {
     expect(live.totalBytes).toBe(freeTotal);
     // Read a moment apart on a busy machine: within 5% of each other.
     expect(Math.abs(live.availableBytes - freeAvailable) / freeTotal).toBeLessThan(0.05);
+  });
+
+  it("capabilities take MLX's recommended working set where the node offers mlx; a CPU-only MLX has none", () => {
+    // A 192 GB Mac as the gauge reads it (recorded vm_stat and sysctl outputs), iogpu.wired_limit_mb at 0 or raised.
+    const mac = (wiredMb: string): MemorySources => ({
+      platform: "darwin",
+      readMeminfo: () => {
+        throw new Error("no /proc/meminfo on macOS");
+      },
+      runSync: (command, args) => {
+        const key = [command, ...args].join(" ");
+        if (key === "vm_stat") return fixture("macos-vm_stat-192gb.txt");
+        if (key === "sysctl -n hw.memsize") return `${192 * GIB}\n`;
+        if (key === "sysctl -n iogpu.wired_limit_mb") return `${wiredMb}\n`;
+        throw new Error(`unexpected command ${key}`);
+      },
+      run: async () => {
+        throw new Error("no background refresh in this test");
+      },
+    });
+    const read = (backends: string[], wiredMb: string, mlxBytes?: number) =>
+      new CapabilityReader({
+        modelDir: join(FIXTURES, "no-model-here"),
+        backends,
+        measuredBandwidthBps: 0,
+        mlxRecommendedWorkingSetBytes: mlxBytes,
+        memory: new MemoryGauge(mac(wiredMb)),
+      }).read();
+    const metal = 154_618_822_656; // what Metal reports on a 192 GB M2 Ultra (144 GiB)
+    expect(read(["cpu", "mlx"], "0", metal)).toMatchObject({
+      gpu_working_set_limit: metal,
+      gpu_working_set_source: "MLX recommended working set",
+    });
+    // MLX built without Metal reports no working set (mlxInfo() has none): the estimate of the default stands.
+    const estimate = read(["cpu", "mlx"], "0", undefined);
+    expect(estimate.gpu_working_set_limit).toBe(Math.round(0.75 * 192 * GIB));
+    expect(estimate.gpu_working_set_source).toMatch(/^estimate: 75% of memory/);
+    // A node without the mlx backend ignores MLX's figure; a raised sysctl wins over it.
+    expect(read(["cpu"], "0", metal).gpu_working_set_limit).toBe(Math.round(0.75 * 192 * GIB));
+    expect(read(["cpu", "mlx"], "180000", metal)).toMatchObject({
+      gpu_working_set_limit: 180_000 * MIB,
+      gpu_working_set_source: "sysctl iogpu.wired_limit_mb=180000",
+    });
   });
 
   it("a re-plan counts a node's mapped weights once, its KV and mlx buffers once, never more than its memory", () => {

@@ -7,8 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Engine } from "../../common/engine-api.js";
 import { ClusterError } from "../../common/errors.js";
 import type { PipelinePlan } from "../../coordinator/pipeline.js";
-import { Scheduler } from "../../coordinator/scheduler.js";
+import { PREFILL_CHUNK_TOKENS, Scheduler } from "../../coordinator/scheduler.js";
 import type { GenerationRequest } from "../../coordinator/token-generator.js";
+import { availableBackends } from "../../native/index.js";
 import { LocalPipeline } from "../helpers/local-pipeline.js";
 import {
   collect,
@@ -37,8 +38,8 @@ function twoStages(planId: string): PipelinePlan {
   return { planId, stages: [stage(0, 0, half), stage(1, half, layers)] };
 }
 
-async function pipeline(planId: string): Promise<LocalPipeline> {
-  const p = await LocalPipeline.start(modelDir, twoStages(planId));
+async function pipeline(planId: string, backend?: string): Promise<LocalPipeline> {
+  const p = await LocalPipeline.start(modelDir, { ...twoStages(planId), backend });
   pipelines.push(p);
   return p;
 }
@@ -103,6 +104,28 @@ describe("scheduler over an in-process pipeline", () => {
     expect(stopped.end).toBe("stop");
     expect(stopped.tokens).toEqual(expected[0].slice(0, expected[0].indexOf(stopAt) + 1));
     expect(scheduler.inFlight).toBe(0);
+  });
+
+  it("chunks prompts by the pipeline's backend (cpu 256, mlx 2048) unless told a size", async () => {
+    const cpu = await pipeline("p-chunk-cpu", "cpu");
+    const byBackend = new Scheduler({ contextWindow: 4096 });
+    byBackend.attach(cpu);
+    expect(byBackend.prefillChunkTokens).toBe(256);
+    const told = new Scheduler({ contextWindow: 4096, prefillChunkTokens: 64 });
+    told.attach(cpu);
+    expect(told.prefillChunkTokens).toBe(64);
+    if (!availableBackends().includes("mlx")) {
+      console.log("scheduler.test: skipping the mlx chunk check: the addon was built without MLX");
+      return;
+    }
+    const mlx = await pipeline("p-chunk-mlx", "mlx");
+    byBackend.attach(mlx);
+    expect(byBackend.prefillChunkTokens).toBe(PREFILL_CHUNK_TOKENS.mlx);
+    expect(PREFILL_CHUNK_TOKENS.mlx).toBe(2048);
+    // A prompt longer than one chunk still runs through: two prefill items, then decode.
+    const got = await collect(byBackend.generate(request(promptOf(2100, 5), 2)));
+    expect(got.tokens).toHaveLength(2);
+    expect(got.end).toBe("length");
   });
 
   it("admits in arrival order within the KV budget, and answers overloaded beyond the queue", async () => {

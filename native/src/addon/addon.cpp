@@ -46,12 +46,20 @@ Napi::Value available_backends(const Napi::CallbackInfo& info) {
   return a;
 }
 
-/** {version, device} of the MLX this addon was built with, or null when it was built without MLX. */
+/**
+ * The MLX this addon was built with: {version (loaded), builtWith, device, maxRecommendedWorkingSetBytes (GPU
+ * only), versionError (only on a mismatch)}, or null when it was built without MLX.
+ */
 Napi::Value mlx_info(const Napi::CallbackInfo& info) {
 #ifdef STUDIO_WITH_MLX
-  Napi::Object o = Napi::Object::New(info.Env());
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
   o.Set("version", mlx_version_text());
+  o.Set("builtWith", mlx_built_version_text());
   o.Set("device", mlx_device_kind());
+  if (auto bytes = mlx_max_recommended_working_set())
+    o.Set("maxRecommendedWorkingSetBytes", Napi::Number::New(env, static_cast<double>(*bytes)));
+  if (std::string error = mlx_version_error(); !error.empty()) o.Set("versionError", error);
   return o;
 #else
   return info.Env().Null();

@@ -182,6 +182,8 @@ Napi::Value EngineObject::load(const Napi::CallbackInfo& info) {
         kv_bytes_per_token_ = static_cast<double>(shard_->kv_bytes_per_token());
         kv_bytes_per_position_per_layer_ = static_cast<double>(shard_->kv_bytes_per_position_per_layer());
         backend_threads_ = shard_->backend().threads();
+        wired_limit_bytes_ = static_cast<double>(shard_->backend().wired_limit_bytes());
+        warmup_seconds_ = shard_->warmup_seconds();
       },
       [this](Napi::Env env) -> Napi::Value {
         on_progress_.Reset();
@@ -285,6 +287,8 @@ Napi::Value EngineObject::stats(const Napi::CallbackInfo& info) {
   o.Set("blockBytes", block_bytes_.load());
   o.Set("blocks", blocks_.load());
   o.Set("kvBytesPerPositionPerLayer", kv_bytes_per_position_per_layer_.load());
+  o.Set("wiredLimitBytes", wired_limit_bytes_.load());
+  o.Set("warmupSeconds", warmup_seconds_.load());
   return o;
 }
 

@@ -78,6 +78,8 @@ class EngineObject : public Napi::ObjectWrap<EngineObject> {
   std::atomic<double> block_bytes_{0};
   std::atomic<double> blocks_{0};
   std::atomic<double> kv_bytes_per_position_per_layer_{0};
+  std::atomic<double> wired_limit_bytes_{0};
+  std::atomic<double> warmup_seconds_{0};
   std::atomic<int> backend_threads_{0};
 };
 

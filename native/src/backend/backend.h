@@ -131,6 +131,21 @@ class Backend {
   // Weights. The source's memory (the shard mapping) outlives the returned handle.
   virtual std::unique_ptr<Matrix> matrix(const io::MatrixSource& source) = 0;
   virtual std::unique_ptr<Vector> vector(const io::HostTensor& source) = 0;
+  /**
+   * True when the handles point into the shard mapping (cpu), so loading faults the whole mapping in once.
+   * False when the backend reads the weights into its own memory (mlx): the mapping is then never touched,
+   * or the shard would be resident twice (docs/engine.md, "Loading").
+   */
+  virtual bool weights_in_mapping() const { return true; }
+  /** Called once every weight handle exists: a backend may release load-time state here. */
+  virtual void weights_loaded() {}
+  /** Bytes the backend keeps wired (never paged out) for its buffers; 0 when it sets no limit. */
+  virtual size_t wired_limit_bytes() const { return 0; }
+  /**
+   * True when the first forward pays one-off costs (MLX builds its kernels on first use): the shard then runs
+   * one throwaway step at load, so the first request does not pay them.
+   */
+  virtual bool wants_warmup() const { return false; }
 
   // Activations.
   virtual std::unique_ptr<Activations> activations(int64_t rows, int64_t cols) = 0;

@@ -102,6 +102,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_uniq
                 " needs " + std::to_string(numel * info.bytes));
     t.data = data + begin;
     t.bytes = end - begin;
+    t.file_offset = 8 + header_len + begin;
     auto [it, fresh] = tensors_.emplace(name, std::move(t));
     spans.push_back({begin, end, &it->first});
   }

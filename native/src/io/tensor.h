@@ -23,6 +23,8 @@ struct HostTensor {
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;
   size_t bytes = 0;
+  /** Where data starts in `file`: a backend that copies weights reads them from here rather than the mapping. */
+  uint64_t file_offset = 0;
 
   int64_t numel() const;
   std::string shape_text() const;

@@ -1,6 +1,9 @@
 #include "model/minimax_m2.h"
 
 #include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstdint>
 #include <cmath>
 #include <set>
 #include <stdexcept>
@@ -24,6 +27,26 @@ MinimaxM2Shard::MinimaxM2Shard(const std::string& model_dir, ModelConfig config,
                                std::unique_ptr<Backend> backend, const ProgressFn& progress)
     : config_(std::move(config)), range_(range), backend_(std::move(backend)), checkpoint_(model_dir) {
   weights_ = load_weights(checkpoint_, config_, range_, *backend_, progress);
+  if (backend_->wants_warmup()) warm_up();
+}
+
+void MinimaxM2Shard::warm_up() {
+  // One decode step of a throwaway sequence (no other exists yet): MLX builds its kernels (Metal pipelines,
+  // compiled functions) on first use, which would otherwise land on the first request.
+  const auto started = std::chrono::steady_clock::now();
+  constexpr uint32_t kWarmupSeq = UINT32_MAX;
+  std::vector<ForwardItem> batch(1);
+  batch[0].seq = kWarmupSeq;
+  if (range_.embed) {
+    batch[0].tokens = {0};
+  } else {
+    batch[0].hidden.assign(static_cast<size_t>(config_.hidden), 0.0f);
+    batch[0].has_hidden = true;
+  }
+  forward(batch);
+  sequences_.release(kWarmupSeq);
+  weight_bytes_read_ = 0;
+  warmup_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 }
 
 size_t MinimaxM2Shard::kv_bytes_per_token() const {

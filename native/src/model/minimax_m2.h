@@ -82,9 +82,12 @@ class MinimaxM2Shard {
   size_t sequences() const { return sequences_.size(); }
   /** Weight bytes the forward passes so far had to read (active experts only), summed. */
   double weight_bytes_read() const { return weight_bytes_read_; }
+  /** Seconds the load-time warm-up step took (0 when the backend wants none). */
+  double warmup_seconds() const { return warmup_seconds_; }
 
  private:
   void validate(const std::vector<ForwardItem>& batch);
+  void warm_up();
   void run_layer(int local, const LayerWeights& w, Activations& h, std::span<const int32_t> positions,
                  std::span<const AttentionSegment> segments);
   void attention(int local, const LayerWeights& w, const Activations& x, std::span<const int32_t> positions,
@@ -100,6 +103,7 @@ class MinimaxM2Shard {
   KvStore sequences_;
   BlockPool blocks_;
   double weight_bytes_read_ = 0;
+  double warmup_seconds_ = 0;
 };
 
 }  // namespace studio::model

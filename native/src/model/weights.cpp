@@ -104,18 +104,28 @@ ShardWeights load_weights(io::Checkpoint& checkpoint, const ModelConfig& cfg, co
     final_norm = &c.vector("model.norm.weight", cfg.hidden);
     lm_head = c.matrix("lm_head", 0, cfg.vocab, cfg.hidden);
   }
-  touch_all(c.tensors(), c.total(), progress);
+  // A backend that computes on the mapping has it faulted in now; one that reads the weights into its own
+  // memory (mlx) must not, or the shard would be resident twice. It reports progress layer by layer instead.
+  const bool in_mapping = backend.weights_in_mapping();
+  if (in_mapping) touch_all(c.tensors(), c.total(), progress);
+  size_t loaded = 0;
+  auto report = [&](size_t bytes) {
+    loaded += bytes;
+    if (!in_mapping && progress) progress(static_cast<double>(loaded), static_cast<double>(c.total()));
+  };
 
   ShardWeights w;
   w.total_bytes = c.total();
   if (embed) {
     w.embed = backend.matrix(*embed);
     w.embed_row_bytes = embed->total_bytes() / cfg.vocab;
+    report(embed->total_bytes());
   }
   if (lm_head) {
     w.lm_head = backend.matrix(*lm_head);
     w.final_norm = backend.vector(*final_norm);
     w.head_bytes = lm_head->total_bytes() + final_norm->bytes;
+    report(w.head_bytes);
   }
   for (size_t i = 0; i < layers.size(); ++i) {
     const LayerSources& s = layers[i];
@@ -135,8 +145,11 @@ ShardWeights load_weights(io::Checkpoint& checkpoint, const ModelConfig& cfg, co
     lw.down = backend.matrix(s.down);
     lw.dense_bytes = dense_bytes[i];
     lw.expert_bytes = (s.gate.total_bytes() + s.up.total_bytes() + s.down.total_bytes()) / cfg.experts;
+    const size_t layer_bytes = lw.dense_bytes + lw.expert_bytes * cfg.experts;
     w.layers.push_back(std::move(lw));
+    report(layer_bytes);
   }
+  backend.weights_loaded();
   return w;
 }
 

@@ -1,5 +1,7 @@
 // The weights of one shard, looked up in the checkpoint, validated against the config and handed to the
-// backend. Loading touches every byte once (so the first forward does not fault pages in) and reports progress.
+// backend. Loading reads every byte once and reports progress: a backend computing on the mapping (cpu) has it
+// faulted in (so the first forward does not fault pages in); one that reads the weights into its own memory
+// (mlx) leaves the mapping untouched.
 #pragma once
 
 #include <functional>

@@ -1,12 +1,24 @@
 #include "backend/mlx/mlx_backend.h"
 
+#include <dlfcn.h>
+#include <fcntl.h>
 #include <mlx/mlx.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <future>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <variant>
 #include <vector>
 
 #include "backend/mlx/mlx_handles.h"
@@ -38,24 +50,135 @@ mx::Dtype dtype_of(const io::HostTensor& t) {
   }
 }
 
-/**
- * The tensor as an MLX array. MLX wraps the mapped bytes without a copy where the device allows it (Metal,
- * page-aligned) and copies them otherwise; either way only this shard's tensors are ever read.
- */
-mx::array array_of(const io::HostTensor& t) {
-  mx::Shape shape;
-  for (int64_t d : t.shape) {
-    if (d > INT32_MAX) throw std::invalid_argument("mlx backend: tensor " + t.name + " has a dimension over 2^31");
-    shape.push_back(static_cast<int32_t>(d));
+/** A file descriptor closed on every exit path. */
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&&) = delete;
+  ~UniqueFd() {
+    if (fd_ >= 0) ::close(fd_);
   }
-  const mx::Dtype dtype = dtype_of(t);
-  // Checked before MLX reads a byte: a short tensor must be an error, never a read past its end.
-  const size_t needed = static_cast<size_t>(t.numel()) * mx::size_of(dtype);
-  if (needed != t.bytes)
-    throw std::invalid_argument("mlx backend: tensor " + t.name + " in " + t.file + " holds " +
-                                std::to_string(t.bytes) + " bytes, not the " + std::to_string(needed) +
-                                " its dtype and shape " + t.shape_text() + " need");
-  return mx::array(const_cast<uint8_t*>(t.data), std::move(shape), dtype, [](void*) {});
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// One pread call reads at most this much (macOS refuses a count over INT_MAX).
+constexpr size_t kMaxReadCall = 1ull << 30;
+// Tensors from twice this size are read in parts on several threads, as MLX's own safetensors loader does: one
+// reader does not reach a Mac SSD's bandwidth.
+constexpr size_t kReadPart = 64ull << 20;
+constexpr size_t kReaders = 4;
+
+/** n bytes of the file at offset into dst; throws naming `what` on a read error or a short file. */
+void read_exact(int fd, uint8_t* dst, size_t n, uint64_t offset, const std::string& what) {
+  while (n > 0) {
+    const ssize_t got = ::pread(fd, dst, std::min(n, kMaxReadCall), static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) throw std::runtime_error(what + ": cannot read (" + std::strerror(errno) + ")");
+    if (got == 0) throw std::runtime_error(what + ": the file ends before the tensor does (truncated?)");
+    dst += got;
+    n -= static_cast<size_t>(got);
+    offset += static_cast<uint64_t>(got);
+  }
+}
+
+/** Like read_exact, large spans split over kReaders threads. */
+void read_parallel(int fd, uint8_t* dst, size_t n, uint64_t offset, const std::string& what) {
+  if (n < 2 * kReadPart) return read_exact(fd, dst, n, offset, what);
+  const size_t parts = std::min(kReaders, n / kReadPart);
+  const size_t per = (n + parts - 1) / parts;
+  std::vector<std::future<void>> readers;
+  for (size_t begin = 0; begin < n; begin += per) {
+    const size_t len = std::min(per, n - begin);
+    readers.push_back(std::async(std::launch::async, read_exact, fd, dst + begin, len, offset + begin, what));
+  }
+  // get() rethrows a reader's error; every reader is waited for first, since they all write into dst.
+  for (auto& r : readers) r.wait();
+  for (auto& r : readers) r.get();
+}
+
+/**
+ * Reads the shard's tensors from their files straight into MLX buffers: each byte is read once, into memory
+ * MLX owns, and the shard's mapping is never touched, so the shard is resident once (docs/architecture.md,
+ * Engine). Through the mapping it was resident twice: MLX copies any pointer it cannot wrap (always on its cpu
+ * device, and on Metal whenever the tensor is not page-aligned, which safetensors tensors are not), and the
+ * mapped pages stayed resident beside the copy.
+ */
+class WeightReader {
+ public:
+  mx::array read(const io::HostTensor& t) {
+    mx::Shape shape;
+    for (int64_t d : t.shape) {
+      if (d > INT32_MAX) throw std::invalid_argument("mlx backend: tensor " + t.name + " has a dimension over 2^31");
+      shape.push_back(static_cast<int32_t>(d));
+    }
+    const mx::Dtype dtype = dtype_of(t);
+    // Checked before a byte is read: a short tensor must be an error, never a read past its end.
+    const size_t needed = static_cast<size_t>(t.numel()) * mx::size_of(dtype);
+    if (needed != t.bytes)
+      throw std::invalid_argument("mlx backend: tensor " + t.name + " in " + t.file + " holds " +
+                                  std::to_string(t.bytes) + " bytes, not the " + std::to_string(needed) +
+                                  " its dtype and shape " + t.shape_text() + " need");
+    if (needed == 0) return mx::zeros(shape, dtype);
+    mx::array out(mx::allocator::malloc(needed), std::move(shape), dtype);
+    read_parallel(fd_of(t.file), out.data<uint8_t>(), needed, t.file_offset, t.file + ": tensor " + t.name);
+    bytes_ += needed;
+    return out;
+  }
+
+  /** Closes the files once loading is over. */
+  void close() { files_.clear(); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  int fd_of(const std::string& path) {
+    auto it = files_.find(path);
+    if (it == files_.end()) {
+      UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      if (fd.get() < 0) throw std::runtime_error(path + ": cannot open (" + std::strerror(errno) + ")");
+      it = files_.emplace(path, std::move(fd)).first;
+    }
+    return it->second.get();
+  }
+
+  std::map<std::string, UniqueFd> files_;
+  size_t bytes_ = 0;
+};
+
+/**
+ * The device's recommended maximum working set (Metal reports it; MLX's cpu device and CUDA do not), or nothing.
+ */
+std::optional<size_t> max_recommended_working_set() {
+  if (!mx::gpu::is_available()) return std::nullopt;
+  const auto& info = mx::device_info(mx::Device::gpu);
+  auto it = info.find("max_recommended_working_set_size");
+  if (it == info.end() || !std::holds_alternative<size_t>(it->second)) return std::nullopt;
+  const size_t bytes = std::get<size_t>(it->second);
+  return bytes > 0 ? std::optional<size_t>(bytes) : std::nullopt;
+}
+
+// MLX's wired limit is process-wide and a process may hold several mlx engines (a split run in one process):
+// the first one sets it, the last one to go restores what was there before.
+std::mutex wired_mutex;
+int wired_holders = 0;
+size_t wired_before = 0;
+
+/**
+ * Keeps the weights wired (resident, never paged out between tokens) up to `limit` bytes, as mlx-lm does while it
+ * generates: MLX's wired limit set to the device's recommended maximum working set.
+ */
+void hold_wired_limit(size_t limit) {
+  std::lock_guard lock(wired_mutex);
+  const size_t previous = mx::set_wired_limit(limit);
+  if (wired_holders++ == 0) wired_before = previous;
+}
+
+void release_wired_limit() {
+  std::lock_guard lock(wired_mutex);
+  if (--wired_holders == 0) mx::set_wired_limit(wired_before);
 }
 
 /** The expert choice on the device: index [rows, k] and weights [rows, k, 1] (f32). */
@@ -74,10 +197,15 @@ class MlxBackend final : public Backend {
   MlxBackend(mx::Device device, mx::Dtype compute)
       : device_(device), stream_(mx::new_stream(device)), compute_(compute) {
     mx::set_default_device(device_);
+    // Ops MLX adds by itself (casts inside fast kernels, compiled functions) run on the default stream: ours,
+    // so nothing waits on a fence between two streams. Default streams are per thread, and each engine has
+    // its own thread.
+    mx::set_default_stream(stream_);
   }
   ~MlxBackend() override {
     // Work still queued on the stream must not outlive the arrays it writes.
     mx::synchronize(stream_);
+    if (wired_limit_ > 0) release_wired_limit();
   }
 
   std::string name() const override { return "mlx"; }
@@ -91,10 +219,10 @@ class MlxBackend final : public Backend {
       if (!source.scales || !source.biases)
         throw std::invalid_argument("mlx backend: quantized tensor " + source.weight.name +
                                     " needs both scales and biases");
-      scales = array_of(*source.scales);
-      biases = array_of(*source.biases);
+      scales = reader_.read(*source.scales);
+      biases = reader_.read(*source.biases);
     }
-    mx::array weight = array_of(source.weight);
+    mx::array weight = reader_.read(source.weight);
     // MLX's cpu GatherMM takes only f32: plain stacked experts are widened once here rather than on every call.
     if (!source.quantized() && source.experts > 0 && device_ == mx::Device::cpu && weight.dtype() != mx::float32) {
       weight = mx::astype(weight, mx::float32, stream_);
@@ -109,10 +237,23 @@ class MlxBackend final : public Backend {
   }
 
   std::unique_ptr<Vector> vector(const io::HostTensor& source) override {
-    auto v = std::make_unique<MlxVector>(array_of(source));
+    auto v = std::make_unique<MlxVector>(reader_.read(source));
     v->size = source.numel();
     return v;
   }
+
+  bool weights_in_mapping() const override { return false; }
+
+  void weights_loaded() override {
+    reader_.close();
+    if (auto limit = max_recommended_working_set()) {
+      hold_wired_limit(*limit);
+      wired_limit_ = *limit;
+    }
+  }
+
+  size_t wired_limit_bytes() const override { return wired_limit_; }
+  bool wants_warmup() const override { return true; }
 
   std::unique_ptr<Activations> activations(int64_t rows, int64_t cols) override {
     auto a = std::make_unique<MlxActivations>();
@@ -199,8 +340,7 @@ class MlxBackend final : public Backend {
       auto [keys, values] = cache->append(layer, kh, vh, s.position);
       // Causal with the queries aligned to the last keys; a single query sees every cached position anyway.
       const std::string mask = s.rows > 1 ? "causal" : "";
-      auto o = mx::fast::scaled_dot_product_attention(qh, keys, values, shape.scale, mask, std::nullopt, std::nullopt,
-                                                      false, stream_);
+      auto o = sdpa(qh, keys, values, shape.scale, mask);
       const int rows = static_cast<int>(s.rows);
       parts.push_back(mx::reshape(mx::transpose(o, {0, 2, 1, 3}, stream_), {rows, shape.heads * shape.head_dim},
                                   stream_));
@@ -262,6 +402,15 @@ class MlxBackend final : public Backend {
     return device_ == mx::Device::cpu ? mx::astype(x, mx::float32, stream_) : x;
   }
 
+  mx::array sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, const std::string& mask) {
+#if MLX_VERSION_NUMERIC >= 32002
+    // 0.32.2 added force_fused (false: MLX picks the kernel) before the stream argument.
+    return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask, std::nullopt, std::nullopt, false, stream_);
+#else
+    return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask, std::nullopt, std::nullopt, stream_);
+#endif
+  }
+
   /** y = x W^T for a single matrix. */
   mx::array linear(const MlxMatrix& w, const mx::array& x) {
     if (w.quantized())
@@ -279,13 +428,16 @@ class MlxBackend final : public Backend {
     return mx::gather_mm(mx::astype(x, b.dtype(), stream_), b, std::nullopt, index, sorted, stream_);
   }
 
-  /** SwiGLU over the gathered experts: down(silu(gate x) * up x), the product taken in f32. */
+  /**
+   * SwiGLU over the gathered experts: down(silu(gate x) * up x) in the compute dtype, as mlx-lm takes it: one
+   * compiled (fused) kernel on the products as they come (compute dtype), instead of two casts to f32 and three
+   * element-wise kernels. Within bf16 tolerance of the f32 reference (test/engine/engine-mlx.test.ts).
+   */
   mx::array swiglu(const MlxMatrix& gate, const MlxMatrix& up, const MlxMatrix& down, const mx::array& x,
                    const mx::array& index, bool sorted) {
-    auto g = mx::astype(gathered_linear(gate, x, index, sorted), mx::float32, stream_);
-    auto u = mx::astype(gathered_linear(up, x, index, sorted), mx::float32, stream_);
-    auto act = mx::multiply(mx::multiply(g, mx::sigmoid(g, stream_), stream_), u, stream_);
-    return gathered_linear(down, mx::astype(act, compute_, stream_), index, sorted);
+    auto g = mx::astype(gathered_linear(gate, x, index, sorted), compute_, stream_);
+    auto u = mx::astype(gathered_linear(up, x, index, sorted), compute_, stream_);
+    return gathered_linear(down, silu_product()({g, u})[0], index, sorted);
   }
 
   /** Every row against its k experts: x [rows, 1, 1, hidden] x index [rows, k] -> [rows, k, hidden]. */
@@ -330,8 +482,21 @@ class MlxBackend final : public Backend {
     return mx::transpose(mx::reshape(rows, {1, r1 - r0, heads, head_dim}, stream_), {0, 2, 1, 3}, stream_);
   }
 
+  /** silu(g) * u as one compiled function (shapeless: one compilation for every batch size). */
+  static const std::function<std::vector<mx::array>(const std::vector<mx::array>&)>& silu_product() {
+    static const auto compiled = mx::compile(
+        [](const std::vector<mx::array>& in) -> std::vector<mx::array> {
+          const mx::array& g = in[0];
+          return {mx::multiply(mx::multiply(g, mx::sigmoid(g)), in[1])};
+        },
+        true);
+    return compiled;
+  }
+
   mx::Device device_;
   mx::Stream stream_;
+  WeightReader reader_;
+  size_t wired_limit_ = 0;
   // Activations and KV: bf16 (what MLX models run in), or f32 to check the ops against the cpu backend.
   // The router runs in f32 either way (docs/model.md).
   mx::Dtype compute_;
@@ -345,6 +510,7 @@ bool has_gpu() { return mx::gpu::is_available(); }
 }  // namespace mlxb
 
 std::unique_ptr<Backend> make_mlx_backend() {
+  if (std::string error = mlx_version_error(); !error.empty()) throw std::runtime_error(error);
   const mlx::core::Device device = mlxb::has_gpu() ? mlx::core::Device::gpu : mlx::core::Device::cpu;
   const char* dtype = std::getenv("STUDIO_MLX_DTYPE");
   const std::string choice = dtype ? dtype : "bf16";
@@ -356,5 +522,26 @@ std::unique_ptr<Backend> make_mlx_backend() {
 std::string mlx_device_kind() { return mlxb::has_gpu() ? "gpu" : "cpu"; }
 
 std::string mlx_version_text() { return mlx::core::version(); }
+
+std::string mlx_built_version_text() {
+  return std::to_string(MLX_VERSION_MAJOR) + "." + std::to_string(MLX_VERSION_MINOR) + "." +
+         std::to_string(MLX_VERSION_PATCH);
+}
+
+std::string mlx_version_error() {
+  const std::string loaded = mlx_version_text();
+  int major = -1, minor = -1, patch = -1;
+  // A dev build's version carries a suffix after the release numbers; those numbers must agree.
+  if (std::sscanf(loaded.c_str(), "%d.%d.%d", &major, &minor, &patch) == 3 && major == MLX_VERSION_MAJOR &&
+      minor == MLX_VERSION_MINOR && patch == MLX_VERSION_PATCH)
+    return "";
+  Dl_info where{};
+  const bool found = ::dladdr(reinterpret_cast<void*>(&mlx::core::version), &where) != 0 && where.dli_fname;
+  return "MLX version mismatch: studio_engine was built against MLX " + mlx_built_version_text() +
+         " but loaded MLX " + loaded + (found ? std::string(" from ") + where.dli_fname : std::string()) +
+         "; rebuild the engine against the installed MLX (npm rebuild), or install MLX " + mlx_built_version_text();
+}
+
+std::optional<size_t> mlx_max_recommended_working_set() { return mlxb::max_recommended_working_set(); }
 
 }  // namespace studio

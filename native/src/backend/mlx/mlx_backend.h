@@ -7,7 +7,9 @@
 // and destroyed on one thread (the engine thread).
 #pragma once
 
+#include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "backend/backend.h"
@@ -24,7 +26,20 @@ std::unique_ptr<Backend> make_mlx_backend();
 /** "gpu" or "cpu": the MLX device make_mlx_backend() would compute on. */
 std::string mlx_device_kind();
 
-/** The MLX version the addon was built against, e.g. "0.29.1". */
+/** The version of the MLX library loaded at run time, e.g. "0.32.1" (a dev build adds a suffix). */
 std::string mlx_version_text();
+
+/** The version of the MLX headers the addon was compiled against, "major.minor.patch". */
+std::string mlx_built_version_text();
+
+/**
+ * Empty when the MLX loaded at run time has the version the addon was compiled against; otherwise a message
+ * naming both (and the library's path). make_mlx_backend() throws it: MLX's C++ ABI is not stable across
+ * releases, so a mismatch would otherwise fail somewhere deep inside a forward.
+ */
+std::string mlx_version_error();
+
+/** The GPU's recommended maximum working set as MLX reports it (Metal), or nothing (MLX's cpu device, CUDA). */
+std::optional<size_t> mlx_max_recommended_working_set();
 
 }  // namespace studio

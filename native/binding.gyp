@@ -23,6 +23,7 @@
         "src/backend/cpu/cpu_backend.cpp",
         "src/backend/cpu/attention.cpp",
         "src/backend/cpu/expert_mlp.cpp",
+        "src/backend/cpu/workspace.cpp",
         "src/backend/cpu/bandwidth.cpp",
         "src/addon/engine_thread.cpp",
         "src/addon/js_convert.cpp",

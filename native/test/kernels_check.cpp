@@ -156,8 +156,9 @@ std::vector<std::vector<float>> random_inputs(Lcg& rng, int64_t in) {
 
 /** y (rows x kOut) of the kernels for the given input rows, output rows computed in calls of `split` rows. */
 std::vector<float> run_kernel(const MatView& m, std::span<const float* const> rows, bool exact, int64_t split) {
+  studio::cpu::Arena arena;
   PreparedX px;
-  studio::cpu::prepare_x(m, rows, px, exact);
+  studio::cpu::prepare_x(m, rows, px, arena, exact);
   std::vector<float> y(rows.size() * kOut, NAN);
   for (int64_t r0 = 0; r0 < kOut; r0 += split)
     studio::cpu::matmul_rows(m, px, r0, std::min(kOut, r0 + split), y.data(), kOut);
@@ -241,8 +242,9 @@ void check_matmul(const Matrix& m, const std::vector<std::vector<float>>& x, boo
   ++r.cases;
   std::vector<const float*> rows;
   for (const auto& row : x) rows.push_back(row.data());
+  studio::cpu::Arena arena;
   PreparedX probe;
-  studio::cpu::prepare_x(m.view, std::span(rows).first(1), probe, exact);
+  studio::cpu::prepare_x(m.view, std::span(rows).first(1), probe, arena, exact);
   const std::vector<float> batch = run_kernel(m.view, rows, exact, kOut);
   r.hash(batch);
   check_against_formula(m, x, batch, probe.int16, name, r);

@@ -272,6 +272,27 @@ describe("determinism", () => {
     await Promise.all([30, 31, 32, 33].map((s) => engine.release(s)));
   });
 
+  it("scratch memory reused across calls leaves nothing behind: a fresh engine gives the same bits", async () => {
+    // The cpu backend keeps its buffers between calls, uninitialised (native/README.md, "Scratch memory"): a
+    // large prefill and a batch leave them full of other values before the small calls compared here.
+    const long = Array.from({ length: 90 }, (_, i) => 5 + ((i * 41) % 1000));
+    await one(engine, { seq: 60, position: 0, tokens: tokens(long) });
+    await engine.forward([
+      { seq: 61, position: 0, tokens: tokens(long.slice(0, 33)) },
+      { seq: 60, position: long.length, tokens: tokens([7]) },
+    ]);
+    const reused = await greedyRun(engine, 62, PROMPT, 3);
+    const fresh = await full(dir);
+    try {
+      const first = await greedyRun(fresh, 62, PROMPT, 3);
+      for (let i = 0; i < first.length; i++)
+        expect(bytesOf(reused[i]).equals(bytesOf(first[i])), `step ${i}`).toBe(true);
+    } finally {
+      await fresh.close();
+    }
+    await Promise.all([60, 61, 62].map((s) => engine.release(s)));
+  });
+
   it("results do not depend on the thread count", async () => {
     const one_thread = await full(dir, 1);
     try {

@@ -164,6 +164,7 @@ export class Build {
       "test/kernels_check.cpp",
       "src/backend/cpu/kernels.cpp",
       "src/backend/cpu/kernels_int16.cpp",
+      "src/backend/cpu/workspace.cpp",
       "src/io/tensor.cpp",
     ]);
   }

@@ -21,6 +21,11 @@ namespace {
 // prefetchers' best case: 16 rows measured 28 tokens/s on the bench model, 128 rows 45); 512 balanced worse.
 constexpr int64_t kRowChunk = 128;
 
+// Input rows per work item when a matmul's inputs are prepared on the pool, and the fewest rows for which that
+// pays for the dispatch.
+constexpr int64_t kPrepareChunk = 16;
+constexpr int64_t kParallelPrepareRows = 32;
+
 class CpuMatrix final : public Matrix {
  public:
   explicit CpuMatrix(const io::MatrixSource& s) : source(s) {
@@ -37,15 +42,27 @@ class CpuVector final : public Vector {
   std::vector<float> data;
 };
 
+// Rows x cols floats from the backend's pool, uninitialised: every operation writes all of its output.
 class CpuActivations final : public Activations {
  public:
-  CpuActivations(int64_t r, int64_t c) : data(static_cast<size_t>(r * c)) {
+  CpuActivations(int64_t r, int64_t c, std::shared_ptr<BufferPool> pool)
+      : pool_(std::move(pool)), buffer_(pool_->acquire(static_cast<size_t>(r * c))) {
     rows = r;
     cols = c;
   }
-  float* row(int64_t r) { return data.data() + r * cols; }
-  const float* row(int64_t r) const { return data.data() + r * cols; }
-  std::vector<float> data;
+  ~CpuActivations() override { pool_->release(std::move(buffer_)); }
+  CpuActivations(const CpuActivations&) = delete;
+  CpuActivations& operator=(const CpuActivations&) = delete;
+
+  float* data() { return buffer_.data.get(); }
+  const float* data() const { return buffer_.data.get(); }
+  size_t size() const { return static_cast<size_t>(rows * cols); }
+  float* row(int64_t r) { return data() + r * cols; }
+  const float* row(int64_t r) const { return data() + r * cols; }
+
+ private:
+  std::shared_ptr<BufferPool> pool_;
+  BufferPool::Buffer buffer_;
 };
 
 const CpuMatrix& cast(const Matrix& m) { return static_cast<const CpuMatrix&>(m); }
@@ -62,7 +79,11 @@ std::vector<const float*> row_pointers(const CpuActivations& a) {
 }  // namespace
 
 CpuBackend::CpuBackend(int threads)
-    : pool_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {}
+    : pool_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
+      buffers_(std::make_shared<BufferPool>()),
+      expert_mlp_(std::make_unique<ExpertMlp>()) {}
+
+CpuBackend::~CpuBackend() = default;
 
 std::unique_ptr<Matrix> CpuBackend::matrix(const io::MatrixSource& source) {
   return std::make_unique<CpuMatrix>(source);
@@ -77,17 +98,17 @@ std::unique_ptr<Vector> CpuBackend::vector(const io::HostTensor& source) {
 }
 
 std::unique_ptr<Activations> CpuBackend::activations(int64_t rows, int64_t cols) {
-  return std::make_unique<CpuActivations>(rows, cols);
+  return std::make_unique<CpuActivations>(rows, cols, buffers_);
 }
 
 void CpuBackend::upload(const float* src, Activations& dst) {
   auto& d = cast(dst);
-  std::memcpy(d.data.data(), src, d.data.size() * sizeof(float));
+  std::memcpy(d.data(), src, d.size() * sizeof(float));
 }
 
 void CpuBackend::download(const Activations& src, float* dst) {
   const auto& s = cast(src);
-  std::memcpy(dst, s.data.data(), s.data.size() * sizeof(float));
+  std::memcpy(dst, s.data(), s.size() * sizeof(float));
 }
 
 void CpuBackend::gather_rows(const Activations& src, std::span<const int64_t> rows, Activations& dst) {
@@ -107,10 +128,16 @@ void CpuBackend::matmul(const Matrix& w, const Activations& x, Activations& y) {
 void CpuBackend::matmul_rows_of(const Matrix& w, const Activations& x, Activations& y, bool exact) {
   const MatView m = cast(w).view();
   auto& yo = cast(y);
-  PreparedX px;
   const std::vector<const float*> rows = row_pointers(cast(x));
-  prepare_x(m, rows, px, exact);
-  pool_.parallel_for(m.out, kRowChunk, [&](int64_t b, int64_t e) { matmul_rows(m, px, b, e, yo.data.data(), m.out); });
+  matmul_arena_.reset();
+  PreparedX px;
+  reserve_x(m, static_cast<int64_t>(rows.size()), px, matmul_arena_, exact);
+  // Preparing a prefill chunk's rows is worth sharing out; a decode step's row is not worth a dispatch.
+  if (px.rows >= kParallelPrepareRows)
+    pool_.parallel_for(px.rows, kPrepareChunk, [&](int64_t b, int64_t e) { fill_x(m, rows, px, b, e); });
+  else
+    fill_x(m, rows, px, 0, px.rows);
+  pool_.parallel_for(m.out, kRowChunk, [&](int64_t b, int64_t e) { matmul_rows(m, px, b, e, yo.data(), m.out); });
 }
 
 void CpuBackend::rms_norm(const Activations& x, const Vector& w, float eps, Activations& y) {
@@ -158,7 +185,9 @@ void CpuBackend::rope(Activations& x, const RopeShape& shape, std::span<const in
 void CpuBackend::add(Activations& acc, const Activations& x) {
   auto& a = cast(acc);
   const auto& b = cast(x);
-  for (size_t i = 0; i < a.data.size(); ++i) a.data[i] += b.data[i];
+  float* ad = a.data();
+  const float* bd = b.data();
+  for (size_t i = 0; i < a.size(); ++i) ad[i] += bd[i];
 }
 
 std::unique_ptr<KvCache> CpuBackend::kv_cache(int layers, int kv_width) {
@@ -180,14 +209,14 @@ void CpuBackend::attention(const Activations& q, const Activations& k, const Act
         cache->store(layer, s.position + t, h, dim, ka.row(s.row + t) + h * dim, va.row(s.row + t) + h * dim);
       }
   }
-  grouped_attention(pool_, qa.data.data(), qa.rows, layer, segments, shape, oa.data.data());
+  grouped_attention(pool_, qa.data(), qa.rows, layer, segments, shape, oa.data());
 }
 
 Routing CpuBackend::route(const Matrix& gate, const Vector& bias, const Activations& x, int top_k) {
   const auto& xa = cast(x);
   const auto& b = cast(bias).data;
   const int64_t experts = gate.out;
-  CpuActivations logits(xa.rows, experts);
+  CpuActivations logits(xa.rows, experts, buffers_);
   // docs/model.md: the router runs in f32, so its inputs stay f32 (no int16 path).
   matmul_rows_of(gate, x, logits, true);
   Routing routing;
@@ -220,8 +249,8 @@ Routing CpuBackend::route(const Matrix& gate, const Vector& bias, const Activati
 void CpuBackend::experts(const Matrix& gate, const Matrix& up, const Matrix& down, const Activations& x,
                          const Routing& routing, Activations& out) {
   const auto& xa = cast(x);
-  ExpertMlp mlp(cast(gate).source, cast(up).source, cast(down).source, xa.data.data(), xa.rows, routing);
-  mlp.run(pool_, cast(out).data.data());
+  expert_mlp_->run(pool_, cast(gate).source, cast(up).source, cast(down).source, xa.data(), xa.rows, routing,
+                   cast(out).data());
 }
 
 std::unique_ptr<Backend> make_cpu_backend_impl(int threads) { return std::make_unique<CpuBackend>(threads); }

@@ -6,12 +6,20 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/thread_pool.h"
+#include "backend/cpu/workspace.h"
 
 namespace studio::cpu {
 
+class ExpertMlp;
+
+/**
+ * Operations are called one at a time (the model's forward runs on one thread; the pool does the
+ * parallelism), which is what lets the scratch below be shared by every call.
+ */
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads);
+  ~CpuBackend() override;
 
   std::string name() const override { return "cpu"; }
   int threads() const override { return pool_.size(); }
@@ -40,6 +48,9 @@ class CpuBackend final : public Backend {
   void matmul_rows_of(const Matrix& w, const Activations& x, Activations& y, bool exact);
 
   ThreadPool pool_;
+  std::shared_ptr<BufferPool> buffers_;  // activations' memory, reused (workspace.h)
+  Arena matmul_arena_;                    // a dense matmul's prepared inputs
+  std::unique_ptr<ExpertMlp> expert_mlp_;  // the routed experts' scratch
 };
 
 }  // namespace studio::cpu

@@ -13,7 +13,8 @@
 
 namespace studio::cpu::blocks {
 
-// Tokens per tile: the tile's inputs stay in L2 while a row's groups are unpacked once for all of them.
+// Tokens per tile of the float path: the tile's inputs stay in L2 while a row's groups are unpacked once for
+// all of them.
 inline constexpr int64_t kTile = 16;
 inline constexpr int kMaxGroup = 128;
 
@@ -42,7 +43,8 @@ inline constexpr int kBlock = 4;
 /**
  * Up to this many tokens (a batch of decode steps) run the small-batch kernels: each weight row is streamed
  * once from memory for all of them, in blocks of kBlock tokens whose accumulators stay in registers. More
- * tokens (prefill) take the tiled path. Both run the same arithmetic per token.
+ * tokens (prefill) take the tiled path of the float kernels, or, in the int16 path, batches of this many tokens
+ * one after the other. All run the same arithmetic per token.
  */
 inline constexpr int64_t kSmallBatch = 8;
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "backend/cpu/kernel_blocks.h"
@@ -279,48 +280,36 @@ MatView view_of(const io::MatrixSource& source, int64_t e) {
   return m;
 }
 
-void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, bool exact) {
-  out.rows = static_cast<int64_t>(rows.size());
+void reserve_x(const MatView& m, int64_t rows, PreparedX& out, Arena& arena, bool exact) {
+  out.rows = rows;
   out.in = m.in;
   out.bits = m.bits;
   out.group = m.group;
   out.int16 = has_int16_dot() && !exact && (m.bits == 4 || m.bits == 8);
-  if (out.int16) {
-    const int64_t groups = m.in / m.group;
-    out.xq.resize(out.rows * m.in);
-    out.xscale.resize(out.rows * groups);
-    out.sums.resize(out.rows * groups);
-    for (int64_t t = 0; t < out.rows; ++t) {
-      quantize_row_int16(rows[t], m, out.xq.data() + t * m.in, out.xscale.data() + t * groups);
-      for (int64_t g = 0; g < groups; ++g) {
-        float s = 0;
-        for (int k = 0; k < m.group; ++k) s += rows[t][g * m.group + k];
-        out.sums[t * groups + g] = s;
-      }
-    }
-    return;
-  }
-  out.x.resize(out.rows * m.in);
-  if (m.bits == 0) {
-    for (int64_t t = 0; t < out.rows; ++t) std::memcpy(out.x.data() + t * m.in, rows[t], m.in * sizeof(float));
-    out.sums.clear();
-    return;
-  }
-  const int64_t groups = m.in / m.group;
-  out.sums.resize(out.rows * groups);
-  for (int64_t t = 0; t < out.rows; ++t) {
+  const int64_t groups = m.bits == 0 ? 0 : m.in / m.group;
+  out.x = out.int16 ? std::span<float>() : arena.take<float>(rows * m.in);
+  out.xq = out.int16 ? arena.take<int16_t>(rows * m.in) : std::span<int16_t>();
+  out.xscale = out.int16 ? arena.take<float>(rows * groups) : std::span<float>();
+  out.sums = arena.take<float>(rows * groups);
+}
+
+void fill_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, int64_t begin, int64_t end) {
+  const int64_t groups = m.bits == 0 ? 0 : m.in / m.group;
+  for (int64_t t = begin; t < end; ++t) {
     const float* src = rows[t];
-    float* dst = out.x.data() + t * m.in;
-    if (m.bits == 4) {
+    if (out.int16) {
+      quantize_row_int16(src, m, out.xq.data() + t * m.in, out.xscale.data() + t * groups);
+    } else if (m.bits == 4) {
       // decode4 yields the even elements of a kStep block, then the odd ones: order the inputs the same way.
       constexpr int L = simd::kLanes;
+      float* dst = out.x.data() + t * m.in;
       for (int64_t i = 0; i < m.in; i += simd::kStep)
         for (int j = 0; j < L; ++j) {
           dst[i + j] = src[i + 2 * j];
           dst[i + L + j] = src[i + 2 * j + 1];
         }
     } else {
-      std::memcpy(dst, src, m.in * sizeof(float));
+      std::memcpy(out.x.data() + t * m.in, src, m.in * sizeof(float));
     }
     for (int64_t g = 0; g < groups; ++g) {
       float s = 0;
@@ -328,6 +317,25 @@ void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& 
       out.sums[t * groups + g] = s;
     }
   }
+}
+
+void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, Arena& arena, bool exact) {
+  reserve_x(m, static_cast<int64_t>(rows.size()), out, arena, exact);
+  fill_x(m, rows, out, 0, out.rows);
+}
+
+void gather_x(const PreparedX& src, std::span<const int64_t> rows, PreparedX& dst) {
+  const int64_t in = src.in;
+  const int64_t groups = src.bits == 0 ? 0 : in / src.group;
+  auto copy = [&](auto from, auto to, int64_t width) {
+    if (from.empty()) return;
+    for (size_t i = 0; i < rows.size(); ++i)
+      std::memcpy(to.data() + i * width, from.data() + rows[i] * width, width * sizeof(from[0]));
+  };
+  copy(src.x, dst.x, in);
+  copy(src.xq, dst.xq, in);
+  copy(src.xscale, dst.xscale, groups);
+  copy(src.sums, dst.sums, groups);
 }
 
 void matmul_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y,

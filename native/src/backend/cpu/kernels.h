@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "backend/cpu/workspace.h"
 #include "io/tensor.h"
 
 namespace studio::cpu {
@@ -35,6 +36,7 @@ MatView view_of(const io::MatrixSource& source, int64_t e);
  * build has 16-bit integer dot products (AVX-512 VNNI), 4- and 8-bit matrices take the inputs as int16 per
  * group (xq = round(x / xscale), xscale = max|x_g| / 32767, error <= 1.5e-5 of the group's largest input) and
  * sum q * xq exactly in integers: about 1.5x less cpu per decoded token than the float path.
+ * The arrays are views into an Arena (workspace.h): valid until its next reset().
  */
 struct PreparedX {
   int64_t rows = 0;
@@ -42,17 +44,24 @@ struct PreparedX {
   int bits = 0;
   int group = 0;
   bool int16 = false;
-  std::vector<float> x;        // float path
-  std::vector<int16_t> xq;     // int16 path
-  std::vector<float> xscale;   // int16 path, rows * groups
-  std::vector<float> sums;
+  std::span<float> x;        // float path, rows * in
+  std::span<int16_t> xq;     // int16 path, rows * in
+  std::span<float> xscale;   // int16 path, rows * groups
+  std::span<float> sums;     // quantized formats, rows * groups
 };
 
 /** True when this build has the int16 path (prepare_x uses it unless asked for exact f32 inputs). */
 bool has_int16_dot();
 
 /** Prepares rows (each `in` floats) for matrices of m's format; exact keeps f32 inputs (the router). */
-void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, bool exact = false);
+void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, Arena& arena, bool exact = false);
+
+/** prepare_x in two steps: take room for `rows` rows from the arena, then fill rows [begin, end) (any thread). */
+void reserve_x(const MatView& m, int64_t rows, PreparedX& out, Arena& arena, bool exact = false);
+void fill_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, int64_t begin, int64_t end);
+
+/** dst row i = src row rows[i], as prepared (dst reserved for rows.size() rows of src's format). */
+void gather_x(const PreparedX& src, std::span<const int64_t> rows, PreparedX& dst);
 
 /** y[t * y_stride + o] = (x_t W^T)[o] for o in [row_begin, row_end) and every prepared row t. */
 void matmul_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y,

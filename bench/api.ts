@@ -9,7 +9,7 @@ import { fromChatCompletions, type TemplateTool } from "../chat/conversation.js"
 import type { SamplingParams } from "../common/engine-api.js";
 import { loadVocabulary } from "../common/token-vocabulary.js";
 import { ToolConstraint, type ToolConstraintSpec, ToolGrammar } from "../common/tool-grammar.js";
-import { JsonFormat } from "../node-agent/json-format.js";
+import { ReplyConstraint } from "../node-agent/reply-constraint.js";
 import { startApiCluster } from "../test/helpers/api-cluster.js";
 import { median } from "./stats.js";
 
@@ -51,6 +51,27 @@ const JSON_FORMAT = {
   },
 };
 const MESSAGES = [{ role: "user", content: "Tell me everything about the weather in Paris in spring." }];
+
+/** A run longer than this is taken as hung: the bench says which and stops, rather than waiting for ever. */
+const STEP_LIMIT_MS = Number(process.env.BENCH_STEP_LIMIT_MS ?? 120_000);
+
+async function within<T>(label: string, run: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const started = performance.now();
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`${label}: no answer within ${STEP_LIMIT_MS / 1000} s`)),
+      STEP_LIMIT_MS,
+    );
+  });
+  try {
+    return await Promise.race([run, limit]);
+  } finally {
+    clearTimeout(timer);
+    const ms = performance.now() - started;
+    if (ms > 10_000) console.log(`${label}: slow, ${(ms / 1000).toFixed(1)} s`);
+  }
+}
 
 /** Reads the SSE body to the end; returns the number of data events (tokens are counted by usage). */
 async function drain(response: Response): Promise<string> {
@@ -104,16 +125,16 @@ async function main(): Promise<void> {
     const promptText = formatter.render(fromChatCompletions(MESSAGES, undefined));
     const plain = () => viaApi("/completions", { prompt: promptText, max_tokens: maxTokens, stream: true });
 
-    await direct(); // warm-up: first-use costs (JIT, connections) belong to neither side
-    await chat();
+    await within("warm-up direct", direct()); // warm-up: first-use costs (JIT, connections) belong to neither side
+    await within("warm-up chat", chat());
     const directMs: number[] = [];
     const chatMs: number[] = [];
     const plainMs: number[] = [];
     let tokens = 0;
     for (let i = 0; i < repeats; i++) {
-      const d = await direct();
-      const c = await chat();
-      const p = await plain();
+      const d = await within(`run ${i} direct`, direct());
+      const c = await within(`run ${i} chat`, chat());
+      const p = await within(`run ${i} completions`, plain());
       if (c.tokens !== d.tokens || p.tokens !== d.tokens)
         throw new Error(`token counts differ: direct ${d.tokens}, chat ${c.tokens}, completions ${p.tokens}`);
       tokens = d.tokens;
@@ -160,33 +181,30 @@ async function main(): Promise<void> {
       const base: number[] = [];
       const masked: number[] = [];
       const baseSampling = "logitBias" in sampling ? { logitBias: bias } : {};
-      const warm = await direct(sampling); // warm-up: the grammar's first masks
+      const warm = await within(`${name} warm-up`, direct(sampling)); // warm-up: the grammar's first masks
       // The stage's own work, apart from the noise of whole runs: the masks (no cache, as for a new
       // grammar) and the feeding of the same tokens, in this process.
       const vocabulary = loadVocabulary(cluster.modelDir);
       const maskRuns: number[] = [];
       for (let r = 0; r < 5; r++) {
-        const constraint = new ToolConstraint(new ToolGrammar(sampling.constraint), vocabulary);
-        const json = sampling.constraint.format
-          ? new JsonFormat(vocabulary, sampling.constraint.format)
-          : undefined;
+        const spec = sampling.constraint;
+        const reply = new ReplyConstraint(
+          new ToolConstraint(new ToolGrammar(spec), vocabulary),
+          vocabulary,
+          spec,
+        );
         const t0 = performance.now();
         for (const id of warm.ids) {
-          if (json && constraint.inJson) {
-            await json.allowed();
-            json.accept(id);
-          } else {
-            constraint.mask();
-            constraint.accept(id);
-          }
+          await reply.mask();
+          reply.accept(id);
         }
         maskRuns.push((performance.now() - t0) / warm.ids.length);
-        json?.dispose();
+        reply.dispose();
       }
       maskRows[name] = Math.min(...maskRuns);
       for (let i = 0; i < repeats; i++) {
-        const b = await direct(baseSampling);
-        const m = await direct(sampling);
+        const b = await within(`${name} run ${i} unconstrained`, direct(baseSampling));
+        const m = await within(`${name} run ${i} constrained`, direct(sampling));
         base.push(b.ms / b.tokens);
         masked.push(m.ms / m.tokens);
       }

@@ -134,11 +134,35 @@ function controlTokens(vocab: TokenVocabulary): Uint8Array {
   return set;
 }
 
+const digitSets = new WeakMap<TokenVocabulary, Uint8Array>();
+
+/** Tokens holding a digit: the only ones that can lengthen a number's exponent. */
+function digitTokens(vocab: TokenVocabulary): Uint8Array {
+  let set = digitSets.get(vocab);
+  if (!set) {
+    const s = new Uint8Array(vocab.bytes.length);
+    vocab.bytes.forEach((b, id) => {
+      s[id] = /[0-9]/.test(b) ? 1 : 0;
+    });
+    set = s;
+    digitSets.set(vocab, s);
+  }
+  return set;
+}
+
+/**
+ * A number with an exponent of three digits or more: xgrammar allows it, but 4e999 is Infinity to JSON.parse
+ * (and null once written again), so no exponent gets a third digit (nor does such text inside a string).
+ */
+const LONG_EXPONENT = /[0-9.][eE][+-]?[0-9]{3}/;
+
 /** One sequence's JSON text: the allowed ids before each token, then the token sampled. */
 export class JsonFormat {
   private matcher: XgMatcher | undefined;
   /** The UTF-8 state of the text so far (common/token-vocabulary.ts utf8Next): 0 between characters. */
   private owed = 0;
+  /** The last bytes of the text, for LONG_EXPONENT. */
+  private tail = "";
 
   constructor(
     private readonly vocab: TokenVocabulary,
@@ -166,6 +190,8 @@ export class JsonFormat {
     const controls = controlTokens(this.vocab);
     const utf8 = utf8Table(this.vocab);
     const stops = this.vocab.stopIds;
+    const digits = digitTokens(this.vocab);
+    const tail = this.tail;
     let canEnd = false;
     for (let word = 0; word < bitmask.length; word++) {
       let bits = bitmask[word];
@@ -173,7 +199,13 @@ export class JsonFormat {
         const low = bits & -bits;
         const id = word * 32 + (31 - Math.clz32(low));
         if (stops.includes(id)) canEnd = true;
-        else if (id < size && !controls[id] && utf8[id * UTF8_STATES + this.owed] >= 0) ids.push(id);
+        else if (
+          id < size &&
+          !controls[id] &&
+          utf8[id * UTF8_STATES + this.owed] >= 0 &&
+          !(digits[id] && LONG_EXPONENT.test(tail + this.vocab.bytes[id]))
+        )
+          ids.push(id);
         bits ^= low;
       }
     }
@@ -182,8 +214,10 @@ export class JsonFormat {
 
   accept(token: number): void {
     if (this.matcher && !this.matcher.isTerminated()) this.matcher.acceptToken(token);
-    if (!this.vocab.stopIds.includes(token))
-      this.owed = Math.max(0, utf8After(this.vocab.bytes[token] ?? "", this.owed));
+    if (this.vocab.stopIds.includes(token)) return;
+    const bytes = this.vocab.bytes[token] ?? "";
+    this.tail = (this.tail + bytes).slice(-8);
+    this.owed = Math.max(0, utf8After(bytes, this.owed));
   }
 
   dispose(): void {

@@ -112,10 +112,12 @@ describe("token vocabulary", () => {
 });
 
 describe("tool grammar", () => {
-  it("lets the scripted reply through under auto with its tools, token by token", () => {
-    const constraint = new ToolConstraint(new ToolGrammar(spec({})), vocab);
+  it("lets the scripted reply through under auto with its tools, token by token", async () => {
+    // Its utc_offset is an integer: a JSON value, masked by xgrammar within the whole reply's constraint.
+    const s = spec({});
+    const constraint = new ReplyConstraint(new ToolConstraint(new ToolGrammar(s), vocab), vocab, s);
     for (const id of [...tokenizer.encode(SCRIPTED_REPLY.text), tokenizer.stopTokenIds[0]]) {
-      expect(allows(constraint.mask(), id)).toBe(true);
+      expect(allows(await constraint.mask(), id)).toBe(true);
       constraint.accept(id);
       expect(constraint.alive).toBe(true);
     }

@@ -2,7 +2,10 @@
 // through the scheduler directly and through POST /v1/chat/completions and /v1/completions (streaming SSE,
 // read by a fetch client in this process), alternately, in one run. Overhead per token = (API time - direct
 // time) / tokens, medians over the repeats. Target: < 0.5 ms/token. Then the cost of constrained decoding: the
-// direct run with a tool constraint against the same run without (target < 1 ms/token). Ends with ONE JSON line.
+// direct run with a constraint against the same run without (target < 1 ms/token): tools (auto, required), a
+// named tool whose arguments are all typed (tool_values: JSON values by xgrammar, an enum, a bounded string),
+// and a json_schema format. Each step has a time limit (a hung request is named, not waited on). Ends with ONE
+// JSON line.
 import { ChatFormatter } from "../chat/chat-formatter.js";
 import { toolConstraintSpec } from "../chat/constraints.js";
 import { fromChatCompletions, type TemplateTool } from "../chat/conversation.js";
@@ -36,6 +39,27 @@ const BENCH_TOOLS: TemplateTool[] = [
     },
   },
   { type: "function", function: { name: "ls", parameters: { type: "object", properties: {} } } },
+];
+/** The tool_values row's tool: every argument typed, so the call's values run under their schemas' masks. */
+const TYPED_TOOLS: TemplateTool[] = [
+  {
+    type: "function",
+    function: {
+      name: "set_alarm",
+      parameters: {
+        type: "object",
+        properties: {
+          hour: { type: "integer", minimum: 0, maximum: 23 },
+          days: { type: "array", items: { enum: ["mon", "tue", "wed"] }, maxItems: 3 },
+          label: { type: "string", maxLength: 40 },
+          loud: { type: "boolean" },
+          repeat: { enum: ["never", "daily", "weekly"] },
+        },
+        required: ["hour", "days", "label", "loud", "repeat"],
+        additionalProperties: false,
+      },
+    },
+  },
 ];
 /** The json_schema row's format. */
 const JSON_FORMAT = {
@@ -162,20 +186,21 @@ async function main(): Promise<void> {
     // the constrained run spends its tokens in the tool block (forced literals, names, free argument values).
     const thinkClose = formatter.encode("</think>")[0];
     const bias: Array<[number, number]> = [[thinkClose, 100]];
-    const toolSpec = (choice: ToolConstraintSpec["choice"]): ToolConstraintSpec =>
+    const toolSpec = (choice: ToolConstraintSpec["choice"], tools = BENCH_TOOLS): ToolConstraintSpec =>
       toolConstraintSpec(
         {
           toolChoice: typeof choice === "object" ? { mode: "function", name: choice.name } : { mode: choice },
           parallelToolCalls: true,
           responseFormat: { type: "text" },
         },
-        BENCH_TOOLS,
+        tools,
       );
     const constrainedRows: Record<string, number> = {};
     const maskRows: Record<string, number> = {};
     for (const [name, sampling] of [
       ["auto_tools", { constraint: toolSpec("auto") }],
       ["required_tools", { constraint: toolSpec("required"), logitBias: bias }],
+      ["tool_values", { constraint: toolSpec({ name: "set_alarm" }, TYPED_TOOLS), logitBias: bias }],
       ["json_schema", { constraint: { ...toolSpec("auto"), format: JSON_FORMAT }, logitBias: bias }],
     ] as const) {
       const base: number[] = [];
@@ -221,11 +246,13 @@ async function main(): Promise<void> {
         constrained_overhead_ms_per_token: {
           auto_tools: Number(constrainedRows.auto_tools.toFixed(4)),
           required_tools: Number(constrainedRows.required_tools.toFixed(4)),
+          tool_values: Number(constrainedRows.tool_values.toFixed(4)),
           json_schema: Number(constrainedRows.json_schema.toFixed(4)),
         },
         constrained_mask_ms_per_token: {
           auto_tools: Number(maskRows.auto_tools.toFixed(4)),
           required_tools: Number(maskRows.required_tools.toFixed(4)),
+          tool_values: Number(maskRows.tool_values.toFixed(4)),
           json_schema: Number(maskRows.json_schema.toFixed(4)),
         },
         overhead_ms_per_token: Number(overhead.toFixed(4)),

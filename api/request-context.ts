@@ -14,6 +14,7 @@ import { RequestError } from "../chat/request-error.js";
 import type { SamplingParams } from "../common/engine-api.js";
 import { ClusterError } from "../common/errors.js";
 import { jsonSchemaProblem } from "../common/json-schema-check.js";
+import type { ToolConstraintSpec } from "../common/tool-grammar.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
 import { ModelNotFoundError } from "./errors.js";
 import { budgetTokens, GenerationRun, type PreparedGeneration } from "./generation-run.js";
@@ -106,6 +107,26 @@ async function checkResponseFormat(format: ResponseFormat | undefined): Promise<
     );
 }
 
+/**
+ * A tool parameter's JSON value is constrained by its schema only where xgrammar can compile that schema (asked
+ * of the same disposable copy as a response format, answers remembered per schema); a client's tools are not
+ * refused for it: such a parameter keeps free text.
+ */
+async function compilableToolValues(spec: ToolConstraintSpec): Promise<ToolConstraintSpec> {
+  if (spec.choice === "none" || spec.format) return spec;
+  const tools = await Promise.all(
+    spec.tools.map(async (tool) => {
+      if (!tool.values) return tool;
+      const values = { ...tool.values };
+      for (const [name, value] of Object.entries(values))
+        if (value.kind === "json" && (await jsonSchemaProblem(value.schema)) !== undefined)
+          delete values[name];
+      return { ...tool, values };
+    }),
+  );
+  return { ...spec, tools };
+}
+
 /** Request → a started run (or a thrown error with the right status). */
 export async function startRun(
   deps: ApiDeps,
@@ -130,7 +151,9 @@ export async function startRun(
     sampling: chat
       ? {
           ...options.sampling,
-          constraint: toolConstraintSpec(options.constraints ?? unconstrained, input.conversation.tools),
+          constraint: await compilableToolValues(
+            toolConstraintSpec(options.constraints ?? unconstrained, input.conversation.tools),
+          ),
         }
       : options.sampling,
     stopStrings: options.stopStrings,

@@ -2,7 +2,7 @@
 // model may call (OpenAI tool_choice and parallel_tool_calls, Anthropic tool_choice) and the format of the
 // visible text (OpenAI response_format / text.format). The routes parse their fields into ReplyConstraints;
 // generation enforces them.
-import type { ToolConstraintSpec } from "../common/tool-grammar.js";
+import type { ToolConstraintSpec, ToolValue } from "../common/tool-grammar.js";
 import type { TemplateTool } from "./conversation.js";
 import { RequestError } from "./request-error.js";
 
@@ -124,7 +124,71 @@ export function toolConstraintSpec(
         isObject(schema) && Array.isArray(schema.required)
           ? schema.required.filter((p): p is string => typeof p === "string")
           : [];
-      return { name: tool.function.name, parameters: properties, required };
+      const values = isObject(schema) ? toolValues(schema) : {};
+      return {
+        name: tool.function.name,
+        parameters: properties,
+        required,
+        ...(Object.keys(values).length > 0 ? { values } : {}),
+      };
     }),
   };
+}
+
+/** The JSON types a value of this schema can take (as chat/tool-arguments.ts reads them); [] when unknown. */
+function valueTypes(schema: Record<string, unknown>): string[] {
+  const type = schema.type;
+  if (typeof type === "string") return [type];
+  if (Array.isArray(type)) return type.filter((t): t is string => typeof t === "string");
+  const alternatives = [schema.anyOf, schema.oneOf].find(Array.isArray) as unknown[] | undefined;
+  if (alternatives) {
+    const types = alternatives.map((alt) => (isObject(alt) ? valueTypes(alt) : []));
+    return types.some((t) => t.length === 0) ? [] : types.flat();
+  }
+  if (Array.isArray(schema.enum) && schema.enum.length > 0)
+    return [
+      ...new Set(schema.enum.map((v) => (v === null ? "null" : Array.isArray(v) ? "array" : typeof v))),
+    ];
+  if (isObject(schema.properties)) return ["object"];
+  if (schema.items !== undefined) return ["array"];
+  return [];
+}
+
+/**
+ * How each parameter's value is constrained (common/tool-grammar.ts ToolValue). MiniMax writes a string raw and
+ * any other value as JSON, and the reply parser reads it back by the schema's types; so a parameter whose schema
+ * is all strings is raw text (its length bounds, or one of its enum's values), one that admits no string is
+ * JSON of its own schema (the tool's $defs along, for its $refs), and one that mixes strings with other types,
+ * or says nothing of its type, stays free text. A pattern or format on a string is not enforced.
+ */
+export function toolValues(parameters: Record<string, unknown>): Record<string, ToolValue> {
+  const out: Record<string, ToolValue> = {};
+  if (!isObject(parameters.properties)) return out;
+  const shared: Record<string, unknown> = {};
+  for (const key of ["$defs", "definitions"])
+    if (parameters[key] !== undefined) shared[key] = parameters[key];
+  for (const [name, property] of Object.entries(parameters.properties)) {
+    if (!isObject(property)) continue;
+    const types = valueTypes(property);
+    if (types.length === 0 || property.$ref !== undefined) continue;
+    if (types.every((t) => t === "string")) {
+      if (Array.isArray(property.enum)) {
+        const values = property.enum.filter((v): v is string => typeof v === "string");
+        if (values.length > 0) out[name] = { kind: "enum", values };
+        continue;
+      }
+      const bound = (v: unknown) => (typeof v === "number" && v >= 0 ? Math.floor(v) : undefined);
+      const minLength = bound(property.minLength);
+      const maxLength = bound(property.maxLength);
+      // No bounds, or bounds no value meets: free text (a grammar with no way out would stall the reply).
+      if (minLength === undefined && maxLength === undefined) continue;
+      if (minLength !== undefined && maxLength !== undefined && minLength > maxLength) continue;
+      out[name] = {
+        kind: "string",
+        ...(minLength !== undefined ? { minLength } : {}),
+        ...(maxLength !== undefined ? { maxLength } : {}),
+      };
+    } else if (!types.includes("string")) out[name] = { kind: "json", schema: { ...property, ...shared } };
+  }
+  return out;
 }

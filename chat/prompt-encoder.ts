@@ -67,6 +67,8 @@ export class PromptEncoder {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
+      // Held while it has work, so that a caller awaiting its prompt is not left behind by an exiting process.
+      if (this.pending.size === 1) worker.ref();
       worker.postMessage({ id, input, limit } satisfies PromptJob);
     });
   }
@@ -74,8 +76,6 @@ export class PromptEncoder {
   private startWorker(): Worker {
     if (this.worker) return this.worker;
     const worker = new Worker(workerFile, { workerData: { modelDir: this.modelDir } });
-    // Idle, it must not keep the process alive.
-    worker.unref();
     worker.on("message", (result: PromptResult) => this.settle(result));
     const fail = (err: Error) => {
       if (this.worker === worker) this.worker = undefined;
@@ -84,6 +84,9 @@ export class PromptEncoder {
     };
     worker.on("error", fail);
     worker.on("exit", (code) => fail(new Error(`it exited with code ${code}`)));
+    // Idle, it must not keep the process alive: unref'd after its listeners are on, since a 'message' listener
+    // added later refs the worker's port again (a stopped server's process then never exited: bench:api's stalls).
+    worker.unref();
     this.worker = worker;
     return worker;
   }
@@ -92,6 +95,7 @@ export class PromptEncoder {
     const pending = this.pending.get(result.id);
     if (!pending) return;
     this.pending.delete(result.id);
+    if (this.pending.size === 0) this.worker?.unref();
     if ("ids" in result) {
       pending.resolve(Array.from(result.ids));
       return;

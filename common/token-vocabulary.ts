@@ -108,3 +108,59 @@ export function loadVocabulary(modelDir: string): TokenVocabulary {
   loaded.set(modelDir, vocabulary);
   return vocabulary;
 }
+
+/**
+ * UTF-8 as a small automaton over bytes, strict as a decoder is (no overlong forms, no surrogates, nothing past
+ * U+10FFFF): 0 = between characters; 1-3 = that many continuation bytes owed; 4-7 = the second byte of a
+ * character whose range is narrowed (after E0, ED, F0, F4). A grammar that lets a reply hold bytes a decoder
+ * turns into U+FFFD would let it break a string's length and content.
+ */
+export function utf8Next(byte: number, state: number): number {
+  switch (state) {
+    case 0:
+      if (byte < 0x80) return 0;
+      if (byte >= 0xc2 && byte <= 0xdf) return 1;
+      if (byte === 0xe0) return 4;
+      if (byte === 0xed) return 5;
+      if (byte >= 0xe1 && byte <= 0xef) return 2;
+      if (byte === 0xf0) return 6;
+      if (byte >= 0xf1 && byte <= 0xf3) return 3;
+      if (byte === 0xf4) return 7;
+      return -1;
+    case 4:
+      return byte >= 0xa0 && byte <= 0xbf ? 1 : -1;
+    case 5:
+      return byte >= 0x80 && byte <= 0x9f ? 1 : -1;
+    case 6:
+      return byte >= 0x90 && byte <= 0xbf ? 2 : -1;
+    case 7:
+      return byte >= 0x80 && byte <= 0x8f ? 2 : -1;
+    default:
+      return (byte & 0xc0) === 0x80 ? state - 1 : -1;
+  }
+}
+
+/** The UTF-8 state after `bytes` (one char per byte) from `state`; -1 when they break UTF-8. */
+export function utf8After(bytes: string, state: number): number {
+  let s = state;
+  for (let i = 0; i < bytes.length && s >= 0; i++) s = utf8Next(bytes.charCodeAt(i), s);
+  return s;
+}
+
+export const UTF8_STATES = 8;
+
+const utf8Tables = new WeakMap<TokenVocabulary, Int8Array>();
+
+/** table[id * UTF8_STATES + state]: the UTF-8 state after token id (-1: it breaks UTF-8), made once. */
+export function utf8Table(vocab: TokenVocabulary): Int8Array {
+  let table = utf8Tables.get(vocab);
+  if (!table) {
+    const t = new Int8Array(vocab.bytes.length * UTF8_STATES);
+    vocab.bytes.forEach((b, id) => {
+      for (let s = 0; s < UTF8_STATES; s++) t[id * UTF8_STATES + s] = utf8After(b, s);
+    });
+    table = t;
+    utf8Tables.set(vocab, t);
+  }
+  return table;
+}

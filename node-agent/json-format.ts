@@ -7,7 +7,7 @@
 import { createRequire } from "node:module";
 import { dirname } from "node:path";
 import { JSON_SCHEMA_ARGS, jsonSchemaProblem } from "../common/json-schema-check.js";
-import type { TokenVocabulary } from "../common/token-vocabulary.js";
+import { type TokenVocabulary, UTF8_STATES, utf8After, utf8Table } from "../common/token-vocabulary.js";
 import type { ToolConstraintSpec } from "../common/tool-grammar.js";
 
 interface XgMatcher {
@@ -117,42 +117,6 @@ function grammarFor(
 }
 
 const controlSets = new WeakMap<TokenVocabulary, Uint8Array>();
-const utf8Tables = new WeakMap<TokenVocabulary, Int8Array>();
-
-/** Continuation bytes still owed after `bytes`, when `owed` were owed before; -1: not valid UTF-8. */
-function utf8After(bytes: string, owed: number): number {
-  let need = owed;
-  for (let i = 0; i < bytes.length; i++) {
-    const b = bytes.charCodeAt(i);
-    if (need > 0) {
-      if ((b & 0xc0) !== 0x80) return -1;
-      need--;
-    } else if (b < 0x80) need = 0;
-    else if (b >= 0xc2 && b <= 0xdf) need = 1;
-    else if (b >= 0xe0 && b <= 0xef) need = 2;
-    else if (b >= 0xf0 && b <= 0xf4) need = 3;
-    else return -1;
-  }
-  return need;
-}
-
-/**
- * table[id * 4 + owed]: the bytes owed after token id when `owed` were owed before it (-1: invalid UTF-8).
- * xgrammar lets a string take any byte tokens, so a reply could hold broken characters (which also break
- * maxLength); the JSON's UTF-8 is kept whole here.
- */
-function utf8Table(vocab: TokenVocabulary): Int8Array {
-  let table = utf8Tables.get(vocab);
-  if (!table) {
-    const t = new Int8Array(vocab.bytes.length * 4);
-    vocab.bytes.forEach((b, id) => {
-      for (let owed = 0; owed < 4; owed++) t[id * 4 + owed] = utf8After(b, owed);
-    });
-    table = t;
-    utf8Tables.set(vocab, t);
-  }
-  return table;
-}
 
 /**
  * Tokens holding a control byte (below 0x20): never valid in the one-line JSON asked for, but xgrammar's
@@ -170,11 +134,35 @@ function controlTokens(vocab: TokenVocabulary): Uint8Array {
   return set;
 }
 
+const digitSets = new WeakMap<TokenVocabulary, Uint8Array>();
+
+/** Tokens holding a digit: the only ones that can lengthen a number's exponent. */
+function digitTokens(vocab: TokenVocabulary): Uint8Array {
+  let set = digitSets.get(vocab);
+  if (!set) {
+    const s = new Uint8Array(vocab.bytes.length);
+    vocab.bytes.forEach((b, id) => {
+      s[id] = /[0-9]/.test(b) ? 1 : 0;
+    });
+    set = s;
+    digitSets.set(vocab, s);
+  }
+  return set;
+}
+
+/**
+ * A number with an exponent of three digits or more: xgrammar allows it, but 4e999 is Infinity to JSON.parse
+ * (and null once written again), so no exponent gets a third digit (nor does such text inside a string).
+ */
+const LONG_EXPONENT = /[0-9.][eE][+-]?[0-9]{3}/;
+
 /** One sequence's JSON text: the allowed ids before each token, then the token sampled. */
 export class JsonFormat {
   private matcher: XgMatcher | undefined;
-  /** UTF-8 continuation bytes the text so far still owes. */
+  /** The UTF-8 state of the text so far (common/token-vocabulary.ts utf8Next): 0 between characters. */
   private owed = 0;
+  /** The last bytes of the text, for LONG_EXPONENT. */
+  private tail = "";
 
   constructor(
     private readonly vocab: TokenVocabulary,
@@ -183,31 +171,53 @@ export class JsonFormat {
 
   /** The ids the JSON grammar allows next (the end-of-turn ids once the JSON is complete). */
   async allowed(): Promise<Int32Array> {
+    const { ids, canEnd } = await this.next();
+    return canEnd ? Int32Array.from([...ids, ...this.vocab.stopIds]) : ids;
+  }
+
+  /**
+   * The ids that continue the JSON (no end-of-turn ids among them), and whether the JSON may end here: for a tool
+   * parameter's value, where `</parameter>` may follow instead (reply-constraint.ts).
+   */
+  async next(): Promise<{ ids: Int32Array; canEnd: boolean }> {
     this.matcher ??= await (await loadXgrammar()).GrammarMatcher.createGrammarMatcher(
       await grammarFor(this.vocab, this.format),
     );
-    if (this.matcher.isTerminated()) return Int32Array.from(this.vocab.stopIds);
+    if (this.matcher.isTerminated()) return { ids: new Int32Array(0), canEnd: true };
     const bitmask = await this.matcher.getNextTokenBitmask();
     const ids: number[] = [];
     const size = this.vocab.pieces.length;
     const controls = controlTokens(this.vocab);
     const utf8 = utf8Table(this.vocab);
+    const stops = this.vocab.stopIds;
+    const digits = digitTokens(this.vocab);
+    const tail = this.tail;
+    let canEnd = false;
     for (let word = 0; word < bitmask.length; word++) {
       let bits = bitmask[word];
       while (bits !== 0) {
         const low = bits & -bits;
         const id = word * 32 + (31 - Math.clz32(low));
-        if (id < size && !controls[id] && utf8[id * 4 + this.owed] >= 0) ids.push(id);
+        if (stops.includes(id)) canEnd = true;
+        else if (
+          id < size &&
+          !controls[id] &&
+          utf8[id * UTF8_STATES + this.owed] >= 0 &&
+          !(digits[id] && LONG_EXPONENT.test(tail + this.vocab.bytes[id]))
+        )
+          ids.push(id);
         bits ^= low;
       }
     }
-    return Int32Array.from(ids);
+    return { ids: Int32Array.from(ids), canEnd };
   }
 
   accept(token: number): void {
     if (this.matcher && !this.matcher.isTerminated()) this.matcher.acceptToken(token);
-    if (!this.vocab.stopIds.includes(token))
-      this.owed = Math.max(0, utf8After(this.vocab.bytes[token] ?? "", this.owed));
+    if (this.vocab.stopIds.includes(token)) return;
+    const bytes = this.vocab.bytes[token] ?? "";
+    this.tail = (this.tail + bytes).slice(-8);
+    this.owed = Math.max(0, utf8After(bytes, this.owed));
   }
 
   dispose(): void {

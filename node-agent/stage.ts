@@ -31,7 +31,7 @@ import {
 } from "../common/wire/frames.js";
 import { LatencyWindow } from "../common/wire/latency.js";
 import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
-import { JsonFormat } from "./json-format.js";
+import { ReplyConstraint } from "./reply-constraint.js";
 import { WaveQueue } from "./stage-queue.js";
 
 export interface StageConfig {
@@ -84,10 +84,8 @@ interface SequenceState {
   forked?: boolean;
   /** Its prompt is done: an item that wanted a result (the prompt's last chunk) has run. */
   prefilled?: boolean;
-  /** Last stage: the reply's tool-call constraint, fed every sampled token, masking the next. */
-  constraint?: ToolConstraint;
-  /** Last stage: a response format's JSON grammar, which takes over from `constraint` after </think>. */
-  json?: JsonFormat;
+  /** Last stage: the reply's constraint (tool calls, their values, a response format), fed every sampled token. */
+  reply?: ReplyConstraint;
 }
 
 /**
@@ -225,9 +223,8 @@ export class Stage {
       try {
         state.sampling = fromWireSampling(frame.sampling);
         if (this.config.head && state.sampling.constraint) {
-          state.constraint = this.constraintFor(state.sampling.constraint);
-          const format = state.sampling.constraint.format;
-          if (format) state.json = new JsonFormat(this.vocabulary(), format);
+          const spec = state.sampling.constraint;
+          state.reply = new ReplyConstraint(this.constraintFor(spec), this.vocabulary(), spec);
         }
       } catch (err) {
         this.fail(frame, "bad_request", `seq ${frame.seq}: bad constraint: ${errorMessage(err)}`);
@@ -303,7 +300,7 @@ export class Stage {
   }
 
   private async runBatch(all: QueuedItem[]): Promise<void> {
-    // Masks first (a response format's JSON grammar answers asynchronously); a grammar that fails (a schema
+    // Masks first (JSON grammars answer asynchronously); a grammar that fails (a schema
     // xgrammar cannot compile) fails its sequence only.
     const masks: Array<TokenMask | undefined> = [];
     const batch: QueuedItem[] = [];
@@ -315,7 +312,7 @@ export class Stage {
         this.failItem(
           item,
           "bad_request",
-          `seq ${item.seq}: the response format cannot be enforced: ${errorMessage(err)}`,
+          `seq ${item.seq}: the constraint (a response format or a tool value) cannot be enforced: ${errorMessage(err)}`,
         );
       }
     }
@@ -359,9 +356,7 @@ export class Stage {
   /** The mask of the token this item samples, from the sequence's own tokens so far (none: unconstrained). */
   private async maskFor(item: QueuedItem): Promise<TokenMask | undefined> {
     if (!this.config.head || !item.wantResult) return undefined;
-    const state = this.sequences.get(item.seq);
-    if (state?.json && state.constraint?.inJson) return { allow: await state.json.allowed() };
-    return state?.constraint?.mask();
+    return this.sequences.get(item.seq)?.reply?.mask();
   }
 
   /** One ToolConstraint per sequence; the grammar and its masks are shared by every sequence of the same spec. */
@@ -406,8 +401,7 @@ export class Stage {
         return;
       }
       const state = this.sequences.get(item.seq);
-      if (state?.json && state.constraint?.inJson) state.json.accept(output.token);
-      else state?.constraint?.accept(output.token);
+      state?.reply?.accept(output.token);
       this.forward([
         {
           kind: FrameKind.RESULT,
@@ -490,7 +484,7 @@ export class Stage {
 
   /** Forgets a sequence: drops its queued work, frees its KV, ignores its late frames for a while. */
   private drop(seq: number): boolean {
-    this.sequences.get(seq)?.json?.dispose();
+    this.sequences.get(seq)?.reply?.dispose();
     const known = this.sequences.delete(seq);
     this.queue.removeSeq(seq);
     this.pruneTombstones();
@@ -571,7 +565,7 @@ export class Stage {
   async release(seqs: number[]): Promise<number> {
     let count = 0;
     for (const seq of seqs) {
-      this.sequences.get(seq)?.json?.dispose();
+      this.sequences.get(seq)?.reply?.dispose();
       if (!this.sequences.delete(seq)) continue;
       count++;
       await this.engine.release(seq);

@@ -10,7 +10,7 @@ export function rng(seed: number): () => number {
 }
 
 /** A random schema: objects of strings, integers, numbers, booleans, enums, arrays and nested objects. */
-function randomSchema(rand: () => number, depth = 0): Record<string, unknown> {
+export function randomSchema(rand: () => number, depth = 0): Record<string, unknown> {
   const pick = Math.floor(rand() * (depth >= 2 ? 5 : 7));
   switch (pick) {
     case 0:

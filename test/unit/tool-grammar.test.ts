@@ -2,6 +2,7 @@
 // model: the scripted reply passes it, and random walks that only ever pick tokens its masks allow always give
 // replies that obey tool_choice none / required / a named function and parallel_tool_calls: false, as the
 // reply parser reads them.
+import { Ajv } from "ajv";
 import { beforeAll, describe, expect, it } from "vitest";
 import { type ReplyConstraints, toolConstraintSpec } from "../../chat/constraints.js";
 import type { TemplateTool } from "../../chat/conversation.js";
@@ -15,6 +16,7 @@ import {
   type ToolConstraintSpec,
   ToolGrammar,
 } from "../../common/tool-grammar.js";
+import { ReplyConstraint } from "../../node-agent/reply-constraint.js";
 import { ensureModel } from "../helpers/pipeline-cluster.js";
 
 const TOOLS: TemplateTool[] = [
@@ -60,17 +62,18 @@ beforeAll(async () => {
 }, 120_000);
 
 /** A seeded stand-in for a model: picks among the ids a mask allows, favouring tags so replies end. */
-function randomWalk(s: ToolConstraintSpec, seed: number, steps = 600): number[] {
+async function randomWalk(s: ToolConstraintSpec, seed: number, steps = 600): Promise<number[]> {
   let x = seed * 2654435761 + 1;
   const rand = () => {
     x = (x * 1103515245 + 12345) % 2147483648;
     return x / 2147483648;
   };
-  const constraint = new ToolConstraint(new ToolGrammar(s), vocab);
+  // The whole reply's constraint, as the last stage keeps it: JSON parameter values take xgrammar's masks.
+  const constraint = new ReplyConstraint(new ToolConstraint(new ToolGrammar(s), vocab), vocab, s);
   const tagIds = vocab.bytes.flatMap((b, id) => (b.startsWith("<") || b.startsWith("</") ? [id] : []));
   const out: number[] = [];
   for (let n = 0; n < steps; n++) {
-    const mask = constraint.mask();
+    const mask = await constraint.mask();
     const banned = new Set(mask && "ban" in mask ? mask.ban : []);
     const allowed =
       mask && "allow" in mask
@@ -85,6 +88,7 @@ function randomWalk(s: ToolConstraintSpec, seed: number, steps = 600): number[] 
     expect(constraint.alive).toBe(true);
     if (vocab.stopIds.includes(token)) break;
   }
+  constraint.dispose();
   return out;
 }
 
@@ -108,10 +112,12 @@ describe("token vocabulary", () => {
 });
 
 describe("tool grammar", () => {
-  it("lets the scripted reply through under auto with its tools, token by token", () => {
-    const constraint = new ToolConstraint(new ToolGrammar(spec({})), vocab);
+  it("lets the scripted reply through under auto with its tools, token by token", async () => {
+    // Its utc_offset is an integer: a JSON value, masked by xgrammar within the whole reply's constraint.
+    const s = spec({});
+    const constraint = new ReplyConstraint(new ToolConstraint(new ToolGrammar(s), vocab), vocab, s);
     for (const id of [...tokenizer.encode(SCRIPTED_REPLY.text), tokenizer.stopTokenIds[0]]) {
-      expect(allows(constraint.mask(), id)).toBe(true);
+      expect(allows(await constraint.mask(), id)).toBe(true);
       constraint.accept(id);
       expect(constraint.alive).toBe(true);
     }
@@ -225,19 +231,19 @@ describe("tool grammar", () => {
 
   const seeds = Array.from({ length: 40 }, (_, i) => i + 1);
 
-  it("random walks under none never call a tool, and leave no tool markup in the text", () => {
+  it("random walks under none never call a tool, and leave no tool markup in the text", async () => {
     for (const seed of seeds) {
-      const { events } = parse(randomWalk(spec({ toolChoice: { mode: "none" } }), seed));
+      const { events } = parse(await randomWalk(spec({ toolChoice: { mode: "none" } }), seed));
       expect(calls(events)).toEqual([]);
       for (const e of events) if (e.type === "text") expect(e.delta).not.toMatch(/<\/?minimax|<\/think>/);
     }
   });
 
-  it("random walks under a named function call only it, once when parallel is off", () => {
+  it("random walks under a named function call only it, once when parallel is off", async () => {
     let ended = 0;
     for (const seed of seeds) {
       const s = spec({ toolChoice: { mode: "function", name: "ls" }, parallelToolCalls: false });
-      const reply = parse(randomWalk(s, seed));
+      const reply = parse(await randomWalk(s, seed));
       if (!reply.ended) continue;
       ended++;
       const made = calls(reply.events);
@@ -247,10 +253,10 @@ describe("tool grammar", () => {
     expect(ended).toBeGreaterThan(seeds.length / 2);
   });
 
-  it("random walks under required end only after a call to a declared tool with its required arguments", () => {
+  it("random walks under required end only after a call to a declared tool with its required arguments", async () => {
     let ended = 0;
     for (const seed of seeds) {
-      const reply = parse(randomWalk(spec({ toolChoice: { mode: "required" } }), seed));
+      const reply = parse(await randomWalk(spec({ toolChoice: { mode: "required" } }), seed));
       if (!reply.ended) continue;
       ended++;
       const made = calls(reply.events);
@@ -264,5 +270,40 @@ describe("tool grammar", () => {
     }
     // Free-text argument values may run past the walk's length; enough walks end to make the point.
     expect(ended).toBeGreaterThan(5);
+  });
+
+  it("random walks under required give arguments that validate against each tool's schema", async () => {
+    const parameters = {
+      type: "object",
+      properties: {
+        count: { type: "integer", minimum: -3, maximum: 40 },
+        flag: { type: "boolean" },
+        color: { enum: ["red", "dark blue", "grün"] },
+        name: { type: "string", minLength: 2, maxLength: 3 },
+        list: { type: "array", items: { type: "number" }, maxItems: 2 },
+        nothing: { type: "null" },
+      },
+      required: ["count", "color", "name"],
+      additionalProperties: false,
+    };
+    const tools: TemplateTool[] = [{ type: "function", function: { name: "typed", parameters } }];
+    const ajv = new Ajv({ strict: false });
+    let ended = 0;
+    for (const seed of seeds) {
+      const reply = parse(
+        await randomWalk(spec({ toolChoice: { mode: "required" } }, tools), seed, 800),
+        tools,
+      );
+      if (!reply.ended) continue;
+      ended++;
+      for (const call of calls(reply.events)) {
+        const args = JSON.parse(call.type === "tool_call" ? call.arguments : "{}");
+        expect(
+          ajv.validate(parameters, args),
+          `seed ${seed}: ${JSON.stringify(args)} ${ajv.errorsText()}`,
+        ).toBe(true);
+      }
+    }
+    expect(ended).toBeGreaterThan(seeds.length / 2);
   });
 });

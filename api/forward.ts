@@ -10,6 +10,7 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import {
   type CoordinatorRelay,
   FORWARDED_HEADER,
+  FRAMING_RESPONSE_HEADERS,
   RELAY_BODY_LIMIT,
   RELAYED_REQUEST_HEADERS,
 } from "../common/wire/http-relay.js";
@@ -20,12 +21,6 @@ import { headersSetOn } from "./sse.js";
 export { FORWARDED_HEADER };
 /** On a relayed response: the coordinator that answered it ("name (id) at host:port"), so a client can tell. */
 export const RELAYED_FROM_HEADER = "x-studio-cluster-relayed-from";
-const DROPPED_RESPONSE_HEADERS = new Set([
-  "content-length",
-  "transfer-encoding",
-  "connection",
-  "content-encoding",
-]);
 
 /** How often a relay checks that its coordinator is still this node's coordinator. */
 const COORDINATOR_CHECK_MS = 250;
@@ -128,7 +123,7 @@ export async function forwardRequest(
   // This node's own headers (CORS: the Origin header is not passed on, so the coordinator adds none).
   const responseHeaders = headersSetOn(reply);
   for (const { name, value } of head.headers)
-    if (!DROPPED_RESPONSE_HEADERS.has(name)) responseHeaders[name] = value;
+    if (!FRAMING_RESPONSE_HEADERS.has(name)) responseHeaders[name] = value;
   responseHeaders[RELAYED_FROM_HEADER] = headerSafe(relay.label);
   reply.raw.writeHead(head.status, responseHeaders);
   reply.raw.flushHeaders();

@@ -8,6 +8,7 @@ import * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../common/errors.js";
 import {
   FORWARDED_HEADER,
+  FRAMING_RESPONSE_HEADERS,
   RELAY_TOKEN_HEADER,
   RELAYED_METHODS,
   RELAYED_REQUEST_HEADERS,
@@ -24,9 +25,6 @@ export interface HttpRelayTarget {
 }
 
 type RelayCall = grpc.ServerWritableStream<RelayHttpRequest, RelayHttpChunk>;
-
-/** Hop-by-hop response headers: the relaying follower frames the body itself. */
-const DROPPED_RESPONSE_HEADERS = new Set(["content-length", "transfer-encoding", "connection", "keep-alive"]);
 
 function requestProblem(req: RelayHttpRequest, target: HttpRelayTarget): string | undefined {
   if (!RELAYED_METHODS.has(req.method)) return `method ${JSON.stringify(req.method)} is not relayed`;
@@ -52,7 +50,7 @@ function responseHeaders(res: IncomingMessage): HttpHeader[] {
   const out: HttpHeader[] = [];
   for (let i = 0; i + 1 < res.rawHeaders.length; i += 2) {
     const name = res.rawHeaders[i].toLowerCase();
-    if (!DROPPED_RESPONSE_HEADERS.has(name)) out.push({ name, value: res.rawHeaders[i + 1] });
+    if (!FRAMING_RESPONSE_HEADERS.has(name)) out.push({ name, value: res.rawHeaders[i + 1] });
   }
   return out;
 }

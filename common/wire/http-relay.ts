@@ -22,6 +22,18 @@ export const RELAYED_REQUEST_HEADERS: ReadonlySet<string> = new Set([
   "anthropic-version",
   "anthropic-beta",
 ]);
+/**
+ * Response headers that describe one HTTP connection's framing, not the answer: the coordinator's agent drops
+ * them from what it relays, and the follower again from what it receives (it frames the body itself and does
+ * not take its framing from a peer).
+ */
+export const FRAMING_RESPONSE_HEADERS: ReadonlySet<string> = new Set([
+  "content-length",
+  "transfer-encoding",
+  "connection",
+  "keep-alive",
+  "content-encoding",
+]);
 /** Methods the API serves; a relay of anything else is refused. */
 export const RELAYED_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "POST", "DELETE"]);
 /** Largest relayed body: the request travels as one gRPC message (its MAC covers it whole). */

@@ -47,16 +47,28 @@ export function checkApiKey(
 const relayed = new WeakSet<IncomingMessage>();
 
 /**
- * Routes a relay may reach, by the route that matched (never the URL's text): the /v1 API and /props, and no
- * route at all (the not-found handlers, which answer 404 and nothing else: a follower relays unknown /v1 paths).
+ * The one route outside /v1 a relay may read: the coordinator's live snapshot (health, plan, request figures),
+ * which a follower's dashboard, `cluster status` and `cluster bench` show (docs/architecture.md "Relayed
+ * requests"). It is a GET route that only reads; it tells a node holding the cluster key nothing it could not
+ * already learn as a member (every member gets every heartbeat and may send /v1 requests through the relay), and
+ * the follower serves it under its own API key.
+ */
+export const RELAYED_SNAPSHOT_PATH = "/dashboard/snapshot.json";
+
+/**
+ * Routes a relay may reach, by the route that matched (never the URL's text): the /v1 API, /props, the snapshot,
+ * and no route at all (the not-found handlers, which answer 404 and nothing else: a follower relays unknown /v1
+ * paths).
  */
 function relayableRoute(route: string | undefined): boolean {
-  return route === undefined || route.startsWith("/v1/") || route === "/props";
+  return (
+    route === undefined || route.startsWith("/v1/") || route === "/props" || route === RELAYED_SNAPSHOT_PATH
+  );
 }
 
 /**
  * A request carrying the relay header: "trusted" when it holds this process's relay secret (only the node
- * agent, after the follower's gRPC call proved the cluster key, sends it) and matched a /v1 route; refused with
+ * agent, after the follower's gRPC call proved the cluster key, sends it) and matched a relayable route; refused with
  * 401 when it holds anything else, so a loopback client cannot pass for a relay. Without the header: "none",
  * and the API key rules apply (a forwarded marker alone proves nothing).
  */
@@ -78,6 +90,6 @@ export function checkRelay(
 }
 
 /** Whether checkRelay trusted this request as relayed by this process's node agent. */
-export function isRelayed(request: FastifyRequest): boolean {
-  return relayed.has(request.raw);
+export function isRelayed(request: FastifyRequest | IncomingMessage): boolean {
+  return relayed.has("raw" in request ? request.raw : request);
 }

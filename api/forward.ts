@@ -58,7 +58,7 @@ function firstChunk(call: Readable): Promise<RelayHttpChunk> {
 }
 
 /** gRPC's message for a failed call, without its "14 UNAVAILABLE: " prefix. */
-function callMessage(err: Error): string {
+export function callMessage(err: Error): string {
   return (err as { details?: string }).details || err.message;
 }
 

@@ -26,8 +26,6 @@ export interface ApiContext {
   modelId: string;
   /** JSON for GET /health, from membership. */
   health(): unknown;
-  /** The coordinator's API URL when THIS node is not the coordinator (shown on the dashboard). */
-  coordinatorUrl(): string | undefined;
   /**
    * Set when THIS node is not the coordinator: every /v1 request is relayed there over the gRPC plane
    * (api/forward.ts). Absent: this node never relays.
@@ -204,7 +202,7 @@ async function buildApp(
   if (snapshot)
     await registerLiveViews(app, {
       snapshot,
-      coordinatorUrl: () => ctx.coordinatorUrl(),
+      relay: () => ctx.relay?.(),
       apiKey: options.apiKey,
       requests,
     });

@@ -32,7 +32,7 @@ import { Scheduler } from "../coordinator/scheduler.js";
 import type { TokenGenerator } from "../coordinator/token-generator.js";
 import { weightSources } from "../coordinator/weight-sources.js";
 import { electCoordinator, seesUs } from "./election.js";
-import { apiUrlOf, buildClusterHealth, type ClusterHealth, type ClusterState } from "./health.js";
+import { buildClusterHealth, type ClusterHealth, type ClusterState } from "./health.js";
 import type { Member } from "./membership.js";
 import { type ClusterSnapshot, snapshotOf } from "./snapshot.js";
 
@@ -147,12 +147,6 @@ export class ClusterController {
    */
   generator(): TokenGenerator | undefined {
     return this.state === "following" ? undefined : this.scheduler;
-  }
-
-  /** The coordinator's API base URL while another node coordinates. */
-  coordinatorUrl(): string | undefined {
-    if (this.state !== "following" || !this.coordinator) return undefined;
-    return apiUrlOf(this.coordinator, this.opts.localApiHost);
   }
 
   /**

@@ -1,6 +1,6 @@
 // The live picture the dashboard and /metrics render: the cluster's health (health.ts: one view per node)
 // as the coordinator sees it, plus the HTTP API's request figures (api/request-log.ts merges them in).
-import type { ClusterHealth, NodeView } from "./health.js";
+import type { ClusterHealth, NodeView, PlanView } from "./health.js";
 
 export interface RequestSnapshot {
   id: string;
@@ -42,6 +42,8 @@ export interface ClusterSnapshot extends RequestFigures {
   state: SnapshotState;
   message?: string;
   nodes: NodeView[];
+  /** The plan, where it is known (the coordinator's): what a follower's `cluster status` and `cluster bench` show. */
+  plan?: PlanView;
 }
 
 /** The health as a snapshot, its request figures still empty. */
@@ -57,6 +59,7 @@ export function snapshotOf(health: ClusterHealth): ClusterSnapshot {
     // cluster's "serving with ..." line is what the cards and the layer map already show.
     message: state === "ready" ? undefined : health.message,
     nodes: health.nodes,
+    plan: health.plan,
     inFlight: [],
     recent: [],
     throughput: [],

@@ -93,12 +93,13 @@ function requestLines(live: RequestFigures, now: number): string[] {
 
 /**
  * `health` is the asked node's; `plan` may come from the coordinator when that node follows, `live` (the
- * coordinator's snapshot) adds its nodes' live figures and the requests. `now` is the server's clock when
- * known, so request ages do not depend on the caller's clock.
+ * coordinator's snapshot) adds its nodes' live figures and the requests; `liveError` says why there is no
+ * `live` (e.g. the coordinator cannot be reached). `now` is the server's clock when known, so request ages do
+ * not depend on the caller's clock.
  */
 export function renderClusterStatus(
   health: ClusterHealth,
-  options: { plan?: PlanView; live?: ClusterSnapshot; now?: number } = {},
+  options: { plan?: PlanView; live?: ClusterSnapshot; liveError?: string; now?: number } = {},
 ): string {
   const plan = options.plan ?? health.plan;
   const nodes = options.live?.nodes ?? health.nodes;
@@ -118,6 +119,7 @@ export function renderClusterStatus(
     ...planLines(plan),
   );
   if (options.live) lines.push(...requestLines(options.live, options.now ?? Date.now()));
+  else if (options.liveError) lines.push(`live figures: unavailable: ${options.liveError}`);
   return `${lines.join("\n")}\n`;
 }
 

@@ -1,5 +1,8 @@
 // Pushes the cluster snapshot to every connected dashboard over WebSocket: at least once a second, and within
-// a poll interval of any change. The timer runs only while someone is watching.
+// a poll interval of any change. The timer runs only while someone is watching. The snapshot may come late (a
+// follower reads the coordinator's over the gRPC plane): one is asked for at a time, and a poll that finds one
+// still on its way skips its turn.
+import type { IncomingMessage } from "node:http";
 import type { WebSocket } from "ws";
 import type { ClusterSnapshot } from "../cluster/snapshot.js";
 import { errorMessage } from "../common/errors.js";
@@ -16,16 +19,24 @@ export interface LiveFeedOptions {
   pollMs?: number;
 }
 
+/**
+ * The current snapshot, now or once it has been fetched; throwing (or rejecting) says why there is none.
+ * `request` is the HTTP request asking, when one does (the feed asks for itself).
+ */
+export type SnapshotSource = (request?: IncomingMessage) => ClusterSnapshot | Promise<ClusterSnapshot>;
+
 export class LiveFeed {
   private readonly clients = new Set<WebSocket>();
   private timer: NodeJS.Timeout | undefined;
+  /** A snapshot on its way: polls wait for it rather than asking again. */
+  private rendering = false;
   private lastJson = "";
   private lastSentAt = 0;
   private readonly heartbeatMs: number;
   private readonly pollMs: number;
 
   constructor(
-    private readonly snapshot: () => ClusterSnapshot,
+    private readonly snapshot: SnapshotSource,
     options: LiveFeedOptions = {},
   ) {
     this.heartbeatMs = options.heartbeatMs ?? 1000;
@@ -42,13 +53,15 @@ export class LiveFeed {
     ws.on("close", () => this.remove(ws));
     ws.on("error", () => this.remove(ws));
     // The dashboard only listens; anything it sends is ignored.
-    const { json, text } = this.render();
-    ws.send(text);
-    if (this.timer) return;
-    // The first viewer's message counts as sent to everyone; with others watching, their last one still stands.
-    this.lastJson = json;
-    this.lastSentAt = Date.now();
-    this.timer = setInterval(() => this.tick(), this.pollMs);
+    const first = !this.timer;
+    if (first) this.timer = setInterval(() => void this.tick(), this.pollMs);
+    void this.render().then(({ json, text }) => {
+      if (ws.readyState === ws.OPEN) ws.send(text);
+      // The first viewer's message counts as sent to everyone; with others watching, their last one still stands.
+      if (!first) return;
+      this.lastJson = json;
+      this.lastSentAt = Date.now();
+    });
   }
 
   close(): void {
@@ -67,9 +80,17 @@ export class LiveFeed {
     this.timer = undefined;
   }
 
-  private tick(): void {
+  private async tick(): Promise<void> {
+    if (this.rendering) return;
+    this.rendering = true;
+    let rendered: { json: string; text: string };
+    try {
+      rendered = await this.render();
+    } finally {
+      this.rendering = false;
+    }
+    const { json, text } = rendered;
     const now = Date.now();
-    const { json, text } = this.render();
     if (json === this.lastJson && now - this.lastSentAt < this.heartbeatMs) return;
     this.lastJson = json;
     this.lastSentAt = now;
@@ -80,10 +101,10 @@ export class LiveFeed {
   }
 
   /** The message for the current snapshot; `json` is the snapshot alone, to compare with the last one sent. */
-  private render(): { json: string; text: string } {
+  private async render(): Promise<{ json: string; text: string }> {
     let json: string;
     try {
-      json = JSON.stringify(this.snapshot());
+      json = JSON.stringify(await this.snapshot());
     } catch (err) {
       const msg: LiveMessage = { type: "error", serverTime: Date.now(), message: errorMessage(err) };
       return { json: "", text: JSON.stringify(msg) };

@@ -1,11 +1,11 @@
 // The web dashboard: GET / serves the page, /dashboard/* its assets (all local, it works offline), and
 // /dashboard/live is a WebSocket that pushes the cluster snapshot (see live-feed.ts).
 //
-// Wiring: registerDashboard(app, { snapshot, coordinatorUrl }) before app.listen().
-// - snapshot(): the current ClusterSnapshot; called about four times a second while a dashboard is open.
-// - coordinatorUrl(): undefined on the coordinator itself (or while none is known), otherwise the
-//   coordinator's API base URL (e.g. "http://10.0.0.10:8080"); GET / then redirects there, so opening any
-//   node's address shows the one dashboard.
+// Wiring: registerDashboard(app, { snapshot }) before app.listen().
+// - snapshot(): the current ClusterSnapshot, or a promise of it; called about four times a second while a
+//   dashboard is open. Every node serves the page itself: on a node that is not the coordinator, snapshot()
+//   is the coordinator's, read over the cluster's gRPC plane (api/live-views.ts), so the page never points a
+//   browser at a coordinator whose API listens on its own loopback.
 // - authorize(request): optional key check for the page (GET /), the snapshot and the WebSocket; it returns
 //   the refusal to send (status and body) or undefined to let the request pass. The assets stay open: a
 //   browser fetches them without the key the page was opened with.
@@ -15,9 +15,8 @@ import { join } from "node:path";
 import type { Duplex } from "node:stream";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { WebSocketServer } from "ws";
-import type { ClusterSnapshot } from "../cluster/snapshot.js";
 import { packageRoot } from "../common/paths.js";
-import { LiveFeed, type LiveFeedOptions } from "./live-feed.js";
+import { LiveFeed, type LiveFeedOptions, type SnapshotSource } from "./live-feed.js";
 
 /** Why a dashboard request is refused: the HTTP status and the JSON body to answer with. */
 export interface DashboardRefusal {
@@ -26,8 +25,7 @@ export interface DashboardRefusal {
 }
 
 export interface DashboardOptions {
-  snapshot: () => ClusterSnapshot;
-  coordinatorUrl?: () => string | undefined;
+  snapshot: SnapshotSource;
   authorize?: (request: IncomingMessage) => DashboardRefusal | undefined;
   feed?: LiveFeedOptions;
 }
@@ -64,17 +62,13 @@ export function registerDashboard(app: FastifyInstance, options: DashboardOption
       if (refusal) return reply.code(refusal.status).send(refusal.body);
     },
   };
-  app.get("/", guarded, (request, reply) => {
-    const coordinator = options.coordinatorUrl?.();
-    // The query goes along: it may carry the API key (?key=) the page needs there too.
-    const query = request.url.includes("?") ? request.url.slice(request.url.indexOf("?")) : "";
-    if (coordinator) return reply.redirect(`${coordinator.replace(/\/+$/, "")}/${query}`, 302);
-    return sendAsset(reply, "index.html");
-  });
+  app.get("/", guarded, (_request, reply) => sendAsset(reply, "index.html"));
   // The only routes open without the API key (see api/server.ts denyByDefault): static files, no data.
   for (const name of Object.keys(ASSETS))
     app.get(`/dashboard/${name}`, { config: { open: true } }, (_request, reply) => sendAsset(reply, name));
-  app.get("/dashboard/snapshot.json", guarded, (_request, reply) => reply.send(options.snapshot()));
+  app.get("/dashboard/snapshot.json", guarded, async (request, reply) =>
+    reply.send(await options.snapshot(request.raw)),
+  );
 
   const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer) => {
     const path = new URL(request.url ?? "/", "http://localhost").pathname;

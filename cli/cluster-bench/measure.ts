@@ -1,10 +1,11 @@
 // `cluster bench`: what users report about a serving cluster, measured through its own HTTP API as a client sees
 // it: decode tokens/s for 1 and 4 streams, time to first token and prefill tokens/s at several prompt sizes, a
-// warm agent turn (the prefix cache's case), and from /health the plan, each node's chip and memory and the hop
-// latency of each link. Every figure is a median over the runs asked for.
+// warm agent turn (the prefix cache's case), and from the coordinator's picture (its /health, or the snapshot a
+// follower reads from it over the gRPC plane) the plan, each node's chip and memory and the hop latency of each
+// link. Every figure is a median over the runs asked for.
 import { randomBytes } from "node:crypto";
-import type { ClusterHealth } from "../../cluster/health.js";
-import { isClusterHealth } from "../../cluster/health.js";
+import type { NodeView, PlanView } from "../../cluster/health.js";
+import { fetchHealth, fetchSnapshot } from "../cluster-http.js";
 
 export interface BenchOptions {
   api: string;
@@ -143,17 +144,6 @@ export async function streamChat(
   };
 }
 
-export async function fetchHealth(api: string, apiKey?: string): Promise<ClusterHealth> {
-  const response = await fetch(`${api.replace(/\/+$/, "")}/health`, {
-    headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {},
-    signal: AbortSignal.timeout(5000),
-  });
-  const body: unknown = await response.json();
-  if (!isClusterHealth(body))
-    throw new Error(`${api}/health answered ${response.status} without cluster health`);
-  return body;
-}
-
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
@@ -189,23 +179,49 @@ function wordsFor(tokens: number, calibration: { perWord: number; overhead: numb
   return Math.max(1, Math.round((tokens - calibration.overhead) / calibration.perWord));
 }
 
-/** The coordinator's health (it alone knows the plan), reached from any node. */
-async function coordinatorHealth(
-  opts: BenchOptions,
-): Promise<ClusterHealth & { plan: NonNullable<ClusterHealth["plan"]> }> {
-  let health = await fetchHealth(opts.api, opts.apiKey);
-  const coordinatorUrl = health.coordinator?.apiUrl;
-  if (!health.plan && health.node.role !== "coordinator" && coordinatorUrl)
-    health = await fetchHealth(coordinatorUrl, opts.apiKey);
-  if (!health.ok || !health.plan)
+/** What the bench needs of the coordinator (it alone knows the plan). */
+interface CoordinatorView {
+  modelId: string;
+  plan: PlanView;
+  nodes: NodeView[];
+}
+
+/**
+ * The coordinator's plan and nodes, asked of the node given: the coordinator answers from its /health; a node
+ * that follows answers its snapshot with the coordinator's, read over the cluster's gRPC plane (so the
+ * coordinator's API may listen on its loopback), or with why it cannot.
+ */
+async function coordinatorView(opts: BenchOptions): Promise<CoordinatorView> {
+  const health = await fetchHealth(opts.api, opts.apiKey);
+  if (health.node.role === "coordinator" || health.plan) {
+    if (!health.ok || !health.plan)
+      throw new Error(
+        `the cluster is not serving (${health.state}${health.message ? `: ${health.message}` : ""})`,
+      );
+    return { modelId: health.modelId, plan: health.plan, nodes: health.nodes };
+  }
+  if (!health.coordinator)
     throw new Error(
-      `the cluster is not serving (${health.state}${health.message ? `: ${health.message}` : ""})`,
+      `${opts.api} follows no coordinator (${health.state}${health.message ? `: ${health.message}` : ""})`,
     );
-  return { ...health, plan: health.plan };
+  let snapshot: Awaited<ReturnType<typeof fetchSnapshot>>;
+  try {
+    snapshot = await fetchSnapshot(opts.api, opts.apiKey);
+  } catch (err) {
+    throw new Error(
+      `cannot read the coordinator ${health.coordinator.name} (${health.coordinator.id})'s plan ` +
+        `through ${opts.api}: ${(err as Error).message}`,
+    );
+  }
+  if (snapshot.state !== "ready" || !snapshot.plan)
+    throw new Error(
+      `the cluster is not serving (${snapshot.state}${snapshot.message ? `: ${snapshot.message}` : ""})`,
+    );
+  return { modelId: snapshot.modelId, plan: snapshot.plan, nodes: snapshot.nodes };
 }
 
 export async function runClusterBench(opts: BenchOptions): Promise<ClusterBenchResult> {
-  const health = await coordinatorHealth(opts);
+  const health = await coordinatorView(opts);
   const plan = health.plan;
   const context = plan.contextTokens;
   opts = { ...opts, model: health.modelId };
@@ -263,7 +279,7 @@ export async function runClusterBench(opts: BenchOptions): Promise<ClusterBenchR
   }
 
   // Hop figures as the stages measured them during the runs above.
-  const after = await coordinatorHealth(opts);
+  const after = await coordinatorView(opts);
   const byId = new Map(after.nodes.map((n) => [n.id, n]));
   const stages = plan.stages.map((s) => ({ stage: s, node: byId.get(s.nodeId) }));
   return {

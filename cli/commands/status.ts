@@ -1,11 +1,12 @@
-// `cluster status`: nodes, roles, plan and health, read from a node's GET /health (the plan from the
-// coordinator's, when the node asked is not the coordinator), with the live picture the dashboard shows (node
-// figures, throughput, requests in flight) from the coordinator's GET /dashboard/snapshot.json.
+// `cluster status`: nodes, roles, plan and health, read from a node's GET /health, with the live picture the
+// dashboard shows (node figures, the plan, throughput, requests in flight) from that node's GET
+// /dashboard/snapshot.json, which a node that is not the coordinator answers with the coordinator's, read over
+// the cluster's gRPC plane (cli/cluster-http.ts). Only the node asked need be reachable.
 import type { Command } from "commander";
-import { type ClusterHealth, isClusterHealth } from "../../cluster/health.js";
 import type { ClusterSnapshot } from "../../cluster/snapshot.js";
-import { isClusterSnapshot, renderClusterStatus } from "../../cluster/status-text.js";
+import { renderClusterStatus } from "../../cluster/status-text.js";
 import { errorMessage } from "../../common/errors.js";
+import { fetchHealth, fetchSnapshot } from "../cluster-http.js";
 
 interface StatusOptions {
   api: string;
@@ -13,71 +14,21 @@ interface StatusOptions {
   json?: boolean;
 }
 
-async function fetchHealth(baseUrl: string, apiKey: string | undefined): Promise<ClusterHealth> {
-  const url = `${baseUrl.replace(/\/+$/, "")}/health`;
-  let response: Response;
-  try {
-    response = await fetch(url, {
-      headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {},
-      signal: AbortSignal.timeout(5000),
-    });
-  } catch (err) {
-    throw new Error(`cannot reach ${url}: ${errorMessage((err as { cause?: unknown }).cause ?? err)}`);
-  }
-  const text = await response.text();
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    throw new Error(
-      `${url} answered ${response.status} with something that is not JSON: ${text.slice(0, 200)}`,
-    );
-  }
-  if (!isClusterHealth(body))
-    throw new Error(`${url} answered ${response.status} but not with cluster health`);
-  return body;
-}
-
-/** The live snapshot, or undefined (with a note on stderr) when the node serves none: status still prints. */
-async function fetchSnapshot(
-  baseUrl: string,
-  apiKey: string | undefined,
-): Promise<ClusterSnapshot | undefined> {
-  const url = `${baseUrl.replace(/\/+$/, "")}/dashboard/snapshot.json`;
-  try {
-    const response = await fetch(url, {
-      headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {},
-      signal: AbortSignal.timeout(5000),
-    });
-    const text = await response.text();
-    if (!response.ok) throw new Error(`answered ${response.status}: ${text.slice(0, 200)}`);
-    const body: unknown = JSON.parse(text);
-    if (!isClusterSnapshot(body)) throw new Error("answered, but not with a cluster snapshot");
-    return body;
-  } catch (err) {
-    process.stderr.write(`note: no live figures from ${url}: ${errorMessage(err)}\n`);
-    return undefined;
-  }
-}
-
 export async function runStatus(opts: StatusOptions): Promise<string> {
   const health = await fetchHealth(opts.api, opts.apiKey);
-  let plan = health.plan;
-  const coordinatorUrl = health.coordinator?.apiUrl;
-  if (!plan && health.node.role !== "coordinator" && coordinatorUrl) {
-    try {
-      plan = (await fetchHealth(coordinatorUrl, opts.apiKey)).plan;
-    } catch (err) {
-      process.stderr.write(`note: the coordinator's plan is unavailable: ${errorMessage(err)}\n`);
-    }
+  // The plan and the requests are the coordinator's: a node that follows answers with the coordinator's
+  // snapshot, or says why it cannot (status then prints what this node knows, and that reason).
+  let live: ClusterSnapshot | undefined;
+  let liveError: string | undefined;
+  try {
+    live = await fetchSnapshot(opts.api, opts.apiKey);
+  } catch (err) {
+    liveError = errorMessage(err);
+    process.stderr.write(`note: no live figures from ${opts.api}: ${liveError}\n`);
   }
-  // Requests are counted where they are generated: the coordinator.
-  const live = await fetchSnapshot(
-    health.node.role === "coordinator" ? opts.api : (coordinatorUrl ?? opts.api),
-    opts.apiKey,
-  );
-  if (opts.json) return `${JSON.stringify({ ...health, plan, live }, null, 2)}\n`;
-  return renderClusterStatus(health, { plan, live });
+  const plan = health.plan ?? live?.plan;
+  if (opts.json) return `${JSON.stringify({ ...health, plan, live, liveError }, null, 2)}\n`;
+  return renderClusterStatus(health, { plan, live, liveError });
 }
 
 export function register(program: Command): void {

@@ -338,7 +338,6 @@ export async function runUp(opts: UpOptions): Promise<void> {
         modelDir,
         modelId,
         health: () => controller?.health() ?? { ok: false, state: "planning", message: "starting" },
-        coordinatorUrl: () => controller?.coordinatorUrl(),
         relay: () => controller?.coordinatorRelay(),
         // Dashboard and /metrics (a 503, and an error line on the page, while this node is starting).
         snapshot: () => {

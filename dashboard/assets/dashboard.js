@@ -494,7 +494,7 @@ function connect(attempt = 0) {
     if (msg.type === "error") {
       const banner = $("banner");
       banner.hidden = false;
-      banner.textContent = `The coordinator could not build a snapshot: ${msg.message}`;
+      banner.textContent = `No live figures: ${msg.message}`;
       return;
     }
     lastMessage = msg;

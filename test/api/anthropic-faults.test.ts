@@ -24,7 +24,6 @@ async function startServer(options: { requestTimeoutMs?: number }): Promise<ApiS
       modelDir: cluster.modelDir,
       modelId: cluster.modelId,
       health: () => ({}),
-      coordinatorUrl: () => undefined,
     },
     { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey, ...options },
   );

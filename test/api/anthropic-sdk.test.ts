@@ -570,7 +570,6 @@ describe("a server that cannot take the request", () => {
         modelDir: cluster.modelDir,
         modelId: cluster.modelId,
         health: () => ({ ready: false }),
-        coordinatorUrl: () => undefined,
       },
       { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey, bodyLimit: 4096 },
     );
@@ -622,7 +621,6 @@ describe("a node that is not the coordinator", () => {
         modelDir: cluster.modelDir,
         modelId: cluster.modelId,
         health: () => ({}),
-        coordinatorUrl: () => cluster.server.url,
         relay: () => agent.relay,
       },
       { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey },

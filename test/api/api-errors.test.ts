@@ -302,7 +302,6 @@ describe("cluster states and other nodes", () => {
         modelDir: cluster.modelDir,
         modelId: "m",
         health: () => ({ state: "loading" }),
-        coordinatorUrl: () => undefined,
       },
       { host: "127.0.0.1", port: 0 },
     );
@@ -327,7 +326,6 @@ describe("cluster states and other nodes", () => {
         modelDir: cluster.modelDir,
         modelId: cluster.modelId,
         health: () => ({}),
-        coordinatorUrl: () => cluster.server.url,
         relay: () => agent.relay,
       },
       { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey },
@@ -354,7 +352,6 @@ describe("cluster states and other nodes", () => {
       modelDir: cluster.modelDir,
       modelId: cluster.modelId,
       health: () => ({}),
-      coordinatorUrl: () => undefined,
       relay: target,
     });
     const agents: RelayAgent[] = [];
@@ -388,7 +385,6 @@ describe("cluster states and other nodes", () => {
         modelDir: cluster.modelDir,
         modelId: cluster.modelId,
         health: () => ({}),
-        coordinatorUrl: () => undefined,
       },
       { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey },
     );
@@ -420,7 +416,6 @@ describe("cluster states and other nodes", () => {
           modelDir: cluster.modelDir,
           modelId: "m",
           health: () => ({}),
-          coordinatorUrl: () => undefined,
         },
         { host: "0.0.0.0", port: 0 },
       ),

@@ -100,7 +100,6 @@ describe("malformed API bodies", () => {
         modelDir: cluster.modelDir,
         modelId: cluster.modelId,
         health: () => ({}),
-        coordinatorUrl: () => undefined,
       },
       { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey, bodyLimit: 64 * 1024 },
     );

@@ -27,7 +27,6 @@ beforeAll(async () => {
     modelDir: cluster.modelDir,
     modelId: cluster.modelId,
     health: () => ({ ok: true }),
-    coordinatorUrl: () => undefined,
   };
   plain = await startApiServer(ctx, { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey });
   relayAgent = await startRelayAgent({
@@ -40,7 +39,6 @@ beforeAll(async () => {
     {
       ...ctx,
       generator: () => undefined,
-      coordinatorUrl: () => cluster.server.url,
       relay: () => relayAgent.relay,
     },
     { host: "127.0.0.1", port: 0, apiKey: cluster.apiKey, corsOrigins: [PAGE] },

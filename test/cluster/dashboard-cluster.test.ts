@@ -1,5 +1,6 @@
 // The dashboard and /metrics on a real two-node cluster (two `cluster up` processes from dist/ on loopback, joined
-// with --peer, an API key set): the other node's page redirects to the coordinator's with the key, the page shows
+// with --peer, an API key set): the other node serves the page itself with the coordinator's live picture, read
+// over the gRPC plane (no redirect to the coordinator's API, which may listen on its own loopback); the page shows
 // both nodes and the layer map of the real plan, and a generation through the API moves the live figures (a
 // request in flight, tokens/s, the recent table, throughput). /metrics, scraped during a generation, shows every
 // node's tokens/s and KV bytes move and counts the request. Saves test-output/dashboard-cluster.png.
@@ -181,10 +182,16 @@ describe("dashboard and /metrics on a two-node cluster", () => {
     };
     expect(await upgrade("")).toBe(401);
     expect(await upgrade(`?key=${API_KEY}`)).toBe(101);
-    // The other node sends the page to the coordinator's, key included.
-    const redirect = await fetch(`${cluster.followerUrl}/?key=${API_KEY}`, { redirect: "manual" });
-    expect(redirect.status).toBe(302);
-    expect(redirect.headers.get("location")).toBe(`${url}/?key=${API_KEY}`);
+    // The other node serves the page itself, under its key, and the coordinator's snapshot (with the plan).
+    const follower = cluster.followerUrl;
+    expect((await fetch(`${follower}/`, { redirect: "manual" })).status).toBe(401);
+    expect((await fetch(`${follower}/?key=${API_KEY}`, { redirect: "manual" })).status).toBe(200);
+    expect((await fetch(`${follower}/dashboard/snapshot.json`)).status).toBe(401);
+    const relayed = await fetch(`${follower}/dashboard/snapshot.json`, { headers: auth });
+    expect(relayed.status).toBe(200);
+    const snapshot = (await relayed.json()) as { coordinatorId: string; plan?: { planId: string } };
+    expect(snapshot.coordinatorId).toBe(cluster.coordinator.coordinator?.id);
+    expect(snapshot.plan?.planId).toBe(cluster.coordinator.plan?.planId);
     // Its /metrics answers too, with both nodes (membership runs on every node; requests count on the coordinator).
     const followerMetrics = await scrape(cluster.followerUrl);
     expect(metric(followerMetrics, "studio_cluster_nodes")).toBe(2);
@@ -296,16 +303,17 @@ describe.skipIf(!haveChromium)("the dashboard of a two-node cluster in headless 
   it("shows both nodes and the real layer map, and a generation moves its live figures", async () => {
     const errors: string[] = [];
     page.on("pageerror", (err) => errors.push(err.message));
-    // Opened on the node that does not coordinate: it lands on the coordinator's page, live over the key.
+    // Opened on the node that does not coordinate: it stays there, live over the key with the coordinator's
+    // figures (the follower reads them over the gRPC plane).
     await page.goto(`${cluster.followerUrl}/?key=${API_KEY}`);
-    expect(page.url()).toBe(`${cluster.coordinatorUrl}/?key=${API_KEY}`);
+    expect(page.url()).toBe(`${cluster.followerUrl}/?key=${API_KEY}`);
     await page.waitForFunction(`document.body.dataset.connection === "live"`);
     await page.waitForFunction(`document.querySelectorAll('[data-testid="node-card"]').length === 2`);
     expect(await page.locator('[data-testid="banner"]').isVisible()).toBe(false); // serving: nothing to warn of
     // The footer's links carry the key too, and it opens the figures.
     const metricsHref = await page.locator('.foot a[href^="/metrics"]').getAttribute("href");
     expect(metricsHref).toBe(`/metrics?key=${API_KEY}`);
-    expect((await page.request.get(`${cluster.coordinatorUrl}${metricsHref}`)).status()).toBe(200);
+    expect((await page.request.get(`${cluster.followerUrl}${metricsHref}`)).status()).toBe(200);
 
     const stages = cluster.coordinator.plan!.stages;
     expect(await page.locator("[data-layer]").count()).toBe(6);

@@ -99,7 +99,6 @@ export async function startApiCluster(opts: {
         modelDir,
         modelId,
         health: () => ({ ready: true }),
-        coordinatorUrl: () => undefined,
       },
       { host: "127.0.0.1", port: 0, apiKey, corsOrigins: opts.corsOrigins, relayToken },
     );

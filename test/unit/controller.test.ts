@@ -167,12 +167,12 @@ describe("the controller's reconcile loop", () => {
     members.add("a");
     await until("following", () => state() === "following");
     expect(controller!.generator()).toBeUndefined();
-    expect(controller!.coordinatorUrl()).toBe("http://10.0.0.2:8080");
+    expect(controller!.health().coordinator?.apiUrl).toBe("http://10.0.0.2:8080");
     expect(controller!.health()).toMatchObject({ ok: true, coordinator: { id: "a" } });
 
     members.remove("a");
     await until("coordinating again", () => state() === "ready");
-    expect(controller!.coordinatorUrl()).toBeUndefined();
+    expect(controller!.health().coordinator?.id).toBe("b");
   });
 
   it("a node lost by the pipeline leaves membership and the rest re-plans at once", async () => {

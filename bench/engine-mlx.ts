@@ -5,9 +5,10 @@
 //   npm run bench:engine-mlx [-- --tokens 32 --runs 3 --threads 2 --model DIR]
 //
 // --sampling-modes ROUNDS: instead, the mlx backend alone in its three decode modes, alternated ROUNDS times:
-// host (logits downloaded, the host samples: before issue 18 item 2), device (sampled on the device, each step
-// built after the last returned: STUDIO_DECODE_AHEAD=off) and ahead (the default: the next step built before
-// this one's token is read). --temperature / --top-p sample instead of greedy.
+// host (logits downloaded, the host samples: before issue 18 item 2, and still the default on MLX's cpu device),
+// device (sampled on the device, each step built after the last returned: STUDIO_DECODE_AHEAD=off) and ahead
+// (the default on a GPU: the next step built before this one's token is read). --temperature / --top-p sample
+// instead of greedy.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -143,8 +144,8 @@ async function main(): Promise<void> {
 
 const MODES = {
   host: { STUDIO_MLX_SAMPLING: "host" },
-  device: { STUDIO_DECODE_AHEAD: "off" },
-  ahead: {},
+  device: { STUDIO_MLX_SAMPLING: "device", STUDIO_DECODE_AHEAD: "off" },
+  ahead: { STUDIO_MLX_SAMPLING: "device" },
 } satisfies Record<string, Record<string, string>>;
 type Mode = keyof typeof MODES;
 

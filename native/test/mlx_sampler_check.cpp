@@ -10,8 +10,9 @@
 //     farther than 1e-3 is a mismatch;
 //   - the same inputs give the same device token twice.
 // Prints "mlx_sampler_check: cases=N exact=E ties=T mismatches=M" (and the ties by distance) and exits 0 only
-// when M is 0.
+// when M is 0. With --bench it times device picks at 200,064 ids instead.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -161,9 +162,47 @@ void check_case(Tally& t, const std::vector<float>& logits, const SamplingParams
 
 }  // namespace
 
-int main() {
+// --bench: ms per device pick at 200,064 ids (median of 21, one row), printed, then one JSON line.
+int bench() {
+  constexpr int32_t kVocab = 200064;
+  std::mt19937_64 rng(7);
+  std::vector<float> logits(kVocab);
+  // Zipf-like in rank (s = 1.1), in random order, as a trained model's next-token distribution falls off.
+  for (int32_t r = 0; r < kVocab; ++r) logits[r] = -1.1f * std::log(static_cast<float>(r + 1));
+  std::shuffle(logits.begin(), logits.end(), rng);
+  const mx::array row(logits.data(), {1, kVocab}, mx::float32);
+  mx::eval(row);
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  auto time = [&](DeviceDraw d) {
+    std::vector<double> ms;
+    for (int i = 0; i < 21; ++i) {
+      d.uniform = counter_uniform(1, static_cast<uint64_t>(i));
+      const auto start = std::chrono::steady_clock::now();
+      studio::mlxb::pick_rows(row, std::vector<DeviceDraw>{d}, s);
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+  };
+  const double greedy = time({0, 1, 0, 0, 0});
+  const double top_p = time({1, 0.95f, 0, 0, 0});
+  const double top_k_p = time({1, 0.95f, 40, 0, 0});
+  const double all = time({1, 1, 0, 0, 0});
+  std::printf("device sampler at %d ids on MLX's %s device, ms per pick (median of 21):\n", kVocab,
+              mx::default_device() == mx::Device::gpu ? "gpu" : "cpu");
+  std::printf("  greedy %.3f; temperature 1: top_p 0.95 %.3f, top_k 40 + top_p 0.95 %.3f, no cut %.3f\n", greedy,
+              top_p, top_k_p, all);
+  std::printf(
+      "{\"bench\":\"mlx-sampler\",\"vocab\":%d,\"greedy_ms\":%.3f,\"top_p_ms\":%.3f,\"top_k_top_p_ms\":%.3f,"
+      "\"no_cut_ms\":%.3f}\n",
+      kVocab, greedy, top_p, top_k_p, all);
+  return 0;
+}
+
+int main(int argc, char** argv) {
   // The GPU where MLX has one (Metal, CUDA): the kernels users run; else its cpu device.
   mx::set_default_device(mx::gpu::is_available() ? mx::Device::gpu : mx::Device::cpu);
+  if (argc > 1 && std::string(argv[1]) == "--bench") return bench();
   std::mt19937_64 rng(18);
   Tally t;
   const int32_t vocabs[] = {5, 1000, 200064};

@@ -182,6 +182,11 @@ async function openMlxWith(env: Record<string, string>, dir: string) {
   }
 }
 
+/** An mlx engine that picks tokens on the device (the default only where MLX has a GPU). */
+function openMlxDeviceSampling(dir: string) {
+  return openMlxWith({ STUDIO_MLX_SAMPLING: "device" }, dir);
+}
+
 /** An mlx engine whose tokens the host sampler picks from downloaded logits, as before sampling on the device. */
 function openMlxHostSampling(dir: string) {
   return openMlxWith({ STUDIO_MLX_SAMPLING: "host" }, dir);
@@ -529,7 +534,7 @@ describe.skipIf(skipReason !== undefined)("mlx backend", () => {
 
   it("samples on the device: greedy and seeded tokens equal the host sampler's, and a seed repeats its tokens", async () => {
     const dir = dirs.get("4-bit gs64")!;
-    const device = await openFull(dir, "mlx");
+    const device = await openMlxDeviceSampling(dir);
     const host = await openMlxHostSampling(dir);
     try {
       for (const sampling of SAMPLINGS) {
@@ -557,8 +562,8 @@ describe.skipIf(skipReason !== undefined)("mlx backend", () => {
 
   it("decode ahead: a lone sequence uses the step built ahead; other calls drop it; no token or bit changes", async () => {
     const dir = dirs.get("4-bit gs64")!;
-    const ahead = await openFull(dir, "mlx");
-    const notAhead = await openMlxWith({ STUDIO_DECODE_AHEAD: "off" }, dir);
+    const ahead = await openMlxDeviceSampling(dir);
+    const notAhead = await openMlxWith({ STUDIO_MLX_SAMPLING: "device", STUDIO_DECODE_AHEAD: "off" }, dir);
     const host = await openMlxHostSampling(dir);
     try {
       const [a, n, h] = await Promise.all([aheadScript(ahead), aheadScript(notAhead), aheadScript(host)]);
@@ -581,7 +586,7 @@ describe.skipIf(skipReason !== undefined)("mlx backend", () => {
 
   it("rows with a logit bias, a mask or returnLogits sample on the host beside device rows in one batch", async () => {
     const dir = dirs.get("4-bit gs64")!;
-    const device = await openFull(dir, "mlx");
+    const device = await openMlxDeviceSampling(dir);
     const host = await openMlxHostSampling(dir);
     try {
       const items = (): ForwardItem[] => [

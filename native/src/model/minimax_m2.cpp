@@ -53,6 +53,14 @@ void MinimaxM2Shard::warm_up() {
     batch[0].has_hidden = true;
   }
   forward(batch);
+  if (range_.head && backend_->samples_on_device()) {
+    // A second step that draws (top_p nucleus, top_logprobs): the device sampler's kernels beyond greedy's.
+    batch[0].position = 1;
+    batch[0].sampling.temperature = 1;
+    batch[0].sampling.top_p = 0.9f;
+    batch[0].sampling.top_logprobs = 2;
+    forward(batch);
+  }
   sequences_.release(kWarmupSeq);
   weight_bytes_read_ = 0;
   warmup_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -47,11 +46,6 @@ mx::array best_ids(const mx::array& key64, int n, int vocab, mx::Stream s) {
   return ids_of(mx::negative(mx::sort(mx::negative(top, s), s), s), vocab, s);
 }
 
-// Cumulative sums run in two levels, block sums then one block, so a long f32 running sum (the device has no
-// f64) does not drift from the host's double one: over 200,064 ids a flat f32 cumsum moved draws by more than
-// 1e-3 of the total, two levels keep it near 1e-6 (native/test/mlx_sampler_check.cpp measures it).
-constexpr int kBlock = 512;
-
 /** Where the running sum of w first passes target: the index, and the running sum there (inclusive). */
 struct Crossing {
   mx::array index;
@@ -59,32 +53,20 @@ struct Crossing {
 };
 
 /**
- * The first index whose inclusive running sum of w (non-negative) is > target (or >= target when `reach`),
- * clipped to the last index; a crossing that rounding pushes past a block's end stays on the block's last
- * positive weight.
+ * The first index whose inclusive running sum of w (non-negative) is > target (or >= target when `reach`). A
+ * crossing that rounding pushes past the end stays on the last positive weight, as the host's loop ends on its
+ * last candidate. The running sum is f32 (Metal has no f64): two-level sums (blocks of 512, then one block)
+ * measured no closer to the host's double sums than this one (native/test/mlx_sampler_check.cpp).
  */
 Crossing first_crossing(const mx::array& w, const mx::array& target, bool reach, mx::Stream s) {
   const int n = w.shape(0);
-  auto passed = [&](const mx::array& c) { return reach ? mx::greater_equal(c, target, s) : mx::greater(c, target, s); };
-  auto count_short = [&](const mx::array& c) {
-    return mx::sum(mx::astype(mx::logical_not(passed(c), s), mx::int32, s), s);
-  };
-  const int blocks = (n + kBlock - 1) / kBlock;
-  const int width = blocks > 1 ? kBlock : n;
-  const int pad = blocks * width - n;
-  auto padded = pad > 0 ? mx::pad(w, std::pair<int, int>{0, pad}, mx::array(0.0f), "constant", s) : w;
-  auto grid = mx::reshape(padded, {blocks, width}, s);
-  auto sums = mx::sum(grid, 1, false, s);
-  auto before = mx::cumsum(sums, 0, false, false, s);
-  auto b = mx::minimum(count_short(mx::add(before, sums, s)), mx::array(blocks - 1), s);
-  auto row = mx::take(grid, b, 0, s);
-  auto cum = mx::add(mx::take(before, b, s), mx::cumsum(row, 0, false, true, s), s);
-  auto local = mx::arange(0, width, mx::int32, s);
-  auto last_positive = mx::max(mx::where(mx::greater(row, mx::array(0.0f), s), local, mx::array(-1), s), s);
-  auto j = mx::minimum(count_short(cum), mx::array(width - 1), s);
-  j = mx::where(mx::greater_equal(last_positive, mx::array(0), s), mx::minimum(j, last_positive, s), j, s);
-  auto index = mx::minimum(mx::add(mx::multiply(b, mx::array(width), s), j, s), mx::array(n - 1), s);
-  return {index, mx::take(cum, j, s)};
+  auto cum = mx::cumsum(w, 0, false, true, s);
+  auto passed = reach ? mx::greater_equal(cum, target, s) : mx::greater(cum, target, s);
+  auto short_of = mx::sum(mx::astype(mx::logical_not(passed, s), mx::int32, s), s);
+  auto ids = mx::arange(0, n, mx::int32, s);
+  auto last_positive = mx::max(mx::where(mx::greater(w, mx::array(0.0f), s), ids, mx::array(0), s), s);
+  auto index = mx::minimum(short_of, last_positive, s);
+  return {index, mx::take(cum, index, s)};
 }
 
 /**
@@ -180,10 +162,9 @@ LazyPick pick_row(const mx::array& logits, const DeviceDraw& d, mx::Stream s) {
 
 namespace {
 
-mx::array check_rows(const mx::array& logits, size_t draws) {
+void check_rows(const mx::array& logits, size_t draws) {
   if (logits.ndim() != 2 || static_cast<size_t>(logits.shape(0)) != draws || draws == 0)
     throw std::invalid_argument("mlx sampler: logits [rows, vocab] with one draw per row expected");
-  return logits;
 }
 
 }  // namespace

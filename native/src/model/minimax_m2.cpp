@@ -270,12 +270,12 @@ void MinimaxM2Shard::sample_on_device(const Activations& logits, const std::vect
   std::unique_ptr<Activations> owner;
   const std::unique_ptr<PendingPicks> pending = backend_->sample_lazily(rows_of_logits(logits, which, owner), draws);
   // One sequence decoding alone: its next step is built now, fed by this pick still on the device, and runs
-  // while this one's token goes back to the caller.
+  // while this one's token goes back to the caller (can_speculate says when).
   std::unique_ptr<Speculation> next;
   if (batch.size() == 1) {
     const int64_t position = segments[0].position + segments[0].rows;
     if (can_speculate(batch[0], position))
-      next = speculate(batch[0].seq, segments[0].cache, position, batch[0].sampling, *pending);
+      next = try_speculate(batch[0].seq, segments[0].cache, position, batch[0].sampling, *pending);
   }
   const std::vector<DevicePick> picks = pending->read();
   for (size_t j = 0; j < which.size(); ++j)
@@ -319,11 +319,12 @@ std::unique_ptr<Activations> MinimaxM2Shard::head_logits(const Activations& h, s
   return logits;
 }
 
-// Building ahead needs the whole model here (the token feeds this shard's own embedding) and a step that needs
-// nothing from the host between tokens: device sampling without bias, mask or logits.
+// Building ahead needs the whole model here (the token feeds this shard's own embedding), a step that needs
+// nothing from the host between tokens (device sampling without bias, mask or logits), and a decode step: after
+// a prompt chunk the next call is usually the next chunk, and a step built ahead of it would be wasted.
 bool MinimaxM2Shard::can_speculate(const ForwardItem& item, int64_t next_position) const {
   return decode_ahead_ && range_.embed && range_.head && backend_->samples_on_device() && device_samplable(item) &&
-         item.seq != kWarmupSeq && next_position < config_.max_positions;
+         item.tokens.size() == 1 && item.seq != kWarmupSeq && next_position < config_.max_positions;
 }
 
 // The decode step at `position` of `seq`, its input the token `input` picks on the device: layers, head and
@@ -356,6 +357,19 @@ std::unique_ptr<MinimaxM2Shard::Speculation> MinimaxM2Shard::speculate(uint32_t 
   return spec;
 }
 
+// Building ahead only saves time: if it fails, the step it follows still succeeds, and the next step, built as
+// usual, reports the error.
+std::unique_ptr<MinimaxM2Shard::Speculation> MinimaxM2Shard::try_speculate(uint32_t seq, KvCache* cache,
+                                                                          int64_t position,
+                                                                          const SamplingParams& sampling,
+                                                                          const PendingPicks& input) {
+  try {
+    return speculate(seq, cache, position, sampling, input);
+  } catch (const std::exception&) {
+    return nullptr;
+  }
+}
+
 // The very step built ahead: one item, the same sequence, position, input token and sampling.
 bool MinimaxM2Shard::speculation_matches(const std::vector<ForwardItem>& batch) {
   if (!speculation_ || batch.size() != 1) return false;
@@ -378,7 +392,7 @@ std::vector<ForwardResult> MinimaxM2Shard::finish_speculation(const std::vector<
   // The step after this one is queued before this one's token is read, as the first was.
   std::unique_ptr<Speculation> next;
   if (can_speculate(item, s->position + 1))
-    next = speculate(item.seq, s->cache, s->position + 1, item.sampling, *s->picks);
+    next = try_speculate(item.seq, s->cache, s->position + 1, item.sampling, *s->picks);
   const std::vector<DevicePick> picks = s->picks->read();
   std::vector<ForwardResult> results(1);
   results[0].seq = item.seq;

@@ -115,6 +115,8 @@ class MinimaxM2Shard {
   bool can_speculate(const ForwardItem& item, int64_t next_position) const;
   std::unique_ptr<Speculation> speculate(uint32_t seq, KvCache* cache, int64_t position, const SamplingParams& sampling,
                                          const PendingPicks& input);
+  std::unique_ptr<Speculation> try_speculate(uint32_t seq, KvCache* cache, int64_t position,
+                                             const SamplingParams& sampling, const PendingPicks& input);
   bool speculation_matches(const std::vector<ForwardItem>& batch);
   std::vector<ForwardResult> finish_speculation(const std::vector<ForwardItem>& batch);
   void drop_speculation(uint32_t seq);

@@ -3,11 +3,17 @@
 // correctness build, not a fast path). Prints readable lines, then ONE JSON line of figures.
 //
 //   npm run bench:engine-mlx [-- --tokens 32 --runs 3 --threads 2 --model DIR]
+//
+// --sampling-modes ROUNDS: instead, the mlx backend alone in its three decode modes, alternated ROUNDS times:
+// host (logits downloaded, the host samples: before issue 18 item 2, and still the default on MLX's cpu device),
+// device (sampled on the device, each step built after the last returned: STUDIO_DECODE_AHEAD=off) and ahead
+// (the default on a GPU: the next step built before this one's token is read). --temperature / --top-p sample
+// instead of greedy.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { makeModel } from "../cli/make-model/index.js";
-import type { BackendName } from "../common/engine-api.js";
+import type { BackendName, SamplingParams } from "../common/engine-api.js";
 import { readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import { availableBackends, mlxInfo, openEngine } from "../native/index.js";
@@ -28,7 +34,14 @@ async function ensureBenchModel(dir: string): Promise<void> {
 }
 
 /** Greedy decode of `tokens` tokens after the prompt, `runs` times on fresh sequences; tokens/s per run. */
-async function measure(dir: string, backend: BackendName, tokens: number, runs: number, threads: number) {
+async function measure(
+  dir: string,
+  backend: BackendName,
+  tokens: number,
+  runs: number,
+  threads: number,
+  sampling: SamplingParams = {},
+) {
   const started = performance.now();
   const engine = await openEngine({
     modelDir: dir,
@@ -47,12 +60,12 @@ async function measure(dir: string, backend: BackendName, tokens: number, runs: 
     // Run 0 warms caches and lazy initialisation (MLX builds its kernels on first use) and is not counted.
     for (let run = 0; run <= runs; run++) {
       const seq = run + 1;
-      const [first] = await engine.forward([{ seq, position: 0, tokens: PROMPT, sampling: {} }]);
+      const [first] = await engine.forward([{ seq, position: 0, tokens: PROMPT, sampling }]);
       let token = first.token!;
       const t0 = performance.now();
       for (let i = 0; i < tokens; i++) {
         const [out] = await engine.forward([
-          { seq, position: PROMPT.length + i, tokens: Int32Array.of(token), sampling: {} },
+          { seq, position: PROMPT.length + i, tokens: Int32Array.of(token), sampling },
         ]);
         token = out.token!;
       }
@@ -73,6 +86,9 @@ async function main(): Promise<void> {
       runs: { type: "string", default: "3" },
       threads: { type: "string", default: "2" },
       model: { type: "string", default: join(packageRoot(), ".cache", "models", "bench-4bit") },
+      "sampling-modes": { type: "string" },
+      temperature: { type: "string", default: "0" },
+      "top-p": { type: "string", default: "1" },
     },
   });
   const tokens = Number(values.tokens);
@@ -90,6 +106,15 @@ async function main(): Promise<void> {
   console.log(
     `model ${dir}; decode ${tokens} tokens after a ${PROMPT.length}-token prompt, median of ${runs} runs`,
   );
+  if (values["sampling-modes"] !== undefined) {
+    const sampling: SamplingParams = {
+      temperature: Number(values.temperature),
+      topP: Number(values["top-p"]),
+      seed: 1,
+    };
+    await samplingModes(dir, Number(values["sampling-modes"]), tokens, runs, sampling, info.version);
+    return;
+  }
   const cpu = await measure(dir, "cpu", tokens, runs, threads);
   console.log(
     `cpu backend (${threads} threads):  ${cpu.tokensPerSecond.toFixed(2)} tokens/s  (runs ${cpu.runs.map((r) => r.toFixed(2)).join(", ")})`,
@@ -113,6 +138,59 @@ async function main(): Promise<void> {
       cpu_threads: threads,
       decode_tokens: tokens,
       runs,
+    }),
+  );
+}
+
+const MODES = {
+  host: { STUDIO_MLX_SAMPLING: "host" },
+  device: { STUDIO_MLX_SAMPLING: "device", STUDIO_DECODE_AHEAD: "off" },
+  ahead: { STUDIO_MLX_SAMPLING: "device" },
+} satisfies Record<string, Record<string, string>>;
+type Mode = keyof typeof MODES;
+
+/** The mlx backend in each decode mode (environment read when the engine is made), alternated `rounds` times. */
+async function samplingModes(
+  dir: string,
+  rounds: number,
+  tokens: number,
+  runs: number,
+  sampling: SamplingParams,
+  version: string,
+): Promise<void> {
+  const figures: Record<Mode, number[]> = { host: [], device: [], ahead: [] };
+  for (let round = 0; round < rounds; round++) {
+    for (const mode of Object.keys(MODES) as Mode[]) {
+      Object.assign(process.env, MODES[mode]);
+      try {
+        const f = await measure(dir, "mlx", tokens, runs, 1, sampling);
+        figures[mode].push(...f.runs);
+        console.log(`round ${round + 1} ${mode}: ${f.runs.map((r) => r.toFixed(3)).join(", ")} tokens/s`);
+      } finally {
+        for (const key of Object.keys(MODES[mode])) delete process.env[key];
+      }
+    }
+  }
+  const medians = Object.fromEntries(
+    (Object.keys(figures) as Mode[]).map((m) => [m, median(figures[m])]),
+  ) as Record<Mode, number>;
+  console.log(
+    `medians (tokens/s): host ${medians.host.toFixed(3)}, device ${medians.device.toFixed(3)}, ahead ${medians.ahead.toFixed(3)}; ahead / host ${(medians.ahead / medians.host).toFixed(3)}`,
+  );
+  console.log(
+    JSON.stringify({
+      bench: "engine-mlx-sampling",
+      mlx_version: version,
+      mlx_device: mlxInfo()!.device,
+      temperature: sampling.temperature,
+      top_p: sampling.topP,
+      host_tokens_per_s: Number(medians.host.toFixed(3)),
+      device_tokens_per_s: Number(medians.device.toFixed(3)),
+      ahead_tokens_per_s: Number(medians.ahead.toFixed(3)),
+      ahead_over_host: Number((medians.ahead / medians.host).toFixed(3)),
+      decode_tokens: tokens,
+      runs,
+      rounds,
     }),
   );
 }

@@ -16,9 +16,14 @@ import type {
 import { type ModelConfig, readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 
-/** stats() plus what benches need: weight bytes the forward passes read so far (routed experts only). */
+/**
+ * stats() plus what benches and tests need: weight bytes the forward passes read so far (routed experts only),
+ * and the decode steps built ahead on the device (mlx) that the next call used, or that were dropped.
+ */
 export interface NativeEngineStats extends EngineStats {
   weightBytesRead: number;
+  stepsAheadUsed: number;
+  stepsAheadDropped: number;
 }
 
 /** The Engine contract with the extra stats figure. */
@@ -95,6 +100,8 @@ export interface MlxInfo {
   maxRecommendedWorkingSetBytes?: number;
   /** Set when the loaded MLX is not the one built against: loading an mlx engine then fails with this message. */
   versionError?: string;
+  /** The file the MLX library was loaded from (absent where the loader cannot say). */
+  libraryPath?: string;
 }
 
 /** MLX's version and device when this build has the mlx backend, else null. */

@@ -13,9 +13,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeModel } from "../../cli/make-model/index.js";
-import type { Engine, ForwardOutput } from "../../common/engine-api.js";
+import type {
+  Engine,
+  ForwardItem,
+  ForwardOutput,
+  SamplingParams,
+  TokenLogprob,
+} from "../../common/engine-api.js";
 import { packageRoot } from "../../common/paths.js";
-import { availableBackends, mlxInfo, openEngine } from "../../native/index.js";
+import { availableBackends, mlxInfo, openEngine, type StudioEngine } from "../../native/index.js";
 import { ReferenceModel } from "../helpers/reference-minimax-m2.js";
 
 const addonPath = join(packageRoot(), "native", "build", "Release", "studio_engine.node");
@@ -164,6 +170,98 @@ async function openMlxF32(dir: string) {
   } finally {
     delete process.env.STUDIO_MLX_DTYPE;
   }
+}
+
+/** An mlx engine made with these environment variables set (each is read once, when the engine is made). */
+async function openMlxWith(env: Record<string, string>, dir: string) {
+  Object.assign(process.env, env);
+  try {
+    return await openFull(dir, "mlx");
+  } finally {
+    for (const key of Object.keys(env)) delete process.env[key];
+  }
+}
+
+/** An mlx engine that picks tokens on the device (the default only where MLX has a GPU). */
+function openMlxDeviceSampling(dir: string) {
+  return openMlxWith({ STUDIO_MLX_SAMPLING: "device" }, dir);
+}
+
+/** An mlx engine whose tokens the host sampler picks from downloaded logits, as before sampling on the device. */
+function openMlxHostSampling(dir: string) {
+  return openMlxWith({ STUDIO_MLX_SAMPLING: "host" }, dir);
+}
+
+/**
+ * Lone decode steps of one sequence, interrupted by everything that must drop a step built ahead: another
+ * sequence's call, a token other than the one sampled, a batch of two, other sampling, a release, a logit bias.
+ */
+async function aheadScript(engine: StudioEngine): Promise<ForwardOutput[]> {
+  const outs: ForwardOutput[] = [];
+  const sampling: SamplingParams = { temperature: 0.9, topK: 30, seed: 7, topLogprobs: 2 };
+  let position = 0;
+  let input = PROMPT;
+  const step = async (tokens: number[], s = sampling) => {
+    const [out] = await engine.forward([{ seq: 1, position, tokens: Int32Array.from(tokens), sampling: s }]);
+    outs.push(out);
+    position += tokens.length;
+    input = [out.token!];
+  };
+  await step(input);
+  for (let i = 0; i < 4; i++) await step(input);
+  outs.push(...(await engine.forward([{ seq: 2, position: 0, tokens: Int32Array.of(5, 6, 7), sampling }])));
+  await step(input); // dropped by seq 2's call
+  await step(input);
+  await step([(input[0] + 1) % 1536]); // another token than the one sampled: dropped
+  await engine.fork(1, 3, position);
+  const pair = await engine.forward([
+    { seq: 1, position, tokens: Int32Array.from(input), sampling },
+    { seq: 3, position, tokens: Int32Array.from(input), sampling: { ...sampling, seed: 8 } },
+  ]); // a batch of two: dropped
+  outs.push(...pair);
+  position += 1;
+  input = [pair[0].token!];
+  await step(input, { ...sampling, seed: 9 }); // other sampling: dropped
+  await step(input, { ...sampling, seed: 9 });
+  await engine.release(1); // dropped with the sequence
+  position = 0;
+  input = PROMPT;
+  await step(input);
+  for (let i = 0; i < 3; i++) await step(input);
+  await step(input, { ...sampling, logitBias: [[3, 2]] }); // a host row; it builds nothing ahead
+  return outs;
+}
+
+// Greedy, and each way a draw's candidates are formed (all ids, the top_p nucleus, top_k, top_k with top_p).
+const SAMPLINGS: SamplingParams[] = [
+  {},
+  { topLogprobs: 4 },
+  { temperature: 0.8, seed: 5 },
+  { temperature: 1.3, topP: 0.9, seed: 9 },
+  { temperature: 0.7, topK: 20, seed: 3, topLogprobs: 3 },
+  { temperature: 1, topK: 50, topP: 0.8, seed: 11 },
+];
+
+interface Sampled {
+  tokens: number[];
+  logprobs: number[];
+  top: TokenLogprob[][];
+}
+
+/** The prompt then 12 steps, each feeding back its sampled token. */
+async function sampled(engine: Engine, seq: number, sampling: SamplingParams): Promise<Sampled> {
+  const run: Sampled = { tokens: [], logprobs: [], top: [] };
+  let position = 0;
+  let input = PROMPT;
+  for (let step = 0; step <= 12; step++) {
+    const [out] = await engine.forward([{ seq, position, tokens: Int32Array.from(input), sampling }]);
+    run.tokens.push(out.token!);
+    run.logprobs.push(out.logprob!);
+    run.top.push(out.topLogprobs ?? []);
+    position += input.length;
+    input = [out.token!];
+  }
+  return run;
 }
 
 describe.skipIf(skipReason !== undefined)("mlx backend", () => {
@@ -431,6 +529,93 @@ describe.skipIf(skipReason !== undefined)("mlx backend", () => {
       expect([engine.stats().blocks, engine.stats().blockBytes]).toEqual([0, 0]);
     } finally {
       await engine.close();
+    }
+  });
+
+  it("samples on the device: greedy and seeded tokens equal the host sampler's, and a seed repeats its tokens", async () => {
+    const dir = dirs.get("4-bit gs64")!;
+    const device = await openMlxDeviceSampling(dir);
+    const host = await openMlxHostSampling(dir);
+    try {
+      for (const sampling of SAMPLINGS) {
+        const onDevice = await sampled(device, 1, sampling);
+        const onHost = await sampled(host, 1, sampling);
+        // Same logits (same ops and bits on both engines), same seeded draw: the same tokens. The device sums
+        // in f32 where the host sums in double, so a draw within ~1e-5 of a boundary could differ; these
+        // seeds have none (native/test/mlx_sampler_check.cpp measures how rare such ties are).
+        expect(onDevice.tokens, JSON.stringify(sampling)).toEqual(onHost.tokens);
+        for (let i = 0; i < onHost.logprobs.length; i++)
+          expect(Math.abs(onDevice.logprobs[i] - onHost.logprobs[i])).toBeLessThan(1e-4);
+        expect(onDevice.top.map((t) => t.map((x) => x.token))).toEqual(
+          onHost.top.map((t) => t.map((x) => x.token)),
+        );
+        // The same seed again (a new sequence): the very same tokens and log-probabilities.
+        const again = await sampled(device, 2, sampling);
+        expect(again).toEqual(onDevice);
+        for (const seq of [1, 2]) await device.release(seq);
+        await host.release(1);
+      }
+    } finally {
+      await Promise.all([device.close(), host.close()]);
+    }
+  });
+
+  it("decode ahead: a lone sequence uses the step built ahead; other calls drop it; no token or bit changes", async () => {
+    const dir = dirs.get("4-bit gs64")!;
+    const ahead = await openMlxDeviceSampling(dir);
+    const notAhead = await openMlxWith({ STUDIO_MLX_SAMPLING: "device", STUDIO_DECODE_AHEAD: "off" }, dir);
+    const host = await openMlxHostSampling(dir);
+    try {
+      const [a, n, h] = await Promise.all([aheadScript(ahead), aheadScript(notAhead), aheadScript(host)]);
+      // Building ahead changes nothing, to the bit; the host sampler picks the same tokens.
+      expect(a).toEqual(n);
+      expect(a.map((o) => o.token)).toEqual(h.map((o) => o.token));
+      for (let i = 0; i < a.length; i++) expect(Math.abs(a[i].logprob! - h[i].logprob!)).toBeLessThan(1e-4);
+      const used = ahead.stats().stepsAheadUsed;
+      const dropped = ahead.stats().stepsAheadDropped;
+      // Only decode steps build ahead (not a prompt). Used: 3 of the 4 steps after the prompt, the 2nd after
+      // seq 2's call, the 2nd with seed 9, 2 of the 3 after the new prompt. Dropped: by seq 2's call, the other
+      // token, the batch of two, the release, the bias.
+      expect(used).toBe(7);
+      expect(dropped).toBe(5);
+      for (const e of [notAhead, host])
+        expect([e.stats().stepsAheadUsed, e.stats().stepsAheadDropped]).toEqual([0, 0]);
+    } finally {
+      await Promise.all([ahead.close(), notAhead.close(), host.close()]);
+    }
+  });
+
+  it("rows with a logit bias, a mask or returnLogits sample on the host beside device rows in one batch", async () => {
+    const dir = dirs.get("4-bit gs64")!;
+    const device = await openMlxDeviceSampling(dir);
+    const host = await openMlxHostSampling(dir);
+    try {
+      const items = (): ForwardItem[] => [
+        { seq: 1, position: 0, tokens: Int32Array.from(PROMPT), sampling: { temperature: 0.9, seed: 4 } },
+        {
+          seq: 2,
+          position: 0,
+          tokens: Int32Array.from(PROMPT),
+          sampling: { temperature: 0.9, seed: 4, logitBias: [[7, 30]] },
+        },
+        {
+          seq: 3,
+          position: 0,
+          tokens: Int32Array.from(PROMPT),
+          sampling: { temperature: 0.9, seed: 4, allowTokens: Int32Array.of(11, 12, 13) },
+        },
+        { seq: 4, position: 0, tokens: Int32Array.from(PROMPT), sampling: { seed: 4 }, returnLogits: true },
+      ];
+      const [onDevice, onHost] = await Promise.all([device.forward(items()), host.forward(items())]);
+      expect(onDevice.map((o) => o.token)).toEqual(onHost.map((o) => o.token));
+      // The host rows are the host sampler's to the bit; the device row's log-probability is an f32 sum's.
+      expect(onDevice.slice(1).map((o) => o.logprob)).toEqual(onHost.slice(1).map((o) => o.logprob));
+      expect(Math.abs(onDevice[0].logprob! - onHost[0].logprob!)).toBeLessThan(1e-4);
+      expect(onDevice[1].token).toBe(7);
+      expect([11, 12, 13]).toContain(onDevice[2].token);
+      expect(Array.from(onDevice[3].logits!)).toEqual(Array.from(onHost[3].logits!));
+    } finally {
+      await Promise.all([device.close(), host.close()]);
     }
   });
 

@@ -17,7 +17,7 @@ import {
   type ResultHandler,
 } from "../../coordinator/pipeline.js";
 import type { BlockPort, StageAssembly } from "../../coordinator/pipeline-blocks.js";
-import { openEngine } from "../../native/index.js";
+import { type NativeEngineStats, openEngine } from "../../native/index.js";
 import { BlockHost } from "../../node-agent/block-host.js";
 import { type FrameSink, Stage } from "../../node-agent/stage.js";
 
@@ -130,6 +130,14 @@ export class LocalPipeline extends EventEmitter<PipelineEvents> implements Pipel
 
   get lost(): LostNode | undefined {
     return this.lostNode;
+  }
+
+  /** Per stage: decode steps its engine built ahead that the next call used, or dropped (mlx only). */
+  stepsAhead(): Array<{ used: number; dropped: number }> {
+    return this.engines.map((e) => {
+      const stats = e.stats() as Partial<NativeEngineStats>;
+      return { used: stats.stepsAheadUsed ?? 0, dropped: stats.stepsAheadDropped ?? 0 };
+    });
   }
 
   /** Sequences, their KV bytes and the prefix cache's block bytes each stage's engine holds now. */

@@ -9,7 +9,7 @@ import { ClusterError } from "../../common/errors.js";
 import type { PipelinePlan } from "../../coordinator/pipeline.js";
 import { PREFILL_CHUNK_TOKENS, Scheduler } from "../../coordinator/scheduler.js";
 import type { GenerationRequest } from "../../coordinator/token-generator.js";
-import { availableBackends } from "../../native/index.js";
+import { availableBackends, openEngine } from "../../native/index.js";
 import { LocalPipeline } from "../helpers/local-pipeline.js";
 import {
   collect,
@@ -104,6 +104,65 @@ describe("scheduler over an in-process pipeline", () => {
     expect(stopped.end).toBe("stop");
     expect(stopped.tokens).toEqual(expected[0].slice(0, expected[0].indexOf(stopAt) + 1));
     expect(scheduler.inFlight).toBe(0);
+  });
+
+  it("a one-stage mlx pipeline sampling on the device, decode steps built ahead, gives the host sampler's tokens", async () => {
+    if (!availableBackends().includes("mlx")) {
+      console.log("scheduler.test: skipping the mlx decode-ahead check: the addon was built without MLX");
+      return;
+    }
+    const layers = numLayersOf(modelDir);
+    const whole = { ...twoStages("p-mlx-ahead").stages[0], layerEnd: layers, head: true };
+    // Device sampling is the default only on a GPU: asked for here, as a Mac runs it.
+    process.env.STUDIO_MLX_SAMPLING = "device";
+    let device: LocalPipeline;
+    try {
+      device = await LocalPipeline.start(modelDir, {
+        planId: "p-mlx-ahead",
+        stages: [whole],
+        backend: "mlx",
+      });
+    } finally {
+      delete process.env.STUDIO_MLX_SAMPLING;
+    }
+    pipelines.push(device);
+    process.env.STUDIO_MLX_SAMPLING = "host";
+    let host: Engine;
+    try {
+      host = await openEngine({
+        modelDir,
+        layerStart: 0,
+        layerEnd: layers,
+        embed: true,
+        head: true,
+        backend: "mlx",
+      });
+    } finally {
+      delete process.env.STUDIO_MLX_SAMPLING;
+    }
+    try {
+      const scheduler = new Scheduler({ contextWindow: 4096, prefillChunkTokens: 16 });
+      scheduler.attach(device);
+      const sampled = { temperature: 0.8, topP: 0.9, seed: 7 };
+      // Alone: every decode step after the first is the one built ahead.
+      const alone = request(promptOf(30, 4), 10, { sampling: sampled });
+      const aloneGot = await collect(scheduler.generate(alone));
+      expect(aloneGot.tokens).toEqual(await referenceRun(host, 950, alone.prompt, 10, sampled, 16));
+      expect(device.stepsAhead()[0].used).toBeGreaterThanOrEqual(8);
+      // At once: batched steps build nothing ahead; lone ones do, and are dropped when a batch comes instead.
+      const runs = [
+        request(promptOf(40, 1), 12),
+        request(promptOf(9, 2), 12, { sampling: sampled }),
+        request(promptOf(23, 3), 12, { sampling: { temperature: 1.1, topK: 20, seed: 3 } }),
+      ];
+      const got = await Promise.all(runs.map((r) => collect(scheduler.generate(r))));
+      for (let i = 0; i < runs.length; i++)
+        expect(got[i].tokens).toEqual(
+          await referenceRun(host, 960 + i, runs[i].prompt, runs[i].maxTokens, runs[i].sampling, 16),
+        );
+    } finally {
+      await host.close();
+    }
   });
 
   it("chunks prompts by the pipeline's backend (cpu 256, mlx 2048) unless told a size", async () => {

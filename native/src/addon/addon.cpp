@@ -48,7 +48,7 @@ Napi::Value available_backends(const Napi::CallbackInfo& info) {
 
 /**
  * The MLX this addon was built with: {version (loaded), builtWith, device, maxRecommendedWorkingSetBytes (GPU
- * only), versionError (only on a mismatch)}, or null when it was built without MLX.
+ * only), versionError (only on a mismatch), libraryPath}, or null when it was built without MLX.
  */
 Napi::Value mlx_info(const Napi::CallbackInfo& info) {
 #ifdef STUDIO_WITH_MLX
@@ -60,6 +60,7 @@ Napi::Value mlx_info(const Napi::CallbackInfo& info) {
   if (auto bytes = mlx_max_recommended_working_set())
     o.Set("maxRecommendedWorkingSetBytes", Napi::Number::New(env, static_cast<double>(*bytes)));
   if (std::string error = mlx_version_error(); !error.empty()) o.Set("versionError", error);
+  if (std::string path = mlx_library_path(); !path.empty()) o.Set("libraryPath", path);
   return o;
 #else
   return info.Env().Null();

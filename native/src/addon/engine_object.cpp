@@ -147,6 +147,8 @@ void EngineObject::publish_figures() {
   kv_bytes_ = static_cast<double>(shard_->kv_bytes());
   sequences_ = static_cast<double>(shard_->sequences());
   weight_bytes_read_ = shard_->weight_bytes_read();
+  steps_ahead_used_ = static_cast<double>(shard_->steps_ahead_used());
+  steps_ahead_dropped_ = static_cast<double>(shard_->steps_ahead_dropped());
   block_bytes_ = static_cast<double>(shard_->block_bytes());
   blocks_ = static_cast<double>(shard_->blocks());
 }
@@ -289,6 +291,8 @@ Napi::Value EngineObject::stats(const Napi::CallbackInfo& info) {
   o.Set("kvBytesPerPositionPerLayer", kv_bytes_per_position_per_layer_.load());
   o.Set("wiredLimitBytes", wired_limit_bytes_.load());
   o.Set("warmupSeconds", warmup_seconds_.load());
+  o.Set("stepsAheadUsed", steps_ahead_used_.load());
+  o.Set("stepsAheadDropped", steps_ahead_dropped_.load());
   return o;
 }
 

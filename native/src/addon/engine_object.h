@@ -80,6 +80,8 @@ class EngineObject : public Napi::ObjectWrap<EngineObject> {
   std::atomic<double> kv_bytes_per_position_per_layer_{0};
   std::atomic<double> wired_limit_bytes_{0};
   std::atomic<double> warmup_seconds_{0};
+  std::atomic<double> steps_ahead_used_{0};
+  std::atomic<double> steps_ahead_dropped_{0};
   std::atomic<int> backend_threads_{0};
 };
 

@@ -18,7 +18,9 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/tensor.h"
@@ -118,6 +120,33 @@ struct Routing {
   std::shared_ptr<const void> device;
 };
 
+/**
+ * One row's sampling as a backend that samples on its device applies it (Backend::sample): the same rules as
+ * model/sampler.h without logit bias or a constraint mask (the model samples those rows on the host).
+ */
+struct DeviceDraw {
+  float temperature = 0;  // <= 0: greedy
+  float top_p = 1;        // 1: no cut
+  int top_k = 0;          // 0 (or >= vocab): no limit
+  int top_logprobs = 0;
+  double uniform = 0;  // the host's seeded draw in [0, 1) (model/sampler.h counter_uniform)
+};
+
+/** A device-sampled token, its log-probability and the top_logprobs best (token, logprob), best first. */
+struct DevicePick {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
+};
+
+/** Tokens a backend sampled on its device and has not read back yet (Backend::sample_lazily). */
+class PendingPicks {
+ public:
+  virtual ~PendingPicks() = default;
+  /** Waits for the device, then the picks, one per row. */
+  virtual std::vector<DevicePick> read() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -146,6 +175,30 @@ class Backend {
    * one throwaway step at load, so the first request does not pay them.
    */
   virtual bool wants_warmup() const { return false; }
+  /**
+   * True when sample() picks tokens on the device, so only the picks cross to the host, not the [rows, vocab]
+   * logits (mlx: docs/architecture.md, "Sampling on the device").
+   */
+  virtual bool samples_on_device() const { return false; }
+  /**
+   * Starts picking one token per row of logits [rows, vocab] on the device (draws: one entry per row) and
+   * returns without waiting for it. Only where samples_on_device().
+   */
+  virtual std::unique_ptr<PendingPicks> sample_lazily(const Activations& logits, std::span<const DeviceDraw> draws) {
+    (void)logits;
+    (void)draws;
+    throw std::logic_error("backend " + name() + " does not sample on its device");
+  }
+  /**
+   * out row i = the embedding of pick i's token, read on the device: a decode step built before the picks
+   * that feed it are read back (docs/architecture.md, "Sampling on the device"). Only where samples_on_device().
+   */
+  virtual void embed_picks(const Matrix& table, const PendingPicks& picks, Activations& out) {
+    (void)table;
+    (void)picks;
+    (void)out;
+    throw std::logic_error("backend " + name() + " does not sample on its device");
+  }
 
   // Activations.
   virtual std::unique_ptr<Activations> activations(int64_t rows, int64_t cols) = 0;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -55,8 +56,8 @@ class MinimaxM2Shard {
 
   /** Runs a batch; throws std::invalid_argument naming the item at fault before touching any state. */
   std::vector<ForwardResult> forward(std::vector<ForwardItem>& batch);
-  void release(uint32_t seq) { sequences_.release(seq); }
-  void fork(uint32_t seq, uint32_t new_seq, int64_t prefix) { sequences_.fork(seq, new_seq, prefix); }
+  void release(uint32_t seq);
+  void fork(uint32_t seq, uint32_t new_seq, int64_t prefix);
 
   // Prefix-cache blocks (block_pool.h); shard_blocks.cpp. Each checks every argument before changing anything.
   /** Keeps positions of seq as cache blocks (an id already held is left as it is). */
@@ -82,6 +83,9 @@ class MinimaxM2Shard {
   size_t sequences() const { return sequences_.size(); }
   /** Weight bytes the forward passes so far had to read (active experts only), summed. */
   double weight_bytes_read() const { return weight_bytes_read_; }
+  /** Decode steps built ahead (docs/architecture.md, "Sampling on the device") that a forward used / dropped. */
+  uint64_t steps_ahead_used() const { return steps_ahead_used_; }
+  uint64_t steps_ahead_dropped() const { return steps_ahead_dropped_; }
   /** Seconds the load-time warm-up step took (0 when the backend wants none). */
   double warmup_seconds() const { return warmup_seconds_; }
 
@@ -94,6 +98,35 @@ class MinimaxM2Shard {
                  std::span<const AttentionSegment> segments, Activations& out);
   Routing moe(const LayerWeights& w, const Activations& x, Activations& out);
   double bytes_read(const LayerWeights& w, const Routing& routing, int64_t n) const;
+  /** A decode step built ahead on the device before its input token was read back (docs/architecture.md). */
+  struct Speculation {
+    uint32_t seq = 0;
+    int64_t position = 0;  // the step's one position
+    int32_t token = 0;     // its input: the token the step before picked
+    SamplingParams sampling;
+    KvCache* cache = nullptr;
+    std::unique_ptr<PendingPicks> picks;
+    double bytes_read = 0;
+  };
+
+  static bool device_samplable(const ForwardItem& item);
+  static DeviceDraw device_draw(const SamplingParams& p, int64_t position);
+  std::unique_ptr<Activations> head_logits(const Activations& h, std::span<const int64_t> last);
+  bool can_speculate(const ForwardItem& item, int64_t next_position) const;
+  std::unique_ptr<Speculation> speculate(uint32_t seq, KvCache* cache, int64_t position, const SamplingParams& sampling,
+                                         const PendingPicks& input);
+  std::unique_ptr<Speculation> try_speculate(uint32_t seq, KvCache* cache, int64_t position,
+                                             const SamplingParams& sampling, const PendingPicks& input);
+  bool speculation_matches(const std::vector<ForwardItem>& batch);
+  std::vector<ForwardResult> finish_speculation(const std::vector<ForwardItem>& batch);
+  void drop_speculation(uint32_t seq);
+  const Activations& rows_of_logits(const Activations& logits, const std::vector<size_t>& which,
+                                    std::unique_ptr<Activations>& owner);
+  void sample_on_device(const Activations& logits, const std::vector<size_t>& which,
+                        const std::vector<ForwardItem>& batch, const std::vector<AttentionSegment>& segments,
+                        std::vector<ForwardResult>& results);
+  void sample_on_host(const Activations& logits, const std::vector<size_t>& which, std::vector<ForwardItem>& batch,
+                      const std::vector<AttentionSegment>& segments, std::vector<ForwardResult>& results);
 
   ModelConfig config_;
   ShardRange range_;
@@ -104,6 +137,12 @@ class MinimaxM2Shard {
   BlockPool blocks_;
   double weight_bytes_read_ = 0;
   double warmup_seconds_ = 0;
+  // Build the next decode step ahead where the backend samples on its device (STUDIO_DECODE_AHEAD=off: never).
+  bool decode_ahead_ = true;
+  uint64_t steps_ahead_used_ = 0;
+  uint64_t steps_ahead_dropped_ = 0;
+  // Last, so it goes before the backend and the caches its graph refers to.
+  std::unique_ptr<Speculation> speculation_;
 };
 
 }  // namespace studio::model

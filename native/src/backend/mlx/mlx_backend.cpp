@@ -23,6 +23,7 @@
 
 #include "backend/mlx/mlx_handles.h"
 #include "backend/mlx/mlx_kv_cache.h"
+#include "backend/mlx/mlx_sampler.h"
 
 namespace studio {
 
@@ -194,8 +195,8 @@ MlxActivations& cast(Activations& a) { return static_cast<MlxActivations&>(a); }
 
 class MlxBackend final : public Backend {
  public:
-  MlxBackend(mx::Device device, mx::Dtype compute)
-      : device_(device), stream_(mx::new_stream(device)), compute_(compute) {
+  MlxBackend(mx::Device device, mx::Dtype compute, bool device_sampling)
+      : device_(device), stream_(mx::new_stream(device)), compute_(compute), device_sampling_(device_sampling) {
     mx::set_default_device(device_);
     // Ops MLX adds by itself (casts inside fast kernels, compiled functions) run on the default stream: ours,
     // so nothing waits on a fence between two streams. Default streams are per thread, and each engine has
@@ -254,6 +255,15 @@ class MlxBackend final : public Backend {
 
   size_t wired_limit_bytes() const override { return wired_limit_; }
   bool wants_warmup() const override { return true; }
+  bool samples_on_device() const override { return device_sampling_; }
+
+  std::unique_ptr<PendingPicks> sample_lazily(const Activations& logits, std::span<const DeviceDraw> draws) override {
+    return std::make_unique<MlxPendingPicks>(cast(logits).get(), draws, stream_);
+  }
+
+  void embed_picks(const Matrix& table, const PendingPicks& picks, Activations& out) override {
+    embed_index(cast(table), static_cast<const MlxPendingPicks&>(picks).tokens(), out);
+  }
 
   std::unique_ptr<Activations> activations(int64_t rows, int64_t cols) override {
     auto a = std::make_unique<MlxActivations>();
@@ -279,8 +289,11 @@ class MlxBackend final : public Backend {
   }
 
   void embed(const Matrix& table, std::span<const int32_t> ids, Activations& out) override {
-    const MlxMatrix& t = cast(table);
-    auto index = ids_array(ids);
+    embed_index(cast(table), ids_array(ids), out);
+  }
+
+  /** out row i = row index[i] of the table; index may still be computing on the device. */
+  void embed_index(const MlxMatrix& t, const mx::array& index, Activations& out) {
     if (!t.quantized()) {
       cast(out).set(mx::astype(mx::take(t.weight, index, 0, stream_), compute_, stream_));
       return;
@@ -500,6 +513,8 @@ class MlxBackend final : public Backend {
   // Activations and KV: bf16 (what MLX models run in), or f32 to check the ops against the cpu backend.
   // The router runs in f32 either way (docs/model.md).
   mx::Dtype compute_;
+  // Tokens are picked on the device (default on a GPU; STUDIO_MLX_SAMPLING=device|host chooses).
+  bool device_sampling_;
 };
 
 // Metal on a Mac (or CUDA where MLX was built with it); otherwise MLX computes on its cpu device.
@@ -516,7 +531,14 @@ std::unique_ptr<Backend> make_mlx_backend() {
   const std::string choice = dtype ? dtype : "bf16";
   if (choice != "bf16" && choice != "f32")
     throw std::invalid_argument("STUDIO_MLX_DTYPE must be bf16 or f32 (got \"" + choice + "\")");
-  return std::make_unique<mlxb::MlxBackend>(device, choice == "f32" ? mlx::core::float32 : mlx::core::bfloat16);
+  // On MLX's cpu device the host sampler is the faster (the same cores, no copy to save; the nucleus bisection
+  // takes ~46 ms at 200,064 ids there, bench/RESULTS.md): tokens are picked on the device only on a GPU.
+  const char* sampling = std::getenv("STUDIO_MLX_SAMPLING");
+  const std::string where = sampling ? sampling : mlxb::has_gpu() ? "device" : "host";
+  if (where != "device" && where != "host")
+    throw std::invalid_argument("STUDIO_MLX_SAMPLING must be device or host (got \"" + where + "\")");
+  return std::make_unique<mlxb::MlxBackend>(device, choice == "f32" ? mlx::core::float32 : mlx::core::bfloat16,
+                                            where == "device");
 }
 
 std::string mlx_device_kind() { return mlxb::has_gpu() ? "gpu" : "cpu"; }
@@ -535,11 +557,16 @@ std::string mlx_version_error() {
   if (std::sscanf(loaded.c_str(), "%d.%d.%d", &major, &minor, &patch) == 3 && major == MLX_VERSION_MAJOR &&
       minor == MLX_VERSION_MINOR && patch == MLX_VERSION_PATCH)
     return "";
+  const std::string path = mlx_library_path();
+  return "MLX version mismatch: studio_engine was built against MLX " + mlx_built_version_text() +
+         " but loaded MLX " + loaded + (path.empty() ? std::string() : " from " + path) +
+         "; rebuild the engine against the installed MLX (npm rebuild), or install MLX " + mlx_built_version_text();
+}
+
+std::string mlx_library_path() {
   Dl_info where{};
   const bool found = ::dladdr(reinterpret_cast<void*>(&mlx::core::version), &where) != 0 && where.dli_fname;
-  return "MLX version mismatch: studio_engine was built against MLX " + mlx_built_version_text() +
-         " but loaded MLX " + loaded + (found ? std::string(" from ") + where.dli_fname : std::string()) +
-         "; rebuild the engine against the installed MLX (npm rebuild), or install MLX " + mlx_built_version_text();
+  return found ? where.dli_fname : "";
 }
 
 std::optional<size_t> mlx_max_recommended_working_set() { return mlxb::max_recommended_working_set(); }

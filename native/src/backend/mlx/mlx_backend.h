@@ -39,6 +39,9 @@ std::string mlx_built_version_text();
  */
 std::string mlx_version_error();
 
+/** The file the MLX library was loaded from, or "" where the loader cannot say. */
+std::string mlx_library_path();
+
 /** The GPU's recommended maximum working set as MLX reports it (Metal), or nothing (MLX's cpu device, CUDA). */
 std::optional<size_t> mlx_max_recommended_working_set();
 

@@ -38,13 +38,15 @@ void MlxKvCache::reserve(int64_t n) { reserved_ = std::max(reserved_, n); }
 
 void MlxKvCache::commit(int64_t n) {
   length_ = n;
-  // Materialise the updated caches now so each layer's array stops referring to the batch's graph.
+  // Schedule the updated caches now so each layer's array stops referring to the batch's graph (MLX detaches
+  // an array once it is scheduled). Not waited for: the host goes on building the head, the sampling and
+  // perhaps the next step while the device computes (docs/architecture.md, "Sampling on the device").
   std::vector<mx::array> live;
   for (const Layer& layer : layers_) {
     if (layer.keys) live.push_back(*layer.keys);
     if (layer.values) live.push_back(*layer.values);
   }
-  mx::eval(live);
+  mx::async_eval(live);
 }
 
 size_t MlxKvCache::bytes() const {

@@ -92,6 +92,19 @@ function requestLines(live: RequestFigures, now: number): string[] {
 }
 
 /**
+ * The coordinator as this node knows it: itself, or its name and gRPC address. Not its HTTP API: that usually
+ * listens on the coordinator's own loopback, and a follower reaches it over the gRPC plane
+ * (docs/architecture.md, "Relayed requests").
+ */
+function coordinatorLine(health: ClusterHealth): string {
+  const c = health.coordinator;
+  if (!c) return "none";
+  if (c.id === health.node.id) return `${c.name} (${c.id}), this node`;
+  const grpc = health.nodes.find((n) => n.id === c.id)?.address;
+  return `${c.name} (${c.id})${grpc ? ` at ${grpc} (gRPC)` : ""}`;
+}
+
+/**
  * `health` is the asked node's; `plan` may come from the coordinator when that node follows, `live` (the
  * coordinator's snapshot) adds its nodes' live figures and the requests; `liveError` says why there is no
  * `live` (e.g. the coordinator cannot be reached). `now` is the server's clock when known, so request ages do
@@ -103,9 +116,7 @@ export function renderClusterStatus(
 ): string {
   const plan = options.plan ?? health.plan;
   const nodes = options.live?.nodes ?? health.nodes;
-  const coordinator = health.coordinator
-    ? `${health.coordinator.name} (${health.coordinator.id})${health.coordinator.apiUrl ? ` ${health.coordinator.apiUrl}` : ""}`
-    : "none";
+  const coordinator = coordinatorLine(health);
   const lines = [
     `cluster ${health.clusterId}  model ${health.modelId}  state ${health.state}${health.ok ? " (serving)" : ""}`,
   ];

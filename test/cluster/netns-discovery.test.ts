@@ -215,6 +215,10 @@ describe.skipIf(reason !== undefined)("Bonjour discovery across three network na
     expect(text.status, `${text.stdout}\n${text.stderr}`).toBe(0);
     expect(text.stderr).not.toContain("no live figures");
     expect(text.stdout).toMatch(/this node: node\d \(\w+\), node,/);
+    // The coordinator by its gRPC address, not its API's URL (on its own loopback, unreachable from here).
+    expect(text.stdout).toContain(
+      `coordinator: node${coordinatorIndex + 1} (${coordinatorId}) at ${address(coordinatorIndex)}:7100 (gRPC)`,
+    );
     expect(text.stdout).toMatch(/plan \S+ \(cpu, context \d+ tokens, 3 stages\):/);
     for (const layers of ["[0,2)", "[2,4)", "[4,6)"]) expect(text.stdout).toContain(`layers ${layers}`);
     // The two generations of the first test, counted where they ran: the coordinator.

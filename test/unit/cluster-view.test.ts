@@ -186,6 +186,9 @@ describe("the cluster picture", () => {
     expect(following.node.role).toBe("node");
     expect(following.coordinator).toEqual({ id: "1", name: "node-1", apiUrl: "http://10.0.0.1:8080" });
     expect(snapshotOf(following).state).toBe("ready");
+    // Status names the coordinator by its gRPC address: its API's URL may be its own loopback.
+    const address = following.nodes.find((n) => n.id === "1")!.address;
+    expect(renderClusterStatus(following)).toContain(`coordinator: node-1 (1) at ${address} (gRPC)`);
   });
 });
 
@@ -199,6 +202,7 @@ describe("renderClusterStatus", () => {
     );
     const text = renderClusterStatus(health);
     expect(text).toContain("state ready (serving)");
+    expect(text).toContain("coordinator: node-1 (1), this node");
     expect(text).toContain("nodes (3, 62 layers):");
     expect(text).toMatch(/\* node-1 +1 +coordinator +ok +\[0,21\)E/);
     expect(text).toMatch(/ {3}node-3 +3 +node +lost +\[42,62\)H/);

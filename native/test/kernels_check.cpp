@@ -188,7 +188,7 @@ bool same_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
 
 /**
  * Error bound of one output. Float path: a few ulps of the sum of absolute terms (covers the order of the
- * lane sums and the bias * sum(x_g) split). int16 path (4/8 bits on AVX-512 VNNI hosts): plus the rounding of
+ * lane sums and the bias * sum(x_g) split). int16 path (4/8 bits on x86 hosts with AVX2 or AVX-512): plus the rounding of
  * each input to max|x_g| / 32767 steps, weighted by |s * q|.
  */
 double error_bound(const Matrix& m, const std::vector<float>& x, int64_t o, bool int16) {

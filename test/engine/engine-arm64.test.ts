@@ -133,6 +133,8 @@ describe.skipIf(hostSkip)("cpu kernels on the host's SIMD path", () => {
       const s = await runCheck(await builds.host!.kernelsCheck());
       if (process.arch === "arm64") expect(s.simd).toBe("neon");
       else expect(s.simd).not.toBe("neon");
+      // x86 hosts with AVX2 or AVX-512 take the int16 path for 4- and 8-bit weights (kernels_int16.cpp).
+      if (s.simd === "avx2" || s.simd === "avx512") expect(s.int16).toBe(true);
       console.log(`host ${process.arch}: ${s.simd} int16=${s.int16} worst error/bound ${s.worst}`);
     },
     BUILD_TIMEOUT,

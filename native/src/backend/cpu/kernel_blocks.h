@@ -1,5 +1,5 @@
 // Building blocks the cpu kernels share (kernels.cpp: the float path and the dispatch; kernels_int16.cpp: the
-// int16 path of AVX-512 VNNI builds): tile sizes, element loads of scales and biases, token blocks, and the
+// int16 path of AVX2 and AVX-512 builds): tile sizes, element loads of scales and biases, token blocks, and the
 // int16 path's entry points.
 #pragma once
 

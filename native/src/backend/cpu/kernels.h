@@ -33,9 +33,9 @@ MatView view_of(const io::MatrixSource& source, int64_t e);
 
 /**
  * Inputs rearranged once per matmul for one weight format: lane-ordered values and per-group sums. Where the
- * build has 16-bit integer dot products (AVX-512 VNNI), 4- and 8-bit matrices take the inputs as int16 per
+ * build has 16-bit integer pair dots (x86 with AVX2 or AVX-512), 4- and 8-bit matrices take the inputs as int16 per
  * group (xq = round(x / xscale), xscale = max|x_g| / 32767, error <= 1.5e-5 of the group's largest input) and
- * sum q * xq exactly in integers: about 1.5x less cpu per decoded token than the float path.
+ * sum q * xq exactly in integers: less cpu per decoded token than the float path (bench/RESULTS.md).
  * The arrays are views into an Arena (workspace.h): valid until its next reset().
  */
 struct PreparedX {

@@ -1,5 +1,6 @@
-// The int16 path of the cpu kernels, for builds with AVX-512 VNNI: 4- and 8-bit weights widened to int16 and
-// dotted exactly in integers with the inputs quantized per group (see PreparedX in kernels.h).
+// The int16 path of the cpu kernels, for x86 builds with AVX2 or AVX-512(BW): 4- and 8-bit weights widened to
+// int16 and dotted exactly in integers with the inputs quantized per group (see PreparedX in kernels.h). The
+// integer dots are exact, so an AVX-512 build gives the same bits with or without VNNI.
 #include <cmath>
 
 #include "backend/cpu/kernel_blocks.h"
@@ -11,88 +12,184 @@ namespace {
 
 using namespace blocks;
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
 #define STUDIO_INT16_DOT 1
 
-/** Group g of a 4/8-bit row widened to int16 words, in the layout prepare_x gives the int16 inputs. */
+// AVX-512: 16 int32 lanes, 32 int16 words per vector. VNNI's vpdpwssd sums the word pairs straight into the
+// lanes; without VNNI (AVX-512BW alone) vpmaddwd + vpaddd give the same exact integers, so the same bits.
+namespace isa {
+
+using IVec = __m512i;
+using FVec = __m512;
+constexpr int kWords = 32;
+
+inline IVec zero_i() { return _mm512_setzero_si512(); }
+inline IVec load_i(const int16_t* p) { return _mm512_loadu_si512(p); }
+inline IVec pair_dot_add(IVec acc, IVec w, IVec x) {
+#if defined(__AVX512VNNI__)
+  return _mm512_dpwssd_epi32(acc, w, x);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(w, x));
+#endif
+}
+inline FVec zero_f() { return _mm512_setzero_ps(); }
+inline FVec to_float(IVec d) { return _mm512_cvtepi32_ps(d); }
+inline FVec fmadd(float s, FVec d, FVec acc) { return _mm512_fmadd_ps(_mm512_set1_ps(s), d, acc); }
+inline FVec load_f(const float* p) { return _mm512_loadu_ps(p); }
+inline void store_f(float* p, FVec v) { _mm512_storeu_ps(p, v); }
+inline FVec mul_f(FVec a, FVec b) { return _mm512_mul_ps(a, b); }
+/** kWords bytes widened to int16 words. */
+inline IVec widen_bytes(const uint8_t* p) {
+  return _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+/** kWords / 2 bytes widened to the low half of the words, the rest zero; and kWords / 2 words loaded likewise. */
+inline IVec widen_half_bytes(const uint8_t* p) {
+  return _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline IVec load_half_i(const int16_t* p) { return _mm512_maskz_loadu_epi16(0xFFFF, p); }
+inline IVec low_nibbles(IVec b) { return _mm512_and_si512(b, _mm512_set1_epi16(15)); }
+inline IVec high_nibbles(IVec b) { return _mm512_srli_epi16(b, 4); }
+/** Sixteen bf16 widened exactly (a bf16 is the top half of an f32). */
+inline FVec widen_bf16(const uint8_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+}  // namespace isa
+
+#elif defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#define STUDIO_INT16_DOT 1
+
+// AVX2: 8 int32 lanes, 16 int16 words per vector; vpmaddwd + vpaddd sum the word pairs exactly. Against the
+// float path it unpacks a group of 4-bit weights with three integer instructions instead of converting each
+// weight to a float, which is most of a decoded token's instructions.
+namespace isa {
+
+using IVec = __m256i;
+using FVec = __m256;
+constexpr int kWords = 16;
+
+inline IVec zero_i() { return _mm256_setzero_si256(); }
+inline IVec load_i(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline IVec pair_dot_add(IVec acc, IVec w, IVec x) { return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x)); }
+inline FVec zero_f() { return _mm256_setzero_ps(); }
+inline FVec to_float(IVec d) { return _mm256_cvtepi32_ps(d); }
+inline FVec fmadd(float s, FVec d, FVec acc) { return _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc); }
+inline FVec load_f(const float* p) { return _mm256_loadu_ps(p); }
+inline void store_f(float* p, FVec v) { _mm256_storeu_ps(p, v); }
+inline FVec mul_f(FVec a, FVec b) { return _mm256_mul_ps(a, b); }
+inline IVec widen_bytes(const uint8_t* p) {
+  return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline IVec widen_half_bytes(const uint8_t* p) {
+  return _mm256_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+inline IVec load_half_i(const int16_t* p) {
+  return _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline IVec low_nibbles(IVec b) { return _mm256_and_si256(b, _mm256_set1_epi16(15)); }
+inline IVec high_nibbles(IVec b) { return _mm256_srli_epi16(b, 4); }
+inline FVec widen_bf16(const uint8_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+}  // namespace isa
+#endif
+
+#if defined(STUDIO_INT16_DOT)
+
+// The float lanes of the int16 path are the build's float lanes (simd.h), so its row sums use simd::hsum.
+constexpr int kLanes = isa::kWords / 2;
+static_assert(kLanes == simd::kLanes);
+
+/**
+ * Group g of a 4/8-bit row widened to int16 words, in the layout prepare_x gives the int16 inputs: vector v
+ * pairs with input words [v * kWords, (v + 1) * kWords) of the group.
+ */
 template <int Bits, int Group>
 struct WideGroup {
-  static constexpr int kVectors = Bits == 4 ? (Group == 32 ? 2 : Group / 32) : Group / 32;
-  __m512i w[kVectors];
+  /** 4-bit, group 32 on AVX-512: 16 evens and 16 odds, each in half a vector (the upper words zero). */
+  static constexpr bool kHalves = Bits == 4 && Group / 2 < isa::kWords;
+  static constexpr int kVectors = kHalves ? 2 : Group / isa::kWords;
+  isa::IVec w[kVectors];
 };
 
-/** 4-bit: per chunk of 64 values (32 for group 32) the low nibbles (evens), then the high ones; 8-bit: in order. */
+/**
+ * 4-bit inputs come as chunks of 64 values (32 for group 32), each [evens, odds]; a chunk's packed bytes hold
+ * an even value in each low nibble and the next odd one in the high nibble. So the chunk's bytes, widened a
+ * vector at a time, give first the evens' vectors (low nibbles) and then the odds' (high nibbles). 8-bit:
+ * bytes in order.
+ */
 template <int Bits, int Group>
 inline WideGroup<Bits, Group> widen(const uint8_t* row, int64_t g) {
-  WideGroup<Bits, Group> out;
-  if constexpr (Bits == 4 && Group == 32) {
-    const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + g * 16)));
-    out.w[0] = _mm512_zextsi256_si512(_mm256_and_si256(b, _mm256_set1_epi16(15)));
-    out.w[1] = _mm512_zextsi256_si512(_mm256_srli_epi16(b, 4));
+  using W = WideGroup<Bits, Group>;
+  W out;
+  if constexpr (W::kHalves) {
+    const isa::IVec b = isa::widen_half_bytes(row + g * Group / 2);
+    out.w[0] = isa::low_nibbles(b);
+    out.w[1] = isa::high_nibbles(b);
   } else if constexpr (Bits == 4) {
+    constexpr int chunk = Group < 64 ? Group : 64;
+    constexpr int per_half = chunk / 2 / isa::kWords;  // vectors per half (evens or odds) of a chunk
     const uint8_t* p = row + g * Group / 2;
-    for (int c = 0; c < Group / 64; ++c) {
-      const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * c)));
-      out.w[2 * c] = _mm512_and_si512(b, _mm512_set1_epi16(15));
-      out.w[2 * c + 1] = _mm512_srli_epi16(b, 4);
-    }
+    for (int c = 0; c < Group / chunk; ++c)
+      for (int h = 0; h < per_half; ++h) {
+        const isa::IVec b = isa::widen_bytes(p + c * chunk / 2 + h * isa::kWords);
+        out.w[c * 2 * per_half + h] = isa::low_nibbles(b);
+        out.w[c * 2 * per_half + per_half + h] = isa::high_nibbles(b);
+      }
   } else {
     const uint8_t* p = row + g * Group;
-    for (int c = 0; c < Group / 32; ++c)
-      out.w[c] = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * c)));
+    for (int v = 0; v < W::kVectors; ++v) out.w[v] = isa::widen_bytes(p + v * isa::kWords);
   }
   return out;
 }
 
-/** Exact integer dot of a widened group with its int16 inputs, as 16 int32 lanes. */
+/** Exact integer dot of a widened group with its int16 inputs, as kLanes int32 lanes. */
 template <int Bits, int Group>
-inline __m512i int_dot(const WideGroup<Bits, Group>& wg, const int16_t* xq) {
-  if constexpr (Bits == 4 && Group == 32) {
-    __m256i a = _mm256_dpwssd_epi32(_mm256_setzero_si256(), _mm512_castsi512_si256(wg.w[0]),
-                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
-    a = _mm256_dpwssd_epi32(a, _mm512_castsi512_si256(wg.w[1]), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 16)));
-    return _mm512_zextsi256_si512(a);
+inline isa::IVec int_dot(const WideGroup<Bits, Group>& wg, const int16_t* xq) {
+  using W = WideGroup<Bits, Group>;
+  isa::IVec acc = isa::zero_i();
+  if constexpr (W::kHalves) {
+    for (int v = 0; v < 2; ++v) acc = isa::pair_dot_add(acc, wg.w[v], isa::load_half_i(xq + v * isa::kWords / 2));
   } else {
-    __m512i acc = _mm512_setzero_si512();
-    for (int c = 0; c < WideGroup<Bits, Group>::kVectors; ++c)
-      acc = _mm512_dpwssd_epi32(acc, wg.w[c], _mm512_loadu_si512(xq + 32 * c));
-    return acc;
+    for (int v = 0; v < W::kVectors; ++v) acc = isa::pair_dot_add(acc, wg.w[v], isa::load_i(xq + v * isa::kWords));
   }
+  return acc;
 }
 
 /** How far ahead of the decode loop's weight reads to prefetch, in bytes (512, 1024, 2048, 4096 measured: 1024 best). */
 constexpr int64_t kPrefetchAhead = 1024;
 
-/** Sixteen consecutive float-like elements of dtype D (bf16 and f32 widen in registers; others go one by one). */
+/** kLanes consecutive float-like elements of dtype D (bf16 and f32 widen in registers; others go one by one). */
 template <io::DType D>
-inline __m512 element16(const uint8_t* p, int64_t i, io::DType runtime) {
+inline isa::FVec element_lanes(const uint8_t* p, int64_t i, io::DType runtime) {
   if constexpr (D == io::DType::F32) {
-    return _mm512_loadu_ps(p + 4 * i);
+    return isa::load_f(reinterpret_cast<const float*>(p + 4 * i));
   } else if constexpr (D == io::DType::BF16) {
-    // A bf16 is the top half of an f32: widening and shifting gives exactly the scalar conversion's value.
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 * i));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return isa::widen_bf16(p + 2 * i);
   } else {
-    alignas(64) float f[16];
-    for (int k = 0; k < 16; ++k) f[k] = io::load_float(p, runtime, i + k);
-    return _mm512_load_ps(f);
+    alignas(64) float f[kLanes];
+    for (int k = 0; k < kLanes; ++k) f[k] = io::load_float(p, runtime, i + k);
+    return isa::load_f(f);
   }
 }
 
 /**
  * Row o's per-group factors for the small-batch loop: bias_g, and scale_g * xscale_{t,g} for each of the batch's
- * tokens t, sixteen groups per step (the same single multiplications as one at a time, so the same bits).
+ * tokens t, kLanes groups per step (the same single multiplications as one at a time, so the same bits).
  */
 template <io::DType SD, io::DType BD>
 inline void row_factors(const MatView& m, int64_t o, int64_t groups, const float* xscale, int64_t tokens,
                         float* scale_x, float* bias) {
   const int64_t base = o * groups;
   int64_t g = 0;
-  for (; g + 16 <= groups; g += 16) {
-    const __m512 s = element16<SD>(m.scales, base + g, m.scale_dtype);
+  for (; g + kLanes <= groups; g += kLanes) {
+    const isa::FVec s = element_lanes<SD>(m.scales, base + g, m.scale_dtype);
     for (int64_t t = 0; t < tokens; ++t)
-      _mm512_storeu_ps(scale_x + t * groups + g, _mm512_mul_ps(s, _mm512_loadu_ps(xscale + t * groups + g)));
-    _mm512_storeu_ps(bias + g, element16<BD>(m.biases, base + g, m.bias_dtype));
+      isa::store_f(scale_x + t * groups + g, isa::mul_f(s, isa::load_f(xscale + t * groups + g)));
+    isa::store_f(bias + g, element_lanes<BD>(m.biases, base + g, m.bias_dtype));
   }
   for (; g < groups; ++g) {
     const float s = element<SD>(m.scales, base + g, m.scale_dtype);
@@ -122,8 +219,8 @@ void int16_rows_batch(const MatView& m, const PreparedX& x, int64_t t_begin, int
     for_each_block(tokens, [&](int64_t b0, auto nb) {
       constexpr int NB = decltype(nb)::value;
       const int64_t t0 = t_begin + b0;
-      __m512 lanes[NB];
-      for (int k = 0; k < NB; ++k) lanes[k] = _mm512_setzero_ps();
+      isa::FVec lanes[NB];
+      for (int k = 0; k < NB; ++k) lanes[k] = isa::zero_f();
       for (int64_t g = 0; g < groups; ++g) {
         // One prefetch per cache line, kPrefetchAhead bytes down the weight stream: the hardware streamer stops
         // at every 4 KiB page (four rows of a 2048-wide 4-bit matrix) and a single core then waits on misses.
@@ -133,8 +230,8 @@ void int16_rows_batch(const MatView& m, const PreparedX& x, int64_t t_begin, int
         const WideGroup<Bits, Group> wg = widen<Bits, Group>(row, g);
         for (int k = 0; k < NB; ++k) {
           const int16_t* xq = x.xq.data() + (t0 + k) * m.in + g * Group;
-          const __m512 d = _mm512_cvtepi32_ps(int_dot<Bits, Group>(wg, xq));
-          lanes[k] = _mm512_fmadd_ps(_mm512_set1_ps(scale_x[(b0 + k) * groups + g]), d, lanes[k]);
+          const isa::FVec d = isa::to_float(int_dot<Bits, Group>(wg, xq));
+          lanes[k] = isa::fmadd(scale_x[(b0 + k) * groups + g], d, lanes[k]);
         }
       }
       for (int k = 0; k < NB; ++k)

@@ -81,10 +81,12 @@ inline FVec mul_f(FVec a, FVec b) { return _mm256_mul_ps(a, b); }
 inline IVec widen_bytes(const uint8_t* p) {
   return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-inline IVec widen_half_bytes(const uint8_t* p) {
+// Half vectors: never needed here (a half group, 16 words at the least, fills a whole vector), but named for
+// the group-32 branch that AVX-512 takes.
+[[maybe_unused]] inline IVec widen_half_bytes(const uint8_t* p) {
   return _mm256_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
 }
-inline IVec load_half_i(const int16_t* p) {
+[[maybe_unused]] inline IVec load_half_i(const int16_t* p) {
   return _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 inline IVec low_nibbles(IVec b) { return _mm256_and_si256(b, _mm256_set1_epi16(15)); }

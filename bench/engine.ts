@@ -30,7 +30,7 @@ import { isPresetName, type PresetName } from "../cli/make-model/presets.js";
 import { type ModelConfig, readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import type { StudioEngine } from "../native/index.js";
-import { measureMemoryBandwidth, openEngine } from "../native/index.js";
+import { cpuInfo, measureMemoryBandwidth, openEngine } from "../native/index.js";
 import { median, round } from "./stats.js";
 
 const PROMPT = Int32Array.from([11, 42, 7, 300, 1200, 5, 64, 900, 17, 2048, 33, 8, 4000, 12, 99, 640]);
@@ -357,6 +357,9 @@ async function main(): Promise<void> {
   const presets: Record<string, Figures> = {};
   // The machine may be shared: the load before and after says how much the figures were disturbed.
   const loadBefore = loadavg()[0];
+  // Figures from hosts with other SIMD paths do not compare (bench/RESULTS.md: AVX2 against AVX-512).
+  const cpu = cpuInfo();
+  console.log(`cpu kernels: ${cpu.simd}${cpu.int16 ? ", int16 dots for 4/8-bit weights" : ""}`);
   for (const target of targets) presets[target.name] = await benchTarget(target, s);
   const loadAfter = loadavg()[0];
   console.log(`load average (1 min): ${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after`);
@@ -364,6 +367,8 @@ async function main(): Promise<void> {
     JSON.stringify({
       bench: "engine",
       threads: s.threads,
+      simd: cpu.simd,
+      int16: cpu.int16,
       chunk_tokens: s.chunk,
       load_before: round(loadBefore, 2),
       load_after: round(loadAfter, 2),

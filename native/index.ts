@@ -61,6 +61,7 @@ interface NativeModule {
   ) => NativeEngineHandle;
   availableBackends(): BackendName[];
   mlxInfo(): MlxInfo | null;
+  cpuInfo(): CpuInfo;
   measureMemoryBandwidth(threads: number, bytes: number, kind: "copy" | "read"): Promise<number>;
 }
 
@@ -107,6 +108,19 @@ export interface MlxInfo {
 /** MLX's version and device when this build has the mlx backend, else null. */
 export function mlxInfo(): MlxInfo | null {
   return nativeModule().mlxInfo();
+}
+
+/** The cpu backend's kernels in this build (compiled for the machine it was built on: -march=native). */
+export interface CpuInfo {
+  /** The SIMD path the kernels were compiled for. */
+  simd: "avx512" | "avx2" | "neon" | "portable";
+  /** Whether 4- and 8-bit matmuls take int16 inputs with exact integer dots (x86 with AVX2 or AVX-512). */
+  int16: boolean;
+}
+
+/** The SIMD path of this build's cpu kernels. */
+export function cpuInfo(): CpuInfo {
+  return nativeModule().cpuInfo();
 }
 
 /**

@@ -55,6 +55,7 @@ async function engineFacts(): Promise<EngineFacts> {
     const engine = await import("../../native/index.js");
     facts.backends = engine.availableBackends();
     facts.mlx = engine.mlxInfo();
+    facts.cpu = engine.cpuInfo();
   } catch (err) {
     facts.loadError = errorMessage(err);
   }

@@ -52,6 +52,14 @@ export interface EngineFacts {
   loadError?: string;
   backends: string[];
   mlx: { version: string; device: string } | null;
+  /** The cpu kernels' SIMD path (native cpuInfo()); absent when the addon did not load. */
+  cpu?: { simd: string; int16: boolean };
+}
+
+/** What the cpu backend computes with, e.g. "cpu kernels avx2, int16 dots for 4/8-bit weights". */
+function cpuKernels(cpu: EngineFacts["cpu"]): string {
+  if (!cpu) return "";
+  return `; cpu kernels ${cpu.simd}${cpu.int16 ? ", int16 dots for 4/8-bit weights" : ""}`;
 }
 
 export function checkEngine(facts: EngineFacts): CheckResult {
@@ -68,12 +76,20 @@ export function checkEngine(facts: EngineFacts): CheckResult {
   const appleSilicon = facts.platform === "darwin" && facts.arch === "arm64";
   if (facts.mlx && facts.mlx.device === "gpu")
     return ok(id, title, `backends ${facts.backends.join(", ")}; MLX ${facts.mlx.version} on the GPU`);
-  if (!appleSilicon)
-    return ok(
-      id,
-      title,
-      `backends ${facts.backends.join(", ")}${facts.mlx ? ` (MLX ${facts.mlx.version} on ${facts.mlx.device})` : ""}; MLX's GPU path is for Apple silicon`,
-    );
+  if (!appleSilicon) {
+    const detail = `backends ${facts.backends.join(", ")}${facts.mlx ? ` (MLX ${facts.mlx.version} on ${facts.mlx.device})` : ""}${cpuKernels(facts.cpu)}; MLX's GPU path is for Apple silicon`;
+    // The addon is compiled for the machine it was built on (-march=native): the portable kernels there mean
+    // an x86 CPU without AVX2 + FMA, or an addon built on another machine.
+    if (facts.cpu?.simd === "portable")
+      return {
+        id,
+        title,
+        status: "warn",
+        detail: `${detail}; the cpu kernels run without SIMD (several times slower)`,
+        fix: "rebuild on this machine (npm rebuild) if the addon came from another one; a CPU without AVX2 + FMA stays on the portable kernels",
+      };
+    return ok(id, title, detail);
+  }
   if (!facts.mlx)
     return {
       id,

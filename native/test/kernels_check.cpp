@@ -27,15 +27,7 @@ using studio::cpu::MatView;
 using studio::cpu::PreparedX;
 using studio::io::DType;
 
-#if defined(STUDIO_SIMD_AVX512)
-constexpr const char* kSimd = "avx512";
-#elif defined(STUDIO_SIMD_AVX2)
-constexpr const char* kSimd = "avx2";
-#elif defined(STUDIO_SIMD_NEON)
-constexpr const char* kSimd = "neon";
-#else
-constexpr const char* kSimd = "portable";
-#endif
+constexpr const char* kSimd = studio::cpu::simd::kName;
 
 constexpr int64_t kOut = 9;     // output rows: not a multiple of any split, so row ranges are uneven
 constexpr int64_t kIn = 384;    // a multiple of every group size; 384 * bits / 8 bytes per row for every width

@@ -13,6 +13,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { packageRoot } from "../../common/paths.js";
+import { cpuInfo } from "../../native/index.js";
 import {
   Build,
   type CheckSummary,
@@ -135,6 +136,8 @@ describe.skipIf(hostSkip)("cpu kernels on the host's SIMD path", () => {
       else expect(s.simd).not.toBe("neon");
       // x86 hosts with AVX2 or AVX-512 take the int16 path for 4- and 8-bit weights (kernels_int16.cpp).
       if (s.simd === "avx2" || s.simd === "avx512") expect(s.int16).toBe(true);
+      // The addon is built for this host the same way (-march=native): it reports the kernels checked here.
+      if (!process.env.STUDIO_ENGINE_ADDON) expect(cpuInfo()).toEqual({ simd: s.simd, int16: s.int16 });
       console.log(`host ${process.arch}: ${s.simd} int16=${s.int16} worst error/bound ${s.worst}`);
     },
     BUILD_TIMEOUT,

@@ -53,6 +53,19 @@ describe("doctor on a Mac", () => {
     expect(cpu).toMatchObject({ status: "fail", fix: expect.stringMatching(/mlx\.metallib/) });
   });
 
+  it("the engine elsewhere: names the cpu kernels' SIMD path, and warns when they run without SIMD", () => {
+    const linux = { platform: "linux" as const, arch: "x64", backends: ["cpu"], mlx: null };
+    expect(checkEngine({ ...linux, cpu: { simd: "avx2", int16: true } })).toMatchObject({
+      status: "ok",
+      detail: expect.stringMatching(/cpu kernels avx2, int16 dots for 4\/8-bit weights/),
+    });
+    expect(checkEngine({ ...linux, cpu: { simd: "portable", int16: false } })).toMatchObject({
+      status: "warn",
+      detail: expect.stringMatching(/cpu kernels portable; .*without SIMD/),
+      fix: expect.stringMatching(/npm rebuild/),
+    });
+  });
+
   it("interfaces: the Thunderbolt bridge is found; without it, how to turn it on", () => {
     expect(checkInterfaces("darwin", studioInterfaces)).toMatchObject({
       status: "ok",

@@ -1,10 +1,13 @@
-// Module entry: the Engine class, the backends this build has, and the memory-bandwidth probe for benches.
+// Module entry: the Engine class, the backends this build has (and the cpu kernels' SIMD path), and the
+// memory-bandwidth probe for benches.
 #include <napi.h>
 
 #include <memory>
 
 #include "addon/engine_object.h"
 #include "backend/cpu/bandwidth.h"
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/simd.h"
 #ifdef STUDIO_WITH_MLX
 #include "backend/mlx/mlx_backend.h"
 #endif
@@ -67,6 +70,14 @@ Napi::Value mlx_info(const Napi::CallbackInfo& info) {
 #endif
 }
 
+/** The cpu backend's kernels in this build: {simd: its SIMD path, int16: whether 4/8-bit matmuls take int16 inputs}. */
+Napi::Value cpu_info(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("simd", cpu::simd::kName);
+  o.Set("int16", cpu::has_int16_dot());
+  return o;
+}
+
 Napi::Value measure_memory_bandwidth(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const double threads = info[0].ToNumber().DoubleValue();
@@ -88,6 +99,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineObject::define(env));
   exports.Set("availableBackends", Napi::Function::New(env, available_backends));
   exports.Set("mlxInfo", Napi::Function::New(env, mlx_info));
+  exports.Set("cpuInfo", Napi::Function::New(env, cpu_info));
   exports.Set("measureMemoryBandwidth", Napi::Function::New(env, measure_memory_bandwidth));
   return exports;
 }

@@ -23,6 +23,8 @@ namespace studio::cpu::simd {
 
 #if defined(STUDIO_SIMD_AVX512)
 
+/** The path's name, as the addon's cpuInfo() and the kernel checks report it. */
+constexpr const char* kName = "avx512";
 constexpr int kLanes = 16;
 struct V {
   __m512 v;
@@ -64,6 +66,7 @@ inline V decode8(const uint8_t* p) {
 
 #elif defined(STUDIO_SIMD_AVX2)
 
+constexpr const char* kName = "avx2";
 constexpr int kLanes = 8;
 struct V {
   __m256 v;
@@ -100,6 +103,7 @@ inline V decode8(const uint8_t* p) {
 
 #elif defined(STUDIO_SIMD_NEON)
 
+constexpr const char* kName = "neon";
 constexpr int kLanes = 8;
 struct V {
   float32x4_t lo, hi;
@@ -146,6 +150,7 @@ inline V decode8(const uint8_t* p) {
 
 #else
 
+constexpr const char* kName = "portable";
 constexpr int kLanes = 8;
 struct V {
   float v[8];

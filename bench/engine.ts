@@ -30,7 +30,7 @@ import { isPresetName, type PresetName } from "../cli/make-model/presets.js";
 import { type ModelConfig, readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import type { StudioEngine } from "../native/index.js";
-import { cpuInfo, measureMemoryBandwidth, openEngine } from "../native/index.js";
+import { cpuInfo, describeCpuKernels, measureMemoryBandwidth, openEngine } from "../native/index.js";
 import { median, round } from "./stats.js";
 
 const PROMPT = Int32Array.from([11, 42, 7, 300, 1200, 5, 64, 900, 17, 2048, 33, 8, 4000, 12, 99, 640]);
@@ -359,7 +359,7 @@ async function main(): Promise<void> {
   const loadBefore = loadavg()[0];
   // Figures from hosts with other SIMD paths do not compare (bench/RESULTS.md: AVX2 against AVX-512).
   const cpu = cpuInfo();
-  console.log(`cpu kernels: ${cpu.simd}${cpu.int16 ? ", int16 dots for 4/8-bit weights" : ""}`);
+  console.log(`cpu kernels: ${describeCpuKernels(cpu)}`);
   for (const target of targets) presets[target.name] = await benchTarget(target, s);
   const loadAfter = loadavg()[0];
   console.log(`load average (1 min): ${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after`);

@@ -123,6 +123,11 @@ export function cpuInfo(): CpuInfo {
   return nativeModule().cpuInfo();
 }
 
+/** CpuInfo in words, as `cluster doctor` and `bench:engine` print it: "avx2, int16 dots for 4/8-bit weights". */
+export function describeCpuKernels(info: CpuInfo): string {
+  return `${info.simd}${info.int16 ? ", int16 dots for 4/8-bit weights" : ""}`;
+}
+
 /**
  * Bytes per second that `threads` threads reach over `bytes` bytes: "copy" (default) counts bytes read plus
  * bytes written by a copy, as STREAM does; "read" counts bytes read by a summing loop (what decode does).

@@ -6,6 +6,7 @@ import type { ClusterHealth } from "../../cluster/health.js";
 import type { MulticastProbeResult } from "../../common/multicast-probe.js";
 import { wiredLimitCommand } from "../../common/wired-limit.js";
 import { formatBytes, headroomForMemory } from "../../coordinator/planner.js";
+import { type CpuInfo, describeCpuKernels } from "../../native/index.js";
 import type { GpuWorkingSetLimit, MemoryReading } from "../../node-agent/memory-readers.js";
 
 export type CheckStatus = "ok" | "warn" | "fail" | "skip";
@@ -53,13 +54,7 @@ export interface EngineFacts {
   backends: string[];
   mlx: { version: string; device: string } | null;
   /** The cpu kernels' SIMD path (native cpuInfo()); absent when the addon did not load. */
-  cpu?: { simd: string; int16: boolean };
-}
-
-/** What the cpu backend computes with, e.g. "cpu kernels avx2, int16 dots for 4/8-bit weights". */
-function cpuKernels(cpu: EngineFacts["cpu"]): string {
-  if (!cpu) return "";
-  return `; cpu kernels ${cpu.simd}${cpu.int16 ? ", int16 dots for 4/8-bit weights" : ""}`;
+  cpu?: CpuInfo;
 }
 
 export function checkEngine(facts: EngineFacts): CheckResult {
@@ -77,7 +72,7 @@ export function checkEngine(facts: EngineFacts): CheckResult {
   if (facts.mlx && facts.mlx.device === "gpu")
     return ok(id, title, `backends ${facts.backends.join(", ")}; MLX ${facts.mlx.version} on the GPU`);
   if (!appleSilicon) {
-    const detail = `backends ${facts.backends.join(", ")}${facts.mlx ? ` (MLX ${facts.mlx.version} on ${facts.mlx.device})` : ""}${cpuKernels(facts.cpu)}; MLX's GPU path is for Apple silicon`;
+    const detail = `backends ${facts.backends.join(", ")}${facts.mlx ? ` (MLX ${facts.mlx.version} on ${facts.mlx.device})` : ""}${facts.cpu ? `; cpu kernels ${describeCpuKernels(facts.cpu)}` : ""}; MLX's GPU path is for Apple silicon`;
     // The addon is compiled for the machine it was built on (-march=native): the portable kernels there mean
     // an x86 CPU without AVX2 + FMA, or an addon built on another machine.
     if (facts.cpu?.simd === "portable")

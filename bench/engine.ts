@@ -14,7 +14,9 @@
 //   engine without the head (embedding + layers), its runs paired with the full model's, which also gives the
 //   head's cost per token;
 // - cpu time per token (all threads) next to wall time: on a shared machine wall time includes waiting for a
-//   core, cpu time is what the kernels cost.
+//   core, cpu time is what the kernels cost;
+// - each decoded token's time, as p10 / median / p90 over the counted runs: a shared host slows streaks of
+//   tokens, and the p10 time's tokens/s is the steadier figure to compare across sittings.
 // Prints readable lines, then ONE JSON line of figures (medians over the runs): the first preset's figures at
 // the top level (the keys older runs had) and every preset's under "presets".
 //
@@ -31,7 +33,7 @@ import { type ModelConfig, readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import type { StudioEngine } from "../native/index.js";
 import { cpuInfo, describeCpuKernels, measureMemoryBandwidth, openEngine } from "../native/index.js";
-import { median, round } from "./stats.js";
+import { median, quantile, round } from "./stats.js";
 
 const PROMPT = Int32Array.from([11, 42, 7, 300, 1200, 5, 64, 900, 17, 2048, 33, 8, 4000, 12, 99, 640]);
 // Copy buffers far larger than any cache, so the copy kernel measures memory, not L3.
@@ -62,6 +64,8 @@ interface Run {
   bandwidth: number;
   readBandwidth: number;
   fraction: number;
+  /** Each decoded token's milliseconds, in order. */
+  tokenMs: number[];
 }
 
 function positive(flag: string, value: string, allowZero = false): number {
@@ -113,7 +117,10 @@ async function prefill(
   return { seconds: (performance.now() - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, token };
 }
 
-/** Greedy decode of `tokens` tokens from `position` on; with no head, the ids fed are a fixed pattern. */
+/**
+ * Greedy decode of `tokens` tokens from `position` on; with no head, the ids fed are a fixed pattern. Returns
+ * tokens/s, and each token's milliseconds when `tokenMs` is given.
+ */
 async function decode(
   engine: StudioEngine,
   seq: number,
@@ -121,14 +128,19 @@ async function decode(
   first: number,
   tokens: number,
   vocabSize: number,
+  tokenMs?: number[],
 ): Promise<number> {
   let token = first;
   const t0 = performance.now();
+  let last = t0;
   for (let i = 0; i < tokens; i++) {
     const [out] = await engine.forward([{ seq, position: position + i, tokens: Int32Array.of(token) }]);
     token = out.token ?? (token * 131 + 7) % vocabSize;
+    const now = performance.now();
+    tokenMs?.push(now - last);
+    last = now;
   }
-  return tokens / ((performance.now() - t0) / 1000);
+  return tokens / ((last - t0) / 1000);
 }
 
 /** Short-prompt decode against the memory bandwidth measured right before it. */
@@ -138,7 +150,16 @@ async function decodeRun(engine: StudioEngine, seq: number, s: Settings, vocabSi
   const [first] = await engine.forward([{ seq, position: 0, tokens: PROMPT }]);
   const bytesBefore = engine.stats().weightBytesRead;
   const cpu0 = process.cpuUsage();
-  const tokensPerSecond = await decode(engine, seq, PROMPT.length, first.token!, s.tokens, vocabSize);
+  const tokenMs: number[] = [];
+  const tokensPerSecond = await decode(
+    engine,
+    seq,
+    PROMPT.length,
+    first.token!,
+    s.tokens,
+    vocabSize,
+    tokenMs,
+  );
   const cpu = process.cpuUsage(cpu0);
   const bytesPerToken = (engine.stats().weightBytesRead - bytesBefore) / s.tokens;
   await engine.release(seq);
@@ -149,6 +170,7 @@ async function decodeRun(engine: StudioEngine, seq: number, s: Settings, vocabSi
     bandwidth,
     readBandwidth,
     fraction: (tokensPerSecond * bytesPerToken) / bandwidth,
+    tokenMs,
   };
 }
 
@@ -256,6 +278,14 @@ async function decodeFigures(
       `${(of((r) => r.fraction) * 100).toFixed(1)}% of copy, ` +
       `${(of((r) => (r.tokensPerSecond * r.bytesPerToken) / r.readBandwidth) * 100).toFixed(1)}% of read-only`,
   );
+  // A shared host slows streaks of tokens (bench/RESULTS.md, "decode per token"): the fastest tenth shows what
+  // the engine does when nothing else takes the memory or the cores.
+  const tokenMs = results.flatMap((r) => r.tokenMs);
+  const [p10, p50, p90] = [0.1, 0.5, 0.9].map((q) => quantile(tokenMs, q));
+  console.log(
+    `  decode per token (${tokenMs.length} tokens of the counted runs): p10 ${p10.toFixed(1)}, median ${p50.toFixed(1)}, ` +
+      `p90 ${p90.toFixed(1)} ms; ${(1000 / p10).toFixed(2)} tokens/s at the p10 time`,
+  );
   const layersTps = median(layerRates);
   const layerMs = 1000 / layersTps / config.numLayers;
   console.log(
@@ -275,6 +305,10 @@ async function decodeFigures(
     decode_layer_tps: round(layersTps * config.numLayers, 2),
     decode_layer_ms: round(layerMs, 3),
     decode_head_ms: round(median(headMs), 3),
+    decode_token_ms_p10: round(p10, 2),
+    decode_token_ms_p50: round(p50, 2),
+    decode_token_ms_p90: round(p90, 2),
+    decode_p10_tps: round(1000 / p10, 2),
   };
 }
 

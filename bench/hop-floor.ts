@@ -14,7 +14,7 @@ import { nowUs } from "../common/wire/frames.js";
 import { serverOptions, studioNodeService } from "../common/wire/proto.js";
 import { type DataFrame, type DataFrameOut, Dtype, FrameKind } from "../common/wire/types.js";
 import { KeyedSurface } from "../node-agent/grpc-surface.js";
-import { median, round } from "./stats.js";
+import { median, quantile, round } from "./stats.js";
 
 export interface HopFloorOptions {
   messages?: number;
@@ -47,10 +47,8 @@ interface ReceiverReady {
 type ReceiverMessage = ReceiverReady | { link: "tcp" | "grpc"; latencies: number[] };
 
 function percentiles(latencies: number[]): LinkLatency {
-  const sorted = latencies.slice(warmupMessages).sort((a, b) => a - b);
-  const at = (q: number): number =>
-    sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? 0;
-  return { p50_us: round(median(sorted), 0), p99_us: round(at(0.99), 0) };
+  const measured = latencies.slice(warmupMessages);
+  return { p50_us: round(median(measured), 0), p99_us: round(quantile(measured, 0.99), 0) };
 }
 
 /** Spawns the receiver, sends over TCP and then over gRPC, and returns both links' percentiles. */

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "backend/backend.h"
@@ -23,7 +24,7 @@ class CpuKvCache final : public KvCache {
   int64_t length() const override { return length_; }
   void reserve(int64_t n) override {
     while (static_cast<int64_t>(blocks_.size()) * kBlock < n)
-      blocks_.push_back(std::make_unique<float[]>(block_floats()));
+      blocks_.push_back(make_block(block_floats()));
   }
   void commit(int64_t n) override { length_ = n; }
   size_t bytes() const override { return blocks_.size() * block_floats() * sizeof(float); }
@@ -110,10 +111,25 @@ class CpuKvCache final : public KvCache {
     return block + (((static_cast<size_t>(layer) * 2 + which) * heads + head) * kBlock + pos % kBlock) * head_dim;
   }
 
+  /**
+   * Blocks start on a cache line. A plain new[] of a block this large comes from mmap at 16 bytes past a page,
+   * so every other 32-byte load of the scores and the weighted values straddled two cache lines.
+   */
+  static constexpr std::align_val_t kAlign{64};
+  struct AlignedDelete {
+    void operator()(float* p) const { ::operator delete[](p, kAlign); }
+  };
+  using Block = std::unique_ptr<float[], AlignedDelete>;
+  static Block make_block(size_t floats) {
+    Block b(static_cast<float*>(::operator new[](floats * sizeof(float), kAlign)));
+    std::fill_n(b.get(), floats, 0.0f);
+    return b;
+  }
+
   int layers_;
   int kv_width_;
   int64_t length_ = 0;
-  std::vector<std::unique_ptr<float[]>> blocks_;
+  std::vector<Block> blocks_;
 };
 
 }  // namespace studio::cpu

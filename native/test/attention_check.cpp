@@ -3,7 +3,8 @@
 //   - causal grouped-query attention against a double-precision softmax, within a float bound;
 //   - determinism: each query row's bits do not depend on how a prompt is cut into calls (whole, 1-token
 //     steps, uneven chunks that cross the row and position blocks), on the thread count, or on other sequences
-//     sharing the call.
+//     sharing the call;
+//   - every block of the cache starts on a 64-byte line.
 // Prints one line per failure, then "attention_check: <simd> cases=N failures=F worst=R digest=H".
 // With `--bench CONTEXT ROWS THREADS [HEADS KV_HEADS HEAD_DIM]` it instead times one chunk of ROWS query rows
 // whose last row sits at position CONTEXT - 1 (the last chunk of a CONTEXT-token prompt), and one decode row at
@@ -177,6 +178,23 @@ void check_determinism(ThreadPool& pool, ThreadPool& single, Prompt& p, const st
   same(std::vector<float>(out.begin() + 21 * w, out.end()), 60, "batch of two sequences");
 }
 
+/**
+ * Every cached block's keys and values start on a 64-byte line: a block from a plain new[] sat 16 bytes past
+ * one, and attention's vector loads then straddled two lines (bench/RESULTS.md).
+ */
+void check_alignment(const Prompt& p, const std::string& name, Report& r) {
+  const int dim = p.shape.head_dim;
+  for (int64_t pos = 0; pos < p.length; pos += CpuKvCache::kBlock)
+    for (int h = 0; h < p.shape.kv_heads; ++h) {
+      ++r.cases;
+      const auto keys = reinterpret_cast<uintptr_t>(p.cache.key_block(0, pos, h, dim));
+      const auto values = reinterpret_cast<uintptr_t>(p.cache.value_at(0, pos, h, dim));
+      if (keys % 64 != 0 || values % 64 != 0)
+        r.fail(name + " block at " + std::to_string(pos) + ", kv head " + std::to_string(h) + ": keys at " +
+               std::to_string(keys % 64) + ", values at " + std::to_string(values % 64) + " bytes past a line");
+    }
+}
+
 int bench(int argc, char** argv) {
   const int64_t context = std::atoll(argv[2]), rows = std::atoll(argv[3]);
   const int threads = std::atoi(argv[4]);
@@ -227,6 +245,7 @@ int main(int argc, char** argv) {
     Prompt p(c.shape, c.length, static_cast<uint64_t>(c.shape.heads * 100 + c.shape.head_dim), 3.0f);
     check_accuracy(pool, p, name, r);
     check_determinism(pool, single, p, name, r);
+    check_alignment(p, name, r);
   }
   std::printf("attention_check: %s cases=%d failures=%d worst=%.3f digest=%016llx\n", kSimd, r.cases, r.failures,
               r.worst, static_cast<unsigned long long>(r.digest));

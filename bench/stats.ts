@@ -1,5 +1,6 @@
 // Small statistics the benchmarks share: they report medians (this machine is shared and noisy) and round
 // the figures of their JSON line.
+import { nearestRank } from "../common/wire/latency.js";
 
 export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -12,9 +13,11 @@ export function round(v: number, digits = 2): number {
   return Math.round(v * f) / f;
 }
 
-/** The q-quantile (0..1) of values by nearest rank: the smallest value with at least q of them at or below it. */
+/** The q-quantile (0..1) of unsorted values by nearest rank (as the links' latency figures); 0 for none. */
 export function quantile(values: number[], q: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
+  if (values.length === 0) return 0;
+  return nearestRank(
+    [...values].sort((a, b) => a - b),
+    q,
+  );
 }

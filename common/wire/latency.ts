@@ -3,6 +3,11 @@
 const windowMs = 60_000;
 const maxSamples = 16_384;
 
+/** The q-quantile (0..1) of ascending samples by nearest rank: the smallest with at least q of them at or below. */
+export function nearestRank(sorted: readonly number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
+}
+
 export class LatencyWindow {
   private readonly values: number[] = [];
   private readonly times: number[] = [];
@@ -31,7 +36,7 @@ export class LatencyWindow {
   percentiles(qs: number[], nowMs = Date.now(), sinceMs = 0): number[] {
     const sorted = this.recent(nowMs, sinceMs).sort((a, b) => a - b);
     if (sorted.length === 0) return qs.map(() => 0);
-    return qs.map((q) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]);
+    return qs.map((q) => nearestRank(sorted, q));
   }
 
   /** How many samples of the last minute were taken at sinceMs or later. */

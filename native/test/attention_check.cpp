@@ -31,15 +31,7 @@ using studio::AttentionShape;
 using studio::cpu::CpuKvCache;
 using studio::cpu::ThreadPool;
 
-#if defined(STUDIO_SIMD_AVX512)
-constexpr const char* kSimd = "avx512";
-#elif defined(STUDIO_SIMD_AVX2)
-constexpr const char* kSimd = "avx2";
-#elif defined(STUDIO_SIMD_NEON)
-constexpr const char* kSimd = "neon";
-#else
-constexpr const char* kSimd = "portable";
-#endif
+constexpr const char* kSimd = studio::cpu::simd::kName;
 
 /** Deterministic generator (the same numbers on every platform). */
 class Lcg {

@@ -51,17 +51,34 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv, prefix: string[] 
   };
 }
 
-/** A port that was free a moment ago (bind 0, read, close). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * Ports handed out by freePort start below Linux's ephemeral range (32768-60999 by default). A port that bind(0)
+ * picked lies inside that range, so between its close and the node's listen any outgoing connection (a gRPC
+ * dial, a fetch) could take it as its local port; and bind(0) may return the same port twice in a row. Each
+ * vitest worker walks its own slice of 1,000 ports from a random start, skipping ports that do not bind.
+ */
+const PORT_BASE = 20_000;
+const PORT_SLICE = 1_000;
+const poolId = Number(process.env.VITEST_POOL_ID ?? "1") % 12;
+let nextPort = PORT_BASE + poolId * PORT_SLICE + Math.floor(Math.random() * PORT_SLICE);
+
+function canListen(port: number, host: string): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
+    server.once("error", () => resolve(false));
+    server.listen({ port, host, exclusive: true }, () => server.close(() => resolve(true)));
   });
+}
+
+/** A port no other freePort call of this process returned, free on every interface a moment ago. */
+export async function freePort(): Promise<number> {
+  const sliceStart = PORT_BASE + poolId * PORT_SLICE;
+  for (let tries = 0; tries < PORT_SLICE; tries++) {
+    const port = nextPort;
+    nextPort = sliceStart + ((nextPort - sliceStart + 1) % PORT_SLICE);
+    if ((await canListen(port, "0.0.0.0")) && (await canListen(port, "127.0.0.1"))) return port;
+  }
+  throw new Error(`no free port in ${sliceStart}-${sliceStart + PORT_SLICE - 1}`);
 }
 
 export async function getHealth(apiUrl: string, apiKey?: string): Promise<ClusterHealth | undefined> {

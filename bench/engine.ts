@@ -20,8 +20,10 @@
 // Prints readable lines, then ONE JSON line of figures (medians over the runs): the first preset's figures at
 // the top level (the keys older runs had) and every preset's under "presets".
 //
+// --matmul-inputs int8 runs the cpu backend's fast precision mode (native/README.md, "Precision modes").
+//
 //   npm run bench:engine [-- --threads 2 --tokens 32 --runs 5 --prefill 512,2048 --prefill-runs 3 --chunk 256
-//                         --context 2048 --model DIR]
+//                         --context 2048 --model DIR --matmul-inputs default|int8]
 //   BENCH_PRESETS=bench,m2-shapes BENCH_TTFT=8192 npm run bench:engine
 import { existsSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -29,6 +31,7 @@ import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { makeModel } from "../cli/make-model/index.js";
 import { isPresetName, type PresetName } from "../cli/make-model/presets.js";
+import type { MatmulInputs } from "../common/engine-api.js";
 import { type ModelConfig, readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import type { StudioEngine } from "../native/index.js";
@@ -50,6 +53,7 @@ interface Settings {
   chunk: number;
   context: number;
   ttft: number;
+  matmulInputs: MatmulInputs;
 }
 
 interface Target {
@@ -324,6 +328,7 @@ async function benchTarget(target: Target, s: Settings): Promise<Figures> {
       embed: true,
       head,
       threads: s.threads,
+      matmulInputs: s.matmulInputs,
     });
   const engine = await open(true);
   const headless = await open(false).catch(async (err: unknown) => {
@@ -348,6 +353,12 @@ async function benchTarget(target: Target, s: Settings): Promise<Figures> {
   return figures;
 }
 
+function matmulInputsOf(value: string): MatmulInputs {
+  if (value !== "default" && value !== "int8")
+    throw new Error(`bench:engine: --matmul-inputs is default or int8 (got "${value}")`);
+  return value;
+}
+
 function settingsOf(values: Record<string, string | undefined>): Settings {
   const prefillSizes = (values.prefill ?? "").split(",").map((v) => positive("--prefill", v.trim()));
   return {
@@ -359,6 +370,7 @@ function settingsOf(values: Record<string, string | undefined>): Settings {
     chunk: positive("--chunk", values.chunk!),
     context: positive("--context", values.context!, true),
     ttft: positive("BENCH_TTFT", process.env.BENCH_TTFT ?? "0", true),
+    matmulInputs: matmulInputsOf(values["matmul-inputs"]!),
   };
 }
 
@@ -383,6 +395,7 @@ async function main(): Promise<void> {
       chunk: { type: "string", default: "256" },
       context: { type: "string", default: "2048" },
       model: { type: "string" },
+      "matmul-inputs": { type: "string", default: "default" },
     },
   });
   const s = settingsOf(values);
@@ -393,7 +406,7 @@ async function main(): Promise<void> {
   const loadBefore = loadavg()[0];
   // Figures from hosts with other SIMD paths do not compare (bench/RESULTS.md: AVX2 against AVX-512).
   const cpu = cpuInfo();
-  console.log(`cpu kernels: ${describeCpuKernels(cpu)}`);
+  console.log(`cpu kernels: ${describeCpuKernels(cpu)}; matmul inputs: ${s.matmulInputs}`);
   for (const target of targets) presets[target.name] = await benchTarget(target, s);
   const loadAfter = loadavg()[0];
   console.log(`load average (1 min): ${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after`);
@@ -403,6 +416,7 @@ async function main(): Promise<void> {
       threads: s.threads,
       simd: cpu.simd,
       int16: cpu.int16,
+      matmul_inputs: s.matmulInputs,
       chunk_tokens: s.chunk,
       load_before: round(loadBefore, 2),
       load_after: round(loadAfter, 2),

@@ -6,6 +6,7 @@ import type { ToolConstraintSpec } from "./tool-grammar.js";
 
 export type BackendChoice = "auto" | "cpu" | "mlx";
 export type BackendName = "cpu" | "mlx";
+export type MatmulInputs = "default" | "int8";
 /** Activations cross stages in the backend's compute dtype: f32 on cpu, bf16 on mlx. */
 export type ActivationDtype = "f32" | "bf16";
 
@@ -22,6 +23,13 @@ export interface OpenOptions {
   backend?: BackendChoice;
   /** Worker threads of the cpu backend (default: all cores). */
   threads?: number;
+  /**
+   * The cpu backend's precision mode. "default": 4/8-bit matmuls take int16 inputs per group (x86) or f32, within
+   * 1e-3 of the reference. "int8": 4-bit matmuls take int8 inputs per group, as llama.cpp's Q8 inputs, ~1.5x
+   * faster prefill and coarser (native/README.md, "Precision modes"); x86 with AVX2 only, elsewhere the default
+   * path. The router always stays f32; the mlx backend ignores it.
+   */
+  matmulInputs?: MatmulInputs;
   /** Bytes read so far of the bytes this shard must read; called on the JS thread. */
   onProgress?: (bytesRead: number, bytesTotal: number) => void;
 }

@@ -20,6 +20,7 @@
         "src/backend/cpu/thread_pool.cpp",
         "src/backend/cpu/kernels.cpp",
         "src/backend/cpu/kernels_int16.cpp",
+        "src/backend/cpu/kernels_int8.cpp",
         "src/backend/cpu/cpu_backend.cpp",
         "src/backend/cpu/attention.cpp",
         "src/backend/cpu/expert_mlp.cpp",

@@ -56,6 +56,7 @@ interface NativeModule {
       head: boolean;
       threads: number;
       backend: string;
+      matmulInputs: string;
     },
     onProgress?: (done: number, total: number) => void,
   ) => NativeEngineHandle;
@@ -116,6 +117,8 @@ export interface CpuInfo {
   simd: "avx512" | "avx2" | "neon" | "portable";
   /** Whether 4- and 8-bit matmuls take int16 inputs with exact integer dots (x86 with AVX2 or AVX-512). */
   int16: boolean;
+  /** Whether `matmulInputs: "int8"` has its kernels here (x86 with AVX2); elsewhere it runs the default path. */
+  int8: boolean;
 }
 
 /** The SIMD path of this build's cpu kernels. */
@@ -125,7 +128,8 @@ export function cpuInfo(): CpuInfo {
 
 /** CpuInfo in words, as `cluster doctor` and `bench:engine` print it: "avx2, int16 dots for 4/8-bit weights". */
 export function describeCpuKernels(info: CpuInfo): string {
-  return `${info.simd}${info.int16 ? ", int16 dots for 4/8-bit weights" : ""}`;
+  const int16 = info.int16 ? ", int16 dots for 4/8-bit weights" : "";
+  return `${info.simd}${int16}${info.int8 ? ", int8 inputs available for 4-bit weights" : ""}`;
 }
 
 /**
@@ -155,6 +159,9 @@ function checkOptions(options: OpenOptions, config: ModelConfig): void {
     throw new Error(`openEngine: backend must be "auto", "cpu" or "mlx" (got "${String(backend)}")`);
   if (backend === "mlx" && !availableBackends().includes("mlx"))
     throw new Error('openEngine: backend "mlx" requested but this studio_engine was built without MLX');
+  const inputs = options.matmulInputs ?? "default";
+  if (inputs !== "default" && inputs !== "int8")
+    throw new Error(`openEngine: matmulInputs must be "default" or "int8" (got "${String(inputs)}")`);
 }
 
 function checkSeq(method: string, name: string, value: number): void {
@@ -245,6 +252,7 @@ export async function openEngine(options: OpenOptions): Promise<StudioEngine> {
       head: options.head,
       threads: options.threads ?? 0,
       backend: options.backend ?? "auto",
+      matmulInputs: options.matmulInputs ?? "default",
     },
     options.onProgress,
   );

@@ -3,7 +3,7 @@
 // it listens, serves until SIGTERM/SIGINT. The key comes from --key or STUDIO_CLUSTER_KEY (the environment keeps
 // it out of `ps`).
 import { parseArgs } from "node:util";
-import type { BackendChoice } from "../common/engine-api.js";
+import type { BackendChoice, MatmulInputs } from "../common/engine-api.js";
 import { clusterTlsOf } from "../common/wire/cluster-cert.js";
 import { loadWireTls, useClusterTls, useWireTls, wireTlsFilesOf } from "../common/wire/tls.js";
 import { startNodeAgent } from "./server.js";
@@ -11,7 +11,7 @@ import { startNodeAgent } from "./server.js";
 function usage(problem: string): never {
   console.error(`node-agent: ${problem}`);
   console.error(
-    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--cache-dir DIR [--cache-disk-bytes N]] [--stdin-lifeline] [--tls-cert PEM --tls-key PEM --tls-ca PEM | --no-cluster-tls]",
+    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--matmul-inputs default|int8] [--cache-dir DIR [--cache-disk-bytes N]] [--stdin-lifeline] [--tls-cert PEM --tls-key PEM --tls-ca PEM | --no-cluster-tls]",
   );
   process.exit(2);
 }
@@ -34,6 +34,7 @@ const { values } = parseArgs({
     "cluster-id": { type: "string" },
     backend: { type: "string" },
     threads: { type: "string" },
+    "matmul-inputs": { type: "string" },
     "cache-dir": { type: "string" },
     "cache-disk-bytes": { type: "string" },
     "stdin-lifeline": { type: "boolean" },
@@ -52,6 +53,9 @@ const backend = (values.backend ?? "auto") as BackendChoice;
 if (!["auto", "cpu", "mlx"].includes(backend)) usage(`--backend must be auto, cpu or mlx (got "${backend}")`);
 const port = intOption(values.port, "port", 0);
 const threads = intOption(values.threads, "threads", 0);
+const matmulInputs = (values["matmul-inputs"] ?? "default") as MatmulInputs;
+if (!["default", "int8"].includes(matmulInputs))
+  usage(`--matmul-inputs must be default or int8 (got "${matmulInputs}")`);
 const cacheDiskBytes =
   values["cache-disk-bytes"] === undefined
     ? undefined
@@ -80,6 +84,7 @@ const agent = await startNodeAgent({
   clusterId: values["cluster-id"] ?? "",
   backend,
   threads: threads || undefined,
+  matmulInputs,
   cacheDir: values["cache-dir"],
   cacheDiskBytes,
 });

@@ -11,7 +11,7 @@ import {
   epochOf,
   judgeLoadShard,
 } from "../common/coordinator-epoch.js";
-import type { BackendChoice } from "../common/engine-api.js";
+import type { BackendChoice, MatmulInputs } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
 import { withBodyDigests } from "../common/wire/auth.js";
@@ -71,6 +71,8 @@ export interface NodeAgentOptions {
   backend?: BackendChoice;
   /** Engine threads when LoadShard names none (default: the engine's own default). */
   threads?: number;
+  /** The cpu backend's precision mode for every shard this node opens (default: "default"). */
+  matmulInputs?: MatmulInputs;
   /** Backends this node can run (default: cpu, plus mlx on macOS arm64 when the engine offers it). */
   backends?: string[];
   /** Measured memory bandwidth, bytes/s (0 or absent: the chip table). */
@@ -148,6 +150,7 @@ class NodeAgentServer {
       clusterKey: opts.clusterKey,
       backend: opts.backend,
       threads: opts.threads,
+      matmulInputs: opts.matmulInputs,
       fetcher: new WeightFetcher({
         modelDir: opts.modelDir,
         modelId: () => model()?.id ?? "",

@@ -4,7 +4,7 @@
 // its prefix-cache host (block-host.ts); the disk tier (block-store.ts) lives as long as the node.
 
 import type * as grpc from "@grpc/grpc-js";
-import type { BackendChoice, Engine } from "../common/engine-api.js";
+import type { BackendChoice, Engine, MatmulInputs } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { readModelTable, stageTensors } from "../common/model-table.js";
 import { findNonFiniteTensor } from "../common/weight-check.js";
@@ -24,6 +24,8 @@ export interface ShardHostOptions {
   /** Backend and threads when LoadShard names none. */
   backend?: BackendChoice;
   threads?: number;
+  /** The cpu backend's precision mode (native/README.md, "Precision modes"). */
+  matmulInputs?: MatmulInputs;
   /** Fetches the tensors a partial checkpoint lacks for the stage before the engine opens it. */
   fetcher?: WeightFetcher;
   /** The checkpoint holds more tensors than before (capabilities read it again). */
@@ -127,6 +129,7 @@ export class ShardHost {
       head: req.head,
       backend: (req.backend || this.opts.backend || "auto") as BackendChoice,
       threads: req.threads || this.opts.threads,
+      matmulInputs: this.opts.matmulInputs,
       onProgress: (bytesRead, bytesTotal) => {
         const now = Date.now();
         if (now - lastProgress < progressIntervalMs && bytesRead < bytesTotal) return;

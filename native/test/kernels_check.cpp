@@ -1,7 +1,8 @@
 // Standalone numerical check of the cpu kernels (backend/cpu/kernels.cpp) without node, so the SIMD path a
 // build compiles (AVX-512 / AVX2 / NEON / portable) can be checked on any host, e.g. an aarch64 build under
 // qemu-aarch64 on an x86 machine. For every weight format (packed 2/3/4/5/6/8 bits x group 32/64/128 x
-// bf16/f16/f32 scales and biases, and plain f32/f16/bf16) it checks:
+// bf16/f16/f32 scales and biases, and plain f32/f16/bf16), with the build's default inputs, f32 inputs (4 and 8
+// bits) and the int8 precision mode (4 bits), it checks:
 //   - matmul_rows against a double-precision formula sum_k (s_g * q_k + b_g) * x_k, within a float bound;
 //   - determinism: each row's bits do not depend on how many rows share the call (1, 2, 3, 5, 8, 9 or 21: the
 //     small-batch blocks of 1-4 tokens and the tiled path) nor on how the output rows are split between calls (threads);
@@ -23,6 +24,7 @@
 
 namespace {
 
+using studio::cpu::Inputs;
 using studio::cpu::MatView;
 using studio::cpu::PreparedX;
 using studio::io::DType;
@@ -147,10 +149,10 @@ std::vector<std::vector<float>> random_inputs(Lcg& rng, int64_t in) {
 }
 
 /** y (rows x kOut) of the kernels for the given input rows, output rows computed in calls of `split` rows. */
-std::vector<float> run_kernel(const MatView& m, std::span<const float* const> rows, bool exact, int64_t split) {
+std::vector<float> run_kernel(const MatView& m, std::span<const float* const> rows, Inputs inputs, int64_t split) {
   studio::cpu::Arena arena;
   PreparedX px;
-  studio::cpu::prepare_x(m, rows, px, arena, exact);
+  studio::cpu::prepare_x(m, rows, px, arena, inputs);
   std::vector<float> y(rows.size() * kOut, NAN);
   for (int64_t r0 = 0; r0 < kOut; r0 += split)
     studio::cpu::matmul_rows(m, px, r0, std::min(kOut, r0 + split), y.data(), kOut);
@@ -181,32 +183,54 @@ bool same_bits(float a, float b) { return std::memcmp(&a, &b, 4) == 0; }
 /**
  * Error bound of one output. Float path: a few ulps of the sum of absolute terms (covers the order of the
  * lane sums and the bias * sum(x_g) split). int16 path (4/8 bits on x86 hosts with AVX2 or AVX-512): plus the rounding of
- * each input to max|x_g| / 32767 steps, weighted by |s * q|.
+ * each input to max|x_g| / 32767 steps, weighted by |s * q|. The int8 path is checked on its rounded inputs (below).
  */
-double error_bound(const Matrix& m, const std::vector<float>& x, int64_t o, bool int16) {
+double error_bound(const Matrix& m, const std::vector<float>& x, int64_t o, double levels) {
   double terms = 0, rounding = 0;
   const int64_t in = m.view.in;
   for (int64_t k = 0; k < in; ++k) terms += m.abs_terms[o * in + k] * std::fabs(x[k]);
-  if (int16) {
+  if (levels > 0) {
     for (int64_t g = 0; g < in / m.view.group; ++g) {
       double max_abs = 0, weight = 0;
       for (int64_t k = g * m.view.group; k < (g + 1) * m.view.group; ++k) {
         max_abs = std::max(max_abs, static_cast<double>(std::fabs(x[k])));
         weight += m.abs_terms[o * in + k];
       }
-      rounding += weight * max_abs / 32767.0 * 0.5;
+      rounding += weight * max_abs / levels * 0.5;
     }
   }
   return 1e-5 * terms + 1.01 * rounding + 1e-30;
 }
 
-void check_against_formula(const Matrix& m, const std::vector<std::vector<float>>& x, const std::vector<float>& y,
-                           bool int16, const std::string& name, Report& r) {
+/**
+ * The int8 path's inputs as the mode specifies them, computed here in the same f32 operations: per group,
+ * q = round-to-even(x * (127 / max|x_g|)), x' = q * (max|x_g| / 127). The kernel must compute the formula on x'
+ * exactly but for float rounding (its bias term takes the rounded inputs' sum too).
+ */
+std::vector<float> int8_rounded(const std::vector<float>& x, int group) {
+  std::vector<float> out(x.size());
+  for (size_t g = 0; g < x.size(); g += group) {
+    float max_abs = 0;
+    for (int k = 0; k < group; ++k) max_abs = std::max(max_abs, std::fabs(x[g + k]));
+    const float step = max_abs / 127.0f, inv = max_abs > 0 ? 127.0f / max_abs : 0.0f;
+    for (int k = 0; k < group; ++k) out[g + k] = static_cast<float>(std::nearbyint(x[g + k] * inv) * static_cast<double>(step));
+  }
+  return out;
+}
+
+void check_against_formula(const Matrix& m, const std::vector<std::vector<float>>& given,
+                           const std::vector<float>& y, double levels, const std::string& name, Report& r) {
+  // int8: the formula on the rounded inputs, with no rounding allowance.
+  std::vector<std::vector<float>> x = given;
+  if (levels == 127.0) {
+    for (auto& row : x) row = int8_rounded(row, m.view.group);
+    levels = 0;
+  }
   for (size_t t = 0; t < x.size(); ++t)
     for (int64_t o = 0; o < kOut; ++o) {
       double want = 0;
       for (int64_t k = 0; k < m.view.in; ++k) want += m.dense[o * m.view.in + k] * x[t][k];
-      const double err = std::fabs(y[t * kOut + o] - want), bound = error_bound(m, x[t], o, int16);
+      const double err = std::fabs(y[t * kOut + o] - want), bound = error_bound(m, x[t], o, levels);
       r.worst = std::max(r.worst, err / bound);
       if (!(err <= bound)) {
         r.fail(name + " row " + std::to_string(t) + " out " + std::to_string(o) + ": got " +
@@ -229,24 +253,24 @@ void check_same_bits(const std::vector<float>& batch, const std::vector<float>& 
 }
 
 /** matmul_rows on the whole batch, each row alone, the first 5 rows together, and rows split 1 / 4 at a time. */
-void check_matmul(const Matrix& m, const std::vector<std::vector<float>>& x, bool exact, const std::string& name,
+void check_matmul(const Matrix& m, const std::vector<std::vector<float>>& x, Inputs inputs, const std::string& name,
                   Report& r) {
   ++r.cases;
   std::vector<const float*> rows;
   for (const auto& row : x) rows.push_back(row.data());
   studio::cpu::Arena arena;
   PreparedX probe;
-  studio::cpu::prepare_x(m.view, std::span(rows).first(1), probe, arena, exact);
-  const std::vector<float> batch = run_kernel(m.view, rows, exact, kOut);
+  studio::cpu::prepare_x(m.view, std::span(rows).first(1), probe, arena, inputs);
+  const std::vector<float> batch = run_kernel(m.view, rows, inputs, kOut);
   r.hash(batch);
-  check_against_formula(m, x, batch, probe.int16, name, r);
+  check_against_formula(m, x, batch, probe.int8 ? 127.0 : probe.int16 ? 32767.0 : 0.0, name, r);
   for (size_t t = 0; t < rows.size(); ++t)
-    check_same_bits(batch, run_kernel(m.view, std::span(rows).subspan(t, 1), exact, kOut), t, name + " alone", r);
+    check_same_bits(batch, run_kernel(m.view, std::span(rows).subspan(t, 1), inputs, kOut), t, name + " alone", r);
   for (size_t n : {2, 3, 5, 8, 9})
-    check_same_bits(batch, run_kernel(m.view, std::span(rows).first(n), exact, kOut), 0,
+    check_same_bits(batch, run_kernel(m.view, std::span(rows).first(n), inputs, kOut), 0,
                     name + " " + std::to_string(n) + " rows", r);
-  check_same_bits(batch, run_kernel(m.view, rows, exact, 1), 0, name + " split 1", r);
-  check_same_bits(batch, run_kernel(m.view, rows, exact, 4), 0, name + " split 4", r);
+  check_same_bits(batch, run_kernel(m.view, rows, inputs, 1), 0, name + " split 1", r);
+  check_same_bits(batch, run_kernel(m.view, rows, inputs, 4), 0, name + " split 4", r);
 }
 
 void check_dequant(const Matrix& m, const std::string& name, Report& r) {
@@ -279,8 +303,10 @@ void check_quantized(Report& r) {
         const auto x = random_inputs(rng, kIn);
         const std::string name = std::to_string(bits) + "-bit g" + std::to_string(group) + " scales " +
                                  dtype_text(sd) + " biases " + dtype_text(bd);
-        check_matmul(m, x, false, name, r);
-        if (bits == 4 || bits == 8) check_matmul(m, x, true, name + " exact", r);
+        check_matmul(m, x, Inputs::Default, name, r);
+        if (bits == 4 || bits == 8) check_matmul(m, x, Inputs::F32, name + " exact", r);
+        // Builds without the int8 path run the default path here (so the case count is the same everywhere).
+        if (bits == 4) check_matmul(m, x, Inputs::Int8, name + " int8", r);
         check_dequant(m, name, r);
       }
 }
@@ -292,7 +318,7 @@ void check_plain(Report& r) {
       Lcg rng(static_cast<uint64_t>(in * 7 + static_cast<int>(d)));
       const Matrix m = plain_matrix(rng, d, in);
       const auto x = random_inputs(rng, in);
-      check_matmul(m, x, false, std::string("plain ") + dtype_text(d) + " in " + std::to_string(in), r);
+      check_matmul(m, x, Inputs::Default, std::string("plain ") + dtype_text(d) + " in " + std::to_string(in), r);
     }
 }
 
@@ -302,8 +328,8 @@ int main() {
   Report r;
   check_quantized(r);
   check_plain(r);
-  std::printf("kernels_check: %s int16=%d cases=%d failures=%d worst=%.3f digest=%016llx\n", kSimd,
-              studio::cpu::has_int16_dot() ? 1 : 0, r.cases, r.failures, r.worst,
+  std::printf("kernels_check: %s int16=%d int8=%d cases=%d failures=%d worst=%.3f digest=%016llx\n", kSimd,
+              studio::cpu::has_int16_dot() ? 1 : 0, studio::cpu::has_int8_dot() ? 1 : 0, r.cases, r.failures, r.worst,
               static_cast<unsigned long long>(r.digest));
   return r.failures == 0 ? 0 : 1;
 }

@@ -100,8 +100,9 @@ async function runCheck(program: string, runner?: string[]): Promise<CheckSummar
   const s = summary!;
   expect(s.failures, result.stdout).toBe(0);
   expect(result.code, result.stdout).toBe(0);
-  // 18 packed formats x 4 scale/bias dtypes, 4- and 8-bit twice (f32 inputs too), and 6 plain matrices.
-  expect(s.cases).toBe(102);
+  // 18 packed formats x 4 scale/bias dtypes, 4- and 8-bit again with f32 inputs, 4-bit again with int8 inputs,
+  // and 6 plain matrices.
+  expect(s.cases).toBe(114);
   return s;
 }
 
@@ -135,10 +136,14 @@ describe.skipIf(hostSkip)("cpu kernels on the host's SIMD path", () => {
       if (process.arch === "arm64") expect(s.simd).toBe("neon");
       else expect(s.simd).not.toBe("neon");
       // x86 hosts with AVX2 or AVX-512 take the int16 path for 4- and 8-bit weights (kernels_int16.cpp).
-      if (s.simd === "avx2" || s.simd === "avx512") expect(s.int16).toBe(true);
+      // and have the int8 precision mode's kernels for 4-bit weights (kernels_int8.cpp).
+      if (s.simd === "avx2" || s.simd === "avx512") expect(s.int16 && s.int8).toBe(true);
       // The addon is built for this host the same way (-march=native): it reports the kernels checked here.
-      if (!process.env.STUDIO_ENGINE_ADDON) expect(cpuInfo()).toEqual({ simd: s.simd, int16: s.int16 });
-      console.log(`host ${process.arch}: ${s.simd} int16=${s.int16} worst error/bound ${s.worst}`);
+      if (!process.env.STUDIO_ENGINE_ADDON)
+        expect(cpuInfo()).toEqual({ simd: s.simd, int16: s.int16, int8: s.int8 });
+      console.log(
+        `host ${process.arch}: ${s.simd} int16=${s.int16} int8=${s.int8} worst error/bound ${s.worst}`,
+      );
     },
     BUILD_TIMEOUT,
   );

@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeModel } from "../../cli/make-model/index.js";
 import type { Engine, ForwardItem, ForwardOutput } from "../../common/engine-api.js";
-import { availableBackends, openEngine } from "../../native/index.js";
+import { availableBackends, cpuInfo, openEngine } from "../../native/index.js";
 import { ReferenceModel } from "../helpers/reference-minimax-m2.js";
 
 const root = mkdtempSync(join(tmpdir(), "engine-test-"));
@@ -154,6 +154,80 @@ describe("engine matches the reference forward pass", () => {
             returnLogits: true,
           });
         }
+      } finally {
+        await engine.close();
+      }
+    });
+  }
+});
+
+describe('the int8 precision mode (matmulInputs: "int8")', () => {
+  // 4-bit matrices take int8 inputs per group; the reference rounds its own inputs the same way. The two agree to
+  // float rounding until an input lands within a float ulp of a level boundary on one side and not the other:
+  // it then rounds one level (1/127 of its group's largest input) apart, and that position's keys and values
+  // keep the difference for the rest of the run. So each step is held to the mode's own error budget (its
+  // distance from exact inputs, ~1e-2 here), and the kernels are held to the exact rounding in kernels_check.
+  const int8Path = cpuInfo().int8;
+  if (!int8Path)
+    console.warn("engine.test: this build has no int8 path (not x86 with AVX2): int8 runs the default path");
+  for (const name of ["4bit-gs32", "4bit-gs64", "4bit-gs128", "4bit-gs64-f16", "8bit"]) {
+    it(`${name}: prefill + 16 greedy decode steps against the reference with int8 inputs`, async () => {
+      const dir = dirs.get(name)!;
+      const reference = await ReferenceModel.load(dir);
+      const exact = await ReferenceModel.load(dir);
+      reference.int8Inputs = int8Path;
+      const engine = await openEngine({
+        backend: "cpu",
+        modelDir: dir,
+        layerStart: 0,
+        layerEnd: LAYERS,
+        embed: true,
+        head: true,
+        threads: 2,
+        matmulInputs: "int8",
+      });
+      try {
+        let refLogits = reference.forward(PROMPT, 0).at(-1)!;
+        let exactLogits = exact.forward(PROMPT, 0).at(-1)!;
+        let out = await one(engine, { seq: 1, position: 0, tokens: tokens(PROMPT), returnLogits: true });
+        await one(engine, { seq: 2, position: 0, tokens: tokens(PROMPT.slice(0, 5)) });
+        const chunked = await one(engine, {
+          seq: 2,
+          position: 5,
+          tokens: tokens(PROMPT.slice(5)),
+          returnLogits: true,
+        });
+        expect(bytesOf(chunked.logits).equals(bytesOf(out.logits)), `${name} chunked prefill`).toBe(true);
+        const errors: number[] = [];
+        const fromExact: number[] = [];
+        let sameTokens = 0;
+        for (let step = 0; step <= 16; step++) {
+          errors.push(relativeError(out.logits!, refLogits));
+          fromExact.push(relativeError(out.logits!, exactLogits));
+          if (out.token === argmax(refLogits)) sameTokens++;
+          if (step === 16) break;
+          // Both follow the engine's tokens, so one differing pick does not fork the runs.
+          const next = out.token!;
+          refLogits = reference.forward([next], PROMPT.length + step)[0];
+          exactLogits = exact.forward([next], PROMPT.length + step)[0];
+          out = await one(engine, {
+            seq: 1,
+            position: PROMPT.length + step,
+            tokens: tokens([next]),
+            returnLogits: true,
+          });
+        }
+        const worst = Math.max(...errors);
+        console.log(
+          `engine.test: ${name} with int8 inputs: against the int8 reference worst ${worst.toFixed(4)}, ` +
+            `${errors.filter((e) => e <= 1e-4).length}/17 steps within 1e-4, ${sameTokens}/17 greedy tokens equal; ` +
+            `against exact inputs worst ${Math.max(...fromExact).toFixed(4)}`,
+        );
+        expect(worst, `${name}: int8 engine against the int8 reference`).toBeLessThanOrEqual(3e-2);
+        expect(sameTokens, `${name}: greedy tokens equal to the int8 reference's`).toBeGreaterThanOrEqual(15);
+        // 4-bit weights really take int8 inputs (8-bit ones keep the default path: within 1e-3 of exact).
+        if (name === "8bit" || !int8Path) expect(Math.max(...fromExact)).toBeLessThanOrEqual(1e-3);
+        else expect(Math.max(...fromExact)).toBeGreaterThan(1e-3);
       } finally {
         await engine.close();
       }

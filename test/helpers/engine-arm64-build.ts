@@ -164,6 +164,7 @@ export class Build {
       "test/kernels_check.cpp",
       "src/backend/cpu/kernels.cpp",
       "src/backend/cpu/kernels_int16.cpp",
+      "src/backend/cpu/kernels_int8.cpp",
       "src/backend/cpu/workspace.cpp",
       "src/io/tensor.cpp",
     ]);
@@ -206,6 +207,7 @@ function niceArgs(): string[] {
 export interface CheckSummary {
   simd: string;
   int16: boolean;
+  int8: boolean;
   cases: number;
   failures: number;
   worst: number;
@@ -228,17 +230,18 @@ export function parseAttentionSummary(stdout: string): AttentionSummary | undefi
 
 export function parseSummary(stdout: string): CheckSummary | undefined {
   const m =
-    /kernels_check: (\w+) int16=(\d) cases=(\d+) failures=(\d+) worst=([\d.]+) digest=([0-9a-f]+)/.exec(
+    /kernels_check: (\w+) int16=(\d) int8=(\d) cases=(\d+) failures=(\d+) worst=([\d.]+) digest=([0-9a-f]+)/.exec(
       stdout,
     );
   if (!m) return undefined;
   return {
     simd: m[1],
     int16: m[2] === "1",
-    cases: Number(m[3]),
-    failures: Number(m[4]),
-    worst: Number(m[5]),
-    digest: m[6],
+    int8: m[3] === "1",
+    cases: Number(m[4]),
+    failures: Number(m[5]),
+    worst: Number(m[6]),
+    digest: m[7],
   };
 }
 

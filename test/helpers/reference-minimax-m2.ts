@@ -1,6 +1,8 @@
 // Reference MiniMax-M2 forward pass: plain TypeScript, float32 storage, slow and obvious, written straight
 // from docs/model.md's pseudocode. Independent of the engine: it has its own dequantization and KV cache. Tests
-// compare the engine's logits against it.
+// compare the engine's logits against it. With `int8Inputs` it also rounds the inputs of every 4-bit matrix but
+// the router to int8 levels per group, as the engine's int8 precision mode specifies (native/README.md,
+// "Precision modes"), so that mode is checked against the same independent arithmetic.
 import { join } from "node:path";
 import { type ModelConfig, quantFor, readModelConfig } from "../../common/model-config.js";
 import { readAllHeaders, readTensor, type SafetensorsHeader, toFloat32 } from "../../common/safetensors.js";
@@ -76,6 +78,28 @@ export function ropeInPlace(
   }
 }
 
+/** Round half to even, as C's nearbyint in the default rounding mode. */
+function roundHalfEven(v: number): number {
+  const r = Math.round(v);
+  return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * x with each group of `group` inputs rounded to int8 levels: step = max|x_g| / 127 (f32), q = round(x * (127 /
+ * max|x_g|)) in f32 arithmetic, x' = q * step.
+ */
+export function roundInputsInt8(x: Float32Array, group: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let g = 0; g < x.length; g += group) {
+    let max = 0;
+    for (let k = g; k < g + group; k++) max = Math.max(max, Math.abs(x[k]));
+    const step = Math.fround(max / 127);
+    const inv = max > 0 ? Math.fround(127 / max) : 0;
+    for (let k = g; k < g + group; k++) out[k] = roundHalfEven(Math.fround(x[k] * inv)) * step;
+  }
+  return out;
+}
+
 /** y = W x for W row-major [rows, cols] starting at row `rowOffset`. */
 function matVec(w: Float32Array, x: Float32Array, rows: number, rowOffset = 0): Float32Array {
   const cols = x.length;
@@ -119,6 +143,10 @@ export class ReferenceModel {
   /** Per layer: cached keys and values, one Float32Array per position. */
   private keys: Float32Array[][];
   private values: Float32Array[][];
+  /** Set: 4-bit matrices (not the router) take their inputs rounded to int8 levels per group. */
+  int8Inputs = false;
+  /** The group size of each 4-bit weight, for int8Inputs. */
+  private readonly fourBitGroups = new WeakMap<Float32Array, number>();
 
   private constructor(
     readonly config: ModelConfig,
@@ -134,7 +162,13 @@ export class ReferenceModel {
   static async load(dir: string): Promise<ReferenceModel> {
     const config = readModelConfig(dir);
     const headers = readAllHeaders(dir);
-    const weight = (path: string) => loadWeight(config, headers, path);
+    const fourBit: Array<[Float32Array, number]> = [];
+    const weight = (path: string) => {
+      const w = loadWeight(config, headers, path);
+      const quant = quantFor(config, path);
+      if (headers.has(`${path}.scales`) && quant?.bits === 4) fourBit.push([w, quant.groupSize]);
+      return w;
+    };
     const vector = (name: string) => {
       const header = headers.get(name);
       if (!header) throw new Error(`${join(dir, "model.safetensors.index.json")}: no tensor "${name}"`);
@@ -159,13 +193,21 @@ export class ReferenceModel {
         down: weight(`${p}.block_sparse_moe.switch_mlp.down_proj`),
       });
     }
-    return new ReferenceModel(
+    const model = new ReferenceModel(
       config,
       weight("model.embed_tokens"),
       vector("model.norm.weight"),
       weight("lm_head"),
       layers,
     );
+    for (const [w, group] of fourBit) model.fourBitGroups.set(w, group);
+    return model;
+  }
+
+  /** W x, with x rounded to int8 levels first where int8Inputs asks it for this matrix. */
+  private mv(w: Float32Array, x: Float32Array, rows: number, rowOffset = 0): Float32Array {
+    const group = this.int8Inputs ? this.fourBitGroups.get(w) : undefined;
+    return matVec(w, group ? roundInputsInt8(x, group) : x, rows, rowOffset);
   }
 
   /** Number of positions in the KV cache. */
@@ -222,9 +264,9 @@ export class ReferenceModel {
     const queries: Float32Array[] = [];
     for (let t = 0; t < hidden.length; t++) {
       const x = rmsNorm(hidden[t], w.inputNorm, c.rmsNormEps);
-      const q = rmsNorm(matVec(w.q, x, c.numHeads * c.headDim), w.qNorm, c.rmsNormEps);
-      const k = rmsNorm(matVec(w.k, x, c.numKvHeads * c.headDim), w.kNorm, c.rmsNormEps);
-      const v = matVec(w.v, x, c.numKvHeads * c.headDim);
+      const q = rmsNorm(this.mv(w.q, x, c.numHeads * c.headDim), w.qNorm, c.rmsNormEps);
+      const k = rmsNorm(this.mv(w.k, x, c.numKvHeads * c.headDim), w.kNorm, c.rmsNormEps);
+      const v = this.mv(w.v, x, c.numKvHeads * c.headDim);
       const pos = startPos + t;
       for (let i = 0; i < c.numHeads; i++) ropeInPlace(q, i * c.headDim, c.rotaryDim, pos, c.ropeTheta);
       for (let i = 0; i < c.numKvHeads; i++) ropeInPlace(k, i * c.headDim, c.rotaryDim, pos, c.ropeTheta);
@@ -234,7 +276,7 @@ export class ReferenceModel {
     }
     for (let t = 0; t < hidden.length; t++) {
       const attn = this.attend(layer, queries[t], startPos + t);
-      const o = matVec(w.o, attn, c.hiddenSize);
+      const o = this.mv(w.o, attn, c.hiddenSize);
       for (let i = 0; i < c.hiddenSize; i++) out[t][i] += o[i];
       const x = rmsNorm(out[t], w.postNorm, c.rmsNormEps);
       const moe = this.moe(layer, x);
@@ -296,11 +338,11 @@ export class ReferenceModel {
     const out = new Float32Array(c.hiddenSize);
     const { experts, weights } = this.route(layer, x);
     experts.forEach((e, j) => {
-      const gate = matVec(w.gate, x, ffn, e * ffn);
-      const up = matVec(w.up, x, ffn, e * ffn);
+      const gate = this.mv(w.gate, x, ffn, e * ffn);
+      const up = this.mv(w.up, x, ffn, e * ffn);
       const act = new Float32Array(ffn);
       for (let i = 0; i < ffn; i++) act[i] = silu(gate[i]) * up[i];
-      const down = matVec(w.down, act, c.hiddenSize, e * c.hiddenSize);
+      const down = this.mv(w.down, act, c.hiddenSize, e * c.hiddenSize);
       for (let i = 0; i < c.hiddenSize; i++) out[i] += weights[j] * down[i];
     });
     return out;
@@ -309,7 +351,7 @@ export class ReferenceModel {
   /** logits = rms(h, model.norm) lm_head^T */
   logits(h: Float32Array): Float32Array {
     const x = rmsNorm(h, this.finalNorm, this.config.rmsNormEps);
-    return matVec(this.lmHead, x, this.config.vocabSize);
+    return this.mv(this.lmHead, x, this.config.vocabSize);
   }
 }
 

@@ -55,11 +55,13 @@ describe("doctor on a Mac", () => {
 
   it("the engine elsewhere: names the cpu kernels' SIMD path, and warns when they run without SIMD", () => {
     const linux = { platform: "linux" as const, arch: "x64", backends: ["cpu"], mlx: null };
-    expect(checkEngine({ ...linux, cpu: { simd: "avx2", int16: true } })).toMatchObject({
+    expect(checkEngine({ ...linux, cpu: { simd: "avx2", int16: true, int8: true } })).toMatchObject({
       status: "ok",
-      detail: expect.stringMatching(/cpu kernels avx2, int16 dots for 4\/8-bit weights/),
+      detail: expect.stringMatching(
+        /cpu kernels avx2, int16 dots for 4\/8-bit weights, int8 inputs available for 4-bit weights/,
+      ),
     });
-    expect(checkEngine({ ...linux, cpu: { simd: "portable", int16: false } })).toMatchObject({
+    expect(checkEngine({ ...linux, cpu: { simd: "portable", int16: false, int8: false } })).toMatchObject({
       status: "warn",
       detail: expect.stringMatching(/cpu kernels portable; .*without SIMD/),
       fix: expect.stringMatching(/npm rebuild/),

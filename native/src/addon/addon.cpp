@@ -70,11 +70,15 @@ Napi::Value mlx_info(const Napi::CallbackInfo& info) {
 #endif
 }
 
-/** The cpu backend's kernels in this build: {simd: its SIMD path, int16: whether 4/8-bit matmuls take int16 inputs}. */
+/**
+ * The cpu backend's kernels in this build: {simd: its SIMD path, int16: whether 4/8-bit matmuls take int16 inputs,
+ * int8: whether the int8 precision mode has its kernels here}.
+ */
 Napi::Value cpu_info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("simd", cpu::simd::kName);
   o.Set("int16", cpu::has_int16_dot());
+  o.Set("int8", cpu::has_int8_dot());
   return o;
 }
 

@@ -28,11 +28,11 @@ namespace {
  * The backend for options.backend. "auto" takes mlx when MLX computes on a GPU; on a cpu-only MLX (Linux) the
  * built-in cpu kernels are the faster path (bench/engine-mlx.ts) and keep f32 activations, so auto stays cpu.
  */
-std::unique_ptr<Backend> make_backend(const std::string& choice, int threads) {
+std::unique_ptr<Backend> make_backend(const std::string& choice, int threads, bool int8_inputs) {
 #ifdef STUDIO_WITH_MLX
   if (choice == "mlx" || (choice == "auto" && mlx_device_kind() == "gpu")) return make_mlx_backend();
 #endif
-  return make_cpu_backend(threads);
+  return make_cpu_backend(threads, int8_inputs);
 }
 
 }  // namespace
@@ -70,6 +70,11 @@ EngineObject::EngineObject(const Napi::CallbackInfo& info) : Napi::ObjectWrap<En
 #endif
   if (backend_choice_ != "auto" && backend_choice_ != "cpu" && backend_choice_ != "mlx")
     throw Napi::TypeError::New(env, "options: backend must be \"auto\", \"cpu\" or \"mlx\" (got \"" + backend_choice_ + "\")");
+  Napi::Value inputs = opts.Get("matmulInputs");
+  const std::string inputs_choice = inputs.IsString() ? inputs.As<Napi::String>().Utf8Value() : "default";
+  if (inputs_choice != "default" && inputs_choice != "int8")
+    throw Napi::TypeError::New(env, "options: matmulInputs must be \"default\" or \"int8\" (got \"" + inputs_choice + "\")");
+  int8_inputs_ = inputs_choice == "int8";
 
   // At process exit Node finalizes the thread-safe function before collecting this object; the finalizer
   // marks it gone so the destructor does not release a function that no longer exists.
@@ -177,7 +182,7 @@ Napi::Value EngineObject::load(const Napi::CallbackInfo& info) {
             };
             if (done_.BlockingCall(job.get()) == napi_ok) job.release();
           };
-        shard_ = std::make_unique<model::MinimaxM2Shard>(model_dir_, config_, range_, make_backend(backend_choice_, threads_), progress);
+        shard_ = std::make_unique<model::MinimaxM2Shard>(model_dir_, config_, range_, make_backend(backend_choice_, threads_, int8_inputs_), progress);
         backend_name_ = shard_->backend().name();
         wire_ = shard_->backend().activation_dtype() == "bf16" ? WireDtype::BF16 : WireDtype::F32;
         weight_bytes_ = static_cast<double>(shard_->weight_bytes());

@@ -55,6 +55,7 @@ class EngineObject : public Napi::ObjectWrap<EngineObject> {
   std::string backend_name_ = "cpu";
   WireDtype wire_ = WireDtype::F32;
   int threads_ = 0;
+  bool int8_inputs_ = false;  // options.matmulInputs == "int8": the cpu backend's fast precision mode
 
   std::unique_ptr<EngineThread> thread_;
   DoneFn done_;

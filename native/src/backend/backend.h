@@ -239,7 +239,10 @@ class Backend {
                        const Routing& routing, Activations& out) = 0;
 };
 
-/** The built-in cpu backend with `threads` worker threads (0: all cores). */
-std::unique_ptr<Backend> make_cpu_backend(int threads);
+/**
+ * The built-in cpu backend with `threads` worker threads (0: all cores). int8_inputs: the fast precision mode,
+ * 4-bit matmuls take their inputs as int8 per group where the build has that path (native/README.md).
+ */
+std::unique_ptr<Backend> make_cpu_backend(int threads, bool int8_inputs = false);
 
 }  // namespace studio

@@ -78,8 +78,9 @@ std::vector<const float*> row_pointers(const CpuActivations& a) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(int threads)
+CpuBackend::CpuBackend(int threads, bool int8_inputs)
     : pool_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
+      inputs_(int8_inputs ? Inputs::Int8 : Inputs::Default),
       buffers_(std::make_shared<BufferPool>()),
       expert_mlp_(std::make_unique<ExpertMlp>()) {}
 
@@ -123,15 +124,15 @@ void CpuBackend::embed(const Matrix& table, std::span<const int32_t> ids, Activa
   for (size_t i = 0; i < ids.size(); ++i) dequant_row(m, ids[i], o.row(i));
 }
 
-void CpuBackend::matmul(const Matrix& w, const Activations& x, Activations& y) { matmul_rows_of(w, x, y, false); }
+void CpuBackend::matmul(const Matrix& w, const Activations& x, Activations& y) { matmul_rows_of(w, x, y, inputs_); }
 
-void CpuBackend::matmul_rows_of(const Matrix& w, const Activations& x, Activations& y, bool exact) {
+void CpuBackend::matmul_rows_of(const Matrix& w, const Activations& x, Activations& y, Inputs inputs) {
   const MatView m = cast(w).view();
   auto& yo = cast(y);
   const std::vector<const float*> rows = row_pointers(cast(x));
   matmul_arena_.reset();
   PreparedX px;
-  reserve_x(m, static_cast<int64_t>(rows.size()), px, matmul_arena_, exact);
+  reserve_x(m, static_cast<int64_t>(rows.size()), px, matmul_arena_, inputs);
   // Preparing a prefill chunk's rows is worth sharing out; a decode step's row is not worth a dispatch.
   if (px.rows >= kParallelPrepareRows)
     pool_.parallel_for(px.rows, kPrepareChunk, [&](int64_t b, int64_t e) { fill_x(m, rows, px, b, e); });
@@ -217,8 +218,8 @@ Routing CpuBackend::route(const Matrix& gate, const Vector& bias, const Activati
   const auto& b = cast(bias).data;
   const int64_t experts = gate.out;
   CpuActivations logits(xa.rows, experts, buffers_);
-  // docs/model.md: the router runs in f32, so its inputs stay f32 (no int16 path).
-  matmul_rows_of(gate, x, logits, true);
+  // docs/model.md: the router runs in f32, so its inputs stay f32 (no integer path).
+  matmul_rows_of(gate, x, logits, Inputs::F32);
   Routing routing;
   routing.top_k = top_k;
   routing.experts.resize(xa.rows * top_k);
@@ -250,13 +251,17 @@ void CpuBackend::experts(const Matrix& gate, const Matrix& up, const Matrix& dow
                          const Routing& routing, Activations& out) {
   const auto& xa = cast(x);
   expert_mlp_->run(pool_, cast(gate).source, cast(up).source, cast(down).source, xa.data(), xa.rows, routing,
-                   cast(out).data());
+                   inputs_, cast(out).data());
 }
 
-std::unique_ptr<Backend> make_cpu_backend_impl(int threads) { return std::make_unique<CpuBackend>(threads); }
+std::unique_ptr<Backend> make_cpu_backend_impl(int threads, bool int8_inputs) {
+  return std::make_unique<CpuBackend>(threads, int8_inputs);
+}
 
 }  // namespace studio::cpu
 
 namespace studio {
-std::unique_ptr<Backend> make_cpu_backend(int threads) { return cpu::make_cpu_backend_impl(threads); }
+std::unique_ptr<Backend> make_cpu_backend(int threads, bool int8_inputs) {
+  return cpu::make_cpu_backend_impl(threads, int8_inputs);
+}
 }  // namespace studio

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "backend/backend.h"
+#include "backend/cpu/kernels.h"
 #include "backend/cpu/thread_pool.h"
 #include "backend/cpu/workspace.h"
 
@@ -18,7 +19,7 @@ class ExpertMlp;
  */
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads);
+  CpuBackend(int threads, bool int8_inputs);
   ~CpuBackend() override;
 
   std::string name() const override { return "cpu"; }
@@ -44,10 +45,11 @@ class CpuBackend final : public Backend {
                const Routing& routing, Activations& out) override;
 
  private:
-  /** y = x W^T; exact keeps the inputs f32 even where the int16 path exists. */
-  void matmul_rows_of(const Matrix& w, const Activations& x, Activations& y, bool exact);
+  /** y = x W^T with the inputs prepared as asked (the router keeps them f32). */
+  void matmul_rows_of(const Matrix& w, const Activations& x, Activations& y, Inputs inputs);
 
   ThreadPool pool_;
+  Inputs inputs_;                          // how matmuls other than the router take their inputs
   std::shared_ptr<BufferPool> buffers_;  // activations' memory, reused (workspace.h)
   Arena matmul_arena_;                    // a dense matmul's prepared inputs
   std::unique_ptr<ExpertMlp> expert_mlp_;  // the routed experts' scratch

@@ -34,13 +34,15 @@ void for_range(ThreadPool& pool, bool parallel, int64_t n, int64_t chunk, Fn&& f
 }  // namespace
 
 void ExpertMlp::run(ThreadPool& pool, const io::MatrixSource& gate, const io::MatrixSource& up,
-                    const io::MatrixSource& down, const float* x, int64_t rows, const Routing& routing, float* out) {
+                    const io::MatrixSource& down, const float* x, int64_t rows, const Routing& routing,
+                    Inputs inputs, float* out) {
   gate_ = &gate;
   up_ = &up;
   down_ = &down;
   x_ = x;
   rows_ = rows;
   routing_ = &routing;
+  inputs_ = inputs;
   arena_.reset();
   group_by_expert();
   prepare_inputs(pool);
@@ -91,13 +93,13 @@ void ExpertMlp::prepare_inputs(ThreadPool& pool) {
   std::span<const float*> rows = arena_.take<const float*>(rows_);
   for (int64_t r = 0; r < rows_; ++r) rows[r] = x_ + r * hidden;
   PreparedX all_gate, all_up;
-  reserve_x(g, rows_, all_gate, arena_);
-  if (separate_up) reserve_x(u, rows_, all_up, arena_);
+  reserve_x(g, rows_, all_gate, arena_, inputs_);
+  if (separate_up) reserve_x(u, rows_, all_up, arena_, inputs_);
   for (Active& a : active_) {
     const int64_t n = static_cast<int64_t>(a.slots.size());
     a.separate_up = separate_up;
-    reserve_x(g, n, a.x_gate, arena_);
-    if (separate_up) reserve_x(u, n, a.x_up, arena_);
+    reserve_x(g, n, a.x_gate, arena_, inputs_);
+    if (separate_up) reserve_x(u, n, a.x_up, arena_, inputs_);
     a.gate_out = arena_.take<float>(n * inter).data();
     a.up_out = arena_.take<float>(n * up_->out).data();
   }
@@ -141,7 +143,7 @@ void ExpertMlp::activate(ThreadPool& pool) {
   for (size_t i = 0; i < active_.size(); ++i) {
     Active& a = active_[i];
     const int64_t n = static_cast<int64_t>(a.slots.size());
-    reserve_x(d, n, a.x_down, arena_);
+    reserve_x(d, n, a.x_down, arena_, inputs_);
     a.down_out = arena_.take<float>(n * down_->out).data();
     down_rows[i] = arena_.take<const float*>(n);
     for (int64_t t = 0; t < n; ++t) down_rows[i][t] = a.gate_out + t * inter;

@@ -23,7 +23,7 @@ class ExpertMlp {
    * out row r = sum over j of weight[r][j] * down_e(silu(gate_e x_r) * up_e x_r).
    */
   void run(ThreadPool& pool, const io::MatrixSource& gate, const io::MatrixSource& up, const io::MatrixSource& down,
-           const float* x, int64_t rows, const Routing& routing, float* out);
+           const float* x, int64_t rows, const Routing& routing, Inputs inputs, float* out);
 
  private:
   struct Active {
@@ -51,6 +51,7 @@ class ExpertMlp {
   const float* x_ = nullptr;
   int64_t rows_ = 0;
   const Routing* routing_ = nullptr;
+  Inputs inputs_ = Inputs::Default;
 
   Arena arena_;
   std::vector<Active> active_;      // cleared per call, capacity kept

@@ -1,6 +1,6 @@
 // Building blocks the cpu kernels share (kernels.cpp: the float path and the dispatch; kernels_int16.cpp: the
-// int16 path of AVX2 and AVX-512 builds): tile sizes, element loads of scales and biases, token blocks, and the
-// int16 path's entry points.
+// int16 path of AVX2 and AVX-512 builds; kernels_int8.cpp: the int8 path): tile sizes, element loads of scales and
+// biases, token blocks, and the integer paths' entry points.
 #pragma once
 
 #include <algorithm>
@@ -69,5 +69,11 @@ QuantRowsFn int16_rows_kernel(const MatView& m);
 
 /** Lays out one row's int16 inputs (4-bit: chunks of 64, or 32 for group 32, as [evens, odds]). */
 void quantize_row_int16(const float* src, const MatView& m, int16_t* dst, float* scale);
+
+/** The int8 kernel for m's format (4 bits, group 32/64/128), or nullptr where the build has no int8 path. */
+QuantRowsFn int8_rows_kernel(const MatView& m);
+
+/** Lays out one row's int8 inputs (chunks of 64, or 32 for group 32, as [evens, odds]). */
+void quantize_row_int8(const float* src, const MatView& m, int8_t* dst, float* scale);
 
 }  // namespace studio::cpu::blocks

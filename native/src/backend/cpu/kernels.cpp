@@ -280,16 +280,19 @@ MatView view_of(const io::MatrixSource& source, int64_t e) {
   return m;
 }
 
-void reserve_x(const MatView& m, int64_t rows, PreparedX& out, Arena& arena, bool exact) {
+void reserve_x(const MatView& m, int64_t rows, PreparedX& out, Arena& arena, Inputs inputs) {
   out.rows = rows;
   out.in = m.in;
   out.bits = m.bits;
   out.group = m.group;
-  out.int16 = has_int16_dot() && !exact && (m.bits == 4 || m.bits == 8);
+  out.int8 = inputs == Inputs::Int8 && int8_rows_kernel(m) != nullptr;
+  out.int16 = !out.int8 && inputs != Inputs::F32 && has_int16_dot() && (m.bits == 4 || m.bits == 8);
+  const bool floats = !out.int8 && !out.int16;
   const int64_t groups = m.bits == 0 ? 0 : m.in / m.group;
-  out.x = out.int16 ? std::span<float>() : arena.take<float>(rows * m.in);
+  out.x = floats ? arena.take<float>(rows * m.in) : std::span<float>();
   out.xq = out.int16 ? arena.take<int16_t>(rows * m.in) : std::span<int16_t>();
-  out.xscale = out.int16 ? arena.take<float>(rows * groups) : std::span<float>();
+  out.xb = out.int8 ? arena.take<int8_t>(rows * m.in) : std::span<int8_t>();
+  out.xscale = floats ? std::span<float>() : arena.take<float>(rows * groups);
   out.sums = arena.take<float>(rows * groups);
 }
 
@@ -297,7 +300,9 @@ void fill_x(const MatView& m, std::span<const float* const> rows, PreparedX& out
   const int64_t groups = m.bits == 0 ? 0 : m.in / m.group;
   for (int64_t t = begin; t < end; ++t) {
     const float* src = rows[t];
-    if (out.int16) {
+    if (out.int8) {
+      quantize_row_int8(src, m, out.xb.data() + t * m.in, out.xscale.data() + t * groups);
+    } else if (out.int16) {
       quantize_row_int16(src, m, out.xq.data() + t * m.in, out.xscale.data() + t * groups);
     } else if (m.bits == 4) {
       // decode4 yields the even elements of a kStep block, then the odd ones: order the inputs the same way.
@@ -313,14 +318,22 @@ void fill_x(const MatView& m, std::span<const float* const> rows, PreparedX& out
     }
     for (int64_t g = 0; g < groups; ++g) {
       float s = 0;
-      for (int k = 0; k < m.group; ++k) s += src[g * m.group + k];
+      if (out.int8) {
+        // The rounded inputs' sum: the bias term then sees the same inputs as the weights' term, so their
+        // rounding errors cancel as they do in (s * q + b) * x (about half the error of the exact sums).
+        int32_t q = 0;
+        for (int k = 0; k < m.group; ++k) q += out.xb[t * m.in + g * m.group + k];
+        s = static_cast<float>(q) * out.xscale[t * groups + g];
+      } else {
+        for (int k = 0; k < m.group; ++k) s += src[g * m.group + k];
+      }
       out.sums[t * groups + g] = s;
     }
   }
 }
 
-void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, Arena& arena, bool exact) {
-  reserve_x(m, static_cast<int64_t>(rows.size()), out, arena, exact);
+void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, Arena& arena, Inputs inputs) {
+  reserve_x(m, static_cast<int64_t>(rows.size()), out, arena, inputs);
   fill_x(m, rows, out, 0, out.rows);
 }
 
@@ -334,6 +347,7 @@ void gather_x(const PreparedX& src, std::span<const int64_t> rows, PreparedX& ds
   };
   copy(src.x, dst.x, in);
   copy(src.xq, dst.xq, in);
+  copy(src.xb, dst.xb, in);
   copy(src.xscale, dst.xscale, groups);
   copy(src.sums, dst.sums, groups);
 }
@@ -342,6 +356,10 @@ void matmul_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_
                  int64_t y_stride) {
   if (m.bits == 0) {
     matmul_plain(m, x, row_begin, row_end, y, y_stride);
+    return;
+  }
+  if (x.int8) {
+    int8_rows_kernel(m)(m, x, row_begin, row_end, y, y_stride);
     return;
   }
   pick_quant_kernel(m, x.int16)(m, x, row_begin, row_end, y, y_stride);

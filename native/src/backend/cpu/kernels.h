@@ -35,7 +35,9 @@ MatView view_of(const io::MatrixSource& source, int64_t e);
  * Inputs rearranged once per matmul for one weight format: lane-ordered values and per-group sums. Where the
  * build has 16-bit integer pair dots (x86 with AVX2 or AVX-512), 4- and 8-bit matrices take the inputs as int16 per
  * group (xq = round(x / xscale), xscale = max|x_g| / 32767, error <= 1.5e-5 of the group's largest input) and
- * sum q * xq exactly in integers: less cpu per decoded token than the float path (bench/RESULTS.md).
+ * sum q * xq exactly in integers: less cpu per decoded token than the float path (bench/RESULTS.md). In the
+ * int8 precision mode (Inputs::Int8, x86 builds with AVX2), 4-bit matrices take int8 inputs instead
+ * (xscale = max|x_g| / 127; kernels_int8.cpp), faster again and coarser.
  * The arrays are views into an Arena (workspace.h): valid until its next reset().
  */
 struct PreparedX {
@@ -44,20 +46,32 @@ struct PreparedX {
   int bits = 0;
   int group = 0;
   bool int16 = false;
+  bool int8 = false;
   std::span<float> x;        // float path, rows * in
   std::span<int16_t> xq;     // int16 path, rows * in
-  std::span<float> xscale;   // int16 path, rows * groups
+  std::span<int8_t> xb;      // int8 path, rows * in
+  std::span<float> xscale;   // int16 and int8 paths, rows * groups
   std::span<float> sums;     // quantized formats, rows * groups
 };
 
 /** True when this build has the int16 path (prepare_x uses it unless asked for exact f32 inputs). */
 bool has_int16_dot();
+/** True when this build has the int8 path (x86 with AVX2): Inputs::Int8 uses it for 4-bit matrices. */
+bool has_int8_dot();
 
-/** Prepares rows (each `in` floats) for matrices of m's format; exact keeps f32 inputs (the router). */
-void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, Arena& arena, bool exact = false);
+/**
+ * How a matmul's inputs are prepared: F32 keeps them exact (the router); Default is the build's precise path
+ * (int16 for 4/8-bit matrices where the build has it, else f32); Int8 is the fast precision mode, int8 inputs for
+ * 4-bit matrices where the build has the int8 path, Default otherwise.
+ */
+enum class Inputs { F32, Default, Int8 };
+
+/** Prepares rows (each `in` floats) for matrices of m's format. */
+void prepare_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, Arena& arena,
+               Inputs inputs = Inputs::Default);
 
 /** prepare_x in two steps: take room for `rows` rows from the arena, then fill rows [begin, end) (any thread). */
-void reserve_x(const MatView& m, int64_t rows, PreparedX& out, Arena& arena, bool exact = false);
+void reserve_x(const MatView& m, int64_t rows, PreparedX& out, Arena& arena, Inputs inputs = Inputs::Default);
 void fill_x(const MatView& m, std::span<const float* const> rows, PreparedX& out, int64_t begin, int64_t end);
 
 /** dst row i = src row rows[i], as prepared (dst reserved for rows.size() rows of src's format). */

@@ -4,7 +4,8 @@
 //   valgrind --tool=callgrind --collect-atstart=no --toggle-collect='studio::model::MinimaxM2Shard::forward*' \
 //     node dist/bench/forward-steps.js --model .cache/models/tiny-4bit
 // With --chunk N the prompt is fed in chunks of N tokens as the scheduler does, and --threads sets the engine's
-// threads: `perf record` of a prefill as served (e.g. --prompt 512 --chunk 256 --threads 2 --steps 0).
+// threads: `perf record` of a prefill as served (e.g. --prompt 512 --chunk 256 --threads 2 --steps 0);
+// --matmul-inputs int8 runs the int8 precision mode.
 import { parseArgs } from "node:util";
 import { readModelConfig } from "../common/model-config.js";
 import { openEngine } from "../native/index.js";
@@ -16,8 +17,12 @@ const { values } = parseArgs({
     steps: { type: "string", default: "16" },
     chunk: { type: "string", default: "0" },
     threads: { type: "string", default: "1" },
+    "matmul-inputs": { type: "string", default: "default" },
   },
 });
+const matmulInputs = values["matmul-inputs"];
+if (matmulInputs !== "default" && matmulInputs !== "int8")
+  throw new Error(`forward-steps: --matmul-inputs is default or int8 (got "${matmulInputs}")`);
 const modelDir = values.model;
 const promptTokens = Number(values.prompt);
 const steps = Number(values.steps);
@@ -29,6 +34,7 @@ const engine = await openEngine({
   embed: true,
   head: true,
   threads: Number(values.threads),
+  matmulInputs,
 });
 const prompt = Int32Array.from({ length: promptTokens }, (_, i) => 3 + ((i * 37) % 900));
 const started = performance.now();

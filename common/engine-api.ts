@@ -26,8 +26,9 @@ export interface OpenOptions {
   /**
    * The cpu backend's precision mode. "default": 4/8-bit matmuls take int16 inputs per group (x86) or f32, within
    * 1e-3 of the reference. "int8": 4-bit matmuls take int8 inputs per group, as llama.cpp's Q8 inputs, ~1.5x
-   * faster prefill and coarser (native/README.md, "Precision modes"); x86 with AVX2 only, elsewhere the default
-   * path. The router always stays f32; the mlx backend ignores it.
+   * faster prefill and coarser (native/README.md, "Precision modes of the cpu backend"); x86 with AVX2 and aarch64
+   * with the dot-product extension, elsewhere the default path. The router always stays f32; the mlx backend
+   * ignores it.
    */
   matmulInputs?: MatmulInputs;
   /** Bytes read so far of the bytes this shard must read; called on the JS thread. */
@@ -105,6 +106,8 @@ export interface EngineStats {
   backend: BackendName;
   activationDtype: ActivationDtype;
   threads: number;
+  /** The precision mode in effect: "int8" only where asked, on the cpu backend of a build with its kernels. */
+  matmulInputs: MatmulInputs;
   layerStart: number;
   layerEnd: number;
   embed: boolean;

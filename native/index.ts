@@ -117,7 +117,10 @@ export interface CpuInfo {
   simd: "avx512" | "avx2" | "neon" | "portable";
   /** Whether 4- and 8-bit matmuls take int16 inputs with exact integer dots (x86 with AVX2 or AVX-512). */
   int16: boolean;
-  /** Whether `matmulInputs: "int8"` has its kernels here (x86 with AVX2); elsewhere it runs the default path. */
+  /**
+   * Whether `matmulInputs: "int8"` has its kernels here (x86 with AVX2, aarch64 with dotprod); elsewhere it runs
+   * the default path.
+   */
   int8: boolean;
 }
 

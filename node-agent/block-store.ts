@@ -30,7 +30,7 @@ import {
 export interface BlockStoreOptions {
   /** The node's cache folder (one per node: nodes of one machine must not share it). */
   dir: string;
-  /** Names the model bytes and the KV format: `<fingerprint>-<backend>-<bytes per position per layer>`. */
+  /** Names the model bytes and the KV format: `<fingerprint>-<backend>[-int8]-<bytes per position per layer>`. */
   format: string;
   /** Bytes of one position of one layer in a layer file. */
   bytesPerPosition: number;

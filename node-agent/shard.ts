@@ -176,7 +176,7 @@ export class ShardHost {
       blocks,
     };
     this.opts.log(
-      `plan ${req.plan_id}: layers ${req.layer_start}..${req.layer_end}${req.embed ? " +embed" : ""}${req.head ? " +head" : ""} on ${stats.backend}, ${stats.weightBytes} weight bytes${downstream ? `, downstream ${downstream.address}` : ""}`,
+      `plan ${req.plan_id}: layers ${req.layer_start}..${req.layer_end}${req.embed ? " +embed" : ""}${req.head ? " +head" : ""} on ${stats.backend}${stats.matmulInputs === "int8" ? " (int8 matmul inputs)" : ""}, ${stats.weightBytes} weight bytes${downstream ? `, downstream ${downstream.address}` : ""}`,
     );
     return progressMessage({
       bytes_read: stats.weightBytes,
@@ -194,7 +194,8 @@ export class ShardHost {
   }
 
   /**
-   * The disk tier for this shard's KV format (opened on first use; a new format replaces the old folder), set to
+   * The disk tier for this shard's KV format (model bytes, backend and its precision mode, bytes per position;
+   * opened on first use; a new format replaces the old folder), set to
    * the shard's layers. A node without a cache folder, or whose folder cannot be used, runs RAM only.
    */
   private async blockStore(
@@ -206,7 +207,9 @@ export class ShardHost {
     if (!dir) return undefined;
     try {
       this.fingerprint ??= checkpointBytesHash(this.opts.modelDir);
-      const format = `${await this.fingerprint}-${backend}-${bytesPerPosition}`;
+      // KV computed in the int8 precision mode differs from the default mode's: it gets its own folder.
+      const mode = backend === "cpu" && this.opts.matmulInputs === "int8" ? "-int8" : "";
+      const format = `${await this.fingerprint}-${backend}${mode}-${bytesPerPosition}`;
       if (this.store?.folder.endsWith(format) !== true)
         this.store = await BlockStore.open({
           dir,

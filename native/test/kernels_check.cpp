@@ -7,9 +7,10 @@
 //   - determinism: each row's bits do not depend on how many rows share the call (1, 2, 3, 5, 8, 9 or 21: the
 //     small-batch blocks of 1-4 tokens and the tiled path) nor on how the output rows are split between calls (threads);
 //   - dequant_row (embedding gather) against the formula.
-// Prints one line per failure, then "kernels_check: <simd> cases=N failures=F worst=R digest=H" (worst: the
-// largest error as a fraction of its bound; digest: FNV-1a of every output's bits, equal between builds that
-// run the same arithmetic). Exit code 0 only when everything holds.
+// Prints one line per failure, then "kernels_check: <simd> int16=I int8=J cases=N failures=F worst=R digest=H
+// int8_digest=H8" (worst: the largest error as a fraction of its bound; digest: FNV-1a of every output's bits but
+// the int8 mode's, equal between builds that run the same arithmetic; int8_digest: the int8 mode's outputs, which
+// only builds with the int8 kernels compute). Exit code 0 only when everything holds.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -164,6 +165,8 @@ struct Report {
   int failures = 0;
   double worst = 0;  // largest |error| / bound
   uint64_t digest = 1469598103934665603ULL;
+  uint64_t int8_digest = 1469598103934665603ULL;
+  bool int8_cases = false;  // hash() feeds int8_digest while set
 
   void fail(const std::string& what) {
     ++failures;
@@ -173,7 +176,8 @@ struct Report {
     for (float v : values) {
       uint32_t bits;
       std::memcpy(&bits, &v, 4);
-      for (int i = 0; i < 4; ++i) digest = (digest ^ ((bits >> (8 * i)) & 0xFF)) * 1099511628211ULL;
+      uint64_t& d = int8_cases ? int8_digest : digest;
+      for (int i = 0; i < 4; ++i) d = (d ^ ((bits >> (8 * i)) & 0xFF)) * 1099511628211ULL;
     }
   }
 };
@@ -262,7 +266,9 @@ void check_matmul(const Matrix& m, const std::vector<std::vector<float>>& x, Inp
   PreparedX probe;
   studio::cpu::prepare_x(m.view, std::span(rows).first(1), probe, arena, inputs);
   const std::vector<float> batch = run_kernel(m.view, rows, inputs, kOut);
+  r.int8_cases = inputs == Inputs::Int8;
   r.hash(batch);
+  r.int8_cases = false;
   check_against_formula(m, x, batch, probe.int8 ? 127.0 : probe.int16 ? 32767.0 : 0.0, name, r);
   for (size_t t = 0; t < rows.size(); ++t)
     check_same_bits(batch, run_kernel(m.view, std::span(rows).subspan(t, 1), inputs, kOut), t, name + " alone", r);
@@ -328,8 +334,8 @@ int main() {
   Report r;
   check_quantized(r);
   check_plain(r);
-  std::printf("kernels_check: %s int16=%d int8=%d cases=%d failures=%d worst=%.3f digest=%016llx\n", kSimd,
-              studio::cpu::has_int16_dot() ? 1 : 0, studio::cpu::has_int8_dot() ? 1 : 0, r.cases, r.failures, r.worst,
-              static_cast<unsigned long long>(r.digest));
+  std::printf("kernels_check: %s int16=%d int8=%d cases=%d failures=%d worst=%.3f digest=%016llx int8_digest=%016llx\n",
+              kSimd, studio::cpu::has_int16_dot() ? 1 : 0, studio::cpu::has_int8_dot() ? 1 : 0, r.cases, r.failures,
+              r.worst, static_cast<unsigned long long>(r.digest), static_cast<unsigned long long>(r.int8_digest));
   return r.failures == 0 ? 0 : 1;
 }

@@ -220,7 +220,9 @@ for (const { build, skip } of armToolchains) {
       async () => {
         const s = await runCheck(await build.kernelsCheck(), qemu);
         expect(s.simd).toBe("neon");
-        console.log(`${build.name} under qemu: ${s.simd} worst error/bound ${s.worst}`);
+        // Both targets have the dot-product extension, so the int8 mode has its sdot kernels (kernels_int8.cpp).
+        expect(s.int8).toBe(true);
+        console.log(`${build.name} under qemu: ${s.simd} int8=${s.int8} worst error/bound ${s.worst}`);
       },
       BUILD_TIMEOUT,
     );

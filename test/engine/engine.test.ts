@@ -169,7 +169,9 @@ describe('the int8 precision mode (matmulInputs: "int8")', () => {
   // distance from exact inputs, ~1e-2 here), and the kernels are held to the exact rounding in kernels_check.
   const int8Path = cpuInfo().int8;
   if (!int8Path)
-    console.warn("engine.test: this build has no int8 path (not x86 with AVX2): int8 runs the default path");
+    console.warn(
+      "engine.test: this build has no int8 path (neither x86 with AVX2 nor aarch64 with dotprod): int8 runs the default path",
+    );
   for (const name of ["4bit-gs32", "4bit-gs64", "4bit-gs128", "4bit-gs64-f16", "8bit"]) {
     it(`${name}: prefill + 16 greedy decode steps against the reference with int8 inputs`, async () => {
       const dir = dirs.get(name)!;
@@ -187,6 +189,7 @@ describe('the int8 precision mode (matmulInputs: "int8")', () => {
         matmulInputs: "int8",
       });
       try {
+        expect(engine.stats().matmulInputs).toBe(int8Path ? "int8" : "default");
         let refLogits = reference.forward(PROMPT, 0).at(-1)!;
         let exactLogits = exact.forward(PROMPT, 0).at(-1)!;
         let out = await one(engine, { seq: 1, position: 0, tokens: tokens(PROMPT), returnLogits: true });

@@ -212,6 +212,8 @@ export interface CheckSummary {
   failures: number;
   worst: number;
   digest: string;
+  /** The int8 mode's outputs (kept apart: only builds with the int8 kernels compute them). */
+  int8Digest: string;
 }
 
 /** What attention_check printed: its SIMD path, case and failure counts and worst error/bound. */
@@ -230,7 +232,7 @@ export function parseAttentionSummary(stdout: string): AttentionSummary | undefi
 
 export function parseSummary(stdout: string): CheckSummary | undefined {
   const m =
-    /kernels_check: (\w+) int16=(\d) int8=(\d) cases=(\d+) failures=(\d+) worst=([\d.]+) digest=([0-9a-f]+)/.exec(
+    /kernels_check: (\w+) int16=(\d) int8=(\d) cases=(\d+) failures=(\d+) worst=([\d.]+) digest=([0-9a-f]+) int8_digest=([0-9a-f]+)/.exec(
       stdout,
     );
   if (!m) return undefined;
@@ -242,6 +244,7 @@ export function parseSummary(stdout: string): CheckSummary | undefined {
     failures: Number(m[5]),
     worst: Number(m[6]),
     digest: m[7],
+    int8Digest: m[8],
   };
 }
 

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <optional>
 #include <stdexcept>
+
+#include "backend/cpu/kernels.h"
 #ifdef STUDIO_WITH_MLX
 #include "backend/mlx/mlx_backend.h"
 #endif
@@ -280,6 +282,9 @@ Napi::Value EngineObject::stats(const Napi::CallbackInfo& info) {
   o.Set("backend", backend_name_);
   o.Set("activationDtype", wire_dtype_name(wire_));
   o.Set("threads", backend_threads_.load());
+  // The precision mode in effect: int8 needs the cpu backend and a build with the int8 kernels.
+  const bool int8 = int8_inputs_ && backend_name_ == "cpu" && cpu::has_int8_dot();
+  o.Set("matmulInputs", int8 ? "int8" : "default");
   o.Set("layerStart", range_.start);
   o.Set("layerEnd", range_.end);
   o.Set("embed", range_.embed);

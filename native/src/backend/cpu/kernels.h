@@ -36,7 +36,7 @@ MatView view_of(const io::MatrixSource& source, int64_t e);
  * build has 16-bit integer pair dots (x86 with AVX2 or AVX-512), 4- and 8-bit matrices take the inputs as int16 per
  * group (xq = round(x / xscale), xscale = max|x_g| / 32767, error <= 1.5e-5 of the group's largest input) and
  * sum q * xq exactly in integers: less cpu per decoded token than the float path (bench/RESULTS.md). In the
- * int8 precision mode (Inputs::Int8, x86 builds with AVX2), 4-bit matrices take int8 inputs instead
+ * int8 precision mode (Inputs::Int8; x86 builds with AVX2, aarch64 with dotprod), 4-bit matrices take int8 inputs instead
  * (xscale = max|x_g| / 127; kernels_int8.cpp), faster again and coarser.
  * The arrays are views into an Arena (workspace.h): valid until its next reset().
  */
@@ -56,7 +56,7 @@ struct PreparedX {
 
 /** True when this build has the int16 path (prepare_x uses it unless asked for exact f32 inputs). */
 bool has_int16_dot();
-/** True when this build has the int8 path (x86 with AVX2): Inputs::Int8 uses it for 4-bit matrices. */
+/** True when this build has the int8 path (x86 with AVX2, aarch64 with dotprod): Inputs::Int8 uses it for 4-bit matrices. */
 bool has_int8_dot();
 
 /**

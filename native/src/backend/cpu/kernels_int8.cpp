@@ -1,23 +1,29 @@
-// The int8 path of the cpu kernels, for x86 builds with AVX2 (AVX-512 builds run the same 256-bit code): 4-bit
-// weights times inputs quantized to int8 per group (what llama.cpp's Q8 inputs do). It is the engine's fast
-// precision mode, chosen per engine (native/README.md, "Precision modes"): against the int16 path each group
-// needs half the input bytes and half the multiply instructions, at the cost of coarser inputs
+// The int8 path of the cpu kernels: 4-bit weights times inputs quantized to int8 per group (what llama.cpp's Q8
+// inputs do), for x86 builds with AVX2 (AVX-512 builds run the same 256-bit code) and aarch64 builds with the
+// dot-product extension (ARMv8.2 dotprod: every Apple silicon chip, Graviton 2 and later). It is the engine's fast
+// precision mode, chosen per engine (native/README.md, "Precision modes of the cpu backend"): against the int16
+// path each group needs half the input bytes and half the multiply instructions, at the cost of coarser inputs
 // (max|x_g| / 127 per step instead of / 32767).
 //
 // A group's packed bytes hold an even element in each low nibble and the next odd one in the high nibble, so
-// masking and shifting a 32-byte load gives 32 evens and 32 odds as unsigned bytes (0..15); the inputs come in
-// chunks of 64 as [32 evens, 32 odds] int8 (group 32: [16 evens, 16 odds]). vpmaddubsw multiplies unsigned
-// weights by signed inputs and adds pairs into int16: at most 2 * 15 * 127 = 3,810 per pair, so even the four
-// products of a 128-wide group (15,240) sum without saturating, and vpmaddwd by ones widens them to int32. Every
-// integer is exact, so the result depends only on the inputs' rounding, never on the batch or the thread.
+// masking and shifting the bytes gives the evens and the odds as unsigned bytes (0..15); the inputs come in
+// chunks of 64 as [32 evens, 32 odds] int8 (group 32: [16 evens, 16 odds]). AVX2: vpmaddubsw multiplies unsigned
+// weights by signed inputs and adds pairs into int16 (at most 2 * 15 * 127 = 3,810 per pair, so even the four
+// products of a 128-wide group, 15,240, sum without saturating), and vpmaddwd by ones widens them to int32. NEON:
+// sdot sums groups of four products straight into int32 (the nibbles fit a signed byte). Every integer is exact,
+// so the result depends only on the inputs' rounding, never on the batch or the thread.
 #include <algorithm>
 #include <cmath>
 
 #include "backend/cpu/kernel_blocks.h"
-#include "backend/cpu/simd.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+#define STUDIO_INT8_AVX2 1
+#define STUDIO_INT8_DOT 1
+#elif defined(__aarch64__) && defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
+#include <arm_neon.h>
+#define STUDIO_INT8_SDOT 1
 #define STUDIO_INT8_DOT 1
 #endif
 
@@ -27,82 +33,150 @@ namespace {
 
 using namespace blocks;
 
-#if defined(STUDIO_INT8_DOT)
+#if defined(STUDIO_INT8_AVX2)
 
-/** Group g of a 4-bit row as unsigned bytes in the inputs' layout: Group / 32 vectors of 32 weights. */
-template <int Group>
-struct ByteGroup {
-  static constexpr int kVectors = Group / 32;
-  __m256i w[kVectors];
-};
+namespace isa {
 
-template <int Group>
-inline ByteGroup<Group> unpack(const uint8_t* row, int64_t g) {
-  ByteGroup<Group> out;
-  const __m256i low = _mm256_set1_epi8(15);
-  const uint8_t* p = row + g * Group / 2;
-  if constexpr (Group == 32) {
-    // 16 bytes: evens in the low lane, odds in the high lane.
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(b), _mm_srli_epi16(b, 4), 1);
-    out.w[0] = _mm256_and_si256(both, low);
-  } else {
-    for (int c = 0; c < Group / 64; ++c) {
-      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + c * 32));
-      out.w[2 * c] = _mm256_and_si256(b, low);
-      out.w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
-    }
-  }
-  return out;
-}
+/** Float lanes of the path (the lanes of a group's int32 dot). */
+constexpr int kLanes = 8;
+using FVec = __m256;
+using IVec = __m256i;
+/** Weights per byte vector. */
+constexpr int kBytes = 32;
+using BVec = __m256i;
 
-/** Exact integer dot of an unpacked group with its int8 inputs, as 8 int32 lanes. */
-template <int Group>
-inline __m256i int_dot(const ByteGroup<Group>& wg, const int8_t* xq) {
-  __m256i pairs = _mm256_maddubs_epi16(wg.w[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
-  for (int v = 1; v < ByteGroup<Group>::kVectors; ++v)
-    pairs = _mm256_add_epi16(
-        pairs, _mm256_maddubs_epi16(wg.w[v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * v))));
-  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-}
-
-/** The sum of 8 float lanes in a fixed order (the same on AVX2 and AVX-512 builds). */
-inline float hsum8(__m256 a) {
+inline FVec zero_f() { return _mm256_setzero_ps(); }
+inline FVec load_f(const float* p) { return _mm256_loadu_ps(p); }
+inline void store_f(float* p, FVec v) { _mm256_storeu_ps(p, v); }
+inline FVec mul_f(FVec a, FVec b) { return _mm256_mul_ps(a, b); }
+inline FVec fma_f(FVec a, FVec b, FVec acc) { return _mm256_fmadd_ps(a, b, acc); }
+inline FVec scale_add(float s, IVec d, FVec acc) { return _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(d), acc); }
+/** The sum of the lanes in a fixed order (the same on AVX2 and AVX-512 builds). */
+inline float hsum(FVec a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
   return _mm_cvtss_f32(s);
 }
+/** kLanes bf16 widened exactly (a bf16 is the top half of an f32). */
+inline FVec widen_bf16(const uint8_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 
-/** 8 consecutive float-like elements of dtype D (bf16 and f32 widen in registers; others go one by one). */
-template <io::DType D>
-inline __m256 lanes8(const uint8_t* p, int64_t i, io::DType runtime) {
-  if constexpr (D == io::DType::F32) {
-    return _mm256_loadu_ps(reinterpret_cast<const float*>(p + 4 * i));
-  } else if constexpr (D == io::DType::BF16) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+/** Group of `Group` 4-bit weights (packed at p) as bytes in the inputs' layout: Group / kBytes vectors. */
+template <int Group>
+inline void unpack(const uint8_t* p, BVec* w) {
+  const __m256i low = _mm256_set1_epi8(15);
+  if constexpr (Group == 32) {
+    // 16 bytes: evens in the low lane, odds in the high lane.
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    w[0] = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(b), _mm_srli_epi16(b, 4), 1), low);
   } else {
-    alignas(32) float f[8];
-    for (int k = 0; k < 8; ++k) f[k] = io::load_float(p, runtime, i + k);
-    return _mm256_load_ps(f);
+    for (int c = 0; c < Group / 64; ++c) {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + c * 32));
+      w[2 * c] = _mm256_and_si256(b, low);
+      w[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
+    }
+  }
+}
+
+/** Exact integer dot of an unpacked group with its int8 inputs, as kLanes int32 lanes. */
+template <int Group>
+inline IVec int_dot(const BVec* w, const int8_t* xq) {
+  __m256i pairs = _mm256_maddubs_epi16(w[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
+  for (int v = 1; v < Group / kBytes; ++v)
+    pairs = _mm256_add_epi16(
+        pairs, _mm256_maddubs_epi16(w[v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + kBytes * v))));
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+}  // namespace isa
+
+#elif defined(STUDIO_INT8_SDOT)
+
+namespace isa {
+
+constexpr int kLanes = 4;
+using FVec = float32x4_t;
+using IVec = int32x4_t;
+constexpr int kBytes = 16;
+using BVec = int8x16_t;
+
+inline FVec zero_f() { return vdupq_n_f32(0.0f); }
+inline FVec load_f(const float* p) { return vld1q_f32(p); }
+inline void store_f(float* p, FVec v) { vst1q_f32(p, v); }
+inline FVec mul_f(FVec a, FVec b) { return vmulq_f32(a, b); }
+inline FVec fma_f(FVec a, FVec b, FVec acc) { return vfmaq_f32(acc, a, b); }
+inline FVec scale_add(float s, IVec d, FVec acc) { return vfmaq_f32(acc, vdupq_n_f32(s), vcvtq_f32_s32(d)); }
+inline float hsum(FVec a) {
+  const float32x2_t s = vadd_f32(vget_low_f32(a), vget_high_f32(a));
+  return vget_lane_f32(vpadd_f32(s, s), 0);
+}
+inline FVec widen_bf16(const uint8_t* p) {
+  return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p)), 16));
+}
+inline void prefetch(const uint8_t* p) { __builtin_prefetch(p); }
+
+/** Group of `Group` 4-bit weights (packed at p) as signed bytes in the inputs' layout: per chunk, the 16-byte loads'
+ * low nibbles (evens) then their high nibbles (odds). */
+template <int Group>
+inline void unpack(const uint8_t* p, BVec* w) {
+  const uint8x16_t low = vdupq_n_u8(15);
+  constexpr int chunk = Group < 64 ? Group : 64;  // values per [evens, odds] chunk
+  constexpr int per_half = chunk / 2 / kBytes;    // vectors per half of a chunk
+  for (int c = 0; c < Group / chunk; ++c)
+    for (int h = 0; h < per_half; ++h) {
+      const uint8x16_t b = vld1q_u8(p + c * chunk / 2 + h * kBytes);
+      w[c * 2 * per_half + h] = vreinterpretq_s8_u8(vandq_u8(b, low));
+      w[c * 2 * per_half + per_half + h] = vreinterpretq_s8_u8(vshrq_n_u8(b, 4));
+    }
+}
+
+template <int Group>
+inline IVec int_dot(const BVec* w, const int8_t* xq) {
+  int32x4_t acc = vdupq_n_s32(0);
+  for (int v = 0; v < Group / kBytes; ++v) acc = vdotq_s32(acc, w[v], vld1q_s8(xq + kBytes * v));
+  return acc;
+}
+
+}  // namespace isa
+
+#endif
+
+#if defined(STUDIO_INT8_DOT)
+
+using isa::kLanes;
+
+/** kLanes consecutive float-like elements of dtype D (bf16 and f32 widen in registers; others go one by one). */
+template <io::DType D>
+inline isa::FVec lanes_of(const uint8_t* p, int64_t i, io::DType runtime) {
+  if constexpr (D == io::DType::F32) {
+    return isa::load_f(reinterpret_cast<const float*>(p + 4 * i));
+  } else if constexpr (D == io::DType::BF16) {
+    return isa::widen_bf16(p + 2 * i);
+  } else {
+    alignas(32) float f[kLanes];
+    for (int k = 0; k < kLanes; ++k) f[k] = io::load_float(p, runtime, i + k);
+    return isa::load_f(f);
   }
 }
 
 /**
- * Row o's per-group factors: scale_g * xscale_{t,g} for each token t, and bias_g; 8 groups per step where the
- * row has them (the same single multiplications either way).
+ * Row o's per-group factors: scale_g * xscale_{t,g} for each token t, and bias_g; kLanes groups per step where
+ * the row has them (the same single multiplications either way).
  */
 template <io::DType SD, io::DType BD>
 inline void row_factors(const MatView& m, int64_t o, int64_t groups, const float* xscale, int64_t tokens,
                         float* scale_x, float* bias) {
   const int64_t base = o * groups;
   int64_t g = 0;
-  for (; g + 8 <= groups; g += 8) {
-    const __m256 s = lanes8<SD>(m.scales, base + g, m.scale_dtype);
+  for (; g + kLanes <= groups; g += kLanes) {
+    const isa::FVec s = lanes_of<SD>(m.scales, base + g, m.scale_dtype);
     for (int64_t t = 0; t < tokens; ++t)
-      _mm256_storeu_ps(scale_x + t * groups + g, _mm256_mul_ps(s, _mm256_loadu_ps(xscale + t * groups + g)));
-    _mm256_storeu_ps(bias + g, lanes8<BD>(m.biases, base + g, m.bias_dtype));
+      isa::store_f(scale_x + t * groups + g, isa::mul_f(s, isa::load_f(xscale + t * groups + g)));
+    isa::store_f(bias + g, lanes_of<BD>(m.biases, base + g, m.bias_dtype));
   }
   for (; g < groups; ++g) {
     const float s = element<SD>(m.scales, base + g, m.scale_dtype);
@@ -111,12 +185,12 @@ inline void row_factors(const MatView& m, int64_t o, int64_t groups, const float
   }
 }
 
-/** sum_g bias_g * sums_g: 8 lanes of fused products, then the lanes and the tail in a fixed order. */
+/** sum_g bias_g * sums_g: kLanes lanes of fused products, then the lanes and the tail in a fixed order. */
 inline float bias_dot(const float* bias, const float* sums, int64_t groups) {
-  __m256 acc = _mm256_setzero_ps();
+  isa::FVec acc = isa::zero_f();
   int64_t g = 0;
-  for (; g + 8 <= groups; g += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(bias + g), _mm256_loadu_ps(sums + g), acc);
-  float total = hsum8(acc);
+  for (; g + kLanes <= groups; g += kLanes) acc = isa::fma_f(isa::load_f(bias + g), isa::load_f(sums + g), acc);
+  float total = isa::hsum(acc);
   for (; g < groups; ++g) total = std::fma(bias[g], sums[g], total);
   return total;
 }
@@ -141,20 +215,22 @@ void int8_rows_batch(const MatView& m, const PreparedX& x, int64_t t_begin, int6
     for_each_block(tokens, [&](int64_t b0, auto nb) {
       constexpr int NB = decltype(nb)::value;
       const int64_t t0 = t_begin + b0;
-      __m256 lanes[NB];
-      for (int k = 0; k < NB; ++k) lanes[k] = _mm256_setzero_ps();
+      isa::FVec lanes[NB];
+      for (int k = 0; k < NB; ++k) lanes[k] = isa::zero_f();
       for (int64_t g = 0; g < groups; ++g) {
         // One prefetch per cache line, a kilobyte down the weight stream (as the int16 path).
-        if ((g * Group / 2) % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(row + g * Group / 2 + 1024), _MM_HINT_T0);
-        const ByteGroup<Group> wg = unpack<Group>(row, g);
+        if ((g * Group / 2) % 64 == 0) isa::prefetch(row + g * Group / 2 + 1024);
+        isa::BVec w[Group / isa::kBytes];
+        isa::unpack<Group>(row + g * Group / 2, w);
         for (int k = 0; k < NB; ++k) {
           const int8_t* xq = x.xb.data() + (t0 + k) * m.in + g * Group;
-          const __m256 d = _mm256_cvtepi32_ps(int_dot<Group>(wg, xq));
-          lanes[k] = _mm256_fmadd_ps(_mm256_set1_ps(scale_x[(b0 + k) * groups + g]), d, lanes[k]);
+          lanes[k] = isa::scale_add(scale_x[(b0 + k) * groups + g], isa::int_dot<Group>(w, xq), lanes[k]);
         }
       }
-      for (int k = 0; k < NB; ++k)
-        y[(t0 + k) * y_stride + o] = hsum8(lanes[k]) + bias_dot(bias_row.data(), x.sums.data() + (t0 + k) * groups, groups);
+      for (int k = 0; k < NB; ++k) {
+        const float bias = bias_dot(bias_row.data(), x.sums.data() + (t0 + k) * groups, groups);
+        y[(t0 + k) * y_stride + o] = isa::hsum(lanes[k]) + bias;
+      }
     });
   }
 }

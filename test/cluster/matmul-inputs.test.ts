@@ -1,0 +1,63 @@
+// `cluster up --matmul-inputs int8` on a real process: the node opens its shard in the cpu backend's int8
+// precision mode (its log names it where the build has the kernels) and serves a chat completion; a mode it does
+// not know is refused before anything starts, naming the choices.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { generateClusterKey } from "../../common/cluster-key.js";
+import { cpuInfo } from "../../native/index.js";
+import { type CliProcess, freePort, runCli, waitForHealth } from "../helpers/cluster-up.js";
+import { ensureModel } from "../helpers/pipeline-cluster.js";
+
+const home = mkdtempSync(join(tmpdir(), "matmul-inputs-"));
+let node: CliProcess | undefined;
+let apiUrl = "";
+let modelDir = "";
+
+beforeAll(async () => {
+  modelDir = await ensureModel("tiny", "tiny");
+  const port = await freePort();
+  apiUrl = `http://127.0.0.1:${port}`;
+  const args = ["up", "--model", modelDir, "--key", generateClusterKey(), "--no-bonjour", "--threads", "1"];
+  args.push("--port", String(await freePort()), "--api-port", String(port), "--matmul-inputs", "int8");
+  node = runCli(args, { STUDIO_CLUSTER_HOME: home });
+  await waitForHealth(apiUrl, (h) => h.state === "ready", "the node to be ready", node, 90_000);
+});
+
+afterAll(async () => {
+  await node?.stop();
+  rmSync(home, { recursive: true, force: true });
+});
+
+describe("cluster up --matmul-inputs", () => {
+  it("int8: the shard opens in the int8 mode and answers", async () => {
+    const response = await fetch(`${apiUrl}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ messages: [{ role: "user", content: "hello" }], max_tokens: 8, temperature: 0 }),
+      signal: AbortSignal.timeout(60_000),
+    });
+    expect(response.status).toBe(200);
+    const reply = (await response.json()) as { choices: Array<{ finish_reason: string }> };
+    expect(reply.choices[0].finish_reason).toMatch(/stop|length/);
+    const log = node!.output();
+    const opened = /plan [^\n]*layers \d+\.\.\d+[^\n]* on cpu( \(int8 matmul inputs\))?/.exec(log);
+    expect(opened, log).not.toBeNull();
+    // The tiny model's matrices are 4-bit: where the build has the int8 kernels, the mode is in effect.
+    if (cpuInfo().int8) expect(opened![1], log).toBe(" (int8 matmul inputs)");
+    else
+      console.warn(
+        "matmul-inputs.test: this build has no int8 kernels (neither x86 with AVX2 nor aarch64 with dotprod): the default path runs",
+      );
+  });
+
+  it("an unknown mode is refused before the node starts", async () => {
+    const bad = runCli(["up", "--model", modelDir, "--no-bonjour", "--matmul-inputs", "int4"], {
+      STUDIO_CLUSTER_HOME: home,
+    });
+    const code = await bad.exited;
+    expect(code).not.toBe(0);
+    expect(bad.output()).toMatch(/--matmul-inputs.*int4.*(default|int8)/s);
+  });
+});

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -37,6 +38,47 @@ inline float element(const uint8_t* p, int64_t i, io::DType runtime) {
   }
 }
 
+/**
+ * Isa::kLanes consecutive float-like elements of dtype D as one float vector of an integer path's ISA (Isa: a
+ * struct of static vector operations, as kernels_int16.cpp and kernels_int8.cpp define): bf16 and f32 widen in
+ * registers, others go one by one.
+ */
+template <class Isa, io::DType D>
+inline typename Isa::FVec element_lanes(const uint8_t* p, int64_t i, io::DType runtime) {
+  if constexpr (D == io::DType::F32) {
+    return Isa::load_f(reinterpret_cast<const float*>(p + 4 * i));
+  } else if constexpr (D == io::DType::BF16) {
+    return Isa::widen_bf16(p + 2 * i);
+  } else {
+    alignas(64) float f[Isa::kLanes];
+    for (int k = 0; k < Isa::kLanes; ++k) f[k] = io::load_float(p, runtime, i + k);
+    return Isa::load_f(f);
+  }
+}
+
+/**
+ * Row o's per-group factors for an integer path's small-batch loop: bias_g, and scale_g * xscale_{t,g} for each of
+ * the batch's tokens t, Isa::kLanes groups per step (the same single multiplications as one at a time, so the
+ * same bits).
+ */
+template <class Isa, io::DType SD, io::DType BD>
+inline void row_factors(const MatView& m, int64_t o, int64_t groups, const float* xscale, int64_t tokens,
+                        float* scale_x, float* bias) {
+  const int64_t base = o * groups;
+  int64_t g = 0;
+  for (; g + Isa::kLanes <= groups; g += Isa::kLanes) {
+    const typename Isa::FVec s = element_lanes<Isa, SD>(m.scales, base + g, m.scale_dtype);
+    for (int64_t t = 0; t < tokens; ++t)
+      Isa::store_f(scale_x + t * groups + g, Isa::mul_f(s, Isa::load_f(xscale + t * groups + g)));
+    Isa::store_f(bias + g, element_lanes<Isa, BD>(m.biases, base + g, m.bias_dtype));
+  }
+  for (; g < groups; ++g) {
+    const float s = element<SD>(m.scales, base + g, m.scale_dtype);
+    for (int64_t t = 0; t < tokens; ++t) scale_x[t * groups + g] = s * xscale[t * groups + g];
+    bias[g] = element<BD>(m.biases, base + g, m.bias_dtype);
+  }
+}
+
 /** Tokens that share one pass over a decoded group in the tiled path (their inputs stay in registers). */
 inline constexpr int kBlock = 4;
 
@@ -67,13 +109,39 @@ using QuantRowsFn = void (*)(const MatView&, const PreparedX&, int64_t, int64_t,
 /** The int16 kernel for m's format (4/8 bits), or nullptr where the build has no int16 dot product. */
 QuantRowsFn int16_rows_kernel(const MatView& m);
 
-/** Lays out one row's int16 inputs (4-bit: chunks of 64, or 32 for group 32, as [evens, odds]). */
-void quantize_row_int16(const float* src, const MatView& m, int16_t* dst, float* scale);
 
 /** The int8 kernel for m's format (4 bits, group 32/64/128), or nullptr where the build has no int8 path. */
 QuantRowsFn int8_rows_kernel(const MatView& m);
 
-/** Lays out one row's int8 inputs (chunks of 64, or 32 for group 32, as [evens, odds]). */
-void quantize_row_int8(const float* src, const MatView& m, int8_t* dst, float* scale);
+/**
+ * One row's integer inputs for m's format: per group, scale = max|x_g| / Levels and q = round(x * (Levels /
+ * max|x_g|)) to even, in [-Levels, Levels] (int16: 32767, int8: 127). For 4-bit matrices each chunk of 64 values
+ * (32 for group 32) is laid out as [evens, odds], like the packed weights' nibbles; 8-bit keeps the order.
+ */
+template <typename T, int Levels>
+void quantize_row(const float* src, const MatView& m, T* dst, float* scale) {
+  constexpr float levels = Levels;
+  const int64_t groups = m.in / m.group;
+  const int chunk = m.bits == 4 ? std::min(64, m.group) : m.group;
+  const int half = chunk / 2;
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* xg = src + g * m.group;
+    float max_abs = 0;
+    for (int k = 0; k < m.group; ++k) max_abs = std::max(max_abs, std::fabs(xg[k]));
+    scale[g] = max_abs / levels;
+    const float inv = max_abs > 0 ? levels / max_abs : 0.0f;
+    auto q = [&](float v) { return static_cast<T>(std::clamp(std::nearbyint(v * inv), -levels, levels)); };
+    T* dg = dst + g * m.group;
+    if (m.bits != 4) {
+      for (int k = 0; k < m.group; ++k) dg[k] = q(xg[k]);
+      continue;
+    }
+    for (int c = 0; c < m.group; c += chunk)
+      for (int j = 0; j < half; ++j) {
+        dg[c + j] = q(xg[c + 2 * j]);
+        dg[c + half + j] = q(xg[c + 2 * j + 1]);
+      }
+  }
+}
 
 }  // namespace studio::cpu::blocks

@@ -301,9 +301,9 @@ void fill_x(const MatView& m, std::span<const float* const> rows, PreparedX& out
   for (int64_t t = begin; t < end; ++t) {
     const float* src = rows[t];
     if (out.int8) {
-      quantize_row_int8(src, m, out.xb.data() + t * m.in, out.xscale.data() + t * groups);
+      quantize_row<int8_t, 127>(src, m, out.xb.data() + t * m.in, out.xscale.data() + t * groups);
     } else if (out.int16) {
-      quantize_row_int16(src, m, out.xq.data() + t * m.in, out.xscale.data() + t * groups);
+      quantize_row<int16_t, 32767>(src, m, out.xq.data() + t * m.in, out.xscale.data() + t * groups);
     } else if (m.bits == 4) {
       // decode4 yields the even elements of a kStep block, then the odd ones: order the inputs the same way.
       constexpr int L = simd::kLanes;

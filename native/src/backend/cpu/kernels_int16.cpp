@@ -17,45 +17,48 @@ using namespace blocks;
 
 // AVX-512: 16 int32 lanes, 32 int16 words per vector. VNNI's vpdpwssd sums the word pairs straight into the
 // lanes; without VNNI (AVX-512BW alone) vpmaddwd + vpaddd give the same exact integers, so the same bits.
-namespace isa {
+// The ISA's operations: a struct of static functions, used like a namespace, so the shared templates of
+// kernel_blocks.h can take it as a parameter.
+struct isa {
 
 using IVec = __m512i;
 using FVec = __m512;
-constexpr int kWords = 32;
+static constexpr int kWords = 32;
+static constexpr int kLanes = kWords / 2;
 
-inline IVec zero_i() { return _mm512_setzero_si512(); }
-inline IVec load_i(const int16_t* p) { return _mm512_loadu_si512(p); }
-inline IVec pair_dot_add(IVec acc, IVec w, IVec x) {
+static inline IVec zero_i() { return _mm512_setzero_si512(); }
+static inline IVec load_i(const int16_t* p) { return _mm512_loadu_si512(p); }
+static inline IVec pair_dot_add(IVec acc, IVec w, IVec x) {
 #if defined(__AVX512VNNI__)
   return _mm512_dpwssd_epi32(acc, w, x);
 #else
   return _mm512_add_epi32(acc, _mm512_madd_epi16(w, x));
 #endif
 }
-inline FVec zero_f() { return _mm512_setzero_ps(); }
-inline FVec to_float(IVec d) { return _mm512_cvtepi32_ps(d); }
-inline FVec fmadd(float s, FVec d, FVec acc) { return _mm512_fmadd_ps(_mm512_set1_ps(s), d, acc); }
-inline FVec load_f(const float* p) { return _mm512_loadu_ps(p); }
-inline void store_f(float* p, FVec v) { _mm512_storeu_ps(p, v); }
-inline FVec mul_f(FVec a, FVec b) { return _mm512_mul_ps(a, b); }
+static inline FVec zero_f() { return _mm512_setzero_ps(); }
+static inline FVec to_float(IVec d) { return _mm512_cvtepi32_ps(d); }
+static inline FVec fmadd(float s, FVec d, FVec acc) { return _mm512_fmadd_ps(_mm512_set1_ps(s), d, acc); }
+static inline FVec load_f(const float* p) { return _mm512_loadu_ps(p); }
+static inline void store_f(float* p, FVec v) { _mm512_storeu_ps(p, v); }
+static inline FVec mul_f(FVec a, FVec b) { return _mm512_mul_ps(a, b); }
 /** kWords bytes widened to int16 words. */
-inline IVec widen_bytes(const uint8_t* p) {
+static inline IVec widen_bytes(const uint8_t* p) {
   return _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 /** kWords / 2 bytes widened to the low half of the words, the rest zero; and kWords / 2 words loaded likewise. */
-inline IVec widen_half_bytes(const uint8_t* p) {
+static inline IVec widen_half_bytes(const uint8_t* p) {
   return _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
-inline IVec load_half_i(const int16_t* p) { return _mm512_maskz_loadu_epi16(0xFFFF, p); }
-inline IVec low_nibbles(IVec b) { return _mm512_and_si512(b, _mm512_set1_epi16(15)); }
-inline IVec high_nibbles(IVec b) { return _mm512_srli_epi16(b, 4); }
+static inline IVec load_half_i(const int16_t* p) { return _mm512_maskz_loadu_epi16(0xFFFF, p); }
+static inline IVec low_nibbles(IVec b) { return _mm512_and_si512(b, _mm512_set1_epi16(15)); }
+static inline IVec high_nibbles(IVec b) { return _mm512_srli_epi16(b, 4); }
 /** Sixteen bf16 widened exactly (a bf16 is the top half of an f32). */
-inline FVec widen_bf16(const uint8_t* p) {
+static inline FVec widen_bf16(const uint8_t* p) {
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-}  // namespace isa
+};
 
 #elif defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
 #define STUDIO_INT16_DOT 1
@@ -63,46 +66,49 @@ inline FVec widen_bf16(const uint8_t* p) {
 // AVX2: 8 int32 lanes, 16 int16 words per vector; vpmaddwd + vpaddd sum the word pairs exactly. Against the
 // float path it unpacks a group of 4-bit weights with three integer instructions instead of converting each
 // weight to a float, which is most of a decoded token's instructions.
-namespace isa {
+// The ISA's operations: a struct of static functions, used like a namespace, so the shared templates of
+// kernel_blocks.h can take it as a parameter.
+struct isa {
 
 using IVec = __m256i;
 using FVec = __m256;
-constexpr int kWords = 16;
+static constexpr int kWords = 16;
+static constexpr int kLanes = kWords / 2;
 
-inline IVec zero_i() { return _mm256_setzero_si256(); }
-inline IVec load_i(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline IVec pair_dot_add(IVec acc, IVec w, IVec x) { return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x)); }
-inline FVec zero_f() { return _mm256_setzero_ps(); }
-inline FVec to_float(IVec d) { return _mm256_cvtepi32_ps(d); }
-inline FVec fmadd(float s, FVec d, FVec acc) { return _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc); }
-inline FVec load_f(const float* p) { return _mm256_loadu_ps(p); }
-inline void store_f(float* p, FVec v) { _mm256_storeu_ps(p, v); }
-inline FVec mul_f(FVec a, FVec b) { return _mm256_mul_ps(a, b); }
-inline IVec widen_bytes(const uint8_t* p) {
+static inline IVec zero_i() { return _mm256_setzero_si256(); }
+static inline IVec load_i(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+static inline IVec pair_dot_add(IVec acc, IVec w, IVec x) { return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x)); }
+static inline FVec zero_f() { return _mm256_setzero_ps(); }
+static inline FVec to_float(IVec d) { return _mm256_cvtepi32_ps(d); }
+static inline FVec fmadd(float s, FVec d, FVec acc) { return _mm256_fmadd_ps(_mm256_set1_ps(s), d, acc); }
+static inline FVec load_f(const float* p) { return _mm256_loadu_ps(p); }
+static inline void store_f(float* p, FVec v) { _mm256_storeu_ps(p, v); }
+static inline FVec mul_f(FVec a, FVec b) { return _mm256_mul_ps(a, b); }
+static inline IVec widen_bytes(const uint8_t* p) {
   return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 // Half vectors: never needed here (a half group, 16 words at the least, fills a whole vector), but named for
 // the group-32 branch that AVX-512 takes.
-[[maybe_unused]] inline IVec widen_half_bytes(const uint8_t* p) {
+[[maybe_unused]] static inline IVec widen_half_bytes(const uint8_t* p) {
   return _mm256_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
 }
-[[maybe_unused]] inline IVec load_half_i(const int16_t* p) {
+[[maybe_unused]] static inline IVec load_half_i(const int16_t* p) {
   return _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-inline IVec low_nibbles(IVec b) { return _mm256_and_si256(b, _mm256_set1_epi16(15)); }
-inline IVec high_nibbles(IVec b) { return _mm256_srli_epi16(b, 4); }
-inline FVec widen_bf16(const uint8_t* p) {
+static inline IVec low_nibbles(IVec b) { return _mm256_and_si256(b, _mm256_set1_epi16(15)); }
+static inline IVec high_nibbles(IVec b) { return _mm256_srli_epi16(b, 4); }
+static inline FVec widen_bf16(const uint8_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-}  // namespace isa
+};
 #endif
 
 #if defined(STUDIO_INT16_DOT)
 
 // The float lanes of the int16 path are the build's float lanes (simd.h), so its row sums use simd::hsum.
-constexpr int kLanes = isa::kWords / 2;
+constexpr int kLanes = isa::kLanes;
 static_assert(kLanes == simd::kLanes);
 
 /**
@@ -164,42 +170,6 @@ inline isa::IVec int_dot(const WideGroup<Bits, Group>& wg, const int16_t* xq) {
 /** How far ahead of the decode loop's weight reads to prefetch, in bytes (512, 1024, 2048, 4096 measured: 1024 best). */
 constexpr int64_t kPrefetchAhead = 1024;
 
-/** kLanes consecutive float-like elements of dtype D (bf16 and f32 widen in registers; others go one by one). */
-template <io::DType D>
-inline isa::FVec element_lanes(const uint8_t* p, int64_t i, io::DType runtime) {
-  if constexpr (D == io::DType::F32) {
-    return isa::load_f(reinterpret_cast<const float*>(p + 4 * i));
-  } else if constexpr (D == io::DType::BF16) {
-    return isa::widen_bf16(p + 2 * i);
-  } else {
-    alignas(64) float f[kLanes];
-    for (int k = 0; k < kLanes; ++k) f[k] = io::load_float(p, runtime, i + k);
-    return isa::load_f(f);
-  }
-}
-
-/**
- * Row o's per-group factors for the small-batch loop: bias_g, and scale_g * xscale_{t,g} for each of the batch's
- * tokens t, kLanes groups per step (the same single multiplications as one at a time, so the same bits).
- */
-template <io::DType SD, io::DType BD>
-inline void row_factors(const MatView& m, int64_t o, int64_t groups, const float* xscale, int64_t tokens,
-                        float* scale_x, float* bias) {
-  const int64_t base = o * groups;
-  int64_t g = 0;
-  for (; g + kLanes <= groups; g += kLanes) {
-    const isa::FVec s = element_lanes<SD>(m.scales, base + g, m.scale_dtype);
-    for (int64_t t = 0; t < tokens; ++t)
-      isa::store_f(scale_x + t * groups + g, isa::mul_f(s, isa::load_f(xscale + t * groups + g)));
-    isa::store_f(bias + g, element_lanes<BD>(m.biases, base + g, m.bias_dtype));
-  }
-  for (; g < groups; ++g) {
-    const float s = element<SD>(m.scales, base + g, m.scale_dtype);
-    for (int64_t t = 0; t < tokens; ++t) scale_x[t * groups + g] = s * xscale[t * groups + g];
-    bias[g] = element<BD>(m.biases, base + g, m.bias_dtype);
-  }
-}
-
 /**
  * Tokens [t_begin, t_end) (at most kSmallBatch) on a 4/8-bit row range, int16 inputs: each row is streamed once
  * (prefetched ahead) and each group widened once per block of tokens. Per token: lanes accumulate
@@ -217,7 +187,7 @@ void int16_rows_batch(const MatView& m, const PreparedX& x, int64_t t_begin, int
   bias_row.resize(groups);
   for (int64_t o = row_begin; o < row_end; ++o) {
     const uint8_t* row = m.weight + o * m.row_bytes;
-    row_factors<SD, BD>(m, o, groups, xscale, tokens, scale_x.data(), bias_row.data());
+    row_factors<isa, SD, BD>(m, o, groups, xscale, tokens, scale_x.data(), bias_row.data());
     for_each_block(tokens, [&](int64_t b0, auto nb) {
       constexpr int NB = decltype(nb)::value;
       const int64_t t0 = t_begin + b0;
@@ -292,31 +262,6 @@ QuantRowsFn int16_rows_kernel(const MatView& m) {
 #endif
   (void)m;
   return nullptr;
-}
-
-/** Lays out one row's int16 inputs (4-bit: chunks of 64, or 32 for group 32, as [evens, odds]). */
-void quantize_row_int16(const float* src, const MatView& m, int16_t* dst, float* scale) {
-  const int64_t groups = m.in / m.group;
-  const int chunk = m.bits == 4 ? std::min(64, m.group) : 0;
-  for (int64_t g = 0; g < groups; ++g) {
-    const float* xg = src + g * m.group;
-    float max_abs = 0;
-    for (int k = 0; k < m.group; ++k) max_abs = std::max(max_abs, std::fabs(xg[k]));
-    scale[g] = max_abs / 32767.0f;
-    const float inv = max_abs > 0 ? 32767.0f / max_abs : 0.0f;
-    int16_t* dg = dst + g * m.group;
-    auto q = [&](float v) { return static_cast<int16_t>(std::clamp(std::nearbyint(v * inv), -32767.0f, 32767.0f)); };
-    if (chunk == 0) {
-      for (int k = 0; k < m.group; ++k) dg[k] = q(xg[k]);
-      continue;
-    }
-    const int half = chunk / 2;
-    for (int c = 0; c < m.group; c += chunk)
-      for (int j = 0; j < half; ++j) {
-        dg[c + j] = q(xg[c + 2 * j]);
-        dg[c + half + j] = q(xg[c + 2 * j + 1]);
-      }
-  }
 }
 
 }  // namespace blocks

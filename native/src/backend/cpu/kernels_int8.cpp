@@ -35,39 +35,41 @@ using namespace blocks;
 
 #if defined(STUDIO_INT8_AVX2)
 
-namespace isa {
+// The ISA's operations: a struct of static functions, used like a namespace, so the shared templates of
+// kernel_blocks.h can take it as a parameter.
+struct isa {
 
 /** Float lanes of the path (the lanes of a group's int32 dot). */
-constexpr int kLanes = 8;
+static constexpr int kLanes = 8;
 using FVec = __m256;
 using IVec = __m256i;
 /** Weights per byte vector. */
-constexpr int kBytes = 32;
+static constexpr int kBytes = 32;
 using BVec = __m256i;
 
-inline FVec zero_f() { return _mm256_setzero_ps(); }
-inline FVec load_f(const float* p) { return _mm256_loadu_ps(p); }
-inline void store_f(float* p, FVec v) { _mm256_storeu_ps(p, v); }
-inline FVec mul_f(FVec a, FVec b) { return _mm256_mul_ps(a, b); }
-inline FVec fma_f(FVec a, FVec b, FVec acc) { return _mm256_fmadd_ps(a, b, acc); }
-inline FVec scale_add(float s, IVec d, FVec acc) { return _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(d), acc); }
+static inline FVec zero_f() { return _mm256_setzero_ps(); }
+static inline FVec load_f(const float* p) { return _mm256_loadu_ps(p); }
+static inline void store_f(float* p, FVec v) { _mm256_storeu_ps(p, v); }
+static inline FVec mul_f(FVec a, FVec b) { return _mm256_mul_ps(a, b); }
+static inline FVec fma_f(FVec a, FVec b, FVec acc) { return _mm256_fmadd_ps(a, b, acc); }
+static inline FVec scale_add(float s, IVec d, FVec acc) { return _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(d), acc); }
 /** The sum of the lanes in a fixed order (the same on AVX2 and AVX-512 builds). */
-inline float hsum(FVec a) {
+static inline float hsum(FVec a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
   return _mm_cvtss_f32(s);
 }
 /** kLanes bf16 widened exactly (a bf16 is the top half of an f32). */
-inline FVec widen_bf16(const uint8_t* p) {
+static inline FVec widen_bf16(const uint8_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
-inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
+static inline void prefetch(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
 
 /** Group of `Group` 4-bit weights (packed at p) as bytes in the inputs' layout: Group / kBytes vectors. */
 template <int Group>
-inline void unpack(const uint8_t* p, BVec* w) {
+static inline void unpack(const uint8_t* p, BVec* w) {
   const __m256i low = _mm256_set1_epi8(15);
   if constexpr (Group == 32) {
     // 16 bytes: evens in the low lane, odds in the high lane.
@@ -84,7 +86,7 @@ inline void unpack(const uint8_t* p, BVec* w) {
 
 /** Exact integer dot of an unpacked group with its int8 inputs, as kLanes int32 lanes. */
 template <int Group>
-inline IVec int_dot(const BVec* w, const int8_t* xq) {
+static inline IVec int_dot(const BVec* w, const int8_t* xq) {
   __m256i pairs = _mm256_maddubs_epi16(w[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
   for (int v = 1; v < Group / kBytes; ++v)
     pairs = _mm256_add_epi16(
@@ -92,37 +94,39 @@ inline IVec int_dot(const BVec* w, const int8_t* xq) {
   return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
-}  // namespace isa
+};
 
 #elif defined(STUDIO_INT8_SDOT)
 
-namespace isa {
+// The ISA's operations: a struct of static functions, used like a namespace, so the shared templates of
+// kernel_blocks.h can take it as a parameter.
+struct isa {
 
-constexpr int kLanes = 4;
+static constexpr int kLanes = 4;
 using FVec = float32x4_t;
 using IVec = int32x4_t;
-constexpr int kBytes = 16;
+static constexpr int kBytes = 16;
 using BVec = int8x16_t;
 
-inline FVec zero_f() { return vdupq_n_f32(0.0f); }
-inline FVec load_f(const float* p) { return vld1q_f32(p); }
-inline void store_f(float* p, FVec v) { vst1q_f32(p, v); }
-inline FVec mul_f(FVec a, FVec b) { return vmulq_f32(a, b); }
-inline FVec fma_f(FVec a, FVec b, FVec acc) { return vfmaq_f32(acc, a, b); }
-inline FVec scale_add(float s, IVec d, FVec acc) { return vfmaq_f32(acc, vdupq_n_f32(s), vcvtq_f32_s32(d)); }
-inline float hsum(FVec a) {
+static inline FVec zero_f() { return vdupq_n_f32(0.0f); }
+static inline FVec load_f(const float* p) { return vld1q_f32(p); }
+static inline void store_f(float* p, FVec v) { vst1q_f32(p, v); }
+static inline FVec mul_f(FVec a, FVec b) { return vmulq_f32(a, b); }
+static inline FVec fma_f(FVec a, FVec b, FVec acc) { return vfmaq_f32(acc, a, b); }
+static inline FVec scale_add(float s, IVec d, FVec acc) { return vfmaq_f32(acc, vdupq_n_f32(s), vcvtq_f32_s32(d)); }
+static inline float hsum(FVec a) {
   const float32x2_t s = vadd_f32(vget_low_f32(a), vget_high_f32(a));
   return vget_lane_f32(vpadd_f32(s, s), 0);
 }
-inline FVec widen_bf16(const uint8_t* p) {
+static inline FVec widen_bf16(const uint8_t* p) {
   return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p)), 16));
 }
-inline void prefetch(const uint8_t* p) { __builtin_prefetch(p); }
+static inline void prefetch(const uint8_t* p) { __builtin_prefetch(p); }
 
 /** Group of `Group` 4-bit weights (packed at p) as signed bytes in the inputs' layout: per chunk, the 16-byte loads'
  * low nibbles (evens) then their high nibbles (odds). */
 template <int Group>
-inline void unpack(const uint8_t* p, BVec* w) {
+static inline void unpack(const uint8_t* p, BVec* w) {
   const uint8x16_t low = vdupq_n_u8(15);
   constexpr int chunk = Group < 64 ? Group : 64;  // values per [evens, odds] chunk
   constexpr int per_half = chunk / 2 / kBytes;    // vectors per half of a chunk
@@ -135,55 +139,19 @@ inline void unpack(const uint8_t* p, BVec* w) {
 }
 
 template <int Group>
-inline IVec int_dot(const BVec* w, const int8_t* xq) {
+static inline IVec int_dot(const BVec* w, const int8_t* xq) {
   int32x4_t acc = vdupq_n_s32(0);
   for (int v = 0; v < Group / kBytes; ++v) acc = vdotq_s32(acc, w[v], vld1q_s8(xq + kBytes * v));
   return acc;
 }
 
-}  // namespace isa
+};
 
 #endif
 
 #if defined(STUDIO_INT8_DOT)
 
-using isa::kLanes;
-
-/** kLanes consecutive float-like elements of dtype D (bf16 and f32 widen in registers; others go one by one). */
-template <io::DType D>
-inline isa::FVec lanes_of(const uint8_t* p, int64_t i, io::DType runtime) {
-  if constexpr (D == io::DType::F32) {
-    return isa::load_f(reinterpret_cast<const float*>(p + 4 * i));
-  } else if constexpr (D == io::DType::BF16) {
-    return isa::widen_bf16(p + 2 * i);
-  } else {
-    alignas(32) float f[kLanes];
-    for (int k = 0; k < kLanes; ++k) f[k] = io::load_float(p, runtime, i + k);
-    return isa::load_f(f);
-  }
-}
-
-/**
- * Row o's per-group factors: scale_g * xscale_{t,g} for each token t, and bias_g; kLanes groups per step where
- * the row has them (the same single multiplications either way).
- */
-template <io::DType SD, io::DType BD>
-inline void row_factors(const MatView& m, int64_t o, int64_t groups, const float* xscale, int64_t tokens,
-                        float* scale_x, float* bias) {
-  const int64_t base = o * groups;
-  int64_t g = 0;
-  for (; g + kLanes <= groups; g += kLanes) {
-    const isa::FVec s = lanes_of<SD>(m.scales, base + g, m.scale_dtype);
-    for (int64_t t = 0; t < tokens; ++t)
-      isa::store_f(scale_x + t * groups + g, isa::mul_f(s, isa::load_f(xscale + t * groups + g)));
-    isa::store_f(bias + g, lanes_of<BD>(m.biases, base + g, m.bias_dtype));
-  }
-  for (; g < groups; ++g) {
-    const float s = element<SD>(m.scales, base + g, m.scale_dtype);
-    for (int64_t t = 0; t < tokens; ++t) scale_x[t * groups + g] = s * xscale[t * groups + g];
-    bias[g] = element<BD>(m.biases, base + g, m.bias_dtype);
-  }
-}
+constexpr int kLanes = isa::kLanes;
 
 /** sum_g bias_g * sums_g: kLanes lanes of fused products, then the lanes and the tail in a fixed order. */
 inline float bias_dot(const float* bias, const float* sums, int64_t groups) {
@@ -211,7 +179,7 @@ void int8_rows_batch(const MatView& m, const PreparedX& x, int64_t t_begin, int6
   const float* xscale = x.xscale.data() + t_begin * groups;
   for (int64_t o = row_begin; o < row_end; ++o) {
     const uint8_t* row = m.weight + o * m.row_bytes;
-    row_factors<SD, BD>(m, o, groups, xscale, tokens, scale_x.data(), bias_row.data());
+    row_factors<isa, SD, BD>(m, o, groups, xscale, tokens, scale_x.data(), bias_row.data());
     for_each_block(tokens, [&](int64_t b0, auto nb) {
       constexpr int NB = decltype(nb)::value;
       const int64_t t0 = t_begin + b0;
@@ -272,30 +240,6 @@ QuantRowsFn int8_rows_kernel(const MatView& m) {
 #endif
   (void)m;
   return nullptr;
-}
-
-/**
- * One row's int8 inputs: per group, xscale = max|x_g| / 127 and q = round(x * (127 / max|x_g|)) in [-127, 127],
- * laid out in chunks of 64 (32 for group 32) as [evens, odds] like the packed weights' nibbles.
- */
-void quantize_row_int8(const float* src, const MatView& m, int8_t* dst, float* scale) {
-  const int64_t groups = m.in / m.group;
-  const int chunk = std::min(64, m.group);
-  const int half = chunk / 2;
-  for (int64_t g = 0; g < groups; ++g) {
-    const float* xg = src + g * m.group;
-    float max_abs = 0;
-    for (int k = 0; k < m.group; ++k) max_abs = std::max(max_abs, std::fabs(xg[k]));
-    scale[g] = max_abs / 127.0f;
-    const float inv = max_abs > 0 ? 127.0f / max_abs : 0.0f;
-    auto q = [&](float v) { return static_cast<int8_t>(std::clamp(std::nearbyint(v * inv), -127.0f, 127.0f)); };
-    int8_t* dg = dst + g * m.group;
-    for (int c = 0; c < m.group; c += chunk)
-      for (int j = 0; j < half; ++j) {
-        dg[c + j] = q(xg[c + 2 * j]);
-        dg[c + half + j] = q(xg[c + 2 * j + 1]);
-      }
-  }
 }
 
 }  // namespace blocks

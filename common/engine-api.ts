@@ -25,7 +25,7 @@ export interface OpenOptions {
   threads?: number;
   /**
    * The cpu backend's precision mode. "default": 4/8-bit matmuls take int16 inputs per group (x86) or f32, within
-   * 1e-3 of the reference. "int8": 4-bit matmuls take int8 inputs per group, as llama.cpp's Q8 inputs, ~1.5x
+   * 1e-3 of the reference. "int8": 4-bit matmuls take int8 inputs per group, as llama.cpp's Q8 inputs, ~1.3x
    * faster prefill and coarser (native/README.md, "Precision modes of the cpu backend"); x86 with AVX2 and aarch64
    * with the dot-product extension, elsewhere the default path. The router always stays f32; the mlx backend
    * ignores it.

@@ -546,7 +546,7 @@ export function register(program: Command): void {
     .addOption(
       new Option(
         "--matmul-inputs <mode>",
-        "cpu backend precision: int8 quantizes 4-bit matmul inputs per group (llama.cpp's Q8 way, ~1.5x faster prefill, coarser logits)",
+        "cpu backend precision: int8 quantizes 4-bit matmul inputs per group (llama.cpp's Q8 way, ~1.3x faster prefill on x86, coarser logits)",
       )
         .choices(["default", "int8"])
         .default("default"),

@@ -31,7 +31,7 @@ import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { makeModel } from "../cli/make-model/index.js";
 import { isPresetName, type PresetName } from "../cli/make-model/presets.js";
-import type { MatmulInputs } from "../common/engine-api.js";
+import { isMatmulInputs, type MatmulInputs } from "../common/engine-api.js";
 import { type ModelConfig, readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import type { StudioEngine } from "../native/index.js";
@@ -354,7 +354,7 @@ async function benchTarget(target: Target, s: Settings): Promise<Figures> {
 }
 
 function matmulInputsOf(value: string): MatmulInputs {
-  if (value !== "default" && value !== "int8")
+  if (!isMatmulInputs(value))
     throw new Error(`bench:engine: --matmul-inputs is default or int8 (got "${value}")`);
   return value;
 }

@@ -7,6 +7,7 @@
 // threads: `perf record` of a prefill as served (e.g. --prompt 512 --chunk 256 --threads 2 --steps 0);
 // --matmul-inputs int8 runs the int8 precision mode.
 import { parseArgs } from "node:util";
+import { isMatmulInputs } from "../common/engine-api.js";
 import { readModelConfig } from "../common/model-config.js";
 import { openEngine } from "../native/index.js";
 
@@ -21,7 +22,7 @@ const { values } = parseArgs({
   },
 });
 const matmulInputs = values["matmul-inputs"];
-if (matmulInputs !== "default" && matmulInputs !== "int8")
+if (!isMatmulInputs(matmulInputs))
   throw new Error(`forward-steps: --matmul-inputs is default or int8 (got "${matmulInputs}")`);
 const modelDir = values.model;
 const promptTokens = Number(values.prompt);

@@ -6,7 +6,12 @@ import type { ToolConstraintSpec } from "./tool-grammar.js";
 
 export type BackendChoice = "auto" | "cpu" | "mlx";
 export type BackendName = "cpu" | "mlx";
-export type MatmulInputs = "default" | "int8";
+/** The cpu backend's precision modes (OpenOptions.matmulInputs). */
+export const MATMUL_INPUTS = ["default", "int8"] as const;
+export type MatmulInputs = (typeof MATMUL_INPUTS)[number];
+export function isMatmulInputs(value: unknown): value is MatmulInputs {
+  return MATMUL_INPUTS.includes(value as MatmulInputs);
+}
 /** Activations cross stages in the backend's compute dtype: f32 on cpu, bf16 on mlx. */
 export type ActivationDtype = "f32" | "bf16";
 

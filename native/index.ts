@@ -3,15 +3,16 @@
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
-import type {
-  BackendName,
-  Engine,
-  EngineStats,
-  ForwardItem,
-  ForwardOutput,
-  KvBlockSlice,
-  KvBlockTake,
-  OpenOptions,
+import {
+  type BackendName,
+  type Engine,
+  type EngineStats,
+  type ForwardItem,
+  type ForwardOutput,
+  isMatmulInputs,
+  type KvBlockSlice,
+  type KvBlockTake,
+  type OpenOptions,
 } from "../common/engine-api.js";
 import { type ModelConfig, readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
@@ -163,7 +164,7 @@ function checkOptions(options: OpenOptions, config: ModelConfig): void {
   if (backend === "mlx" && !availableBackends().includes("mlx"))
     throw new Error('openEngine: backend "mlx" requested but this studio_engine was built without MLX');
   const inputs = options.matmulInputs ?? "default";
-  if (inputs !== "default" && inputs !== "int8")
+  if (!isMatmulInputs(inputs))
     throw new Error(`openEngine: matmulInputs must be "default" or "int8" (got "${String(inputs)}")`);
 }
 

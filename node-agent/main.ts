@@ -3,7 +3,7 @@
 // it listens, serves until SIGTERM/SIGINT. The key comes from --key or STUDIO_CLUSTER_KEY (the environment keeps
 // it out of `ps`).
 import { parseArgs } from "node:util";
-import type { BackendChoice, MatmulInputs } from "../common/engine-api.js";
+import { type BackendChoice, isMatmulInputs } from "../common/engine-api.js";
 import { clusterTlsOf } from "../common/wire/cluster-cert.js";
 import { loadWireTls, useClusterTls, useWireTls, wireTlsFilesOf } from "../common/wire/tls.js";
 import { startNodeAgent } from "./server.js";
@@ -53,9 +53,8 @@ const backend = (values.backend ?? "auto") as BackendChoice;
 if (!["auto", "cpu", "mlx"].includes(backend)) usage(`--backend must be auto, cpu or mlx (got "${backend}")`);
 const port = intOption(values.port, "port", 0);
 const threads = intOption(values.threads, "threads", 0);
-const matmulInputs = (values["matmul-inputs"] ?? "default") as MatmulInputs;
-if (!["default", "int8"].includes(matmulInputs))
-  usage(`--matmul-inputs must be default or int8 (got "${matmulInputs}")`);
+const matmulInputs = values["matmul-inputs"] ?? "default";
+if (!isMatmulInputs(matmulInputs)) usage(`--matmul-inputs must be default or int8 (got "${matmulInputs}")`);
 const cacheDiskBytes =
   values["cache-disk-bytes"] === undefined
     ? undefined

@@ -158,7 +158,12 @@ export class ShardHost {
       this.opts.log,
     );
     downstream?.open();
-    const store = await this.blockStore(req, stats.backend, stats.kvBytesPerPositionPerLayer);
+    const store = await this.blockStore(
+      req,
+      stats.backend,
+      stats.matmulInputs,
+      stats.kvBytesPerPositionPerLayer,
+    );
     const blocks = new BlockHost({
       engine,
       stage,
@@ -201,6 +206,7 @@ export class ShardHost {
   private async blockStore(
     req: LoadShardRequest,
     backend: string,
+    matmulInputs: MatmulInputs,
     bytesPerPosition: number,
   ): Promise<BlockStore | undefined> {
     const dir = this.opts.cacheDir;
@@ -208,7 +214,7 @@ export class ShardHost {
     try {
       this.fingerprint ??= checkpointBytesHash(this.opts.modelDir);
       // KV computed in the int8 precision mode differs from the default mode's: it gets its own folder.
-      const mode = backend === "cpu" && this.opts.matmulInputs === "int8" ? "-int8" : "";
+      const mode = matmulInputs === "int8" ? "-int8" : "";
       const format = `${await this.fingerprint}-${backend}${mode}-${bytesPerPosition}`;
       if (this.store?.folder.endsWith(format) !== true)
         this.store = await BlockStore.open({

@@ -21,7 +21,7 @@ import {
   loadOrCreateClusterKey,
   type NodeIdentity,
 } from "../../common/cluster-key.js";
-import type { BackendChoice, MatmulInputs } from "../../common/engine-api.js";
+import { type BackendChoice, MATMUL_INPUTS, type MatmulInputs } from "../../common/engine-api.js";
 import { ClusterError, errorMessage } from "../../common/errors.js";
 import { modelIdOf, readModelConfig } from "../../common/model-config.js";
 import { modelFingerprint, readModelTable } from "../../common/model-table.js";
@@ -548,7 +548,7 @@ export function register(program: Command): void {
         "--matmul-inputs <mode>",
         "cpu backend precision: int8 quantizes 4-bit matmul inputs per group (llama.cpp's Q8 way, ~1.3x faster prefill on x86, coarser logits)",
       )
-        .choices(["default", "int8"])
+        .choices(MATMUL_INPUTS)
         .default("default"),
     )
     .option(

@@ -1,7 +1,8 @@
 // `cluster up --matmul-inputs int8` on a real process: the node opens its shard in the cpu backend's int8
 // precision mode (its log names it where the build has the kernels) and serves a chat completion; a mode it does
-// not know is refused before anything starts, naming the choices.
-import { mkdtempSync, rmSync } from "node:fs";
+// not know is refused before anything starts, naming the choices. Its prefix cache's disk tier gets a folder of
+// its own (KV computed in the mode differs from the default mode's).
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -45,8 +46,17 @@ describe("cluster up --matmul-inputs", () => {
     const opened = /plan [^\n]*layers \d+\.\.\d+[^\n]* on cpu( \(int8 matmul inputs\))?/.exec(log);
     expect(opened, log).not.toBeNull();
     // The tiny model's matrices are 4-bit: where the build has the int8 kernels, the mode is in effect.
-    if (cpuInfo().int8) expect(opened![1], log).toBe(" (int8 matmul inputs)");
-    else
+    const cacheRoot = join(home, "kv-cache");
+    const formats = existsSync(cacheRoot)
+      ? readdirSync(cacheRoot).flatMap((node) => readdirSync(join(cacheRoot, node)))
+      : [];
+    if (cpuInfo().int8) {
+      expect(opened![1], log).toBe(" (int8 matmul inputs)");
+      expect(
+        formats.some((f) => /-cpu-int8-\d+$/.test(f)),
+        formats.join(", "),
+      ).toBe(true);
+    } else
       console.warn(
         "matmul-inputs.test: this build has no int8 kernels (neither x86 with AVX2 nor aarch64 with dotprod): the default path runs",
       );

@@ -641,13 +641,17 @@ describe("bad input is refused with a clear error", () => {
     expect(typeof ok.token).toBe("number");
   });
 
-  it("refuses a bad layer range and a backend this build lacks", async () => {
+  it("refuses a bad layer range, an unknown precision mode and a backend this build lacks", async () => {
     await expect(
       openEngine({ modelDir: dir, layerStart: 4, layerEnd: 9, embed: false, head: true }),
     ).rejects.toThrow(/\[4, 9\) exceeds the model's 6 layers/);
     await expect(
       openEngine({ modelDir: dir, layerStart: 3, layerEnd: 2, embed: false, head: true }),
     ).rejects.toThrow(/not a valid range/);
+    const int4 = "int4" as unknown as "int8";
+    await expect(
+      openEngine({ modelDir: dir, layerStart: 0, layerEnd: 1, embed: true, head: false, matmulInputs: int4 }),
+    ).rejects.toThrow(/matmulInputs must be "default" or "int8" \(got "int4"\)/);
     if (!availableBackends().includes("mlx"))
       await expect(
         openEngine({ modelDir: dir, layerStart: 0, layerEnd: 1, embed: true, head: false, backend: "mlx" }),

@@ -88,7 +88,7 @@ function roundHalfEven(v: number): number {
  * x with each group of `group` inputs rounded to int8 levels: step = max|x_g| / 127 (f32), q = round(x * (127 /
  * max|x_g|)) in f32 arithmetic, x' = q * step.
  */
-export function roundInputsInt8(x: Float32Array, group: number): Float32Array {
+function roundInputsInt8(x: Float32Array, group: number): Float32Array {
   const out = new Float32Array(x.length);
   for (let g = 0; g < x.length; g += group) {
     let max = 0;
@@ -145,8 +145,6 @@ export class ReferenceModel {
   private values: Float32Array[][];
   /** Set: 4-bit matrices (not the router) take their inputs rounded to int8 levels per group. */
   int8Inputs = false;
-  /** The group size of each 4-bit weight, for int8Inputs. */
-  private readonly fourBitGroups = new WeakMap<Float32Array, number>();
 
   private constructor(
     readonly config: ModelConfig,
@@ -154,6 +152,8 @@ export class ReferenceModel {
     private readonly finalNorm: Float32Array,
     private readonly lmHead: Float32Array,
     private readonly layers: LayerWeights[],
+    /** The group size of each 4-bit weight, for int8Inputs. */
+    private readonly fourBitGroups: WeakMap<Float32Array, number>,
   ) {
     this.keys = layers.map(() => []);
     this.values = layers.map(() => []);
@@ -162,11 +162,11 @@ export class ReferenceModel {
   static async load(dir: string): Promise<ReferenceModel> {
     const config = readModelConfig(dir);
     const headers = readAllHeaders(dir);
-    const fourBit: Array<[Float32Array, number]> = [];
+    const fourBitGroups = new WeakMap<Float32Array, number>();
     const weight = (path: string) => {
       const w = loadWeight(config, headers, path);
       const quant = quantFor(config, path);
-      if (headers.has(`${path}.scales`) && quant?.bits === 4) fourBit.push([w, quant.groupSize]);
+      if (headers.has(`${path}.scales`) && quant?.bits === 4) fourBitGroups.set(w, quant.groupSize);
       return w;
     };
     const vector = (name: string) => {
@@ -193,15 +193,14 @@ export class ReferenceModel {
         down: weight(`${p}.block_sparse_moe.switch_mlp.down_proj`),
       });
     }
-    const model = new ReferenceModel(
+    return new ReferenceModel(
       config,
       weight("model.embed_tokens"),
       vector("model.norm.weight"),
       weight("lm_head"),
       layers,
+      fourBitGroups,
     );
-    for (const [w, group] of fourBit) model.fourBitGroups.set(w, group);
-    return model;
   }
 
   /** W x, with x rounded to int8 levels first where int8Inputs asks it for this matrix. */

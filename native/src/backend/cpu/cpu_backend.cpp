@@ -82,7 +82,7 @@ CpuBackend::CpuBackend(int threads, bool int8_inputs)
     : pool_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
       inputs_(int8_inputs ? Inputs::Int8 : Inputs::Default),
       buffers_(std::make_shared<BufferPool>()),
-      expert_mlp_(std::make_unique<ExpertMlp>()) {}
+      expert_mlp_(std::make_unique<ExpertMlp>(inputs_)) {}
 
 CpuBackend::~CpuBackend() = default;
 
@@ -251,7 +251,7 @@ void CpuBackend::experts(const Matrix& gate, const Matrix& up, const Matrix& dow
                          const Routing& routing, Activations& out) {
   const auto& xa = cast(x);
   expert_mlp_->run(pool_, cast(gate).source, cast(up).source, cast(down).source, xa.data(), xa.rows, routing,
-                   inputs_, cast(out).data());
+                   cast(out).data());
 }
 
 std::unique_ptr<Backend> make_cpu_backend_impl(int threads, bool int8_inputs) {

@@ -49,7 +49,7 @@ class CpuBackend final : public Backend {
   void matmul_rows_of(const Matrix& w, const Activations& x, Activations& y, Inputs inputs);
 
   ThreadPool pool_;
-  Inputs inputs_;                          // how matmuls other than the router take their inputs
+  const Inputs inputs_;                    // how matmuls other than the router take their inputs
   std::shared_ptr<BufferPool> buffers_;  // activations' memory, reused (workspace.h)
   Arena matmul_arena_;                    // a dense matmul's prepared inputs
   std::unique_ptr<ExpertMlp> expert_mlp_;  // the routed experts' scratch

@@ -34,15 +34,13 @@ void for_range(ThreadPool& pool, bool parallel, int64_t n, int64_t chunk, Fn&& f
 }  // namespace
 
 void ExpertMlp::run(ThreadPool& pool, const io::MatrixSource& gate, const io::MatrixSource& up,
-                    const io::MatrixSource& down, const float* x, int64_t rows, const Routing& routing,
-                    Inputs inputs, float* out) {
+                    const io::MatrixSource& down, const float* x, int64_t rows, const Routing& routing, float* out) {
   gate_ = &gate;
   up_ = &up;
   down_ = &down;
   x_ = x;
   rows_ = rows;
   routing_ = &routing;
-  inputs_ = inputs;
   arena_.reset();
   group_by_expert();
   prepare_inputs(pool);

@@ -18,12 +18,15 @@ namespace studio::cpu {
 
 class ExpertMlp {
  public:
+  /** inputs: how the experts' matmuls take their inputs (the backend's precision mode). */
+  explicit ExpertMlp(Inputs inputs) : inputs_(inputs) {}
+
   /**
    * gate/up/down: stacked expert matrices; x: `rows` rows of `hidden` floats.
    * out row r = sum over j of weight[r][j] * down_e(silu(gate_e x_r) * up_e x_r).
    */
   void run(ThreadPool& pool, const io::MatrixSource& gate, const io::MatrixSource& up, const io::MatrixSource& down,
-           const float* x, int64_t rows, const Routing& routing, Inputs inputs, float* out);
+           const float* x, int64_t rows, const Routing& routing, float* out);
 
  private:
   struct Active {
@@ -51,8 +54,8 @@ class ExpertMlp {
   const float* x_ = nullptr;
   int64_t rows_ = 0;
   const Routing* routing_ = nullptr;
-  Inputs inputs_ = Inputs::Default;
 
+  const Inputs inputs_;
   Arena arena_;
   std::vector<Active> active_;      // cleared per call, capacity kept
   std::vector<int64_t> slot_order_;  // every slot, grouped by expert in ascending order

@@ -65,9 +65,7 @@ static inline FVec widen_bf16(const uint8_t* p) {
 
 // AVX2: 8 int32 lanes, 16 int16 words per vector; vpmaddwd + vpaddd sum the word pairs exactly. Against the
 // float path it unpacks a group of 4-bit weights with three integer instructions instead of converting each
-// weight to a float, which is most of a decoded token's instructions.
-// The ISA's operations: a struct of static functions, used like a namespace, so the shared templates of
-// kernel_blocks.h can take it as a parameter.
+// weight to a float, which is most of a decoded token's instructions. (A struct, as the AVX-512 one above.)
 struct isa {
 
 using IVec = __m256i;
@@ -213,26 +211,14 @@ void int16_rows_batch(const MatView& m, const PreparedX& x, int64_t t_begin, int
   }
 }
 
-/**
- * The int16 path for 4/8-bit rows. Any number of tokens runs as batches of kSmallBatch tokens, each streaming
- * the row range once: a batch's int16 inputs (8 x 4 KiB at 2048 wide) stay in L1 while the rows pass, where a
- * 16-token tile with a widened row in a buffer read its inputs from L2 for every row (46 against 83 Gmac/s per
- * core on a 1024 x 2048 matrix). The row range is a work item's (kRowChunk rows), so its packed bytes stay in
- * L2 between batches. Every token gets the same arithmetic whatever the batching.
- */
-template <int Bits, int Group, io::DType SD, io::DType BD>
-void int16_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y, int64_t y_stride) {
-  for (int64_t t0 = 0; t0 < x.rows; t0 += kSmallBatch)
-    int16_rows_batch<Bits, Group, SD, BD>(m, x, t0, std::min(x.rows, t0 + kSmallBatch), row_begin, row_end, y,
-                                          y_stride);
-}
-
 template <int Bits, int Group>
 QuantRowsFn pick_int16_dtype(const MatView& m) {
   using io::DType;
-  if (m.scale_dtype == DType::BF16 && m.bias_dtype == DType::BF16) return int16_rows<Bits, Group, DType::BF16, DType::BF16>;
-  if (m.scale_dtype == DType::F32 && m.bias_dtype == DType::F32) return int16_rows<Bits, Group, DType::F32, DType::F32>;
-  return int16_rows<Bits, Group, DType::Other, DType::Other>;
+  if (m.scale_dtype == DType::BF16 && m.bias_dtype == DType::BF16)
+    return in_small_batches<int16_rows_batch<Bits, Group, DType::BF16, DType::BF16>>;
+  if (m.scale_dtype == DType::F32 && m.bias_dtype == DType::F32)
+    return in_small_batches<int16_rows_batch<Bits, Group, DType::F32, DType::F32>>;
+  return in_small_batches<int16_rows_batch<Bits, Group, DType::Other, DType::Other>>;
 }
 
 template <int Bits>

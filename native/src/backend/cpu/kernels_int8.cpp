@@ -98,8 +98,7 @@ static inline IVec int_dot(const BVec* w, const int8_t* xq) {
 
 #elif defined(STUDIO_INT8_SDOT)
 
-// The ISA's operations: a struct of static functions, used like a namespace, so the shared templates of
-// kernel_blocks.h can take it as a parameter.
+// The same operations for NEON with dotprod.
 struct isa {
 
 static constexpr int kLanes = 4;
@@ -123,8 +122,10 @@ static inline FVec widen_bf16(const uint8_t* p) {
 }
 static inline void prefetch(const uint8_t* p) { __builtin_prefetch(p); }
 
-/** Group of `Group` 4-bit weights (packed at p) as signed bytes in the inputs' layout: per chunk, the 16-byte loads'
- * low nibbles (evens) then their high nibbles (odds). */
+/**
+ * Group of `Group` 4-bit weights (packed at p) as signed bytes in the inputs' layout: per chunk, the 16-byte
+ * loads' low nibbles (evens), then their high nibbles (odds).
+ */
 template <int Group>
 static inline void unpack(const uint8_t* p, BVec* w) {
   const uint8x16_t low = vdupq_n_u8(15);
@@ -203,19 +204,14 @@ void int8_rows_batch(const MatView& m, const PreparedX& x, int64_t t_begin, int6
   }
 }
 
-/** Any number of tokens, as batches of kSmallBatch tokens that each stream the row range once (as int16_rows). */
-template <int Group, io::DType SD, io::DType BD>
-void int8_rows(const MatView& m, const PreparedX& x, int64_t row_begin, int64_t row_end, float* y, int64_t y_stride) {
-  for (int64_t t0 = 0; t0 < x.rows; t0 += kSmallBatch)
-    int8_rows_batch<Group, SD, BD>(m, x, t0, std::min(x.rows, t0 + kSmallBatch), row_begin, row_end, y, y_stride);
-}
-
 template <int Group>
 QuantRowsFn pick_int8_dtype(const MatView& m) {
   using io::DType;
-  if (m.scale_dtype == DType::BF16 && m.bias_dtype == DType::BF16) return int8_rows<Group, DType::BF16, DType::BF16>;
-  if (m.scale_dtype == DType::F32 && m.bias_dtype == DType::F32) return int8_rows<Group, DType::F32, DType::F32>;
-  return int8_rows<Group, DType::Other, DType::Other>;
+  if (m.scale_dtype == DType::BF16 && m.bias_dtype == DType::BF16)
+    return in_small_batches<int8_rows_batch<Group, DType::BF16, DType::BF16>>;
+  if (m.scale_dtype == DType::F32 && m.bias_dtype == DType::F32)
+    return in_small_batches<int8_rows_batch<Group, DType::F32, DType::F32>>;
+  return in_small_batches<int8_rows_batch<Group, DType::Other, DType::Other>>;
 }
 #endif
 

@@ -20,10 +20,11 @@
 // Prints readable lines, then ONE JSON line of figures (medians over the runs): the first preset's figures at
 // the top level (the keys older runs had) and every preset's under "presets".
 //
-// --matmul-inputs int8 runs the cpu backend's fast precision mode (native/README.md, "Precision modes").
+// --matmul-inputs int8 runs the cpu backend's fast precision mode (native/README.md, "Precision modes");
+// --kv-dtype f16 caches keys and values as f16 (native/README.md, "The KV cache's element type").
 //
 //   npm run bench:engine [-- --threads 2 --tokens 32 --runs 5 --prefill 512,2048 --prefill-runs 3 --chunk 256
-//                         --context 2048 --model DIR --matmul-inputs default|int8]
+//                         --context 2048 --model DIR --matmul-inputs default|int8 --kv-dtype f32|f16]
 //   BENCH_PRESETS=bench,m2-shapes BENCH_TTFT=8192 npm run bench:engine
 import { existsSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -31,7 +32,7 @@ import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { makeModel } from "../cli/make-model/index.js";
 import { isPresetName, type PresetName } from "../cli/make-model/presets.js";
-import { isMatmulInputs, type MatmulInputs } from "../common/engine-api.js";
+import { isKvDtype, isMatmulInputs, type KvDtype, type MatmulInputs } from "../common/engine-api.js";
 import { type ModelConfig, readModelConfig } from "../common/model-config.js";
 import { packageRoot } from "../common/paths.js";
 import type { StudioEngine } from "../native/index.js";
@@ -54,6 +55,7 @@ interface Settings {
   context: number;
   ttft: number;
   matmulInputs: MatmulInputs;
+  kvDtype: KvDtype;
 }
 
 interface Target {
@@ -329,6 +331,7 @@ async function benchTarget(target: Target, s: Settings): Promise<Figures> {
       head,
       threads: s.threads,
       matmulInputs: s.matmulInputs,
+      kvDtype: s.kvDtype,
     });
   const engine = await open(true);
   const headless = await open(false).catch(async (err: unknown) => {
@@ -353,6 +356,11 @@ async function benchTarget(target: Target, s: Settings): Promise<Figures> {
   return figures;
 }
 
+function kvDtypeOf(value: string): KvDtype {
+  if (!isKvDtype(value)) throw new Error(`bench:engine: --kv-dtype is f32 or f16 (got "${value}")`);
+  return value;
+}
+
 function matmulInputsOf(value: string): MatmulInputs {
   if (!isMatmulInputs(value))
     throw new Error(`bench:engine: --matmul-inputs is default or int8 (got "${value}")`);
@@ -371,6 +379,7 @@ function settingsOf(values: Record<string, string | undefined>): Settings {
     context: positive("--context", values.context!, true),
     ttft: positive("BENCH_TTFT", process.env.BENCH_TTFT ?? "0", true),
     matmulInputs: matmulInputsOf(values["matmul-inputs"]!),
+    kvDtype: kvDtypeOf(values["kv-dtype"]!),
   };
 }
 
@@ -396,6 +405,7 @@ async function main(): Promise<void> {
       context: { type: "string", default: "2048" },
       model: { type: "string" },
       "matmul-inputs": { type: "string", default: "default" },
+      "kv-dtype": { type: "string", default: "f32" },
     },
   });
   const s = settingsOf(values);
@@ -406,7 +416,9 @@ async function main(): Promise<void> {
   const loadBefore = loadavg()[0];
   // Figures from hosts with other SIMD paths do not compare (bench/RESULTS.md: AVX2 against AVX-512).
   const cpu = cpuInfo();
-  console.log(`cpu kernels: ${describeCpuKernels(cpu)}; matmul inputs: ${s.matmulInputs}`);
+  console.log(
+    `cpu kernels: ${describeCpuKernels(cpu)}; matmul inputs: ${s.matmulInputs}; kv cache: ${s.kvDtype}`,
+  );
   for (const target of targets) presets[target.name] = await benchTarget(target, s);
   const loadAfter = loadavg()[0];
   console.log(`load average (1 min): ${loadBefore.toFixed(2)} before, ${loadAfter.toFixed(2)} after`);
@@ -417,6 +429,7 @@ async function main(): Promise<void> {
       simd: cpu.simd,
       int16: cpu.int16,
       matmul_inputs: s.matmulInputs,
+      kv_dtype: s.kvDtype,
       chunk_tokens: s.chunk,
       load_before: round(loadBefore, 2),
       load_after: round(loadAfter, 2),

@@ -12,6 +12,12 @@ export type MatmulInputs = (typeof MATMUL_INPUTS)[number];
 export function isMatmulInputs(value: unknown): value is MatmulInputs {
   return MATMUL_INPUTS.includes(value as MatmulInputs);
 }
+/** What the cpu backend's KV cache stores (OpenOptions.kvDtype). */
+export const KV_DTYPES = ["f32", "f16"] as const;
+export type KvDtype = (typeof KV_DTYPES)[number];
+export function isKvDtype(value: unknown): value is KvDtype {
+  return KV_DTYPES.includes(value as KvDtype);
+}
 /** Activations cross stages in the backend's compute dtype: f32 on cpu, bf16 on mlx. */
 export type ActivationDtype = "f32" | "bf16";
 
@@ -36,6 +42,12 @@ export interface OpenOptions {
    * ignores it.
    */
   matmulInputs?: MatmulInputs;
+  /**
+   * What the cpu backend's KV cache stores. "f32" (default): keys and values as computed. "f16": rounded to
+   * f16, half the bytes per cached position (RAM, prefix-cache blocks on disk), outputs within ~1e-3 of f32
+   * (native/README.md, "The KV cache's element type"). The mlx backend ignores it (its cache is bf16).
+   */
+  kvDtype?: KvDtype;
   /** Bytes read so far of the bytes this shard must read; called on the JS thread. */
   onProgress?: (bytesRead: number, bytesTotal: number) => void;
 }
@@ -113,6 +125,8 @@ export interface EngineStats {
   threads: number;
   /** The precision mode in effect: "int8" only where asked, on the cpu backend of a build with its kernels. */
   matmulInputs: MatmulInputs;
+  /** What the KV caches store: "f32" or "f16" on cpu, the compute dtype ("bf16", or "f32" checking) on mlx. */
+  kvDtype: KvDtype | "bf16";
   layerStart: number;
   layerEnd: number;
   embed: boolean;

@@ -9,6 +9,7 @@ import {
   type EngineStats,
   type ForwardItem,
   type ForwardOutput,
+  isKvDtype,
   isMatmulInputs,
   type KvBlockSlice,
   type KvBlockTake,
@@ -58,6 +59,7 @@ interface NativeModule {
       threads: number;
       backend: string;
       matmulInputs: string;
+      kvDtype: string;
     },
     onProgress?: (done: number, total: number) => void,
   ) => NativeEngineHandle;
@@ -166,6 +168,8 @@ function checkOptions(options: OpenOptions, config: ModelConfig): void {
   const inputs = options.matmulInputs ?? "default";
   if (!isMatmulInputs(inputs))
     throw new Error(`openEngine: matmulInputs must be "default" or "int8" (got "${String(inputs)}")`);
+  const kv = options.kvDtype ?? "f32";
+  if (!isKvDtype(kv)) throw new Error(`openEngine: kvDtype must be "f32" or "f16" (got "${String(kv)}")`);
 }
 
 function checkSeq(method: string, name: string, value: number): void {
@@ -257,6 +261,7 @@ export async function openEngine(options: OpenOptions): Promise<StudioEngine> {
       threads: options.threads ?? 0,
       backend: options.backend ?? "auto",
       matmulInputs: options.matmulInputs ?? "default",
+      kvDtype: options.kvDtype ?? "f32",
     },
     options.onProgress,
   );

@@ -3,7 +3,7 @@
 // it listens, serves until SIGTERM/SIGINT. The key comes from --key or STUDIO_CLUSTER_KEY (the environment keeps
 // it out of `ps`).
 import { parseArgs } from "node:util";
-import { type BackendChoice, isMatmulInputs } from "../common/engine-api.js";
+import { type BackendChoice, isKvDtype, isMatmulInputs } from "../common/engine-api.js";
 import { clusterTlsOf } from "../common/wire/cluster-cert.js";
 import { loadWireTls, useClusterTls, useWireTls, wireTlsFilesOf } from "../common/wire/tls.js";
 import { startNodeAgent } from "./server.js";
@@ -11,7 +11,7 @@ import { startNodeAgent } from "./server.js";
 function usage(problem: string): never {
   console.error(`node-agent: ${problem}`);
   console.error(
-    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--matmul-inputs default|int8] [--cache-dir DIR [--cache-disk-bytes N]] [--stdin-lifeline] [--tls-cert PEM --tls-key PEM --tls-ca PEM | --no-cluster-tls]",
+    "usage: node-agent --model DIR [--host 127.0.0.1] [--port 0] [--key KEY] [--node-id ID] [--name NAME] [--cluster-id ID] [--backend auto|cpu|mlx] [--threads N] [--matmul-inputs default|int8] [--kv-dtype f32|f16] [--cache-dir DIR [--cache-disk-bytes N]] [--stdin-lifeline] [--tls-cert PEM --tls-key PEM --tls-ca PEM | --no-cluster-tls]",
   );
   process.exit(2);
 }
@@ -35,6 +35,7 @@ const { values } = parseArgs({
     backend: { type: "string" },
     threads: { type: "string" },
     "matmul-inputs": { type: "string" },
+    "kv-dtype": { type: "string" },
     "cache-dir": { type: "string" },
     "cache-disk-bytes": { type: "string" },
     "stdin-lifeline": { type: "boolean" },
@@ -55,6 +56,8 @@ const port = intOption(values.port, "port", 0);
 const threads = intOption(values.threads, "threads", 0);
 const matmulInputs = values["matmul-inputs"] ?? "default";
 if (!isMatmulInputs(matmulInputs)) usage(`--matmul-inputs must be default or int8 (got "${matmulInputs}")`);
+const kvDtype = values["kv-dtype"] ?? "f32";
+if (!isKvDtype(kvDtype)) usage(`--kv-dtype must be f32 or f16 (got "${kvDtype}")`);
 const cacheDiskBytes =
   values["cache-disk-bytes"] === undefined
     ? undefined
@@ -84,6 +87,7 @@ const agent = await startNodeAgent({
   backend,
   threads: threads || undefined,
   matmulInputs,
+  kvDtype,
   cacheDir: values["cache-dir"],
   cacheDiskBytes,
 });

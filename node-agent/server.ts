@@ -11,7 +11,7 @@ import {
   epochOf,
   judgeLoadShard,
 } from "../common/coordinator-epoch.js";
-import type { BackendChoice, MatmulInputs } from "../common/engine-api.js";
+import type { BackendChoice, KvDtype, MatmulInputs } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { packageVersion } from "../common/paths.js";
 import { withBodyDigests } from "../common/wire/auth.js";
@@ -73,6 +73,8 @@ export interface NodeAgentOptions {
   threads?: number;
   /** The cpu backend's precision mode for every shard this node opens (default: "default"). */
   matmulInputs?: MatmulInputs;
+  /** What the cpu backend's KV cache stores (OpenOptions.kvDtype). */
+  kvDtype?: KvDtype;
   /** Backends this node can run (default: cpu, plus mlx on macOS arm64 when the engine offers it). */
   backends?: string[];
   /** Measured memory bandwidth, bytes/s (0 or absent: the chip table). */
@@ -151,6 +153,7 @@ class NodeAgentServer {
       backend: opts.backend,
       threads: opts.threads,
       matmulInputs: opts.matmulInputs,
+      kvDtype: opts.kvDtype,
       fetcher: new WeightFetcher({
         modelDir: opts.modelDir,
         modelId: () => model()?.id ?? "",

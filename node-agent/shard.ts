@@ -4,7 +4,7 @@
 // its prefix-cache host (block-host.ts); the disk tier (block-store.ts) lives as long as the node.
 
 import type * as grpc from "@grpc/grpc-js";
-import type { BackendChoice, Engine, MatmulInputs } from "../common/engine-api.js";
+import type { BackendChoice, Engine, KvDtype, MatmulInputs } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { readModelTable, stageTensors } from "../common/model-table.js";
 import { findNonFiniteTensor } from "../common/weight-check.js";
@@ -26,6 +26,7 @@ export interface ShardHostOptions {
   threads?: number;
   /** The cpu backend's precision mode (native/README.md, "Precision modes"). */
   matmulInputs?: MatmulInputs;
+  kvDtype?: KvDtype;
   /** Fetches the tensors a partial checkpoint lacks for the stage before the engine opens it. */
   fetcher?: WeightFetcher;
   /** The checkpoint holds more tensors than before (capabilities read it again). */
@@ -130,6 +131,7 @@ export class ShardHost {
       backend: (req.backend || this.opts.backend || "auto") as BackendChoice,
       threads: req.threads || this.opts.threads,
       matmulInputs: this.opts.matmulInputs,
+      kvDtype: this.opts.kvDtype,
       onProgress: (bytesRead, bytesTotal) => {
         const now = Date.now();
         if (now - lastProgress < progressIntervalMs && bytesRead < bytesTotal) return;
@@ -181,7 +183,7 @@ export class ShardHost {
       blocks,
     };
     this.opts.log(
-      `plan ${req.plan_id}: layers ${req.layer_start}..${req.layer_end}${req.embed ? " +embed" : ""}${req.head ? " +head" : ""} on ${stats.backend}${stats.matmulInputs === "int8" ? " (int8 matmul inputs)" : ""}, ${stats.weightBytes} weight bytes${downstream ? `, downstream ${downstream.address}` : ""}`,
+      `plan ${req.plan_id}: layers ${req.layer_start}..${req.layer_end}${req.embed ? " +embed" : ""}${req.head ? " +head" : ""} on ${stats.backend}${stats.matmulInputs === "int8" ? " (int8 matmul inputs)" : ""}${stats.kvDtype === "f16" ? " (f16 KV)" : ""}, ${stats.weightBytes} weight bytes${downstream ? `, downstream ${downstream.address}` : ""}`,
     );
     return progressMessage({
       bytes_read: stats.weightBytes,
@@ -213,7 +215,8 @@ export class ShardHost {
     if (!dir) return undefined;
     try {
       this.fingerprint ??= checkpointBytesHash(this.opts.modelDir);
-      // KV computed in the int8 precision mode differs from the default mode's: it gets its own folder.
+      // KV computed in the int8 precision mode differs from the default mode's: it gets its own folder. An f16
+      // cache's blocks have half the bytes per position, so they land in a folder of their own too.
       const mode = matmulInputs === "int8" ? "-int8" : "";
       const format = `${await this.fingerprint}-${backend}${mode}-${bytesPerPosition}`;
       if (this.store?.folder.endsWith(format) !== true)

@@ -21,7 +21,13 @@ import {
   loadOrCreateClusterKey,
   type NodeIdentity,
 } from "../../common/cluster-key.js";
-import { type BackendChoice, MATMUL_INPUTS, type MatmulInputs } from "../../common/engine-api.js";
+import {
+  type BackendChoice,
+  KV_DTYPES,
+  type KvDtype,
+  MATMUL_INPUTS,
+  type MatmulInputs,
+} from "../../common/engine-api.js";
 import { ClusterError, errorMessage } from "../../common/errors.js";
 import { modelIdOf, readModelConfig } from "../../common/model-config.js";
 import { modelFingerprint, readModelTable } from "../../common/model-table.js";
@@ -62,6 +68,7 @@ export interface UpOptions {
   backend: BackendChoice;
   threads?: number;
   matmulInputs: MatmulInputs;
+  kvDtype: KvDtype;
   context?: number;
   bonjour: boolean;
   interface?: string;
@@ -379,6 +386,7 @@ export async function runUp(opts: UpOptions): Promise<void> {
       backends: opts.backend === "cpu" ? ["cpu"] : opts.backend === "mlx" ? availableBackends() : undefined,
       threads: opts.threads,
       matmulInputs: opts.matmulInputs,
+      kvDtype: opts.kvDtype,
       memoryBandwidthBps: opts.memoryBandwidth ? opts.memoryBandwidth * 1e9 : undefined,
       hubEnv: hub,
       maxPushBytesPerSecond: opts.maxPushRate ? opts.maxPushRate * 1e6 : undefined,
@@ -550,6 +558,14 @@ export function register(program: Command): void {
       )
         .choices(MATMUL_INPUTS)
         .default("default"),
+    )
+    .addOption(
+      new Option(
+        "--kv-dtype <dtype>",
+        "cpu backend KV cache: f16 halves its memory and prefix-cache bytes (outputs within ~1e-3 of f32)",
+      )
+        .choices(KV_DTYPES)
+        .default("f32"),
     )
     .option(
       "--context <tokens>",

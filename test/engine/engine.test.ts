@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeModel } from "../../cli/make-model/index.js";
 import type { Engine, ForwardItem, ForwardOutput } from "../../common/engine-api.js";
 import { availableBackends, cpuInfo, openEngine } from "../../native/index.js";
-import { ReferenceModel } from "../helpers/reference-minimax-m2.js";
+import { ReferenceModel, roundToF16 } from "../helpers/reference-minimax-m2.js";
 
 const root = mkdtempSync(join(tmpdir(), "engine-test-"));
 const LAYERS = 6; // tiny preset
@@ -160,6 +160,129 @@ describe("engine matches the reference forward pass", () => {
     });
   }
 });
+
+describe('an f16 KV cache (kvDtype: "f16")', () => {
+  // The cache rounds each key and value to f16 as it stores them; the reference rounds its own cache the same
+  // way (roundToF16), so the engine is held to the default mode's bound against it.
+  for (const name of ["4bit-gs64", "8bit"]) {
+    it(`${name}: prefill + 16 greedy decode steps against the reference with an f16 cache`, async () => {
+      const dir = dirs.get(name)!;
+      const reference = await ReferenceModel.load(dir);
+      reference.kvF16 = true;
+      const options = {
+        backend: "cpu" as const,
+        modelDir: dir,
+        layerStart: 0,
+        layerEnd: LAYERS,
+        embed: true,
+        head: true,
+        threads: 2,
+      };
+      const engine = await openEngine({ ...options, kvDtype: "f16" });
+      const wide = await openEngine(options);
+      try {
+        expect([engine.stats().kvDtype, wide.stats().kvDtype]).toEqual(["f16", "f32"]);
+        // Half the bytes per cached position, in RAM and in exported blocks.
+        expect(engine.stats().kvBytesPerToken * 2).toBe(wide.stats().kvBytesPerToken);
+        expect(engine.stats().kvBytesPerPositionPerLayer * 2).toBe(wide.stats().kvBytesPerPositionPerLayer);
+        let refLogits = reference.forward(PROMPT, 0).at(-1)!;
+        let out = await one(engine, { seq: 1, position: 0, tokens: tokens(PROMPT), returnLogits: true });
+        await one(engine, { seq: 2, position: 0, tokens: tokens(PROMPT.slice(0, 4)) });
+        await one(engine, { seq: 2, position: 4, tokens: tokens(PROMPT.slice(4, 5)) });
+        const chunked = await one(engine, {
+          seq: 2,
+          position: 5,
+          tokens: tokens(PROMPT.slice(5)),
+          returnLogits: true,
+        });
+        expect(bytesOf(chunked.logits).equals(bytesOf(out.logits)), `${name} chunked prefill`).toBe(true);
+        const f32 = await one(wide, { seq: 1, position: 0, tokens: tokens(PROMPT), returnLogits: true });
+        // The prompt's own keys and values are read back rounded: the cache really holds f16.
+        expect(
+          bytesOf(f32.logits).equals(bytesOf(out.logits)),
+          `${name}: f16 cache gives the f32 cache's bits`,
+        ).toBe(false);
+        const errors: number[] = [];
+        for (let step = 0; step <= 16; step++) {
+          errors.push(relativeError(out.logits!, refLogits));
+          expect(out.token, `${name} greedy token at step ${step}`).toBe(argmax(refLogits));
+          if (step === 16) break;
+          const next = out.token!;
+          refLogits = reference.forward([next], PROMPT.length + step)[0];
+          out = await one(engine, {
+            seq: 1,
+            position: PROMPT.length + step,
+            tokens: tokens([next]),
+            returnLogits: true,
+          });
+        }
+        console.log(
+          `engine.test: ${name} with an f16 cache: against the f16-cache reference worst ${Math.max(...errors).toFixed(5)}`,
+        );
+        expect(Math.max(...errors), `${name}: f16 cache against the f16-cache reference`).toBeLessThanOrEqual(
+          1e-3,
+        );
+      } finally {
+        await Promise.all([engine.close(), wide.close()]);
+      }
+    });
+  }
+
+  it("stores the f32 cache's keys and values rounded to nearest even; its blocks export, import and continue bit for bit", async () => {
+    const dir = dirs.get("4bit-gs64")!;
+    const options = {
+      backend: "cpu" as const,
+      modelDir: dir,
+      layerStart: 0,
+      layerEnd: LAYERS,
+      embed: true,
+      head: true,
+      threads: 2,
+    };
+    const engine = await openEngine({ ...options, kvDtype: "f16" });
+    const wide = await openEngine(options);
+    try {
+      const long = Array.from({ length: 90 }, (_, i) => (i * 31 + 9) % 1500);
+      await one(engine, { seq: 1, position: 0, tokens: tokens(long) });
+      await engine.stashBlocks(1, [{ id: "a", start: 0, length: 70 }]);
+      const exported = await engine.exportBlock("a");
+      expect(exported[0].byteLength).toBe(70 * engine.stats().kvBytesPerPositionPerLayer);
+      // Layer 0's keys and values come from the embeddings alone, so both caches see the same floats: the f16
+      // cache holds exactly their rounding (later layers read rounded attention, so they differ further).
+      await one(wide, { seq: 1, position: 0, tokens: tokens(long) });
+      await wide.stashBlocks(1, [{ id: "a", start: 0, length: 70 }]);
+      const [layer0] = await wide.exportBlock("a");
+      const floats = new Float32Array(layer0.buffer, layer0.byteOffset, layer0.byteLength / 4);
+      const halves = new Uint16Array(exported[0].buffer, exported[0].byteOffset, exported[0].byteLength / 2);
+      expect(halves.length).toBe(floats.length);
+      let mismatches = 0;
+      for (let i = 0; i < floats.length; i++) if (f16Value(halves[i]) !== roundToF16(floats[i])) mismatches++;
+      expect(mismatches, "layer 0 elements not the f32 cache's rounding").toBe(0);
+      await engine.importBlock("a2", 70, exported);
+      await engine.assemble(2, [{ id: "a2", take: 70 }]);
+      const fresh = await one(engine, { seq: 3, position: 0, tokens: tokens(long), returnLogits: true });
+      const imported = await one(engine, {
+        seq: 2,
+        position: 70,
+        tokens: tokens(long.slice(70)),
+        returnLogits: true,
+      });
+      expect(bytesOf(imported.logits).equals(bytesOf(fresh.logits))).toBe(true);
+    } finally {
+      await Promise.all([engine.close(), wide.close()]);
+    }
+  });
+});
+
+/** The number an f16 bit pattern stands for. */
+function f16Value(bits: number): number {
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exponent = (bits >> 10) & 0x1f;
+  const mantissa = bits & 0x3ff;
+  if (exponent === 0) return sign * mantissa * 2 ** -24;
+  if (exponent === 31) return mantissa ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+  return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
+}
 
 describe('the int8 precision mode (matmulInputs: "int8")', () => {
   // 4-bit matrices take int8 inputs per group; the reference rounds its own inputs the same way. The two agree to
@@ -641,7 +764,7 @@ describe("bad input is refused with a clear error", () => {
     expect(typeof ok.token).toBe("number");
   });
 
-  it("refuses a bad layer range, an unknown precision mode and a backend this build lacks", async () => {
+  it("refuses a bad layer range, an unknown precision mode or KV dtype and a backend this build lacks", async () => {
     await expect(
       openEngine({ modelDir: dir, layerStart: 4, layerEnd: 9, embed: false, head: true }),
     ).rejects.toThrow(/\[4, 9\) exceeds the model's 6 layers/);
@@ -652,6 +775,10 @@ describe("bad input is refused with a clear error", () => {
     await expect(
       openEngine({ modelDir: dir, layerStart: 0, layerEnd: 1, embed: true, head: false, matmulInputs: int4 }),
     ).rejects.toThrow(/matmulInputs must be "default" or "int8" \(got "int4"\)/);
+    const f8 = "f8" as unknown as "f16";
+    await expect(
+      openEngine({ modelDir: dir, layerStart: 0, layerEnd: 1, embed: true, head: false, kvDtype: f8 }),
+    ).rejects.toThrow(/kvDtype must be "f32" or "f16" \(got "f8"\)/);
     if (!availableBackends().includes("mlx"))
       await expect(
         openEngine({ modelDir: dir, layerStart: 0, layerEnd: 1, embed: true, head: false, backend: "mlx" }),

@@ -2,7 +2,8 @@
 // from docs/model.md's pseudocode. Independent of the engine: it has its own dequantization and KV cache. Tests
 // compare the engine's logits against it. With `int8Inputs` it also rounds the inputs of every 4-bit matrix but
 // the router to int8 levels per group, as the engine's int8 precision mode specifies (native/README.md,
-// "Precision modes"), so that mode is checked against the same independent arithmetic.
+// "Precision modes"), so that mode is checked against the same independent arithmetic; with `kvF16` it keeps its
+// cached keys and values rounded to f16 (ties to even, clamped to the largest finite f16), as an f16 KV cache does.
 import { join } from "node:path";
 import { type ModelConfig, quantFor, readModelConfig } from "../../common/model-config.js";
 import { readAllHeaders, readTensor, type SafetensorsHeader, toFloat32 } from "../../common/safetensors.js";
@@ -139,12 +140,31 @@ export interface Routing {
   weights: number[];
 }
 
+/**
+ * x rounded to the nearest f16 value, ties to even, clamped to +-65504. Computed in doubles, where dividing by
+ * the quantum (a power of two) is exact, so this is the IEEE rounding without any f16 type.
+ */
+export function roundToF16(x: number): number {
+  if (Number.isNaN(x) || x === 0) return x;
+  const a = Math.min(Math.abs(x), 65504);
+  let exponent = Math.floor(Math.log2(a));
+  if (2 ** exponent > a) exponent--; // log2 may round up just below a power of two
+  if (2 ** (exponent + 1) <= a) exponent++;
+  const quantum = 2 ** (Math.max(exponent, -14) - 10); // 10 mantissa bits; subnormals below 2^-14
+  const steps = a / quantum;
+  let rounded = Math.round(steps);
+  if (rounded - steps === 0.5 && rounded % 2 === 1) rounded--; // a tie goes to the even neighbour
+  return Math.sign(x) * rounded * quantum;
+}
+
 export class ReferenceModel {
   /** Per layer: cached keys and values, one Float32Array per position. */
   private keys: Float32Array[][];
   private values: Float32Array[][];
   /** Set: 4-bit matrices (not the router) take their inputs rounded to int8 levels per group. */
   int8Inputs = false;
+  /** Set: cached keys and values are rounded to f16, as the cpu backend's kvDtype "f16" stores them. */
+  kvF16 = false;
 
   private constructor(
     readonly config: ModelConfig,
@@ -269,8 +289,8 @@ export class ReferenceModel {
       const pos = startPos + t;
       for (let i = 0; i < c.numHeads; i++) ropeInPlace(q, i * c.headDim, c.rotaryDim, pos, c.ropeTheta);
       for (let i = 0; i < c.numKvHeads; i++) ropeInPlace(k, i * c.headDim, c.rotaryDim, pos, c.ropeTheta);
-      this.keys[layer].push(k);
-      this.values[layer].push(v);
+      this.keys[layer].push(this.kvF16 ? k.map(roundToF16) : k);
+      this.values[layer].push(this.kvF16 ? v.map(roundToF16) : v);
       queries.push(q);
     }
     for (let t = 0; t < hidden.length; t++) {

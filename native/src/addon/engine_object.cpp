@@ -30,11 +30,11 @@ namespace {
  * The backend for options.backend. "auto" takes mlx when MLX computes on a GPU; on a cpu-only MLX (Linux) the
  * built-in cpu kernels are the faster path (bench/engine-mlx.ts) and keep f32 activations, so auto stays cpu.
  */
-std::unique_ptr<Backend> make_backend(const std::string& choice, int threads, bool int8_inputs) {
+std::unique_ptr<Backend> make_backend(const std::string& choice, const CpuOptions& cpu) {
 #ifdef STUDIO_WITH_MLX
   if (choice == "mlx" || (choice == "auto" && mlx_device_kind() == "gpu")) return make_mlx_backend();
 #endif
-  return make_cpu_backend(threads, int8_inputs);
+  return make_cpu_backend(cpu);
 }
 
 }  // namespace
@@ -77,6 +77,11 @@ EngineObject::EngineObject(const Napi::CallbackInfo& info) : Napi::ObjectWrap<En
   if (inputs_choice != "default" && inputs_choice != "int8")
     throw Napi::TypeError::New(env, "options: matmulInputs must be \"default\" or \"int8\" (got \"" + inputs_choice + "\")");
   int8_inputs_ = inputs_choice == "int8";
+  Napi::Value kv = opts.Get("kvDtype");
+  const std::string kv_choice = kv.IsString() ? kv.As<Napi::String>().Utf8Value() : "f32";
+  if (kv_choice != "f32" && kv_choice != "f16")
+    throw Napi::TypeError::New(env, "options: kvDtype must be \"f32\" or \"f16\" (got \"" + kv_choice + "\")");
+  f16_kv_ = kv_choice == "f16";
 
   // At process exit Node finalizes the thread-safe function before collecting this object; the finalizer
   // marks it gone so the destructor does not release a function that no longer exists.
@@ -184,8 +189,10 @@ Napi::Value EngineObject::load(const Napi::CallbackInfo& info) {
             };
             if (done_.BlockingCall(job.get()) == napi_ok) job.release();
           };
-        shard_ = std::make_unique<model::MinimaxM2Shard>(model_dir_, config_, range_, make_backend(backend_choice_, threads_, int8_inputs_), progress);
+        auto backend = make_backend(backend_choice_, {threads_, int8_inputs_, f16_kv_});
+        shard_ = std::make_unique<model::MinimaxM2Shard>(model_dir_, config_, range_, std::move(backend), progress);
         backend_name_ = shard_->backend().name();
+        kv_dtype_ = shard_->backend().kv_dtype();
         wire_ = shard_->backend().activation_dtype() == "bf16" ? WireDtype::BF16 : WireDtype::F32;
         weight_bytes_ = static_cast<double>(shard_->weight_bytes());
         kv_bytes_per_token_ = static_cast<double>(shard_->kv_bytes_per_token());
@@ -285,6 +292,7 @@ Napi::Value EngineObject::stats(const Napi::CallbackInfo& info) {
   // The precision mode in effect: int8 needs the cpu backend and a build with the int8 kernels.
   const bool int8 = int8_inputs_ && backend_name_ == "cpu" && cpu::has_int8_dot();
   o.Set("matmulInputs", int8 ? "int8" : "default");
+  o.Set("kvDtype", kv_dtype_);
   o.Set("layerStart", range_.start);
   o.Set("layerEnd", range_.end);
   o.Set("embed", range_.embed);

@@ -56,6 +56,8 @@ class EngineObject : public Napi::ObjectWrap<EngineObject> {
   WireDtype wire_ = WireDtype::F32;
   int threads_ = 0;
   bool int8_inputs_ = false;  // options.matmulInputs == "int8": the cpu backend's fast precision mode
+  bool f16_kv_ = false;       // options.kvDtype == "f16": the cpu backend caches keys and values as f16
+  std::string kv_dtype_ = "f32";  // what the backend's KV caches store (stats().kvDtype)
 
   std::unique_ptr<EngineThread> thread_;
   DoneFn done_;

@@ -156,6 +156,8 @@ class Backend {
   virtual std::string activation_dtype() const { return "f32"; }
   /** Bytes of one cached key or value element. */
   virtual size_t kv_element_bytes() const { return sizeof(float); }
+  /** The cached keys' and values' element type: "f32", "f16" (cpu's KV f16 mode) or "bf16" (mlx). */
+  virtual std::string kv_dtype() const { return "f32"; }
 
   // Weights. The source's memory (the shard mapping) outlives the returned handle.
   virtual std::unique_ptr<Matrix> matrix(const io::MatrixSource& source) = 0;
@@ -239,10 +241,16 @@ class Backend {
                        const Routing& routing, Activations& out) = 0;
 };
 
-/**
- * The built-in cpu backend with `threads` worker threads (0: all cores). int8_inputs: the fast precision mode,
- * 4-bit matmuls take their inputs as int8 per group where the build has that path (native/README.md).
- */
-std::unique_ptr<Backend> make_cpu_backend(int threads, bool int8_inputs = false);
+/** How the built-in cpu backend runs (native/README.md, "Precision modes of the cpu backend"). */
+struct CpuOptions {
+  /** Worker threads, the caller included (0: all cores). */
+  int threads = 0;
+  /** The fast precision mode: 4-bit matmuls take their inputs as int8 per group where the build has that path. */
+  bool int8_inputs = false;
+  /** Keys and values cached as f16 (half the bytes per position) instead of f32. */
+  bool f16_kv = false;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options);
 
 }  // namespace studio

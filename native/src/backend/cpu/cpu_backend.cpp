@@ -78,9 +78,11 @@ std::vector<const float*> row_pointers(const CpuActivations& a) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(int threads, bool int8_inputs)
-    : pool_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
-      inputs_(int8_inputs ? Inputs::Int8 : Inputs::Default),
+CpuBackend::CpuBackend(const CpuOptions& options)
+    : pool_(options.threads > 0 ? options.threads
+                                : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))),
+      inputs_(options.int8_inputs ? Inputs::Int8 : Inputs::Default),
+      kv_element_(options.f16_kv ? KvElement::F16 : KvElement::F32),
       buffers_(std::make_shared<BufferPool>()),
       expert_mlp_(std::make_unique<ExpertMlp>(inputs_)) {}
 
@@ -192,7 +194,7 @@ void CpuBackend::add(Activations& acc, const Activations& x) {
 }
 
 std::unique_ptr<KvCache> CpuBackend::kv_cache(int layers, int kv_width) {
-  return std::make_unique<CpuKvCache>(layers, kv_width);
+  return std::make_unique<CpuKvCache>(layers, kv_width, kv_element_);
 }
 
 void CpuBackend::attention(const Activations& q, const Activations& k, const Activations& v, int layer,
@@ -254,14 +256,14 @@ void CpuBackend::experts(const Matrix& gate, const Matrix& up, const Matrix& dow
                    cast(out).data());
 }
 
-std::unique_ptr<Backend> make_cpu_backend_impl(int threads, bool int8_inputs) {
-  return std::make_unique<CpuBackend>(threads, int8_inputs);
+std::unique_ptr<Backend> make_cpu_backend_impl(const CpuOptions& options) {
+  return std::make_unique<CpuBackend>(options);
 }
 
 }  // namespace studio::cpu
 
 namespace studio {
-std::unique_ptr<Backend> make_cpu_backend(int threads, bool int8_inputs) {
-  return cpu::make_cpu_backend_impl(threads, int8_inputs);
+std::unique_ptr<Backend> make_cpu_backend(const CpuOptions& options) {
+  return cpu::make_cpu_backend_impl(options);
 }
 }  // namespace studio

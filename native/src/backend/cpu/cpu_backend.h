@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_kv_cache.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/thread_pool.h"
 #include "backend/cpu/workspace.h"
@@ -19,11 +20,13 @@ class ExpertMlp;
  */
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int threads, bool int8_inputs);
+  explicit CpuBackend(const CpuOptions& options);
   ~CpuBackend() override;
 
   std::string name() const override { return "cpu"; }
   int threads() const override { return pool_.size(); }
+  size_t kv_element_bytes() const override { return kv_element_ == KvElement::F16 ? 2 : sizeof(float); }
+  std::string kv_dtype() const override { return kv_element_ == KvElement::F16 ? "f16" : "f32"; }
 
   std::unique_ptr<Matrix> matrix(const io::MatrixSource& source) override;
   std::unique_ptr<Vector> vector(const io::HostTensor& source) override;
@@ -50,6 +53,7 @@ class CpuBackend final : public Backend {
 
   ThreadPool pool_;
   const Inputs inputs_;                    // how matmuls other than the router take their inputs
+  const KvElement kv_element_;             // what each sequence's KV cache stores
   std::shared_ptr<BufferPool> buffers_;  // activations' memory, reused (workspace.h)
   Arena matmul_arena_;                    // a dense matmul's prepared inputs
   std::unique_ptr<ExpertMlp> expert_mlp_;  // the routed experts' scratch

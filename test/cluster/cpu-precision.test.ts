@@ -1,17 +1,19 @@
-// `cluster up --matmul-inputs int8` on a real process: the node opens its shard in the cpu backend's int8
-// precision mode (its log names it where the build has the kernels) and serves a chat completion; a mode it does
-// not know is refused before anything starts, naming the choices. Its prefix cache's disk tier gets a folder of
-// its own (KV computed in the mode differs from the default mode's).
+// `cluster up --matmul-inputs int8 --kv-dtype f16` on a real process: the node opens its shard in the cpu
+// backend's int8 precision mode (its log names it where the build has the kernels) with an f16 KV cache (named
+// too) and serves a chat completion; a mode or dtype it does not know is refused before anything starts, naming
+// the choices. Its prefix cache's disk tier gets a folder of its own (KV computed in the mode differs from the
+// default mode's, and f16 blocks have half the bytes per position).
 import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateClusterKey } from "../../common/cluster-key.js";
+import { readModelConfig } from "../../common/model-config.js";
 import { cpuInfo } from "../../native/index.js";
 import { type CliProcess, freePort, runCli, waitForHealth } from "../helpers/cluster-up.js";
 import { ensureModel } from "../helpers/pipeline-cluster.js";
 
-const home = mkdtempSync(join(tmpdir(), "matmul-inputs-"));
+const home = mkdtempSync(join(tmpdir(), "cpu-precision-"));
 let node: CliProcess | undefined;
 let apiUrl = "";
 let modelDir = "";
@@ -22,6 +24,7 @@ beforeAll(async () => {
   apiUrl = `http://127.0.0.1:${port}`;
   const args = ["up", "--model", modelDir, "--key", generateClusterKey(), "--no-bonjour", "--threads", "1"];
   args.push("--port", String(await freePort()), "--api-port", String(port), "--matmul-inputs", "int8");
+  args.push("--kv-dtype", "f16");
   node = runCli(args, { STUDIO_CLUSTER_HOME: home });
   await waitForHealth(apiUrl, (h) => h.state === "ready", "the node to be ready", node, 90_000);
 });
@@ -31,8 +34,8 @@ afterAll(async () => {
   rmSync(home, { recursive: true, force: true });
 });
 
-describe("cluster up --matmul-inputs", () => {
-  it("int8: the shard opens in the int8 mode and answers", async () => {
+describe("cluster up --matmul-inputs / --kv-dtype", () => {
+  it("int8 with an f16 cache: the shard opens in both modes and answers", async () => {
     const response = await fetch(`${apiUrl}/v1/chat/completions`, {
       method: "POST",
       headers: { "content-type": "application/json" },
@@ -43,8 +46,14 @@ describe("cluster up --matmul-inputs", () => {
     const reply = (await response.json()) as { choices: Array<{ finish_reason: string }> };
     expect(reply.choices[0].finish_reason).toMatch(/stop|length/);
     const log = node!.output();
-    const opened = /plan [^\n]*layers \d+\.\.\d+[^\n]* on cpu( \(int8 matmul inputs\))?/.exec(log);
+    const opened = /plan [^\n]*layers \d+\.\.\d+[^\n]* on cpu( \(int8 matmul inputs\))?( \(f16 KV\))?/.exec(
+      log,
+    );
     expect(opened, log).not.toBeNull();
+    expect(opened![2], log).toBe(" (f16 KV)");
+    // An f16 block's position: keys and values of every kv head, two bytes each.
+    const config = readModelConfig(modelDir);
+    const bytesPerPosition = 2 * config.numKvHeads * config.headDim * 2;
     // The tiny model's matrices are 4-bit: where the build has the int8 kernels, the mode is in effect.
     const cacheRoot = join(home, "kv-cache");
     const formats = existsSync(cacheRoot)
@@ -53,21 +62,31 @@ describe("cluster up --matmul-inputs", () => {
     if (cpuInfo().int8) {
       expect(opened![1], log).toBe(" (int8 matmul inputs)");
       expect(
-        formats.some((f) => /-cpu-int8-\d+$/.test(f)),
+        formats.some((f) => f.endsWith(`-cpu-int8-${bytesPerPosition}`)),
         formats.join(", "),
       ).toBe(true);
-    } else
+    } else {
+      expect(
+        formats.some((f) => f.endsWith(`-cpu-${bytesPerPosition}`)),
+        formats.join(", "),
+      ).toBe(true);
       console.warn(
-        "matmul-inputs.test: this build has no int8 kernels (neither x86 with AVX2 nor aarch64 with dotprod): the default path runs",
+        "cpu-precision.test: this build has no int8 kernels (neither x86 with AVX2 nor aarch64 with dotprod): the default path runs",
       );
+    }
   });
 
-  it("an unknown mode is refused before the node starts", async () => {
+  it("an unknown mode or KV dtype is refused before the node starts", async () => {
     const bad = runCli(["up", "--model", modelDir, "--no-bonjour", "--matmul-inputs", "int4"], {
       STUDIO_CLUSTER_HOME: home,
     });
     const code = await bad.exited;
     expect(code).not.toBe(0);
     expect(bad.output()).toMatch(/--matmul-inputs.*int4.*(default|int8)/s);
+    const badKv = runCli(["up", "--model", modelDir, "--no-bonjour", "--kv-dtype", "f8"], {
+      STUDIO_CLUSTER_HOME: home,
+    });
+    expect(await badKv.exited).not.toBe(0);
+    expect(badKv.output()).toMatch(/--kv-dtype.*f8.*f32.*f16/s);
   });
 });

@@ -1,13 +1,20 @@
 #include "backend/cpu/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 
 namespace studio::cpu {
 
 namespace {
 
-// About 20-50 microseconds of polling: longer than the gap between two jobs of one forward pass.
-constexpr int kSpin = 2000;
+/**
+ * How long a thread polls before it sleeps. Longer than the gap between two tokens of a steady decode (the
+ * token's trip to JS and back, a few hundred microseconds), not only the gap between two jobs of one forward
+ * pass: a worker that slept at every token boundary paid a wake-up each time (a futex, and on a VM the wake of
+ * an idle vCPU), and 2-thread decode ran ~5% slower with longer tails than with this (bench/RESULTS.md, "The
+ * thread pool's polling time"). Idle, a thread polls this long once, then sleeps.
+ */
+constexpr std::chrono::microseconds kPollTime{1000};
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -15,6 +22,17 @@ inline void cpu_relax() {
 #elif defined(__aarch64__)
   asm volatile("yield");
 #endif
+}
+
+/** Polls `ready` for up to kPollTime (by the clock: a pause lasts 1 to 140 cycles, depending on the CPU). */
+template <class Ready>
+bool poll(Ready ready) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 1;; ++i) {
+    if (ready()) return true;
+    cpu_relax();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kPollTime) return ready();
+  }
 }
 
 }  // namespace
@@ -44,11 +62,7 @@ void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
     // The job's fields are written before generation_ moves (release), so seeing it move (acquire) is enough.
-    bool started = false;
-    for (int i = 0; i < kSpin && !started; ++i) {
-      started = generation_.load(std::memory_order_acquire) != seen;
-      if (!started) cpu_relax();
-    }
+    const bool started = poll([&] { return generation_.load(std::memory_order_acquire) != seen; });
     if (!started) {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || generation_.load(std::memory_order_acquire) != seen; });
@@ -82,8 +96,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t chunk, const std::function<void
   }
   wake_.notify_all();
   run_chunks();
-  for (int i = 0; i < kSpin && busy_.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
-  if (busy_.load(std::memory_order_acquire) != 0) {
+  if (!poll([&] { return busy_.load(std::memory_order_acquire) == 0; })) {
     std::unique_lock<std::mutex> lock(mutex_);
     finished_.wait(lock, [&] { return busy_.load(std::memory_order_acquire) == 0; });
   }

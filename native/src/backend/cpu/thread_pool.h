@@ -1,7 +1,8 @@
 // A fixed pool of worker threads created once per backend. parallel_for hands out index chunks; the caller
 // thread works too. Which thread computes a chunk never changes a result: every output element is computed
-// entirely inside one chunk. A decode step dispatches ~100 jobs back to back, so workers spin briefly for the
-// next job (and the caller for the last chunk) before sleeping on the condition variable.
+// entirely inside one chunk. A decode step dispatches ~100 jobs back to back, and steady decode starts the next
+// step within a millisecond, so workers poll for the next job (and the caller for the last chunk) for up to a
+// millisecond before sleeping on the condition variable.
 #pragma once
 
 #include <atomic>

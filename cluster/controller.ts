@@ -450,6 +450,7 @@ export function toPlannerNode(member: Member): PlannerNode {
     backends: caps.backends.filter((b): b is BackendName => b === "cpu" || b === "mlx"),
     gpuWorkingSetLimitBytes: caps.gpu_working_set_limit,
     gpuWorkingSetSource: caps.gpu_working_set_source,
+    cpuKvDtype: caps.cpu_kv_dtype === "f16" ? "f16" : "f32",
   };
 }
 

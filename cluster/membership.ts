@@ -568,5 +568,6 @@ function emptyCapabilities(): Capabilities {
     gpu_working_set_limit: 0,
     gpu_working_set_source: "",
     memory_source: "",
+    cpu_kv_dtype: "",
   };
 }

@@ -1,7 +1,7 @@
 // What a model costs a stage: bytes of weights per layer (held in memory), bytes read per decoded token per layer
 // (decode speed), embedding and head sizes, and KV bytes per token — summed from the real safetensors headers.
 
-import type { BackendName } from "../common/engine-api.js";
+import type { BackendName, KvDtype } from "../common/engine-api.js";
 import { readModelConfig } from "../common/model-config.js";
 import { readModelTable } from "../common/model-table.js";
 
@@ -19,9 +19,16 @@ export interface ModelFootprint {
   headDim: number;
 }
 
-/** K and V, every kv head, in the backend's cache dtype: f32 on cpu, bf16 on mlx. */
-export function kvBytesPerTokenPerLayer(model: ModelFootprint, backend: BackendName): number {
-  return 2 * model.numKvHeads * model.headDim * (backend === "cpu" ? 4 : 2);
+/**
+ * K and V, every kv head, in the backend's cache dtype: bf16 on mlx; on cpu f32, or f16 where the node caches
+ * that (cluster up --kv-dtype f16).
+ */
+export function kvBytesPerTokenPerLayer(
+  model: ModelFootprint,
+  backend: BackendName,
+  cpuKvDtype: KvDtype = "f32",
+): number {
+  return 2 * model.numKvHeads * model.headDim * (backend === "cpu" && cpuKvDtype === "f32" ? 4 : 2);
 }
 
 const LAYER_TENSOR = /^model\.layers\.(\d+)\./;

@@ -6,7 +6,7 @@
 //    holds layers, the last layer (with final norm + lm_head) to the last one.
 // 2. A node can hold a range when its available memory covers the range's weights + embedding/head if it has
 //    them + the KV reserve for the configured context (2 * kv_heads * head_dim * dtype bytes per token per
-//    layer) + headroom.
+//    layer; the dtype is bf16 on mlx, and on cpu f32 or the f16 a node caches with --kv-dtype f16) + headroom.
 // 3. Among the ranges that fit, pick the split with the smallest bottleneck: the largest per-token time of any
 //    stage, time = bytes read per token / memory bandwidth. Pipelined throughput is set by the slowest stage, so
 //    this gives layers in proportion to bandwidth. Ties: the most even split (smallest sum of squared stage
@@ -18,7 +18,7 @@
 //    the sysctl line that would make the plan fit.
 import { randomBytes } from "node:crypto";
 import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
-import type { BackendName } from "../common/engine-api.js";
+import type { BackendName, KvDtype } from "../common/engine-api.js";
 import { ClusterError } from "../common/errors.js";
 import { wiredLimitCommand } from "../common/wired-limit.js";
 import { kvBytesPerTokenPerLayer, type ModelFootprint } from "./model-footprint.js";
@@ -40,6 +40,8 @@ export interface PlannerNode {
   gpuWorkingSetLimitBytes?: number;
   /** Where that limit came from ("sysctl iogpu.wired_limit_mb=N", "estimate: ..."). */
   gpuWorkingSetSource?: string;
+  /** What the node's cpu backend caches keys and values as (default f32). */
+  cpuKvDtype?: KvDtype;
 }
 
 export interface PlanOptions {
@@ -117,7 +119,8 @@ interface RangeCosts {
   need(node: number, start: number, end: number): number;
   seconds(node: number, start: number, end: number): number;
   weights(start: number, end: number): number;
-  kv(start: number, end: number): number;
+  /** Node i's KV reserve for layers [start, end). */
+  kv(i: number, start: number, end: number): number;
 }
 
 function prefixSums(values: number[]): number[] {
@@ -130,18 +133,18 @@ function rangeCosts(
   model: ModelFootprint,
   headroom: number[],
   bandwidth: number[],
-  kvPerLayer: number,
+  kvPerLayer: number[],
 ): RangeCosts {
   const L = model.numLayers;
   const held = prefixSums(model.layerBytes);
   const read = prefixSums(model.layerReadBytes);
   const weights = (s: number, e: number) =>
     held[e] - held[s] + (s === 0 ? model.embedBytes : 0) + (e === L ? model.headBytes : 0);
-  const kv = (s: number, e: number) => (e - s) * kvPerLayer;
+  const kv = (i: number, s: number, e: number) => (e - s) * kvPerLayer[i];
   return {
     weights,
     kv,
-    need: (i, s, e) => (e === s ? 0 : weights(s, e) + kv(s, e) + headroom[i]),
+    need: (i, s, e) => (e === s ? 0 : weights(s, e) + kv(i, s, e) + headroom[i]),
     seconds: (i, s, e) =>
       e === s ? 0 : (read[e] - read[s] + (e === L ? model.headBytes : 0)) / bandwidth[i],
   };
@@ -215,11 +218,12 @@ function notFitting(
   model: ModelFootprint,
   nodes: PlannerNode[],
   headroom: number[],
-  kvPerLayer: number,
+  kvPerLayer: number[],
   contextTokens: number,
 ): ClusterError {
   const weights = model.layerBytes.reduce((a, b) => a + b, 0) + model.embedBytes + model.headBytes;
-  const kv = kvPerLayer * model.numLayers;
+  // The nodes' caches may differ (--kv-dtype): the largest per-layer reserve names the most it may take.
+  const kv = Math.max(...kvPerLayer) * model.numLayers;
   const perNode = nodes
     .map((n, i) => {
       const usable = Math.max(0, n.memoryAvailableBytes - headroom[i]);
@@ -247,7 +251,9 @@ export function planLayers(model: ModelFootprint, members: PlannerNode[], opts: 
   const bandwidth = nodes.map((n) => effectiveBandwidthBps(n.memoryBandwidthBps, n.chip));
   const memory = nodes.map((n) => n.memoryAvailableBytes);
   const available = nodes.map((n, i) => usableBytes(n, backend, headroom[i]));
-  const kvPerLayer = kvBytesPerTokenPerLayer(model, backend) * opts.contextTokens;
+  const kvPerLayer = nodes.map(
+    (n) => kvBytesPerTokenPerLayer(model, backend, n.cpuKvDtype) * opts.contextTokens,
+  );
   const costs = rangeCosts(model, headroom, bandwidth, kvPerLayer);
   const L = model.numLayers;
 
@@ -276,7 +282,7 @@ export function planLayers(model: ModelFootprint, members: PlannerNode[], opts: 
       embed: start === 0,
       head: end === L,
       weightBytes: costs.weights(start, end),
-      kvReserveBytes: costs.kv(start, end),
+      kvReserveBytes: costs.kv(i, start, end),
       headroomBytes: headroom[i],
       needBytes: costs.need(i, start, end),
       availableBytes: available[i],
@@ -317,7 +323,7 @@ function overWiredLimit(nodes: PlannerNode[], costs: RangeCosts, memory: number[
   nodes.forEach((node, i) => {
     const [start, end] = ranges[i];
     if (start === end) return;
-    const wired = costs.weights(start, end) + costs.kv(start, end) + GPU_HEADROOM_BYTES;
+    const wired = costs.weights(start, end) + costs.kv(i, start, end) + GPU_HEADROOM_BYTES;
     const limit = node.gpuWorkingSetLimitBytes ?? 0;
     if (limit <= 0 || wired <= limit) return;
     const most = node.memoryTotalBytes - MAC_SYSTEM_RESERVE_BYTES;

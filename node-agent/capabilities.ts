@@ -3,6 +3,7 @@
 import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
+import type { KvDtype } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { modelIdOf, readModelConfig } from "../common/model-config.js";
 import { heldParts, modelFingerprint, readManifest, readModelTable } from "../common/model-table.js";
@@ -73,6 +74,8 @@ export interface CapabilityInputs {
   mlxRecommendedWorkingSetBytes?: number;
   /** Where memory is read (default: this machine's; a test hands it recorded outputs). */
   memory?: MemoryGauge;
+  /** What the cpu backend caches keys and values as (default f32). */
+  cpuKvDtype?: KvDtype;
 }
 
 export class CapabilityReader {
@@ -137,6 +140,7 @@ export class CapabilityReader {
       model: this.model,
       platform: process.platform,
       arch: process.arch,
+      cpu_kv_dtype: this.inputs.cpuKvDtype ?? "f32",
     };
   }
 }

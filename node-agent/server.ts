@@ -144,6 +144,7 @@ class NodeAgentServer {
       backends: opts.backends ?? this.nativeBackends(),
       measuredBandwidthBps: opts.memoryBandwidthBps ?? 0,
       mlxRecommendedWorkingSetBytes: this.mlxRecommendedWorkingSet(),
+      cpuKvDtype: opts.kvDtype,
     });
     if (this.capabilities.problem) this.log(`model not usable: ${this.capabilities.problem}`);
     const model = () => this.capabilities.modelInfo;

@@ -63,6 +63,8 @@ export interface Capabilities {
   gpu_working_set_limit: number;
   gpu_working_set_source: string;
   memory_source: string;
+  /** What the cpu backend caches keys and values as: "f32" or "f16"; "" from older nodes (f32). */
+  cpu_kv_dtype: string;
 }
 
 export interface HelloReply {

@@ -54,6 +54,17 @@ describe("cluster up --matmul-inputs / --kv-dtype", () => {
     // An f16 block's position: keys and values of every kv head, two bytes each.
     const config = readModelConfig(modelDir);
     const bytesPerPosition = 2 * config.numKvHeads * config.headDim * 2;
+    // The node told the planner (Hello's capabilities), which reserved KV for the context at that size.
+    const health = (await (await fetch(`${apiUrl}/health`)).json()) as {
+      plan: {
+        contextTokens: number;
+        stages: Array<{ layerStart: number; layerEnd: number; kvReserveBytes: number }>;
+      };
+    };
+    const [stage] = health.plan.stages;
+    expect(stage.kvReserveBytes).toBe(
+      bytesPerPosition * health.plan.contextTokens * (stage.layerEnd - stage.layerStart),
+    );
     // The tiny model's matrices are 4-bit: where the build has the int8 kernels, the mode is in effect.
     const cacheRoot = join(home, "kv-cache");
     const formats = existsSync(cacheRoot)

@@ -72,6 +72,7 @@ function helloReply(): HelloReply {
       gpu_working_set_limit: 0,
       gpu_working_set_source: "",
       memory_source: "",
+      cpu_kv_dtype: "f32",
     },
     api_port: 8080,
     grpc_port: Number(portText),

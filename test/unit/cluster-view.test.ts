@@ -64,6 +64,7 @@ function member(id: string, nodeStatus?: NodeStatus, lastSeenAgoMs = 200): Membe
       gpu_working_set_limit: 0,
       gpu_working_set_source: "",
       memory_source: "test",
+      cpu_kv_dtype: "f32",
     },
     helloPlanId: "",
     status: nodeStatus,

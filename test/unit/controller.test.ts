@@ -42,6 +42,7 @@ class TestMembers extends EventEmitter<MembershipEvents> {
         gpu_working_set_limit: 0,
         gpu_working_set_source: "",
         memory_source: "test",
+        cpu_kv_dtype: "f32",
       },
       helloPlanId: "",
       self,

@@ -64,6 +64,8 @@ describe("KV and bandwidth figures", () => {
   it("KV bytes per token per layer: 2 * kv_heads * head_dim * dtype bytes", () => {
     expect(kvBytesPerTokenPerLayer(m21, "mlx")).toBe(4096); // docs/model.md: 4,096 B per token per layer in bf16
     expect(kvBytesPerTokenPerLayer(m21, "cpu")).toBe(8192);
+    expect(kvBytesPerTokenPerLayer(m21, "cpu", "f16")).toBe(4096); // cluster up --kv-dtype f16
+    expect(kvBytesPerTokenPerLayer(m21, "mlx", "f16")).toBe(4096); // mlx caches bf16 whatever the cpu option
   });
 
   it("looks up Apple chips by name, longest name first", () => {
@@ -76,6 +78,37 @@ describe("KV and bandwidth figures", () => {
     expect(appleChipBandwidthBps("Intel(R) Xeon(R) CPU @ 2.20GHz")).toBeUndefined();
     expect(effectiveBandwidthBps(123 * GB, "Apple M2 Ultra")).toBe(123 * GB);
     expect(effectiveBandwidthBps(0, "Apple M2 Ultra")).toBe(800 * GB);
+  });
+});
+
+describe("cpu stages with an f16 KV cache (--kv-dtype f16)", () => {
+  // Two 96 GB Linux boxes on the cpu backend (88.3 GB usable each after headroom): 128.7 GB of weights, and a
+  // 128k-token KV reserve of 8,192 B per token per layer in f32 (66.6 GB), 4,096 in f16 (33.3 GB).
+  const linux = (nodeId: string, extra: Partial<PlannerNode> = {}): PlannerNode => ({
+    ...mac(nodeId, "AMD EPYC", 96),
+    backends: ["cpu"],
+    memoryBandwidthBps: 200 * GB,
+    ...extra,
+  });
+  const context = 131_072;
+
+  it("reserves half the KV bytes on a node that caches f16, and a plan that did not fit in f32 fits", () => {
+    expect(() => planLayers(m21, [linux("a"), linux("b")], { contextTokens: context })).toThrow(
+      /does not fit on 2 node\(s\)/,
+    );
+    const plan = planLayers(m21, [linux("a", { cpuKvDtype: "f16" }), linux("b", { cpuKvDtype: "f16" })], {
+      contextTokens: context,
+    });
+    expectWellFormed(plan, m21);
+    expect(plan.backend).toBe("cpu");
+    for (const s of plan.stages) expect(s.kvReserveBytes).toBe(4096 * context * (s.layerEnd - s.layerStart));
+  });
+
+  it("sizes each node's reserve by its own cache: an f32 node beside an f16 one", () => {
+    const plan = planLayers(m21, [linux("a", { cpuKvDtype: "f16" }), linux("b")], { contextTokens: 16_384 });
+    const [a, b] = plan.stages;
+    expect(a.kvReserveBytes).toBe(4096 * 16_384 * (a.layerEnd - a.layerStart));
+    expect(b.kvReserveBytes).toBe(8192 * 16_384 * (b.layerEnd - b.layerStart));
   });
 });
 

@@ -100,6 +100,54 @@ async function one(engine: Engine, item: ForwardItem): Promise<ForwardOutput> {
   return out;
 }
 
+/**
+ * Prefills PROMPT as one sequence in one call and as another in chunks of 4, 1 and 6 tokens (tiled, single-token
+ * and tiled kernels), which must give the same bits; returns the first's output.
+ */
+async function prefillWholeAndChunked(
+  engine: Engine,
+  label: string,
+  [whole, pieces] = [1, 2],
+): Promise<ForwardOutput> {
+  const out = await one(engine, { seq: whole, position: 0, tokens: tokens(PROMPT), returnLogits: true });
+  await one(engine, { seq: pieces, position: 0, tokens: tokens(PROMPT.slice(0, 4)) });
+  await one(engine, { seq: pieces, position: 4, tokens: tokens(PROMPT.slice(4, 5)) });
+  const chunked = await one(engine, {
+    seq: pieces,
+    position: 5,
+    tokens: tokens(PROMPT.slice(5)),
+    returnLogits: true,
+  });
+  expect(bytesOf(chunked.logits).equals(bytesOf(out.logits)), `${label} chunked prefill`).toBe(true);
+  return out;
+}
+
+/**
+ * 16 greedy decode steps of sequence 1 after PROMPT (prefilled into the engine, giving `out`, and not yet into the
+ * reference). The reference follows the engine's tokens, so one differing pick does not fork the runs; `check`
+ * sees the engine's output and the reference's logits at every step, the prefill's included (step 0).
+ */
+async function decodeBeside(
+  engine: Engine,
+  reference: ReferenceModel,
+  out: ForwardOutput,
+  check: (step: number, out: ForwardOutput, refLogits: Float32Array) => void,
+): Promise<void> {
+  let refLogits = reference.forward(PROMPT, 0).at(-1)!;
+  for (let step = 0; ; step++) {
+    check(step, out, refLogits);
+    if (step === 16) return;
+    const next = out.token!;
+    refLogits = reference.forward([next], PROMPT.length + step)[0];
+    out = await one(engine, {
+      seq: 1,
+      position: PROMPT.length + step,
+      tokens: tokens([next]),
+      returnLogits: true,
+    });
+  }
+}
+
 /** Greedy prefill + decode steps on one engine; returns the logits of every step. */
 async function greedyRun(
   engine: Engine,
@@ -129,31 +177,11 @@ describe("engine matches the reference forward pass", () => {
       const reference = await ReferenceModel.load(dir);
       const engine = await full(dir);
       try {
-        let refLogits = reference.forward(PROMPT, 0).at(-1)!;
-        let out = await one(engine, { seq: 1, position: 0, tokens: tokens(PROMPT), returnLogits: true });
-        // The same prompt in chunks of 4, 1 and 6 tokens (tiled, single-token and tiled kernels) gives the same bits.
-        await one(engine, { seq: 2, position: 0, tokens: tokens(PROMPT.slice(0, 4)) });
-        await one(engine, { seq: 2, position: 4, tokens: tokens(PROMPT.slice(4, 5)) });
-        const chunked = await one(engine, {
-          seq: 2,
-          position: 5,
-          tokens: tokens(PROMPT.slice(5)),
-          returnLogits: true,
+        const out = await prefillWholeAndChunked(engine, v.name);
+        await decodeBeside(engine, reference, out, (step, got, refLogits) => {
+          expect(relativeError(got.logits!, refLogits), `${v.name} step ${step}`).toBeLessThanOrEqual(1e-3);
+          expect(got.token, `${v.name} greedy token at step ${step}`).toBe(argmax(refLogits));
         });
-        expect(bytesOf(chunked.logits).equals(bytesOf(out.logits)), `${v.name} chunked prefill`).toBe(true);
-        for (let step = 0; step <= 16; step++) {
-          expect(relativeError(out.logits!, refLogits), `${v.name} step ${step}`).toBeLessThanOrEqual(1e-3);
-          expect(out.token, `${v.name} greedy token at step ${step}`).toBe(argmax(refLogits));
-          if (step === 16) break;
-          const next = out.token!;
-          refLogits = reference.forward([next], PROMPT.length + step)[0];
-          out = await one(engine, {
-            seq: 1,
-            position: PROMPT.length + step,
-            tokens: tokens([next]),
-            returnLogits: true,
-          });
-        }
       } finally {
         await engine.close();
       }
@@ -164,38 +192,33 @@ describe("engine matches the reference forward pass", () => {
 describe('an f16 KV cache (kvDtype: "f16")', () => {
   // The cache rounds each key and value to f16 as it stores them; the reference rounds its own cache the same
   // way (roundToF16), so the engine is held to the default mode's bound against it.
+
+  /** The whole model twice on the cpu backend: with an f16 cache and with the default f32 one. */
+  function f16AndF32(dir: string): Promise<[Engine, Engine]> {
+    const options = {
+      backend: "cpu" as const,
+      modelDir: dir,
+      layerStart: 0,
+      layerEnd: LAYERS,
+      embed: true,
+      head: true,
+      threads: 2,
+    };
+    return Promise.all([openEngine({ ...options, kvDtype: "f16" }), openEngine(options)]);
+  }
+
   for (const name of ["4bit-gs64", "8bit"]) {
     it(`${name}: prefill + 16 greedy decode steps against the reference with an f16 cache`, async () => {
       const dir = dirs.get(name)!;
       const reference = await ReferenceModel.load(dir);
       reference.kvF16 = true;
-      const options = {
-        backend: "cpu" as const,
-        modelDir: dir,
-        layerStart: 0,
-        layerEnd: LAYERS,
-        embed: true,
-        head: true,
-        threads: 2,
-      };
-      const engine = await openEngine({ ...options, kvDtype: "f16" });
-      const wide = await openEngine(options);
+      const [engine, wide] = await f16AndF32(dir);
       try {
         expect([engine.stats().kvDtype, wide.stats().kvDtype]).toEqual(["f16", "f32"]);
         // Half the bytes per cached position, in RAM and in exported blocks.
         expect(engine.stats().kvBytesPerToken * 2).toBe(wide.stats().kvBytesPerToken);
         expect(engine.stats().kvBytesPerPositionPerLayer * 2).toBe(wide.stats().kvBytesPerPositionPerLayer);
-        let refLogits = reference.forward(PROMPT, 0).at(-1)!;
-        let out = await one(engine, { seq: 1, position: 0, tokens: tokens(PROMPT), returnLogits: true });
-        await one(engine, { seq: 2, position: 0, tokens: tokens(PROMPT.slice(0, 4)) });
-        await one(engine, { seq: 2, position: 4, tokens: tokens(PROMPT.slice(4, 5)) });
-        const chunked = await one(engine, {
-          seq: 2,
-          position: 5,
-          tokens: tokens(PROMPT.slice(5)),
-          returnLogits: true,
-        });
-        expect(bytesOf(chunked.logits).equals(bytesOf(out.logits)), `${name} chunked prefill`).toBe(true);
+        const out = await prefillWholeAndChunked(engine, name);
         const f32 = await one(wide, { seq: 1, position: 0, tokens: tokens(PROMPT), returnLogits: true });
         // The prompt's own keys and values are read back rounded: the cache really holds f16.
         expect(
@@ -203,19 +226,10 @@ describe('an f16 KV cache (kvDtype: "f16")', () => {
           `${name}: f16 cache gives the f32 cache's bits`,
         ).toBe(false);
         const errors: number[] = [];
-        for (let step = 0; step <= 16; step++) {
-          errors.push(relativeError(out.logits!, refLogits));
-          expect(out.token, `${name} greedy token at step ${step}`).toBe(argmax(refLogits));
-          if (step === 16) break;
-          const next = out.token!;
-          refLogits = reference.forward([next], PROMPT.length + step)[0];
-          out = await one(engine, {
-            seq: 1,
-            position: PROMPT.length + step,
-            tokens: tokens([next]),
-            returnLogits: true,
-          });
-        }
+        await decodeBeside(engine, reference, out, (step, got, refLogits) => {
+          errors.push(relativeError(got.logits!, refLogits));
+          expect(got.token, `${name} greedy token at step ${step}`).toBe(argmax(refLogits));
+        });
         console.log(
           `engine.test: ${name} with an f16 cache: against the f16-cache reference worst ${Math.max(...errors).toFixed(5)}`,
         );
@@ -230,17 +244,7 @@ describe('an f16 KV cache (kvDtype: "f16")', () => {
 
   it("stores the f32 cache's keys and values rounded to nearest even; its blocks export, import and continue bit for bit", async () => {
     const dir = dirs.get("4bit-gs64")!;
-    const options = {
-      backend: "cpu" as const,
-      modelDir: dir,
-      layerStart: 0,
-      layerEnd: LAYERS,
-      embed: true,
-      head: true,
-      threads: 2,
-    };
-    const engine = await openEngine({ ...options, kvDtype: "f16" });
-    const wide = await openEngine(options);
+    const [engine, wide] = await f16AndF32(dir);
     try {
       const long = Array.from({ length: 90 }, (_, i) => (i * 31 + 9) % 1500);
       await one(engine, { seq: 1, position: 0, tokens: tokens(long) });
@@ -410,16 +414,7 @@ describe("determinism", () => {
   });
 
   it("a prefill in chunks equals the prefill in one piece bit for bit", async () => {
-    const whole = await one(engine, { seq: 20, position: 0, tokens: tokens(PROMPT), returnLogits: true });
-    await one(engine, { seq: 21, position: 0, tokens: tokens(PROMPT.slice(0, 4)) });
-    await one(engine, { seq: 21, position: 4, tokens: tokens(PROMPT.slice(4, 5)) });
-    const chunked = await one(engine, {
-      seq: 21,
-      position: 5,
-      tokens: tokens(PROMPT.slice(5)),
-      returnLogits: true,
-    });
-    expect(bytesOf(chunked.logits).equals(bytesOf(whole.logits))).toBe(true);
+    await prefillWholeAndChunked(engine, "shared engine", [20, 21]);
   });
 
   it("a long prompt (several attention row and position blocks) equals its prefill in uneven chunks bit for bit", async () => {

@@ -4,9 +4,10 @@ import { statfsSync } from "node:fs";
 import { connect } from "node:net";
 import { networkInterfaces } from "node:os";
 import { dirname, resolve } from "node:path";
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import { type ClusterHealth, isClusterHealth } from "../../cluster/health.js";
 import { clusterHome } from "../../common/cluster-key.js";
+import { KV_DTYPES, type KvDtype } from "../../common/engine-api.js";
 import { errorMessage } from "../../common/errors.js";
 import { readModelConfig } from "../../common/model-config.js";
 import { heldParts, readManifest, readModelTable } from "../../common/model-table.js";
@@ -41,6 +42,7 @@ import { positiveInt } from "../options.js";
 interface DoctorOptions {
   model?: string;
   context?: number;
+  kvDtype: KvDtype;
   peer: string[];
   api: string;
   apiKey?: string;
@@ -69,7 +71,12 @@ interface ModelFacts {
   missingBytes: number;
 }
 
-async function modelFacts(value: string, context: number | undefined, mlxGpu: boolean): Promise<ModelFacts> {
+async function modelFacts(
+  value: string,
+  context: number | undefined,
+  kvDtype: KvDtype,
+  mlxGpu: boolean,
+): Promise<ModelFacts> {
   let dir: string;
   let how: string;
   try {
@@ -90,7 +97,8 @@ async function modelFacts(value: string, context: number | undefined, mlxGpu: bo
       footprint.layerBytes.reduce((a, b) => a + b, 0) + footprint.embedBytes + footprint.headBytes;
     const contextTokens = context ?? config.maxPositionEmbeddings;
     const backend = mlxGpu ? "mlx" : "cpu";
-    const kvBytes = kvBytesPerTokenPerLayer(footprint, backend) * contextTokens * footprint.numLayers;
+    const kvBytes =
+      kvBytesPerTokenPerLayer(footprint, backend, kvDtype) * contextTokens * footprint.numLayers;
     const heldBytes = partial ? heldTensorBytes(table, held) : weightBytes;
     return {
       resolved: {
@@ -180,7 +188,7 @@ async function clusterHealth(
 export async function runDoctor(opts: DoctorOptions): Promise<CheckResult[]> {
   const engine = await engineFacts();
   const mlxGpu = engine.mlx?.device === "gpu";
-  const model = opts.model ? await modelFacts(opts.model, opts.context, mlxGpu) : undefined;
+  const model = opts.model ? await modelFacts(opts.model, opts.context, opts.kvDtype, mlxGpu) : undefined;
   const memory = systemMemory.read();
   const usable = memory.availableBytes - headroomForMemory(memory.totalBytes);
   const machines = model?.needs ? machinesNeeded(model.needs, usable) : 1;
@@ -221,6 +229,14 @@ export function register(program: Command): void {
       "--context <tokens>",
       "context to size the KV memory for (default: the model's maximum)",
       positiveInt("--context"),
+    )
+    .addOption(
+      new Option(
+        "--kv-dtype <dtype>",
+        "the cpu backend's KV cache you run cluster up with (f16 halves the KV)",
+      )
+        .choices(KV_DTYPES)
+        .default("f32"),
     )
     .option(
       "--peer <host:port>",

@@ -109,6 +109,22 @@ describe("cluster doctor on this machine", () => {
 
     const huge = doctor(["--model", model, "--context", "16000000", "--no-bonjour", "--api", closedApi]);
     expectCheck(huge, "memory", "warn", /about \d+ machines like this one/, /more machine/);
+    // With the f16 KV cache cluster up would run, the same context needs half the KV bytes.
+    const kvOf = (run: DoctorRun) =>
+      Number(/KV [\d.]+ GB \((\d+) B\)/.exec(run.checks.get("memory")?.detail ?? "")?.[1]);
+    const half = doctor([
+      "--model",
+      model,
+      "--context",
+      "16000000",
+      "--kv-dtype",
+      "f16",
+      "--no-bonjour",
+      "--api",
+      closedApi,
+    ]);
+    expect(kvOf(huge)).toBeGreaterThan(0);
+    expect(kvOf(half) * 2).toBe(kvOf(huge));
   });
 
   const root = process.platform === "linux" && process.getuid?.() === 0;

@@ -71,11 +71,10 @@ class BlockAttention {
     for (int64_t p0 = 0; p0 < end; p0 += kPositions) {
       // Rows whose position is below p0 see nothing of this block.
       const int64_t first = std::max<int64_t>(0, p0 - b.last) * heads_;
-      const auto [keys, values] = block_of(cache, layer, p0, kv);
-      scores(keys, first, vectors);
+      scores(widened(cache.key_block(layer, p0, kv, dim), cache), first, vectors);
       for (int64_t v = first; v < vectors; ++v)
         softmax_step(v, std::min<int64_t>(kPositions, b.last + v / heads_ - p0 + 1));
-      weighted_values(values, first, vectors);
+      weighted_values(widened(cache.value_at(layer, p0, kv, dim), cache), first, vectors);
     }
     for (int64_t v = 0; v < vectors; ++v) {
       float* dst = out + (b.row + v / heads_) * width + static_cast<int64_t>(b.first + v % heads_) * dim;
@@ -87,23 +86,18 @@ class BlockAttention {
 
  private:
   /**
-   * The kv head's keys (transposed) and values in the cache block at p0, as f32. An f16 cache's block is
-   * widened once here for all of the item's query vectors (exactly: every f16 value is a float), so the
-   * kernels below are the same for both element types and give the same bits for the same stored values.
+   * A cache block's keys (transposed) or values as f32: in place for an f32 cache; for an f16 one, widened once
+   * for all of the item's query vectors (exactly: every f16 value is a float), keys first and then values into
+   * the same 32 KB, so the kernels below are the same for both element types and the widened block stays in L1.
+   * The buffer starts on a 64-byte line, as the cache's own blocks do (split loads cost ~20%: bench/RESULTS.md).
    */
-  std::pair<const float*, const float*> block_of(const CpuKvCache& cache, int layer, int64_t p0, int kv) {
-    const int dim = shape_.head_dim;
-    const void* keys = cache.key_block(layer, p0, kv, dim);
-    const void* values = cache.value_at(layer, p0, kv, dim);
-    if (cache.element() == KvElement::F32)
-      return {static_cast<const float*>(keys), static_cast<const float*>(values)};
-    const size_t n = static_cast<size_t>(kPositions) * dim;
-    // Two blocks on 64-byte lines, as the cache's own blocks are (split loads cost ~20%: bench/RESULTS.md).
-    wide_.resize(2 * n + 16);
-    float* k = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(wide_.data()) + 63) & ~uintptr_t{63});
-    half::load(static_cast<const uint16_t*>(keys), k, n);
-    half::load(static_cast<const uint16_t*>(values), k + n, n);
-    return {k, k + n};
+  const float* widened(const void* block, const CpuKvCache& cache) {
+    if (cache.element() == KvElement::F32) return static_cast<const float*>(block);
+    const size_t n = static_cast<size_t>(kPositions) * shape_.head_dim;
+    wide_.resize(n + 16);
+    float* w = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(wide_.data()) + 63) & ~uintptr_t{63});
+    half::load(static_cast<const uint16_t*>(block), w, n);
+    return w;
   }
 
   /** Scores of query vectors [begin, end) against the block's keys (kt: head_dim rows of kPositions). */
@@ -224,7 +218,7 @@ class BlockAttention {
   const int heads_;
   std::vector<const float*> query_;
   std::vector<float> scores_, acc_, max_, sum_, alpha_;
-  std::vector<float> wide_;  // an f16 block widened to f32 (block_of)
+  std::vector<float> wide_;  // an f16 block's keys or values widened to f32 (widened)
   std::vector<int64_t> valid_;
 };
 

@@ -16,7 +16,7 @@ const LAYER_TENSOR = /^model\.layers\.(\d+)\./;
  * Reads config.json and the safetensors headers (headers only: fast even for a 130 GB checkpoint), or a partial
  * checkpoint's manifest, with what it holds so far.
  */
-export function readModelInfo(modelDir: string, activationBytes: number): ModelInfo {
+export function readModelInfo(modelDir: string, kvElementBytes: number): ModelInfo {
   const config = readModelConfig(modelDir);
   const table = readModelTable(modelDir);
   const held = heldParts(modelDir, table);
@@ -46,7 +46,7 @@ export function readModelInfo(modelDir: string, activationBytes: number): ModelI
     layer_bytes: layerBytes,
     embed_bytes: embedBytes,
     head_bytes: headBytes,
-    kv_bytes_per_token_per_layer: 2 * config.numKvHeads * config.headDim * activationBytes,
+    kv_bytes_per_token_per_layer: 2 * config.numKvHeads * config.headDim * kvElementBytes,
     fingerprint: modelFingerprint(table),
     partial: !held.complete,
     held_layers: held.layers,
@@ -86,11 +86,15 @@ export class CapabilityReader {
   constructor(inputs: CapabilityInputs) {
     this.inputs = inputs;
     try {
-      // KV and activations are f32 on cpu, bf16 on mlx.
-      this.model = readModelInfo(inputs.modelDir, inputs.backends.includes("mlx") ? 2 : 4);
+      this.model = readModelInfo(inputs.modelDir, this.kvElementBytes());
     } catch (err) {
       this.modelProblem = errorMessage(err);
     }
+  }
+
+  /** Bytes of a cached key or value element: bf16 on mlx; on cpu f32, or f16 with --kv-dtype f16. */
+  private kvElementBytes(): number {
+    return this.inputs.backends.includes("mlx") || this.inputs.cpuKvDtype === "f16" ? 2 : 4;
   }
 
   setMeasuredBandwidth(bps: number): void {
@@ -109,7 +113,7 @@ export class CapabilityReader {
   /** Reads the model again (a partial checkpoint holds more after a fetch). */
   refresh(): void {
     try {
-      this.model = readModelInfo(this.inputs.modelDir, this.inputs.backends.includes("mlx") ? 2 : 4);
+      this.model = readModelInfo(this.inputs.modelDir, this.kvElementBytes());
     } catch (err) {
       this.modelProblem = errorMessage(err);
     }

@@ -21,6 +21,8 @@ namespace studio::cpu {
 /** What the cpu backend's KV cache stores per element. */
 enum class KvElement { F32, F16 };
 
+constexpr size_t bytes_of(KvElement e) { return e == KvElement::F16 ? sizeof(uint16_t) : sizeof(float); }
+
 class CpuKvCache final : public KvCache {
  public:
   static constexpr int64_t kBlock = 64;
@@ -29,7 +31,7 @@ class CpuKvCache final : public KvCache {
       : layers_(layers),
         kv_width_(kv_width),
         element_(element),
-        element_bytes_(element == KvElement::F16 ? sizeof(uint16_t) : sizeof(float)) {}
+        element_bytes_(bytes_of(element)) {}
 
   KvElement element() const { return element_; }
   size_t element_bytes() const { return element_bytes_; }

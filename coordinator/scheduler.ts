@@ -122,9 +122,11 @@ class Run {
 }
 
 /**
- * Prompt tokens per prefill item, by the pipeline's backend. cpu: 256, where pipelined prefill gains from
- * smaller chunks (stage 0 starts chunk k+1 while stage 1 computes chunk k; bench:prefill) and the cpu kernels
- * reach their rate at 16-token tiles already. mlx: 2048, mlx-lm's prefill step: every chunk routes its tokens
+ * Prompt tokens per prefill item, by the pipeline's backend. cpu: 256. Pipelined prefill gains from smaller
+ * chunks (stage 0 starts chunk k+1 while stage 1 computes chunk k), but on MiniMax-M2's shapes a 128-token chunk
+ * costs a stage 6-7% more (each expert gets half the rows per read of its weights), which is what two stages gain
+ * from it at 2k tokens and more than they gain on longer prompts (bench/RESULTS.md, "Prefill chunk size against
+ * pipelined prefill, the quiet rerun"). mlx: 2048, mlx-lm's prefill step: every chunk routes its tokens
  * to nearly every expert and so reads nearly all expert weights again, and a GPU's matmuls grow faster with
  * more rows per weight read (bench/RESULTS.md, "MLX backend").
  */

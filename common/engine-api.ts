@@ -18,6 +18,10 @@ export type KvDtype = (typeof KV_DTYPES)[number];
 export function isKvDtype(value: unknown): value is KvDtype {
   return KV_DTYPES.includes(value as KvDtype);
 }
+/** Bytes of one cached key or value element: bf16 on mlx; on cpu f32, or f16 where the node caches that. */
+export function kvElementBytes(backend: BackendName, cpuKvDtype: KvDtype = "f32"): number {
+  return backend === "cpu" && cpuKvDtype === "f32" ? 4 : 2;
+}
 /** Activations cross stages in the backend's compute dtype: f32 on cpu, bf16 on mlx. */
 export type ActivationDtype = "f32" | "bf16";
 

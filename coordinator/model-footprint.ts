@@ -1,7 +1,7 @@
 // What a model costs a stage: bytes of weights per layer (held in memory), bytes read per decoded token per layer
 // (decode speed), embedding and head sizes, and KV bytes per token — summed from the real safetensors headers.
 
-import type { BackendName, KvDtype } from "../common/engine-api.js";
+import { type BackendName, type KvDtype, kvElementBytes } from "../common/engine-api.js";
 import { readModelConfig } from "../common/model-config.js";
 import { readModelTable } from "../common/model-table.js";
 
@@ -28,7 +28,7 @@ export function kvBytesPerTokenPerLayer(
   backend: BackendName,
   cpuKvDtype: KvDtype = "f32",
 ): number {
-  return 2 * model.numKvHeads * model.headDim * (backend === "cpu" && cpuKvDtype === "f32" ? 4 : 2);
+  return 2 * model.numKvHeads * model.headDim * kvElementBytes(backend, cpuKvDtype);
 }
 
 const LAYER_TENSOR = /^model\.layers\.(\d+)\./;

@@ -3,7 +3,7 @@
 import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { effectiveBandwidthBps } from "../common/chip-bandwidth.js";
-import type { KvDtype } from "../common/engine-api.js";
+import { type KvDtype, kvElementBytes } from "../common/engine-api.js";
 import { errorMessage } from "../common/errors.js";
 import { modelIdOf, readModelConfig } from "../common/model-config.js";
 import { heldParts, modelFingerprint, readManifest, readModelTable } from "../common/model-table.js";
@@ -92,9 +92,9 @@ export class CapabilityReader {
     }
   }
 
-  /** Bytes of a cached key or value element: bf16 on mlx; on cpu f32, or f16 with --kv-dtype f16. */
+  /** The node's cache element: mlx where it can run mlx, else cpu with its --kv-dtype. */
   private kvElementBytes(): number {
-    return this.inputs.backends.includes("mlx") || this.inputs.cpuKvDtype === "f16" ? 2 : 4;
+    return kvElementBytes(this.inputs.backends.includes("mlx") ? "mlx" : "cpu", this.inputs.cpuKvDtype);
   }
 
   setMeasuredBandwidth(bps: number): void {

@@ -100,6 +100,17 @@ async function one(engine: Engine, item: ForwardItem): Promise<ForwardOutput> {
   return out;
 }
 
+/** The logits' bytes of `seq` fed prompt[from..] at position `from` (its cache holds the positions before). */
+async function continued(engine: Engine, seq: number, prompt: number[], from: number): Promise<Buffer> {
+  const out = await one(engine, {
+    seq,
+    position: from,
+    tokens: tokens(prompt.slice(from)),
+    returnLogits: true,
+  });
+  return bytesOf(out.logits);
+}
+
 /**
  * Prefills PROMPT as one sequence in one call and as another in chunks of 4, 1 and 6 tokens (tiled, single-token
  * and tiled kernels), which must give the same bits; returns the first's output.
@@ -264,14 +275,8 @@ describe('an f16 KV cache (kvDtype: "f16")', () => {
       expect(mismatches, "layer 0 elements not the f32 cache's rounding").toBe(0);
       await engine.importBlock("a2", 70, exported);
       await engine.assemble(2, [{ id: "a2", take: 70 }]);
-      const fresh = await one(engine, { seq: 3, position: 0, tokens: tokens(long), returnLogits: true });
-      const imported = await one(engine, {
-        seq: 2,
-        position: 70,
-        tokens: tokens(long.slice(70)),
-        returnLogits: true,
-      });
-      expect(bytesOf(imported.logits).equals(bytesOf(fresh.logits))).toBe(true);
+      const fresh = await continued(engine, 3, long, 0);
+      expect((await continued(engine, 2, long, 70)).equals(fresh)).toBe(true);
     } finally {
       await Promise.all([engine.close(), wide.close()]);
     }
@@ -503,20 +508,14 @@ describe("determinism", () => {
     await one(engine, { seq: 50, position: 0, tokens: tokens(PROMPT) });
     await engine.fork(50, 51, 6);
     // The fork holds positions 0..5 only: it continues from there with the original's tokens.
-    const viaFork = await one(engine, {
-      seq: 51,
-      position: 6,
-      tokens: tokens(PROMPT.slice(6)),
-      returnLogits: true,
-    });
+    const viaFork = await continued(engine, 51, PROMPT, 6);
     const original = await one(engine, {
       seq: 50,
       position: PROMPT.length,
       tokens: tokens([4]),
       returnLogits: true,
     });
-    const fresh = await one(engine, { seq: 52, position: 0, tokens: tokens(PROMPT), returnLogits: true });
-    expect(bytesOf(viaFork.logits).equals(bytesOf(fresh.logits))).toBe(true);
+    expect(viaFork.equals(await continued(engine, 52, PROMPT, 0))).toBe(true);
     // Forking the full length then continuing equals the original's own continuation.
     await engine.fork(52, 53, PROMPT.length);
     const a = await one(engine, {
@@ -538,18 +537,12 @@ describe("determinism", () => {
       { id: "b", start: 100, length: 50 },
     ]);
     expect(engine.stats().blocks).toBe(2);
-    const fresh = await one(engine, { seq: 72, position: 0, tokens: tokens(long), returnLogits: true });
+    const fresh = await continued(engine, 72, long, 0);
     await engine.assemble(71, [
       { id: "a", take: 100 },
       { id: "b", take: 49 },
     ]);
-    const assembled = await one(engine, {
-      seq: 71,
-      position: 149,
-      tokens: tokens(long.slice(149)),
-      returnLogits: true,
-    });
-    expect(bytesOf(assembled.logits).equals(bytesOf(fresh.logits))).toBe(true);
+    expect((await continued(engine, 71, long, 149)).equals(fresh)).toBe(true);
     // What the disk tier stores: one array per layer, read back into new blocks.
     const exported = await Promise.all(["a", "b"].map((id) => engine.exportBlock(id)));
     expect(exported[1]).toHaveLength(LAYERS);
@@ -562,22 +555,10 @@ describe("determinism", () => {
       { id: "a2", take: 100 },
       { id: "b2", take: 49 },
     ]);
-    const imported = await one(engine, {
-      seq: 73,
-      position: 149,
-      tokens: tokens(long.slice(149)),
-      returnLogits: true,
-    });
-    expect(bytesOf(imported.logits).equals(bytesOf(fresh.logits))).toBe(true);
+    expect((await continued(engine, 73, long, 149)).equals(fresh)).toBe(true);
     // A shorter take: the sequence holds only that prefix and recomputes the rest to the same logits.
     await engine.assemble(74, [{ id: "a", take: 60 }]);
-    const shorter = await one(engine, {
-      seq: 74,
-      position: 60,
-      tokens: tokens(long.slice(60)),
-      returnLogits: true,
-    });
-    expect(bytesOf(shorter.logits).equals(bytesOf(fresh.logits))).toBe(true);
+    expect((await continued(engine, 74, long, 60)).equals(fresh)).toBe(true);
     await engine.dropBlocks(["a", "b", "a2", "b2", "unknown"]);
     expect([engine.stats().blocks, engine.stats().blockBytes]).toEqual([0, 0]);
     await Promise.all([70, 71, 72, 73, 74].map((s) => engine.release(s)));

@@ -154,10 +154,10 @@ class Backend {
   virtual int threads() const = 0;
   /** The dtype activations cross stages in: "f32" (cpu) or "bf16" (mlx). Upload/download stay f32. */
   virtual std::string activation_dtype() const { return "f32"; }
+  /** Bytes of one cached key or value element. */
+  virtual size_t kv_element_bytes() const { return sizeof(float); }
   /** The cached keys' and values' element type: "f32", "f16" (cpu's KV f16 mode) or "bf16" (mlx). */
   virtual std::string kv_dtype() const { return "f32"; }
-  /** Bytes of one cached key or value element (of kv_dtype()). */
-  size_t kv_element_bytes() const { return kv_dtype() == "f32" ? sizeof(float) : sizeof(uint16_t); }
 
   // Weights. The source's memory (the shard mapping) outlives the returned handle.
   virtual std::unique_ptr<Matrix> matrix(const io::MatrixSource& source) = 0;

@@ -25,6 +25,7 @@ class CpuBackend final : public Backend {
 
   std::string name() const override { return "cpu"; }
   int threads() const override { return pool_.size(); }
+  size_t kv_element_bytes() const override { return bytes_of(kv_element_); }
   std::string kv_dtype() const override { return kv_element_ == KvElement::F16 ? "f16" : "f32"; }
 
   std::unique_ptr<Matrix> matrix(const io::MatrixSource& source) override;

@@ -28,10 +28,13 @@ class CpuKvCache final : public KvCache {
   static constexpr int64_t kBlock = 64;
 
   CpuKvCache(int layers, int kv_width, KvElement element)
-      : layers_(layers), kv_width_(kv_width), element_(element) {}
+      : layers_(layers),
+        kv_width_(kv_width),
+        element_(element),
+        element_bytes_(bytes_of(element)) {}
 
   KvElement element() const { return element_; }
-  size_t element_bytes() const { return bytes_of(element_); }
+  size_t element_bytes() const { return element_bytes_; }
 
   int64_t length() const override { return length_; }
   void reserve(int64_t n) override {
@@ -61,21 +64,21 @@ class CpuKvCache final : public KvCache {
         for (int head = 0; head < kv_heads; ++head) {
           for (int d = 0; d < head_dim; ++d)
             std::memcpy(key_at(layer, to + done, head, head_dim) + d * key_stride(),
-                        src.key_at(layer, from + done, head, head_dim) + d * key_stride(), run * element_bytes());
+                        src.key_at(layer, from + done, head, head_dim) + d * key_stride(), run * element_bytes_);
           std::memcpy(value_bytes(layer, to + done, head, head_dim),
-                      src.value_bytes(layer, from + done, head, head_dim), run * head_dim * element_bytes());
+                      src.value_bytes(layer, from + done, head, head_dim), run * head_dim * element_bytes_);
         }
       done += run;
     }
   }
   void read_range(int layer, int64_t start, int64_t end, int kv_heads, uint8_t* out) const override {
     const int head_dim = kv_width_ / kv_heads;
-    const size_t bytes = head_dim * element_bytes();
+    const size_t bytes = head_dim * element_bytes_;
     for (int64_t pos = start; pos < end; ++pos) {
       for (int head = 0; head < kv_heads; ++head, out += bytes) {
         const uint8_t* k = key_at(layer, pos, head, head_dim);
         for (int d = 0; d < head_dim; ++d)
-          std::memcpy(out + d * element_bytes(), k + d * key_stride(), element_bytes());
+          std::memcpy(out + d * element_bytes_, k + d * key_stride(), element_bytes_);
       }
       for (int head = 0; head < kv_heads; ++head, out += bytes)
         std::memcpy(out, value_bytes(layer, pos, head, head_dim), bytes);
@@ -83,12 +86,12 @@ class CpuKvCache final : public KvCache {
   }
   void write_range(int layer, int64_t start, int64_t end, int kv_heads, const uint8_t* in) override {
     const int head_dim = kv_width_ / kv_heads;
-    const size_t bytes = head_dim * element_bytes();
+    const size_t bytes = head_dim * element_bytes_;
     for (int64_t pos = start; pos < end; ++pos) {
       for (int head = 0; head < kv_heads; ++head, in += bytes) {
         uint8_t* k = key_at(layer, pos, head, head_dim);
         for (int d = 0; d < head_dim; ++d)
-          std::memcpy(k + d * key_stride(), in + d * element_bytes(), element_bytes());
+          std::memcpy(k + d * key_stride(), in + d * element_bytes_, element_bytes_);
       }
       for (int head = 0; head < kv_heads; ++head, in += bytes)
         std::memcpy(value_bytes(layer, pos, head, head_dim), in, bytes);
@@ -126,16 +129,16 @@ class CpuKvCache final : public KvCache {
   }
   /** Element 0 of the key at `pos` (its element d lies d * key_stride() bytes further). */
   uint8_t* key_at(int layer, int64_t pos, int head, int head_dim) const {
-    return slot(layer, 0, pos - pos % kBlock, head, head_dim) + (pos % kBlock) * element_bytes();
+    return slot(layer, 0, pos - pos % kBlock, head, head_dim) + (pos % kBlock) * element_bytes_;
   }
-  size_t key_stride() const { return kBlock * element_bytes(); }
-  size_t block_bytes() const { return static_cast<size_t>(layers_) * 2 * kBlock * kv_width_ * element_bytes(); }
+  size_t key_stride() const { return kBlock * element_bytes_; }
+  size_t block_bytes() const { return static_cast<size_t>(layers_) * 2 * kBlock * kv_width_ * element_bytes_; }
   /** Position pos's row in a [position][dim] layout (values; for keys, only block starts are used). */
   uint8_t* slot(int layer, int which, int64_t pos, int head, int head_dim) const {
     uint8_t* block = blocks_[pos / kBlock].get();
     const size_t heads = static_cast<size_t>(kv_width_ / head_dim);
     const size_t row = ((static_cast<size_t>(layer) * 2 + which) * heads + head) * kBlock + pos % kBlock;
-    return block + row * head_dim * element_bytes();
+    return block + row * head_dim * element_bytes_;
   }
 
   /**
@@ -156,6 +159,7 @@ class CpuKvCache final : public KvCache {
   int layers_;
   int kv_width_;
   KvElement element_;
+  size_t element_bytes_;
   int64_t length_ = 0;
   std::vector<Block> blocks_;
 };

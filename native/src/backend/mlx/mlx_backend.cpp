@@ -212,6 +212,7 @@ class MlxBackend final : public Backend {
   std::string name() const override { return "mlx"; }
   int threads() const override { return 1; }
   std::string activation_dtype() const override { return compute_ == mx::bfloat16 ? "bf16" : "f32"; }
+  size_t kv_element_bytes() const override { return mx::size_of(compute_); }
   std::string kv_dtype() const override { return activation_dtype(); }
 
   std::unique_ptr<Matrix> matrix(const io::MatrixSource& source) override {

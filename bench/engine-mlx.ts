@@ -9,6 +9,11 @@
 // device (sampled on the device, each step built after the last returned: STUDIO_DECODE_AHEAD=off) and ahead
 // (the default on a GPU: the next step built before this one's token is read). --temperature / --top-p sample
 // instead of greedy.
+//
+// --batched-decode STREAMS: instead, STREAMS sequences decoding side by side (one row each per call, after
+// prompts of --context tokens), with their decode rows sharing one attention kernel per layer (the default) and
+// each running its own (STUDIO_MLX_BATCHED_DECODE=off), alternated --rounds times; the attention kernels each
+// call launched are printed too.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -87,6 +92,9 @@ async function main(): Promise<void> {
       threads: { type: "string", default: "2" },
       model: { type: "string", default: join(packageRoot(), ".cache", "models", "bench-4bit") },
       "sampling-modes": { type: "string" },
+      "batched-decode": { type: "string" },
+      context: { type: "string", default: "512" },
+      rounds: { type: "string", default: "2" },
       temperature: { type: "string", default: "0" },
       "top-p": { type: "string", default: "1" },
     },
@@ -103,6 +111,21 @@ async function main(): Promise<void> {
   const info = mlxInfo()!;
   const dir = values.model;
   await ensureBenchModel(dir);
+  if (values["batched-decode"] !== undefined) {
+    const streams = Number(values["batched-decode"]);
+    const context = Number(values.context);
+    for (const [name, n] of [
+      ["--batched-decode", streams],
+      ["--context", context],
+      ["--rounds", Number(values.rounds)],
+    ] as const)
+      if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer (got ${n})`);
+    console.log(
+      `model ${dir}; ${streams} streams decoding ${tokens} tokens each after prompts of ${context + 1}-${context + streams} tokens; modes alternated ${values.rounds} times`,
+    );
+    await batchedDecode(dir, streams, context, tokens, Number(values.rounds), info.version);
+    return;
+  }
   console.log(
     `model ${dir}; decode ${tokens} tokens after a ${PROMPT.length}-token prompt, median of ${runs} runs`,
   );
@@ -190,6 +213,102 @@ async function samplingModes(
       ahead_over_host: Number((medians.ahead / medians.host).toFixed(3)),
       decode_tokens: tokens,
       runs,
+      rounds,
+    }),
+  );
+}
+
+/** Decode tokens/s of `streams` sequences side by side, and the attention kernels per call. */
+async function measureStreams(dir: string, streams: number, context: number, tokens: number) {
+  const engine = await openEngine({
+    modelDir: dir,
+    layerStart: 0,
+    layerEnd: readModelConfig(dir).numLayers,
+    embed: true,
+    head: true,
+    backend: "mlx",
+    threads: 1,
+  });
+  try {
+    const seqs = Array.from({ length: streams }, (_, i) => i + 1);
+    // Prompts of slightly different lengths (as real sequences are), within one key class of the slab.
+    const vocab = readModelConfig(dir).vocabSize;
+    let inputs = seqs.map((seq) => Array.from({ length: context + seq }, (_, i) => (i * 31 + seq) % vocab));
+    const positions = seqs.map(() => 0);
+    const step = async () => {
+      const outs = await engine.forward(
+        seqs.map((seq, i) => ({
+          seq,
+          position: positions[i],
+          tokens: Int32Array.from(inputs[i]),
+          sampling: {},
+        })),
+      );
+      seqs.forEach((_, i) => {
+        positions[i] += inputs[i].length;
+      });
+      inputs = outs.map((o) => [o.token!]);
+    };
+    await step();
+    await step(); // the first decode step builds the slabs and MLX's kernels for the shape: not counted
+    const launches0 = engine.stats().attentionLaunches;
+    const t0 = performance.now();
+    for (let i = 0; i < tokens; i++) await step();
+    const seconds = (performance.now() - t0) / 1000;
+    return {
+      tokensPerSecond: (streams * tokens) / seconds,
+      launchesPerStep: (engine.stats().attentionLaunches - launches0) / tokens,
+    };
+  } finally {
+    await engine.close();
+  }
+}
+
+/** Batched decode with one attention kernel per layer per key class against one per sequence, alternated. */
+async function batchedDecode(
+  dir: string,
+  streams: number,
+  context: number,
+  tokens: number,
+  rounds: number,
+  version: string,
+): Promise<void> {
+  const modes = { together: "on", apart: "off" } as const;
+  const figures = { together: [] as number[], apart: [] as number[] };
+  const launches = { together: 0, apart: 0 };
+  for (let round = 0; round < rounds; round++) {
+    for (const mode of ["together", "apart"] as const) {
+      process.env.STUDIO_MLX_BATCHED_DECODE = modes[mode];
+      try {
+        const f = await measureStreams(dir, streams, context, tokens);
+        figures[mode].push(f.tokensPerSecond);
+        launches[mode] = f.launchesPerStep;
+        console.log(
+          `round ${round + 1} ${mode}: ${f.tokensPerSecond.toFixed(3)} tokens/s over ${streams} streams, ${f.launchesPerStep} attention kernels per step`,
+        );
+      } finally {
+        delete process.env.STUDIO_MLX_BATCHED_DECODE;
+      }
+    }
+  }
+  const together = median(figures.together);
+  const apart = median(figures.apart);
+  console.log(
+    `medians: together ${together.toFixed(3)}, apart ${apart.toFixed(3)} tokens/s; together / apart ${(together / apart).toFixed(3)}`,
+  );
+  console.log(
+    JSON.stringify({
+      bench: "engine-mlx-batched-decode",
+      mlx_version: version,
+      mlx_device: mlxInfo()!.device,
+      streams,
+      context,
+      together_tokens_per_s: Number(together.toFixed(3)),
+      apart_tokens_per_s: Number(apart.toFixed(3)),
+      together_over_apart: Number((together / apart).toFixed(3)),
+      together_kernels_per_step: launches.together,
+      apart_kernels_per_step: launches.apart,
+      decode_tokens: tokens,
       rounds,
     }),
   );

@@ -39,7 +39,7 @@
       "cflags_cc": ["-std=c++20", "-O3", "-march=native", "-ffp-contract=off", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-maybe-uninitialized"],
       "conditions": [
         ["mlx_prefix!=''", {
-          "sources": ["src/backend/mlx/mlx_backend.cpp", "src/backend/mlx/mlx_kv_cache.cpp", "src/backend/mlx/mlx_sampler.cpp"],
+          "sources": ["src/backend/mlx/mlx_backend.cpp", "src/backend/mlx/mlx_kv_cache.cpp", "src/backend/mlx/mlx_kv_slab.cpp", "src/backend/mlx/mlx_sampler.cpp"],
           "defines": ["STUDIO_WITH_MLX"],
           "include_dirs": ["<!(node find-mlx.js include)"],
           "libraries": ["-L<!(node find-mlx.js lib)", "-lmlx"],

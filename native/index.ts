@@ -26,6 +26,8 @@ export interface NativeEngineStats extends EngineStats {
   weightBytesRead: number;
   stepsAheadUsed: number;
   stepsAheadDropped: number;
+  /** Attention computations launched (mlx: fused kernels, one per sequence per layer or per group of decode rows). */
+  attentionLaunches: number;
 }
 
 /** The Engine contract with the extra stats figure. */

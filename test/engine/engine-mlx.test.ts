@@ -98,6 +98,50 @@ async function greedy(
   return run;
 }
 
+/** n token ids from a stride (distinct prompts of any length). */
+function tokensOf(n: number, stride: number): number[] {
+  return Array.from({ length: n }, (_, i) => (i * stride + 3) % 1500);
+}
+
+/**
+ * Greedy runs of several prompts side by side: every call holds one row per sequence (the prompts in the first,
+ * then one decode row each). Also the attention launches of each call.
+ */
+async function greedyTogether(engine: StudioEngine, seqs: number[], prompts: number[][], steps: number) {
+  const runs: Run[] = seqs.map(() => ({ tokens: [], logits: [] }));
+  const launches: number[] = [];
+  const positions = seqs.map(() => 0);
+  const inputs = prompts.map((p) => [...p]);
+  for (let step = 0; step <= steps; step++) {
+    const before = engine.stats().attentionLaunches;
+    const outs = await engine.forward(
+      seqs.map((seq, i) => ({
+        seq,
+        position: positions[i],
+        tokens: Int32Array.from(inputs[i]),
+        sampling: {},
+        returnLogits: true,
+      })),
+    );
+    launches.push(engine.stats().attentionLaunches - before);
+    outs.forEach((out, i) => {
+      runs[i].tokens.push(out.token!);
+      runs[i].logits.push(lastLogits(out));
+      positions[i] += inputs[i].length;
+      inputs[i] = [out.token!];
+    });
+  }
+  return { runs, launches };
+}
+
+function expectSameRuns(got: Run[], want: Run[]) {
+  got.forEach((run, i) => {
+    expect(run.tokens).toEqual(want[i].tokens);
+    for (let s = 0; s < run.logits.length; s++)
+      expect(Array.from(run.logits[s])).toEqual(Array.from(want[i].logits[s]));
+  });
+}
+
 function argmax(values: Float32Array): number {
   let best = 0;
   for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
@@ -455,6 +499,128 @@ describe.skipIf(skipReason !== undefined)("mlx backend", () => {
     }
   });
 
+  it("decode rows of one key class share one attention per layer, and each row keeps its bits", async () => {
+    const engine = await openFull(dirs.get("4-bit gs64")!, "mlx");
+    const off = await openMlxWith({ STUDIO_MLX_BATCHED_DECODE: "off" }, dirs.get("4-bit gs64")!);
+    try {
+      // Two classes: up to 64 keys, and (64, 80] keys; the 70- and 72-token prompts stay in theirs for 6 steps.
+      const prompts = [PROMPT, PROMPT.slice(0, 12), tokensOf(70, 31), tokensOf(72, 43)];
+      const alone = [];
+      for (let i = 0; i < prompts.length; i++) alone.push(await greedy(engine, 100 + i, prompts[i], 6));
+      const together = await greedyTogether(engine, [1, 2, 3, 4], prompts, 6);
+      expectSameRuns(together.runs, alone);
+      // The prefill: one kernel per sequence per layer; then two per layer, one per class, not four.
+      expect(together.launches).toEqual([4 * LAYERS, ...Array(6).fill(2 * LAYERS)]);
+      // Switched off, every row takes its own kernel, to the same bits.
+      const apart = await greedyTogether(off, [1, 2, 3, 4], prompts, 6);
+      expectSameRuns(apart.runs, alone);
+      expect(apart.launches).toEqual(Array(7).fill(4 * LAYERS));
+    } finally {
+      await Promise.all([engine.close(), off.close()]);
+    }
+  });
+
+  it("at a power of two of keys (from 1,024) a row runs alone, then joins the next class", async () => {
+    const engine = await openFull(dirs.get("8-bit gs64")!, "mlx");
+    try {
+      const prompts = [tokensOf(1021, 7), tokensOf(1022, 11)];
+      const alone = [await greedy(engine, 100, prompts[0], 5), await greedy(engine, 101, prompts[1], 5)];
+      const together = await greedyTogether(engine, [1, 2], prompts, 5);
+      expectSameRuns(together.runs, alone);
+      // Keys per step: (1022, 1023) together; (1023, 1024) and (1024, 1025) each alone; then together again.
+      expect(together.launches.map((n) => n / LAYERS)).toEqual([2, 1, 2, 2, 1, 1]);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("sequences leave and join a decoding batch (slots freed, reused, the slab replaced) and keep their bits", async () => {
+    const engine = await openFull(dirs.get("4-bit gs64")!, "mlx");
+    try {
+      // Each sequence: its prompt, and the calls it is in (its prompt in the first, then one decode row each).
+      const plan = [
+        { seq: 1, prompt: tokensOf(20, 3), first: 0, last: 7 },
+        { seq: 2, prompt: tokensOf(25, 5), first: 0, last: 2 },
+        { seq: 3, prompt: tokensOf(30, 7), first: 0, last: 2 },
+        { seq: 4, prompt: tokensOf(10, 9), first: 0, last: 7 },
+        { seq: 5, prompt: tokensOf(33, 13), first: 0, last: 5 },
+        { seq: 6, prompt: tokensOf(16, 17), first: 3, last: 7 },
+        { seq: 7, prompt: tokensOf(12, 19), first: 4, last: 7 },
+      ];
+      const alone = [];
+      for (const p of plan) {
+        alone.push(await greedy(engine, 100 + p.seq, p.prompt, p.last - p.first));
+        await engine.release(100 + p.seq);
+      }
+      const runs: Run[] = plan.map(() => ({ tokens: [], logits: [] }));
+      const positions = plan.map(() => 0);
+      const inputs = plan.map((p) => p.prompt);
+      const launches: number[] = [];
+      for (let call = 0; call <= 7; call++) {
+        const live = plan.flatMap((p, i) => (p.first <= call && call <= p.last ? [i] : []));
+        const before = engine.stats().attentionLaunches;
+        const outs = await engine.forward(
+          live.map((i) => ({
+            seq: plan[i].seq,
+            position: positions[i],
+            tokens: Int32Array.from(inputs[i]),
+            sampling: {},
+            returnLogits: true,
+          })),
+        );
+        launches.push((engine.stats().attentionLaunches - before) / LAYERS);
+        outs.forEach((out, j) => {
+          const i = live[j];
+          runs[i].tokens.push(out.token!);
+          runs[i].logits.push(lastLogits(out));
+          positions[i] += inputs[i].length;
+          inputs[i] = [out.token!];
+        });
+        for (const i of live) if (plan[i].last === call) await engine.release(plan[i].seq);
+      }
+      expectSameRuns(runs, alone);
+      // Per layer: prompts alone; every call's decode rows (all under 64 keys) in one kernel.
+      expect(launches).toEqual([5, 1, 1, 2, 2, 1, 1, 1]);
+      expect([engine.stats().sequences, engine.stats().kvBytes]).toEqual([0, 0]);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("a sequence decoding in a batch forks, stashes blocks and frees its KV as it would alone", async () => {
+    const engine = await openFull(dirs.get("4-bit gs64")!, "mlx");
+    try {
+      const prompts = [PROMPT, PROMPT.slice(0, 20)];
+      const { runs } = await greedyTogether(engine, [1, 2], prompts, 3);
+      const positions = prompts.map((p) => p.length + 3);
+      const next = runs.map((r) => r.tokens[3]);
+      await engine.fork(1, 3, positions[0]);
+      await engine.stashBlocks(2, [{ id: "b", start: 0, length: positions[1] }]);
+      // Seq 3 joins the batch: the class's rows change, and its slab is built again.
+      const outs = await engine.forward(
+        [1, 2, 3].map((seq, i) => ({
+          seq,
+          position: positions[i === 2 ? 0 : i],
+          tokens: Int32Array.of(next[i === 2 ? 0 : i]),
+          returnLogits: true,
+        })),
+      );
+      expect(Array.from(lastLogits(outs[2]))).toEqual(Array.from(lastLogits(outs[0])));
+      await engine.assemble(4, [{ id: "b", take: positions[1] }]);
+      const [b] = await engine.forward([
+        { seq: 4, position: positions[1], tokens: Int32Array.of(next[1]), returnLogits: true },
+      ]);
+      expect(Array.from(lastLogits(b))).toEqual(Array.from(lastLogits(outs[1])));
+      for (const seq of [1, 2, 3, 4]) await engine.release(seq);
+      await engine.dropBlocks(["b"]);
+      expect([engine.stats().sequences, engine.stats().kvBytes, engine.stats().blockBytes]).toEqual([
+        0, 0, 0,
+      ]);
+    } finally {
+      await engine.close();
+    }
+  });
+
   it("fork then continue equals the original continuing, and release frees the KV", async () => {
     const engine = await openFull(dirs.get("8-bit gs64")!, "mlx");
     try {
@@ -632,6 +798,9 @@ describe.skipIf(skipReason !== undefined)("mlx backend", () => {
         { seq: 1, position: 0, tokens: Int32Array.from(PROMPT), sampling: {} },
       ]);
       expect(ok.token).toBeGreaterThanOrEqual(0);
+      await expect(
+        openMlxWith({ STUDIO_MLX_BATCHED_DECODE: "sometimes" }, dirs.get("4-bit gs64")!),
+      ).rejects.toThrow(/STUDIO_MLX_BATCHED_DECODE must be on or off \(got "sometimes"\)/);
     } finally {
       await engine.close();
     }

@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeModel } from "../../cli/make-model/index.js";
 import type { Engine, ForwardItem, ForwardOutput } from "../../common/engine-api.js";
-import { availableBackends, cpuInfo, openEngine } from "../../native/index.js";
+import { availableBackends, cpuInfo, openEngine, type StudioEngine } from "../../native/index.js";
 import { ReferenceModel, roundToF16 } from "../helpers/reference-minimax-m2.js";
 
 const root = mkdtempSync(join(tmpdir(), "engine-test-"));
@@ -58,7 +58,7 @@ afterAll(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
-function full(modelDir: string, threads = 2): Promise<Engine> {
+function full(modelDir: string, threads = 2): Promise<StudioEngine> {
   return openEngine({
     backend: "cpu",
     modelDir,
@@ -372,7 +372,7 @@ describe('the int8 precision mode (matmulInputs: "int8")', () => {
 
 describe("determinism", () => {
   let dir = "";
-  let engine: Engine;
+  let engine: StudioEngine;
   beforeAll(async () => {
     dir = dirs.get("4bit-gs64")!;
     engine = await full(dir);
@@ -459,12 +459,15 @@ describe("determinism", () => {
     for (let s = 0; s < 3; s++) {
       // Decode steps next to a decode (otherA) and a prefill chunk (otherB continues with more prompt).
       const extra = [tokB, 1, 2, 3].map((t) => t % 1500);
+      const launched = engine.stats().attentionLaunches;
       const outs = await engine.forward([
         { seq: 33, position: otherB.length + s * 4, tokens: tokens(extra), returnLogits: true },
         { seq: 31, position: PROMPT.length + s, tokens: tokens([token]), returnLogits: true },
         { seq: 32, position: otherA.length + s, tokens: tokens([tokA]), returnLogits: true },
       ]);
       expect(bytesOf(outs[1].logits).equals(bytesOf(alone[s + 1])), `decode step ${s}`).toBe(true);
+      // The cpu backend's attention is one threaded pass per layer over every sequence of the batch.
+      expect(engine.stats().attentionLaunches - launched).toBe(LAYERS);
       token = outs[1].token!;
       tokA = outs[2].token!;
       tokB = outs[0].token!;

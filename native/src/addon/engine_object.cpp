@@ -161,6 +161,7 @@ void EngineObject::publish_figures() {
   weight_bytes_read_ = shard_->weight_bytes_read();
   steps_ahead_used_ = static_cast<double>(shard_->steps_ahead_used());
   steps_ahead_dropped_ = static_cast<double>(shard_->steps_ahead_dropped());
+  attention_launches_ = static_cast<double>(shard_->backend().attention_launches());
   block_bytes_ = static_cast<double>(shard_->block_bytes());
   blocks_ = static_cast<double>(shard_->blocks());
 }
@@ -311,6 +312,7 @@ Napi::Value EngineObject::stats(const Napi::CallbackInfo& info) {
   o.Set("warmupSeconds", warmup_seconds_.load());
   o.Set("stepsAheadUsed", steps_ahead_used_.load());
   o.Set("stepsAheadDropped", steps_ahead_dropped_.load());
+  o.Set("attentionLaunches", attention_launches_.load());
   return o;
 }
 

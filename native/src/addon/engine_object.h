@@ -85,6 +85,7 @@ class EngineObject : public Napi::ObjectWrap<EngineObject> {
   std::atomic<double> warmup_seconds_{0};
   std::atomic<double> steps_ahead_used_{0};
   std::atomic<double> steps_ahead_dropped_{0};
+  std::atomic<double> attention_launches_{0};
   std::atomic<int> backend_threads_{0};
 };
 

@@ -231,6 +231,12 @@ class Backend {
                          std::span<const AttentionSegment> segments, const AttentionShape& shape,
                          Activations& out) = 0;
 
+  /**
+   * How many attention computations this backend has launched: mlx, one fused kernel per sequence per layer, or
+   * one per group of decode rows that share a kernel; cpu, one threaded pass per layer over every segment.
+   */
+  virtual uint64_t attention_launches() const = 0;
+
   /** s = sigmoid(x gate^T) in f32; top_k by s + bias; weights s / (sum + 1e-20). */
   virtual Routing route(const Matrix& gate, const Vector& bias, const Activations& x, int top_k) = 0;
   /**

@@ -213,6 +213,7 @@ void CpuBackend::attention(const Activations& q, const Activations& k, const Act
       }
   }
   grouped_attention(pool_, qa.data(), qa.rows, layer, segments, shape, oa.data());
+  ++attention_launches_;
 }
 
 Routing CpuBackend::route(const Matrix& gate, const Vector& bias, const Activations& x, int top_k) {

@@ -43,6 +43,7 @@ class CpuBackend final : public Backend {
   void attention(const Activations& q, const Activations& k, const Activations& v, int layer,
                  std::span<const AttentionSegment> segments, const AttentionShape& shape,
                  Activations& out) override;
+  uint64_t attention_launches() const override { return attention_launches_; }
   Routing route(const Matrix& gate, const Vector& bias, const Activations& x, int top_k) override;
   void experts(const Matrix& gate, const Matrix& up, const Matrix& down, const Activations& x,
                const Routing& routing, Activations& out) override;
@@ -57,6 +58,7 @@ class CpuBackend final : public Backend {
   std::shared_ptr<BufferPool> buffers_;  // activations' memory, reused (workspace.h)
   Arena matmul_arena_;                    // a dense matmul's prepared inputs
   std::unique_ptr<ExpertMlp> expert_mlp_;  // the routed experts' scratch
+  uint64_t attention_launches_ = 0;
 };
 
 }  // namespace studio::cpu

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <chrono>
@@ -195,8 +196,12 @@ MlxActivations& cast(Activations& a) { return static_cast<MlxActivations&>(a); }
 
 class MlxBackend final : public Backend {
  public:
-  MlxBackend(mx::Device device, mx::Dtype compute, bool device_sampling)
-      : device_(device), stream_(mx::new_stream(device)), compute_(compute), device_sampling_(device_sampling) {
+  MlxBackend(mx::Device device, mx::Dtype compute, bool device_sampling, bool batched_decode)
+      : device_(device),
+        stream_(mx::new_stream(device)),
+        compute_(compute),
+        device_sampling_(device_sampling),
+        batched_decode_(batched_decode) {
     mx::set_default_device(device_);
     // Ops MLX adds by itself (casts inside fast kernels, compiled functions) run on the default stream: ours,
     // so nothing waits on a fence between two streams. Default streams are per thread, and each engine has
@@ -341,27 +346,35 @@ class MlxBackend final : public Backend {
   void attention(const Activations& q, const Activations& k, const Activations& v, int layer,
                  std::span<const AttentionSegment> segments, const AttentionShape& shape,
                  Activations& out) override {
-    std::vector<mx::array> parts;
     int64_t next_row = 0;
     for (const AttentionSegment& s : segments) {
       if (s.row != next_row)
         throw std::logic_error("mlx backend: attention segments must cover the batch rows in order");
       next_row += s.rows;
-      auto* cache = static_cast<MlxKvCache*>(s.cache);
-      auto qh = heads_of(cast(q).get(), s, shape.heads, shape.head_dim);
-      auto kh = heads_of(cast(k).get(), s, shape.kv_heads, shape.head_dim);
-      auto vh = heads_of(cast(v).get(), s, shape.kv_heads, shape.head_dim);
-      auto [keys, values] = cache->append(layer, kh, vh, s.position);
-      // Causal with the queries aligned to the last keys; a single query sees every cached position anyway.
-      const std::string mask = s.rows > 1 ? "causal" : "";
-      auto o = sdpa(qh, keys, values, shape.scale, mask);
-      const int rows = static_cast<int>(s.rows);
-      parts.push_back(mx::reshape(mx::transpose(o, {0, 2, 1, 3}, stream_), {rows, shape.heads * shape.head_dim},
-                                  stream_));
     }
     if (next_row != q.rows) throw std::logic_error("mlx backend: attention segments do not cover the batch");
-    cast(out).set(parts.size() == 1 ? parts[0] : mx::concatenate(parts, 0, stream_));
+    // Each segment's output rows; decode rows that can share one kernel are run together first.
+    const std::vector<std::vector<size_t>> groups =
+        batched_decode_ ? decode_groups(segments) : std::vector<std::vector<size_t>>{};
+    if (groups.size() == 1 && groups[0].size() == segments.size())
+      return cast(out).set(attend_together(q, k, v, layer, segments, groups[0], shape));  // rows in batch order
+    std::vector<std::optional<mx::array>> parts(segments.size());
+    const int width = shape.heads * shape.head_dim;
+    for (const std::vector<size_t>& group : groups) {
+      auto rows = attend_together(q, k, v, layer, segments, group, shape);
+      for (size_t j = 0; j < group.size(); ++j)
+        parts[group[j]] = mx::slice(rows, {static_cast<int>(j), 0}, {static_cast<int>(j) + 1, width}, stream_);
+    }
+    for (size_t i = 0; i < segments.size(); ++i)
+      if (!parts[i]) parts[i] = attend_alone(q, k, v, layer, segments[i], shape);
+    if (parts.size() == 1) return cast(out).set(*parts[0]);
+    std::vector<mx::array> rows;
+    rows.reserve(parts.size());
+    for (auto& p : parts) rows.push_back(std::move(*p));
+    cast(out).set(mx::concatenate(rows, 0, stream_));
   }
+
+  uint64_t attention_launches() const override { return attention_launches_; }
 
   Routing route(const Matrix& gate, const Vector& bias, const Activations& x, int top_k) override {
     const int experts = static_cast<int>(gate.out);
@@ -416,12 +429,14 @@ class MlxBackend final : public Backend {
     return device_ == mx::Device::cpu ? mx::astype(x, mx::float32, stream_) : x;
   }
 
-  mx::array sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, const std::string& mask) {
+  mx::array sdpa(const mx::array& q, const mx::array& k, const mx::array& v, float scale, const std::string& mask,
+                 std::optional<mx::array> mask_array = std::nullopt) {
 #if MLX_VERSION_NUMERIC >= 32002
     // 0.32.2 added force_fused (false: MLX picks the kernel) before the stream argument.
-    return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask, std::nullopt, std::nullopt, false, stream_);
+    return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask, std::move(mask_array), std::nullopt, false,
+                                                  stream_);
 #else
-    return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask, std::nullopt, std::nullopt, stream_);
+    return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask, std::move(mask_array), std::nullopt, stream_);
 #endif
   }
 
@@ -488,6 +503,133 @@ class MlxBackend final : public Backend {
                          mx::array(routing.weights.data(), {rows, k, 1}, mx::float32)};
   }
 
+  /** One sequence's attention: its own cache, its own kernel. */
+  mx::array attend_alone(const Activations& q, const Activations& k, const Activations& v, int layer,
+                         const AttentionSegment& s, const AttentionShape& shape) {
+    auto* cache = static_cast<MlxKvCache*>(s.cache);
+    auto qh = heads_of(cast(q).get(), s, shape.heads, shape.head_dim);
+    auto kh = heads_of(cast(k).get(), s, shape.kv_heads, shape.head_dim);
+    auto vh = heads_of(cast(v).get(), s, shape.kv_heads, shape.head_dim);
+    auto [keys, values] = cache->append(layer, kh, vh, s.position);
+    // Causal with the queries aligned to the last keys; a single query sees every cached position anyway.
+    const std::string mask = s.rows > 1 ? "causal" : "";
+    auto o = sdpa(qh, keys, values, shape.scale, mask);
+    ++attention_launches_;
+    const int rows = static_cast<int>(s.rows);
+    return mx::reshape(mx::transpose(o, {0, 2, 1, 3}, stream_), {rows, shape.heads * shape.head_dim}, stream_);
+  }
+
+  /**
+   * The decode rows (one query each) that may share one attention kernel, in groups of two or more (indices into
+   * segments). Rows share a group only where MLX would pick the same kernel for each of them alone, so that a
+   * row's bits do not depend on its batch (backend.h): MLX chooses its single-query kernel, and the two-pass
+   * kernel's block count, by the number of keys, at thresholds that are powers of two from 1,024 (MLX 0.31-0.32
+   * on Metal), and it skips masked keys outright. So a group's keys all lie strictly between two powers of two
+   * (a row at exactly one, >= 1,024, runs alone), and within a quarter of that span, which bounds the slab's
+   * padding to a quarter of a row.
+   */
+  static std::vector<std::vector<size_t>> decode_groups(std::span<const AttentionSegment> segments) {
+    std::map<int64_t, std::vector<size_t>> by_class;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      if (segments[i].rows != 1) continue;
+      const int64_t c = key_class(segments[i].position + 1);
+      if (c >= 0) by_class[c].push_back(i);
+    }
+    std::vector<std::vector<size_t>> groups;
+    for (auto& [c, rows] : by_class)
+      if (rows.size() >= 2) groups.push_back(std::move(rows));
+    return groups;
+  }
+
+  /** The class of a query over n keys (decode_groups); -1: it runs alone. */
+  static int64_t key_class(int64_t n) {
+    constexpr int64_t kSmall = 64;
+    if (n <= kSmall) return 0;
+    const auto span = static_cast<int64_t>(std::bit_floor(static_cast<uint64_t>(n - 1)));  // n in (span, 2 span]
+    if (n == 2 * span && n >= 1024) return -1;
+    const int64_t quarter = (n - 1 - span) * 4 / span;
+    return 1 + std::countr_zero(static_cast<uint64_t>(span)) * 4 + quarter;
+  }
+
+  /**
+   * The rows of `group` (decode rows of one class) through one slab and one attention kernel: one scatter writes
+   * each row's new key and value, a mask hides each slot's positions past its row's (and every position of a
+   * slot no row of this batch owns). Returns the rows' outputs, [rows, heads * head_dim], in group order.
+   */
+  mx::array attend_together(const Activations& q, const Activations& k, const Activations& v, int layer,
+                            std::span<const AttentionSegment> segments, const std::vector<size_t>& group,
+                            const AttentionShape& shape) {
+    const int n = static_cast<int>(group.size());
+    std::vector<MlxKvCache*> caches;
+    std::vector<int32_t> batch_rows, positions;
+    int64_t length = 0;
+    for (size_t i : group) {
+      caches.push_back(static_cast<MlxKvCache*>(segments[i].cache));
+      batch_rows.push_back(static_cast<int32_t>(segments[i].row));
+      positions.push_back(static_cast<int32_t>(segments[i].position));
+      length = std::max(length, segments[i].position + 1);
+      caches.back()->reserve(segments[i].position + 1);
+    }
+    const std::shared_ptr<KvSlab> slab = slab_for(layer, key_class(length), shape);
+    std::vector<int32_t> slots(n);
+    for (int j = 0; j < n; ++j) slots[j] = caches[j]->slot_in(layer, *slab);
+    slab->reserve_free(static_cast<int>(std::count(slots.begin(), slots.end(), -1)));
+    for (int j = 0; j < n; ++j)
+      if (slots[j] < 0) slots[j] = caches[j]->move_to_slab(layer, slab, shape.kv_heads, shape.head_dim);
+    slab->grow(length);
+
+    // Queries in slot order; a slot no row owns takes any row's query, and the mask hides all its keys.
+    const int total = slab->slots();
+    std::vector<int32_t> query_rows(total, batch_rows[0]);
+    std::vector<int32_t> last_seen(total, -1);
+    for (int j = 0; j < n; ++j) {
+      query_rows[slots[j]] = batch_rows[j];
+      last_seen[slots[j]] = positions[j];
+    }
+    const int hd = shape.head_dim;
+    auto take = [&](const Activations& a, const std::vector<int32_t>& rows, int heads) {
+      const int count = static_cast<int>(rows.size());
+      return mx::reshape(mx::take(cast(a).get(), ids_array(rows), 0, stream_), {count, heads, 1, hd}, stream_);
+    };
+    const auto slot_ids = ids_array(slots);
+    auto [keys, values] = slab->write(take(k, batch_rows, shape.kv_heads), take(v, batch_rows, shape.kv_heads),
+                                      slot_ids, ids_array(positions), length);
+    auto o = sdpa(take(q, query_rows, shape.heads), keys, values, shape.scale, "", length_mask(last_seen, length));
+    ++attention_launches_;
+    return mx::take(mx::reshape(o, {total, shape.heads * hd}, stream_), slot_ids, 0, stream_);
+  }
+
+  /**
+   * This layer's slab for a key class. A slab with more than an eighth of its slots free (members left for other
+   * classes, or ended) is replaced by a new one that the rows move into as they come (each one copy of a row),
+   * so free slots never cost much memory.
+   */
+  std::shared_ptr<KvSlab> slab_for(int layer, int64_t cls, const AttentionShape& shape) {
+    std::weak_ptr<KvSlab>& known = slabs_[{layer, cls}];
+    auto slab = known.lock();
+    if (slab && (slab->slots() - slab->members()) * 8 <= slab->slots()) return slab;
+    slab = std::make_shared<KvSlab>(shape.kv_heads, shape.head_dim, compute_, stream_);
+    known = slab;
+    return slab;
+  }
+
+  /**
+   * [slots, 1, 1, length] bool: slot i sees keys [0, last_seen[i]] (none where -1). Kept for the step's other
+   * layers, which ask for the same masks.
+   */
+  mx::array length_mask(const std::vector<int32_t>& last_seen, int64_t length) {
+    if (auto known = masks_.find(last_seen); known != masks_.end() && known->second.shape(3) == length)
+      return known->second;
+    if (masks_.size() >= 16) masks_.clear();
+    const int n = static_cast<int>(last_seen.size());
+    auto visible = std::make_unique<bool[]>(static_cast<size_t>(n) * length);
+    for (int i = 0; i < n; ++i)
+      for (int64_t j = 0; j < length; ++j) visible[i * length + j] = j <= last_seen[i];
+    mx::array mask(visible.get(), {n, 1, 1, static_cast<int>(length)}, mx::bool_);
+    masks_.insert_or_assign(last_seen, mask);
+    return mask;
+  }
+
   /** A segment's rows of a [rows, heads*head_dim] block as [1, heads, rows, head_dim]. */
   mx::array heads_of(const mx::array& a, const AttentionSegment& s, int heads, int head_dim) {
     const int r0 = static_cast<int>(s.row);
@@ -516,6 +658,13 @@ class MlxBackend final : public Backend {
   mx::Dtype compute_;
   // Tokens are picked on the device (default on a GPU; STUDIO_MLX_SAMPLING=device|host chooses).
   bool device_sampling_;
+  // Decode rows of one key class share one attention kernel (STUDIO_MLX_BATCHED_DECODE=off: each its own).
+  bool batched_decode_;
+  // Batched decode: per (layer, key class) the slab of the rows last decoded together (attend_together). The
+  // member caches own it; this only finds it again.
+  std::map<std::pair<int, int64_t>, std::weak_ptr<KvSlab>> slabs_;
+  std::map<std::vector<int32_t>, mx::array> masks_;
+  uint64_t attention_launches_ = 0;
 };
 
 // Metal on a Mac (or CUDA where MLX was built with it); otherwise MLX computes on its cpu device.
@@ -538,8 +687,12 @@ std::unique_ptr<Backend> make_mlx_backend() {
   const std::string where = sampling ? sampling : mlxb::has_gpu() ? "device" : "host";
   if (where != "device" && where != "host")
     throw std::invalid_argument("STUDIO_MLX_SAMPLING must be device or host (got \"" + where + "\")");
+  const char* batched = std::getenv("STUDIO_MLX_BATCHED_DECODE");
+  const std::string together = batched ? batched : "on";
+  if (together != "on" && together != "off")
+    throw std::invalid_argument("STUDIO_MLX_BATCHED_DECODE must be on or off (got \"" + together + "\")");
   return std::make_unique<mlxb::MlxBackend>(device, choice == "f32" ? mlx::core::float32 : mlx::core::bfloat16,
-                                            where == "device");
+                                            where == "device", together == "on");
 }
 
 std::string mlx_device_kind() { return mlxb::has_gpu() ? "gpu" : "cpu"; }

@@ -1,5 +1,6 @@
 #include "backend/mlx/mlx_kv_cache.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -34,6 +35,11 @@ mx::array array_from_bytes(const uint8_t* in, const mx::Shape& shape, mx::Dtype 
 MlxKvCache::MlxKvCache(int layers, int kv_width, mx::Dtype dtype, mx::Stream stream)
     : kv_width_(kv_width), dtype_(dtype), stream_(stream), layers_(layers) {}
 
+MlxKvCache::~MlxKvCache() {
+  for (Layer& layer : layers_)
+    if (layer.slab) layer.slab->drop(layer.slab_slot);
+}
+
 void MlxKvCache::reserve(int64_t n) { reserved_ = std::max(reserved_, n); }
 
 void MlxKvCache::commit(int64_t n) {
@@ -45,14 +51,22 @@ void MlxKvCache::commit(int64_t n) {
   for (const Layer& layer : layers_) {
     if (layer.keys) live.push_back(*layer.keys);
     if (layer.values) live.push_back(*layer.values);
+    if (layer.slab)
+      for (const mx::array& a : layer.slab->arrays()) live.push_back(a);
   }
   mx::async_eval(live);
 }
 
 size_t MlxKvCache::bytes() const {
   size_t total = 0;
-  for (const Layer& layer : layers_)
+  for (const Layer& layer : layers_) {
+    if (layer.slab) {
+      // Its share of the slab: the padding past its own positions and the free slots count too.
+      total += layer.slab->bytes() / static_cast<size_t>(layer.slab->members());
+      continue;
+    }
     total += static_cast<size_t>(layer.capacity) * 2 * kv_width_ * mx::size_of(dtype_);
+  }
   return total;
 }
 
@@ -61,9 +75,67 @@ std::unique_ptr<KvCache> MlxKvCache::clone_prefix(int64_t n) const {
   // (slice_update cannot donate a shared buffer), so the two never see each other's later positions.
   auto copy = std::make_unique<MlxKvCache>(static_cast<int>(layers_.size()), kv_width_, dtype_, stream_);
   copy->layers_ = layers_;
+  for (Layer& layer : copy->layers_) {
+    if (!layer.slab) continue;
+    // The copy must not point into the slab: it would share its buffers and hold back every in-place write.
+    const int64_t held = std::min(layer.slab->capacity(), round_up(std::max<int64_t>(reserved_, 1), kStep));
+    auto [k, v] = layer.slab->copy_out(layer.slab_slot, held);
+    layer.keys = std::move(k);
+    layer.values = std::move(v);
+    layer.capacity = held;
+    layer.slab.reset();
+    layer.slab_slot = -1;
+  }
   copy->length_ = n;
   copy->reserved_ = n;
   return copy;
+}
+
+void MlxKvCache::leave_slab(Layer& layer) {
+  if (!layer.slab) return;
+  // Everything written lies below reserved_ (append raises it), and the slab holds all of it.
+  const int64_t n = std::min(layer.slab->capacity(), round_up(std::max<int64_t>(reserved_, 1), kStep));
+  auto [k, v] = layer.slab->copy_out(layer.slab_slot, n);
+  layer.keys = std::move(k);
+  layer.values = std::move(v);
+  layer.capacity = n;
+  layer.slab->drop(layer.slab_slot);
+  layer.slab.reset();
+  layer.slab_slot = -1;
+}
+
+std::pair<mx::array, mx::array> MlxKvCache::read_arrays(const Layer& layer, int64_t start, int64_t end) const {
+  if (layer.slab) return layer.slab->view(layer.slab_slot, start, end);
+  if (!layer.keys) throw std::logic_error("mlx kv cache: a layer that holds nothing cannot be read");
+  const int heads = layer.keys->shape(1);
+  const int dim = layer.keys->shape(3);
+  const mx::Shape a{0, 0, static_cast<int>(start), 0};
+  const mx::Shape b{1, heads, static_cast<int>(end), dim};
+  return {mx::slice(*layer.keys, a, b, stream_), mx::slice(*layer.values, a, b, stream_)};
+}
+
+int MlxKvCache::slot_in(int layer_index, const KvSlab& slab) const {
+  const Layer& layer = layers_.at(layer_index);
+  return layer.slab.get() == &slab ? layer.slab_slot : -1;
+}
+
+int MlxKvCache::move_to_slab(int layer_index, const std::shared_ptr<KvSlab>& slab, int kv_heads, int head_dim) {
+  Layer& layer = layers_.at(layer_index);
+  // Everything written lies below reserved_ (append raises it).
+  int64_t held = 0;
+  if (layer.slab) held = layer.slab->capacity();
+  else if (layer.keys) held = layer.keys->shape(2);
+  const int64_t n = std::min(held, reserved_);
+  auto empty = mx::zeros({1, kv_heads, 0, head_dim}, dtype_, stream_);
+  auto [k, v] = n > 0 ? read_arrays(layer, 0, n) : std::pair{empty, empty};
+  const int slot = slab->add(this, k, v);
+  if (layer.slab) layer.slab->drop(layer.slab_slot);
+  layer.keys.reset();
+  layer.values.reset();
+  layer.capacity = 0;
+  layer.slab = slab;
+  layer.slab_slot = slot;
+  return slot;
 }
 
 void MlxKvCache::ensure_capacity(Layer& layer, int kv_heads, int head_dim) {
@@ -91,6 +163,7 @@ std::pair<mx::array, mx::array> MlxKvCache::append(int layer_index, const mx::ar
   const int64_t end = position + k.shape(2);
   if (end > reserved_) reserved_ = end;
   Layer& layer = layers_[layer_index];
+  leave_slab(layer);
   ensure_capacity(layer, kv_heads, head_dim);
   const int p0 = static_cast<int>(position);
   const int p1 = static_cast<int>(end);
@@ -108,25 +181,20 @@ void MlxKvCache::copy_from(const KvCache& other, int64_t from, int64_t to, int64
     throw std::logic_error("mlx kv cache: copy between caches of different layer counts");
   reserve(to + n);
   for (size_t l = 0; l < layers_.size(); ++l) {
-    const Layer& s = src.layers_[l];
-    if (!s.keys) throw std::logic_error("mlx kv cache: copy from a layer that holds nothing");
-    const int heads = s.keys->shape(1);
-    const int dim = s.keys->shape(3);
-    const mx::Shape start{0, 0, static_cast<int>(from), 0};
-    const mx::Shape stop{1, heads, static_cast<int>(from + n), dim};
-    append(static_cast<int>(l), mx::slice(*s.keys, start, stop, stream_), mx::slice(*s.values, start, stop, stream_), to);
+    if (!src.layers_[l].keys && !src.layers_[l].slab)
+      throw std::logic_error("mlx kv cache: copy from a layer that holds nothing");
+    auto [k, v] = src.read_arrays(src.layers_[l], from, from + n);
+    append(static_cast<int>(l), k, v, to);
   }
 }
 
 void MlxKvCache::read_range(int layer, int64_t start, int64_t end, int kv_heads, uint8_t* out) const {
   const Layer& l = layers_.at(layer);
-  if (!l.keys) throw std::logic_error("mlx kv cache: layer " + std::to_string(layer) + " holds nothing to read");
-  const int heads = l.keys->shape(1);
-  const int dim = l.keys->shape(3);
-  const mx::Shape a{0, 0, static_cast<int>(start), 0};
-  const mx::Shape b{1, heads, static_cast<int>(end), dim};
+  if (!l.keys && !l.slab)
+    throw std::logic_error("mlx kv cache: layer " + std::to_string(layer) + " holds nothing to read");
+  auto [k, v] = read_arrays(l, start, end);
   // [2, heads, n, dim] -> [n, 2, heads, dim]: each position's keys, then its values.
-  auto kv = mx::concatenate({mx::slice(*l.keys, a, b, stream_), mx::slice(*l.values, a, b, stream_)}, 0, stream_);
+  auto kv = mx::concatenate({k, v}, 0, stream_);
   auto rows = mx::contiguous(mx::transpose(kv, {2, 0, 1, 3}, stream_), false, stream_);
   mx::eval(rows);
   std::memcpy(out, rows.data<uint8_t>(), rows.nbytes());
@@ -145,6 +213,7 @@ void MlxKvCache::write_range(int layer, int64_t start, int64_t end, int kv_heads
 void MlxKvCache::shrink_to_fit() {
   std::vector<mx::array> live;
   for (Layer& layer : layers_) {
+    leave_slab(layer);
     if (!layer.keys || layer.capacity <= length_) continue;
     const int heads = layer.keys->shape(1);
     const int dim = layer.keys->shape(3);

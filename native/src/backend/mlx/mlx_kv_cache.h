@@ -1,7 +1,9 @@
 // KV cache of one sequence on the mlx backend: per layer, keys and values as bf16 arrays shaped
 // [1, kv_heads, capacity, head_dim] (the layout fast::scaled_dot_product_attention reads without a copy).
 // Capacity grows in steps of kStep positions; a layer's arrays are made on first use, when attention tells the
-// head split (kv_cache() only knows the kv width).
+// head split (kv_cache() only knows the kv width). A layer may instead live in one slot of a KvSlab while the
+// sequence decodes in a batch (mlx_kv_slab.h); then it reads through that slot and copies it out before anything
+// else changes the layer.
 #pragma once
 
 #include <mlx/mlx.h>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/mlx/mlx_kv_slab.h"
 
 namespace studio::mlxb {
 
@@ -22,6 +25,9 @@ class MlxKvCache final : public KvCache {
   static constexpr int64_t kStep = 256;
 
   MlxKvCache(int layers, int kv_width, mx::Dtype dtype, mx::Stream stream);
+  ~MlxKvCache() override;
+  MlxKvCache(const MlxKvCache&) = delete;
+  MlxKvCache& operator=(const MlxKvCache&) = delete;
 
   int64_t length() const override { return length_; }
   void reserve(int64_t n) override;
@@ -39,13 +45,32 @@ class MlxKvCache final : public KvCache {
    */
   std::pair<mx::array, mx::array> append(int layer, const mx::array& k, const mx::array& v, int64_t position);
 
+  /** Positions written so far, or reserved: the most a slab row must hold for this cache. */
+  int64_t reserved() const { return reserved_; }
+
+  /** Whether the layer lives in `slab`, and in which slot (-1: not there). */
+  int slot_in(int layer, const KvSlab& slab) const;
+
+  /**
+   * Moves the layer into a free slot of `slab` (out of any slab it was in, or out of its own arrays, which it
+   * lets go) and returns the slot. kv_heads and head_dim shape a layer that holds nothing yet.
+   */
+  int move_to_slab(int layer, const std::shared_ptr<KvSlab>& slab, int kv_heads, int head_dim);
+
  private:
   struct Layer {
     std::optional<mx::array> keys;
     std::optional<mx::array> values;
     int64_t capacity = 0;
+    // Set while the layer's positions live in a slab's slot instead of keys and values.
+    std::shared_ptr<KvSlab> slab;
+    int slab_slot = -1;
   };
   void ensure_capacity(Layer& layer, int kv_heads, int head_dim);
+  /** Copies the layer's slot out of its slab into arrays of its own (no-op outside a slab). */
+  void leave_slab(Layer& layer);
+  /** Positions [start, end) of a layer, wherever they live (views, for reading). */
+  std::pair<mx::array, mx::array> read_arrays(const Layer& layer, int64_t start, int64_t end) const;
 
   int kv_width_;
   mx::Dtype dtype_;

@@ -13,6 +13,7 @@
 import { EventEmitter } from "node:events";
 import * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../common/errors.js";
+import { LOCAL_NETWORK_GRANT, localNetworkErrno } from "../common/local-network.js";
 import { PeerProofError } from "../common/wire/auth.js";
 import { NodeClient } from "../common/wire/client.js";
 import { dialsTls, TLS_REFUSAL_PATTERN } from "../common/wire/tls.js";
@@ -66,6 +67,8 @@ export interface MembershipOptions {
   retryMs?: number;
   /** Bonjour and caller candidates unreachable this long are forgotten; --peer ones are retried forever. */
   forgetAfterMs?: number;
+  /** Whose errors these are: on macOS an unreachable LAN address may mean a missing permission. */
+  platform?: NodeJS.Platform;
   log?: (line: string) => void;
 }
 
@@ -269,7 +272,11 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
       const tlsRefusal = tlsRefusalOf(candidate.address, err);
       if (err instanceof PeerProofError && err.kind === "impostor") this.refuse(candidate, err);
       else if (tlsRefusal) this.refuse(candidate, tlsRefusal);
-      else this.probeFailed(candidate, describeCallError(candidate.address, err));
+      else
+        this.probeFailed(
+          candidate,
+          describeCallError(candidate.address, err, this.opts.platform ?? process.platform),
+        );
       return;
     }
     if (candidate.state !== "probing") return; // closed or dropped meanwhile
@@ -543,14 +550,18 @@ function tlsRefusalOf(address: string, err: unknown): PeerProofError | undefined
   );
 }
 
-function describeCallError(address: string, err: unknown): string {
+function describeCallError(address: string, err: unknown, platform: NodeJS.Platform): string {
   const code = (err as { code?: number }).code;
   if (err instanceof PeerProofError) return `${address}: ${err.message} (join it with its --key)`;
   if (code === grpc.status.UNAUTHENTICATED)
     return `${address} refused our call: ${errorMessage(err)} (another cluster key, or another version)`;
-  if (code === grpc.status.UNAVAILABLE || code === grpc.status.DEADLINE_EXCEEDED)
-    return `${address} is not reachable (${errorMessage(err)})`;
-  return `${address}: Hello failed: ${errorMessage(err)}`;
+  if (code !== grpc.status.UNAVAILABLE && code !== grpc.status.DEADLINE_EXCEEDED)
+    return `${address}: Hello failed: ${errorMessage(err)}`;
+  const unreachable = `${address} is not reachable (${errorMessage(err)})`;
+  // A launchd service without the Local Network permission only ever logs this line: say why it may be.
+  if (platform === "darwin" && localNetworkErrno(errorMessage(err)))
+    return `${unreachable}; if that machine is on this network, macOS may be denying this process the Local Network permission: ${LOCAL_NETWORK_GRANT}`;
+  return unreachable;
 }
 
 function emptyCapabilities(): Capabilities {

@@ -3,6 +3,7 @@
 // reads, these decide.
 import type { NetworkInterfaceInfo } from "node:os";
 import type { ClusterHealth } from "../../cluster/health.js";
+import { LOCAL_NETWORK_FIX, localNetworkErrno } from "../../common/local-network.js";
 import type { MulticastProbeResult } from "../../common/multicast-probe.js";
 import { wiredLimitCommand } from "../../common/wired-limit.js";
 import { formatBytes, headroomForMemory } from "../../coordinator/planner.js";
@@ -26,11 +27,6 @@ const skip = (id: string, title: string, detail: string): CheckResult => ({
   status: "skip",
   detail,
 });
-
-const LOCAL_NETWORK_FIX =
-  "macOS blocks local network access for this process: allow it in System Settings > Privacy & Security > " +
-  "Local Network (the terminal app, or node for a `cluster service install` service, which macOS may never " +
-  "ask about), or join with --peer <host>:<port>";
 
 export function checkNode(version: string, minimum = "20.19.0"): CheckResult {
   const [major, minor] = version.split(".").map(Number);
@@ -301,9 +297,7 @@ export function checkPeers(platform: NodeJS.Platform, peers: PeerProbe[]): Check
     .map((p) => `${p.address} (${p.via}): ${p.error ? p.error : `connected in ${p.connectMs} ms`}`)
     .join("; ");
   if (bad.length === 0) return ok(id, title, list);
-  const blocked = bad.some(
-    (p) => p.error === "EHOSTUNREACH" || p.error === "EPERM" || p.error === "ENETUNREACH",
-  );
+  const blocked = bad.some((p) => localNetworkErrno(p.error ?? "") !== undefined);
   const fix =
     platform === "darwin" && blocked
       ? LOCAL_NETWORK_FIX

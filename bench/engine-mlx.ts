@@ -38,6 +38,19 @@ async function ensureBenchModel(dir: string): Promise<void> {
   await makeModel({ dir, preset: "bench", bits: 4, groupSize: 64 });
 }
 
+/** An engine holding every layer of the model, with its embedding and head. */
+function openWholeModel(dir: string, backend: BackendName, threads: number) {
+  return openEngine({
+    modelDir: dir,
+    layerStart: 0,
+    layerEnd: readModelConfig(dir).numLayers,
+    embed: true,
+    head: true,
+    backend,
+    threads,
+  });
+}
+
 /** Greedy decode of `tokens` tokens after the prompt, `runs` times on fresh sequences; tokens/s per run. */
 async function measure(
   dir: string,
@@ -48,15 +61,7 @@ async function measure(
   sampling: SamplingParams = {},
 ) {
   const started = performance.now();
-  const engine = await openEngine({
-    modelDir: dir,
-    layerStart: 0,
-    layerEnd: readModelConfig(dir).numLayers,
-    embed: true,
-    head: true,
-    backend,
-    threads,
-  });
+  const engine = await openWholeModel(dir, backend, threads);
   const loadSeconds = (performance.now() - started) / 1000;
   try {
     if (engine.stats().backend !== backend)
@@ -220,15 +225,7 @@ async function samplingModes(
 
 /** Decode tokens/s of `streams` sequences side by side, and the attention kernels per call. */
 async function measureStreams(dir: string, streams: number, context: number, tokens: number) {
-  const engine = await openEngine({
-    modelDir: dir,
-    layerStart: 0,
-    layerEnd: readModelConfig(dir).numLayers,
-    embed: true,
-    head: true,
-    backend: "mlx",
-    threads: 1,
-  });
+  const engine = await openWholeModel(dir, "mlx", 1);
   try {
     const seqs = Array.from({ length: streams }, (_, i) => i + 1);
     // Prompts of slightly different lengths (as real sequences are), within one key class of the slab.

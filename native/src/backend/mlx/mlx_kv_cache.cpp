@@ -78,30 +78,32 @@ std::unique_ptr<KvCache> MlxKvCache::clone_prefix(int64_t n) const {
   for (Layer& layer : copy->layers_) {
     if (!layer.slab) continue;
     // The copy must not point into the slab: it would share its buffers and hold back every in-place write.
-    const int64_t held = std::min(layer.slab->capacity(), round_up(std::max<int64_t>(reserved_, 1), kStep));
-    auto [k, v] = layer.slab->copy_out(layer.slab_slot, held);
-    layer.keys = std::move(k);
-    layer.values = std::move(v);
-    layer.capacity = held;
-    layer.slab.reset();
-    layer.slab_slot = -1;
+    copy_out_of_slab(layer);
   }
   copy->length_ = n;
   copy->reserved_ = n;
   return copy;
 }
 
-void MlxKvCache::leave_slab(Layer& layer) {
-  if (!layer.slab) return;
+int64_t MlxKvCache::held_capacity() const { return round_up(std::max<int64_t>(reserved_, 1), kStep); }
+
+void MlxKvCache::copy_out_of_slab(Layer& layer) const {
   // Everything written lies below reserved_ (append raises it), and the slab holds all of it.
-  const int64_t n = std::min(layer.slab->capacity(), round_up(std::max<int64_t>(reserved_, 1), kStep));
-  auto [k, v] = layer.slab->copy_out(layer.slab_slot, n);
+  const int64_t held = std::min(layer.slab->capacity(), held_capacity());
+  auto [k, v] = layer.slab->copy_out(layer.slab_slot, held);
   layer.keys = std::move(k);
   layer.values = std::move(v);
-  layer.capacity = n;
-  layer.slab->drop(layer.slab_slot);
+  layer.capacity = held;
   layer.slab.reset();
   layer.slab_slot = -1;
+}
+
+void MlxKvCache::leave_slab(Layer& layer) {
+  if (!layer.slab) return;
+  const std::shared_ptr<KvSlab> slab = layer.slab;
+  const int slot = layer.slab_slot;
+  copy_out_of_slab(layer);
+  slab->drop(slot);
 }
 
 std::pair<mx::array, mx::array> MlxKvCache::read_arrays(const Layer& layer, int64_t start, int64_t end) const {
@@ -140,7 +142,7 @@ int MlxKvCache::move_to_slab(int layer_index, const std::shared_ptr<KvSlab>& sla
 
 void MlxKvCache::ensure_capacity(Layer& layer, int kv_heads, int head_dim) {
   if (layer.capacity >= reserved_ && layer.keys) return;
-  const int64_t capacity = round_up(std::max<int64_t>(reserved_, 1), kStep);
+  const int64_t capacity = held_capacity();
   const mx::Shape grow{1, kv_heads, static_cast<int>(capacity - layer.capacity), head_dim};
   auto zeros = mx::zeros(grow, dtype_, stream_);
   if (layer.keys) {

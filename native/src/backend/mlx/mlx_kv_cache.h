@@ -45,9 +45,6 @@ class MlxKvCache final : public KvCache {
    */
   std::pair<mx::array, mx::array> append(int layer, const mx::array& k, const mx::array& v, int64_t position);
 
-  /** Positions written so far, or reserved: the most a slab row must hold for this cache. */
-  int64_t reserved() const { return reserved_; }
-
   /** Whether the layer lives in `slab`, and in which slot (-1: not there). */
   int slot_in(int layer, const KvSlab& slab) const;
 
@@ -67,7 +64,11 @@ class MlxKvCache final : public KvCache {
     int slab_slot = -1;
   };
   void ensure_capacity(Layer& layer, int kv_heads, int head_dim);
-  /** Copies the layer's slot out of its slab into arrays of its own (no-op outside a slab). */
+  /** Positions the layer's own arrays hold: everything written or reserved, rounded up to kStep. */
+  int64_t held_capacity() const;
+  /** Copies a slab layer's slot into arrays of its own and unlinks it; the slot itself stays taken. */
+  void copy_out_of_slab(Layer& layer) const;
+  /** Copies the layer's slot out of its slab into arrays of its own and frees the slot (no-op outside a slab). */
   void leave_slab(Layer& layer);
   /** Positions [start, end) of a layer, wherever they live (views, for reading). */
   std::pair<mx::array, mx::array> read_arrays(const Layer& layer, int64_t start, int64_t end) const;

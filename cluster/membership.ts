@@ -119,6 +119,7 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
   private readonly retryMs: number;
   private readonly forgetAfterMs: number;
   private readonly log: (line: string) => void;
+  private readonly platform: NodeJS.Platform;
   private closed = false;
 
   constructor(private readonly opts: MembershipOptions) {
@@ -127,6 +128,7 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
     this.retryMs = opts.retryMs ?? 1000;
     this.forgetAfterMs = opts.forgetAfterMs ?? 60_000;
     this.log = opts.log ?? ((line) => console.error(line));
+    this.platform = opts.platform ?? process.platform;
     this.checkIntervalMs = Math.min(500, this.heartbeatTimeoutMs / 2);
     this.lastCheckAt = Date.now();
     this.watchdog = setInterval(() => this.checkHeartbeats(), this.checkIntervalMs);
@@ -272,11 +274,7 @@ export class Membership extends EventEmitter<MembershipEvents> implements NodeLi
       const tlsRefusal = tlsRefusalOf(candidate.address, err);
       if (err instanceof PeerProofError && err.kind === "impostor") this.refuse(candidate, err);
       else if (tlsRefusal) this.refuse(candidate, tlsRefusal);
-      else
-        this.probeFailed(
-          candidate,
-          describeCallError(candidate.address, err, this.opts.platform ?? process.platform),
-        );
+      else this.probeFailed(candidate, describeCallError(candidate.address, err, this.platform));
       return;
     }
     if (candidate.state !== "probing") return; // closed or dropped meanwhile
@@ -555,11 +553,12 @@ function describeCallError(address: string, err: unknown, platform: NodeJS.Platf
   if (err instanceof PeerProofError) return `${address}: ${err.message} (join it with its --key)`;
   if (code === grpc.status.UNAUTHENTICATED)
     return `${address} refused our call: ${errorMessage(err)} (another cluster key, or another version)`;
+  const message = errorMessage(err);
   if (code !== grpc.status.UNAVAILABLE && code !== grpc.status.DEADLINE_EXCEEDED)
-    return `${address}: Hello failed: ${errorMessage(err)}`;
-  const unreachable = `${address} is not reachable (${errorMessage(err)})`;
+    return `${address}: Hello failed: ${message}`;
+  const unreachable = `${address} is not reachable (${message})`;
   // A launchd service without the Local Network permission only ever logs this line: say why it may be.
-  if (platform === "darwin" && localNetworkErrno(errorMessage(err)))
+  if (platform === "darwin" && localNetworkErrno(message))
     return `${unreachable}; if that machine is on this network, macOS may be denying this process the Local Network permission: ${LOCAL_NETWORK_GRANT}`;
   return unreachable;
 }

@@ -3,8 +3,8 @@
 // there were no route; a launchd service is often never asked. These say when an error looks like that, and
 // what to do about it.
 
-/** What connect() to a LAN address returns on macOS while the permission is missing. */
-export const LOCAL_NETWORK_ERRNOS = ["EHOSTUNREACH", "EPERM", "ENETUNREACH"] as const;
+/** What connect() to a LAN address returns on macOS while the permission is missing, as a whole word. */
+const LOCAL_NETWORK_ERRNO = /\b(EHOSTUNREACH|EPERM|ENETUNREACH)\b/;
 
 /** How to grant the permission. */
 export const LOCAL_NETWORK_GRANT =
@@ -16,5 +16,5 @@ export const LOCAL_NETWORK_FIX = `macOS blocks local network access for this pro
 
 /** The errno code named in an error code or message that a missing Local Network permission would explain. */
 export function localNetworkErrno(text: string): string | undefined {
-  return LOCAL_NETWORK_ERRNOS.find((code) => new RegExp(`\\b${code}\\b`).test(text));
+  return LOCAL_NETWORK_ERRNO.exec(text)?.[1];
 }
